@@ -1,0 +1,156 @@
+"""curated_dataset: the fan-in of every cleaned partition, globally deduplicated."""
+
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from ft_pipeline.defs.metadata import counts_table, sample_rows
+from ft_pipeline.defs.partitions import log_files_partitions
+from ft_pipeline.defs.resources import PipelineStorage
+from ft_pipeline.lib.curation import CurationConfig, curate
+from ft_pipeline.lib.dedup import DedupConfig, conversation_text, deduplicate
+from ft_pipeline.lib.pii import PII_TYPES, find_pii
+from ft_pipeline.lib.storage import content_version, hash_values, read_latest, safe_name, write_latest, write_parquet
+from ft_pipeline.lib.tokens import TokenCounterConfig
+
+CURATED_CODE_VERSION = "1"
+_DEDUP = DedupConfig()
+
+DEDUP_KINDS = {
+    "exact_duplicate": "the same normalized conversation as a better copy",
+    "near_duplicate": "MinHash-LSH candidate verified by true Jaccard >= threshold",
+    "prefix_duplicate": "the first messages of a longer conversation that is kept",
+    "branch_duplicate": "same context as a better copy, different final reply",
+    "too_many_tokens": "longer than max_tokens; it would be truncated in training",
+}
+
+
+class CurationRunConfig(dg.Config):
+    """Global dedup and length limits of the curated dataset (defaults are the documented ones)."""
+
+    near_dup_threshold: float = Field(default=_DEDUP.threshold, description="Jaccard at/above which conversations are near-duplicates.")
+    lsh_bands: int | None = Field(default=None, description="LSH bands; empty = chosen for the threshold.")
+    drop_prefix_duplicates: bool = Field(default=_DEDUP.drop_prefix_duplicates, description="Drop conversations that are the start of a longer kept one.")
+    drop_branch_duplicates: bool = Field(default=_DEDUP.drop_branch_duplicates, description="Keep only the best reply among conversations sharing a context.")
+    tokenizer: str = Field(
+        default="estimate",
+        description="Token counter: 'estimate' (about 4 characters per token, labelled as an estimate), "
+        "'hf:<local path>' (a local tokenizer, e.g. the training base's), or 'tiktoken:<encoding>' (only if cached).",
+    )
+    max_tokens: int = Field(default=CurationConfig().max_tokens, description="Conversations with more tokens are removed as too_many_tokens.")
+
+
+def _registered_partitions(context: dg.AssetExecutionContext) -> list[str]:
+    return sorted(context.instance.get_dynamic_partitions(log_files_partitions.name))
+
+
+@dg.asset(
+    deps=["cleaned_conversations"],
+    group_name="dataset",
+    code_version=CURATED_CODE_VERSION,
+    kinds={"parquet"},
+    check_specs=[
+        dg.AssetCheckSpec("no_pii_left", asset="curated_dataset", blocking=True, description="A fresh PII scan of every message finds nothing."),
+        dg.AssetCheckSpec("no_duplicates_left", asset="curated_dataset", description="No exact, prefix or near duplicate remains."),
+    ],
+)
+def curated_dataset(context: dg.AssetExecutionContext, config: CurationRunConfig, storage: PipelineStorage) -> dg.MaterializeResult:
+    """Every cleaned partition together, deduplicated globally: exact (hash of the normalized
+    conversation), near (MinHash-LSH over word shingles, candidates verified by true Jaccard),
+    prefix and branch duplicates; the best copy is kept (higher rating, not edited, faster).
+    Token counts per conversation; over-long ones removed. Written to
+    ``curated/<version>/conversations.parquet`` with ``removed.parquet`` (reason per row) beside it."""
+    partitions = _registered_partitions(context)
+    inputs, missing = [], []
+    for name in partitions:
+        pointer = read_latest(storage.folder("cleaned") / safe_name(name))
+        if pointer is None:
+            missing.append(name)
+            continue
+        minhash = pointer.get("minhash", {})
+        if minhash and minhash.get("num_perm") != _DEDUP.num_perm:
+            raise dg.Failure(f"partition {name!r} was cleaned with num_perm={minhash.get('num_perm')}; curated_dataset expects {_DEDUP.num_perm}")
+        inputs.append((name, pointer))
+    if missing:
+        context.log.warning(f"{len(missing)} registered partition(s) have no cleaned output yet and are left out: {missing[:10]}")
+    if not inputs:
+        raise dg.Failure(description="no cleaned partitions to curate: materialize cleaned_conversations first")
+
+    lib_config = CurationConfig(
+        dedup=DedupConfig(
+            threshold=config.near_dup_threshold,
+            bands=config.lsh_bands,
+            drop_prefix_duplicates=config.drop_prefix_duplicates,
+            drop_branch_duplicates=config.drop_branch_duplicates,
+        ),
+        tokens=TokenCounterConfig(tokenizer=config.tokenizer),
+        max_tokens=config.max_tokens,
+    )
+    version = content_version(CURATED_CODE_VERSION, [(n, p["version"]) for n, p in inputs], config.model_dump())
+    folder = storage.folder("curated") / version
+    result = curate([p["path"] for _, p in inputs], folder / "conversations.parquet", lib_config)
+    removed_path = write_parquet(result.removed, folder / "removed.parquet")
+    write_latest(storage.folder("curated"), version, path=str(result.output_path), removed_path=str(removed_path))
+
+    curated = pd.read_parquet(result.output_path)
+    checks = [_pii_check(curated), _duplicates_check(curated, lib_config.dedup)]
+    assert result.n_in == result.n_kept + len(result.removed), "curation lost records"
+    return dg.MaterializeResult(
+        metadata={
+            "partitions": len(inputs),
+            "partitions_not_cleaned": len(missing),
+            "conversations_in": result.n_in,
+            "kept": result.n_kept,
+            "removed": len(result.removed),
+            "removed_by_kind": counts_table(result.removed_counts, DEDUP_KINDS),
+            "lsh_candidate_pairs": result.candidate_pairs,
+            "lsh_verified_pairs": result.verified_pairs,
+            "token_counter": result.token_counter,
+            "token_stats": dg.MetadataValue.json(result.token_stats),
+            "tokens_p50": float(result.token_stats.get("p50", 0)),
+            "tokens_p90": float(result.token_stats.get("p90", 0)),
+            "path": dg.MetadataValue.path(str(result.output_path)),
+            "removed_path": dg.MetadataValue.path(str(removed_path)),
+            "sample": sample_rows(result.sample),
+            "dagster/row_count": result.n_kept,
+            "version": version,
+        },
+        data_version=dg.DataVersion(content_version(version, hash_values(curated["exact_hash"]) if len(curated) else "")),
+        check_results=checks,
+    )
+
+
+def _pii_check(curated: pd.DataFrame) -> dg.AssetCheckResult:
+    found: dict[str, int] = {}
+    examples = []
+    for conversation_id, messages in zip(curated["conversation_id"], curated["messages"]):
+        for m in messages:
+            for match in find_pii(m["content"]):
+                found[match.type] = found.get(match.type, 0) + 1
+                if len(examples) < 5:
+                    examples.append({"conversation_id": conversation_id, "type": match.type})
+    total = sum(found.values())
+    return dg.AssetCheckResult(
+        check_name="no_pii_left",
+        passed=total == 0,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description="no PII found by a fresh scan" if total == 0 else f"{total} PII matches left: {found}",
+        metadata={"pii_left": dg.MetadataValue.json({t: found.get(t, 0) for t in PII_TYPES}), "examples": dg.MetadataValue.json(examples)},
+    )
+
+
+def _duplicates_check(curated: pd.DataFrame, dedup: DedupConfig) -> dg.AssetCheckResult:
+    if not len(curated):
+        return dg.AssetCheckResult(check_name="no_duplicates_left", passed=True, description="empty dataset")
+    # Re-run dedup over the output: anything it would still remove is a duplicate left behind.
+    messages = curated["messages"]
+    again = deduplicate(curated, dedup, load_texts=lambda rows: [conversation_text(messages.iat[int(i)]) for i in rows])
+    left = {k: v for k, v in again.counts.items() if v}
+    return dg.AssetCheckResult(
+        check_name="no_duplicates_left",
+        passed=not left,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description="no duplicates left" if not left else f"duplicates left: {left}",
+        metadata={"duplicates_left": dg.MetadataValue.json(left)},
+    )

@@ -1,0 +1,38 @@
+"""Helpers that turn lib results into Dagster metadata values."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import dagster as dg
+import pandas as pd
+
+
+def counts_table(counts: Mapping[str, int], descriptions: Mapping[str, str] | None = None) -> dg.MetadataValue:
+    """A Markdown table of reason -> count (with its description when known)."""
+    if not counts:
+        return dg.MetadataValue.md("_none_")
+    rows = ["| reason | count | meaning |", "|---|---:|---|"]
+    for reason, count in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        rows.append(f"| `{reason}` | {count} | {(descriptions or {}).get(reason, '')} |")
+    return dg.MetadataValue.md("\n".join(rows))
+
+
+def sample_rows(frame: pd.DataFrame, n: int = 3, max_chars: int = 160) -> dg.MetadataValue:
+    """A few rows as Markdown, message contents shortened, for a quick look in the UI."""
+    if frame is None or not len(frame):
+        return dg.MetadataValue.md("_no rows_")
+    lines = []
+    for row in frame.head(n).to_dict("records"):
+        lines.append(f"**{row.get('conversation_id')}**" + (f" — {row['filter_reason']}" if row.get("filter_reason") else ""))
+        for m in list(row.get("messages") or [])[:4]:
+            content = str(m["content"]).replace("\n", " ")
+            if len(content) > max_chars:
+                content = content[: max_chars - 1] + "…"
+            lines.append(f"- *{m['role']}*: {content}")
+        lines.append("")
+    return dg.MetadataValue.md("\n".join(lines))
+
+
+def json_value(value: Any) -> dg.MetadataValue:
+    return dg.MetadataValue.json(value)

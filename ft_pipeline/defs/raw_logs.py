@@ -1,0 +1,79 @@
+"""raw_conversation_logs: parse one landed file, quarantine what cannot be used."""
+
+
+from collections import Counter
+
+import dagster as dg
+from pydantic import Field
+
+from ft_pipeline.defs.metadata import counts_table, sample_rows
+from ft_pipeline.defs.partitions import log_files_partitions
+from ft_pipeline.defs.resources import PipelineStorage, RawLogStore
+from ft_pipeline.lib.pii import scrub_pii
+from ft_pipeline.lib.records import QUARANTINE_REASONS, ReadConfig, read_log_file
+from ft_pipeline.lib.storage import content_version, file_sha256, safe_name, write_latest, write_parquet
+
+RAW_CODE_VERSION = "1"
+
+
+class RawLogsConfig(dg.Config):
+    """Parsing limits for landed files."""
+
+    max_record_bytes: int = Field(
+        default=ReadConfig().max_record_bytes,
+        description="Records larger than this many bytes are quarantined as oversize_record.",
+    )
+
+
+@dg.asset(
+    partitions_def=log_files_partitions,
+    group_name="dataset",
+    code_version=RAW_CODE_VERSION,
+    kinds={"parquet"},
+)
+def raw_conversation_logs(
+    context: dg.AssetExecutionContext, config: RawLogsConfig, raw_log_store: RawLogStore, storage: PipelineStorage
+) -> dg.MaterializeResult:
+    """One landed log file (JSONL, JSONL.gz or Parquet; raw, OpenAI or ShareGPT records), parsed
+    and schema-checked. Records that cannot be used go to ``quarantine/<partition>.parquet`` with
+    a reason code, the source file and line; a broken file never fails the run. The parsed
+    records are written to ``parsed/<partition>/<version>.parquet``."""
+    name = context.partition_key
+    path = raw_log_store.path_of(name)
+    if not path.exists():
+        raise dg.Failure(
+            description=f"log file {name!r} is registered as a partition but is missing from {raw_log_store.root()}",
+            metadata={"landing_dir": str(raw_log_store.root())},
+        )
+    read_config = ReadConfig(max_record_bytes=config.max_record_bytes)
+    result = read_log_file(path, read_config, source_name=name)
+    version = content_version(RAW_CODE_VERSION, file_sha256(path), read_config.max_record_bytes)
+
+    folder = storage.folder("parsed") / safe_name(name)
+    parsed_path = write_parquet(result.conversations, folder / f"{version}.parquet")
+    quarantine = result.quarantine.copy()
+    # The quarantine keeps the raw text for people to inspect; personal data in it is scrubbed too.
+    quarantine["raw_text"] = [scrub_pii(text)[0] for text in quarantine["raw_text"]]
+    quarantine_path = write_parquet(quarantine, storage.folder("quarantine") / f"{safe_name(name)}.parquet")
+    write_latest(folder, version, path=str(parsed_path), quarantine_path=str(quarantine_path), source=name)
+
+    counts = result.quarantine_counts
+    if counts:
+        context.log.warning(f"{name}: quarantined {len(quarantine)} of {result.n_records} records: {dict(counts)}")
+    formats = Counter(result.conversations["source_format"])
+    return dg.MaterializeResult(
+        metadata={
+            "records_in": result.n_records,
+            "parsed": len(result.conversations),
+            "quarantined": len(quarantine),
+            "blank_lines": result.blank_lines,
+            "quarantine_reasons": counts_table(counts, QUARANTINE_REASONS),
+            "source_formats": dg.MetadataValue.json(dict(formats)),
+            "path": dg.MetadataValue.path(str(parsed_path)),
+            "quarantine_path": dg.MetadataValue.path(str(quarantine_path)),
+            "sample": sample_rows(result.conversations),
+            "dagster/row_count": len(result.conversations),
+            "version": version,
+        },
+        data_version=dg.DataVersion(version),
+    )

@@ -1,0 +1,59 @@
+"""Resources shared by the dataset assets: where the pipeline keeps its data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from ft_pipeline.lib.records import is_log_file
+from ft_pipeline.lib.storage import layout, resolve_data_dir
+
+
+class PipelineStorage(dg.ConfigurableResource):
+    """The data directory every artifact is written below (DESIGN.md §3).
+
+    Empty ``data_dir`` means ``$FT_PIPELINE_DATA_DIR``, else ``data/`` relative to the working
+    directory (the repo root for ``make dev`` and ``make demo``)."""
+
+    data_dir: str = Field(default="", description="Root of all pipeline artifacts; empty = $FT_PIPELINE_DATA_DIR or ./data")
+
+    def root(self) -> Path:
+        return resolve_data_dir(self.data_dir or None).resolve()
+
+    def folder(self, name: str) -> Path:
+        return layout(self.root())[name]
+
+
+class RawLogStore(dg.ConfigurableResource):
+    """The landing zone of raw conversation log files: one dynamic partition per file.
+
+    Empty ``landing_dir`` means ``<data dir>/raw``. Files are matched by suffix (.jsonl,
+    .jsonl.gz, .json.gz, .ndjson, .parquet); hidden and temporary files are ignored."""
+
+    landing_dir: str = Field(default="", description="Folder watched for log files; empty = <data dir>/raw")
+    data_dir: str = Field(default="", description="Data directory used when landing_dir is empty")
+
+    def root(self) -> Path:
+        if self.landing_dir:
+            return Path(self.landing_dir).resolve()
+        return (resolve_data_dir(self.data_dir or None) / "raw").resolve()
+
+    def list_files(self) -> list[str]:
+        """Names (relative to the landing folder) of the log files present now, sorted."""
+        root = self.root()
+        if not root.exists():
+            return []
+        names = []
+        for path in root.rglob("*"):
+            rel = path.relative_to(root).as_posix()
+            if path.is_file() and is_log_file(path) and not any(part.startswith(".") for part in rel.split("/")):
+                names.append(rel)
+        return sorted(names)
+
+    def path_of(self, name: str) -> Path:
+        path = (self.root() / name).resolve()
+        if self.root() not in path.parents:
+            raise ValueError(f"log file {name!r} is outside the landing folder {self.root()}")
+        return path

@@ -1,0 +1,154 @@
+"""train_split / validation_split / test_split: grouped, hash-stable, seeded."""
+
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from ft_pipeline.defs.metadata import sample_rows
+from ft_pipeline.defs.resources import PipelineStorage
+from ft_pipeline.lib.dedup import DedupConfig
+from ft_pipeline.lib.openai_format import validate_jsonl_file, write_openai_jsonl
+from ft_pipeline.lib.splits import SPLIT_NAMES, SplitConfig, assign_splits, check_min_sizes, leakage_report, split_sizes
+from ft_pipeline.lib.storage import content_version, hash_values, read_latest, write_latest, write_parquet
+
+SPLITS_CODE_VERSION = "1"
+_SPLIT = SplitConfig()
+
+
+class SplitRunConfig(dg.Config):
+    """How the curated dataset is split (defaults are the documented ones)."""
+
+    train_fraction: float = Field(default=_SPLIT.train_fraction, description="Share of groups in train.")
+    validation_fraction: float = Field(default=_SPLIT.validation_fraction, description="Share of groups in validation.")
+    test_fraction: float = Field(default=_SPLIT.test_fraction, description="Share of groups in test.")
+    seed: int = Field(default=_SPLIT.seed, description="Salt of the split hash.")
+    group_by_user: bool = Field(default=_SPLIT.group_by_user, description="Keep one user's conversations in one split.")
+    first_turn_min_words: int = Field(default=_SPLIT.first_turn_min_words, description="Group conversations sharing a first user turn of at least this many words (0 = off).")
+    stratify_by_tag: bool = Field(default=_SPLIT.stratify_by_tag, description="Exact per-tag proportions (a group near a cut-off may move as data grows).")
+    min_train_examples: int = Field(default=10, description="Minimum train size (OpenAI requires 10).")
+    min_validation_examples: int = Field(default=1, description="Minimum validation size.")
+    min_test_examples: int = Field(default=1, description="Minimum test size.")
+    openai_model: str = Field(default="gpt-4o-mini-2024-07-18", description="Model whose per-example token limit the JSONL is validated against.")
+
+    def to_lib(self) -> SplitConfig:
+        return SplitConfig(
+            train_fraction=self.train_fraction,
+            validation_fraction=self.validation_fraction,
+            test_fraction=self.test_fraction,
+            seed=self.seed,
+            group_by_user=self.group_by_user,
+            first_turn_min_words=self.first_turn_min_words,
+            stratify_by_tag=self.stratify_by_tag,
+        )
+
+
+_ASSET_OF = {"train": "train_split", "validation": "validation_split", "test": "test_split"}
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec("train_split", deps=["curated_dataset"], group_name="dataset", code_version=SPLITS_CODE_VERSION, kinds={"parquet"},
+                     description="Training conversations (Parquet + OpenAI chat JSONL)."),
+        dg.AssetSpec("validation_split", deps=["curated_dataset"], group_name="dataset", code_version=SPLITS_CODE_VERSION, kinds={"parquet"},
+                     description="Validation conversations (Parquet + OpenAI chat JSONL)."),
+        dg.AssetSpec("test_split", deps=["curated_dataset"], group_name="dataset", code_version=SPLITS_CODE_VERSION, kinds={"parquet"},
+                     description="Frozen test conversations (Parquet + OpenAI chat JSONL)."),
+    ],
+    check_specs=[
+        dg.AssetCheckSpec("no_leakage", asset="train_split", blocking=True,
+                          description="No group, exact duplicate or near duplicate is shared between splits."),
+        dg.AssetCheckSpec("minimum_sizes", asset="train_split", blocking=True, description="Every split has its minimum number of examples."),
+        dg.AssetCheckSpec("openai_format", asset="train_split", blocking=True, description="train.jsonl passes the OpenAI chat fine-tuning format checks."),
+        dg.AssetCheckSpec("openai_format", asset="validation_split", description="validation.jsonl passes the OpenAI chat format checks."),
+    ],
+    name="dataset_splits",
+)
+def dataset_splits(context: dg.AssetExecutionContext, config: SplitRunConfig, storage: PipelineStorage):
+    """Split the curated dataset 80/10/10 (configurable) by group: one user's conversations and
+    conversations sharing a context or a long first turn stay together. A group's split is a
+    hash of its key and the seed, so an example keeps its split when new data arrives. Written to
+    ``splits/<version>/{train,validation,test}.{parquet,jsonl}``."""
+    pointer = read_latest(storage.folder("curated"))
+    if pointer is None:
+        raise dg.Failure(description="curated_dataset has not been materialized yet")
+    curated = pd.read_parquet(pointer["path"])
+    split_config = config.to_lib()
+    assigned = assign_splits(curated, split_config)
+    version = content_version(SPLITS_CODE_VERSION, pointer["version"], config.model_dump())
+    folder = storage.folder("splits") / version
+
+    frames = {name: assigned[assigned["split"] == name].reset_index(drop=True) for name in SPLIT_NAMES}
+    paths = {}
+    for name, frame in frames.items():
+        parquet_path = write_parquet(frame, folder / f"{name}.parquet")
+        jsonl_path = folder / f"{name}.jsonl"
+        write_openai_jsonl(frame["messages"].tolist(), jsonl_path)
+        paths[name] = {"parquet": str(parquet_path), "jsonl": str(jsonl_path)}
+    write_latest(storage.folder("splits"), version, curated_version=pointer["version"], paths=paths)
+
+    sizes = split_sizes(frames)
+    leakage = leakage_report(frames, split_config, DedupConfig())
+    size_failures = check_min_sizes(
+        sizes,
+        {"train": config.min_train_examples, "validation": config.min_validation_examples, "test": config.min_test_examples},
+    )
+    formats = {
+        name: validate_jsonl_file(paths[name]["jsonl"], model=config.openai_model, require_min_examples=(name == "train"))
+        for name in ("train", "validation")
+    }
+    context.log.info(f"splits written to {folder}: {sizes}")
+
+    for name in SPLIT_NAMES:
+        frame = frames[name]
+        yield dg.MaterializeResult(
+            asset_key=_ASSET_OF[name],
+            metadata={
+                "dagster/row_count": len(frame),
+                "share": round(len(frame) / max(1, len(assigned)), 4),
+                "groups": int(frame["split_group"].nunique()) if len(frame) else 0,
+                "tags": dg.MetadataValue.json(frame["tags"].explode().value_counts().to_dict() if len(frame) else {}),
+                "path": dg.MetadataValue.path(paths[name]["parquet"]),
+                "jsonl_path": dg.MetadataValue.path(paths[name]["jsonl"]),
+                "sample": sample_rows(frame, n=2),
+                "version": version,
+                "curated_version": pointer["version"],
+            },
+            data_version=dg.DataVersion(content_version(version, name, hash_values(frame["exact_hash"]))),
+        )
+
+    yield dg.AssetCheckResult(
+        asset_key="train_split",
+        check_name="no_leakage",
+        passed=not leakage.leaked,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description="no leakage between splits" if not leakage.leaked else (
+            f"leakage: {leakage.shared_groups} shared groups, {leakage.exact_duplicates} exact and "
+            f"{leakage.near_duplicates} near duplicates across splits"
+        ),
+        metadata={
+            "shared_groups": leakage.shared_groups,
+            "exact_duplicates_across_splits": leakage.exact_duplicates,
+            "near_duplicates_across_splits": leakage.near_duplicates,
+            "near_duplicate_examples": dg.MetadataValue.json(leakage.near_duplicate_examples),
+            "final_reply_overlap_informational": dg.MetadataValue.json(leakage.final_reply_overlap),
+        },
+    )
+    yield dg.AssetCheckResult(
+        asset_key="train_split",
+        check_name="minimum_sizes",
+        passed=not size_failures,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description="; ".join(size_failures) or f"sizes {sizes}",
+        metadata={"sizes": dg.MetadataValue.json(sizes)},
+    )
+    for name in ("train", "validation"):
+        report = formats[name]
+        yield dg.AssetCheckResult(
+            asset_key=_ASSET_OF[name],
+            check_name="openai_format",
+            passed=report.ok,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description="format valid" if report.ok else f"format errors {report.format_errors}; warnings {report.warnings}",
+            metadata={"report": dg.MetadataValue.md(report.to_markdown()), "format_errors": dg.MetadataValue.json(report.format_errors)},
+        )

@@ -1,0 +1,184 @@
+"""The fan-in step: global dedup over every cleaned partition, token counts, length filter.
+
+It works on signature columns first (small: ids, hashes, a MinHash blob) and streams the
+conversations themselves partition by partition, so memory stays bounded by the largest
+partition plus the signatures, not by the whole dataset.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ft_pipeline.lib.dedup import DEFAULT_DEDUP_CONFIG, DedupConfig, conversation_text, deduplicate
+from ft_pipeline.lib.tokens import TokenCounterConfig, make_token_counter, token_stats
+
+# Columns read for dedup; everything else is read only for rows that are kept.
+SIGNATURE_READ_COLUMNS = [
+    "conversation_id",
+    "exact_hash",
+    "context_hash",
+    "prefix_hashes",
+    "minhash",
+    "rating",
+    "edited",
+    "response_time_ms",
+    "source_file",
+    "source_line",
+]
+
+REMOVED_COLUMNS = ["conversation_id", "source_file", "source_line", "reason", "detail", "duplicate_of"]
+
+
+@dataclass(frozen=True)
+class CurationConfig:
+    """Global dedup and length limits of the curated dataset."""
+
+    dedup: DedupConfig = field(default_factory=lambda: DEFAULT_DEDUP_CONFIG)
+    tokens: TokenCounterConfig = field(default_factory=TokenCounterConfig)
+    max_tokens: int = 4096
+    """Conversations with more tokens than this (as counted by ``tokens``) are removed as
+    ``too_many_tokens``: they would be truncated in training."""
+
+
+DEFAULT_CURATION_CONFIG = CurationConfig()
+
+
+@dataclass
+class CurationResult:
+    n_in: int
+    n_kept: int
+    removed: pd.DataFrame
+    removed_counts: dict[str, int]
+    token_counter: str
+    token_stats: dict[str, Any]
+    candidate_pairs: int
+    verified_pairs: int
+    output_path: Path
+    sample: pd.DataFrame
+
+
+def _read_signatures(paths: Sequence[Path]) -> pd.DataFrame:
+    frames = []
+    for part, path in enumerate(paths):
+        table = pq.read_table(path, columns=SIGNATURE_READ_COLUMNS)
+        frame = table.to_pandas()
+        frame["_part"] = part
+        frame["_row"] = np.arange(len(frame), dtype=np.int64)
+        frames.append(frame)
+    if not frames:
+        return pd.DataFrame(columns=SIGNATURE_READ_COLUMNS + ["_part", "_row"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def curate(paths: Sequence[str | Path], output_path: str | Path, config: CurationConfig = DEFAULT_CURATION_CONFIG) -> CurationResult:
+    """Dedup the cleaned partitions at ``paths`` globally and write the curated Parquet file."""
+    paths = [Path(p) for p in paths]
+    output_path = Path(output_path)
+    signatures = _read_signatures(paths)
+    n_in = len(signatures)
+
+    def load_texts(indices: np.ndarray) -> list[str]:
+        # Verify LSH candidates by true Jaccard: read only the messages of candidate rows.
+        texts: dict[int, str] = {}
+        index_frame = signatures.iloc[indices][["_part", "_row"]]
+        for part, group in index_frame.groupby("_part"):
+            messages = pq.read_table(paths[int(part)], columns=["messages"]).column("messages")
+            rows = messages.take(pa.array(group["_row"].to_numpy()))
+            for idx, value in zip(group.index, rows.to_pylist()):
+                texts[int(idx)] = conversation_text(value)
+        return [texts[int(i)] for i in indices]
+
+    result = deduplicate(signatures, config.dedup, load_texts=load_texts if n_in else None)
+    removed_rows: list[dict[str, Any]] = []
+    for i in np.flatnonzero(~result.keep):
+        removed_rows.append(
+            {
+                "conversation_id": signatures["conversation_id"].iat[i],
+                "source_file": signatures["source_file"].iat[i],
+                "source_line": int(signatures["source_line"].iat[i]),
+                "reason": result.kind[i],
+                "detail": f"{result.kind[i]} of {result.duplicate_of[i]}",
+                "duplicate_of": result.duplicate_of[i],
+            }
+        )
+    cluster_ids = np.asarray(result.cluster_id)
+    counter = make_token_counter(config.tokens)
+    all_tokens: list[np.ndarray] = []
+    writer: pq.ParquetWriter | None = None
+    n_kept = 0
+    sample = None
+    tmp_path = output_path.with_name(f".{output_path.name}.tmp")
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        for part, path in enumerate(paths):
+            rows = np.flatnonzero((signatures["_part"].to_numpy() == part) & result.keep)
+            if not len(rows):
+                continue
+            frame = pq.read_table(path).to_pandas()
+            local = signatures["_row"].to_numpy()[rows]
+            frame = frame.iloc[local].reset_index(drop=True)
+            frame["dedup_cluster"] = cluster_ids[rows]
+            totals, assistant = counter.count_conversations(frame["messages"].tolist())
+            frame["n_tokens"] = totals.astype(np.int64)
+            frame["n_assistant_tokens"] = assistant.astype(np.int64)
+            too_long = frame["n_tokens"].to_numpy() > config.max_tokens
+            for i in np.flatnonzero(too_long):
+                removed_rows.append(
+                    {
+                        "conversation_id": frame["conversation_id"].iat[i],
+                        "source_file": frame["source_file"].iat[i],
+                        "source_line": int(frame["source_line"].iat[i]),
+                        "reason": "too_many_tokens",
+                        "detail": f"{int(frame['n_tokens'].iat[i])} tokens > {config.max_tokens} ({counter.name})",
+                        "duplicate_of": None,
+                    }
+                )
+            frame = frame[~too_long].reset_index(drop=True)
+            if not len(frame):
+                continue
+            all_tokens.append(frame["n_tokens"].to_numpy())
+            if sample is None:
+                sample = frame.head(5)
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            if writer is None:
+                writer = pq.ParquetWriter(tmp_path, table.schema)
+            else:
+                table = table.cast(writer.schema)
+            writer.write_table(table)
+            n_kept += len(frame)
+        if writer is None:
+            # No rows survived: still write a valid, empty file with the cleaned schema.
+            schema_source = pq.read_schema(paths[0]) if paths else None
+            empty = schema_source.empty_table() if schema_source is not None else pa.table({"conversation_id": pa.array([], pa.string())})
+            pq.write_table(empty, tmp_path)
+        else:
+            writer.close()
+            writer = None
+        tmp_path.replace(output_path)
+    finally:
+        if writer is not None:
+            writer.close()
+        tmp_path.unlink(missing_ok=True)
+
+    removed = pd.DataFrame(removed_rows, columns=REMOVED_COLUMNS)
+    tokens = np.concatenate(all_tokens) if all_tokens else np.zeros(0, dtype=np.int64)
+    return CurationResult(
+        n_in=n_in,
+        n_kept=n_kept,
+        removed=removed,
+        removed_counts=dict(Counter(removed["reason"])) if len(removed) else {},
+        token_counter=counter.name,
+        token_stats=token_stats(tokens),
+        candidate_pairs=result.candidate_pairs,
+        verified_pairs=result.verified_pairs,
+        output_path=output_path,
+        sample=sample if sample is not None else pd.DataFrame(),
+    )

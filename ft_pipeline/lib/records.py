@@ -1,0 +1,422 @@
+"""Conversation records and the readers that turn landed log files into them.
+
+Three line formats are accepted (DESIGN.md §3): our raw log schema, bare OpenAI fine-tuning
+lines (``{"messages": [...]}``) and ShareGPT (``{"conversations": [{"from", "value"}]}``).
+Files may be JSONL, gzip-compressed JSONL or Parquet.
+
+Nothing is dropped silently: every physical record of a file ends up either as a parsed
+conversation or as a quarantine row that names the reason, the file and the line. A file that
+cannot be read to the end (a truncated gzip, a corrupt Parquet footer) quarantines what it
+could not read and keeps what it could; it never raises.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import math
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterator
+
+import pandas as pd
+
+ROLES = ("system", "user", "assistant")
+
+# ShareGPT speaker names mapped to chat roles.
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "chatgpt": "assistant",
+    "bing": "assistant",
+    "bard": "assistant",
+    "model": "assistant",
+    "system": "system",
+}
+
+# Quarantine reason codes, each with the sentence shown to people.
+QUARANTINE_REASONS: dict[str, str] = {
+    "invalid_utf8": "the line is not valid UTF-8",
+    "invalid_json": "the line is not valid JSON",
+    "not_an_object": "the record is not a JSON object",
+    "messages_missing": "the record has no 'messages' (or ShareGPT 'conversations') field",
+    "messages_not_a_list": "'messages' is not a list",
+    "message_not_an_object": "a message is not a JSON object",
+    "unknown_role": "a message has a role other than system/user/assistant",
+    "content_missing": "a message has no 'content'",
+    "content_not_a_string": "a message's 'content' is not a string",
+    "wrong_field_type": "a known field has the wrong type or an out-of-range value",
+    "empty_conversation": "the conversation has no messages",
+    "oversize_record": "the record is larger than the configured maximum",
+    "unreadable_file": "the rest of the file could not be read (corrupt or truncated)",
+}
+
+KNOWN_FIELDS = (
+    "conversation_id",
+    "user_id",
+    "created_at",
+    "messages",
+    "rating",
+    "response_time_ms",
+    "edited",
+    "tags",
+)
+
+SUPPORTED_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz", ".ndjson", ".parquet")
+
+# How much of a rejected record is kept in the quarantine table, so a person can see it
+# without one huge record blowing up the table.
+RAW_TEXT_KEEP_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class Message:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """One parsed conversation, as the pipeline's lib functions see it."""
+
+    conversation_id: str
+    messages: tuple[Message, ...]
+    user_id: str | None = None
+    created_at: str | None = None
+    rating: float | None = None
+    response_time_ms: int | None = None
+    edited: bool | None = None
+    tags: tuple[str, ...] = ()
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ReadConfig:
+    """How landed files are parsed."""
+
+    max_record_bytes: int = 262_144
+    """Records larger than this (bytes of the JSON line, or of the row re-encoded as JSON) are
+    quarantined as ``oversize_record``. 256 KiB is far above any training context we use (4,096
+    tokens is about 16 KB of text), and one pathological record must not exhaust memory."""
+
+
+DEFAULT_READ_CONFIG = ReadConfig()
+
+
+class RecordError(Exception):
+    """A record that cannot be used; ``reason`` is a key of QUARANTINE_REASONS."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+CONVERSATION_COLUMNS = [
+    "conversation_id",
+    "user_id",
+    "created_at",
+    "messages",
+    "rating",
+    "response_time_ms",
+    "edited",
+    "tags",
+    "metadata",
+    "source_format",
+    "source_file",
+    "source_line",
+]
+QUARANTINE_COLUMNS = ["source_file", "source_line", "reason", "detail", "raw_text"]
+
+
+@dataclass
+class ParseResult:
+    """What one file parsed into. ``n_records`` = len(conversations) + len(quarantine)."""
+
+    conversations: pd.DataFrame
+    quarantine: pd.DataFrame
+    n_records: int
+    blank_lines: int
+
+    @property
+    def quarantine_counts(self) -> dict[str, int]:
+        return dict(Counter(self.quarantine["reason"])) if len(self.quarantine) else {}
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _optional_str(record: dict, key: str) -> str | None:
+    value = record.get(key)
+    if value is None:
+        return None
+    # Integer ids are common in exported logs; accept them as their decimal string.
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise RecordError("wrong_field_type", f"'{key}' must be a string, got {_type_name(value)}")
+    return str(value)
+
+
+def _parse_created_at(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise RecordError("wrong_field_type", f"'created_at' must be an ISO-8601 string, got {_type_name(value)}")
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        raise RecordError("wrong_field_type", f"'created_at' is not ISO-8601: {value[:40]!r}") from None
+    return value
+
+
+def _parse_rating(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise RecordError("wrong_field_type", f"'rating' must be a number 1..5, got {_type_name(value)}")
+    if not 1 <= value <= 5:
+        raise RecordError("wrong_field_type", f"'rating' must be within 1..5, got {value}")
+    return float(value)
+
+
+def _parse_response_time(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise RecordError("wrong_field_type", f"'response_time_ms' must be an integer, got {_type_name(value)}")
+    if value < 0 or value != int(value):
+        raise RecordError("wrong_field_type", f"'response_time_ms' must be a non-negative integer, got {value}")
+    return int(value)
+
+
+def _parse_edited(value: Any) -> bool | None:
+    if value is None:
+        return None
+    if not isinstance(value, bool):
+        raise RecordError("wrong_field_type", f"'edited' must be true/false, got {_type_name(value)}")
+    return value
+
+
+def _parse_tags(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+        raise RecordError("wrong_field_type", "'tags' must be a list of strings")
+    return list(value)
+
+
+def _parse_messages(raw_messages: Any, *, sharegpt: bool) -> list[dict[str, str]]:
+    if raw_messages is None:
+        raise RecordError("messages_missing", "no 'messages' field")
+    if not isinstance(raw_messages, list):
+        raise RecordError("messages_not_a_list", f"'messages' is {_type_name(raw_messages)}")
+    if not raw_messages:
+        raise RecordError("empty_conversation", "'messages' is an empty list")
+    messages = []
+    role_key, content_key = ("from", "value") if sharegpt else ("role", "content")
+    for i, message in enumerate(raw_messages):
+        if not isinstance(message, dict):
+            raise RecordError("message_not_an_object", f"message {i} is {_type_name(message)}")
+        raw_role = message.get(role_key)
+        role = None
+        if isinstance(raw_role, str):
+            role = SHAREGPT_ROLES.get(raw_role.strip().lower()) if sharegpt else raw_role.strip().lower()
+        if role not in ROLES:
+            raise RecordError("unknown_role", f"message {i} has role {str(raw_role)[:40]!r}")
+        if content_key not in message or message[content_key] is None:
+            raise RecordError("content_missing", f"message {i} has no '{content_key}'")
+        content = message[content_key]
+        if not isinstance(content, str):
+            raise RecordError("content_not_a_string", f"message {i} content is {_type_name(content)}")
+        messages.append({"role": role, "content": content})
+    return messages
+
+
+def parse_record(record: Any, *, default_id: str) -> dict[str, Any]:
+    """Validate one decoded record (any accepted format) into a conversation row.
+
+    Raises RecordError with a reason code when the record cannot be used. Unknown top-level keys
+    are kept, as JSON, in ``metadata``.
+    """
+    if not isinstance(record, dict):
+        raise RecordError("not_an_object", f"the record is a JSON {_type_name(record)}")
+    if "messages" in record:
+        source_format = "raw" if any(k in record for k in KNOWN_FIELDS if k != "messages") else "openai"
+        messages = _parse_messages(record["messages"], sharegpt=False)
+    elif "conversations" in record:
+        source_format = "sharegpt"
+        messages = _parse_messages(record["conversations"], sharegpt=True)
+    else:
+        raise RecordError("messages_missing", "neither 'messages' nor 'conversations' is present")
+    known = set(KNOWN_FIELDS) | {"conversations"}
+    if source_format == "sharegpt":
+        # ShareGPT dumps commonly name the id "id".
+        known.add("id")
+    extra = {k: v for k, v in record.items() if k not in known}
+    conversation_id = _optional_str(record, "conversation_id")
+    if conversation_id is None and source_format == "sharegpt":
+        conversation_id = _optional_str(record, "id")
+    return {
+        "conversation_id": conversation_id or default_id,
+        "user_id": _optional_str(record, "user_id"),
+        "created_at": _parse_created_at(record.get("created_at")),
+        "messages": messages,
+        "rating": _parse_rating(record.get("rating")),
+        "response_time_ms": _parse_response_time(record.get("response_time_ms")),
+        "edited": _parse_edited(record.get("edited")),
+        "tags": _parse_tags(record.get("tags")),
+        "metadata": json.dumps(extra, ensure_ascii=False, sort_keys=True, default=str) if extra else None,
+        "source_format": source_format,
+    }
+
+
+def file_format(path: str | Path) -> str:
+    """'jsonl', 'jsonl.gz' or 'parquet'; ValueError for anything else."""
+    name = str(path).lower()
+    if name.endswith((".jsonl.gz", ".json.gz", ".ndjson.gz")):
+        return "jsonl.gz"
+    if name.endswith((".jsonl", ".ndjson")):
+        return "jsonl"
+    if name.endswith(".parquet"):
+        return "parquet"
+    raise ValueError(f"unsupported log file type: {Path(path).name} (expected one of {', '.join(SUPPORTED_SUFFIXES)})")
+
+
+def is_log_file(path: str | Path) -> bool:
+    try:
+        file_format(path)
+    except ValueError:
+        return False
+    return True
+
+
+def _iter_jsonl_lines(stream: io.BufferedIOBase) -> Iterator[tuple[int, bytes]]:
+    for line_no, line in enumerate(stream, start=1):
+        yield line_no, line
+
+
+def _iter_parquet_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    import pyarrow.parquet as pq
+
+    parquet = pq.ParquetFile(path)
+    line_no = 0
+    for batch in parquet.iter_batches(batch_size=4096):
+        for row in batch.to_pylist():
+            line_no += 1
+            yield line_no, row
+
+
+def _raw_text(line: bytes | str) -> str:
+    text = line.decode("utf-8", errors="replace") if isinstance(line, bytes) else line
+    return text[:RAW_TEXT_KEEP_CHARS]
+
+
+def _jsonable(value: Any) -> Any:
+    """Parquet rows may hold numpy/Arrow scalars or NaN; map them to what JSON would give."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def read_log_file(
+    path: str | Path, config: ReadConfig = DEFAULT_READ_CONFIG, *, source_name: str | None = None
+) -> ParseResult:
+    """Parse one landed file into conversation rows and quarantine rows. Never raises for bad data.
+
+    ``source_name`` is what rows record as their source file (default: the file name); it is
+    also the prefix of generated ids for records that carry none (``<source>#<line>``).
+    """
+    path = Path(path)
+    source = source_name or path.name
+    rows: list[dict[str, Any]] = []
+    quarantine: list[tuple[str, int, str, str, str]] = []
+    blank_lines = 0
+    fmt = file_format(path)
+    last_line = 0
+
+    def reject(line_no: int, reason: str, detail: str, raw: bytes | str) -> None:
+        quarantine.append((source, line_no, reason, detail, _raw_text(raw)))
+
+    def accept(line_no: int, record: Any, raw: bytes | str) -> None:
+        try:
+            row = parse_record(record, default_id=f"{source}#{line_no}")
+        except RecordError as err:
+            reject(line_no, err.reason, err.detail, raw)
+            return
+        row["source_file"] = source
+        row["source_line"] = line_no
+        rows.append(row)
+
+    try:
+        if fmt == "parquet":
+            for line_no, record in _iter_parquet_rows(path):
+                last_line = line_no
+                record = _jsonable(record)
+                encoded = json.dumps(record, ensure_ascii=False, default=str)
+                if len(encoded.encode("utf-8")) > config.max_record_bytes:
+                    reject(line_no, "oversize_record", f"row is over {config.max_record_bytes} bytes", encoded)
+                    continue
+                accept(line_no, record, encoded)
+        else:
+            opener = gzip.open if fmt == "jsonl.gz" else open
+            with opener(path, "rb") as stream:
+                for line_no, line in _iter_jsonl_lines(stream):
+                    last_line = line_no
+                    if len(line) > config.max_record_bytes:
+                        reject(line_no, "oversize_record", f"line is {len(line)} bytes, over {config.max_record_bytes}", line)
+                        continue
+                    if not line.strip():
+                        blank_lines += 1
+                        continue
+                    try:
+                        text = line.decode("utf-8")
+                    except UnicodeDecodeError as err:
+                        reject(line_no, "invalid_utf8", f"byte {err.start}: {err.reason}", line)
+                        continue
+                    try:
+                        record = json.loads(text)
+                    except json.JSONDecodeError as err:
+                        reject(line_no, "invalid_json", f"{err.msg} at column {err.colno}", line)
+                        continue
+                    accept(line_no, record, line)
+    except (OSError, EOFError, zlib.error, ValueError) as err:
+        # Truncated gzip, corrupt Parquet, I/O error: keep what was read, quarantine the rest
+        # as one row pointing at where reading stopped.
+        reject(last_line + 1, "unreadable_file", f"{type(err).__name__}: {err}", "")
+    except Exception as err:  # pyarrow raises its own exception types for corrupt files
+        reject(last_line + 1, "unreadable_file", f"{type(err).__name__}: {err}", "")
+
+    conversations = pd.DataFrame(rows, columns=CONVERSATION_COLUMNS)
+    quarantine_frame = pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS)
+    return ParseResult(
+        conversations=conversations,
+        quarantine=quarantine_frame,
+        n_records=len(rows) + len(quarantine),
+        blank_lines=blank_lines,
+    )
+
+
+def conversation_from_row(row: dict[str, Any]) -> Conversation:
+    """A typed Conversation from a conversation row (for people writing code against lib)."""
+    metadata = row.get("metadata")
+    return Conversation(
+        conversation_id=row["conversation_id"],
+        messages=tuple(Message(m["role"], m["content"]) for m in row["messages"]),
+        user_id=row.get("user_id"),
+        created_at=row.get("created_at"),
+        rating=row.get("rating"),
+        response_time_ms=row.get("response_time_ms"),
+        edited=row.get("edited"),
+        tags=tuple(row.get("tags") or ()),
+        metadata=json.loads(metadata) if isinstance(metadata, str) else {},
+    )

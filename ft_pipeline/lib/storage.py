@@ -1,0 +1,124 @@
+"""Where artifacts live on disk: the data directory, versioned paths and ``latest`` pointers.
+
+Everything the pipeline writes sits below one data directory (``$FT_PIPELINE_DATA_DIR``, default
+``data/``) at paths that contain the version, so an old version is never overwritten. Beside each
+versioned folder a ``latest.json`` names the newest version for people and scripts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+DATA_DIR_ENV = "FT_PIPELINE_DATA_DIR"
+DEFAULT_DATA_DIR = "data"
+LATEST = "latest.json"
+
+
+def resolve_data_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """The data directory: the explicit one, else ``$FT_PIPELINE_DATA_DIR``, else ``data/``."""
+    return Path(explicit or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR)
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._=-]+")
+
+
+def safe_name(key: str) -> str:
+    """A partition key as a single folder name (keys are file names; nested paths use '__')."""
+    name = _UNSAFE.sub("_", key.replace("/", "__"))
+    return name.strip(".") or "_"
+
+
+def content_version(*parts: Any) -> str:
+    """A short, stable content hash of the given parts (strings, bytes, or JSON-able values)."""
+    digest = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, bytes):
+            data = part
+        elif isinstance(part, str):
+            data = part.encode("utf-8")
+        else:
+            data = json.dumps(part, sort_keys=True, default=str, ensure_ascii=False).encode("utf-8")
+        digest.update(len(data).to_bytes(8, "little"))
+        digest.update(data)
+    return digest.hexdigest()[:16]
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def hash_values(values: Iterable[Any]) -> str:
+    """Order-sensitive hash of a column of scalars (ids, int hashes)."""
+    digest = hashlib.sha256()
+    for value in values:
+        digest.update(str(value).encode("utf-8"))
+        digest.update(b"\x1f")
+    return digest.hexdigest()[:16]
+
+
+def _atomic_target(path: Path) -> tuple[Path, Path]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    return Path(tmp), path
+
+
+def write_parquet(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write atomically (temp file + rename), so readers never see half a file."""
+    tmp, target = _atomic_target(Path(path))
+    try:
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def write_text(text: str, path: str | os.PathLike) -> Path:
+    tmp, target = _atomic_target(Path(path))
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def write_latest(folder: str | os.PathLike, version: str, **extra: Any) -> Path:
+    """Point ``folder/latest.json`` at ``version`` (with any extra fields, e.g. file paths)."""
+    pointer = {"version": version, "written_at": datetime.now(timezone.utc).isoformat(), **extra}
+    return write_text(json.dumps(pointer, indent=2, default=str) + "\n", Path(folder) / LATEST)
+
+
+def read_latest(folder: str | os.PathLike) -> dict[str, Any] | None:
+    path = Path(folder) / LATEST
+    if not path.exists():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def layout(data_dir: Path) -> dict[str, Path]:
+    """The folders of DESIGN.md §3, below the data directory."""
+    return {
+        "raw": data_dir / "raw",
+        "parsed": data_dir / "parsed",
+        "quarantine": data_dir / "quarantine",
+        "cleaned": data_dir / "cleaned",
+        "curated": data_dir / "curated",
+        "splits": data_dir / "splits",
+        "models": data_dir / "models",
+        "reports": data_dir / "reports",
+    }

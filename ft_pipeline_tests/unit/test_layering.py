@@ -1,0 +1,36 @@
+"""ft_pipeline/lib is pure: nothing below it imports dagster (defs -> lib, never back)."""
+
+import ast
+from pathlib import Path
+
+import ft_pipeline.lib
+
+LIB = Path(ft_pipeline.lib.__file__).parent
+
+
+def _imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_lib_never_imports_dagster_or_defs():
+    files = sorted(LIB.rglob("*.py"))
+    assert len(files) >= 8, "the lib package should be found"
+    offenders = {}
+    for path in files:
+        bad = {m for m in _imported_modules(path) if m.split(".")[0] in {"dagster", "dagster_pipes"} or m.startswith("ft_pipeline.defs")}
+        if bad:
+            offenders[str(path.relative_to(LIB))] = sorted(bad)
+    assert offenders == {}
+
+
+def test_the_check_would_catch_an_offender(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("import os\nfrom dagster import asset\n")
+    assert "dagster" in _imported_modules(bad)
