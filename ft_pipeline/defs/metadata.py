@@ -25,7 +25,8 @@ def sample_rows(frame: pd.DataFrame, n: int = 3, max_chars: int = 160) -> dg.Met
     lines = []
     for row in frame.head(n).to_dict("records"):
         lines.append(f"**{row.get('conversation_id')}**" + (f" — {row['filter_reason']}" if row.get("filter_reason") else ""))
-        for m in list(row.get("messages") or [])[:4]:
+        messages = row.get("messages")
+        for m in list(messages if messages is not None else [])[:4]:
             content = str(m["content"]).replace("\n", " ")
             if len(content) > max_chars:
                 content = content[: max_chars - 1] + "…"

@@ -25,6 +25,7 @@ class SplitRunConfig(dg.Config):
     seed: int = Field(default=_SPLIT.seed, description="Salt of the split hash.")
     group_by_user: bool = Field(default=_SPLIT.group_by_user, description="Keep one user's conversations in one split.")
     first_turn_min_words: int = Field(default=_SPLIT.first_turn_min_words, description="Group conversations sharing a first user turn of at least this many words (0 = off).")
+    first_turn_max_shared: int = Field(default=_SPLIT.first_turn_max_shared, description="A first turn shared by more conversations than this is boilerplate and links nothing.")
     stratify_by_tag: bool = Field(default=_SPLIT.stratify_by_tag, description="Exact per-tag proportions (a group near a cut-off may move as data grows).")
     min_train_examples: int = Field(default=10, description="Minimum train size (OpenAI requires 10).")
     min_validation_examples: int = Field(default=1, description="Minimum validation size.")
@@ -39,6 +40,7 @@ class SplitRunConfig(dg.Config):
             seed=self.seed,
             group_by_user=self.group_by_user,
             first_turn_min_words=self.first_turn_min_words,
+            first_turn_max_shared=self.first_turn_max_shared,
             stratify_by_tag=self.stratify_by_tag,
         )
 
@@ -107,6 +109,7 @@ def dataset_splits(context: dg.AssetExecutionContext, config: SplitRunConfig, st
                 "dagster/row_count": len(frame),
                 "share": round(len(frame) / max(1, len(assigned)), 4),
                 "groups": int(frame["split_group"].nunique()) if len(frame) else 0,
+                "largest_group": int(frame["split_group"].value_counts().max()) if len(frame) else 0,
                 "tags": dg.MetadataValue.json(frame["tags"].explode().value_counts().to_dict() if len(frame) else {}),
                 "path": dg.MetadataValue.path(paths[name]["parquet"]),
                 "jsonl_path": dg.MetadataValue.path(paths[name]["jsonl"]),

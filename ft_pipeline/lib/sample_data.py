@@ -126,8 +126,11 @@ def _conversation(rng: random.Random, index: int, *, turns: int | None = None) -
     topic = rng.choice(sorted(TOPICS))
     product = rng.choice(PRODUCTS)
     first = _fill(rng, rng.choice(TOPICS[topic]), product)
-    if rng.random() < 0.5:
-        first += " " + rng.choice(["It started last week.", "This is the second time it happened.", "I am using the app on Android.", "I already restarted everything twice."])
+    first += " " + rng.choice(
+        ["It started last week.", "This is the second time it happened.", "I am using the app on Android.", "I already restarted everything twice.",
+         "I bought it as a gift.", "My partner noticed it first.", "I am on the latest app version.", "It is the one in the kitchen.", ""]
+    ) + " " + rng.choice(["Thanks.", "Please help.", "Any ideas?", "Thank you in advance.", "What can I do?", ""])
+    first = first.strip()
     reply = " ".join(
         [_fill(rng, rng.choice(OPENERS), product), _fill(rng, rng.choice(STEPS[topic]), product), _fill(rng, rng.choice(CLOSERS), product)]
     )

@@ -21,7 +21,15 @@ import numpy as np
 import pandas as pd
 import xxhash
 
-from ft_pipeline.lib.dedup import DEFAULT_DEDUP_CONFIG, DedupConfig, cross_set_near_duplicates, signatures_from_bytes
+from ft_pipeline.lib.dedup import (
+    DEFAULT_DEDUP_CONFIG,
+    DedupConfig,
+    conversation_text,
+    cross_set_near_duplicates,
+    jaccard,
+    shingles,
+    signatures_from_bytes,
+)
 
 SPLIT_NAMES = ("train", "validation", "test")
 
@@ -40,6 +48,10 @@ class SplitConfig:
     first_turn_min_words: int = 8
     """Conversations whose first user turn is identical and at least this long share a group
     (shorter turns such as "hi" are too common to mean anything). 0 switches the rule off."""
+    first_turn_max_shared: int = 20
+    """A first user turn shared by more conversations than this is boilerplate ("I want to cancel
+    my subscription, please help me"), not a fingerprint: it does not link groups, so one common
+    opening cannot chain unrelated users into one giant group."""
     stratify_by_tag: bool = False
     """When on, groups are ranked by their hash within each stratum (the group's first tag, or
     "untagged") and cut at the configured fractions, so each tag gets exact proportions. This
@@ -92,6 +104,13 @@ def group_keys(frame: pd.DataFrame, config: SplitConfig = DEFAULT_SPLIT_CONFIG) 
     ids = frame["conversation_id"].tolist()
     users = frame["user_id"].tolist() if "user_id" in frame else [None] * n
     contexts = frame["context_hash"].tolist() if "context_hash" in frame else [None] * n
+    first_keys: list[str | None] = [None] * n
+    if config.first_turn_min_words:
+        for i in range(n):
+            first = _first_user_turn(frame["messages"].iat[i])
+            if first and len(first.split()) >= config.first_turn_min_words:
+                first_keys[i] = f"first:{xxhash.xxh3_64_hexdigest(first.lower().encode('utf-8'))}"
+    first_counts = Counter(k for k in first_keys if k is not None)
     for i in range(n):
         keys = [f"conv:{ids[i]}"]
         user = users[i]
@@ -100,10 +119,9 @@ def group_keys(frame: pd.DataFrame, config: SplitConfig = DEFAULT_SPLIT_CONFIG) 
         ctx = contexts[i]
         if ctx is not None and ctx == ctx and ctx is not pd.NA:
             keys.append(f"ctx:{int(ctx)}")
-        if config.first_turn_min_words:
-            first = _first_user_turn(frame["messages"].iat[i])
-            if first and len(first.split()) >= config.first_turn_min_words:
-                keys.append(f"first:{xxhash.xxh3_64_hexdigest(first.lower().encode('utf-8'))}")
+        first_key = first_keys[i]
+        if first_key is not None and 1 < first_counts[first_key] <= config.first_turn_max_shared:
+            keys.append(first_key)
         node_keys[i] = keys
         for key in keys:
             j = owner.setdefault(key, i)
@@ -161,7 +179,7 @@ class LeakageReport:
     exact_duplicates: int
     """Conversations whose exact hash appears in another split."""
     near_duplicates: int
-    """Cross-split pairs with estimated Jaccard >= the dedup threshold."""
+    """Cross-split pairs with true shingle Jaccard >= the dedup threshold (MinHash-LSH candidates, verified)."""
     near_duplicate_examples: list[dict[str, Any]]
     final_reply_overlap: dict[str, float]
     """Informational: share of validation/test final replies that occur verbatim in train
@@ -213,16 +231,25 @@ def leakage_report(
         for b in names[a_i + 1 :]:
             if not len(splits[a]) or not len(splits[b]):
                 continue
-            pairs = cross_set_near_duplicates(signatures[a], signatures[b], dedup)
-            near += len(pairs)
-            for i, j, score in pairs[:5]:
-                examples.append(
-                    {
-                        a: str(splits[a]["conversation_id"].iat[i]),
-                        b: str(splits[b]["conversation_id"].iat[j]),
-                        "estimated_jaccard": round(float(score), 3),
-                    }
+            candidates = cross_set_near_duplicates(signatures[a], signatures[b], dedup)
+            # Confirm each candidate by the true Jaccard of its shingle sets, as dedup does, so
+            # the check and the dedup agree on what a near duplicate is.
+            for i, j, _estimate in candidates:
+                score = jaccard(
+                    shingles(conversation_text(splits[a]["messages"].iat[i]), dedup.ngram),
+                    shingles(conversation_text(splits[b]["messages"].iat[j]), dedup.ngram),
                 )
+                if score < dedup.threshold:
+                    continue
+                near += 1
+                if len(examples) < 10:
+                    examples.append(
+                        {
+                            a: str(splits[a]["conversation_id"].iat[i]),
+                            b: str(splits[b]["conversation_id"].iat[j]),
+                            "jaccard": round(float(score), 3),
+                        }
+                    )
 
     overlap = {}
     if "train" in splits:

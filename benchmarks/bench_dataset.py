@@ -1,0 +1,926 @@
+"""Dataset pipeline benchmark: raw JSONL logs -> cleaned -> curated -> splits, at 100k / 1M conversations.
+
+What it measures
+----------------
+1. Generates N synthetic support-chat conversations as ``--files`` JSONL files (not timed as part
+   of the pipeline; printed separately). About 4 messages each (user/assistant alternating, 30 %
+   with a system prompt), about 120 words per message drawn Zipf-like from a vocabulary of a few
+   thousand words, plus shared opener/closer boilerplate, so unrelated conversations share common
+   shingles and near-duplicate detection has real candidates to reject. Planted problems: ~1 %
+   exact duplicates (in another file), ~1 % near duplicates (a few words changed), ~0.5 % prefix
+   duplicates, ~0.3 % branch duplicates (regenerated last reply), ~2 % of messages with PII
+   (emails, phone numbers, card numbers) and ~0.5 % lines of broken JSON.
+2. Runs the dataset stages the way the Dagster assets do:
+   * per file = per partition, in a ``spawn`` multiprocessing Pool of ``--workers`` processes
+     (Dagster runs partitions in parallel): ``raw_conversation_logs`` (``read_log_file``, parsed and
+     quarantine Parquet written) and ``cleaned_conversations`` (parsed Parquet read back,
+     ``clean_conversations``, kept and filtered Parquet written);
+   * the fan-in ``curated_dataset``: ``curate`` over every cleaned file + removed.parquet;
+   * ``dataset_splits``: curated Parquet read, ``assign_splits``, split Parquet, OpenAI JSONL
+     (``write_openai_jsonl``), ``leakage_report`` and ``validate_jsonl_file`` (train, validation).
+   The assets' Dagster bookkeeping and the curated asset checks (PII re-scan, dedup re-run) are
+   not part of the measured path.
+3. Prints per stage: wall seconds and conversations/second; for the per-file stages also the
+   summed worker CPU time and the per-core rate; END TO END conversations/second (pool start ->
+   splits done, over the N input records); peak RSS (parent ``RUSAGE_SELF``, ``RUSAGE_CHILDREN``,
+   and each worker's own peak); the record accounting (in, quarantined, filtered by reason,
+   removed by dedup kind, kept, split sizes, leakage), which is asserted to add up.
+4. Compares our leakage check with the tutorial one (difflib ``SequenceMatcher.ratio() >= 0.8``
+   between every validation/test and every train conversation) on 5,000 curated conversations;
+   the pairwise run is timed on a random sample of pairs within a time budget and extrapolated.
+
+Targets (printed as PASS/MISS; a miss never makes the script fail)
+-------------------------------------------------------------------
+* >= 3,000 conversations/s end to end at N = 1,000,000
+* peak RSS <= 6 GB (max of parent and children)
+* time(1M) / time(100k) <= 12 (computed once both result files exist)
+
+Results are also written to ``benchmarks/out/bench_dataset_<n>.json``.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_dataset.py --n 100000
+    .venv/bin/python benchmarks/bench_dataset.py --n 1000000 --skip-difflib
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RESULTS_DIR = Path(__file__).resolve().parent / "out"
+
+TARGET_RATE = 3000.0  # conversations/s end to end, at 1M
+TARGET_RATE_AT = 1_000_000
+TARGET_RSS_GB = 6.0
+TARGET_SCALING = 12.0
+SCALING_SMALL, SCALING_LARGE = 100_000, 1_000_000
+
+# Planted problems, as shares of N (duplicates) or of messages (PII) or of lines (bad JSON).
+SHARE_EXACT, SHARE_NEAR, SHARE_PREFIX, SHARE_BRANCH = 0.01, 0.01, 0.005, 0.003
+SHARE_PII_MESSAGES = 0.02
+SHARE_BAD_JSON = 0.005
+
+# Kinds of planted slots in a file.
+ORIGINAL, EXACT, NEAR, PREFIX, BRANCH = range(5)
+DUP_KIND_NAMES = {EXACT: "exact", NEAR: "near", PREFIX: "prefix", BRANCH: "branch"}
+
+
+# =============================================================================== generation
+
+COMMON_WORDS = """
+the of and to a in is you that it for on with as was be this are have or by at not your from
+can but if we they will an all would there their what so up out about which when one more no
+do has time could them some these my other than then now only its like also into over new just
+any how use because after our most first well way even want need make get work see know set
+right back good still each help check account order device update app phone wifi network
+setting settings option options screen button light power battery cable router hub camera
+plan subscription invoice charge refund payment card billing price fee month week day hour
+minute again already before after while during since until through between under around
+please thanks thank sorry sure great happy glad understand issue problem question answer
+try restart reset reconnect install remove open close turn start stop wait send receive email
+message code link page website support team agent customer user service product model version
+firmware software system error warning status signal connection internet speed range distance
+room door window wall floor kitchen garage home house office building address delivery package
+shipping tracking carrier box item return exchange warranty replacement repair issue ticket case
+should might must may shall very really quite too much many few less more most every another
+same different other next last early late soon later today tomorrow yesterday always never often
+sometimes usually maybe perhaps probably definitely exactly almost about nearly around enough
+""".split()
+
+SYLLABLES = [
+    "ka", "lo", "mi", "ter", "ran", "sol", "vex", "dor", "pli", "qua", "ben", "tis", "mor", "gal",
+    "zen", "fin", "ul", "ar", "es", "on", "tri", "nox", "pel", "cor", "dan", "rix", "sup", "lem",
+    "hal", "vin", "bro", "tam", "gen", "cal", "sto", "ver", "pan", "lit", "mun", "ros",
+]
+
+SYSTEM_PROMPTS = [
+    "You are Nimbus, the support assistant of Nimbus Home, a smart-home device company.",
+    "You are a friendly and concise customer support agent. Answer in plain English.",
+    "You help customers with orders, billing and device setup. Never promise refunds you cannot give.",
+    "You are the support assistant of an online store. Be polite, precise and brief.",
+    "You are a technical support assistant for home network equipment.",
+]
+USER_OPENERS = [
+    "Hi there,", "Hello,", "Hey,", "Good morning,", "Hi, I need some help.", "Quick question:",
+    "Hello, I have a problem.", "Hi support team,", "Can you help me?", "I am writing because",
+    "Hi again,", "Hello, thanks for getting back to me.", "So,", "Okay,", "One more thing:",
+]
+ASSISTANT_OPENERS = [
+    "Thanks for reaching out about this.", "I am sorry for the trouble.", "Happy to help you sort this out.",
+    "Thank you for the details, that helps a lot.", "I understand how frustrating that is.",
+    "Good question, let me explain.", "Thanks for your patience while I checked.",
+    "Let me look into that for you.", "I can help with that.", "Sorry to hear that, let us fix it.",
+]
+ASSISTANT_CLOSERS = [
+    "Is there anything else I can help you with?", "Let me know if that works for you.",
+    "Have a great day.", "Feel free to reply here if the problem comes back.",
+    "I hope this helps.", "Thanks again for your patience.", "",
+]
+TAGS = ["billing", "shipping", "setup", "account", "returns", "warranty", "app", "wifi", "firmware", "other"]
+EMAIL_NAMES = ["john", "maria", "wei", "fatima", "lucas", "olga", "sam", "priya", "ahmed", "emma", "kenji", "sofia"]
+EMAIL_DOMAINS = ["gmail.com", "yahoo.com", "outlook.com", "proton.me", "example.org", "mailbox.net"]
+US_AREA_CODES = [212, 213, 312, 415, 469, 503, 617, 646, 702, 718, 773, 206, 303, 404, 512, 305]
+PII_TEMPLATES = [
+    "you can email me at {email} if that is easier.",
+    "my email is {email}",
+    "please call me back on {phone} this afternoon.",
+    "my number is {phone}",
+    "the card I used was {card} so please check that one.",
+    "I paid with card {card}",
+]
+ZIPF_TABLE_BITS = 20
+
+
+def build_vocabulary(seed: int, size: int = 4000) -> tuple[np.ndarray, np.ndarray]:
+    """Words (object array) and a lookup table that maps uniform draws to Zipf-distributed word ids.
+
+    Real common words take the top ranks; the rest are pseudo-words made of syllables. Rank
+    frequencies follow Zipf-Mandelbrot, p(k) ~ 1 / (k + 2.7). Every word also exists with a
+    trailing period (ids >= size), used to end sentences.
+    """
+    rng = np.random.default_rng([seed, 7])
+    words = list(dict.fromkeys(COMMON_WORDS))
+    seen = set(words)
+    while len(words) < size:
+        word = "".join(rng.choice(SYLLABLES, size=int(rng.integers(2, 4))))
+        if word not in seen:
+            seen.add(word)
+            words.append(word)
+    ranks = np.arange(1, size + 1, dtype=np.float64)
+    p = 1.0 / (ranks + 2.7)
+    cdf = np.cumsum(p / p.sum())
+    grid = (np.arange(1 << ZIPF_TABLE_BITS) + 0.5) / (1 << ZIPF_TABLE_BITS)
+    table = np.minimum(np.searchsorted(cdf, grid), size - 1).astype(np.int32)
+    vocab = np.array(words + [w + "." for w in words], dtype=object)
+    return vocab, table
+
+
+def luhn_card(rng: np.random.Generator) -> str:
+    digits = [4] + [int(d) for d in rng.integers(0, 10, size=14)]
+    total = 0
+    for i, d in enumerate(reversed(digits)):  # the check digit will sit at the right end
+        if i % 2 == 0:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    digits.append((10 - total % 10) % 10)
+    s = "".join(map(str, digits))
+    return " ".join(s[i : i + 4] for i in range(0, 16, 4))
+
+
+def pii_sentence(rng: np.random.Generator) -> str:
+    template = PII_TEMPLATES[int(rng.integers(len(PII_TEMPLATES)))]
+    name = EMAIL_NAMES[int(rng.integers(len(EMAIL_NAMES)))]
+    email = f"{name}.{EMAIL_NAMES[int(rng.integers(len(EMAIL_NAMES)))]}{int(rng.integers(1, 999))}@{EMAIL_DOMAINS[int(rng.integers(len(EMAIL_DOMAINS)))]}"
+    area = US_AREA_CODES[int(rng.integers(len(US_AREA_CODES)))]
+    phone = f"({area}) {int(rng.integers(201, 990))}-{int(rng.integers(1000, 10000))}"
+    return template.format(email=email, phone=phone, card=luhn_card(rng))
+
+
+class ConversationFactory:
+    """Builds message lists fast: all word ids of a batch are drawn at once and joined per message."""
+
+    def __init__(self, seed: int) -> None:
+        self.vocab, self.table = build_vocabulary(seed)
+        self.pii_inserted = 0
+
+    def words(self, rng: np.random.Generator, n: int) -> list[str]:
+        ids = self.table[rng.integers(0, 1 << ZIPF_TABLE_BITS, size=n)]
+        ids = ids + np.where(rng.random(n) < 0.07, len(self.vocab) // 2, 0)  # sentence ends
+        return self.vocab[ids].tolist()
+
+    def conversations(self, rng: np.random.Generator, n: int, min_exchanges: int = 1) -> list[list[dict[str, str]]]:
+        exchanges = rng.choice([1, 2, 3], p=[0.2, 0.6, 0.2], size=n)
+        exchanges = np.maximum(exchanges, min_exchanges)
+        has_system = rng.random(n) < 0.3
+        n_messages = 2 * exchanges
+        total = int(n_messages.sum())
+        lengths = np.clip(rng.normal(120, 35, size=total), 15, 300).astype(np.int64)
+        words = self.words(rng, int(lengths.sum()))
+        ends = np.cumsum(lengths).tolist()
+        starts = [0] + ends[:-1]
+        with_pii = (rng.random(total) < SHARE_PII_MESSAGES).tolist()
+        u_open = rng.integers(len(USER_OPENERS), size=total).tolist()
+        a_open = rng.integers(len(ASSISTANT_OPENERS), size=total).tolist()
+        a_close = rng.integers(len(ASSISTANT_CLOSERS), size=total).tolist()
+        systems = rng.integers(len(SYSTEM_PROMPTS), size=n).tolist()
+        out = []
+        k = 0
+        for c in range(n):
+            messages = []
+            if has_system[c]:
+                messages.append({"role": "system", "content": SYSTEM_PROMPTS[systems[c]]})
+            for j in range(int(n_messages[c])):
+                body = words[starts[k] : ends[k]]
+                if with_pii[k]:
+                    body.insert(int(rng.integers(len(body) + 1)), pii_sentence(rng))
+                    self.pii_inserted += 1
+                if j % 2 == 0:
+                    text = USER_OPENERS[u_open[k]] + " " + " ".join(body)
+                    messages.append({"role": "user", "content": text})
+                else:
+                    text = ASSISTANT_OPENERS[a_open[k]] + " " + " ".join(body)
+                    closer = ASSISTANT_CLOSERS[a_close[k]]
+                    messages.append({"role": "assistant", "content": text + " " + closer if closer else text})
+                k += 1
+            out.append(messages)
+        return out
+
+    def near_copy(self, rng: np.random.Generator, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+        """The same conversation with about 0.4-1.2 % of its words replaced (Jaccard of 5-gram shingles ~0.9)."""
+        out = [dict(m) for m in messages]
+        editable = [i for i, m in enumerate(out) if m["role"] != "system"]
+        tokens = {i: out[i]["content"].split(" ") for i in editable}
+        n_words = sum(len(t) for t in tokens.values())
+        n_changes = max(1, int(round(n_words * rng.uniform(0.004, 0.012))))
+        replacements = self.words(rng, n_changes)
+        for r in replacements:
+            i = editable[int(rng.integers(len(editable)))]
+            t = tokens[i]
+            t[int(rng.integers(len(t)))] = r
+        for i, t in tokens.items():
+            out[i]["content"] = " ".join(t)
+        return out
+
+    def regenerate_last_reply(self, rng: np.random.Generator, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+        body = self.words(rng, int(np.clip(rng.normal(120, 35), 15, 300)))
+        reply = ASSISTANT_OPENERS[int(rng.integers(len(ASSISTANT_OPENERS)))] + " " + " ".join(body)
+        return [dict(m) for m in messages[:-1]] + [{"role": "assistant", "content": reply}]
+
+
+def prefix_of(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The conversation up to and including its first assistant reply."""
+    for i, m in enumerate(messages):
+        if m["role"] == "assistant":
+            return [dict(x) for x in messages[: i + 1]]
+    raise ValueError("no assistant message")
+
+
+@dataclass
+class FilePlan:
+    index: int
+    path: str
+    n_lines: int
+    special_slots: np.ndarray  # slot -> (pool item, kind) for planted originals/duplicates
+    special_items: np.ndarray
+    special_kinds: np.ndarray
+    bad_slots: np.ndarray
+    pool_size: int
+    n_total: int
+    seed: int
+
+
+def plan_files(n: int, files: int, raw_dir: Path, seed: int) -> list[FilePlan]:
+    """Decide which slot of which file holds a planted original, a duplicate of it, or a bad line.
+
+    Every planted duplicate has its own source conversation (a "pool" item, generated
+    identically in every generator process); the original sits in one file and the duplicate in
+    another, so the duplicate is only found by the global dedup.
+    """
+    rng = np.random.default_rng([seed, 1])
+    kinds = np.concatenate(
+        [np.full(int(round(share * n)), kind) for kind, share in
+         ((EXACT, SHARE_EXACT), (NEAR, SHARE_NEAR), (PREFIX, SHARE_PREFIX), (BRANCH, SHARE_BRANCH))]
+    ).astype(np.int8)
+    pool_size = len(kinds)
+    home = rng.integers(0, files, size=pool_size)
+    away = (home + rng.integers(1, files, size=pool_size)) % files if files > 1 else home
+    sizes = [n // files + (1 if i < n % files else 0) for i in range(files)]
+    plans = []
+    for f in range(files):
+        originals = np.flatnonzero(home == f)
+        duplicates = np.flatnonzero(away == f)
+        items = np.concatenate([originals, duplicates])
+        item_kinds = np.concatenate([np.full(len(originals), ORIGINAL), kinds[duplicates]]).astype(np.int8)
+        n_bad = int(round(SHARE_BAD_JSON * sizes[f]))
+        if len(items) + n_bad > sizes[f]:
+            raise ValueError("too few conversations per file for the planted problems; use fewer --files")
+        slots = rng.choice(sizes[f], size=len(items) + n_bad, replace=False)
+        plans.append(
+            FilePlan(
+                index=f,
+                path=str(raw_dir / f"logs-{f:04d}.jsonl"),
+                n_lines=sizes[f],
+                special_slots=slots[: len(items)],
+                special_items=items,
+                special_kinds=item_kinds,
+                bad_slots=np.sort(slots[len(items):]),
+                pool_size=pool_size,
+                n_total=n,
+                seed=seed,
+            )
+        )
+    return plans
+
+
+_GENERATOR_CACHE: dict[tuple[int, int], tuple[ConversationFactory, list]] = {}
+
+
+def _factory_and_pool(seed: int, pool_size: int) -> tuple[ConversationFactory, list]:
+    """The vocabulary and the pool of duplicate sources, built once per generator process."""
+    key = (seed, pool_size)
+    if key not in _GENERATOR_CACHE:
+        factory = ConversationFactory(seed)
+        pool = factory.conversations(np.random.default_rng([seed, 2]), pool_size, min_exchanges=2)
+        _GENERATOR_CACHE[key] = (factory, pool)
+    return _GENERATOR_CACHE[key]
+
+
+def generate_file(plan: FilePlan) -> dict[str, Any]:
+    """Write one JSONL file (runs in a worker). Returns what was planted in it."""
+    t0 = time.perf_counter()
+    factory, pool = _factory_and_pool(plan.seed, plan.pool_size)
+    factory.pii_inserted = 0  # count only this file's own conversations
+    rng = np.random.default_rng([plan.seed, 100 + plan.index])
+    n = plan.n_lines
+    special = {int(s): (int(i), int(k)) for s, i, k in zip(plan.special_slots, plan.special_items, plan.special_kinds)}
+    bad = set(plan.bad_slots.tolist())
+
+    n_users = max(1, plan.n_total // 4)
+    users = rng.integers(0, n_users, size=n).tolist()
+    ratings = rng.choice([1, 2, 3, 4, 5], p=[0.02, 0.03, 0.07, 0.33, 0.55], size=n)
+    rated = rng.random(n) >= 0.05
+    response = np.round(rng.lognormal(np.log(1200), 0.6, size=n)).astype(np.int64).tolist()
+    edited = (rng.random(n) < 0.03).tolist()
+    n_tags = rng.choice([0, 1, 2], p=[0.2, 0.6, 0.2], size=n).tolist()
+    tag_ids = rng.integers(len(TAGS), size=(n, 2)).tolist()
+    created = (np.datetime64("2025-01-01T00:00:00") + rng.integers(0, 180 * 86400, size=n).astype("timedelta64[s]")).astype(str).tolist()
+    ratings_list = [int(r) if ok else None for r, ok in zip(ratings.tolist(), rated.tolist())]
+
+    planted = Counter()
+    chunk = 10_000
+    with open(plan.path, "w", encoding="utf-8") as out:
+        for lo in range(0, n, chunk):
+            hi = min(n, lo + chunk)
+            fresh = factory.conversations(rng, hi - lo)
+            lines = []
+            for slot in range(lo, hi):
+                messages = fresh[slot - lo]
+                if slot in special:
+                    item, kind = special[slot]
+                    source = pool[item]
+                    if kind == ORIGINAL:
+                        messages = source
+                    elif kind == EXACT:
+                        messages = [dict(m) for m in source]
+                    elif kind == NEAR:
+                        messages = factory.near_copy(rng, source)
+                    elif kind == PREFIX:
+                        messages = prefix_of(source)
+                    else:
+                        messages = factory.regenerate_last_reply(rng, source)
+                    planted[DUP_KIND_NAMES.get(kind, "original")] += 1
+                tags = [TAGS[t] for t in tag_ids[slot][: n_tags[slot]]]
+                record = {
+                    "conversation_id": f"c{plan.index:04d}-{slot:07d}",
+                    "user_id": f"u{users[slot]:08d}",
+                    "created_at": created[slot],
+                    "messages": messages,
+                    "rating": ratings_list[slot],
+                    "response_time_ms": response[slot],
+                    "edited": edited[slot],
+                    "tags": tags,
+                }
+                line = json.dumps(record)
+                if slot in bad:
+                    # Half a line (a truncated write) or a Python repr: neither is JSON.
+                    line = line[: len(line) // 2] if slot % 2 else repr(record)[:500]
+                    planted["bad_json"] += 1
+                lines.append(line)
+            out.write("\n".join(lines))
+            out.write("\n")
+    planted["pii_messages"] = factory.pii_inserted
+    return {
+        "file": plan.path,
+        "lines": n,
+        "planted": dict(planted),
+        "bytes": os.path.getsize(plan.path),
+        "seconds": time.perf_counter() - t0,
+        "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    }
+
+
+# ======================================================================= per-file stages
+
+
+def process_file(args: tuple[str, str]) -> dict[str, Any]:
+    """One partition, as raw_conversation_logs + cleaned_conversations do it (runs in a worker)."""
+    import pandas as pd
+
+    from ft_pipeline.lib.cleaning import clean_conversations
+    from ft_pipeline.lib.pii import scrub_pii
+    from ft_pipeline.lib.records import read_log_file
+    from ft_pipeline.lib.storage import write_parquet
+
+    raw_path, out_dir = args
+    out = Path(out_dir)
+    name = Path(raw_path).name
+    stem = name.removesuffix(".jsonl")
+    timings: dict[str, float] = {}
+
+    def timed(key: str, fn, *a, **kw):
+        w, c = time.perf_counter(), time.process_time()
+        value = fn(*a, **kw)
+        timings[key + "_wall"] = timings.get(key + "_wall", 0.0) + time.perf_counter() - w
+        timings[key + "_cpu"] = timings.get(key + "_cpu", 0.0) + time.process_time() - c
+        return value
+
+    # raw_conversation_logs
+    w0, c0 = time.perf_counter(), time.process_time()
+    parsed = timed("read_log_file", read_log_file, raw_path, source_name=name)
+    parsed_path = timed("write_parsed", write_parquet, parsed.conversations, out / "parsed" / f"{stem}.parquet")
+
+    def write_quarantine():
+        quarantine = parsed.quarantine.copy()
+        quarantine["raw_text"] = [scrub_pii(text)[0] for text in quarantine["raw_text"]]
+        return write_parquet(quarantine, out / "quarantine" / f"{stem}.parquet")
+
+    timed("write_quarantine", write_quarantine)
+    w1, c1 = time.perf_counter(), time.process_time()
+
+    # cleaned_conversations
+    frame = timed("read_parsed", pd.read_parquet, parsed_path)
+    cleaned = timed("clean_conversations", clean_conversations, frame)
+    kept_path = timed("write_cleaned", write_parquet, cleaned.kept, out / "cleaned" / f"{stem}.parquet")
+    timed("write_filtered", write_parquet, cleaned.filtered, out / "cleaned" / f"{stem}.filtered.parquet")
+    w2, c2 = time.perf_counter(), time.process_time()
+    assert cleaned.n_in == len(frame) == len(parsed.conversations), "cleaning lost records"
+
+    return {
+        "file": name,
+        "kept_path": str(kept_path),
+        "n_records": parsed.n_records,
+        "blank_lines": parsed.blank_lines,
+        "parsed": len(parsed.conversations),
+        "quarantine_counts": parsed.quarantine_counts,
+        "kept": len(cleaned.kept),
+        "filter_counts": cleaned.filter_counts,
+        "pii_counts": cleaned.pii_counts,
+        "repairs": cleaned.repairs,
+        "parse_wall": w1 - w0,
+        "parse_cpu": c1 - c0,
+        "clean_wall": w2 - w1,
+        "clean_cpu": c2 - c1,
+        "detail": timings,
+        "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "pid": os.getpid(),
+    }
+
+
+def run_pool(fn, tasks: list, workers: int) -> tuple[list[dict[str, Any]], float]:
+    """Run tasks in a spawn Pool (workers are reaped, so RUSAGE_CHILDREN covers them)."""
+    t0 = time.perf_counter()
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(processes=workers) as pool:
+        results = list(pool.imap_unordered(fn, tasks, chunksize=1))
+        pool.close()
+        pool.join()
+    return results, time.perf_counter() - t0
+
+
+# ========================================================================= fan-in stages
+
+
+def curate_stage(cleaned_paths: list[str], out: Path) -> tuple[Any, dict[str, float]]:
+    """curated_dataset: global dedup + token counts, then removed.parquet beside the output."""
+    from ft_pipeline.lib.curation import curate
+    from ft_pipeline.lib.storage import write_parquet
+
+    t = {}
+    w = time.perf_counter()
+    result = curate(cleaned_paths, out / "curated" / "conversations.parquet")
+    t["curate"] = time.perf_counter() - w
+    note_peak("curate")
+    w = time.perf_counter()
+    write_parquet(result.removed, out / "curated" / "removed.parquet")
+    t["write_removed"] = time.perf_counter() - w
+    note_peak("write_removed")
+    return result, t
+
+
+# Parent peak RSS (ru_maxrss, GB) right after each fan-in step: shows which step raised the peak.
+PARENT_PEAK_AFTER: dict[str, float] = {}
+
+
+def note_peak(step: str) -> None:
+    PARENT_PEAK_AFTER[step] = gib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+def splits_stage(curated_path: Path, out: Path, difflib_sample: int, seed: int) -> tuple[dict[str, Any], dict[str, float], Any]:
+    """dataset_splits: read curated, assign_splits, write Parquet + OpenAI JSONL, leakage, validation."""
+    import pandas as pd
+
+    from ft_pipeline.lib.openai_format import validate_jsonl_file, write_openai_jsonl
+    from ft_pipeline.lib.splits import SPLIT_NAMES, assign_splits, leakage_report, split_sizes
+    from ft_pipeline.lib.storage import write_parquet
+
+    t: dict[str, float] = {}
+
+    def step(key: str, fn, *a, **kw):
+        w = time.perf_counter()
+        value = fn(*a, **kw)
+        t[key] = t.get(key, 0.0) + time.perf_counter() - w
+        note_peak(key)
+        return value
+
+    curated = step("read_curated", pd.read_parquet, curated_path)
+    assigned = step("assign_splits", assign_splits, curated)
+    frames = step(
+        "select_splits",
+        lambda: {name: assigned[assigned["split"] == name].reset_index(drop=True) for name in SPLIT_NAMES},
+    )
+    folder = out / "splits"
+    for name, frame in frames.items():
+        step("write_split_parquet", write_parquet, frame, folder / f"{name}.parquet")
+        step("write_openai_jsonl", write_openai_jsonl, frame["messages"].tolist(), folder / f"{name}.jsonl")
+    sizes = split_sizes(frames)
+    leakage = step("leakage_report", leakage_report, frames)
+    formats = {
+        name: step("validate_jsonl_file", validate_jsonl_file, folder / f"{name}.jsonl", require_min_examples=(name == "train"))
+        for name in ("train", "validation")
+    }
+    # Outside the timed steps: keep a sample for the difflib comparison, then free the big frames.
+    sample = curated.sample(n=min(difflib_sample, len(curated)), random_state=seed).reset_index(drop=True) if difflib_sample else None
+    info = {
+        "sizes": sizes,
+        "leakage": leakage.to_dict(),
+        "leaked": leakage.leaked,
+        "openai_format_ok": {name: bool(getattr(r, "ok", False)) for name, r in formats.items()},
+        "openai_format_errors": {name: _jsonable(getattr(r, "format_errors", None)) for name, r in formats.items()},
+    }
+    del curated, assigned, frames
+    return info, t, sample
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        json.dumps(value)
+        return value
+    except TypeError:
+        return str(value)
+
+
+# ================================================================ difflib comparison
+
+
+def difflib_comparison(sample, seed: int, budget_s: float) -> dict[str, Any]:
+    """Tutorial leakage check (pairwise difflib ratio >= 0.8) vs ``leakage_report`` on one 5k split."""
+    from ft_pipeline.lib.dedup import conversation_text
+    from ft_pipeline.lib.splits import SPLIT_NAMES, assign_splits, leakage_report
+
+    assigned = assign_splits(sample)
+    frames = {name: assigned[assigned["split"] == name].reset_index(drop=True) for name in SPLIT_NAMES}
+    w = time.perf_counter()
+    report = leakage_report(frames)
+    ours = time.perf_counter() - w
+
+    train = [conversation_text(m) for m in frames["train"]["messages"]]
+    held_out = [conversation_text(m) for name in ("validation", "test") for m in frames[name]["messages"]]
+    total_pairs = len(train) * len(held_out)
+    rng = np.random.default_rng([seed, 3])
+    pairs = similar = 0
+    w = time.perf_counter()
+    deadline = w + budget_s
+    while time.perf_counter() < deadline and pairs < total_pairs:
+        i, j = int(rng.integers(len(held_out))), int(rng.integers(len(train)))
+        similar += difflib.SequenceMatcher(None, held_out[i], train[j]).ratio() >= 0.8
+        pairs += 1
+    spent = time.perf_counter() - w
+    per_pair = spent / max(1, pairs)
+    extrapolated = per_pair * total_pairs
+    return {
+        "sample": len(sample),
+        "split_sizes": {name: len(f) for name, f in frames.items()},
+        "total_pairs": total_pairs,
+        "timed_pairs": pairs,
+        "timed_seconds": spent,
+        "similar_in_timed_pairs": int(similar),
+        "difflib_seconds_extrapolated": extrapolated,
+        "leakage_report_seconds": ours,
+        "leakage_report": report.to_dict(),
+        "speedup": extrapolated / ours if ours > 0 else float("inf"),
+    }
+
+
+# ============================================================================ reporting
+
+
+def gib(kb: float) -> float:
+    return kb / (1024 * 1024)
+
+
+def pass_miss(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("PASS" if ok else "MISS")
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> str:
+    cells = [[("" if c is None else c if isinstance(c, str) else f"{c:,.2f}" if isinstance(c, float) else f"{c:,}") for c in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths)))
+    out = [line, "-" * len(line)]
+    for r in cells:
+        out.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+    return "\n".join(out)
+
+
+def rate(n: int, seconds: float) -> float | None:
+    return n / seconds if seconds > 0 else None
+
+
+def load_results(n: int) -> dict[str, Any] | None:
+    path = RESULTS_DIR / f"bench_dataset_{n}.json"
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+# ================================================================================= main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=100_000, help="conversations to generate (default 100000)")
+    parser.add_argument("--workers", type=int, default=2, help="pool processes for the per-file stages (default 2)")
+    parser.add_argument("--files", type=int, default=None, help="JSONL files = partitions (default n / 50000, at least 2)")
+    parser.add_argument("--out", type=Path, default=None, help="work folder (default: a temp folder, removed afterwards unless --keep)")
+    parser.add_argument("--keep", action="store_true", help="keep the temp work folder")
+    parser.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
+    parser.add_argument("--skip-difflib", action="store_true", help="skip the difflib leakage-check comparison")
+    parser.add_argument("--difflib-budget", type=float, default=30.0, help="seconds spent timing difflib pairs (default 30)")
+    parser.add_argument("--difflib-sample", type=int, default=5000, help="curated conversations for the difflib comparison (default 5000)")
+    args = parser.parse_args(argv)
+    if args.files is None:
+        args.files = max(2, args.n // 50_000)
+    if args.n < 1000 or args.files < 1 or args.workers < 1:
+        parser.error("need --n >= 1000, --files >= 1, --workers >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    n = args.n
+    temp = args.out is None
+    out = Path(tempfile.mkdtemp(prefix="bench_dataset_")) if temp else args.out
+    if not temp and out.exists() and any(out.iterdir()):
+        print(f"--out {out} is not empty; give an empty or new folder", file=sys.stderr)
+        return 2
+    for sub in ("raw", "parsed", "quarantine", "cleaned", "curated", "splits"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    load_start = os.getloadavg()
+    print(f"bench_dataset: n={n:,} files={args.files} workers={args.workers} seed={args.seed} out={out}")
+    print(f"host: {platform.node()} {os.cpu_count()} CPUs, python {platform.python_version()}, load avg {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}")
+
+    try:
+        return run(args, out, load_start)
+    finally:
+        if temp and not args.keep:
+            shutil.rmtree(out, ignore_errors=True)
+        else:
+            print(f"work folder kept: {out}")
+
+
+def run(args: argparse.Namespace, out: Path, load_start: tuple[float, float, float]) -> int:
+    n, workers = args.n, args.workers
+
+    # ---- 1. generate (not part of the measured figures)
+    plans = plan_files(n, args.files, out / "raw", args.seed)
+    gen, gen_wall = run_pool(generate_file, plans, workers)
+    planted = Counter()
+    for g in gen:
+        planted.update(g["planted"])
+    raw_bytes = sum(g["bytes"] for g in gen)
+    gen_rss_kb = max(g["maxrss_kb"] for g in gen)
+    children_after_gen_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    print(
+        f"\ngenerated {n:,} lines in {args.files} files, {raw_bytes / 1e9:.2f} GB of JSONL, in {gen_wall:.1f} s "
+        f"(not measured; generator peak RSS {gib(gen_rss_kb):.2f} GB)"
+    )
+    print("planted: " + ", ".join(f"{k} {v:,}" for k, v in sorted(planted.items())))
+
+    # ---- 2. pipeline
+    note_peak("before pipeline")
+    t_start = time.perf_counter()
+    tasks = [(p.path, str(out)) for p in plans]
+    per_file, pool_wall = run_pool(process_file, tasks, workers)
+    per_file.sort(key=lambda r: r["file"])
+
+    cleaned_paths = [r["kept_path"] for r in per_file]
+    curation, t_curate = curate_stage(cleaned_paths, out)
+    t_curated = time.perf_counter()
+
+    split_info, t_splits, sample = splits_stage(curation.output_path, out, 0 if args.skip_difflib else args.difflib_sample, args.seed)
+    t_end = time.perf_counter()
+    e2e = t_end - t_start
+    load_end = os.getloadavg()
+
+    rss_self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_children_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    worker_rss_kb = max(r["maxrss_kb"] for r in per_file)
+    peak_kb = max(rss_self_kb, rss_children_kb)
+
+    # ---- 3. accounting
+    records_in = sum(r["n_records"] for r in per_file)
+    quarantine = Counter()
+    filters = Counter()
+    pii = Counter()
+    for r in per_file:
+        quarantine.update(r["quarantine_counts"])
+        filters.update(r["filter_counts"])
+        pii.update(r["pii_counts"])
+    quarantined = sum(quarantine.values())
+    parsed = sum(r["parsed"] for r in per_file)
+    cleaned_kept = sum(r["kept"] for r in per_file)
+    filtered = sum(filters.values())
+    removed = Counter(curation.removed_counts)
+    sizes = split_info["sizes"]
+    leak = split_info["leakage"]
+
+    assert records_in == n, f"records in {records_in} != lines generated {n}"
+    assert records_in == quarantined + parsed, "parse: records != quarantined + parsed"
+    assert parsed == filtered + cleaned_kept, "clean: parsed != filtered + kept"
+    assert cleaned_kept == curation.n_in, "curate: cleaned rows != curate input"
+    assert curation.n_in == curation.n_kept + sum(removed.values()), "curate: input != kept + removed"
+    assert curation.n_kept == sum(sizes.values()), "splits: curated != train + validation + test"
+
+    parse_cpu = sum(r["parse_cpu"] for r in per_file)
+    clean_cpu = sum(r["clean_cpu"] for r in per_file)
+    parse_task = sum(r["parse_wall"] for r in per_file)
+    clean_task = sum(r["clean_wall"] for r in per_file)
+    curate_wall = sum(t_curate.values())
+    splits_wall = t_end - t_curated
+
+    print("\n== Stage timings ==")
+    rows = [
+        [f"per-file stages, pool of {workers} (wall)", n, pool_wall, rate(n, pool_wall), parse_cpu + clean_cpu, rate(n, parse_cpu + clean_cpu)],
+        ["  parse: raw_conversation_logs", n, parse_task / workers, rate(n, parse_task / workers), parse_cpu, rate(n, parse_cpu)],
+        ["  clean: cleaned_conversations", parsed, clean_task / workers, rate(parsed, clean_task / workers), clean_cpu, rate(parsed, clean_cpu)],
+        ["curate (curated_dataset)", cleaned_kept, curate_wall, rate(cleaned_kept, curate_wall), None, None],
+    ]
+    rows += [[f"  {k}", cleaned_kept, v, rate(cleaned_kept, v), None, None] for k, v in t_curate.items()]
+    rows.append(["splits (dataset_splits)", curation.n_kept, splits_wall, rate(curation.n_kept, splits_wall), None, None])
+    rows += [[f"  {k}", curation.n_kept, v, rate(curation.n_kept, v), None, None] for k, v in t_splits.items()]
+    rows.append(["END TO END (parse -> splits done)", n, e2e, rate(n, e2e), None, None])
+    print(table(["stage", "rows in", "wall s", "conv/s", "worker CPU s", "conv/s per core"], rows))
+    print(
+        f"(parse/clean wall = summed task wall / {workers} workers; pool wall includes worker start-up. "
+        f"Worker CPU time: read_log_file {sum(r['detail']['read_log_file_cpu'] for r in per_file):.1f} s, "
+        f"clean_conversations {sum(r['detail']['clean_conversations_cpu'] for r in per_file):.1f} s, "
+        f"Parquet I/O {sum(v for r in per_file for k, v in r['detail'].items() if k.endswith('_cpu') and ('write' in k or 'read_parsed' in k)):.1f} s.)"
+    )
+    print(f"load average at start {load_start[0]:.2f}, at end {load_end[0]:.2f} ({os.cpu_count()} CPUs; other jobs on the machine slow the figures)")
+
+    print("\n== Peak RSS ==")
+    print(table(
+        ["process", "peak RSS GB"],
+        [
+            ["parent (RUSAGE_SELF)", gib(rss_self_kb)],
+            ["children (RUSAGE_CHILDREN, max over reaped children)", gib(rss_children_kb)],
+            ["  of which: largest pipeline worker (its own RUSAGE_SELF)", gib(worker_rss_kb)],
+            ["  of which: largest generator worker (not measured)", gib(gen_rss_kb)],
+            ["peak = max(parent, children)", gib(peak_kb)],
+        ],
+    ))
+    print("parent peak RSS after each step (GB): " + ", ".join(f"{k} {v:.2f}" for k, v in PARENT_PEAK_AFTER.items()))
+    if children_after_gen_kb >= rss_children_kb and gen_rss_kb > worker_rss_kb:
+        print("note: RUSAGE_CHILDREN is set by a generator process; the pipeline workers peaked lower (see above)")
+
+    print("\n== Records ==")
+    count_rows = [
+        ["records in (lines)", records_in],
+        ["quarantined", quarantined],
+        *[[f"  {k}", v] for k, v in sorted(quarantine.items())],
+        ["parsed", parsed],
+        ["filtered by cleaning", filtered],
+        *[[f"  {k}", v] for k, v in sorted(filters.items())],
+        ["cleaned (kept per file)", cleaned_kept],
+        ["removed by curate", sum(removed.values())],
+        *[[f"  {k}", v] for k, v in sorted(removed.items())],
+        ["curated (kept)", curation.n_kept],
+        *[[f"  {k}", v] for k, v in sizes.items()],
+    ]
+    print(table(["count", "n"], count_rows))
+    print(
+        f"accounting: {records_in:,} = {quarantined:,} quarantined + {filtered:,} filtered + "
+        f"{sum(removed.values()):,} removed + {curation.n_kept:,} kept  -> OK (asserted)"
+    )
+    print(
+        "planted vs found: "
+        f"bad JSON {planted['bad_json']:,} / quarantined {quarantined:,}; "
+        f"exact {planted['exact']:,} / exact_duplicate {removed.get('exact_duplicate', 0):,} + duplicate_in_file {filters.get('duplicate_in_file', 0):,}; "
+        f"near {planted['near']:,} / near_duplicate {removed.get('near_duplicate', 0):,}; "
+        f"prefix {planted['prefix']:,} / prefix_duplicate {removed.get('prefix_duplicate', 0):,}; "
+        f"branch {planted['branch']:,} / branch_duplicate {removed.get('branch_duplicate', 0):,} "
+        "(a planted pair where cleaning filtered either copy is not a duplicate any more)"
+    )
+    print(f"PII scrubbed in kept rows: {dict(sorted(pii.items()))}")
+    print(f"LSH candidate pairs {curation.candidate_pairs:,}, verified {curation.verified_pairs:,}; tokens ({curation.token_counter}) p50 {curation.token_stats.get('p50')}, p90 {curation.token_stats.get('p90')}")
+    print(
+        f"leakage: shared groups {leak['shared_groups']}, exact duplicates across splits {leak['exact_duplicates']}, "
+        f"near duplicates across splits {leak['near_duplicates']}, final-reply overlap {leak['final_reply_overlap']} "
+        f"-> {'LEAKED' if split_info['leaked'] else 'no leakage'}; OpenAI format ok: {split_info['openai_format_ok']}"
+    )
+
+    # ---- 4. targets
+    e2e_rate = n / e2e
+    results = {
+        "n": n,
+        "files": args.files,
+        "workers": workers,
+        "seed": args.seed,
+        "finished_at": datetime.now(timezone.utc).isoformat(),
+        "host": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_start": load_start, "load_end": load_end},
+        "generation_seconds": gen_wall,
+        "raw_bytes": raw_bytes,
+        "end_to_end_seconds": e2e,
+        "end_to_end_rate": e2e_rate,
+        "stages": {
+            "pool_wall": pool_wall,
+            "parse_cpu": parse_cpu,
+            "clean_cpu": clean_cpu,
+            "parse_task_wall": parse_task,
+            "clean_task_wall": clean_task,
+            "worker_detail_cpu": {k: sum(r["detail"].get(k, 0.0) for r in per_file) for k in per_file[0]["detail"] if k.endswith("_cpu")},
+            "curate": t_curate,
+            "splits_wall": splits_wall,
+            "splits": t_splits,
+        },
+        "parent_peak_after_step_gb": dict(PARENT_PEAK_AFTER),
+        "rss_gb": {"parent": gib(rss_self_kb), "children": gib(rss_children_kb), "worker_max": gib(worker_rss_kb), "generator_max": gib(gen_rss_kb), "peak": gib(peak_kb)},
+        "counts": {
+            "records_in": records_in,
+            "quarantined": dict(quarantine),
+            "parsed": parsed,
+            "filtered": dict(filters),
+            "cleaned": cleaned_kept,
+            "removed": dict(removed),
+            "curated": curation.n_kept,
+            "splits": sizes,
+            "planted": dict(planted),
+            "pii": dict(pii),
+            "lsh_candidate_pairs": curation.candidate_pairs,
+            "lsh_verified_pairs": curation.verified_pairs,
+        },
+        "leakage": leak,
+    }
+
+    print("\n== Targets ==")
+    at_scale = n >= TARGET_RATE_AT
+    target_rows = [
+        [f"end to end >= {TARGET_RATE:,.0f} conv/s at 1M", f"{e2e_rate:,.0f} conv/s" + ("" if at_scale else f" (at n={n:,}; target is for 1M)"), pass_miss(e2e_rate >= TARGET_RATE)],
+        [f"peak RSS <= {TARGET_RSS_GB:g} GB", f"{gib(peak_kb):.2f} GB", pass_miss(gib(peak_kb) <= TARGET_RSS_GB)],
+    ]
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    small = results if n == SCALING_SMALL else load_results(SCALING_SMALL)
+    large = results if n == SCALING_LARGE else load_results(SCALING_LARGE)
+    if small and large:
+        ratio = large["end_to_end_seconds"] / small["end_to_end_seconds"]
+        target_rows.append([f"time(1M) / time(100k) <= {TARGET_SCALING:g}", f"{ratio:.2f} ({large['end_to_end_seconds']:.1f} s / {small['end_to_end_seconds']:.1f} s)", pass_miss(ratio <= TARGET_SCALING)])
+        results["scaling_ratio"] = ratio
+    else:
+        target_rows.append([f"time(1M) / time(100k) <= {TARGET_SCALING:g}", "needs both --n 100000 and --n 1000000 results", "n/a"])
+    print(table(["target", "measured", "result"], target_rows))
+
+    # ---- 5. difflib comparison
+    if sample is not None and len(sample) >= 10:
+        print(f"\n== Leakage check: difflib pairwise vs leakage_report ({len(sample):,} curated conversations) ==")
+        d = difflib_comparison(sample, args.seed, args.difflib_budget)
+        results["difflib"] = d
+        print(
+            f"split {d['split_sizes']}: {d['total_pairs']:,} (validation+test) x train pairs\n"
+            f"difflib SequenceMatcher(None, a, b).ratio() >= 0.8: {d['difflib_seconds_extrapolated']:,.0f} s "
+            f"(~{d['difflib_seconds_extrapolated'] / 3600:.1f} h; extrapolated from {d['timed_pairs']:,} pairs timed in {d['timed_seconds']:.1f} s, "
+            f"{d['timed_seconds'] / max(1, d['timed_pairs']) * 1000:.2f} ms/pair, {d['similar_in_timed_pairs']} similar)\n"
+            f"leakage_report (groups + exact + MinHash LSH): {d['leakage_report_seconds']:.3f} s "
+            f"(shared groups {d['leakage_report']['shared_groups']}, exact {d['leakage_report']['exact_duplicates']}, near {d['leakage_report']['near_duplicates']})\n"
+            f"ratio: leakage_report is ~{d['speedup']:,.0f}x faster"
+        )
+
+    path = RESULTS_DIR / f"bench_dataset_{n}.json"
+    path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print(f"\nresults written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

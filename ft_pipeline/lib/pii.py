@@ -1,0 +1,970 @@
+"""PII detection and scrubbing for chat transcripts.
+
+Every detector is a candidate regex followed by a real validator where one
+exists (libphonenumber metadata, Luhn, ISO 13616 mod-97, SSN allocation rules,
+``ipaddress``), because a regex alone cannot tell a credit card from an order
+number.
+
+Speed: this runs over millions of messages and most contain no PII. CPython's
+``re`` is only fast when a pattern starts with a literal or a single character
+class, and the validating patterns need look-behinds, so they are never run
+over a whole message. Instead a pre-screen (:func:`_prescreen`) maps the
+message to a few byte "class strings" with ``bytes.translate`` and tests them
+with substring checks; a message without any candidate shape returns after
+that. Otherwise the flags it raised point the detectors at small windows
+(digit clusters, ``@`` and ``:`` positions, long token runs).
+
+Public API::
+
+    find_pii(text, config)  -> list[PiiMatch]          # non-overlapping, sorted
+    scrub_pii(text, config) -> (scrubbed, {type: n})   # typed placeholders
+    placeholder(pii_type)   -> "<TYPE>"
+
+Scrubbing is idempotent: placeholders contain no digits, ``@`` or secret
+prefixes, and value-style detectors refuse placeholder values.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+import phonenumbers
+
+__all__ = [
+    "DEFAULT_PII_CONFIG",
+    "PII_TYPES",
+    "PiiConfig",
+    "PiiMatch",
+    "find_pii",
+    "placeholder",
+    "scrub_pii",
+]
+
+PII_TYPES: tuple[str, ...] = (
+    "EMAIL",
+    "PHONE",
+    "CREDIT_CARD",
+    "IBAN",
+    "SSN",
+    "IP_ADDRESS",
+    "MAC_ADDRESS",
+    "SECRET",
+)
+
+_PLACEHOLDERS: dict[str, str] = {t: f"<{t}>" for t in PII_TYPES}
+_PLACEHOLDER_VALUES = frozenset(_PLACEHOLDERS.values())
+
+# Pseudo-type for spans that have the exact shape of a strongly validated type
+# but fail its validator ("DE00 3704 ...", "666-12-3456", a 4-4-4-4 card that
+# fails Luhn). Never reported; it only stops the looser PHONE detector from
+# claiming a fragment of them.
+_VETO = "_VETO"
+
+# When detectors claim overlapping text the earlier type wins: secrets first
+# (a PEM block or "password=..." may contain anything), then the types with
+# the strongest validators; PHONE last because its candidates are the loosest.
+_PRIORITY: dict[str, int] = {
+    t: i
+    for i, t in enumerate(
+        ("SECRET", "EMAIL", "IBAN", _VETO, "CREDIT_CARD", "SSN", "MAC_ADDRESS", "IP_ADDRESS", "PHONE")
+    )
+}
+
+
+@dataclass(frozen=True)
+class PiiConfig:
+    """Which detectors run and how they behave.
+
+    Attributes:
+        entities: PII types to detect, a subset of ``PII_TYPES``.
+            Default: all of ``PII_TYPES``.
+        phone_regions: ISO 3166 region codes tried, in order, for phone numbers
+            written without a ``+country`` prefix. Default:
+            ``("US", "GB", "DE", "FR", "IN", "CA", "BR")``.
+        redact_private_ips: also redact IP addresses that are not globally
+            routable (private, loopback, link-local, documentation, multicast,
+            reserved). They do not identify a person, so the default ``False``
+            keeps them.
+    """
+
+    entities: tuple[str, ...] = PII_TYPES
+    phone_regions: tuple[str, ...] = ("US", "GB", "DE", "FR", "IN", "CA", "BR")
+    redact_private_ips: bool = False
+
+    def __post_init__(self) -> None:
+        # Lists are accepted for convenience but stored as tuples so the
+        # config stays hashable (phone validation caches on the regions).
+        object.__setattr__(self, "entities", tuple(self.entities))
+        object.__setattr__(self, "phone_regions", tuple(r.upper() for r in self.phone_regions))
+        unknown = [e for e in self.entities if e not in _PLACEHOLDERS]
+        if unknown:
+            raise ValueError(f"unknown PII entities {unknown}; expected a subset of {PII_TYPES}")
+        bad_regions = [r for r in self.phone_regions if r not in phonenumbers.SUPPORTED_REGIONS]
+        if bad_regions:
+            raise ValueError(f"unsupported phone regions {bad_regions}")
+
+
+DEFAULT_PII_CONFIG = PiiConfig()
+
+
+@dataclass(frozen=True)
+class PiiMatch:
+    """One detected PII span; ``text`` equals ``source[start:end]``."""
+
+    type: str
+    start: int
+    end: int
+    text: str
+
+
+def placeholder(pii_type: str) -> str:
+    """Return the replacement token for ``pii_type``, e.g. ``"<EMAIL>"``.
+
+    Raises:
+        KeyError: if ``pii_type`` is not one of ``PII_TYPES``.
+    """
+    return _PLACEHOLDERS[pii_type]
+
+
+# ---------------------------------------------------------------------------
+# Pre-screen
+
+# Flags raised by the pre-screen; each gates the detectors that need it.
+_F_EMAIL = 1  # "@"
+_F_NUM = 2  # digit structure: >= 7 digits joined by " .()+-", dotted quad, MAC
+_F_COLON = 4  # ":h:" / "::": IPv6, colon MAC
+_F_MAC = 8  # "-hh-hh-" or ".hhhh.hhhh"
+_F_IBAN = 16  # two capitals + two digits
+_F_RUN = 32  # >= 15-char [A-Za-z0-9_-] run: API keys, tokens
+_F_PEM = 64  # "-----BEGIN"
+_F_ASSIGN = 128  # "password=" etc. (case/space/quote-insensitive)
+_F_BEARER = 256  # "bearer"
+
+
+def _table(mapping: dict[int, int], default: int) -> bytes:
+    return bytes(mapping.get(i, default) for i in range(256))
+
+
+def _chars(s: str) -> list[int]:
+    return [ord(c) for c in s]
+
+
+_DIGITS = "0123456789"
+_UPPER = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_LOWER = "abcdefghijklmnopqrstuvwxyz"
+
+# All tables apply to text.encode("ascii", "replace"): one byte per code point
+# (non-ASCII -> "?"), so byte offsets equal str offsets.
+#
+# Shape classes: digit -> 0, hex letter -> h/H, other letter -> l/U; the
+# punctuation that matters is kept, everything else becomes "?".
+_T_SHAPE = _table(
+    {
+        **{c: ord("0") for c in _chars(_DIGITS)},
+        **{c: ord("h") for c in _chars("abcdef")},
+        **{c: ord("H") for c in _chars("ABCDEF")},
+        **{c: ord("l") for c in _chars(_LOWER[6:])},
+        **{c: ord("U") for c in _chars(_UPPER[6:])},
+        **{c: c for c in _chars("@:.-()+ ")},
+    },
+    ord("?"),
+)
+# One pass over the shape string. Every branch starts with a literal so `re`
+# can skip between "@", ":", ".", "-" and digits in C.
+_SHAPE_TRIGGER = re.compile(
+    rb"@"
+    rb"|0(?:[ .()+\-]{0,2}0){6}"  # phone, card, SSN (and IBAN bodies)
+    rb"|0(?<=[HU][HU]0)0"  # IBAN country code + check digits
+    rb"|\.[0hH]{1,3}\.[0hH]{1,3}\.[0hH]"  # dotted quad
+    rb"|\.[0hH]{4}\.[0hH]{4}"  # Cisco MAC
+    rb"|:[0hH]{0,4}:"  # IPv6, colon MAC
+    rb"|-[0hH]{2}-[0hH]{2}-"  # dash MAC
+)
+# A numeric match can swallow a dotted quad or an all-digit MAC, so it
+# raises the flags of everything that lives in digit clusters.
+_SHAPE_FLAGS = {ord("@"): _F_EMAIL, ord(":"): _F_COLON, ord("-"): _F_MAC, ord("."): _F_NUM | _F_MAC}
+
+_T_RUN = _table({c: ord("a") for c in _chars(_DIGITS + _UPPER + _LOWER + "_-")}, ord(" "))
+_RUN_MIN = 15
+_RUN_NEEDLE = b"a" * _RUN_MIN
+
+# Lower-cases, folds "-" into "_" and ":" into "=", and deletes quotes and
+# blanks, so 'API-Key" : ' and "api_key=" both become "api_key=".
+_T_KW = _table(
+    {
+        **{c: c for c in _chars(_DIGITS + _LOWER)},
+        **{ord(u): ord(l) for u, l in zip(_UPPER, _LOWER)},
+        ord("-"): ord("_"),
+        ord("_"): ord("_"),
+        ord(":"): ord("="),
+        ord("="): ord("="),
+    },
+    ord("."),
+)
+_KW_DELETE = b"\"' \t"
+# Literal first chars again; assignment keywords are checked behind the "=".
+_KW_TRIGGER = re.compile(
+    rb"=(?:(?<=password=)|(?<=passwd=)|(?<=passphrase=)|(?<=pwd=)|(?<=secret=)|(?<=key=)|(?<=token=))"
+    rb"|bearer"
+    rb"|_____begin"
+)
+_KW_FLAGS = {ord("="): _F_ASSIGN, ord("b"): _F_BEARER, ord("_"): _F_PEM}
+
+
+def _prescreen(text: str) -> tuple[int, bytes]:
+    """Cheap superset test.
+
+    Returns:
+        ``(flags, run_classes)``: a bit set of ``_F_*`` flags (0 means no
+        detector can match) and the run-class string reused by the secret
+        detector.
+    """
+    b = text.encode("ascii", "replace")
+    flags = 0
+    for m in _SHAPE_TRIGGER.finditer(b.translate(_T_SHAPE)):
+        g = m.group()
+        if g[0] == 48:  # "0"
+            flags |= _F_IBAN if len(g) == 2 else _F_NUM | _F_MAC
+        else:
+            flags |= _SHAPE_FLAGS[g[0]]
+    tw = b.translate(_T_RUN)
+    if _RUN_NEEDLE in tw:
+        flags |= _F_RUN
+    for m in _KW_TRIGGER.finditer(b.translate(_T_KW, _KW_DELETE)):
+        flags |= _KW_FLAGS[m.group()[0]]
+    return flags, tw
+
+
+class _Scan:
+    """Per-message state shared by the detectors: flags and digit clusters."""
+
+    __slots__ = ("text", "flags", "_tw", "_clusters")
+
+    def __init__(self, text: str, flags: int, run_classes: bytes) -> None:
+        self.text = text
+        self.flags = flags
+        self._tw = run_classes
+        self._clusters: list[tuple[int, int, int]] | None = None
+
+    def runs(self) -> list[tuple[int, int]]:
+        """Maximal runs of [A-Za-z0-9_-] of >= ``_RUN_MIN`` chars."""
+        tw = self._tw
+        out = []
+        i = tw.find(_RUN_NEEDLE)
+        while i != -1:
+            e = tw.find(b" ", i)
+            e = len(tw) if e == -1 else e
+            out.append((i, e))
+            i = tw.find(_RUN_NEEDLE, e)
+        return out
+
+    def clusters(self) -> list[tuple[int, int, int]]:
+        """Runs of digits/separators of >= 7 chars as (start, end, n_digits)."""
+        if self._clusters is None:
+            out = []
+            for m in _NUM_CLUSTER.finditer(self.text):
+                s = m.group()
+                out.append((m.start(), m.end(), len(s.translate(_DEL_NON_DIGITS))))
+            self._clusters = out
+        return self._clusters
+
+
+# Leading char class (not a repeat) so `re` can skip to candidates in C.
+_NUM_CLUSTER = re.compile(r"[+(0-9][0-9 .()\-]{6,}")
+_DEL_NON_DIGITS = str.maketrans("", "", " .()-+")
+
+# Boundary class for look-arounds: ASCII word chars plus Latin letters with
+# diacritics, deliberately NOT all of Unicode \w: CJK text has no spaces, so
+# "電話は+81 90-1234-5678です" must still yield the number.
+_W = r"0-9A-Za-z_\u00C0-\u024F"
+_HEX = r"0-9A-Fa-f"
+# Characters that glue a number to a larger token (version, price, ID, URL).
+_NUM_GLUE_BEFORE = rf"{_W}.+#/\\@$€£¥,\-"
+_NUM_GLUE_AFTER = rf"(?![{_W}]|[.,:/\-][0-9])"
+
+_Span = tuple[str, int, int]
+
+# ---------------------------------------------------------------------------
+# EMAIL
+
+# Local part: RFC 5322 atoms minus the punctuation that mostly appears as
+# prose delimiters; Latin letters with diacritics allowed (RFC 6531).
+_EMAIL = re.compile(
+    r"(?<![0-9A-Za-z_\u00C0-\u024F.%+'\-])"
+    r"[0-9A-Za-z_\u00C0-\u024F%+\-]+(?:[.'][0-9A-Za-z_\u00C0-\u024F%+\-]+)*"
+    r"@"
+    r"(?:[0-9A-Za-z\u00C0-\u024F](?:[0-9A-Za-z\u00C0-\u024F\-]{0,61}[0-9A-Za-z\u00C0-\u024F])?\.)+"
+    r"(?P<tld>[A-Za-z]{2,24}|xn--[0-9a-z\-]{2,59})"
+    r"(?![0-9A-Za-z_\u00C0-\u024F\-]|\.[0-9A-Za-z])"
+)
+# Retina assets ("logo@2x.png") look like addresses.
+_FILE_EXT_TLDS = frozenset({"png", "jpg", "jpeg", "gif", "svg", "webp", "bmp", "ico", "tif", "tiff", "avif", "heic"})
+
+
+def _at_positions(text: str) -> list[int]:
+    out = []
+    i = text.find("@")
+    while i != -1:
+        out.append(i)
+        i = text.find("@", i + 1)
+    return out
+
+
+_LOCAL_CHARS = (
+    "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_%+-.'"
+    + "".join(chr(c) for c in range(0xC0, 0x250))
+)
+
+
+def _find_emails(scan: _Scan, config: PiiConfig) -> list[_Span]:
+    text = scan.text
+    out: list[_Span] = []
+    done = -1
+    for at in _at_positions(text):
+        if at < done:
+            continue
+        # Walk back over the local part in C (rstrip) instead of letting the
+        # regex try every start position; local parts are <= 64 chars.
+        lo = max(0, at - 64)
+        start = lo + len(text[lo:at].rstrip(_LOCAL_CHARS))
+        while start < at and text[start] in ".'":
+            start += 1
+        m = _EMAIL.match(text, start) if start < at else None
+        if m is None:
+            continue
+        done = m.end()
+        if m.group("tld").lower() not in _FILE_EXT_TLDS:
+            out.append(("EMAIL", m.start(), m.end()))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# PHONE
+
+# Digit groups joined by at most one separator; "(415)" and "(0)" groups are
+# allowed. Atomic so that a failed look-ahead (digits glued to letters) rejects
+# the candidate instead of backtracking to a shorter, misleading prefix.
+_PHONE_CAND = re.compile(
+    rf"(?<![{_NUM_GLUE_BEFORE}])"
+    r"(?>"
+    r"(?:\+[ ]?)?"
+    r"(?:\([0-9]{1,5}\)|[0-9]+)"
+    r"(?:[ .\-]?(?:\([0-9]{1,5}\)|[0-9]+))*"
+    r")" + _NUM_GLUE_AFTER
+)
+_DIGIT_GROUP = re.compile(r"[0-9]+")
+# Dates and year ranges are digit groups with separators too.
+_DATE_LIKE = re.compile(
+    r"(?<![0-9])(?:"
+    r"(?:19|20)[0-9]{2}[.\-][0-9]{1,2}[.\-][0-9]{1,2}"
+    r"|[0-9]{1,2}[.\-][0-9]{1,2}[.\-](?:19|20)?[0-9]{2}"
+    r"|(?:19|20)[0-9]{2} ?- ?(?:19|20)[0-9]{2}"
+    r")(?![0-9])"
+)
+# Short or unformatted national numbers ("867-5309", "4158675309") look like
+# byte counts, timestamps and IDs; accept them only after a phone-ish word.
+_PHONE_CONTEXT = re.compile(
+    r"(?i)phone|\btel\b|t[ée]l[ée]fono?|mobile?|\bcell|call|number|nummer|num[ée]ro"
+    r"|contact|whats\s?app|\bsms\b|\bfax|\bdial|reach|\bring\b|handy|電話|携帯"
+)
+# 3-2-4 is the SSN layout, not a national phone layout in practice.
+_SSN_SHAPE = re.compile(r"^[0-9]{3}([\- ])[0-9]{2}\1[0-9]{4}$")
+_DOTTED_PHONE = re.compile(r"\(?[0-9]{2,4}\)?(?:\.[0-9]{2,4}){2,5}")
+
+
+@lru_cache(maxsize=65536)
+def _is_valid_phone(candidate: str, regions: tuple[str, ...]) -> bool:
+    """Validate with libphonenumber metadata; cached because chats repeat numbers."""
+    tries: tuple[str | None, ...] = (None,) if candidate.startswith("+") else regions
+    for region in tries:
+        try:
+            num = phonenumbers.parse(candidate, region)
+        except phonenumbers.NumberParseException:
+            continue
+        if phonenumbers.is_valid_number(num):
+            return True
+    return False
+
+
+def _phone_shape_ok(cand: str, n_digits: int, text: str, start: int) -> bool:
+    """Structural filters that reject look-alikes before the slow parse."""
+    if n_digits < 7 or n_digits > 15:
+        return False
+    if not cand[-1].isdigit() or (len(cand) > 1 and not cand[-2].isdigit()):
+        return False  # Phones never end in a 1-digit group; ISBNs do.
+    if cand.startswith("+"):
+        return True
+    if _DATE_LIKE.search(cand) or _SSN_SHAPE.match(cand):
+        return False
+    if "." in cand and not _DOTTED_PHONE.fullmatch(cand):
+        return False  # decimals "2109.02846", versions "10.0.19041.1"
+    if cand.isdigit() and n_digits < 10:
+        return False  # order numbers, 20240501, grant numbers
+    if cand.isdigit() or n_digits < 10:
+        return _PHONE_CONTEXT.search(text, max(0, start - 40), start) is not None
+    return True
+
+
+def _find_phones_in(text: str, lo: int, hi: int, regions: tuple[str, ...]) -> list[_Span]:
+    out: list[_Span] = []
+    for m in _PHONE_CAND.finditer(text, lo, hi):
+        cand = m.group()
+        groups = list(_DIGIT_GROUP.finditer(cand))
+        n_digits = sum(g.end() - g.start() for g in groups)
+        if _phone_shape_ok(cand, n_digits, text, m.start()) and _is_valid_phone(cand, regions):
+            out.append(("PHONE", m.start(), m.end()))
+            continue
+        if cand.startswith("+") or n_digits < 12 or len(groups) < 3 or _DATE_LIKE.search(cand):
+            continue
+        # Too long for one national number: probably next to another number
+        # ("room 12 415 867 5309"). Try space-delimited sub-runs of groups.
+        found = _phone_subrun(text, m.start(), cand, groups, regions)
+        if found is not None:
+            out.append(("PHONE", m.start() + found[0], m.start() + found[1]))
+    return out
+
+
+def _phone_subrun(
+    text: str, offset: int, cand: str, groups: list[re.Match[str]], regions: tuple[str, ...]
+) -> tuple[int, int] | None:
+    n = len(groups)
+    runs = sorted(
+        ((i, j) for i in range(n) for j in range(i + 1, n + 1) if (i, j) != (0, n)),
+        key=lambda ij: ij[0] - ij[1],
+    )
+    for i, j in runs:
+        nd = sum(g.end() - g.start() for g in groups[i:j])
+        if not 10 <= nd <= 11:
+            continue
+        s, e = groups[i].start(), groups[j - 1].end()
+        if s > 0 and cand[s - 1] == "(":
+            s -= 1  # keep "(415)" whole
+        if e < len(cand) and cand[e] == ")":
+            e += 1
+        # A part glued by "-" or "." to the rest is one token, not a number.
+        if (s > 0 and cand[s - 1] != " ") or (e < len(cand) and cand[e] != " "):
+            continue
+        sub = cand[s:e]
+        if _phone_shape_ok(sub, nd, text, offset + s) and _is_valid_phone(sub, regions):
+            return s, e
+    return None
+
+
+# ---------------------------------------------------------------------------
+# CREDIT_CARD
+
+_CARD_CAND = re.compile(rf"(?<![{_NUM_GLUE_BEFORE}])(?>[0-9]+(?:[ \-][0-9]+)*)" + _NUM_GLUE_AFTER)
+
+
+def _luhn_ok(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i % 2:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+def _card_ok(group_lens: list[int], digits: str) -> bool:
+    # Issuer digit: 2/5 Mastercard, 3 Amex/Diners/JCB, 4 Visa, 6 Discover.
+    if not 13 <= len(digits) <= 19 or digits[0] not in "23456":
+        return False
+    # Printed cards group as 4-4-4-4(-3), 4-6-5 or 4-6-4.
+    if len(group_lens) > 1 and (group_lens[0] != 4 or any(not 3 <= g <= 6 for g in group_lens[1:])):
+        return False
+    return _luhn_ok(digits)
+
+
+def _find_cards_in(text: str, lo: int, hi: int) -> list[_Span]:
+    out: list[_Span] = []
+    for m in _CARD_CAND.finditer(text, lo, hi):
+        cand = m.group()
+        if len(cand) < 13:
+            continue
+        groups = [g.group() for g in _DIGIT_GROUP.finditer(cand)]
+        starts = [g.start() for g in _DIGIT_GROUP.finditer(cand)]
+        n = len(groups)
+        hit = None
+        # Longest run of consecutive groups first, so that a neighbouring
+        # quantity ("... 1111 2 items") does not hide the card.
+        for size in range(n, 0, -1):
+            for i in range(n - size + 1):
+                digits = "".join(groups[i : i + size])
+                if _card_ok([len(g) for g in groups[i : i + size]], digits):
+                    hit = (starts[i], starts[i + size - 1] + len(groups[i + size - 1]))
+                    break
+            if hit is not None:
+                break
+        if hit is not None:
+            out.append(("CREDIT_CARD", m.start() + hit[0], m.start() + hit[1]))
+        elif n == 4 and all(len(g) == 4 for g in groups):
+            out.append((_VETO, m.start(), m.end()))  # 4-4-4-4 failing Luhn
+    return out
+
+
+# ---------------------------------------------------------------------------
+# SSN
+
+# Separators required: a bare 9-digit run is far more often an ID or amount.
+_SSN = re.compile(
+    rf"(?<![{_NUM_GLUE_BEFORE}])"
+    r"([0-9]{3})([\- ])([0-9]{2})\2([0-9]{4})"
+    rf"(?![{_W}]|[.,:/\-][0-9]|[ \-][0-9])"
+)
+
+
+def _find_ssns_in(text: str, lo: int, hi: int) -> list[_Span]:
+    out: list[_Span] = []
+    for m in _SSN.finditer(text, lo, hi):
+        area, group, serial = m.group(1), m.group(3), m.group(4)
+        valid = not (area in ("000", "666") or area[0] == "9" or group == "00" or serial == "0000")
+        out.append(("SSN" if valid else _VETO, m.start(), m.end()))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# IP_ADDRESS
+
+_IPV4 = re.compile(r"(?<![0-9A-Za-z_.])(?:[0-9]{1,3}\.){3}[0-9]{1,3}(?![0-9A-Za-z_]|\.[0-9])")
+_IPV6 = re.compile(
+    rf"(?<![0-9A-Za-z_:.])"
+    rf"(?:[{_HEX}]{{1,4}}:|:)(?:[{_HEX}]{{0,4}}:){{1,7}}"
+    rf"(?:[0-9]{{1,3}}(?:\.[0-9]{{1,3}}){{3}}|[{_HEX}]{{1,4}})?"
+    rf"(?![0-9A-Za-z_:]|\.[0-9])"
+)
+# "version 1.2.3.4", "build 10.0.0.1": a dotted quad named as a version.
+_VERSION_BEFORE = re.compile(r"(?i)(?:\bversion|\bver\.?|\brelease|\bbuild|\bv)[ \t]*$")
+_COLON_HIT = re.compile(rf":[{_HEX}]{{0,4}}:")
+
+
+def _ip_is_personal(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    return addr.is_global and not (addr.is_multicast or addr.is_reserved)
+
+
+def _find_ipv4_in(text: str, lo: int, hi: int, keep_private: bool) -> list[_Span]:
+    out: list[_Span] = []
+    for m in _IPV4.finditer(text, lo, hi):
+        s = m.start()
+        if _VERSION_BEFORE.search(text, max(0, s - 12), s):
+            continue
+        try:
+            addr = ipaddress.IPv4Address(m.group())
+        except ValueError:
+            continue  # octet > 255 or leading zeros
+        if keep_private and not _ip_is_personal(addr):
+            continue
+        out.append(("IP_ADDRESS", s, m.end()))
+    return out
+
+
+def _merged_windows(hits: list[int], before: int, after: int, n: int) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for p in hits:
+        lo, hi = max(0, p - before), min(n, p + after)
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], hi)
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def _colon_windows(scan: _Scan) -> list[tuple[int, int]]:
+    text = scan.text
+    # An address starts <= 4 chars before its first ":h:" and is <= 45 long.
+    return _merged_windows([m.start() for m in _COLON_HIT.finditer(text)], 5, 48, len(text))
+
+
+def _find_ipv6(scan: _Scan, config: PiiConfig) -> list[_Span]:
+    text = scan.text
+    keep_private = not config.redact_private_ips
+    out: list[_Span] = []
+    for lo, hi in _colon_windows(scan):
+        for m in _IPV6.finditer(text, lo, hi):
+            cand = m.group()
+            # Python slices ("a[::2]", "x[1::2]") and times ("12:30:45") are
+            # colon-hex runs too; real addresses have 3+ non-empty groups.
+            if sum(1 for g in cand.split(":") if g) < 3:
+                continue
+            try:
+                addr = ipaddress.IPv6Address(cand)
+            except ValueError:
+                continue
+            if keep_private and not _ip_is_personal(addr):
+                continue
+            out.append(("IP_ADDRESS", m.start(), m.end()))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# MAC_ADDRESS
+
+_MAC = re.compile(
+    rf"(?<![0-9A-Za-z_:.\-])"
+    rf"(?:[{_HEX}]{{2}}([:\-])[{_HEX}]{{2}}(?:\1[{_HEX}]{{2}}){{4}}"
+    rf"|[{_HEX}]{{4}}\.[{_HEX}]{{4}}\.[{_HEX}]{{4}})"
+    rf"(?![0-9A-Za-z_]|[:.\-][0-9A-Za-z])"
+)
+_MAC_HIT = re.compile(rf"-[{_HEX}]{{2}}-[{_HEX}]{{2}}-|\.[{_HEX}]{{4}}\.[{_HEX}]{{4}}")
+
+
+def _find_macs(scan: _Scan, config: PiiConfig) -> list[_Span]:
+    text = scan.text
+    hits: list[int] = []
+    if scan.flags & _F_COLON:
+        hits.extend(m.start() for m in _COLON_HIT.finditer(text))
+    if scan.flags & (_F_MAC | _F_NUM):
+        hits.extend(m.start() for m in _MAC_HIT.finditer(text))
+    out: list[_Span] = []
+    for lo, hi in _merged_windows(sorted(hits), 5, 22, len(text)):
+        for m in _MAC.finditer(text, lo, hi):
+            hexdigits = set(m.group().lower()) - set(":-.")
+            if hexdigits in ({"0"}, {"f"}):
+                continue  # null and broadcast addresses identify no device
+            out.append(("MAC_ADDRESS", m.start(), m.end()))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# IBAN
+
+# ISO 13616 registry lengths.
+_IBAN_LENGTHS: dict[str, int] = {
+    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22,
+    "BH": 22, "BR": 29, "BY": 28, "CH": 21, "CR": 22, "CY": 28, "CZ": 24, "DE": 22,
+    "DK": 18, "DO": 28, "EE": 20, "EG": 29, "ES": 24, "FI": 18, "FO": 18, "FR": 27,
+    "GB": 22, "GE": 22, "GI": 23, "GL": 18, "GR": 27, "GT": 28, "HR": 21, "HU": 28,
+    "IE": 22, "IL": 23, "IQ": 23, "IS": 26, "IT": 27, "JO": 30, "KW": 30, "KZ": 20,
+    "LB": 28, "LC": 32, "LI": 21, "LT": 20, "LU": 20, "LV": 21, "MC": 27, "MD": 24,
+    "ME": 22, "MK": 19, "MR": 27, "MT": 31, "MU": 30, "NL": 18, "NO": 15, "PK": 24,
+    "PL": 28, "PS": 29, "PT": 25, "QA": 29, "RO": 24, "RS": 22, "SA": 24, "SC": 31,
+    "SE": 24, "SI": 19, "SK": 24, "SM": 27, "ST": 25, "SV": 28, "TL": 23, "TN": 24,
+    "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20,
+}  # fmt: skip
+
+# Starts with a bare class (look-behind moved after it) so `re` can skip
+# non-capitals in C.
+_IBAN_CAND = re.compile(r"[A-Z](?<![0-9A-Za-z][A-Z])[A-Z][0-9]{2}(?:[ ]?[0-9A-Z]){10,30}")
+
+
+def _iban_mod97_ok(iban: str) -> bool:
+    rearranged = iban[4:] + iban[:4]
+    # int(c, 36) maps 0-9 -> 0-9 and A-Z -> 10-35: ISO 7064's letter table.
+    return int("".join(str(int(c, 36)) for c in rearranged)) % 97 == 1
+
+
+def _find_ibans(scan: _Scan, config: PiiConfig) -> list[_Span]:
+    text = scan.text
+    out: list[_Span] = []
+    for m in _IBAN_CAND.finditer(text):
+        cand = m.group()
+        length = _IBAN_LENGTHS.get(cand[:2])
+        if length is None:
+            continue
+        # The candidate is greedy (it may run into a following upper-case
+        # word): cut it at the country's exact length.
+        count = end = 0
+        for i, ch in enumerate(cand):
+            if ch != " ":
+                count += 1
+                if count == length:
+                    end = i + 1
+                    break
+        if count < length:
+            continue
+        abs_end = m.start() + end
+        if abs_end < len(text) and text[abs_end].isalnum():
+            continue
+        span = cand[:end]
+        if " " in span:
+            parts = span.split(" ")
+            if any(len(p) != 4 for p in parts[:-1]) or not 1 <= len(parts[-1]) <= 4:
+                continue
+        ok = _iban_mod97_ok(span.replace(" ", ""))
+        out.append(("IBAN" if ok else _VETO, m.start(), abs_end))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Numeric clusters: PHONE, CREDIT_CARD, SSN, IPv4 share one scan.
+
+
+def _find_numeric(scan: _Scan, config: PiiConfig) -> list[_Span]:
+    text = scan.text
+    n = len(text)
+    ents = config.entities
+    want_phone = "PHONE" in ents
+    want_card = "CREDIT_CARD" in ents
+    want_ssn = "SSN" in ents
+    want_ip = "IP_ADDRESS" in ents
+    keep_private = not config.redact_private_ips
+    out: list[_Span] = []
+    for cs, ce, nd in scan.clusters():
+        # +2: the validating patterns look up to two chars past a candidate.
+        hi = min(n, ce + 2)
+        if want_ip and nd >= 4 and "." in text[cs:ce]:
+            out.extend(_find_ipv4_in(text, cs, hi, keep_private))
+        if nd < 7:
+            continue
+        if want_phone:
+            out.extend(_find_phones_in(text, cs, hi, config.phone_regions))
+        if want_ssn and nd >= 9:
+            out.extend(_find_ssns_in(text, cs, hi))
+        if want_card and nd >= 13:
+            out.extend(_find_cards_in(text, cs, hi))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# SECRET
+
+# Token shapes. Every branch starts with a literal so `re` can skip in C; the
+# "not glued to a longer word" check is done in Python.
+_SECRET_TOKEN = re.compile(
+    r"sk-(?:proj-|svcacct-|admin-)?(?P<oa_tail>[A-Za-z0-9_\-]{20,})"
+    r"|[sr]k_(?:live|test)_[0-9A-Za-z]{16,}"
+    r"|A(?:KIA|SIA)[0-9A-Z]{16}(?![0-9A-Za-z])"
+    r"|gh[pousr]_[A-Za-z0-9]{20,}"
+    r"|github_pat_[A-Za-z0-9_]{20,}"
+    r"|xox[abposr]-[0-9A-Za-z\-]{10,}"
+    r"|AIza[0-9A-Za-z_\-]{35}(?![0-9A-Za-z_\-])"
+    r"|eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}"
+)
+_TOKEN_GLUE = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_-")
+_BEARER = re.compile(r"[Bb](?:earer|EARER)[ \t]+(?P<v>[A-Za-z0-9\-._~+/]{20,}=*)")
+_PEM = re.compile(
+    r"-----BEGIN (?P<label>[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?)-----"
+    r"(?:.*?-----END (?P=label)-----|[A-Za-z0-9+/=\s:,\-]*)",
+    re.DOTALL,
+)
+_ASSIGN_KEYS = (
+    "password",
+    "passwd",
+    "passphrase",
+    "pwd",
+    "secret",
+    "apikey",
+    "api_key",
+    "api-key",
+    "accesskey",
+    "access_key",
+    "access-key",
+    "secretkey",
+    "secret_key",
+    "secret-key",
+    "privatekey",
+    "private_key",
+    "private-key",
+    "token",
+)
+_KEY_CHARS = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_.-")
+_SEP = re.compile(r"[:=]")
+_ASSIGN_VALUE = re.compile(
+    r"[=>]?[ \t]*(?:\"(?P<dq>[^\"\n]{1,512})\"|'(?P<sq>[^'\n]{1,512})'|(?P<bare>[^\s\"'`<>,;&]{1,512}))"
+)
+_NOT_A_SECRET_VALUE = frozenset(
+    {"true", "false", "null", "none", "nil", "undefined", "required", "optional", "redacted", "hidden", "changeme"}
+)
+
+
+# Code on the right-hand side rather than a literal: calls/subscripts
+# ("os.environ.get(", "f.encrypt(b"), attribute paths ("settings.SECRET_KEY")
+# and snake_case names ("api_key=api_key", "get_custom_token").
+_CODE_VALUE = re.compile(
+    r"[A-Za-z_][\w.]*[(\[].*|[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+|[a-z_][a-z0-9]*(?:_[a-z0-9]+)+_?",
+    re.DOTALL,
+)
+_PLACEHOLDER_PREFIXES = (
+    "your", "my_", "my-", "my ", "enter", "insert", "replace", "example", "placeholder", "dummy", "sample", "xxx", "...",
+)  # fmt: skip
+
+
+def _secret_value_ok(value: str, sep: str, quoted: bool) -> bool:
+    if len(value) < 4 or value in _PLACEHOLDER_VALUES:
+        return False
+    low = value.lower()
+    if value[0] in "<${%*" or low in _NOT_A_SECRET_VALUE or low.startswith(_PLACEHOLDER_PREFIXES):
+        return False  # templates, env references, masks, literals, "YOUR_API_KEY"
+    if set(value) <= {"*", "x", "X", "."}:
+        return False
+    if value.isdigit() and len(value) < 6:
+        return False  # "token: 512" is a count, not a credential.
+    if not quoted:
+        if sep == ":" and value.isalpha():
+            return False  # Prose: "Password: reset it via email".
+        if _CODE_VALUE.fullmatch(value):
+            return False
+    return True
+
+
+def _find_tokens(scan: _Scan) -> list[_Span]:
+    text = scan.text
+    out: list[_Span] = []
+    for lo, hi in scan.runs():
+        for m in _SECRET_TOKEN.finditer(text, lo, hi):
+            s = m.start()
+            if s > 0 and text[s - 1] in _TOKEN_GLUE:
+                continue
+            tail = m.group("oa_tail")
+            # "sk-learn-style-hyphenated-words" is prose; keys mix letters
+            # and digits.
+            if tail is not None and not (any(c.isdigit() for c in tail) and any(c.isalpha() for c in tail)):
+                continue
+            out.append(("SECRET", s, m.end()))
+    if scan.flags & _F_BEARER:
+        for m in _BEARER.finditer(text):
+            s = m.start()
+            if s == 0 or text[s - 1] not in _TOKEN_GLUE:
+                out.append(("SECRET", m.start("v"), m.end("v")))
+    return out
+
+
+def _find_url_credentials(scan: _Scan) -> list[_Span]:
+    """``scheme://user:password@host``: only the password is secret."""
+    text = scan.text
+    out: list[_Span] = []
+    for at in _at_positions(text):
+        p = text.rfind("://", max(0, at - 256), at)
+        if p == -1:
+            continue
+        userinfo = text[p + 3 : at]
+        if ":" not in userinfo or any(c in userinfo for c in " \t\n/<>@"):
+            continue
+        user, pw = userinfo.split(":", 1)
+        if user and _secret_value_ok(pw, "=", quoted=True):
+            out.append(("SECRET", at - len(pw), at))
+    return out
+
+
+def _assignment_key(text: str, sep_pos: int) -> str:
+    """The identifier before ``sep_pos``, skipping blanks and one quote."""
+    j = sep_pos
+    while j > 0 and text[j - 1] in " \t":
+        j -= 1
+    if j > 0 and text[j - 1] in "\"'":
+        j -= 1
+    k = j
+    while k > 0 and text[k - 1] in _KEY_CHARS and j - k < 64:
+        k -= 1
+    return text[k:j].lower()
+
+
+def _find_assignments(scan: _Scan) -> list[_Span]:
+    text = scan.text
+    out: list[_Span] = []
+    for sm in _SEP.finditer(text):
+        p = sm.start()
+        key = _assignment_key(text, p)
+        if not key.endswith(_ASSIGN_KEYS):
+            continue
+        sep = sm.group()
+        if sep == ":" and key.endswith("pwd"):
+            continue  # "pwd: /home/me" is the shell command's output.
+        if p + 1 < len(text) and text[p + 1] in "=>":
+            sep = "="  # ":=" / "=>"
+        m = _ASSIGN_VALUE.match(text, p + 1)
+        if m is None:
+            continue
+        for name, quoted in (("dq", True), ("sq", True), ("bare", False)):
+            value = m.group(name)
+            if value is None:
+                continue
+            start, end = m.start(name), m.end(name)
+            if not quoted:
+                stripped = value.rstrip(".,;:!?)]}")
+                end -= len(value) - len(stripped)
+                value = stripped
+            if _secret_value_ok(value, sep, quoted):
+                out.append(("SECRET", start, end))
+            break
+    return out
+
+
+def _find_secrets(scan: _Scan, config: PiiConfig) -> list[_Span]:
+    out: list[_Span] = []
+    if scan.flags & (_F_RUN | _F_BEARER):
+        out.extend(_find_tokens(scan))
+    if scan.flags & _F_PEM:
+        out.extend(("SECRET", m.start(), m.end()) for m in _PEM.finditer(scan.text))
+    if scan.flags & _F_EMAIL and "://" in scan.text:
+        out.extend(_find_url_credentials(scan))
+    if scan.flags & _F_ASSIGN:
+        out.extend(_find_assignments(scan))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Orchestration
+
+
+def _candidates(scan: _Scan, config: PiiConfig) -> list[_Span]:
+    flags = scan.flags
+    ents = config.entities
+    out: list[_Span] = []
+    if flags & _F_NUM:
+        out.extend(_find_numeric(scan, config))
+    if flags & _F_EMAIL and "EMAIL" in ents:
+        out.extend(_find_emails(scan, config))
+    if flags & _F_IBAN and "IBAN" in ents:
+        out.extend(_find_ibans(scan, config))
+    if flags & _F_COLON and "IP_ADDRESS" in ents:
+        out.extend(_find_ipv6(scan, config))
+    if flags & (_F_COLON | _F_MAC | _F_NUM) and "MAC_ADDRESS" in ents:
+        out.extend(_find_macs(scan, config))
+    if flags & (_F_RUN | _F_EMAIL | _F_ASSIGN | _F_BEARER | _F_PEM) and "SECRET" in ents:
+        out.extend(_find_secrets(scan, config))
+    return out
+
+
+def find_pii(text: str, config: PiiConfig = DEFAULT_PII_CONFIG) -> list[PiiMatch]:
+    """Detect PII in ``text``.
+
+    Returns:
+        Non-overlapping matches sorted by start. Where detectors overlap, the
+        type with the stronger validator wins (see ``_PRIORITY``).
+    """
+    if not text:
+        return []
+    flags, run_classes = _prescreen(text)
+    if not flags:
+        return []
+    candidates = _candidates(_Scan(text, flags, run_classes), config)
+    if not candidates:
+        return []
+    candidates.sort(key=lambda c: (_PRIORITY[c[0]], c[1], c[1] - c[2]))
+    taken: list[tuple[int, int]] = []
+    chosen: list[_Span] = []
+    for typ, s, e in candidates:
+        if e <= s or any(s < te and ts < e for ts, te in taken):
+            continue
+        taken.append((s, e))
+        chosen.append((typ, s, e))
+    chosen.sort(key=lambda c: c[1])
+    return [PiiMatch(typ, s, e, text[s:e]) for typ, s, e in chosen if typ != _VETO]
+
+
+def scrub_pii(text: str, config: PiiConfig = DEFAULT_PII_CONFIG) -> tuple[str, dict[str, int]]:
+    """Replace every detected span with its typed placeholder.
+
+    Returns:
+        ``(scrubbed_text, counts)``; ``counts`` maps PII type to the number of
+        replacements and lists only types that occurred.
+    """
+    matches = find_pii(text, config)
+    if not matches:
+        return text, {}
+    parts: list[str] = []
+    counts: dict[str, int] = {}
+    pos = 0
+    for m in matches:
+        parts.append(text[pos : m.start])
+        parts.append(_PLACEHOLDERS[m.type])
+        counts[m.type] = counts.get(m.type, 0) + 1
+        pos = m.end
+    parts.append(text[pos:])
+    return "".join(parts), counts

@@ -1,0 +1,173 @@
+"""In-process materializations of the dataset assets and their checks on the sample logs."""
+
+import json
+
+import dagster as dg
+import pandas as pd
+import pytest
+
+from ft_pipeline.definitions import ALL_ASSETS, DATASET_ASSETS, PER_FILE_ASSETS, defs
+from ft_pipeline.defs.partitions import log_files_partitions
+from ft_pipeline.lib.records import read_log_file
+from ft_pipeline.lib.sample_data import build_sample
+
+
+def _ingest(instance, resources, names):
+    instance.add_dynamic_partitions(log_files_partitions.name, [n for n in names if n not in instance.get_dynamic_partitions(log_files_partitions.name)])
+    results = {}
+    for name in names:
+        result = dg.materialize(PER_FILE_ASSETS, partition_key=name, instance=instance, resources=resources)
+        assert result.success
+        results[name] = {e.asset_key.to_user_string(): e.materialization.metadata for e in result.get_asset_materialization_events()}
+    return results
+
+
+def _build(instance, resources, run_config=None):
+    return dg.materialize(ALL_ASSETS, selection=DATASET_ASSETS, instance=instance, resources=resources, run_config=run_config, raise_on_error=False)
+
+
+def _meta(result, key):
+    return next(e.materialization.metadata for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == key)
+
+
+def test_definitions_load_and_every_asset_documented():
+    graph = defs.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert keys == {"raw_conversation_logs", "cleaned_conversations", "curated_dataset", "train_split", "validation_split", "test_split"}
+    for key in graph.get_all_asset_keys():
+        assert graph.get(key).description, f"{key} has no docstring"
+
+
+def test_full_dataset_graph_on_the_sample(instance, resources, data_dir):
+    names = sorted(build_sample())
+    per_file = _ingest(instance, resources, names)
+
+    # Counts add up per file: records in = parsed + quarantined; parsed = kept + filtered.
+    total_in = total_quarantined = total_filtered = total_kept = 0
+    for name, metadata in per_file.items():
+        raw, cleaned = metadata["raw_conversation_logs"], metadata["cleaned_conversations"]
+        assert raw["records_in"].value == raw["parsed"].value + raw["quarantined"].value
+        assert cleaned["conversations_in"].value == raw["parsed"].value
+        assert cleaned["conversations_in"].value == cleaned["kept"].value + cleaned["filtered"].value
+        total_in += raw["records_in"].value
+        total_quarantined += raw["quarantined"].value
+        total_filtered += cleaned["filtered"].value
+        total_kept += cleaned["kept"].value
+    assert total_quarantined >= 13  # every bad-input kind is planted in the sample
+    quarantine = pd.concat(pd.read_parquet(p) for p in (data_dir / "quarantine").glob("*.parquet"))
+    assert set(quarantine["reason"]) >= {
+        "invalid_json", "invalid_utf8", "not_an_object", "messages_missing", "messages_not_a_list", "message_not_an_object",
+        "unknown_role", "content_missing", "content_not_a_string", "wrong_field_type", "empty_conversation", "oversize_record",
+        "unreadable_file",
+    }
+    assert not quarantine["raw_text"].str.contains("jane.doe@example.com").any()
+
+    result = _build(instance, resources)
+    assert result.success
+    curated = _meta(result, "curated_dataset")
+    assert curated["conversations_in"].value == total_kept
+    assert curated["conversations_in"].value == curated["kept"].value + curated["removed"].value
+    removed = pd.read_parquet(curated["removed_path"].value)
+    assert set(removed["reason"]) >= {"exact_duplicate", "near_duplicate", "prefix_duplicate", "branch_duplicate", "too_many_tokens"}
+    checks = {(c.asset_key.to_user_string(), c.check_name): c for c in result.get_asset_check_evaluations()}
+    assert {k for k, c in checks.items() if not c.passed} == set()
+    assert set(checks) == {
+        ("curated_dataset", "no_pii_left"), ("curated_dataset", "no_duplicates_left"), ("train_split", "no_leakage"),
+        ("train_split", "minimum_sizes"), ("train_split", "openai_format"), ("validation_split", "openai_format"),
+    }
+
+    sizes = {k: _meta(result, k)["dagster/row_count"].value for k in ("train_split", "validation_split", "test_split")}
+    assert sum(sizes.values()) == curated["kept"].value
+    train = pd.read_parquet(_meta(result, "train_split")["path"].value)
+    assert len(train) == sizes["train_split"]
+    with open(_meta(result, "train_split")["jsonl_path"].value) as f:
+        lines = [json.loads(line) for line in f]
+    assert len(lines) == len(train) and set(lines[0]) == {"messages"}
+    # No PII survives anywhere in the curated output.
+    text = " ".join(m["content"] for ms in train["messages"] for m in ms)
+    assert "jane.doe@example.com" not in text and "4111 1111 1111 1111" not in text
+    # Data versions are recorded on every materialization.
+    for event in result.get_asset_materialization_events():
+        assert event.materialization.tags.get("dagster/data_version")
+
+
+def test_one_more_file_keeps_every_old_example_in_its_split(instance, resources, data_dir, tmp_path):
+    names = sorted(build_sample())
+    _ingest(instance, resources, names)
+    first = _build(instance, resources)
+    assert first.success
+    before = {}
+    for key, split in (("train_split", "train"), ("validation_split", "validation"), ("test_split", "test")):
+        for cid in pd.read_parquet(_meta(first, key)["path"].value)["conversation_id"]:
+            before[cid] = split
+
+    from ft_pipeline.lib.sample_data import _conversation
+    import random
+
+    rng = random.Random(99)
+    extra = [_conversation(rng, 90_000 + i) for i in range(60)]
+    new_file = data_dir / "raw" / "support_2024-05-09.jsonl"
+    new_file.write_text("".join(json.dumps(r) + "\n" for r in extra))
+    _ingest(instance, resources, ["support_2024-05-09.jsonl"])
+    second = _build(instance, resources)
+    assert second.success
+    after = {}
+    for key, split in (("train_split", "train"), ("validation_split", "validation"), ("test_split", "test")):
+        for cid in pd.read_parquet(_meta(second, key)["path"].value)["conversation_id"]:
+            after[cid] = split
+    assert len(after) > len(before)
+    # A new conversation may legitimately replace an old one as the better copy of a duplicate;
+    # every old example still present must be in the split it was in.
+    still_present = [cid for cid in before if cid in after]
+    assert len(still_present) >= len(before) - 3
+    moved = {cid: (before[cid], after[cid]) for cid in still_present if after[cid] != before[cid]}
+    assert moved == {}
+
+
+def test_minimum_sizes_check_reports_numbers(instance, resources, data_dir):
+    _ingest(instance, resources, sorted(build_sample()))
+    run_config = {"ops": {"dataset_splits": {"config": {"min_train_examples": 100_000}}}}
+    result = _build(instance, resources, run_config)
+    checks = {(c.asset_key.to_user_string(), c.check_name): c for c in result.get_asset_check_evaluations()}
+    failed = checks[("train_split", "minimum_sizes")]
+    assert not failed.passed and "fewer than the minimum 100000" in failed.description
+
+
+def test_leakage_check_fails_on_planted_near_duplicates(instance, tmp_path):
+    """Near-duplicate pairs kept by a permissive curated threshold must be caught across splits."""
+    import random
+
+    from ft_pipeline.defs.resources import PipelineStorage, RawLogStore
+
+    rng = random.Random(3)
+    vocab = [f"w{i}" for i in range(3000)]
+    records = []
+    for i in range(150):
+        question = " ".join(rng.choice(vocab) for _ in range(40))
+        answer = " ".join(rng.choice(vocab) for _ in range(120))
+        for copy in range(2):
+            q = question.split()
+            a = answer.split()
+            if copy:
+                q[20] = "changed"
+                a[60] = "changed"
+            records.append({"conversation_id": f"p{i}-{copy}", "messages": [{"role": "user", "content": " ".join(q)}, {"role": "assistant", "content": " ".join(a)}]})
+    root = tmp_path / "planted"
+    (root / "raw").mkdir(parents=True)
+    (root / "raw" / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    resources = {"storage": PipelineStorage(data_dir=str(root)), "raw_log_store": RawLogStore(data_dir=str(root))}
+    _ingest(instance, resources, ["pairs.jsonl"])
+    run_config = {"ops": {"curated_dataset": {"config": {"near_dup_threshold": 0.99}}}}
+    result = _build(instance, resources, run_config)
+    checks = {(c.asset_key.to_user_string(), c.check_name): c for c in result.get_asset_check_evaluations()}
+    leakage = checks[("train_split", "no_leakage")]
+    assert not leakage.passed
+    assert leakage.metadata["near_duplicates_across_splits"].value > 0
+    spec = next(s for s in defs.get_assets_def("train_split").check_specs if s.name == "no_leakage")
+    assert spec.blocking
+
+
+def test_missing_landed_file_fails_clearly(instance, resources, data_dir):
+    instance.add_dynamic_partitions(log_files_partitions.name, ["gone.jsonl"])
+    result = dg.materialize(PER_FILE_ASSETS, partition_key="gone.jsonl", instance=instance, resources=resources, raise_on_error=False)
+    assert not result.success
