@@ -804,8 +804,13 @@ def _edited_rank(frame: pd.DataFrame, n: int) -> np.ndarray:
     if "edited" not in frame.columns:
         return np.full(n, 0.5)
     col = frame["edited"]
-    missing = col.isna().to_numpy()
-    values = col.fillna(False).astype(bool).to_numpy()
+    try:
+        flags = col.astype("boolean")
+    except (TypeError, ValueError):
+        # Unusual encodings (e.g. "yes"/"no" strings): fall back to truthiness.
+        flags = pd.array([None if pd.isna(v) else bool(v) for v in col.tolist()], dtype="boolean")
+    missing = np.asarray(flags.isna())
+    values = np.asarray(flags.fillna(False), dtype=bool)
     return np.where(missing, 0.5, values.astype(np.float64))
 
 
@@ -929,9 +934,13 @@ def deduplicate(
     counts = {EXACT: 0, PREFIX: 0, BRANCH: 0, NEAR: 0}
     if n == 0:
         return DedupResult(
-            keep=np.zeros(0, dtype=bool), kind=[], duplicate_of=[],
-            cluster_id=np.zeros(0, dtype=np.int64), counts=counts,
-            candidate_pairs=0, verified_pairs=0,
+            keep=np.zeros(0, dtype=bool),
+            kind=[],
+            duplicate_of=[],
+            cluster_id=np.zeros(0, dtype=np.int64),
+            counts=counts,
+            candidate_pairs=0,
+            verified_pairs=0,
         )
     ids = frame["conversation_id"].astype(str).to_numpy(dtype=object)
     rank = _Ranking(frame, ids)

@@ -134,14 +134,13 @@ def placeholder(pii_type: str) -> str:
 
 # Flags raised by the pre-screen; each gates the detectors that need it.
 _F_EMAIL = 1  # "@"
-_F_NUM = 2  # digit structure: >= 7 digits joined by " .()+-", dotted quad, MAC
+_F_NUM = 2  # >= 7 digits joined by " .()+-" (phone, card, SSN, IBAN) or a dotted quad
 _F_COLON = 4  # ":h:" / "::": IPv6, colon MAC
 _F_MAC = 8  # "-hh-hh-" or ".hhhh.hhhh"
-_F_IBAN = 16  # two capitals + two digits
-_F_RUN = 32  # >= 15-char [A-Za-z0-9_-] run: API keys, tokens
-_F_PEM = 64  # "-----BEGIN"
-_F_ASSIGN = 128  # "password=" etc. (case/space/quote-insensitive)
-_F_BEARER = 256  # "bearer"
+_F_RUN = 16  # >= 15-char [A-Za-z0-9_-] run: API keys, tokens
+_F_PEM = 32  # "-----BEGIN"
+_F_ASSIGN = 64  # "password=" etc. (case/space/quote-insensitive)
+_F_BEARER = 128  # "bearer"
 
 
 def _table(mapping: dict[int, int], default: int) -> bytes:
@@ -156,41 +155,32 @@ _DIGITS = "0123456789"
 _UPPER = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _LOWER = "abcdefghijklmnopqrstuvwxyz"
 
-# All tables apply to text.encode("ascii", "replace"): one byte per code point
-# (non-ASCII -> "?"), so byte offsets equal str offsets.
+# Every table applies to text.encode("ascii", "replace"): one byte per code
+# point (non-ASCII -> "?"), so byte offsets equal str offsets.
 #
-# Shape classes: digit -> 0, hex letter -> h/H, other letter -> l/U; the
-# punctuation that matters is kept, everything else becomes "?".
-_T_SHAPE = _table(
+# The checks are bytes.translate + substring tests or regexes that start with
+# a single literal: CPython runs those in tight C loops, whereas a regex that
+# starts with a look-behind, a repeat or an alternation is retried at every
+# position and is several times slower.
+
+# Digits -> "0", phone separators deleted: ">= 7 digits" is one substring test.
+_T_NUM = _table({c: ord("0") for c in _chars(_DIGITS)}, ord("x"))
+_NUM_SEPS = b" .()-+"
+# Digits -> "0", hex letters -> "h", ".:-" kept.
+_T_HEX = _table(
     {
         **{c: ord("0") for c in _chars(_DIGITS)},
-        **{c: ord("h") for c in _chars("abcdef")},
-        **{c: ord("H") for c in _chars("ABCDEF")},
-        **{c: ord("l") for c in _chars(_LOWER[6:])},
-        **{c: ord("U") for c in _chars(_UPPER[6:])},
-        **{c: c for c in _chars("@:.-()+ ")},
+        **{c: ord("h") for c in _chars("abcdefABCDEF")},
+        **{c: c for c in _chars(".:-")},
     },
-    ord("?"),
+    ord("x"),
 )
-# One pass over the shape string. Every branch starts with a literal so `re`
-# can skip between "@", ":", ".", "-" and digits in C.
-_SHAPE_TRIGGER = re.compile(
-    rb"@"
-    rb"|0(?:[ .()+\-]{0,2}0){6}"  # phone, card, SSN (and IBAN bodies)
-    rb"|0(?<=[HU][HU]0)0"  # IBAN country code + check digits
-    rb"|\.[0hH]{1,3}\.[0hH]{1,3}\.[0hH]"  # dotted quad
-    rb"|\.[0hH]{4}\.[0hH]{4}"  # Cisco MAC
-    rb"|:[0hH]{0,4}:"  # IPv6, colon MAC
-    rb"|-[0hH]{2}-[0hH]{2}-"  # dash MAC
-)
-# A numeric match can swallow a dotted quad or an all-digit MAC, so it
-# raises the flags of everything that lives in digit clusters.
-_SHAPE_FLAGS = {ord("@"): _F_EMAIL, ord(":"): _F_COLON, ord("-"): _F_MAC, ord("."): _F_NUM | _F_MAC}
-
+_DOT_TRIGGER = re.compile(rb"\.[0h](?:[0h]{0,2}\.[0h]{1,3}\.[0h]|[0h]{3}\.[0h]{4})")  # dotted quad, Cisco MAC
+_COLON_TRIGGER = re.compile(rb":[0h]{0,4}:")  # IPv6, colon MAC
+_DASH_TRIGGER = re.compile(rb"-[0h]{2}-[0h]{2}-")  # dash MAC
 _T_RUN = _table({c: ord("a") for c in _chars(_DIGITS + _UPPER + _LOWER + "_-")}, ord(" "))
 _RUN_MIN = 15
 _RUN_NEEDLE = b"a" * _RUN_MIN
-
 # Lower-cases, folds "-" into "_" and ":" into "=", and deletes quotes and
 # blanks, so 'API-Key" : ' and "api_key=" both become "api_key=".
 _T_KW = _table(
@@ -205,13 +195,10 @@ _T_KW = _table(
     ord("."),
 )
 _KW_DELETE = b"\"' \t"
-# Literal first chars again; assignment keywords are checked behind the "=".
-_KW_TRIGGER = re.compile(
+# Literal "=" first; the keyword is checked behind it.
+_ASSIGN_TRIGGER = re.compile(
     rb"=(?:(?<=password=)|(?<=passwd=)|(?<=passphrase=)|(?<=pwd=)|(?<=secret=)|(?<=key=)|(?<=token=))"
-    rb"|bearer"
-    rb"|_____begin"
 )
-_KW_FLAGS = {ord("="): _F_ASSIGN, ord("b"): _F_BEARER, ord("_"): _F_PEM}
 
 
 def _prescreen(text: str) -> tuple[int, bytes]:
@@ -219,22 +206,33 @@ def _prescreen(text: str) -> tuple[int, bytes]:
 
     Returns:
         ``(flags, run_classes)``: a bit set of ``_F_*`` flags (0 means no
-        detector can match) and the run-class string reused by the secret
-        detector.
+        detector can match) and the run-class string the secret detector
+        reuses.
     """
     b = text.encode("ascii", "replace")
     flags = 0
-    for m in _SHAPE_TRIGGER.finditer(b.translate(_T_SHAPE)):
-        g = m.group()
-        if g[0] == 48:  # "0"
-            flags |= _F_IBAN if len(g) == 2 else _F_NUM | _F_MAC
-        else:
-            flags |= _SHAPE_FLAGS[g[0]]
+    if b"@" in b:
+        flags |= _F_EMAIL
+    if b"0000000" in b.translate(_T_NUM, _NUM_SEPS):
+        flags |= _F_NUM
+    th = b.translate(_T_HEX)
+    if _DOT_TRIGGER.search(th):
+        flags |= _F_NUM | _F_MAC
+    if _COLON_TRIGGER.search(th):
+        flags |= _F_COLON
+    if _DASH_TRIGGER.search(th):
+        flags |= _F_MAC
     tw = b.translate(_T_RUN)
     if _RUN_NEEDLE in tw:
         flags |= _F_RUN
-    for m in _KW_TRIGGER.finditer(b.translate(_T_KW, _KW_DELETE)):
-        flags |= _KW_FLAGS[m.group()[0]]
+    tk = b.translate(_T_KW, _KW_DELETE)
+    if _ASSIGN_TRIGGER.search(tk):
+        flags |= _F_ASSIGN
+    if b"bearer" in tk:
+        flags |= _F_BEARER
+    # PEM bodies are long base64 lines, so they always raise _F_RUN.
+    if flags & _F_RUN and b"_____begin" in tk:
+        flags |= _F_PEM
     return flags, tw
 
 
@@ -647,8 +645,8 @@ _IBAN_LENGTHS: dict[str, int] = {
     "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20,
 }  # fmt: skip
 
-# Starts with a bare class (look-behind moved after it) so `re` can skip
-# non-capitals in C.
+# Starts with a bare class (look-behind moved after it) so `re` need not
+# enter the pattern at every position.
 _IBAN_CAND = re.compile(r"[A-Z](?<![0-9A-Za-z][A-Z])[A-Z][0-9]{2}(?:[ ]?[0-9A-Z]){10,30}")
 
 
@@ -910,7 +908,7 @@ def _candidates(scan: _Scan, config: PiiConfig) -> list[_Span]:
         out.extend(_find_numeric(scan, config))
     if flags & _F_EMAIL and "EMAIL" in ents:
         out.extend(_find_emails(scan, config))
-    if flags & _F_IBAN and "IBAN" in ents:
+    if flags & _F_NUM and "IBAN" in ents:
         out.extend(_find_ibans(scan, config))
     if flags & _F_COLON and "IP_ADDRESS" in ents:
         out.extend(_find_ipv6(scan, config))

@@ -430,3 +430,34 @@ def test_cross_set_many_identical_rows_is_linear():
     # Every row of both sets is reported at least once, with far fewer than 9M pairs.
     assert {i for i, _, _ in pairs} == set(range(3000)) and {j for _, j, _ in pairs} == set(range(3000))
     assert len(pairs) < 6000
+
+
+def test_same_result_from_parquet_and_loosely_typed_columns(tmp_path):
+    pytest.importorskip("pyarrow")
+    rng = np.random.default_rng(17)
+    long_conv = make_conv(rng, turns=4, n_words=60)
+    base = make_conv(rng)
+    context = [{"role": "user", "content": words(rng, 10)}]
+    records = [
+        {"conversation_id": "p", "messages": long_conv[:2]},
+        {"conversation_id": "long", "messages": long_conv},
+        {"conversation_id": "b1", "messages": context + [{"role": "assistant", "content": words(rng, 100)}], "rating": 5},
+        {"conversation_id": "b2", "messages": context + [{"role": "assistant", "content": words(rng, 100)}]},
+        {"conversation_id": "x", "messages": base, "edited": True},
+        {"conversation_id": "y", "messages": base},
+        {"conversation_id": "n", "messages": perturb(base, rng, 2), "rating": 1},
+        {"conversation_id": "solo", "messages": [{"role": "user", "content": "just one message"}]},
+    ]
+    frame, texts = build_frame(records)
+    expected = deduplicate(frame, load_texts=loader(texts))
+    assert expected.counts == {"exact_duplicate": 1, "near_duplicate": 1, "prefix_duplicate": 1, "branch_duplicate": 1}
+
+    path = tmp_path / "sig.parquet"
+    frame.to_parquet(path)
+    from_parquet = pd.read_parquet(path)
+    loose = frame.astype({"context_hash": object, "rating": object, "edited": object, "response_time_ms": object})
+    loose["prefix_hashes"] = [h if h else None for h in frame["prefix_hashes"]]
+    for other in (from_parquet, loose):
+        got = deduplicate(other, load_texts=loader(texts))
+        assert got.kind == expected.kind and got.duplicate_of == expected.duplicate_of
+        assert np.array_equal(got.cluster_id, expected.cluster_id)

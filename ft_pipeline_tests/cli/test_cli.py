@@ -1,0 +1,87 @@
+"""The ft-pipeline command line: sample-data, validate, run; and `dg check defs`."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ft_pipeline.cli import main
+from ft_pipeline.lib.sample_data import build_sample
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_sample_data_is_deterministic(tmp_path, capsys):
+    assert main(["sample-data", str(tmp_path / "a")]) == 0
+    assert main(["sample-data", str(tmp_path / "b")]) == 0
+    names = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert names == sorted(build_sample())
+    for name in names:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_validate_reports_errors_with_nonzero_exit(tmp_path, capsys):
+    main(["sample-data", str(tmp_path)])
+    code = main(["validate", str(tmp_path / "support_2024-05-01.jsonl")])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "invalid_json" in out and "lines" in out and "low_rating" in out and "EMAIL" in out
+    assert "result: FAILED" in out
+
+
+def test_validate_clean_openai_file_passes(tmp_path, capsys):
+    lines = [
+        {"messages": [{"role": "system", "content": "Be helpful."}, {"role": "user", "content": f"Question number {i} about the hub?"},
+                      {"role": "assistant", "content": f"Here is a complete and helpful answer to question {i} about resetting the hub."}]}
+        for i in range(12)
+    ]
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    code = main(["validate", str(path)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "result: OK" in out
+
+
+def test_validate_too_few_examples_fails(tmp_path, capsys):
+    path = tmp_path / "tiny.jsonl"
+    path.write_text(json.dumps({"messages": [{"role": "user", "content": "hi there"}, {"role": "assistant", "content": "A sufficiently long helpful answer to the greeting, thanks."}]}) + "\n")
+    assert main(["validate", str(path)]) == 1
+
+
+def test_run_materializes_the_graph_and_prints_split_paths(tmp_path, capsys, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    data = tmp_path / "data"
+    main(["sample-data", str(data / "raw")])
+    capsys.readouterr()
+    assert main(["run", "--data-dir", str(data)]) == 0
+    out = capsys.readouterr().out
+    for split in ("train", "validation", "test"):
+        assert f"{split}.jsonl" in out
+    assert "check train_split.no_leakage: passed" in out
+    pointer = json.loads((data / "splits" / "latest.json").read_text())
+    assert Path(pointer["paths"]["train"]["parquet"]).exists()
+    # A second run registers nothing new and succeeds again (same versions).
+    assert main(["run", "--data-dir", str(data)]) == 0
+    assert "(0 newly registered)" in capsys.readouterr().out
+
+
+def test_run_without_dagster_home_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    assert main(["run", "--data-dir", str(tmp_path)]) == 2
+    assert "DAGSTER_HOME" in capsys.readouterr().err
+
+
+def test_dg_check_defs(tmp_path):
+    dg = Path(sys.executable).parent / "dg"
+    if not dg.exists():
+        pytest.skip("dg is not installed in this environment")
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
+    result = subprocess.run([str(dg), "check", "defs"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "All definitions loaded successfully" in result.stdout + result.stderr
