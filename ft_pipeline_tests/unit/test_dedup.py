@@ -14,6 +14,7 @@ from ft_pipeline.lib.dedup import (
     conversation_text,
     cross_set_near_duplicates,
     deduplicate,
+    estimated_jaccard,
     exact_hash,
     jaccard,
     lsh_params,
@@ -146,6 +147,8 @@ def test_signatures_shape_roundtrip_batch_independence_and_seed():
     assert np.array_equal(compute_signatures(texts[::-1])[::-1], sig)
     # Identical texts -> identical signatures; other seed -> other values.
     assert np.array_equal(compute_signatures([texts[3]])[0], sig[3])
+    assert estimated_jaccard(sig[3], sig[3]) == 1.0
+    assert estimated_jaccard(sig[:2], sig[1:3]).shape == (2,)
     assert not np.array_equal(compute_signatures(texts[:1], DedupConfig(seed=2)), sig[:1])
     assert compute_signatures([], DedupConfig(num_perm=64)).shape == (0, 64)
     blobs = signatures_to_bytes(sig)
