@@ -186,7 +186,7 @@ _RUN_NEEDLE = b"a" * _RUN_MIN
 _T_KW = _table(
     {
         **{c: c for c in _chars(_DIGITS + _LOWER)},
-        **{ord(u): ord(l) for u, l in zip(_UPPER, _LOWER)},
+        **{ord(c): ord(c.lower()) for c in _UPPER},
         ord("-"): ord("_"),
         ord("_"): ord("_"),
         ord(":"): ord("="),
@@ -236,6 +236,14 @@ def _prescreen(text: str) -> tuple[int, bytes]:
     return flags, tw
 
 
+# Digit clusters: starts with a bare class (not a repeat) so `re` skips to
+# digits in C; >= 7 chars is the shortest dotted quad or 7-digit phone.
+_NUM_CLUSTER = re.compile(r"[+(0-9][0-9 .()\-]{6,}")
+_DEL_NON_DIGITS = str.maketrans("", "", " .()-+")
+# Token windows extend over "." so JWT segments stay together.
+_TOKEN_TAIL = re.compile(r"[A-Za-z0-9_.\-]*")
+
+
 class _Scan:
     """Per-message state shared by the detectors: flags and digit clusters."""
 
@@ -248,13 +256,16 @@ class _Scan:
         self._clusters: list[tuple[int, int, int]] | None = None
 
     def runs(self) -> list[tuple[int, int]]:
-        """Maximal runs of [A-Za-z0-9_-] of >= ``_RUN_MIN`` chars."""
+        """Windows around runs of [A-Za-z0-9_-] of >= ``_RUN_MIN`` chars.
+
+        A window starts where its run starts (every token shape begins with
+        such a run) and extends over "." so JWTs stay whole.
+        """
         tw = self._tw
         out = []
         i = tw.find(_RUN_NEEDLE)
         while i != -1:
-            e = tw.find(b" ", i)
-            e = len(tw) if e == -1 else e
+            e = _TOKEN_TAIL.match(self.text, i).end()
             out.append((i, e))
             i = tw.find(_RUN_NEEDLE, e)
         return out
@@ -269,10 +280,6 @@ class _Scan:
             self._clusters = out
         return self._clusters
 
-
-# Leading char class (not a repeat) so `re` can skip to candidates in C.
-_NUM_CLUSTER = re.compile(r"[+(0-9][0-9 .()\-]{6,}")
-_DEL_NON_DIGITS = str.maketrans("", "", " .()-+")
 
 # Boundary class for look-arounds: ASCII word chars plus Latin letters with
 # diacritics, deliberately NOT all of Unicode \w: CJK text has no spaces, so
@@ -485,8 +492,9 @@ def _find_cards_in(text: str, lo: int, hi: int) -> list[_Span]:
         cand = m.group()
         if len(cand) < 13:
             continue
-        groups = [g.group() for g in _DIGIT_GROUP.finditer(cand)]
-        starts = [g.start() for g in _DIGIT_GROUP.finditer(cand)]
+        found = list(_DIGIT_GROUP.finditer(cand))
+        groups = [g.group() for g in found]
+        starts = [g.start() for g in found]
         n = len(groups)
         hit = None
         # Longest run of consecutive groups first, so that a neighbouring
@@ -585,13 +593,13 @@ def _find_ipv6(scan: _Scan, config: PiiConfig) -> list[_Span]:
     for lo, hi in _colon_windows(scan):
         for m in _IPV6.finditer(text, lo, hi):
             cand = m.group()
-            # Python slices ("a[::2]", "x[1::2]") and times ("12:30:45") are
-            # colon-hex runs too; real addresses have 3+ non-empty groups.
-            if sum(1 for g in cand.split(":") if g) < 3:
-                continue
             try:
                 addr = ipaddress.IPv6Address(cand)
             except ValueError:
+                continue  # times ("12:30:45"), MACs, C++ scopes
+            # Python slices ("a[::2]", "x[1::2]") parse as addresses too; with
+            # fewer than 3 groups only the well-known "::1" / "fe80::..." count.
+            if sum(1 for g in cand.split(":") if g) < 3 and not (addr.is_loopback or addr.is_link_local):
                 continue
             if keep_private and not _ip_is_personal(addr):
                 continue
@@ -616,7 +624,7 @@ def _find_macs(scan: _Scan, config: PiiConfig) -> list[_Span]:
     hits: list[int] = []
     if scan.flags & _F_COLON:
         hits.extend(m.start() for m in _COLON_HIT.finditer(text))
-    if scan.flags & (_F_MAC | _F_NUM):
+    if scan.flags & _F_MAC:
         hits.extend(m.start() for m in _MAC_HIT.finditer(text))
     out: list[_Span] = []
     for lo, hi in _merged_windows(sorted(hits), 5, 22, len(text)):
@@ -771,10 +779,13 @@ _NOT_A_SECRET_VALUE = frozenset(
 
 
 # Code on the right-hand side rather than a literal: calls/subscripts
-# ("os.environ.get(", "f.encrypt(b"), attribute paths ("settings.SECRET_KEY")
-# and snake_case names ("api_key=api_key", "get_custom_token").
+# ("os.environ.get(", "f.encrypt(b"), attribute paths ("settings.SECRET_KEY"),
+# snake_case and camelCase names ("get_custom_token", "accessToken").
 _CODE_VALUE = re.compile(
-    r"[A-Za-z_][\w.]*[(\[].*|[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+|[a-z_][a-z0-9]*(?:_[a-z0-9]+)+_?",
+    r"[A-Za-z_][\w.]*[(\[].*"
+    r"|[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+"
+    r"|[a-z_][a-z0-9]*(?:_[a-z0-9]+)+_?"
+    r"|[a-z]+(?:[A-Z][a-z]+)+",
     re.DOTALL,
 )
 _PLACEHOLDER_PREFIXES = (
@@ -877,6 +888,8 @@ def _find_assignments(scan: _Scan) -> list[_Span]:
                 stripped = value.rstrip(".,;:!?)]}")
                 end -= len(value) - len(stripped)
                 value = stripped
+                if value.lower() == key:
+                    break  # "password=password": a variable passed through
             if _secret_value_ok(value, sep, quoted):
                 out.append(("SECRET", start, end))
             break
@@ -912,7 +925,7 @@ def _candidates(scan: _Scan, config: PiiConfig) -> list[_Span]:
         out.extend(_find_ibans(scan, config))
     if flags & _F_COLON and "IP_ADDRESS" in ents:
         out.extend(_find_ipv6(scan, config))
-    if flags & (_F_COLON | _F_MAC | _F_NUM) and "MAC_ADDRESS" in ents:
+    if flags & (_F_COLON | _F_MAC) and "MAC_ADDRESS" in ents:
         out.extend(_find_macs(scan, config))
     if flags & (_F_RUN | _F_EMAIL | _F_ASSIGN | _F_BEARER | _F_PEM) and "SECRET" in ents:
         out.extend(_find_secrets(scan, config))
