@@ -30,6 +30,11 @@ def instance(tmp_path):
 
 @pytest.fixture
 def resources(data_dir):
+    from ft_pipeline.definitions import default_resources
     from ft_pipeline.defs.resources import PipelineStorage, RawLogStore
 
-    return {"storage": PipelineStorage(data_dir=str(data_dir)), "raw_log_store": RawLogStore(data_dir=str(data_dir))}
+    return {
+        **default_resources(),
+        "storage": PipelineStorage(data_dir=str(data_dir)),
+        "raw_log_store": RawLogStore(data_dir=str(data_dir)),
+    }

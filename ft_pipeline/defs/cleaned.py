@@ -13,7 +13,7 @@ from ft_pipeline.lib.dedup import DedupConfig
 from ft_pipeline.lib.pii import PII_TYPES, PiiConfig
 from ft_pipeline.lib.storage import content_version, hash_values, read_latest, safe_name, write_latest, write_parquet
 
-CLEANED_CODE_VERSION = "1"
+CLEANED_CODE_VERSION = "2"
 _DEFAULTS = CleaningConfig()
 _DEDUP_DEFAULTS = DedupConfig()
 

@@ -2,7 +2,8 @@
 
 
 import dagster as dg
-import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from pydantic import Field
 
 from ft_pipeline.defs.metadata import counts_table, sample_rows
@@ -14,7 +15,7 @@ from ft_pipeline.lib.pii import PII_TYPES, find_pii
 from ft_pipeline.lib.storage import content_version, hash_values, read_latest, safe_name, write_latest, write_parquet
 from ft_pipeline.lib.tokens import TokenCounterConfig
 
-CURATED_CODE_VERSION = "1"
+CURATED_CODE_VERSION = "2"
 _DEDUP = DedupConfig()
 
 DEDUP_KINDS = {
@@ -93,8 +94,8 @@ def curated_dataset(context: dg.AssetExecutionContext, config: CurationRunConfig
     removed_path = write_parquet(result.removed, folder / "removed.parquet")
     write_latest(storage.folder("curated"), version, path=str(result.output_path), removed_path=str(removed_path))
 
-    curated = pd.read_parquet(result.output_path)
-    checks = [_pii_check(curated), _duplicates_check(curated, lib_config.dedup)]
+    checks = [_pii_check(result.output_path), _duplicates_check(result.output_path, lib_config.dedup)]
+    exact_hashes = pq.read_table(result.output_path, columns=["exact_hash"]).column("exact_hash").to_pylist() if result.n_kept else []
     assert result.n_in == result.n_kept + len(result.removed), "curation lost records"
     return dg.MaterializeResult(
         metadata={
@@ -116,20 +117,22 @@ def curated_dataset(context: dg.AssetExecutionContext, config: CurationRunConfig
             "dagster/row_count": result.n_kept,
             "version": version,
         },
-        data_version=dg.DataVersion(content_version(version, hash_values(curated["exact_hash"]) if len(curated) else "")),
+        data_version=dg.DataVersion(content_version(version, hash_values(exact_hashes))),
         check_results=checks,
     )
 
 
-def _pii_check(curated: pd.DataFrame) -> dg.AssetCheckResult:
+def _pii_check(path) -> dg.AssetCheckResult:
     found: dict[str, int] = {}
     examples = []
-    for conversation_id, messages in zip(curated["conversation_id"], curated["messages"]):
-        for m in messages:
-            for match in find_pii(m["content"]):
-                found[match.type] = found.get(match.type, 0) + 1
-                if len(examples) < 5:
-                    examples.append({"conversation_id": conversation_id, "type": match.type})
+    # Stream the file: a fresh scan of every message without holding the dataset in memory.
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=10_000, columns=["conversation_id", "messages"]):
+        for conversation_id, messages in zip(batch.column("conversation_id").to_pylist(), batch.column("messages").to_pylist()):
+            for m in messages:
+                for match in find_pii(m["content"]):
+                    found[match.type] = found.get(match.type, 0) + 1
+                    if len(examples) < 5:
+                        examples.append({"conversation_id": conversation_id, "type": match.type})
     total = sum(found.values())
     return dg.AssetCheckResult(
         check_name="no_pii_left",
@@ -140,12 +143,18 @@ def _pii_check(curated: pd.DataFrame) -> dg.AssetCheckResult:
     )
 
 
-def _duplicates_check(curated: pd.DataFrame, dedup: DedupConfig) -> dg.AssetCheckResult:
-    if not len(curated):
+def _duplicates_check(path, dedup: DedupConfig) -> dg.AssetCheckResult:
+    columns = ["conversation_id", "exact_hash", "context_hash", "prefix_hashes", "minhash", "rating", "edited", "response_time_ms"]
+    curated = pq.read_table(path, columns=columns).to_pandas() if pq.ParquetFile(path).metadata.num_rows else None
+    if curated is None:
         return dg.AssetCheckResult(check_name="no_duplicates_left", passed=True, description="empty dataset")
+
+    def load_texts(rows):
+        messages = pq.read_table(path, columns=["messages"]).column("messages")
+        return [conversation_text(m) for m in messages.take(pa.array([int(i) for i in rows])).to_pylist()]
+
     # Re-run dedup over the output: anything it would still remove is a duplicate left behind.
-    messages = curated["messages"]
-    again = deduplicate(curated, dedup, load_texts=lambda rows: [conversation_text(messages.iat[int(i)]) for i in rows])
+    again = deduplicate(curated, dedup, load_texts=load_texts)
     left = {k: v for k, v in again.counts.items() if v}
     return dg.AssetCheckResult(
         check_name="no_duplicates_left",

@@ -2,17 +2,27 @@
 
 
 import dagster as dg
-import pandas as pd
+import pyarrow.parquet as pq
 from pydantic import Field
 
 from ft_pipeline.defs.metadata import sample_rows
 from ft_pipeline.defs.resources import PipelineStorage
 from ft_pipeline.lib.dedup import DedupConfig
-from ft_pipeline.lib.openai_format import validate_jsonl_file, write_openai_jsonl
-from ft_pipeline.lib.splits import SPLIT_NAMES, SplitConfig, assign_splits, check_min_sizes, leakage_report, split_sizes
-from ft_pipeline.lib.storage import content_version, hash_values, read_latest, write_latest, write_parquet
+from ft_pipeline.lib.openai_format import validate_jsonl_file
+from ft_pipeline.lib.splits import (
+    SPLIT_INPUT_COLUMNS,
+    SPLIT_NAMES,
+    SplitConfig,
+    assign_splits,
+    check_min_sizes,
+    leakage_report,
+    parquet_text_loader,
+    split_sizes,
+    write_split_files,
+)
+from ft_pipeline.lib.storage import content_version, hash_values, read_latest, write_latest
 
-SPLITS_CODE_VERSION = "1"
+SPLITS_CODE_VERSION = "2"
 _SPLIT = SplitConfig()
 
 
@@ -74,23 +84,21 @@ def dataset_splits(context: dg.AssetExecutionContext, config: SplitRunConfig, st
     pointer = read_latest(storage.folder("curated"))
     if pointer is None:
         raise dg.Failure(description="curated_dataset has not been materialized yet")
-    curated = pd.read_parquet(pointer["path"])
+    # Only the small columns are read: grouping, assignment and the leakage report need no text,
+    # and the files are written by streaming the curated dataset batch by batch.
+    curated = pq.read_table(pointer["path"], columns=SPLIT_INPUT_COLUMNS).to_pandas()
     split_config = config.to_lib()
     assigned = assign_splits(curated, split_config)
     version = content_version(SPLITS_CODE_VERSION, pointer["version"], config.model_dump())
     folder = storage.folder("splits") / version
-
-    frames = {name: assigned[assigned["split"] == name].reset_index(drop=True) for name in SPLIT_NAMES}
-    paths = {}
-    for name, frame in frames.items():
-        parquet_path = write_parquet(frame, folder / f"{name}.parquet")
-        jsonl_path = folder / f"{name}.jsonl"
-        write_openai_jsonl(frame["messages"].tolist(), jsonl_path)
-        paths[name] = {"parquet": str(parquet_path), "jsonl": str(jsonl_path)}
+    paths = write_split_files(pointer["path"], assigned, folder)
     write_latest(storage.folder("splits"), version, curated_version=pointer["version"], paths=paths)
 
+    frames = {name: assigned[assigned["split"] == name].reset_index(drop=True) for name in SPLIT_NAMES}
     sizes = split_sizes(frames)
-    leakage = leakage_report(frames, split_config, DedupConfig())
+    leakage = leakage_report(
+        frames, split_config, DedupConfig(), load_texts=parquet_text_loader({n: paths[n]["parquet"] for n in SPLIT_NAMES})
+    )
     size_failures = check_min_sizes(
         sizes,
         {"train": config.min_train_examples, "validation": config.min_validation_examples, "test": config.min_test_examples},
@@ -113,7 +121,7 @@ def dataset_splits(context: dg.AssetExecutionContext, config: SplitRunConfig, st
                 "tags": dg.MetadataValue.json(frame["tags"].explode().value_counts().to_dict() if len(frame) else {}),
                 "path": dg.MetadataValue.path(paths[name]["parquet"]),
                 "jsonl_path": dg.MetadataValue.path(paths[name]["jsonl"]),
-                "sample": sample_rows(frame, n=2),
+                "sample": sample_rows(pq.ParquetFile(paths[name]["parquet"]).read_row_group(0).slice(0, 2).to_pandas() if len(frame) else None, n=2),
                 "version": version,
                 "curated_version": pointer["version"],
             },

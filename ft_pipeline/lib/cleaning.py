@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import xxhash
 
 from ft_pipeline.lib.dedup import (
     DEFAULT_DEDUP_CONFIG,
@@ -208,7 +209,38 @@ class CleanResult:
         return len(self.kept) + len(self.filtered)
 
 
-SIGNATURE_COLUMNS = ["exact_hash", "context_hash", "prefix_hashes", "minhash", "n_messages", "n_chars"]
+SIGNATURE_COLUMNS = [
+    "exact_hash",
+    "context_hash",
+    "prefix_hashes",
+    "minhash",
+    "n_messages",
+    "n_chars",
+    "first_turn_hash",
+    "first_turn_words",
+    "final_reply_hash",
+]
+
+
+def text_hash(text: str) -> int:
+    """Signed 64-bit hash of a text (fits a Parquet int64 column)."""
+    return xxhash.xxh3_64_intdigest(text.encode("utf-8")) - (1 << 63)
+
+
+def first_user_turn(messages) -> str | None:
+    for m in messages:
+        if m["role"] == "user":
+            return m["content"]
+    return None
+
+
+def turn_columns(messages) -> tuple[int | None, int, int]:
+    """(hash of the lower-cased first user turn, its word count, hash of the final reply).
+
+    Stored per row so the split step can group and check leakage without reading messages."""
+    first = first_user_turn(messages)
+    first_hash = text_hash(first.lower()) if first else None
+    return first_hash, len(first.split()) if first else 0, text_hash(messages[-1]["content"])
 
 
 def _scrub_messages(messages: list[dict[str, str]], config: CleaningConfig, pii_counts: Counter) -> list[dict[str, str]]:
@@ -288,6 +320,10 @@ def clean_conversations(frame: pd.DataFrame, config: CleaningConfig = DEFAULT_CL
         kept["minhash"] = signatures_to_bytes(signatures)
         kept["n_messages"] = np.asarray([len(r["messages"]) for r in unique_rows], dtype=np.int64)
         kept["n_chars"] = np.asarray([len(t) for t in texts], dtype=np.int64)
+        turns = [turn_columns(r["messages"]) for r in unique_rows]
+        kept["first_turn_hash"] = pd.array([t[0] for t in turns], dtype="Int64")
+        kept["first_turn_words"] = np.asarray([t[1] for t in turns], dtype=np.int64)
+        kept["final_reply_hash"] = np.asarray([t[2] for t in turns], dtype=np.int64)
     else:
         for column in SIGNATURE_COLUMNS:
             kept[column] = pd.Series([], dtype="object")

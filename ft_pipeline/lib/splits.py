@@ -13,14 +13,20 @@ group takes one key and the other group's members may move.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+import json
+import os
+from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import xxhash
 
+from ft_pipeline.lib.cleaning import turn_columns
 from ft_pipeline.lib.dedup import (
     DEFAULT_DEDUP_CONFIG,
     DedupConfig,
@@ -30,6 +36,7 @@ from ft_pipeline.lib.dedup import (
     shingles,
     signatures_from_bytes,
 )
+from ft_pipeline.lib.openai_format import to_openai_record
 
 SPLIT_NAMES = ("train", "validation", "test")
 
@@ -83,58 +90,86 @@ class _UnionFind:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
-def _first_user_turn(messages: Sequence[dict[str, str]]) -> str | None:
-    for m in messages:
-        if m["role"] == "user":
-            return m["content"]
-    return None
-
-
 # The group key of a component is its member key of the highest-priority kind, the smallest of
 # that kind: a user's group keeps its key however many conversations the user adds.
 _KEY_PRIORITY = {"user": 0, "first": 1, "ctx": 2, "conv": 3}
 
 
+def _turn_columns(frame: pd.DataFrame) -> tuple[pd.Series, np.ndarray]:
+    """First-user-turn hash and word count: the stored columns, or computed from messages."""
+    if "first_turn_hash" in frame and "first_turn_words" in frame:
+        return frame["first_turn_hash"].astype("Int64"), frame["first_turn_words"].to_numpy(dtype=np.int64)
+    turns = [turn_columns(m) for m in frame["messages"].tolist()]
+    return pd.array([t[0] for t in turns], dtype="Int64"), np.asarray([t[1] for t in turns], dtype=np.int64)
+
+
+def _sharing_pairs(values: pd.Series, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs (chained, sorted) of rows whose valid value is equal."""
+    idx = np.flatnonzero(valid)
+    if len(idx) < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    codes, _ = pd.factorize(values.iloc[idx] if isinstance(values, pd.Series) else pd.Series(values[idx]))
+    order = np.argsort(codes, kind="stable")
+    sorted_codes = codes[order]
+    same = sorted_codes[1:] == sorted_codes[:-1]
+    members = idx[order]
+    return members[:-1][same], members[1:][same]
+
+
 def group_keys(frame: pd.DataFrame, config: SplitConfig = DEFAULT_SPLIT_CONFIG) -> list[str]:
-    """The group key of every row (rows with equal keys must share a split)."""
+    """The group key of every row (rows with equal keys must share a split).
+
+    Vectorized: only rows that share a user, a context or a first turn go through union-find;
+    the rest (most rows) are their own group."""
     n = len(frame)
-    uf = _UnionFind(n)
-    node_keys: list[list[str]] = [[] for _ in range(n)]
-    owner: dict[str, int] = {}
-    ids = frame["conversation_id"].tolist()
-    users = frame["user_id"].tolist() if "user_id" in frame else [None] * n
-    contexts = frame["context_hash"].tolist() if "context_hash" in frame else [None] * n
-    first_keys: list[str | None] = [None] * n
+    if n == 0:
+        return []
+    ids = frame["conversation_id"].astype(str).tolist()
+    if config.group_by_user and "user_id" in frame:
+        users = frame["user_id"]
+        user_valid = (users.notna() & (users.astype(str) != "")).to_numpy()
+    else:
+        users, user_valid = pd.Series([None] * n), np.zeros(n, dtype=bool)
+    if "context_hash" in frame:
+        contexts = frame["context_hash"].astype("Int64")
+        ctx_valid = contexts.notna().to_numpy()
+    else:
+        contexts, ctx_valid = pd.Series([None] * n), np.zeros(n, dtype=bool)
+    first_valid = np.zeros(n, dtype=bool)
+    first_hashes = pd.Series([None] * n)
     if config.first_turn_min_words:
-        for i in range(n):
-            first = _first_user_turn(frame["messages"].iat[i])
-            if first and len(first.split()) >= config.first_turn_min_words:
-                first_keys[i] = f"first:{xxhash.xxh3_64_hexdigest(first.lower().encode('utf-8'))}"
-    first_counts = Counter(k for k in first_keys if k is not None)
+        first_hashes, words = _turn_columns(frame)
+        first_hashes = pd.Series(first_hashes)
+        first_valid = first_hashes.notna().to_numpy() & (words >= config.first_turn_min_words)
+        counts = first_hashes[first_valid].value_counts()
+        shared = first_hashes.map(counts).fillna(0).to_numpy()
+        first_valid &= (shared > 1) & (shared <= config.first_turn_max_shared)
+
+    uf = _UnionFind(n)
+    for values, valid in ((users, user_valid), (contexts, ctx_valid), (first_hashes, first_valid)):
+        for a, b in zip(*_sharing_pairs(values, valid)):
+            uf.union(int(a), int(b))
+
+    user_list, ctx_list, first_list = users.tolist(), contexts.tolist(), first_hashes.tolist()
+    own: list[tuple[int, str]] = []
     for i in range(n):
-        keys = [f"conv:{ids[i]}"]
-        user = users[i]
-        if config.group_by_user and isinstance(user, str) and user:
-            keys.append(f"user:{user}")
-        ctx = contexts[i]
-        if ctx is not None and ctx == ctx and ctx is not pd.NA:
-            keys.append(f"ctx:{int(ctx)}")
-        first_key = first_keys[i]
-        if first_key is not None and 1 < first_counts[first_key] <= config.first_turn_max_shared:
-            keys.append(first_key)
-        node_keys[i] = keys
-        for key in keys:
-            j = owner.setdefault(key, i)
-            if j != i:
-                uf.union(i, j)
+        if user_valid[i]:
+            own.append((0, f"user:{user_list[i]}"))
+        elif first_valid[i]:
+            own.append((1, f"first:{int(first_list[i])}"))
+        elif ctx_valid[i]:
+            own.append((2, f"ctx:{int(ctx_list[i])}"))
+        else:
+            own.append((3, f"conv:{ids[i]}"))
     best: dict[int, tuple[int, str]] = {}
-    for i in range(n):
+    for i, parent in enumerate(uf.parent):
+        if parent == i and i not in best:
+            continue
         root = uf.find(i)
-        for key in node_keys[i]:
-            rank = (_KEY_PRIORITY[key.split(":", 1)[0]], key)
-            if root not in best or rank < best[root]:
-                best[root] = rank
-    return [best[uf.find(i)][1] for i in range(n)]
+        for j in (i, root):
+            if root not in best or own[j] < best[root]:
+                best[root] = own[j]
+    return [best[uf.find(i)][1] if uf.parent[i] != i or i in best else own[i][1] for i in range(n)]
 
 
 def _unit_hash(seed: int, key: str) -> float:
@@ -199,46 +234,55 @@ class LeakageReport:
         }
 
 
+TextLoader = Callable[[str, Sequence[int]], list[str]]
+
+
+def _messages_loader(splits: dict[str, pd.DataFrame]) -> TextLoader:
+    def load(name: str, rows: Sequence[int]) -> list[str]:
+        messages = splits[name]["messages"]
+        return [conversation_text(messages.iat[int(i)]) for i in rows]
+
+    return load
+
+
 def leakage_report(
     splits: dict[str, pd.DataFrame],
     config: SplitConfig = DEFAULT_SPLIT_CONFIG,
     dedup: DedupConfig = DEFAULT_DEDUP_CONFIG,
+    load_texts: TextLoader | None = None,
 ) -> LeakageReport:
-    """Recompute groups, exact hashes and MinHash neighbours across the written splits."""
+    """Recompute groups, exact hashes and MinHash neighbours across the splits.
+
+    The frames need only the small columns (ids, user, hashes, MinHash); the texts of MinHash
+    candidates are fetched through ``load_texts(split, rows)`` (default: the frames' ``messages``)
+    to confirm them by true Jaccard, so the full conversations never have to be in memory."""
     names = [n for n in SPLIT_NAMES if n in splits]
+    load_texts = load_texts or _messages_loader(splits)
     combined = pd.concat([splits[n].assign(_split=n) for n in names], ignore_index=True)
     shared_groups = 0
     if len(combined):
-        keys = group_keys(combined, config)
-        per_group = defaultdict(set)
-        for key, split in zip(keys, combined["_split"]):
-            per_group[key].add(split)
-        shared_groups = sum(1 for s in per_group.values() if len(s) > 1)
+        keys = pd.Series(group_keys(combined, config))
+        shared_groups = int((combined.groupby(keys)["_split"].nunique() > 1).sum())
 
-    hash_splits: dict[int, set[str]] = defaultdict(set)
-    for name in names:
-        for h in splits[name]["exact_hash"].tolist():
-            hash_splits[int(h)].add(name)
-    exact = sum(
-        1 for name in names for h in splits[name]["exact_hash"].tolist() if len(hash_splits[int(h)]) > 1
-    )
+    hashes = pd.concat([splits[n]["exact_hash"].astype("int64").rename("h").to_frame().assign(s=n) for n in names])
+    splits_per_hash = hashes.groupby("h")["s"].nunique()
+    exact = int(hashes["h"].map(splits_per_hash).gt(1).sum()) if len(hashes) else 0
 
-    signatures = {
-        name: signatures_from_bytes(splits[name]["minhash"].tolist(), dedup.num_perm) for name in names
-    }
+    signatures = {name: signatures_from_bytes(splits[name]["minhash"].tolist(), dedup.num_perm) for name in names}
     near, examples = 0, []
     for a_i, a in enumerate(names):
         for b in names[a_i + 1 :]:
             if not len(splits[a]) or not len(splits[b]):
                 continue
             candidates = cross_set_near_duplicates(signatures[a], signatures[b], dedup)
+            if not candidates:
+                continue
             # Confirm each candidate by the true Jaccard of its shingle sets, as dedup does, so
             # the check and the dedup agree on what a near duplicate is.
-            for i, j, _estimate in candidates:
-                score = jaccard(
-                    shingles(conversation_text(splits[a]["messages"].iat[i]), dedup.ngram),
-                    shingles(conversation_text(splits[b]["messages"].iat[j]), dedup.ngram),
-                )
+            texts_a = load_texts(a, [i for i, _, _ in candidates])
+            texts_b = load_texts(b, [j for _, j, _ in candidates])
+            for (i, j, _estimate), text_a, text_b in zip(candidates, texts_a, texts_b):
+                score = jaccard(shingles(text_a, dedup.ngram), shingles(text_b, dedup.ngram))
                 if score < dedup.threshold:
                     continue
                 near += 1
@@ -253,13 +297,104 @@ def leakage_report(
 
     overlap = {}
     if "train" in splits:
-        train_replies = Counter(m[-1]["content"] for m in splits["train"]["messages"])
+        train_replies = set(_final_reply_hashes(splits["train"]))
         for name in names:
             if name == "train" or not len(splits[name]):
                 continue
-            finals = [m[-1]["content"] for m in splits[name]["messages"]]
+            finals = _final_reply_hashes(splits[name])
             overlap[name] = round(sum(1 for f in finals if f in train_replies) / len(finals), 4)
     return LeakageReport(shared_groups, exact, near, examples, overlap)
+
+
+def _final_reply_hashes(frame: pd.DataFrame) -> list[int]:
+    if "final_reply_hash" in frame:
+        return frame["final_reply_hash"].astype("int64").tolist()
+    return [turn_columns(m)[2] for m in frame["messages"].tolist()]
+
+
+# Columns the split step reads from the curated dataset: everything grouping, assignment and the
+# leakage report need, without the conversations themselves.
+SPLIT_INPUT_COLUMNS = [
+    "conversation_id",
+    "user_id",
+    "tags",
+    "exact_hash",
+    "context_hash",
+    "minhash",
+    "first_turn_hash",
+    "first_turn_words",
+    "final_reply_hash",
+]
+
+
+def write_split_files(
+    curated_path: str | Path, assigned: pd.DataFrame, out_dir: str | Path, batch_rows: int = 20_000
+) -> dict[str, dict[str, Any]]:
+    """Stream the curated Parquet file into per-split Parquet + OpenAI JSONL files.
+
+    ``assigned`` holds ``split`` and ``split_group`` for every row of the file, in file order.
+    Memory stays at one batch of conversations, however large the dataset."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    labels = assigned["split"].to_numpy()
+    groups = assigned["split_group"].to_numpy()
+    parquet = pq.ParquetFile(curated_path)
+    if parquet.metadata.num_rows != len(assigned):
+        raise ValueError(f"{curated_path} has {parquet.metadata.num_rows} rows, the assignment {len(assigned)}")
+    writers: dict[str, pq.ParquetWriter] = {}
+    jsonl = {name: open(out_dir / f".{name}.jsonl.tmp", "w", encoding="utf-8", newline="\n") for name in SPLIT_NAMES}
+    rows = dict.fromkeys(SPLIT_NAMES, 0)
+    offset = 0
+    try:
+        for batch in parquet.iter_batches(batch_size=batch_rows):
+            table = pa.Table.from_batches([batch])
+            batch_labels = labels[offset : offset + len(table)]
+            batch_groups = groups[offset : offset + len(table)]
+            offset += len(table)
+            for name in SPLIT_NAMES:
+                mask = batch_labels == name
+                if not mask.any():
+                    continue
+                part = table.filter(pa.array(mask))
+                part = part.append_column("split", pa.array([name] * len(part), pa.string()))
+                part = part.append_column("split_group", pa.array(batch_groups[mask].tolist(), pa.string()))
+                if name not in writers:
+                    writers[name] = pq.ParquetWriter(out_dir / f".{name}.parquet.tmp", part.schema)
+                writers[name].write_table(part.cast(writers[name].schema))
+                for messages in part.column("messages").to_pylist():
+                    jsonl[name].write(json.dumps(to_openai_record(messages), ensure_ascii=False, separators=(",", ":")))
+                    jsonl[name].write("\n")
+                rows[name] += len(part)
+        schema = parquet.schema_arrow.append(pa.field("split", pa.string())).append(pa.field("split_group", pa.string()))
+        for name in SPLIT_NAMES:
+            if name not in writers:
+                writers[name] = pq.ParquetWriter(out_dir / f".{name}.parquet.tmp", schema)
+            writers.pop(name).close()
+            jsonl[name].close()
+            os.replace(out_dir / f".{name}.parquet.tmp", out_dir / f"{name}.parquet")
+            os.replace(out_dir / f".{name}.jsonl.tmp", out_dir / f"{name}.jsonl")
+    finally:
+        for writer in writers.values():
+            writer.close()
+        for handle in jsonl.values():
+            handle.close()
+        for tmp in out_dir.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+    return {
+        name: {"parquet": str(out_dir / f"{name}.parquet"), "jsonl": str(out_dir / f"{name}.jsonl"), "rows": rows[name]}
+        for name in SPLIT_NAMES
+    }
+
+
+def parquet_text_loader(paths: dict[str, str | Path]) -> TextLoader:
+    """Load conversation texts of given rows from per-split Parquet files (for leakage checks)."""
+
+    def load(name: str, rows: Sequence[int]) -> list[str]:
+        messages = pq.read_table(paths[name], columns=["messages"]).column("messages")
+        taken = messages.take(pa.array(np.asarray(rows, dtype=np.int64))).to_pylist()
+        return [conversation_text(m) for m in taken]
+
+    return load
 
 
 def split_sizes(splits: dict[str, pd.DataFrame]) -> dict[str, int]:
