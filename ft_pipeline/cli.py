@@ -1,6 +1,6 @@
 """``ft-pipeline``: the pipeline for people outside the UI.
 
-    ft-pipeline run [--data-dir DIR] [--until ASSET]   register landed files, materialize the graph
+    ft-pipeline run [--data-dir DIR] [--backend B] [--until ASSET]   register landed files, materialize the graph
     ft-pipeline validate FILE [--strict]               format + quality report for any JSONL/Parquet log
     ft-pipeline sample-data DIR                        write the deterministic sample logs
 """
@@ -14,7 +14,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-STAGES = ["raw_conversation_logs", "cleaned_conversations", "curated_dataset", "splits"]
+STAGES = ["raw_conversation_logs", "cleaned_conversations", "curated_dataset", "splits", "fine_tuned_model"]
 
 
 def _cmd_sample_data(args: argparse.Namespace) -> int:
@@ -81,13 +81,14 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     import dagster as dg
 
-    from ft_pipeline.definitions import ALL_ASSETS, DATASET_ASSETS, PER_FILE_ASSETS
+    from ft_pipeline.definitions import ALL_ASSETS, DATASET_ASSETS, PER_FILE_ASSETS, TRAINING_ASSETS, default_resources
     from ft_pipeline.defs.partitions import log_files_partitions
     from ft_pipeline.defs.resources import PipelineStorage, RawLogStore
     from ft_pipeline.lib.storage import read_latest, resolve_data_dir
 
     data_dir = resolve_data_dir(args.data_dir).resolve()
     resources = {
+        **default_resources(),
         "storage": PipelineStorage(data_dir=str(data_dir)),
         "raw_log_store": RawLogStore(landing_dir=args.landing_dir or "", data_dir=str(data_dir)),
     }
@@ -114,9 +115,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
             return 1
         print(f"  {name}: " + ", ".join(_summary(e) for e in result.get_asset_materialization_events()))
     if until >= 2:
-        selection = DATASET_ASSETS[: until - 1]
+        selection = [*DATASET_ASSETS, *TRAINING_ASSETS][: until - 1]
+        run_config = {"ops": {"fine_tuned_model": {"config": {"backend": args.backend}}}} if until >= 4 else None
         result = dg.materialize(ALL_ASSETS, selection=selection, instance=instance, resources=resources, raise_on_error=False,
-                                tags={"ft_pipeline/cli": "run"})
+                                run_config=run_config, tags={"ft_pipeline/cli": "run"})
         for event in result.get_asset_materialization_events():
             print(f"  {event.asset_key.to_user_string()}: {_summary(event)}")
         for evaluation in result.get_asset_check_evaluations():
@@ -128,12 +130,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
             return 1
 
     print("\noutputs:")
-    for stage in ("cleaned", "curated", "splits"):
+    for stage in ("cleaned", "curated", "splits", "models"):
         if stage == "cleaned":
             print(f"  cleaned partitions: {data_dir / 'cleaned'}")
             continue
         pointer = read_latest(data_dir / stage)
         if pointer is None:
+            continue
+        if stage == "models":
+            if until >= 4:
+                record = json.loads(Path(pointer["path"]).read_text())
+                where = record.get("adapter_dir") or record.get("remote_model_id")
+                print(f"  model      {where} ({record['backend']}, run key {record['run_key']})")
             continue
         if stage == "splits":
             for split, paths in pointer["paths"].items():
@@ -161,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="register landed files and materialize the graph in process")
     run.add_argument("--data-dir", default=None, help="data directory (default $FT_PIPELINE_DATA_DIR or ./data)")
     run.add_argument("--landing-dir", default=None, help="landing folder (default <data dir>/raw)")
-    run.add_argument("--until", choices=STAGES, default=STAGES[-1], help="last stage to materialize (default: splits)")
+    run.add_argument("--until", choices=STAGES, default=STAGES[-1], help=f"last stage to materialize (default: {STAGES[-1]})")
+    run.add_argument("--backend", choices=["local_lora", "openai"], default="local_lora", help="training backend (default: local_lora on the built-in tiny base)")
     run.set_defaults(func=_cmd_run)
 
     validate = sub.add_parser("validate", help="format and quality report for a log file; non-zero exit on errors")

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import os
+
 import dagster as dg
 
 from ft_pipeline.defs.cleaned import cleaned_conversations
 from ft_pipeline.defs.curated import curated_dataset
 from ft_pipeline.defs.raw_logs import raw_conversation_logs
-from ft_pipeline.defs.resources import PipelineStorage, RawLogStore
+from ft_pipeline.defs.resources import OpenAIFineTuningResource, PipelineStorage, RawLogStore
 from ft_pipeline.defs.splits import dataset_splits
+from ft_pipeline.defs.training import fine_tuned_model
 
 PER_FILE_ASSETS = [raw_conversation_logs, cleaned_conversations]
 DATASET_ASSETS = [curated_dataset, dataset_splits]
-ALL_ASSETS = [*PER_FILE_ASSETS, *DATASET_ASSETS]
+TRAINING_ASSETS = [fine_tuned_model]
+ALL_ASSETS = [*PER_FILE_ASSETS, *DATASET_ASSETS, *TRAINING_ASSETS]
 
 # Per landed file: parse and clean (one run per partition, as the new-file sensor will launch).
 ingest_log_file_job = dg.define_asset_job(
@@ -26,11 +30,25 @@ build_dataset_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets(*DATASET_ASSETS),
     description="Global dedup of all cleaned files, then the train/validation/test splits.",
 )
+train_model_job = dg.define_asset_job(
+    name="train_model",
+    selection=dg.AssetSelection.assets(*DATASET_ASSETS, *TRAINING_ASSETS),
+    description="Curated dataset, splits, then the fine-tuned model.",
+)
 
 
 def default_resources() -> dict[str, object]:
     """Resources for local use: the data directory from $FT_PIPELINE_DATA_DIR (default ./data)."""
+    # The key stays an EnvVar reference (resolved when a run starts, never shown in the UI). It is
+    # only referenced when set, so local_lora runs work on machines without a key.
+    openai_key = dg.EnvVar("OPENAI_API_KEY") if os.environ.get("OPENAI_API_KEY") else ""
     return {
+        "local_trainer": dg.PipesSubprocessClient(),
+        "openai_fine_tuning": OpenAIFineTuningResource(
+            api_key=openai_key,
+            base_url=os.environ.get("OPENAI_BASE_URL", ""),
+            azure_endpoint=os.environ.get("AZURE_OPENAI_ENDPOINT", ""),
+        ),
         "storage": PipelineStorage(data_dir=dg.EnvVar("FT_PIPELINE_DATA_DIR").get_value("") or ""),
         "raw_log_store": RawLogStore(
             landing_dir=dg.EnvVar("FT_PIPELINE_LANDING_DIR").get_value("") or "",
@@ -41,6 +59,6 @@ def default_resources() -> dict[str, object]:
 
 defs = dg.Definitions(
     assets=ALL_ASSETS,
-    jobs=[ingest_log_file_job, build_dataset_job],
+    jobs=[ingest_log_file_job, build_dataset_job, train_model_job],
     resources=default_resources(),
 )

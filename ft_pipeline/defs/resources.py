@@ -57,3 +57,42 @@ class RawLogStore(dg.ConfigurableResource):
         if self.root() not in path.parents:
             raise ValueError(f"log file {name!r} is outside the landing folder {self.root()}")
         return path
+
+
+class OpenAIFineTuningResource(dg.ConfigurableResource):
+    """The OpenAI fine-tuning API (or an OpenAI-compatible service, or Azure OpenAI) through the
+    real ``openai`` SDK. The key comes from ``OPENAI_API_KEY`` and is never logged or stored in
+    metadata; ``base_url`` points at another OpenAI-compatible server."""
+
+    api_key: str = Field(
+        default="",
+        description="API key; set through EnvVar('OPENAI_API_KEY').",
+        json_schema_extra={"dagster__is_secret": True},
+    )
+    base_url: str = Field(default="", description="API base URL; empty = the SDK default (https://api.openai.com/v1).")
+    azure_endpoint: str = Field(default="", description="Azure OpenAI endpoint; when set an AzureOpenAI client is used.")
+    azure_api_version: str = Field(default="2024-10-21", description="Azure OpenAI API version.")
+    organization: str = Field(default="", description="OpenAI organization id (optional).")
+    max_retries: int = Field(default=2, description="SDK retries for 408/409/429/5xx and connection errors.")
+    timeout_s: float = Field(default=60.0, description="Per-request timeout in seconds.")
+
+    def get_client(self):
+        import openai
+
+        if not self.api_key:
+            raise dg.Failure(description="OPENAI_API_KEY is not set: the openai backend needs an API key")
+        if self.azure_endpoint:
+            return openai.AzureOpenAI(
+                api_key=self.api_key,
+                azure_endpoint=self.azure_endpoint,
+                api_version=self.azure_api_version,
+                max_retries=self.max_retries,
+                timeout=self.timeout_s,
+            )
+        return openai.OpenAI(
+            api_key=self.api_key,
+            base_url=self.base_url or None,
+            organization=self.organization or None,
+            max_retries=self.max_retries,
+            timeout=self.timeout_s,
+        )

@@ -1,0 +1,257 @@
+"""fine_tuned_model: local LoRA/QLoRA through Dagster Pipes, or an OpenAI fine-tuning job."""
+
+import base64
+import json
+import sys
+from pathlib import Path
+from typing import Literal
+
+import dagster as dg
+from pydantic import Field
+
+from ft_pipeline.defs.resources import OpenAIFineTuningResource, PipelineStorage
+from ft_pipeline.lib.storage import content_version, read_latest, write_latest, write_text
+from ft_pipeline.lib.training.lora import LoraTrainingConfig, run_key
+from ft_pipeline.lib.training.openai_job import FineTuneError, OpenAIFineTuneConfig, cancel_job, run_fine_tune
+
+TRAINING_CODE_VERSION = "1"
+_LORA = LoraTrainingConfig()
+_OPENAI = OpenAIFineTuneConfig()
+
+
+class FineTuneConfig(dg.Config):
+    """Which backend trains the model, and its hyperparameters (defaults are the documented ones)."""
+
+    backend: Literal["local_lora", "openai"] = Field(default="local_lora", description="local_lora (TRL + PEFT in a Pipes subprocess) or openai (a fine-tuning job).")
+    # local_lora
+    base_model: str = Field(default=_LORA.base_model, description="'tiny' (a demo base built locally from the training split), a Hugging Face id already in the local cache, or a local path.")
+    lora_r: int = Field(default=_LORA.lora_r, description="LoRA rank.")
+    lora_alpha: int = Field(default=_LORA.lora_alpha, description="LoRA alpha.")
+    lora_dropout: float = Field(default=_LORA.lora_dropout, description="LoRA dropout.")
+    target_modules: str = Field(default="all-linear", description="PEFT target modules ('all-linear' or a regex).")
+    use_rslora: bool = Field(default=_LORA.use_rslora, description="Rank-stabilised LoRA scaling (alpha/sqrt(r)).")
+    use_dora: bool = Field(default=_LORA.use_dora, description="Weight-decomposed LoRA (DoRA).")
+    qlora: bool = Field(default=_LORA.qlora, description="4-bit NF4 base with double quantization and bf16 compute; needs CUDA (an error without).")
+    learning_rate: float = Field(default=_LORA.learning_rate, description="Peak learning rate.")
+    num_train_epochs: float = Field(default=_LORA.num_train_epochs, description="Epochs (early stopping on validation loss may end sooner).")
+    max_steps: int = Field(default=_LORA.max_steps, description="Stop after this many optimizer steps (-1 = epochs decide).")
+    per_device_train_batch_size: int = Field(default=_LORA.per_device_train_batch_size, description="Batch size per device.")
+    gradient_accumulation_steps: int = Field(default=_LORA.gradient_accumulation_steps, description="Gradient accumulation steps.")
+    max_length: int = Field(default=_LORA.max_length, description="Tokens per packed block / truncation length.")
+    packing: bool = Field(default=_LORA.packing, description="Pack conversations into blocks (bfd, padding-free).")
+    gradient_checkpointing: bool = Field(default=_LORA.gradient_checkpointing, description="Trade compute for activation memory.")
+    early_stopping_patience: int = Field(default=_LORA.early_stopping_patience, description="Epochs without validation-loss improvement before stopping.")
+    seed: int = Field(default=_LORA.seed, description="Training seed.")
+    merge_full_model: bool = Field(default=_LORA.merge_full_model, description="Also save the adapter merged into the base weights.")
+    # openai
+    openai_model: str = Field(default=_OPENAI.model, description="Base model of the OpenAI fine-tuning job.")
+    openai_n_epochs: str = Field(default=str(_OPENAI.n_epochs), description="'auto' or an integer.")
+    openai_batch_size: str = Field(default=str(_OPENAI.batch_size), description="'auto' or an integer.")
+    openai_learning_rate_multiplier: str = Field(default=str(_OPENAI.learning_rate_multiplier), description="'auto' or a number.")
+    openai_suffix: str = Field(default=_OPENAI.suffix, description="Suffix of the fine-tuned model name (<= 64 chars).")
+    openai_poll_interval_s: float = Field(default=_OPENAI.poll_interval_s, description="First poll delay; grows with backoff.")
+    openai_max_poll_interval_s: float = Field(default=_OPENAI.max_poll_interval_s, description="Longest poll delay.")
+    openai_timeout_s: float = Field(default=_OPENAI.timeout_s, description="Overall limit; the remote job is cancelled after it.")
+
+    def lora(self) -> LoraTrainingConfig:
+        return LoraTrainingConfig(
+            base_model=self.base_model,
+            lora_r=self.lora_r,
+            lora_alpha=self.lora_alpha,
+            lora_dropout=self.lora_dropout,
+            target_modules=self.target_modules,
+            use_rslora=self.use_rslora,
+            use_dora=self.use_dora,
+            qlora=self.qlora,
+            learning_rate=self.learning_rate,
+            num_train_epochs=self.num_train_epochs,
+            max_steps=self.max_steps,
+            per_device_train_batch_size=self.per_device_train_batch_size,
+            gradient_accumulation_steps=self.gradient_accumulation_steps,
+            max_length=self.max_length,
+            packing=self.packing,
+            gradient_checkpointing=self.gradient_checkpointing,
+            early_stopping_patience=self.early_stopping_patience,
+            seed=self.seed,
+            merge_full_model=self.merge_full_model,
+        )
+
+    def openai(self) -> OpenAIFineTuneConfig:
+        def auto_or(value: str, kind):
+            return "auto" if value == "auto" else kind(value)
+
+        return OpenAIFineTuneConfig(
+            model=self.openai_model,
+            n_epochs=auto_or(self.openai_n_epochs, int),
+            batch_size=auto_or(self.openai_batch_size, int),
+            learning_rate_multiplier=auto_or(self.openai_learning_rate_multiplier, float),
+            suffix=self.openai_suffix,
+            seed=self.seed,
+            poll_interval_s=self.openai_poll_interval_s,
+            max_poll_interval_s=self.openai_max_poll_interval_s,
+            timeout_s=self.openai_timeout_s,
+        )
+
+
+def _png_markdown(path: Path, title: str) -> dg.MetadataValue:
+    # The UI renders Markdown images; a data URI keeps the chart visible without a file server.
+    encoded = base64.b64encode(path.read_bytes()).decode("ascii")
+    return dg.MetadataValue.md(f"![{title}](data:image/png;base64,{encoded})")
+
+
+def _splits(storage: PipelineStorage) -> dict:
+    pointer = read_latest(storage.folder("splits"))
+    if pointer is None:
+        raise dg.Failure(description="the splits have not been materialized yet")
+    return pointer
+
+
+@dg.asset(
+    deps=["train_split", "validation_split"],
+    group_name="training",
+    code_version=TRAINING_CODE_VERSION,
+    pool="gpu",
+    kinds={"pytorch", "openai"},
+)
+def fine_tuned_model(
+    context: dg.AssetExecutionContext,
+    config: FineTuneConfig,
+    storage: PipelineStorage,
+    local_trainer: dg.PipesSubprocessClient,
+    openai_fine_tuning: OpenAIFineTuningResource,
+) -> dg.MaterializeResult:
+    """The fine-tuned model and its lineage. ``local_lora`` (default): TRL SFT with PEFT LoRA
+    (QLoRA 4-bit on CUDA) in its own process through Dagster Pipes, assistant-only loss, packing,
+    early stopping on validation loss, checkpoints per run key (a retry resumes). ``openai``: an
+    idempotent OpenAI fine-tuning job (re-attached by run key), polled with backoff, events
+    streamed into the log. Writes ``models/<run_key>/model.json`` describing how to call it."""
+    splits = _splits(storage)
+    data_version = splits["version"]
+    if config.backend == "local_lora":
+        return _train_local(context, config, storage, local_trainer, splits, data_version)
+    return _train_openai(context, config, storage, openai_fine_tuning, splits, data_version)
+
+
+def _write_model_record(storage: PipelineStorage, key: str, record: dict) -> Path:
+    folder = storage.folder("models") / key
+    path = write_text(json.dumps(record, indent=2, default=str) + "\n", folder / "model.json")
+    write_latest(storage.folder("models"), key, path=str(path), backend=record["backend"])
+    return path
+
+
+def _train_local(context, config, storage, local_trainer, splits, data_version) -> dg.MaterializeResult:
+    lora = config.lora()
+    key = run_key(data_version, lora, lora.base_model)
+    output_dir = storage.folder("models") / key
+    extras = {
+        "train_parquet": splits["paths"]["train"]["parquet"],
+        "validation_parquet": splits["paths"]["validation"]["parquet"],
+        "output_dir": str(output_dir),
+        "data_version": data_version,
+        "config": {k: v for k, v in lora.__dict__.items()},
+    }
+    context.log.info(f"training run {key} into {output_dir}")
+    invocation = local_trainer.run(
+        command=[sys.executable, "-m", "ft_pipeline.lib.training.pipes_entrypoint"],
+        context=context,
+        extras=extras,
+    )
+    messages = invocation.get_custom_messages()
+    if not messages:
+        raise dg.Failure(description="the trainer process ended without reporting a result")
+    summary = messages[-1]
+    metrics = summary["metrics"]
+    record = {
+        "backend": "local_lora",
+        "run_key": key,
+        "base_model": lora.base_model,
+        "base_model_path": summary["base_model_ref"],
+        "adapter_dir": summary["adapter_dir"],
+        "tokenizer_dir": summary["tokenizer_dir"],
+        "merged_dir": summary["merged_dir"],
+        "data_version": data_version,
+        "split_paths": splits["paths"],
+        "config": extras["config"],
+        "config_hash": lora.config_hash(),
+        "metrics": metrics,
+        "adapter_version": summary["adapter_version"],
+    }
+    record_path = _write_model_record(storage, key, record)
+    metadata = {
+        "backend": "local_lora",
+        "run_key": key,
+        "base_model": lora.base_model,
+        "data_version": data_version,
+        "config_hash": lora.config_hash(),
+        "adapter_dir": dg.MetadataValue.path(summary["adapter_dir"]),
+        "model_record": dg.MetadataValue.path(str(record_path)),
+        "model_card": dg.MetadataValue.path(summary["model_card"]),
+        "resumed_from": summary["resumed_from"] or "",
+        "metrics": dg.MetadataValue.json(metrics),
+        "loss_curve": _png_markdown(Path(summary["loss_plot"]), "training and validation loss"),
+    }
+    for name in ("train_loss", "eval_loss", "tokens_per_second", "train_runtime_s", "global_step"):
+        if isinstance(metrics.get(name), (int, float)):
+            metadata[name] = float(metrics[name])
+    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(summary["adapter_version"]))
+
+
+def _train_openai(context, config, storage, resource, splits, data_version) -> dg.MaterializeResult:
+    openai_config = config.openai()
+    key = content_version("openai", data_version, openai_config.__dict__)
+    client = resource.get_client()
+    job_ids: list[str] = []
+    metrics: list[dict] = []
+    try:
+        result = run_fine_tune(
+            client,
+            Path(splits["paths"]["train"]["jsonl"]),
+            Path(splits["paths"]["validation"]["jsonl"]),
+            key,
+            openai_config,
+            on_log=context.log.info,
+            on_metrics=metrics.append,
+            on_job=job_ids.append,
+        )
+    except FineTuneError as err:
+        raise dg.Failure(description=f"OpenAI fine-tuning job failed: {err}", metadata={"job_id": job_ids[-1] if job_ids else ""}) from None
+    except dg.DagsterExecutionInterruptedError:
+        # The Dagster run was cancelled: stop paying for the remote job too.
+        if job_ids:
+            status = cancel_job(client, job_ids[-1])
+            context.log.warning(f"run cancelled: remote job {job_ids[-1]} is now {status}")
+        raise
+    record = {
+        "backend": "openai",
+        "run_key": key,
+        "base_model": openai_config.model,
+        "remote_model_id": result.fine_tuned_model,
+        "job_id": result.job_id,
+        "data_version": data_version,
+        "split_paths": splits["paths"],
+        "config": openai_config.__dict__,
+        "trained_tokens": result.trained_tokens,
+        "checkpoints": result.checkpoints,
+        "result_metrics": result.result_metrics,
+        "hyperparameters": result.hyperparameters,
+    }
+    record_path = _write_model_record(storage, key, record)
+    final = metrics[-1] if metrics else {}
+    metadata = {
+        "backend": "openai",
+        "run_key": key,
+        "job_id": result.job_id,
+        "fine_tuned_model": result.fine_tuned_model or "",
+        "reattached": result.reattached,
+        "trained_tokens": result.trained_tokens or 0,
+        "checkpoints": dg.MetadataValue.json(result.checkpoints),
+        "result_metrics": dg.MetadataValue.json(result.result_metrics),
+        "hyperparameters": dg.MetadataValue.json(result.hyperparameters),
+        "metrics_events": len(metrics),
+        "model_record": dg.MetadataValue.path(str(record_path)),
+        "data_version": data_version,
+    }
+    for name in ("train_loss", "valid_loss", "full_valid_loss"):
+        if isinstance(final.get(name), (int, float)):
+            metadata[name] = float(final[name])
+    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(content_version(result.fine_tuned_model or result.job_id)))

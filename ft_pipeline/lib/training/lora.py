@@ -1,0 +1,1098 @@
+"""Local LoRA / QLoRA supervised fine-tuning with TRL's ``SFTTrainer``, as plain library code.
+
+``train_lora`` reads the train/validation splits (Parquet, ``messages`` column), trains a PEFT LoRA
+adapter on the assistant turns only, and writes a self-contained run folder::
+
+    <output_dir>/
+        run.json            identity of the run (config hash, data version, input digests, status)
+        checkpoints/        Trainer checkpoints, one per epoch (the resume points)
+        adapter/            PEFT adapter: PeftModel.from_pretrained(AutoModelForCausalLM..., adapter/)
+        tokenizer/          tokenizer + chat_template.jinja (the template used in training)
+        merged/             optional: base weights with the adapter merged in (bf16/fp32, never 4-bit)
+        metrics.json        final metrics
+        loss_history.json   every logged step
+        loss.png            train / eval loss curve
+        README.md           model card
+
+It is meant to run in its own process (a Dagster Pipes subprocess): ``on_log`` receives every log
+as it happens and ``should_stop`` is polled after every optimizer step. Heavy libraries (torch,
+transformers, trl, peft) are imported lazily, so importing this module to build a config or a run
+key costs nothing.
+
+Resume: ``output_dir`` is meant to be per run key (``run_key``: data version + config + base
+model). If it already holds a complete checkpoint the trainer resumes from the newest one, with
+optimizer, scheduler, RNG and early-stopping state. ``run.json`` guards against resuming with other
+data or another config -- a checkpoint trained with DoRA cannot even be loaded by a non-DoRA
+optimizer, and one trained on other data would silently mix datasets. A run that already finished
+is not trained again: its stored result is returned (and the merge done if it is newly requested).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import struct
+import sys
+import time
+import warnings
+import zipfile
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ft_pipeline.lib.training.tiny_base import TINY_BASE_NAME, resolve_base_model
+
+__all__ = [
+    "LoraTrainingConfig",
+    "QLoRAUnavailable",
+    "RunMismatchError",
+    "TrainingDataError",
+    "TrainingResult",
+    "newest_complete_checkpoint",
+    "read_conversations",
+    "run_key",
+    "train_lora",
+]
+
+logger = logging.getLogger(__name__)
+
+_ROLES = frozenset({"system", "user", "assistant"})
+_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+# Fields that only change what is written after training, not the trained weights: a run that
+# differs only in these keeps its run key, so turning on the merge later reuses the trained run.
+_OUTPUT_ONLY_FIELDS = frozenset({"merge_full_model", "save_total_limit"})
+
+# Log at most about this many points per run (Trainer treats a float logging_steps < 1 as a ratio
+# of the total steps): dense enough for a loss curve, sparse enough that a long run does not flood
+# Dagster's event log through Pipes.
+_LOGGING_RATIO = 0.01
+
+
+class QLoRAUnavailable(RuntimeError):
+    """QLoRA was requested but this machine cannot run it (no CUDA GPU)."""
+
+
+class TrainingDataError(ValueError):
+    """The training data cannot be trained on as asked (bad messages, nothing to learn, ...)."""
+
+
+class RunMismatchError(ValueError):
+    """``output_dir`` holds a run with a different config or different data: refusing to resume it."""
+
+
+@dataclass(frozen=True)
+class LoraTrainingConfig:
+    """How a LoRA / QLoRA adapter is trained. Every default is the documented one."""
+
+    base_model: str = "tiny"
+    """``"tiny"``: a demo base built locally from the training texts (random weights, see
+    ``tiny_base``); otherwise a Hugging Face model id or a local folder. With ``HF_HUB_OFFLINE=1``
+    it is loaded with ``local_files_only=True``, so an id must already be in the local cache."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator: the update is scaled by alpha/r (alpha/sqrt(r) with rsLoRA)."""
+    lora_dropout: float = 0.05
+    """Dropout on the LoRA input."""
+    target_modules: str | list[str] | tuple[str, ...] = "all-linear"
+    """Modules that get adapters: ``"all-linear"`` (every Linear except the output head), a regex
+    string, or a list of module-name suffixes. Lists are stored as tuples (the config is frozen
+    and hashable)."""
+    use_rslora: bool = False
+    """Rank-stabilised LoRA (scale alpha/sqrt(r))."""
+    use_dora: bool = False
+    """Weight-decomposed LoRA (DoRA)."""
+    qlora: bool = False
+    """Load the base in 4-bit NF4 with double quantisation and bf16 compute (bitsandbytes). Needs
+    CUDA: without it ``train_lora`` raises ``QLoRAUnavailable`` (no silent fallback to LoRA)."""
+    learning_rate: float = 2e-4
+    """Peak learning rate."""
+    num_train_epochs: float = 3.0
+    """Epochs to train (ignored when ``max_steps`` > 0)."""
+    max_steps: int = -1
+    """Total optimizer steps; -1 means "use num_train_epochs"."""
+    per_device_train_batch_size: int = 4
+    """Sequences per step (packed sequences of up to ``max_length`` tokens when packing)."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches accumulated per optimizer step."""
+    max_length: int = 1024
+    """Tokens per sequence: the truncation length, or the pack size when packing."""
+    packing: bool = True
+    """Pack conversations into ``max_length`` sequences with TRL's best-fit-decreasing packing
+    (padding-free; conversations never attend to each other)."""
+    gradient_checkpointing: bool = True
+    """Recompute activations in the backward pass to save memory (passed as
+    ``activation_checkpointing``, the transformers 5.23 name)."""
+    early_stopping_patience: int = 2
+    """Stop after this many epochs without an eval_loss improvement (needs a validation split;
+    0 disables early stopping)."""
+    warmup_ratio: float = 0.03
+    """Share of the total steps used for linear warmup, in [0, 1)."""
+    lr_scheduler_type: str = "cosine"
+    """A transformers scheduler name (``"cosine"``, ``"linear"``, ``"constant"``, ...)."""
+    seed: int = 42
+    """Seed of the adapter initialisation, dropout and data order."""
+    bf16: bool | None = None
+    """bf16 mixed precision; None means on when the CUDA GPU supports bf16, else fp32."""
+    merge_full_model: bool = False
+    """Also write ``merged/``: the base with the adapter merged in (merge_and_unload), loaded in
+    bf16 or fp32 for the merge -- never into a 4-bit base, whose rounding changes the outputs."""
+    save_total_limit: int = 2
+    """Checkpoints kept in ``checkpoints/`` (the best one is always kept)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.target_modules, list):
+            object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        if self.lora_r <= 0 or self.lora_alpha <= 0:
+            raise ValueError(f"lora_r and lora_alpha must be > 0, got {self.lora_r}, {self.lora_alpha}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            # transformers reads warmup_steps >= 1 as a step count, so a ratio of 1+ would change meaning.
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.max_steps <= 0 and self.max_steps != -1:
+            raise ValueError(f"max_steps must be -1 or > 0, got {self.max_steps}")
+        if self.max_steps == -1 and self.num_train_epochs <= 0:
+            raise ValueError(f"num_train_epochs must be > 0, got {self.num_train_epochs}")
+        if self.per_device_train_batch_size < 1 or self.gradient_accumulation_steps < 1:
+            raise ValueError("per_device_train_batch_size and gradient_accumulation_steps must be >= 1")
+        if self.max_length < 16:
+            raise ValueError(f"max_length must be >= 16, got {self.max_length}")
+        if self.early_stopping_patience < 0:
+            raise ValueError(f"early_stopping_patience must be >= 0, got {self.early_stopping_patience}")
+        if self.save_total_limit < 1:
+            raise ValueError(f"save_total_limit must be >= 1, got {self.save_total_limit}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of all fields (tuples as lists)."""
+        out = dataclasses.asdict(self)
+        if isinstance(out["target_modules"], tuple):
+            out["target_modules"] = list(out["target_modules"])
+        return out
+
+    def config_hash(self) -> str:
+        """Short stable hash of the fields that determine the trained weights.
+
+        ``merge_full_model`` and ``save_total_limit`` only affect what is written around the
+        adapter, so they are left out: changing them keeps the run (and its checkpoints).
+        """
+        payload = {k: v for k, v in self.to_dict().items() if k not in _OUTPUT_ONLY_FIELDS}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_key(data_version: str, config: LoraTrainingConfig, base_model_ref: str) -> str:
+    """Short stable key of one training run: data version + config hash + base model reference.
+
+    Use it to name ``output_dir``; everything that would make a checkpoint invalid to resume from
+    changes the key.
+    """
+    payload = {"data": data_version, "config": config.config_hash(), "base": str(base_model_ref)}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class TrainingResult:
+    """What ``train_lora`` produced. Paths are inside ``output_dir``."""
+
+    output_dir: Path
+    adapter_dir: Path
+    tokenizer_dir: Path
+    merged_dir: Path | None
+    metrics: dict
+    """train_loss (mean over the whole run, resumes included), eval_loss (best epoch), epochs,
+    global_step, train_runtime_s and tokens_per_second (this process's share of the run),
+    train_tokens (non-pad tokens seen over the whole run), peak_memory_mb (CUDA max allocated, or
+    the process's max RSS on CPU; see peak_memory_kind), resumed_from_step (None for a fresh run),
+    and a few more (stop_requested, early_stopped, dataset token counts, parameter counts)."""
+    loss_history: list[dict]
+    """Per logged step: step, loss, learning_rate, epoch and, at evaluations, eval_loss."""
+    loss_plot: Path
+    model_card: Path
+    resumed_from: Path | None
+    base_model_ref: str | None = None
+    """What the adapter was trained on, as loaded: the built tiny base's folder
+    (``<base_cache_dir>/tiny-<hash>``) or the Hugging Face id / path given. Also in
+    ``adapter/adapter_config.json`` as ``base_model_name_or_path``."""
+
+
+# --------------------------------------------------------------------------------------- data
+
+
+def read_conversations(path: Path) -> list[list[dict[str, str]]]:
+    """The ``messages`` column of a split's Parquet file, each message exactly {role, content}.
+
+    Other columns are not read. Message structs may carry more keys (``name``, ``weight``, ...),
+    and datasets/pyarrow fill keys missing in some messages with None; both are dropped so that
+    no None reaches the chat template. A None content becomes "". Raises ``TrainingDataError``
+    for unknown roles, non-text content, or a conversation that does not end with an assistant
+    reply.
+    """
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path, columns=["messages"])
+    conversations: list[list[dict[str, str]]] = []
+    for i, raw in enumerate(table.column("messages").to_pylist()):
+        if not raw:
+            raise TrainingDataError(f"{path}: row {i} has no messages")
+        conv = []
+        for j, msg in enumerate(raw):
+            role = msg.get("role") if isinstance(msg, dict) else None
+            content = msg.get("content") if isinstance(msg, dict) else None
+            if role not in _ROLES:
+                raise TrainingDataError(f"{path}: row {i} message {j} has role {role!r}; expected one of {sorted(_ROLES)}")
+            if content is None:
+                content = ""
+            if not isinstance(content, str):
+                raise TrainingDataError(f"{path}: row {i} message {j} content is {type(content).__name__}, not text")
+            conv.append({"role": role, "content": content})
+        if conv[-1]["role"] != "assistant":
+            raise TrainingDataError(f"{path}: row {i} does not end with an assistant message")
+        conversations.append(conv)
+    return conversations
+
+
+def _file_digest(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def _check_assistant_masks(tokenizer, conversations: list[list[dict[str, str]]], max_length: int, split: str) -> dict[str, int]:
+    """Tokenize like TRL does and fail loudly when an example would train nothing.
+
+    An all-zero assistant mask (a template without working ``{% generation %}`` markers, or a
+    reply starting beyond ``max_length`` and truncated away) gives a loss that looks healthy while
+    the example teaches nothing; TRL catches only the first case and only with a generic message.
+    Returns token statistics of the split.
+    """
+    stats = {"examples": len(conversations), "tokens": 0, "assistant_tokens": 0, "truncated": 0}
+    empty: list[int] = []
+    truncated_away: list[int] = []
+    batch = 256
+    for start in range(0, len(conversations), batch):
+        chunk = conversations[start : start + batch]
+        out = tokenizer.apply_chat_template(chunk, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+        for k, (ids, mask) in enumerate(zip(out["input_ids"], out["assistant_masks"])):
+            idx = start + k
+            n_assistant = sum(mask)
+            stats["tokens"] += len(ids)
+            stats["assistant_tokens"] += n_assistant
+            if n_assistant == 0:
+                empty.append(idx)
+            elif len(ids) > max_length:
+                stats["truncated"] += 1
+                if sum(mask[:max_length]) == 0:
+                    truncated_away.append(idx)
+    if empty:
+        raise TrainingDataError(
+            f"{split}: {len(empty)} example(s) have an all-zero assistant mask (first rows: {empty[:5]}). "
+            "The chat template must wrap every assistant reply and its end-of-turn token in "
+            "{% generation %}...{% endgeneration %}; otherwise those examples train nothing."
+        )
+    if truncated_away:
+        raise TrainingDataError(
+            f"{split}: {len(truncated_away)} example(s) have no assistant token within max_length={max_length} "
+            f"(first rows: {truncated_away[:5]}), so truncation would leave nothing to learn. Raise max_length "
+            "or filter conversations by token length upstream."
+        )
+    if stats["truncated"]:
+        logger.warning("%s: %d example(s) are longer than max_length=%d and will be truncated", split, stats["truncated"], max_length)
+    return stats
+
+
+# --------------------------------------------------------------------------------- checkpoints
+
+
+def _safetensors_complete(path: Path) -> bool:
+    """True when the file's header parses and the file is as long as the header says."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return False
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8:
+                return False
+            header = json.loads(f.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        return size >= 8 + n + end
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return False
+
+
+def _torch_zip_complete(path: Path) -> bool:
+    """True for a readable torch.save zip archive (a truncated one has no central directory)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return len(zf.namelist()) > 0
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def _checkpoint_is_complete(path: Path, step: int) -> bool:
+    try:
+        state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(state, dict) or state.get("global_step") != step:
+        return False
+    adapter_ok = _safetensors_complete(path / "adapter_model.safetensors") or (path / "adapter_model.bin").is_file()
+    if not adapter_ok or not (path / "adapter_config.json").is_file():
+        return False
+    # Trainer only restores the optimizer when the scheduler file is present too; without both a
+    # "resume" silently restarts the optimizer from scratch.
+    return _torch_zip_complete(path / "optimizer.pt") and _torch_zip_complete(path / "scheduler.pt")
+
+
+def newest_complete_checkpoint(checkpoints_dir: Path) -> Path | None:
+    """The ``checkpoint-<step>`` folder with the highest step that is complete, or None.
+
+    Complete means: ``trainer_state.json`` parses and names the folder's step, the adapter weights
+    are whole (safetensors header and length check) with their ``adapter_config.json``, and
+    ``optimizer.pt`` and ``scheduler.pt`` are readable archives. A process killed while saving
+    leaves a newer, truncated folder (trainer_state.json is written last); it is skipped.
+    """
+    checkpoints_dir = Path(checkpoints_dir)
+    if not checkpoints_dir.is_dir():
+        return None
+    candidates = []
+    for child in checkpoints_dir.iterdir():
+        m = _CHECKPOINT_RE.match(child.name)
+        if m and child.is_dir():
+            candidates.append((int(m.group(1)), child))
+    for step, path in sorted(candidates, reverse=True):
+        if _checkpoint_is_complete(path, step):
+            return path
+        logger.warning("skipping incomplete checkpoint %s", path)
+    return None
+
+
+def _drop_incomplete_checkpoints_after(checkpoints_dir: Path, keep: Path | None) -> None:
+    """Remove checkpoint folders newer than the resume point: they are unusable leftovers of a
+    crash, and the resumed run would save into the same folder names anyway."""
+    if not checkpoints_dir.is_dir():
+        return
+    keep_step = int(_CHECKPOINT_RE.match(keep.name).group(1)) if keep is not None else -1
+    for child in checkpoints_dir.iterdir():
+        m = _CHECKPOINT_RE.match(child.name)
+        if m and child.is_dir() and int(m.group(1)) > keep_step:
+            logger.warning("removing incomplete checkpoint %s", child)
+            shutil.rmtree(child, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- model loading
+
+
+@contextlib.contextmanager
+def _quiet_peft_deprecation():
+    """peft 0.21 still reads ``model.is_gradient_checkpointing``, deprecated in transformers 5.23:
+    a FutureWarning on every PeftModel creation that nobody here can act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
+def _offline() -> bool:
+    return any(os.environ.get(v, "").lower() in {"1", "true", "yes", "on"} for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _prepare_chat_template(tokenizer) -> None:
+    """Give the tokenizer a chat template with ``{% generation %}`` markers, in place.
+
+    Kept as is when it already has them. A template TRL knows (Qwen, Llama 3, Gemma, Phi, ...) is
+    replaced by TRL's training variant -- here rather than inside the trainer, so the saved
+    tokenizer carries exactly the template the model was trained with (the markers render
+    nothing at inference). A tokenizer without a template gets ChatML when it has the ChatML
+    tokens. Anything else cannot be masked reliably and is refused.
+    """
+    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+    from ft_pipeline.lib.training.chat_template import CHATML_TRAINING_TEMPLATE, IM_END, IM_START
+
+    template = tokenizer.chat_template
+    if template is not None and has_generation_markers(template):
+        return
+    if template is not None:
+        patched = get_training_chat_template(tokenizer)
+        if patched is not None:
+            tokenizer.chat_template = patched
+            return
+    vocab = tokenizer.get_vocab()
+    if template is None and IM_START in vocab and IM_END in vocab:
+        tokenizer.chat_template = CHATML_TRAINING_TEMPLATE
+        return
+    raise TrainingDataError(
+        "The base model's chat template has no {% generation %} markers and TRL has no training variant "
+        "for it, so assistant-only loss cannot be masked. Use a base whose template is supported, or give "
+        "its tokenizer a template that wraps assistant replies (and their end-of-turn token) in "
+        "{% generation %}...{% endgeneration %}."
+    )
+
+
+def _load_model(base_ref: str, *, qlora: bool, use_bf16: bool):
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    kwargs: dict[str, Any] = {"local_files_only": _offline()}
+    if qlora:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+        kwargs["dtype"] = torch.bfloat16
+        # A 4-bit model cannot be moved after loading, so it is placed on the GPU while it loads.
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    else:
+        kwargs["dtype"] = torch.bfloat16 if use_bf16 else torch.float32
+    return AutoModelForCausalLM.from_pretrained(base_ref, **kwargs)
+
+
+def _peak_memory_mb(cuda: bool) -> tuple[float, str]:
+    import torch
+
+    if cuda:
+        return torch.cuda.max_memory_allocated() / 2**20, "cuda_max_allocated"
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # ru_maxrss is in kilobytes on Linux and in bytes on macOS.
+    return (rss / 2**20 if sys.platform == "darwin" else rss / 1024), "process_max_rss"
+
+
+# ----------------------------------------------------------------------------------- callback
+
+
+def _make_progress_callback(on_log: Callable[[dict], None], should_stop: Callable[[], bool]):
+    from transformers import TrainerCallback
+
+    class _ProgressCallback(TrainerCallback):
+        """Forwards every Trainer log to ``on_log`` and turns ``should_stop()`` into a clean stop."""
+
+        def __init__(self) -> None:
+            self.stop_requested = False
+            self._t0 = time.monotonic()
+            self.tokens_at_start = 0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            # Throughput is per process lifetime: a resumed run starts counting at its resume point.
+            self._t0 = time.monotonic()
+            self.tokens_at_start = state.num_input_tokens_seen
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if not self.stop_requested and should_stop():
+                self.stop_requested = True
+                control.should_training_stop = True
+                # Save where we are, so a later call with the same output_dir resumes from here.
+                control.should_save = True
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = logs or {}
+            record: dict[str, Any] = {k: v for k, v in logs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            record["step"] = state.global_step
+            record["epoch"] = logs.get("epoch", state.epoch)
+            elapsed = max(time.monotonic() - self._t0, 1e-9)
+            record["tokens_seen"] = state.num_input_tokens_seen
+            record["tokens_per_second"] = (state.num_input_tokens_seen - self.tokens_at_start) / elapsed
+            record["kind"] = "eval" if "eval_loss" in logs else "train" if "loss" in logs else "summary"
+            on_log(record)
+            if not self.stop_requested and should_stop():
+                self.stop_requested = True
+                control.should_training_stop = True
+                control.should_save = True
+
+    return _ProgressCallback()
+
+
+# ------------------------------------------------------------------------------------ history
+
+
+def _loss_history(log_history: list[dict]) -> list[dict]:
+    """Trainer's log_history as one record per logged step; eval_loss joins the step's record."""
+    by_step: dict[int, dict] = {}
+    for entry in log_history:
+        step = int(entry.get("step", 0))
+        if "loss" in entry:
+            rec = by_step.setdefault(step, {"step": step})
+            rec.update(loss=float(entry["loss"]), learning_rate=float(entry.get("learning_rate", float("nan"))), epoch=entry.get("epoch"))
+        elif "eval_loss" in entry:
+            rec = by_step.setdefault(step, {"step": step, "epoch": entry.get("epoch")})
+            rec["eval_loss"] = float(entry["eval_loss"])
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def _mean_logged_loss(history: list[dict], upto_step: int) -> float | None:
+    """Step-weighted mean of the logged train losses up to ``upto_step`` (each logged loss is
+    the mean over the steps since the previous log)."""
+    total = weight = 0.0
+    prev = 0
+    for rec in history:
+        if rec["step"] > upto_step:
+            break
+        if "loss" in rec:
+            w = rec["step"] - prev
+            total += rec["loss"] * w
+            weight += w
+            prev = rec["step"]
+    return total / weight if weight else None
+
+
+# ------------------------------------------------------------------------------------- plot
+
+
+# 3x5 bitmap glyphs for the few characters the loss plot labels need.
+_GLYPHS = {
+    "0": "111101101101111", "1": "010110010010111", "2": "111001111100111", "3": "111001111001111",
+    "4": "101101111001001", "5": "111100111001111", "6": "111100111101111", "7": "111001010010010",
+    "8": "111101111101111", "9": "111101111001111", ".": "000000000000010", "-": "000000111000000",
+    "e": "000111111100111", "a": "000011101101011", "i": "010000010010010", "l": "110010010010111",
+    "n": "000110101101101", "o": "000111101101111", "p": "000111101111100", "r": "000111100100100",
+    "s": "000111110011111", "t": "010111010010011", "v": "000101101101010", " ": "000000000000000",
+}
+
+
+class _Canvas:
+    def __init__(self, width: int, height: int) -> None:
+        self.w, self.h = width, height
+        self.px = bytearray(b"\xff" * (width * height * 3))
+
+    def dot(self, x: int, y: int, rgb: tuple[int, int, int]) -> None:
+        if 0 <= x < self.w and 0 <= y < self.h:
+            i = (y * self.w + x) * 3
+            self.px[i : i + 3] = bytes(rgb)
+
+    def line(self, x0: int, y0: int, x1: int, y1: int, rgb: tuple[int, int, int]) -> None:
+        dx, dy = abs(x1 - x0), -abs(y1 - y0)
+        sx, sy = (1 if x0 < x1 else -1), (1 if y0 < y1 else -1)
+        err = dx + dy
+        while True:
+            self.dot(x0, y0, rgb)
+            if x0 == x1 and y0 == y1:
+                return
+            e2 = 2 * err
+            if e2 >= dy:
+                err += dy
+                x0 += sx
+            if e2 <= dx:
+                err += dx
+                y0 += sy
+
+    def text(self, x: int, y: int, s: str, rgb: tuple[int, int, int] = (0, 0, 0), scale: int = 2) -> None:
+        for ch in s:
+            glyph = _GLYPHS.get(ch, _GLYPHS[" "])
+            for r in range(5):
+                for c in range(3):
+                    if glyph[r * 3 + c] == "1":
+                        for dy in range(scale):
+                            for dx in range(scale):
+                                self.dot(x + c * scale + dx, y + r * scale + dy, rgb)
+            x += 4 * scale
+
+    def png(self) -> bytes:
+        raw = b"".join(b"\x00" + bytes(self.px[y * self.w * 3 : (y + 1) * self.w * 3]) for y in range(self.h))
+
+        def chunk(kind: bytes, data: bytes) -> bytes:
+            return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+        ihdr = struct.pack(">IIBBBBB", self.w, self.h, 8, 2, 0, 0, 0)
+        return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.3g}" if abs(v) < 1e4 else f"{v:.2e}"
+
+
+def write_loss_plot(history: Sequence[dict], path: Path) -> Path:
+    """Draw train loss (blue) and eval loss (orange) against step into a PNG, with no plotting
+    library (matplotlib is not a dependency of the project)."""
+    cv = _Canvas(640, 400)
+    left, right, top, bottom = 70, 620, 30, 350
+    train = [(r["step"], r["loss"]) for r in history if "loss" in r and math.isfinite(r["loss"])]
+    evals = [(r["step"], r["eval_loss"]) for r in history if "eval_loss" in r and math.isfinite(r["eval_loss"])]
+    points = train + evals
+    black, blue, orange, grey = (0, 0, 0), (31, 119, 180), (255, 127, 14), (200, 200, 200)
+    cv.line(left, bottom, right, bottom, black)
+    cv.line(left, top, left, bottom, black)
+    if points:
+        xs = [p[0] for p in points]
+        ys = [p[1] for p in points]
+        x_lo, x_hi = min(xs), max(xs)
+        y_lo, y_hi = min(ys), max(ys)
+        if x_hi == x_lo:
+            x_hi = x_lo + 1
+        pad = (y_hi - y_lo) * 0.05 or max(abs(y_hi) * 0.05, 1e-3)
+        y_lo, y_hi = y_lo - pad, y_hi + pad
+
+        def to_px(x: float, y: float) -> tuple[int, int]:
+            return (
+                round(left + (x - x_lo) / (x_hi - x_lo) * (right - left)),
+                round(bottom - (y - y_lo) / (y_hi - y_lo) * (bottom - top)),
+            )
+
+        for frac in (0.25, 0.5, 0.75):
+            gy = round(bottom - frac * (bottom - top))
+            for gx in range(left + 1, right, 4):
+                cv.dot(gx, gy, grey)
+        for series, colour in ((train, blue), (evals, orange)):
+            pts = [to_px(x, y) for x, y in series]
+            for a, b in zip(pts, pts[1:]):
+                cv.line(*a, *b, colour)
+            for x, y in pts:
+                for d in (-1, 0, 1):
+                    cv.line(x - 1, y + d, x + 1, y + d, colour)
+        cv.text(4, top - 4, _fmt(y_hi))
+        cv.text(4, bottom - 8, _fmt(y_lo))
+        cv.text(left - 4, bottom + 8, _fmt(x_lo))
+        label = _fmt(x_hi)
+        cv.text(right - 8 * len(label), bottom + 8, label)
+    cv.text((left + right) // 2 - 16, bottom + 28, "step")
+    cv.text(left + 8, 6, "loss")
+    cv.text(right - 150, 6, "train", blue)
+    cv.text(right - 70, 6, "eval", orange)
+    path.write_bytes(cv.png())
+    return path
+
+
+# ------------------------------------------------------------------------------- model card
+
+
+def _write_model_card(path: Path, *, base_ref: str, base_name: str, data_version: str, config: LoraTrainingConfig, metrics: dict, merged: bool) -> Path:
+    tiny_note = (
+        "\n> **Demo base.** The base model is the locally built tiny model: random weights, not a language "
+        "model. This adapter demonstrates the training mechanics only; its outputs are not meaningful text.\n"
+        if base_name == TINY_BASE_NAME
+        else ""
+    )
+    metric_rows = "\n".join(f"| {k} | {_card_value(v)} |" for k, v in metrics.items())
+    config_rows = "\n".join(f"| {k} | `{v}` |" for k, v in config.to_dict().items())
+    text = f"""# LoRA adapter
+
+Fine-tuned locally by ft-pipeline ({"QLoRA, 4-bit NF4 base" if config.qlora else "LoRA"}, TRL SFTTrainer,
+assistant-only loss).
+{tiny_note}
+- **Base model:** `{base_name}` (loaded from `{base_ref}`)
+- **Data version:** `{data_version or "unversioned"}`
+- **Run folder:** `{path.parent.name}` (config hash `{config.config_hash()}`)
+- **Merged full model:** {"yes, in `merged/`" if merged else "no"}
+
+## Metrics
+
+| metric | value |
+|---|---|
+{metric_rows}
+
+![loss curve](loss.png)
+
+## Training configuration
+
+| field | value |
+|---|---|
+{config_rows}
+
+## Loading
+
+```python
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+tokenizer = AutoTokenizer.from_pretrained("tokenizer")
+base = AutoModelForCausalLM.from_pretrained("{base_ref}")
+model = PeftModel.from_pretrained(base, "adapter")
+prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True, return_tensors="pt")
+output = model.generate(**prompt, max_new_tokens=128, eos_token_id=tokenizer.eos_token_id)
+```
+
+Use the saved tokenizer's chat template (`tokenizer/chat_template.jinja`) at inference: it is the template the
+adapter was trained with.
+"""
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _card_value(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return "" if v is None else str(v)
+
+
+# ------------------------------------------------------------------------------------ outputs
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Swap a freshly written folder into place (readers never see a half-written one)."""
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
+def _merge(base_ref: str, adapter_dir: Path, tokenizer, merged_dir: Path, use_bf16: bool) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    # A fresh full-precision (bf16/fp32) base, never the 4-bit one used for QLoRA: merging into
+    # quantized weights rounds the update away (peft#2321).
+    dtype = torch.bfloat16 if use_bf16 else torch.float32
+    base = AutoModelForCausalLM.from_pretrained(base_ref, dtype=dtype, local_files_only=_offline())
+    with _quiet_peft_deprecation():
+        merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    tmp = merged_dir.with_name(f".{merged_dir.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    merged.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    _replace_dir(tmp, merged_dir)
+
+
+def _result_from_disk(output_dir: Path, run: dict) -> TrainingResult:
+    merged = output_dir / "merged"
+    resumed = run.get("resumed_from")
+    return TrainingResult(
+        output_dir=output_dir,
+        adapter_dir=output_dir / "adapter",
+        tokenizer_dir=output_dir / "tokenizer",
+        merged_dir=merged if merged.is_dir() else None,
+        metrics=json.loads((output_dir / "metrics.json").read_text(encoding="utf-8")),
+        loss_history=json.loads((output_dir / "loss_history.json").read_text(encoding="utf-8")),
+        loss_plot=output_dir / "loss.png",
+        model_card=output_dir / "README.md",
+        resumed_from=Path(resumed) if resumed else None,
+        base_model_ref=run.get("base_model_ref"),
+    )
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------- train
+
+
+@dataclass
+class _Setup:
+    trainer: Any
+    tokenizer: Any
+    train_stats: dict[str, int]
+    val_stats: dict[str, int] | None
+
+
+def _load_tokenizer(base_ref: str):
+    """The base's tokenizer with a training-compatible chat template whose end-of-turn is trained."""
+    from transformers import AutoTokenizer
+    from trl.chat_template_utils import is_chat_template_stop_token_trained
+
+    tokenizer = AutoTokenizer.from_pretrained(base_ref, local_files_only=_offline())
+    _prepare_chat_template(tokenizer)
+    if not is_chat_template_stop_token_trained(tokenizer):
+        # TRL only warns here; a model that never learns to stop is not worth the training time.
+        raise TrainingDataError(
+            "The chat template leaves the assistant's end-of-turn token outside {% generation %}: the model would "
+            "never learn to stop. Move the end-of-turn token inside the generation block."
+        )
+    return tokenizer
+
+
+def _build_trainer(
+    train_convs: list[list[dict[str, str]]],
+    val_convs: list[list[dict[str, str]]],
+    base_ref: str,
+    config: LoraTrainingConfig,
+    checkpoints_dir: Path,
+    *,
+    callbacks: Sequence[Any] = (),
+    cuda: bool,
+    use_bf16: bool,
+) -> _Setup:
+    """Tokenizer checks, base model, LoRA config, ``SFTConfig`` and the ``SFTTrainer`` (not yet trained)."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import EarlyStoppingCallback, PrinterCallback
+    from trl import SFTConfig, SFTTrainer
+
+    has_val = bool(val_convs)
+    tokenizer = _load_tokenizer(base_ref)
+    train_stats = _check_assistant_masks(tokenizer, train_convs, config.max_length, "train")
+    val_stats = _check_assistant_masks(tokenizer, val_convs, config.max_length, "validation") if has_val else None
+
+    # Built from plain {role, content} dicts (read_conversations), so datasets infers a
+    # struct<role, content> with no None-filled extra keys to leak into the template.
+    train_ds = Dataset.from_dict({"messages": train_convs})
+    val_ds = Dataset.from_dict({"messages": val_convs}) if has_val else None
+
+    model = _load_model(base_ref, qlora=config.qlora, use_bf16=use_bf16)
+    target_modules = list(config.target_modules) if isinstance(config.target_modules, tuple) else config.target_modules
+    lora_config = LoraConfig(
+        task_type="CAUSAL_LM",
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=target_modules,
+        use_rslora=config.use_rslora,
+        use_dora=config.use_dora,
+        bias="none",
+    )
+    args = SFTConfig(
+        output_dir=str(checkpoints_dir),
+        assistant_only_loss=True,
+        packing=config.packing,
+        packing_strategy="bfd",
+        max_length=config.max_length,
+        eval_strategy="epoch" if has_val else "no",
+        save_strategy="epoch",
+        load_best_model_at_end=has_val,
+        metric_for_best_model="eval_loss" if has_val else None,
+        greater_is_better=False if has_val else None,
+        save_total_limit=config.save_total_limit,
+        report_to="none",
+        use_cpu=not cuda,
+        seed=config.seed,
+        data_seed=config.seed,
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.num_train_epochs,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        per_device_eval_batch_size=config.per_device_train_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        # transformers 5: warmup_ratio is gone; a float < 1 in warmup_steps is the ratio.
+        warmup_steps=config.warmup_ratio,
+        lr_scheduler_type=config.lr_scheduler_type,
+        # Explicit, so TRL's default gradient_checkpointing=True does not emit the 5.23 rename warning.
+        activation_checkpointing=config.gradient_checkpointing,
+        bf16=use_bf16,
+        fp16=False,
+        logging_strategy="steps",
+        logging_steps=_LOGGING_RATIO,
+        logging_first_step=True,
+        # Stored in trainer_state.json, so the token count survives a resume.
+        include_num_input_tokens_seen="non_padding",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    all_callbacks = list(callbacks)
+    if has_val and config.early_stopping_patience > 0:
+        all_callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
+    with _quiet_peft_deprecation():
+        trainer = SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=train_ds,
+            eval_dataset=val_ds,
+            # Always the local tokenizer: without it TRL calls AutoProcessor.from_pretrained (a Hub lookup).
+            processing_class=tokenizer,
+            peft_config=lora_config,
+            callbacks=all_callbacks,
+        )
+    # With disable_tqdm the Trainer prints every log dict to stdout; on_log already carries them,
+    # and stray stdout lines would only clutter the Pipes subprocess output.
+    trainer.remove_callback(PrinterCallback)
+    return _Setup(trainer=trainer, tokenizer=tokenizer, train_stats=train_stats, val_stats=val_stats)
+
+
+def train_lora(
+    train_parquet: Path,
+    validation_parquet: Path | None,
+    output_dir: Path,
+    config: LoraTrainingConfig,
+    *,
+    data_version: str = "",
+    on_log: Callable[[dict], None] = lambda d: None,
+    should_stop: Callable[[], bool] = lambda: False,
+    base_cache_dir: Path | None = None,
+) -> TrainingResult:
+    """Train a LoRA (or QLoRA) adapter on the assistant turns of ``train_parquet``.
+
+    Args:
+        train_parquet: training split, a Parquet file with a ``messages`` column.
+        validation_parquet: validation split, or None. With one, every epoch is evaluated, the
+            best epoch (lowest eval_loss) is what gets saved, and early stopping applies.
+        output_dir: the run folder, one per ``run_key``; resumed from when it holds checkpoints.
+        config: the training configuration.
+        data_version: recorded in run.json and the model card; a folder trained on another data
+            version is refused (``RunMismatchError``).
+        on_log: called with every Trainer log as it happens (train steps, evaluations, the final
+            summary): step, epoch, loss, learning_rate, eval_loss, tokens_seen, tokens_per_second,
+            kind ("train" / "eval" / "summary") and the other numeric values the Trainer logged.
+            It runs on the training thread: keep it quick; an exception it raises aborts training
+            (the last epoch checkpoint stays resumable).
+        should_stop: polled after every optimizer step; when it returns True the trainer saves a
+            checkpoint and stops. The outputs are still written, ``metrics["stop_requested"]`` is
+            True, and the next call with the same ``output_dir`` resumes.
+        base_cache_dir: where the ``"tiny"`` base is built (default ``output_dir/base``).
+
+    Raises:
+        QLoRAUnavailable: ``config.qlora`` without CUDA.
+        TrainingDataError: unusable data or a chat template that cannot mask assistant turns.
+        RunMismatchError: ``output_dir`` belongs to a run with another config or other data.
+    """
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if config.qlora and not cuda:
+        raise QLoRAUnavailable(
+            "QLoRA loads the base model in 4-bit NF4 through bitsandbytes and needs a CUDA GPU, but "
+            "torch.cuda.is_available() is False here. Set qlora=False to train a regular LoRA adapter "
+            "(works on CPU), or run this step on a machine with an NVIDIA GPU."
+        )
+    use_bf16 = config.bf16 if config.bf16 is not None else bool(cuda and torch.cuda.is_bf16_supported())
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    checkpoints_dir = output_dir / "checkpoints"
+    train_convs = read_conversations(Path(train_parquet))
+    if not train_convs:
+        raise TrainingDataError(f"{train_parquet}: the training split is empty")
+    val_convs = read_conversations(Path(validation_parquet)) if validation_parquet is not None else []
+    if validation_parquet is not None and not val_convs:
+        logger.warning("%s is empty: training without evaluation or early stopping", validation_parquet)
+    has_val = bool(val_convs)
+
+    # ---- run identity: never resume someone else's checkpoints
+    identity = {
+        "config_hash": config.config_hash(),
+        "data_version": data_version,
+        "base_model": config.base_model,
+        "train_digest": _file_digest(Path(train_parquet)),
+        "validation_digest": _file_digest(Path(validation_parquet)) if has_val else None,
+    }
+    run_path = output_dir / "run.json"
+    previous = json.loads(run_path.read_text(encoding="utf-8")) if run_path.exists() else None
+    if previous is not None:
+        diff = {k: (previous.get(k), v) for k, v in identity.items() if previous.get(k) != v}
+        if diff:
+            raise RunMismatchError(
+                f"{output_dir} holds a run with different inputs {diff} (previous, now); refusing to resume it. "
+                "Name output_dir by run_key(data_version, config, base_model), or delete the folder."
+            )
+        if previous.get("status") == "complete" and (output_dir / "metrics.json").exists() and (output_dir / "adapter").is_dir():
+            result = _result_from_disk(output_dir, previous)
+            if config.merge_full_model and result.merged_dir is None:
+                from transformers import AutoTokenizer
+
+                tok = AutoTokenizer.from_pretrained(str(result.tokenizer_dir))
+                _merge(previous["base_model_ref"], result.adapter_dir, tok, output_dir / "merged", use_bf16)
+                result.merged_dir = output_dir / "merged"
+            logger.info("%s is already trained; returning the stored result", output_dir)
+            return result
+    _write_json(run_path, {**identity, "status": "running", "config": config.to_dict()})
+
+    # ---- base model, tokenizer, trainer
+    texts = [m["content"] for conv in train_convs for m in conv]
+    base_ref = str(resolve_base_model(config.base_model, texts, Path(base_cache_dir) if base_cache_dir else output_dir / "base"))
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    progress = _make_progress_callback(on_log, should_stop)
+    setup = _build_trainer(train_convs, val_convs, base_ref, config, checkpoints_dir, callbacks=[progress], cuda=cuda, use_bf16=use_bf16)
+    trainer, tokenizer, train_stats, val_stats = setup.trainer, setup.tokenizer, setup.train_stats, setup.val_stats
+
+    resume = newest_complete_checkpoint(checkpoints_dir)
+    _drop_incomplete_checkpoints_after(checkpoints_dir, resume)
+    if resume is not None:
+        logger.info("resuming from %s", resume)
+    train_output = trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+    state = trainer.state
+    resumed_step = int(_CHECKPOINT_RE.match(resume.name).group(1)) if resume is not None else None
+
+    # ---- outputs (the best epoch's weights when there is a validation split)
+    adapter_dir, tokenizer_dir = output_dir / "adapter", output_dir / "tokenizer"
+    for final, save in ((adapter_dir, trainer.model.save_pretrained), (tokenizer_dir, tokenizer.save_pretrained)):
+        tmp = final.with_name(f".{final.name}.tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        save(str(tmp))
+        _replace_dir(tmp, final)
+
+    history = _loss_history(state.log_history)
+    session_steps = state.global_step - (resumed_step or 0)
+    if resumed_step is None:
+        train_loss = float(train_output.training_loss)
+    else:
+        # Trainer's training_loss covers only this process's steps; add the steps before the resume.
+        before = _mean_logged_loss(history, resumed_step)
+        parts = [(before, resumed_step), (float(train_output.training_loss) if session_steps else None, session_steps)]
+        weight = sum(w for v, w in parts if v is not None)
+        train_loss = sum(v * w for v, w in parts if v is not None) / weight if weight else float("nan")
+    eval_losses = [r["eval_loss"] for r in history if "eval_loss" in r]
+    runtime = float(train_output.metrics.get("train_runtime", 0.0))
+    session_tokens = state.num_input_tokens_seen - progress.tokens_at_start
+    peak_mb, peak_kind = _peak_memory_mb(cuda)
+    trainable, total = trainer.model.get_nb_trainable_parameters()
+    expected_steps = state.max_steps
+    metrics: dict[str, Any] = {
+        "train_loss": train_loss,
+        "eval_loss": float(state.best_metric) if state.best_metric is not None else (eval_losses[-1] if eval_losses else None),
+        "epochs": float(state.epoch or 0.0),
+        "global_step": int(state.global_step),
+        "train_runtime_s": runtime,
+        "train_tokens": int(state.num_input_tokens_seen),
+        "tokens_per_second": session_tokens / runtime if runtime > 0 else None,
+        "peak_memory_mb": round(peak_mb, 1),
+        "peak_memory_kind": peak_kind,
+        "resumed_from_step": resumed_step,
+        "max_steps": int(expected_steps),
+        "stop_requested": progress.stop_requested,
+        "early_stopped": bool(has_val and not progress.stop_requested and state.global_step < expected_steps),
+        "best_checkpoint": state.best_model_checkpoint,
+        "train_examples": train_stats["examples"],
+        "train_dataset_tokens": train_stats["tokens"],
+        "train_assistant_tokens": train_stats["assistant_tokens"],
+        "train_truncated_examples": train_stats["truncated"],
+        "validation_examples": val_stats["examples"] if val_stats else 0,
+        "trainable_parameters": int(trainable),
+        "total_parameters": int(total),
+        "device": "cuda" if cuda else "cpu",
+        "bf16": use_bf16,
+        "qlora": config.qlora,
+    }
+
+    merged_dir = None
+    if config.merge_full_model:
+        merged_dir = output_dir / "merged"
+        _merge(base_ref, adapter_dir, tokenizer, merged_dir, use_bf16)
+
+    _write_json(output_dir / "metrics.json", metrics)
+    _write_json(output_dir / "loss_history.json", history)
+    loss_plot = write_loss_plot(history, output_dir / "loss.png")
+    card = _write_model_card(
+        output_dir / "README.md",
+        base_ref=base_ref,
+        base_name=config.base_model,
+        data_version=data_version,
+        config=config,
+        metrics=metrics,
+        merged=merged_dir is not None,
+    )
+    status = "stopped" if progress.stop_requested else "complete"
+    _write_json(
+        run_path,
+        {**identity, "status": status, "config": config.to_dict(), "base_model_ref": base_ref, "resumed_from": str(resume) if resume else None},
+    )
+    return TrainingResult(
+        output_dir=output_dir,
+        adapter_dir=adapter_dir,
+        tokenizer_dir=tokenizer_dir,
+        merged_dir=merged_dir,
+        metrics=metrics,
+        loss_history=history,
+        loss_plot=loss_plot,
+        model_card=card,
+        resumed_from=resume,
+        base_model_ref=base_ref,
+    )

@@ -1,0 +1,104 @@
+"""fine_tuned_model materialized in process: local LoRA through Pipes, and OpenAI against the fake."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from ft_pipeline.definitions import ALL_ASSETS, DATASET_ASSETS, PER_FILE_ASSETS, TRAINING_ASSETS, default_resources
+from ft_pipeline.defs.partitions import log_files_partitions
+from ft_pipeline.defs.resources import OpenAIFineTuningResource
+from ft_pipeline.lib.sample_data import build_sample
+
+SECRET = "sk-test-SECRET-ft-pipeline-0123456789"
+FAST_LORA = {"max_steps": 6, "max_length": 256, "per_device_train_batch_size": 8, "num_train_epochs": 1.0}
+
+
+@pytest.fixture
+def built_dataset(instance, resources):
+    names = sorted(build_sample())
+    instance.add_dynamic_partitions(log_files_partitions.name, names)
+    for name in names:
+        assert dg.materialize(PER_FILE_ASSETS, partition_key=name, instance=instance, resources=resources).success
+    assert dg.materialize(ALL_ASSETS, selection=DATASET_ASSETS, instance=instance, resources=resources).success
+    return instance
+
+
+def _train(instance, resources, config):
+    return dg.materialize(
+        ALL_ASSETS,
+        selection=TRAINING_ASSETS,
+        instance=instance,
+        resources={**default_resources(), **resources},
+        run_config={"ops": {"fine_tuned_model": {"config": config}}},
+        raise_on_error=False,
+    )
+
+
+def test_local_lora_trains_through_pipes_and_adapter_loads(built_dataset, resources, data_dir):
+    result = _train(built_dataset, resources, {"backend": "local_lora", **FAST_LORA})
+    assert result.success
+    event = result.get_asset_materialization_events()[0]
+    metadata = event.materialization.metadata
+    assert metadata["backend"].value == "local_lora"
+    assert event.materialization.tags.get("dagster/data_version")
+    record = json.loads(Path(metadata["model_record"].value).read_text())
+    adapter = Path(record["adapter_dir"])
+    assert (adapter / "adapter_config.json").exists()
+    assert "data:image/png;base64," in metadata["loss_curve"].value
+    # Trainer log lines were streamed back into the Dagster log through Pipes.
+    logs = [e.message for e in built_dataset.all_logs(result.run_id) if e.message]
+    assert any("train " in m and "loss=" in m for m in logs)
+    # A fresh process loads the adapter with plain peft.
+    script = (
+        "import sys, json; from transformers import AutoModelForCausalLM, AutoTokenizer; from peft import PeftModel;"
+        "r=json.load(open(sys.argv[1])); base=AutoModelForCausalLM.from_pretrained(r['base_model_path']);"
+        "m=PeftModel.from_pretrained(base, r['adapter_dir']); t=AutoTokenizer.from_pretrained(r['tokenizer_dir']);"
+        "ids=t.apply_chat_template([{'role':'user','content':'hello'}], add_generation_prompt=True, return_tensors='pt', return_dict=True);"
+        "out=m.generate(**ids, max_new_tokens=4, do_sample=False); print('generated', out.shape[1])"
+    )
+    done = subprocess.run([sys.executable, "-c", script, metadata["model_record"].value], capture_output=True, text=True, timeout=300,
+                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "generated" in done.stdout
+
+
+def test_qlora_without_cuda_fails_clearly(built_dataset, resources):
+    pytest.importorskip("torch")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = _train(built_dataset, resources, {"backend": "local_lora", "qlora": True, **FAST_LORA})
+    assert not result.success
+    failure = result.get_step_failure_events()[0].step_failure_data.error
+    text = str(failure.to_string()) + " ".join(e.message or "" for e in built_dataset.all_logs(result.run_id))
+    assert "QLoRA" in text and "CUDA" in text
+
+
+def test_openai_backend_against_the_fake_server(built_dataset, resources, data_dir, monkeypatch):
+    from ft_pipeline_tests.fakes.openai_server import FakeOpenAI
+
+    with FakeOpenAI() as fake:
+        openai_resource = OpenAIFineTuningResource(api_key=SECRET, base_url=fake.base_url, max_retries=2)
+        config = {"backend": "openai", "openai_poll_interval_s": 0.01, "openai_max_poll_interval_s": 0.02}
+        result = _train(built_dataset, {**resources, "openai_fine_tuning": openai_resource}, config)
+        assert result.success
+        metadata = result.get_asset_materialization_events()[0].materialization.metadata
+        assert metadata["fine_tuned_model"].value.startswith("ft:")
+        assert metadata["trained_tokens"].value > 0
+        assert len(fake.jobs) == 1
+        # A second materialization with the same data and config re-attaches: still one job.
+        again = _train(built_dataset, {**resources, "openai_fine_tuning": openai_resource}, config)
+        assert again.success and len(fake.jobs) == 1
+        assert again.get_asset_materialization_events()[0].materialization.metadata["reattached"].value is True
+        # The key never reaches logs or metadata.
+        for run in (result, again):
+            for entry in built_dataset.all_logs(run.run_id):
+                assert SECRET not in (entry.message or "")
+                assert SECRET not in str(entry.dagster_event or "")
+        record = Path(metadata["model_record"].value).read_text()
+        assert SECRET not in record
