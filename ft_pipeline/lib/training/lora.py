@@ -43,7 +43,6 @@ import sys
 import time
 import warnings
 import zipfile
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -556,116 +555,30 @@ def _mean_logged_loss(history: list[dict], upto_step: int) -> float | None:
 # ------------------------------------------------------------------------------------- plot
 
 
-# 3x5 bitmap glyphs for the few characters the loss plot labels need.
-_GLYPHS = {
-    "0": "111101101101111", "1": "010110010010111", "2": "111001111100111", "3": "111001111001111",
-    "4": "101101111001001", "5": "111100111001111", "6": "111100111101111", "7": "111001010010010",
-    "8": "111101111101111", "9": "111101111001111", ".": "000000000000010", "-": "000000111000000",
-    "e": "000111111100111", "a": "000011101101011", "i": "010000010010010", "l": "110010010010111",
-    "n": "000110101101101", "o": "000111101101111", "p": "000111101111100", "r": "000111100100100",
-    "s": "000111110011111", "t": "010111010010011", "v": "000101101101010", " ": "000000000000000",
-}
-
-
-class _Canvas:
-    def __init__(self, width: int, height: int) -> None:
-        self.w, self.h = width, height
-        self.px = bytearray(b"\xff" * (width * height * 3))
-
-    def dot(self, x: int, y: int, rgb: tuple[int, int, int]) -> None:
-        if 0 <= x < self.w and 0 <= y < self.h:
-            i = (y * self.w + x) * 3
-            self.px[i : i + 3] = bytes(rgb)
-
-    def line(self, x0: int, y0: int, x1: int, y1: int, rgb: tuple[int, int, int]) -> None:
-        dx, dy = abs(x1 - x0), -abs(y1 - y0)
-        sx, sy = (1 if x0 < x1 else -1), (1 if y0 < y1 else -1)
-        err = dx + dy
-        while True:
-            self.dot(x0, y0, rgb)
-            if x0 == x1 and y0 == y1:
-                return
-            e2 = 2 * err
-            if e2 >= dy:
-                err += dy
-                x0 += sx
-            if e2 <= dx:
-                err += dx
-                y0 += sy
-
-    def text(self, x: int, y: int, s: str, rgb: tuple[int, int, int] = (0, 0, 0), scale: int = 2) -> None:
-        for ch in s:
-            glyph = _GLYPHS.get(ch, _GLYPHS[" "])
-            for r in range(5):
-                for c in range(3):
-                    if glyph[r * 3 + c] == "1":
-                        for dy in range(scale):
-                            for dx in range(scale):
-                                self.dot(x + c * scale + dx, y + r * scale + dy, rgb)
-            x += 4 * scale
-
-    def png(self) -> bytes:
-        raw = b"".join(b"\x00" + bytes(self.px[y * self.w * 3 : (y + 1) * self.w * 3]) for y in range(self.h))
-
-        def chunk(kind: bytes, data: bytes) -> bytes:
-            return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-        ihdr = struct.pack(">IIBBBBB", self.w, self.h, 8, 2, 0, 0, 0)
-        return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
-
-
-def _fmt(v: float) -> str:
-    return f"{v:.3g}" if abs(v) < 1e4 else f"{v:.2e}"
-
-
 def write_loss_plot(history: Sequence[dict], path: Path) -> Path:
-    """Draw train loss (blue) and eval loss (orange) against step into a PNG, with no plotting
-    library (matplotlib is not a dependency of the project)."""
-    cv = _Canvas(640, 400)
-    left, right, top, bottom = 70, 620, 30, 350
+    """Train loss and eval loss against step, as a PNG (shown in the Dagster UI)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on training machines
+    import matplotlib.pyplot as plt
+
     train = [(r["step"], r["loss"]) for r in history if "loss" in r and math.isfinite(r["loss"])]
     evals = [(r["step"], r["eval_loss"]) for r in history if "eval_loss" in r and math.isfinite(r["eval_loss"])]
-    points = train + evals
-    black, blue, orange, grey = (0, 0, 0), (31, 119, 180), (255, 127, 14), (200, 200, 200)
-    cv.line(left, bottom, right, bottom, black)
-    cv.line(left, top, left, bottom, black)
-    if points:
-        xs = [p[0] for p in points]
-        ys = [p[1] for p in points]
-        x_lo, x_hi = min(xs), max(xs)
-        y_lo, y_hi = min(ys), max(ys)
-        if x_hi == x_lo:
-            x_hi = x_lo + 1
-        pad = (y_hi - y_lo) * 0.05 or max(abs(y_hi) * 0.05, 1e-3)
-        y_lo, y_hi = y_lo - pad, y_hi + pad
-
-        def to_px(x: float, y: float) -> tuple[int, int]:
-            return (
-                round(left + (x - x_lo) / (x_hi - x_lo) * (right - left)),
-                round(bottom - (y - y_lo) / (y_hi - y_lo) * (bottom - top)),
-            )
-
-        for frac in (0.25, 0.5, 0.75):
-            gy = round(bottom - frac * (bottom - top))
-            for gx in range(left + 1, right, 4):
-                cv.dot(gx, gy, grey)
-        for series, colour in ((train, blue), (evals, orange)):
-            pts = [to_px(x, y) for x, y in series]
-            for a, b in zip(pts, pts[1:]):
-                cv.line(*a, *b, colour)
-            for x, y in pts:
-                for d in (-1, 0, 1):
-                    cv.line(x - 1, y + d, x + 1, y + d, colour)
-        cv.text(4, top - 4, _fmt(y_hi))
-        cv.text(4, bottom - 8, _fmt(y_lo))
-        cv.text(left - 4, bottom + 8, _fmt(x_lo))
-        label = _fmt(x_hi)
-        cv.text(right - 8 * len(label), bottom + 8, label)
-    cv.text((left + right) // 2 - 16, bottom + 28, "step")
-    cv.text(left + 8, 6, "loss")
-    cv.text(right - 150, 6, "train", blue)
-    cv.text(right - 70, 6, "eval", orange)
-    path.write_bytes(cv.png())
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+    try:
+        if train:
+            ax.plot(*zip(*train), label="train loss", color="tab:blue")
+        if evals:
+            ax.plot(*zip(*evals), "o-", label="validation loss", color="tab:orange")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.grid(alpha=0.3)
+        if train or evals:
+            ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 
