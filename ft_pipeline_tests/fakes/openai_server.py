@@ -680,8 +680,13 @@ class FakeOpenAI:
                 payload = fault.body if fault.body is not None else _error_body(fault.status)
                 raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
                 return _Response(fault.status, raw, headers=dict(fault.headers))
-            with self._lock:
+            if path == "/v1/chat/completions":
+                # Chat answers touch no job state; answering them outside the global lock lets
+                # concurrent requests overlap (a slow scripted responder must not serialise them).
                 response = self._dispatch(method, path, dict(query), headers, body)
+            with self._lock:
+                if path != "/v1/chat/completions":
+                    response = self._dispatch(method, path, dict(query), headers, body)
                 lost = next((r for r in self._lost if r.matches(method, path)), None)
                 if lost is not None:
                     lost.remaining -= 1

@@ -1,0 +1,136 @@
+"""The promotion gate: the rules a candidate must pass to replace production, with their numbers.
+
+A rule that fails says which rule and by how much, so the Dagster check's description is enough
+to understand a rejection without opening the report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class PromotionGate:
+    """Promotion rules. Every default is the documented one."""
+
+    primary_metric: str = "rougeL"
+    """The metric that must improve, per example, with a confidence interval."""
+    margin: float = 0.0
+    """The CI lower bound of (candidate - base) and of (candidate - production) on the primary
+    metric must be strictly above this. Ties (lower bound at or below) do not promote."""
+    guardrail_metrics: tuple[str, ...] = ("token_f1", "exact_match")
+    """Metrics that must not regress versus the base (and production) by more than the tolerance."""
+    guardrail_tolerance: float = 0.02
+    """Allowed drop of a guardrail's mean (absolute) before it counts as a regression."""
+    regression_suite_min_ratio: float = 0.95
+    """On the shipped regression suite the candidate must keep at least this share of the base's
+    primary-metric score (it must not forget general behaviour)."""
+
+
+@dataclass
+class RuleResult:
+    rule: str
+    passed: bool
+    detail: str
+    numbers: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GateDecision:
+    passed: bool
+    rules: list[RuleResult]
+
+    @property
+    def failed_rules(self) -> list[RuleResult]:
+        return [r for r in self.rules if not r.passed]
+
+    def description(self) -> str:
+        if self.passed:
+            return "promote: " + "; ".join(r.detail for r in self.rules)
+        return "do not promote: " + "; ".join(f"{r.rule} failed — {r.detail}" for r in self.failed_rules)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "rules": [{"rule": r.rule, "passed": r.passed, "detail": r.detail, "numbers": r.numbers} for r in self.rules],
+        }
+
+
+def _improvement_rule(name: str, comparison: dict[str, Any], gate: PromotionGate) -> RuleResult:
+    ci_low = float(comparison["ci_low"])
+    delta = float(comparison["delta"])
+    passed = ci_low > gate.margin
+    detail = (
+        f"{gate.primary_metric} candidate − {name} = {delta:+.4f}, 95% CI [{ci_low:+.4f}, {float(comparison['ci_high']):+.4f}]"
+        f" {'>' if passed else '≤'} margin {gate.margin:g} at the lower bound"
+    )
+    return RuleResult(f"beats_{name}", passed, detail, {"delta": delta, "ci_low": ci_low, "ci_high": float(comparison["ci_high"])})
+
+
+def evaluate_gate(
+    gate: PromotionGate,
+    *,
+    versus_base: dict[str, dict[str, Any]],
+    versus_production: dict[str, dict[str, Any]] | None,
+    regression_scores: dict[str, float] | None,
+    train_test_overlap: int,
+) -> GateDecision:
+    """Apply the rules.
+
+    ``versus_base`` / ``versus_production``: per metric, the paired comparison (``delta``,
+    ``ci_low``, ``ci_high``) of the candidate against that model; ``versus_production`` is None
+    when nothing is in production yet. ``regression_scores``: primary-metric means of
+    ``candidate`` and ``base`` on the regression suite. ``train_test_overlap``: test examples
+    that also occur in the training split.
+    """
+    rules = [_improvement_rule("base", versus_base[gate.primary_metric], gate)]
+    if versus_production is not None:
+        rules.append(_improvement_rule("production", versus_production[gate.primary_metric], gate))
+    else:
+        rules.append(RuleResult("beats_production", True, "no production model yet"))
+
+    regressions = []
+    for baseline_name, comparisons in (("base", versus_base), ("production", versus_production)):
+        if comparisons is None:
+            continue
+        for metric in gate.guardrail_metrics:
+            if metric in comparisons and float(comparisons[metric]["delta"]) < -gate.guardrail_tolerance:
+                regressions.append(f"{metric} vs {baseline_name} {float(comparisons[metric]['delta']):+.4f}")
+    rules.append(
+        RuleResult(
+            "guardrails",
+            not regressions,
+            ("regressed beyond −" + f"{gate.guardrail_tolerance:g}: " + ", ".join(regressions))
+            if regressions
+            else f"no guardrail ({', '.join(gate.guardrail_metrics)}) dropped more than {gate.guardrail_tolerance:g}",
+            {"regressions": regressions},
+        )
+    )
+
+    if regression_scores is None:
+        rules.append(RuleResult("regression_suite", True, "no regression suite configured"))
+    else:
+        base_score = float(regression_scores["base"])
+        candidate_score = float(regression_scores["candidate"])
+        ratio = candidate_score / base_score if base_score > 0 else (1.0 if candidate_score >= 0 else 0.0)
+        passed = ratio >= gate.regression_suite_min_ratio
+        rules.append(
+            RuleResult(
+                "regression_suite",
+                passed,
+                f"candidate keeps {ratio:.1%} of the base's {gate.primary_metric} on the regression suite "
+                f"({candidate_score:.4f} vs {base_score:.4f}; minimum {gate.regression_suite_min_ratio:.0%})",
+                {"ratio": ratio, "candidate": candidate_score, "base": base_score},
+            )
+        )
+
+    rules.append(
+        RuleResult(
+            "no_train_test_overlap",
+            train_test_overlap == 0,
+            f"{train_test_overlap} test example(s) also in the training split",
+            {"overlap": train_test_overlap},
+        )
+    )
+    return GateDecision(all(r.passed for r in rules), rules)
