@@ -3,6 +3,7 @@
     ft-pipeline run [--data-dir DIR] [--backend B] [--until ASSET]   register landed files, materialize the graph
     ft-pipeline validate FILE [--strict]               format + quality report for any JSONL/Parquet log
     ft-pipeline sample-data DIR                        write the deterministic sample logs
+    ft-pipeline registry list|show|promote|rollback|history   the model registry
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ import json
 import os
 import sys
 from collections import Counter
+from datetime import datetime, timezone
 from pathlib import Path
 
-STAGES = ["raw_conversation_logs", "cleaned_conversations", "curated_dataset", "splits", "fine_tuned_model"]
+STAGES = ["raw_conversation_logs", "cleaned_conversations", "curated_dataset", "splits", "fine_tuned_model", "evaluation_report", "promoted_model"]
 
 
 def _cmd_sample_data(args: argparse.Namespace) -> int:
@@ -81,9 +83,9 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     import dagster as dg
 
-    from ft_pipeline.definitions import ALL_ASSETS, DATASET_ASSETS, PER_FILE_ASSETS, TRAINING_ASSETS, default_resources
+    from ft_pipeline.definitions import ALL_ASSETS, DOWNSTREAM_ASSETS, PER_FILE_ASSETS, default_resources
     from ft_pipeline.defs.partitions import log_files_partitions
-    from ft_pipeline.defs.resources import PipelineStorage, RawLogStore
+    from ft_pipeline.defs.resources import ModelRegistryResource, PipelineStorage, RawLogStore
     from ft_pipeline.lib.storage import read_latest, resolve_data_dir
 
     data_dir = resolve_data_dir(args.data_dir).resolve()
@@ -91,6 +93,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         **default_resources(),
         "storage": PipelineStorage(data_dir=str(data_dir)),
         "raw_log_store": RawLogStore(landing_dir=args.landing_dir or "", data_dir=str(data_dir)),
+        "model_registry": ModelRegistryResource(url=os.environ.get("FT_PIPELINE_REGISTRY_URL", ""), data_dir=str(data_dir)),
     }
     if not os.environ.get("DAGSTER_HOME"):
         print("error: DAGSTER_HOME is not set; `make demo` sets it (or export DAGSTER_HOME=$PWD/.dagster_home)", file=sys.stderr)
@@ -115,8 +118,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             return 1
         print(f"  {name}: " + ", ".join(_summary(e) for e in result.get_asset_materialization_events()))
     if until >= 2:
-        selection = [*DATASET_ASSETS, *TRAINING_ASSETS][: until - 1]
-        run_config = {"ops": {"fine_tuned_model": {"config": {"backend": args.backend}}}} if until >= 4 else None
+        selection = DOWNSTREAM_ASSETS[: until - 1]
+        run_config = _run_config(args, until)
         result = dg.materialize(ALL_ASSETS, selection=selection, instance=instance, resources=resources, raise_on_error=False,
                                 run_config=run_config, tags={"ft_pipeline/cli": "run"})
         for event in result.get_asset_materialization_events():
@@ -126,16 +129,31 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(f"  check {evaluation.asset_key.to_user_string()}.{evaluation.check_name}: {status}"
                   + ("" if evaluation.passed else f" — {evaluation.description}"))
         if not result.success:
-            print("the dataset run failed", file=sys.stderr)
-            return 1
+            # A candidate that fails the promotion gate is a decision, not a pipeline error: the
+            # blocking check stops promoted_model and the decision is printed below.
+            gate_failed = any(not e.passed and e.check_name == "promotion_gate" for e in result.get_asset_check_evaluations())
+            failed_steps = {e.step_key for e in result.get_step_failure_events()}
+            if not (gate_failed and failed_steps <= {"evaluation_report"}):
+                print("the run failed", file=sys.stderr)
+                return 1
 
     print("\noutputs:")
-    for stage in ("cleaned", "curated", "splits", "models"):
+    for stage in ("cleaned", "curated", "splits", "models", "reports"):
         if stage == "cleaned":
             print(f"  cleaned partitions: {data_dir / 'cleaned'}")
             continue
         pointer = read_latest(data_dir / stage)
         if pointer is None:
+            continue
+        if stage == "reports":
+            if until >= 5:
+                report = json.loads(Path(pointer["path"]).read_text())
+                decision = report["decision"]
+                verdict = "already production" if report.get("already_production") else ("PROMOTE" if decision["passed"] else "DO NOT PROMOTE")
+                print(f"  report     {Path(pointer['path']).with_name('report.md')}")
+                print(f"\ndecision: {verdict}")
+                for rule in decision["rules"]:
+                    print(f"  [{'pass' if rule['passed'] else 'FAIL'}] {rule['rule']}: {rule['detail']}")
             continue
         if stage == "models":
             if until >= 4:
@@ -149,6 +167,78 @@ def _cmd_run(args: argparse.Namespace) -> int:
         else:
             print(f"  curated    {pointer['path']}")
     print(f"  quarantine {data_dir / 'quarantine'}")
+    return 0
+
+
+def _run_config(args: argparse.Namespace, until: int) -> dict | None:
+    """Run config from --backend and every --set ASSET.FIELD=VALUE (VALUE parsed as JSON when it can be)."""
+    ops: dict[str, dict] = {}
+    if until >= 4:
+        ops.setdefault("fine_tuned_model", {})["backend"] = args.backend
+    for item in args.set or []:
+        key, sep, raw = item.partition("=")
+        asset, dot, field = key.partition(".")
+        if not sep or not dot:
+            raise SystemExit(f"--set expects ASSET.FIELD=VALUE, got {item!r}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        op = "dataset_splits" if asset in ("splits", "train_split", "validation_split", "test_split") else asset
+        ops.setdefault(op, {})[field] = value
+    return {"ops": {op: {"config": fields} for op, fields in ops.items()}} if ops else None
+
+
+def _registry(args: argparse.Namespace):
+    from ft_pipeline.lib.registry import ModelRegistry
+    from ft_pipeline.lib.storage import resolve_data_dir
+
+    url = args.url or os.environ.get("FT_PIPELINE_REGISTRY_URL")
+    return ModelRegistry(url) if url else ModelRegistry.for_data_dir(resolve_data_dir(args.data_dir).resolve())
+
+
+def _version_row(v) -> str:
+    where = v.remote_model_id or v.artifact_path or v.model_uri
+    return f"{v.model_name:<24} v{v.version:<4} {v.lifecycle:<10} {v.backend:<10} {where}"
+
+
+def _artifact_exists(version) -> bool:
+    return version.backend == "openai" or (version.artifact_path is not None and Path(version.artifact_path).exists())
+
+
+def _cmd_registry(args: argparse.Namespace) -> int:
+    from ft_pipeline.lib.registry import RegistryError
+
+    registry = _registry(args)
+    try:
+        if args.action == "list":
+            versions = registry.list_versions(args.model)
+            if not versions:
+                print("no model versions registered")
+            for v in versions:
+                print(_version_row(v))
+        elif args.action == "show":
+            version = registry.resolve(args.model, args.alias) if args.version is None else registry.get_version(args.model, args.version)
+            if version is None:
+                print(f"{args.model} has no '{args.alias}' version", file=sys.stderr)
+                return 1
+            print(json.dumps(version.__dict__, indent=2, default=str))
+        elif args.action == "history":
+            for e in registry.history(args.model):
+                when = datetime.fromtimestamp(e.created_at, timezone.utc).isoformat(timespec="seconds") if isinstance(e.created_at, (int, float)) else e.created_at
+                print(f"#{e.event_id:<4} {when}  {e.action:<9} {e.alias:<11} v{e.from_version} -> v{e.to_version}  "
+                      f"by {e.actor}  eval {e.evaluation_id or '-'}  {e.reason or ''}")
+        elif args.action == "promote":
+            event = registry.promote(args.model, args.version, alias=args.alias, evaluation_id=args.evaluation, reason=args.reason,
+                                     actor=f"cli:{os.environ.get('USER', 'unknown')}", check_artifact=_artifact_exists)
+            print(f"{args.alias}: v{event.from_version} -> v{event.to_version}")
+        elif args.action == "rollback":
+            event = registry.rollback(args.model, alias=args.alias, to_version=args.to, reason=args.reason,
+                                      actor=f"cli:{os.environ.get('USER', 'unknown')}", check_artifact=_artifact_exists)
+            print(f"rolled back {args.alias}: v{event.from_version} -> v{event.to_version}")
+    except RegistryError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -171,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--landing-dir", default=None, help="landing folder (default <data dir>/raw)")
     run.add_argument("--until", choices=STAGES, default=STAGES[-1], help=f"last stage to materialize (default: {STAGES[-1]})")
     run.add_argument("--backend", choices=["local_lora", "openai"], default="local_lora", help="training backend (default: local_lora on the built-in tiny base)")
+    run.add_argument("--set", action="append", metavar="ASSET.FIELD=VALUE",
+                     help="override a config field, e.g. --set fine_tuned_model.learning_rate=0.003 (repeatable)")
     run.set_defaults(func=_cmd_run)
 
     validate = sub.add_parser("validate", help="format and quality report for a log file; non-zero exit on errors")
@@ -179,6 +271,31 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--max-record-bytes", type=int, default=None, help="default: the pipeline's own limit (256 KiB)")
     validate.add_argument("--strict", action="store_true", help="also fail when records would be filtered")
     validate.set_defaults(func=_cmd_validate)
+
+    registry = sub.add_parser("registry", help="model registry: list, show, promote, rollback, history")
+    registry.add_argument("--data-dir", default=None, help="data directory holding registry.db (default $FT_PIPELINE_DATA_DIR or ./data)")
+    registry.add_argument("--url", default=None, help="SQLAlchemy URL instead (default $FT_PIPELINE_REGISTRY_URL)")
+    actions = registry.add_subparsers(dest="action", required=True)
+    list_cmd = actions.add_parser("list", help="every registered version")
+    list_cmd.add_argument("model", nargs="?", default=None)
+    show = actions.add_parser("show", help="one version (default: the one behind --alias)")
+    show.add_argument("model")
+    show.add_argument("version", nargs="?", type=int, default=None)
+    show.add_argument("--alias", default="production")
+    history = actions.add_parser("history", help="the append-only audit log of alias moves")
+    history.add_argument("model")
+    promote = actions.add_parser("promote", help="move an alias to a version that passed its evaluation")
+    promote.add_argument("model")
+    promote.add_argument("version", type=int)
+    promote.add_argument("--evaluation", required=True, help="id of the passing evaluation")
+    promote.add_argument("--alias", default="production")
+    promote.add_argument("--reason", required=True)
+    rollback = actions.add_parser("rollback", help="point the alias back to the previous version (no retraining)")
+    rollback.add_argument("model")
+    rollback.add_argument("--to", type=int, default=None, help="a specific earlier version")
+    rollback.add_argument("--alias", default="production")
+    rollback.add_argument("--reason", required=True)
+    registry.set_defaults(func=_cmd_registry)
 
     sample = sub.add_parser("sample-data", help="write the deterministic sample logs into DIR")
     sample.add_argument("directory")

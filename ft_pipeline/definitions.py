@@ -9,14 +9,17 @@ import dagster as dg
 from ft_pipeline.defs.cleaned import cleaned_conversations
 from ft_pipeline.defs.curated import curated_dataset
 from ft_pipeline.defs.raw_logs import raw_conversation_logs
-from ft_pipeline.defs.resources import OpenAIFineTuningResource, PipelineStorage, RawLogStore
+from ft_pipeline.defs.evaluation import evaluation_report, promoted_model
+from ft_pipeline.defs.resources import ModelRegistryResource, OpenAIFineTuningResource, PipelineStorage, RawLogStore
 from ft_pipeline.defs.splits import dataset_splits
 from ft_pipeline.defs.training import fine_tuned_model
 
 PER_FILE_ASSETS = [raw_conversation_logs, cleaned_conversations]
 DATASET_ASSETS = [curated_dataset, dataset_splits]
 TRAINING_ASSETS = [fine_tuned_model]
-ALL_ASSETS = [*PER_FILE_ASSETS, *DATASET_ASSETS, *TRAINING_ASSETS]
+EVALUATION_ASSETS = [evaluation_report, promoted_model]
+DOWNSTREAM_ASSETS = [*DATASET_ASSETS, *TRAINING_ASSETS, *EVALUATION_ASSETS]
+ALL_ASSETS = [*PER_FILE_ASSETS, *DOWNSTREAM_ASSETS]
 
 # Per landed file: parse and clean (one run per partition, as the new-file sensor will launch).
 ingest_log_file_job = dg.define_asset_job(
@@ -32,8 +35,8 @@ build_dataset_job = dg.define_asset_job(
 )
 train_model_job = dg.define_asset_job(
     name="train_model",
-    selection=dg.AssetSelection.assets(*DATASET_ASSETS, *TRAINING_ASSETS),
-    description="Curated dataset, splits, then the fine-tuned model.",
+    selection=dg.AssetSelection.assets(*DOWNSTREAM_ASSETS),
+    description="Curated dataset, splits, fine-tuned model, evaluation and promotion.",
 )
 
 
@@ -50,6 +53,10 @@ def default_resources() -> dict[str, object]:
             azure_endpoint=os.environ.get("AZURE_OPENAI_ENDPOINT", ""),
         ),
         "storage": PipelineStorage(data_dir=dg.EnvVar("FT_PIPELINE_DATA_DIR").get_value("") or ""),
+        "model_registry": ModelRegistryResource(
+            url=os.environ.get("FT_PIPELINE_REGISTRY_URL", ""),
+            data_dir=dg.EnvVar("FT_PIPELINE_DATA_DIR").get_value("") or "",
+        ),
         "raw_log_store": RawLogStore(
             landing_dir=dg.EnvVar("FT_PIPELINE_LANDING_DIR").get_value("") or "",
             data_dir=dg.EnvVar("FT_PIPELINE_DATA_DIR").get_value("") or "",

@@ -31,10 +31,19 @@ def instance(tmp_path):
 @pytest.fixture
 def resources(data_dir):
     from ft_pipeline.definitions import default_resources
-    from ft_pipeline.defs.resources import PipelineStorage, RawLogStore
+    from ft_pipeline.defs.resources import ModelRegistryResource, PipelineStorage, RawLogStore
 
     return {
         **default_resources(),
         "storage": PipelineStorage(data_dir=str(data_dir)),
         "raw_log_store": RawLogStore(data_dir=str(data_dir)),
+        "model_registry": ModelRegistryResource(data_dir=str(data_dir)),
     }
+
+
+@pytest.fixture(autouse=True)
+def _isolated_default_data_dir(tmp_path, monkeypatch):
+    """Resources a test does not override must never write into the repo's data/ folder."""
+    monkeypatch.setenv("FT_PIPELINE_DATA_DIR", str(tmp_path / "default-data"))
+    monkeypatch.delenv("FT_PIPELINE_REGISTRY_URL", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)

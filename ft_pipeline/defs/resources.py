@@ -96,3 +96,18 @@ class OpenAIFineTuningResource(dg.ConfigurableResource):
             max_retries=self.max_retries,
             timeout=self.timeout_s,
         )
+
+
+class ModelRegistryResource(dg.ConfigurableResource):
+    """The model registry (versions, aliases, audit log) over SQLAlchemy: a SQLite file in the data
+    directory by default, any SQLAlchemy URL (e.g. postgresql+psycopg://…) in production."""
+
+    url: str = Field(default="", description="SQLAlchemy URL; empty = sqlite:///<data dir>/registry.db")
+    data_dir: str = Field(default="", description="Data directory used when url is empty")
+
+    def get(self):
+        from ft_pipeline.lib.registry import ModelRegistry
+
+        if self.url:
+            return ModelRegistry(self.url)
+        return ModelRegistry.for_data_dir(resolve_data_dir(self.data_dir or None).resolve())

@@ -11,11 +11,20 @@ import re
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 import xxhash
+
+try:  # what DataFrame.to_dict("records") applies to object / extension columns
+    from pandas.core.dtypes.cast import maybe_box_native
+except ImportError:  # pragma: no cover - private pandas API moved
+
+    def maybe_box_native(value: Any) -> Any:
+        if isinstance(value, np.generic):
+            return value.item()
+        return None if value is pd.NA else value
 
 from ft_pipeline.lib.dedup import (
     DEFAULT_DEDUP_CONFIG,
@@ -25,9 +34,11 @@ from ft_pipeline.lib.dedup import (
     conversation_text,
     exact_hash,
     prefix_hashes,
+    record_hashes,
     signatures_to_bytes,
 )
-from ft_pipeline.lib.pii import DEFAULT_PII_CONFIG, PiiConfig, scrub_pii
+from ft_pipeline.lib.pii import DEFAULT_PII_CONFIG, PiiConfig, may_contain_pii, scrub_pii
+from ft_pipeline.lib.records import gc_paused
 
 # Filter reason codes (records that parse but should not be trained on), with the sentence
 # shown to people. Checked in this order; a record gets the first that applies.
@@ -96,27 +107,38 @@ _INVISIBLE = dict.fromkeys(
 )
 
 
+# The same characters as _ASCII_CONTROL, for bytes.translate: deleting them changes the length
+# exactly when the regex would find one, at a fraction of a regex scan's cost.
+_ASCII_CONTROL_BYTES = bytes([c for c in range(32) if c not in (9, 10)] + [0x7F])
+
+
 def normalize_text(text: str) -> str:
     """Unicode NFC, invisible characters removed, whitespace runs collapsed, ends stripped.
 
     Leading indentation inside a line is collapsed too (to one space): chat logs rarely carry
     code whose indentation matters, and consistent whitespace is what makes exact dedup work.
     """
+    # Fast path: most logged text is already clean ASCII, and these substring tests run in C.
     if not text.isascii():
         if not unicodedata.is_normalized("NFC", text):
             text = unicodedata.normalize("NFC", text)
-        text = text.translate(_INVISIBLE)
-    if "\r" in text:
-        text = text.replace("\r\n", "\n").replace("\r", "\n")
-    if text.isascii() and _ASCII_CONTROL.search(text):
-        text = text.translate(_INVISIBLE)
-    # Fast path: most logged text is already clean, and these substring tests run in C.
-    if "  " in text or "\t" in text or not text.isascii():
+        text = text.translate(_INVISIBLE)  # removes the ASCII control characters too
+        if "\r" in text:
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
         text = _HORIZONTAL_SPACE.sub(" ", text)
-    if " \n" in text or "\t\n" in text:
-        text = _TRAILING_SPACE.sub("\n", text)
-    if "\n\n\n" in text:
-        text = _MANY_NEWLINES.sub("\n\n", text)
+    else:
+        if "\r" in text:
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+        encoded = text.encode("ascii")
+        if len(encoded.translate(None, _ASCII_CONTROL_BYTES)) != len(encoded):
+            text = text.translate(_INVISIBLE)
+        if "\t" in text or "  " in text:
+            text = _HORIZONTAL_SPACE.sub(" ", text)
+    if "\n" in text:
+        if " \n" in text or "\t\n" in text:
+            text = _TRAILING_SPACE.sub("\n", text)
+        if "\n\n\n" in text:
+            text = _MANY_NEWLINES.sub("\n\n", text)
     return text.strip()
 
 
@@ -129,10 +151,14 @@ class FilteredOut(Exception):
 
 def apply_role_rules(messages: list[dict[str, str]], config: CleaningConfig, repairs: Counter) -> list[dict[str, str]]:
     """Normalize contents and enforce the role rules; raises FilteredOut with the reason."""
+    return _role_rules([m["role"] for m in messages], [normalize_text(m["content"]) for m in messages], config, repairs)
+
+
+def _role_rules(roles: list[str], contents: list[str], config: CleaningConfig, repairs: Counter) -> list[dict[str, str]]:
+    """The role rules of :func:`apply_role_rules` over already normalized contents."""
     out: list[dict[str, str]] = []
-    for i, message in enumerate(messages):
-        content = normalize_text(message["content"])
-        role = message["role"]
+    for i, role in enumerate(roles):
+        content = contents[i]
         if role == "system" and i > 0:
             raise FilteredOut("system_not_first", f"message {i} is a system message")
         if not content:
@@ -156,31 +182,119 @@ def apply_role_rules(messages: list[dict[str, str]], config: CleaningConfig, rep
         while out and out[-1]["role"] == "user":
             out.pop()
             repairs["trimmed_trailing_user"] += 1
-    roles = {m["role"] for m in out}
-    if "user" not in roles or "assistant" not in roles:
-        raise FilteredOut("missing_user_or_assistant", f"roles left: {sorted(roles) or 'none'}")
+    roles_left = {m["role"] for m in out}
+    if "user" not in roles_left or "assistant" not in roles_left:
+        raise FilteredOut("missing_user_or_assistant", f"roles left: {sorted(roles_left) or 'none'}")
     return out
 
 
 def quality_reason(row: dict[str, Any], messages: list[dict[str, str]], config: CleaningConfig) -> tuple[str, str] | None:
     """The first quality rule the conversation breaks, as (reason, detail), or None."""
-    if config.drop_edited and row.get("edited") is True:
+    return _quality_reason(row.get("edited"), row.get("rating"), row.get("response_time_ms"), messages, config)
+
+
+def _quality_reason(edited: Any, rating: Any, response_time: Any, messages: list[dict[str, str]], config: CleaningConfig) -> tuple[str, str] | None:
+    checked = _quality_before_repetition(edited, rating, response_time, messages, config)
+    return checked if type(checked) is tuple else _repetition_reason(checked, config)
+
+
+def _quality_before_repetition(
+    edited: Any, rating: Any, response_time: Any, messages: list[dict[str, str]], config: CleaningConfig
+) -> tuple[str, str] | str:
+    """The first rule broken before the repetition rule, as (reason, detail); else the
+    assistant text the repetition rule looks at."""
+    if config.drop_edited and edited is True:
         return "edited_reply", "edited=true"
-    rating = row.get("rating")
     if rating is not None and rating == rating and rating < config.min_rating:
         return "low_rating", f"rating {rating:g} < {config.min_rating:g}"
-    response_time = row.get("response_time_ms")
     if response_time is not None and response_time == response_time and response_time >= config.max_response_time_ms:
         return "slow_response", f"response_time_ms {int(response_time)} >= {config.max_response_time_ms}"
-    assistant_text = " ".join(m["content"] for m in messages if m["role"] == "assistant")
+    assistant_text = " ".join([m["content"] for m in messages if m["role"] == "assistant"])
     if len(assistant_text) < config.min_assistant_chars:
         return "short_assistant_reply", f"{len(assistant_text)} chars < {config.min_assistant_chars}"
+    return assistant_text
+
+
+def _repetition_reason(assistant_text: str, config: CleaningConfig) -> tuple[str, str] | None:
     words = assistant_text.lower().split()
     if len(words) >= config.repetition_min_words:
         ratio = len(set(words)) / len(words)
         if ratio < config.min_unique_word_ratio:
             return "repetitive", f"unique-word ratio {ratio:.2f} < {config.min_unique_word_ratio:g}"
     return None
+
+
+# str.split() separators among ASCII characters, and a byte map for the vectorized word count:
+# separators -> 0, A-Z -> a-z (str.lower), NUL -> 1 (it is a word character; merging it with
+# \x01 can only lower the distinct count, see below), everything else unchanged.
+_SPLIT_WHITESPACE = frozenset(b"\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f ")
+_WORD_BYTES = bytes(
+    0 if c in _SPLIT_WHITESPACE else c + 32 if 65 <= c <= 90 else 1 if c == 0 else c for c in range(256)
+)
+_WORD_BUCKETS_BITS = 10
+_WORD_BATCH_BYTES = 1 << 20
+# Indexed by min(word length, 8): the bytes of a short word in an 8-byte little-endian read
+# starting at the word (low bytes) or ending at it (high bytes).
+_TAIL_SHIFT = np.array([64 if k == 0 else (8 - k) * 8 for k in range(9)], dtype=np.uint64)
+_HEAD_MASK = np.array([(1 << (8 * k)) - 1 if k < 8 else (1 << 64) - 1 for k in range(9)], dtype=np.uint64)
+
+
+def repetition_bounds(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """For ASCII texts: ``(n_words, distinct_lower_bound)``, vectorized.
+
+    ``n_words[i] == len(texts[i].lower().split())`` exactly, and
+    ``distinct_lower_bound[i] <= len(set(texts[i].lower().split()))``: words are hashed (equal
+    words always get equal hashes) into 1024 buckets per text and the occupied buckets counted,
+    so a collision can only make the bound lower. When ``bound / n_words`` already reaches the
+    repetition threshold the text is certainly not repetitive; only the others need the exact
+    (slow) count."""
+    n = len(texts)
+    n_words = np.zeros(n, dtype=np.int64)
+    bound = np.zeros(n, dtype=np.int64)
+    lo = 0
+    while lo < n:
+        hi, size = lo, 0
+        while hi < n and (hi == lo or size + len(texts[hi]) < _WORD_BATCH_BYTES):
+            size += len(texts[hi]) + 1
+            hi += 1
+        n_words[lo:hi], bound[lo:hi] = _repetition_bounds_batch(texts[lo:hi])
+        lo = hi
+    return n_words, bound
+
+
+def _repetition_bounds_batch(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    n_docs = len(texts)
+    pad = b"\0" * 8
+    # Eight zero bytes (separators) on both sides, so the 8-byte reads below stay in bounds.
+    buf = pad + " ".join(texts).encode("ascii").translate(_WORD_BYTES) + pad
+    is_word = np.frombuffer(buf, dtype=np.uint8) != 0
+    bounds = np.flatnonzero(is_word[1:] != is_word[:-1]) + 1
+    start, end = bounds[0::2], bounds[1::2]
+    lengths = np.fromiter(map(len, texts), dtype=np.int64, count=n_docs)
+    doc_starts = np.empty(n_docs, dtype=np.int64)
+    doc_starts[0] = 8
+    np.cumsum(lengths[:-1] + 1, out=doc_starts[1:])
+    doc_starts[1:] += 8
+    first_word = np.searchsorted(start, doc_starts)
+    counts = np.diff(first_word, append=len(start))
+    if len(start) == 0:
+        return counts, np.zeros(n_docs, dtype=np.int64)
+    doc = np.repeat(np.arange(n_docs, dtype=np.int64), counts)
+    # A word's hash depends only on its bytes: its length and its first and last 8 bytes
+    # (read unaligned, bytes outside a short word masked off).
+    view = np.ndarray((len(buf) - 7,), dtype="<u8", buffer=buf, strides=(1,))
+    size = end - start
+    short = np.minimum(size, 8)
+    head = view[start] & _HEAD_MASK[short]
+    tail = view[end - 8] >> _TAIL_SHIFT[short]
+    # Multiplying by odd constants carries every input bit into the top bits, which pick the bucket.
+    h = head * np.uint64(0x9E3779B97F4A7C15) + tail * np.uint64(0xC2B2AE3D27D4EB4F) + size.astype(np.uint64) * np.uint64(0x165667B19E3779F9)
+    buckets = 1 << _WORD_BUCKETS_BITS
+    seen = np.zeros(n_docs * buckets, dtype=bool)
+    seen[doc * buckets + (h >> np.uint64(64 - _WORD_BUCKETS_BITS)).astype(np.int64)] = True
+    # Occupied buckets per text: each True is a 0x01 byte, so a popcount of 8 bytes at a time.
+    occupied = np.bitwise_count(seen.view(np.uint64)).reshape(n_docs, buckets // 8).sum(axis=1, dtype=np.int64)
+    return counts, occupied
 
 
 def priority_key(rating: Any, edited: Any, response_time_ms: Any, conversation_id: str) -> tuple:
@@ -246,6 +360,10 @@ def turn_columns(messages) -> tuple[int | None, int, int]:
 def _scrub_messages(messages: list[dict[str, str]], config: CleaningConfig, pii_counts: Counter) -> list[dict[str, str]]:
     if not config.scrub_pii:
         return messages
+    # One pre-screen over the whole conversation clears it when no detector can fire on any
+    # message (most conversations); only the others are scanned message by message.
+    if not may_contain_pii("\n".join([m["content"] for m in messages])):
+        return messages
     out = []
     for m in messages:
         text, found = scrub_pii(m["content"], config.pii)
@@ -255,79 +373,162 @@ def _scrub_messages(messages: list[dict[str, str]], config: CleaningConfig, pii_
     return out
 
 
+# Row fields where a NaN / NA (from Parquet round trips) means "missing" and becomes None.
+_NULLABLE_FIELDS = ("rating", "response_time_ms", "edited", "user_id", "created_at", "metadata")
+# Values DataFrame.to_dict("records") would hand over unchanged (it boxes numpy scalars).
+_NATIVE_TYPES = frozenset({str, float, int, bool, type(None), list, dict, tuple, bytes, np.ndarray})
+
+
+def _column_values(frame: pd.DataFrame) -> list[list[Any]]:
+    """Per column, the values ``frame.to_dict("records")`` gives each row, with the NaN of the
+    nullable fields turned into None (what the per-row loop used to do)."""
+    columns = list(frame.columns)
+    values = []
+    for k, (name, dtype) in enumerate(zip(columns, frame.dtypes.values)):
+        series = frame.iloc[:, k]
+        # Iterating a string column goes through pandas' per-element iterator; to_numpy gives
+        # the same values (str, and the dtype's NA value for missing ones) in one call.
+        column = series.to_numpy(dtype=object).tolist() if isinstance(dtype, pd.StringDtype) else list(series)
+        if dtype == np.dtype(object) or isinstance(dtype, pd.api.extensions.ExtensionDtype):
+            column = [v if type(v) in _NATIVE_TYPES else maybe_box_native(v) for v in column]
+        if name in _NULLABLE_FIELDS:
+            column = [None if v is not None and v != v else v for v in column]
+        values.append(column)
+    return values
+
+
 def clean_conversations(frame: pd.DataFrame, config: CleaningConfig = DEFAULT_CLEANING_CONFIG) -> CleanResult:
     """Normalize, apply role rules and the quality filter, scrub PII, drop in-file exact
     duplicates, and compute dedup signatures for the kept rows."""
-    kept_rows: list[dict[str, Any]] = []
-    filtered_rows: list[dict[str, Any]] = []
+    with gc_paused():
+        return _clean_conversations(frame, config)
+
+
+def _clean_conversations(frame: pd.DataFrame, config: CleaningConfig) -> CleanResult:
+    columns = list(frame.columns)
+    position = {name: k for k, name in enumerate(columns)}
+    n_columns = len(columns)
+    messages_at = position.get("messages")
+
+    def field(name: str) -> Callable[[list[Any]], Any]:
+        k = position.get(name)
+        return (lambda row: None) if k is None else (lambda row: row[k])
+
+    edited_of, rating_of, response_of = field("edited"), field("rating"), field("response_time_ms")
     pii_counts: Counter = Counter()
     repairs: Counter = Counter()
-    for row in frame.to_dict("records"):
-        for key in ("rating", "response_time_ms", "edited", "user_id", "created_at", "metadata"):
-            value = row.get(key)
-            if value is not None and value != value:  # NaN / NA from Parquet round trips
-                row[key] = None
-        raw_messages = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
+    values = _column_values(frame)
+    # Pass 1: normalization, role rules and the quality rules. The repetition rule needs a
+    # distinct-word count, done for all rows at once (repetition_bounds) instead of row by row.
+    rows: list[list[Any]] = []
+    contents_of: list[tuple[list[str], list[str]]] = []
+    outcome: list[Any] = []  # per row: the kept messages, or (reason, detail)
+    deferred: list[int] = []
+    deferred_texts: list[str] = []
+    for row_tuple in zip(*values) if n_columns else ():
+        row = list(row_tuple)
+        if messages_at is None:
+            raise KeyError("messages")
+        raw = row[messages_at]
+        roles = [m["role"] for m in raw]
+        contents = [normalize_text(m["content"]) for m in raw]
+        rows.append(row)
+        contents_of.append((roles, contents))
         try:
-            messages = apply_role_rules(raw_messages, config, repairs)
-            failed = quality_reason(row, messages, config)
-            if failed:
-                raise FilteredOut(*failed)
+            messages = _role_rules(roles, contents, config, repairs)
         except FilteredOut as out:
+            outcome.append((out.reason, out.detail))
+            continue
+        checked = _quality_before_repetition(edited_of(row), rating_of(row), response_of(row), messages, config)
+        if type(checked) is tuple:
+            outcome.append(checked)
+            continue
+        outcome.append(messages)
+        if checked.isascii():
+            deferred.append(len(rows) - 1)
+            deferred_texts.append(checked)
+        else:
+            failed = _repetition_reason(checked, config)
+            if failed:
+                outcome[-1] = failed
+    if deferred:
+        n_words, distinct_bound = repetition_bounds(deferred_texts)
+        min_words, min_ratio = config.repetition_min_words, config.min_unique_word_ratio
+        # bound / n_words <= the true ratio (same float division as the exact rule), so rows at
+        # or above the threshold pass; only the others need the exact count.
+        ratio_bound = np.divide(distinct_bound, n_words, out=np.zeros(len(n_words)), where=n_words > 0)
+        for k in np.flatnonzero((n_words >= min_words) & ((n_words == 0) | ~(ratio_bound >= min_ratio))):
+            failed = _repetition_reason(deferred_texts[k], config)
+            if failed:
+                outcome[deferred[k]] = failed
+    del deferred_texts
+
+    # Pass 2, in row order: PII scrubbing (kept rows count what they contained) and hashes.
+    kept_rows: list[list[Any]] = []
+    kept_hashes: list[tuple[int, int | None, list[int]]] = []
+    filtered_rows: list[list[Any]] = []
+    for row, (roles, contents), result in zip(rows, contents_of, outcome):
+        if type(result) is tuple:
             # Filtered rows are stored too (nothing is lost), so they are scrubbed as well.
-            row["messages"] = _scrub_messages(
-                [{"role": m["role"], "content": normalize_text(m["content"])} for m in raw_messages], config, Counter()
+            row[messages_at] = _scrub_messages(
+                [{"role": role, "content": content} for role, content in zip(roles, contents)], config, Counter()
             )
-            row["filter_reason"] = out.reason
-            row["filter_detail"] = out.detail
+            row.append(result[0])
+            row.append(result[1])
             filtered_rows.append(row)
             continue
-        row["messages"] = _scrub_messages(messages, config, pii_counts)
+        messages = _scrub_messages(result, config, pii_counts)
+        row[messages_at] = messages
         kept_rows.append(row)
+        kept_hashes.append(record_hashes(messages))
+    del rows, contents_of, outcome
 
     # In-file exact duplicates: keep the best copy of each hash group.
-    hashes = [exact_hash(r["messages"]) for r in kept_rows]
     best: dict[int, int] = {}
-    for i, (h, r) in enumerate(zip(hashes, kept_rows)):
+    for i, hashes in enumerate(kept_hashes):
+        h = hashes[0]
         j = best.get(h)
         if j is None:
             best[h] = i
             continue
-        other = kept_rows[j]
-        if priority_key(r["rating"], r["edited"], r["response_time_ms"], r["conversation_id"]) < priority_key(
-            other["rating"], other["edited"], other["response_time_ms"], other["conversation_id"]
+        r, other = kept_rows[i], kept_rows[j]
+        id_at = position["conversation_id"]
+        if priority_key(r[position["rating"]], r[position["edited"]], r[position["response_time_ms"]], r[id_at]) < priority_key(
+            other[position["rating"]], other[position["edited"]], other[position["response_time_ms"]], other[id_at]
         ):
             best[h] = i
-    winners = set(best.values())
-    unique_rows, unique_hashes = [], []
-    for i, (h, r) in enumerate(zip(hashes, kept_rows)):
-        if i in winners:
-            unique_rows.append(r)
-            unique_hashes.append(h)
-        else:
-            r = dict(r)
-            r["filter_reason"] = "duplicate_in_file"
-            r["filter_detail"] = f"duplicate of {kept_rows[best[h]]['conversation_id']}"
-            filtered_rows.append(r)
+    if len(best) == len(kept_rows):
+        unique_rows, unique_hashes = kept_rows, kept_hashes
+    else:
+        winners = set(best.values())
+        unique_rows, unique_hashes = [], []
+        id_at = position["conversation_id"]
+        for i, (hashes, r) in enumerate(zip(kept_hashes, kept_rows)):
+            if i in winners:
+                unique_rows.append(r)
+                unique_hashes.append(hashes)
+            else:
+                filtered_rows.append(r + ["duplicate_in_file", f"duplicate of {kept_rows[best[hashes[0]]][id_at]}"])
 
-    kept = pd.DataFrame(unique_rows, columns=list(frame.columns))
+    kept = pd.DataFrame(unique_rows, columns=columns)
     if unique_rows:
-        texts = [conversation_text(r["messages"]) for r in unique_rows]
+        conversations = [r[messages_at] for r in unique_rows]
+        texts = [conversation_text(m) for m in conversations]
         signatures = compute_signatures(texts, config.dedup)
-        kept["exact_hash"] = np.asarray(unique_hashes, dtype=np.int64)
-        kept["context_hash"] = pd.array([context_hash(r["messages"]) for r in unique_rows], dtype="Int64")
-        kept["prefix_hashes"] = [prefix_hashes(r["messages"]) for r in unique_rows]
+        kept["exact_hash"] = np.asarray([h[0] for h in unique_hashes], dtype=np.int64)
+        kept["context_hash"] = pd.array([h[1] for h in unique_hashes], dtype="Int64")
+        kept["prefix_hashes"] = [h[2] for h in unique_hashes]
         kept["minhash"] = signatures_to_bytes(signatures)
-        kept["n_messages"] = np.asarray([len(r["messages"]) for r in unique_rows], dtype=np.int64)
+        kept["n_messages"] = np.asarray([len(m) for m in conversations], dtype=np.int64)
         kept["n_chars"] = np.asarray([len(t) for t in texts], dtype=np.int64)
-        turns = [turn_columns(r["messages"]) for r in unique_rows]
+        turns = [turn_columns(m) for m in conversations]
         kept["first_turn_hash"] = pd.array([t[0] for t in turns], dtype="Int64")
         kept["first_turn_words"] = np.asarray([t[1] for t in turns], dtype=np.int64)
         kept["final_reply_hash"] = np.asarray([t[2] for t in turns], dtype=np.int64)
     else:
         for column in SIGNATURE_COLUMNS:
             kept[column] = pd.Series([], dtype="object")
-    filtered = pd.DataFrame(filtered_rows, columns=list(frame.columns) + ["filter_reason", "filter_detail"])
+    filtered = pd.DataFrame(filtered_rows, columns=columns + ["filter_reason", "filter_detail"])
     return CleanResult(
         kept=kept.reset_index(drop=True),
         filtered=filtered,

@@ -8,6 +8,7 @@ partition plus the signatures, not by the whole dataset.
 from __future__ import annotations
 
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -18,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ft_pipeline.lib.dedup import DEFAULT_DEDUP_CONFIG, DedupConfig, conversation_text, deduplicate
+from ft_pipeline.lib.records import gc_paused
 from ft_pipeline.lib.tokens import TokenCounterConfig, make_token_counter, token_stats
 
 # Columns read for dedup; everything else is read only for rows that are kept.
@@ -78,8 +80,17 @@ def _read_signatures(paths: Sequence[Path]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def _read_messages(path: Path) -> pa.ChunkedArray:
+    return pq.read_table(path, columns=["messages"]).column("messages")
+
+
 def curate(paths: Sequence[str | Path], output_path: str | Path, config: CurationConfig = DEFAULT_CURATION_CONFIG) -> CurationResult:
     """Dedup the cleaned partitions at ``paths`` globally and write the curated Parquet file."""
+    with gc_paused():
+        return _curate(paths, output_path, config)
+
+
+def _curate(paths: Sequence[str | Path], output_path: str | Path, config: CurationConfig) -> CurationResult:
     paths = [Path(p) for p in paths]
     output_path = Path(output_path)
     signatures = _read_signatures(paths)
@@ -89,11 +100,18 @@ def curate(paths: Sequence[str | Path], output_path: str | Path, config: Curatio
         # Verify LSH candidates by true Jaccard: read only the messages of candidate rows.
         texts: dict[int, str] = {}
         index_frame = signatures.iloc[indices][["_part", "_row"]]
-        for part, group in index_frame.groupby("_part"):
-            messages = pq.read_table(paths[int(part)], columns=["messages"]).column("messages")
-            rows = messages.take(pa.array(group["_row"].to_numpy()))
-            for idx, value in zip(group.index, rows.to_pylist()):
-                texts[int(idx)] = conversation_text(value)
+        groups = [(int(part), group) for part, group in index_frame.groupby("_part")]
+        # The next partition's messages are read in the background (pyarrow releases the GIL).
+        with ThreadPoolExecutor(max_workers=1) as reader:
+            pending = reader.submit(_read_messages, paths[groups[0][0]]) if groups else None
+            for k, (part, group) in enumerate(groups):
+                messages = pending.result()
+                if k + 1 < len(groups):
+                    pending = reader.submit(_read_messages, paths[groups[k + 1][0]])
+                rows = messages.take(pa.array(group["_row"].to_numpy()))
+                del messages
+                for idx, value in zip(group.index, rows.to_pylist()):
+                    texts[int(idx)] = conversation_text(value)
         return [texts[int(i)] for i in indices]
 
     result = deduplicate(signatures, config.dedup, load_texts=load_texts if n_in else None)
@@ -117,16 +135,32 @@ def curate(paths: Sequence[str | Path], output_path: str | Path, config: Curatio
     sample = None
     tmp_path = output_path.with_name(f".{output_path.name}.tmp")
     output_path.parent.mkdir(parents=True, exist_ok=True)
+    keep_part = signatures["_part"].to_numpy()
+    keep_row = signatures["_row"].to_numpy()
+    work = []
+    for part, path in enumerate(paths):
+        rows = np.flatnonzero((keep_part == part) & result.keep)
+        if len(rows):
+            work.append((path, rows))
+    # Reading the next partition and writing the previous one run in background threads
+    # (pyarrow releases the GIL for Parquet I/O and compression) while this thread converts
+    # the current one; partitions are still read, converted and written in order.
+    io = ThreadPoolExecutor(max_workers=2)
+    pending_read = io.submit(pq.read_table, work[0][0]) if work else None
+    pending_write = None
     try:
-        for part, path in enumerate(paths):
-            rows = np.flatnonzero((signatures["_part"].to_numpy() == part) & result.keep)
-            if not len(rows):
-                continue
-            frame = pq.read_table(path).to_pandas()
-            local = signatures["_row"].to_numpy()[rows]
+        for k, (path, rows) in enumerate(work):
+            table = pending_read.result()
+            pending_read = io.submit(pq.read_table, work[k + 1][0]) if k + 1 < len(work) else None
+            local = keep_row[rows]
+            # Tokens are counted on the Arrow column (no per-message Python dicts for the
+            # estimate counter), then picked for the same rows as the frame below.
+            totals, assistant = counter.count_conversations_arrow(table.column("messages"))
+            totals, assistant = totals[local], assistant[local]
+            frame = table.to_pandas()
+            del table
             frame = frame.iloc[local].reset_index(drop=True)
             frame["dedup_cluster"] = cluster_ids[rows]
-            totals, assistant = counter.count_conversations(frame["messages"].tolist())
             frame["n_tokens"] = totals.astype(np.int64)
             frame["n_assistant_tokens"] = assistant.astype(np.int64)
             too_long = frame["n_tokens"].to_numpy() > config.max_tokens
@@ -148,12 +182,19 @@ def curate(paths: Sequence[str | Path], output_path: str | Path, config: Curatio
             if sample is None:
                 sample = frame.head(5)
             table = pa.Table.from_pandas(frame, preserve_index=False)
+            n_kept += len(frame)
+            del frame
             if writer is None:
                 writer = pq.ParquetWriter(tmp_path, table.schema)
             else:
                 table = table.cast(writer.schema)
-            writer.write_table(table)
-            n_kept += len(frame)
+            if pending_write is not None:
+                pending_write.result()  # one write at a time, in partition order
+            pending_write = io.submit(writer.write_table, table)
+            del table
+        if pending_write is not None:
+            pending_write.result()
+            pending_write = None
         if writer is None:
             # No rows survived: still write a valid, empty file with the cleaned schema.
             schema_source = pq.read_schema(paths[0]) if paths else None
@@ -164,6 +205,7 @@ def curate(paths: Sequence[str | Path], output_path: str | Path, config: Curatio
             writer = None
         tmp_path.replace(output_path)
     finally:
+        io.shutdown(wait=True)  # no background read or write may outlive the writer
         if writer is not None:
             writer.close()
         tmp_path.unlink(missing_ok=True)

@@ -54,6 +54,7 @@ __all__ = [
     "jaccard",
     "lsh_params",
     "prefix_hashes",
+    "record_hashes",
     "shingles",
     "signatures_from_bytes",
     "signatures_to_bytes",
@@ -152,7 +153,15 @@ def conversation_text(messages: Sequence[Mapping[str, Any]]) -> str:
     Role markers are kept so that the same sentence said by the user or by the
     assistant does not look identical.
     """
-    return "\n".join("{}: {}".format(*_message_fields(m)) for m in messages)
+    parts = []
+    for m in messages:
+        if type(m) is dict:
+            role, content = m.get("role"), m.get("content")
+            if type(role) is str and type(content) is str:
+                parts.append(f"{role}: {content}")  # the common case, without the generic accessor
+                continue
+        parts.append("{}: {}".format(*_message_fields(m)))
+    return "\n".join(parts)
 
 
 def exact_hash(messages: Sequence[Mapping[str, Any]]) -> int:
@@ -186,6 +195,39 @@ def prefix_hashes(messages: Sequence[Mapping[str, Any]]) -> list[int]:
         if _message_fields(m)[0] == "assistant":
             out.append(_to_int64(h.intdigest()))
     return out
+
+
+def record_hashes(messages: Sequence[Mapping[str, Any]]) -> tuple[int, int | None, list[int]]:
+    """``(exact_hash, context_hash, prefix_hashes)`` of one conversation in a single pass.
+
+    Equal to the three functions called separately, but each message is serialized and hashed
+    once: the exact hash, the context hash and every prefix hash are digests of one streaming
+    hash at different messages."""
+    n = len(messages)
+    h = xxhash.xxh3_64()
+    prefixes: list[int] = []
+    context: int | None = None
+    last_role = ""
+    for i, m in enumerate(messages):
+        role = m.get("role") if type(m) is dict else None
+        content = m.get("content") if role is not None else None
+        if type(role) is str and type(content) is str:
+            h.update(f"{len(role)}:{role}{len(content)}:{content}".encode("utf-8", "surrogatepass"))
+        else:
+            role = _message_fields(m)[0]
+            h.update(_encode_message(m))
+        if i < n - 1:
+            if role == "assistant":
+                prefixes.append(_to_int64(h.intdigest()))
+            if i == n - 2:
+                context = h.intdigest()
+        last_role = role
+    exact = _to_int64(h.intdigest())
+    if n < 2 or last_role != "assistant":
+        context = None
+    elif context is not None:
+        context = _to_int64(context)
+    return exact, context, prefixes
 
 
 def jaccard(a: set, b: set) -> float:
@@ -254,6 +296,7 @@ def _build_byte_map() -> np.ndarray:
 
 
 _BYTE_MAP = _build_byte_map()
+_BYTE_MAP_TABLE = _BYTE_MAP.tobytes()  # the same map for bytes.translate (faster than a numpy gather)
 
 
 class _PowerTables:
@@ -314,17 +357,20 @@ def _shingle_batch(texts: Sequence[str], ngram: int) -> tuple[np.ndarray, np.nda
     if n_docs > 1:
         # +1: the b" " separator, a non-word byte, so no word spans two docs.
         np.cumsum(lengths[:-1] + 1, out=doc_starts[1:])
-    buf = np.frombuffer(b" ".join(encoded), dtype=np.uint8)
-    n_bytes = len(buf)
+    joined = b" ".join(encoded)
+    n_bytes = len(joined)
     empty = (np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.int64))
     if n_bytes == 0:
         return empty
 
-    mapped = _BYTE_MAP[buf]
-    is_word = (mapped != 0).view(np.int8)
-    edges = np.diff(is_word, prepend=np.int8(0), append=np.int8(0))
-    word_start = np.flatnonzero(edges == 1)
-    word_end = np.flatnonzero(edges == -1)
+    mapped = np.frombuffer(joined.translate(_BYTE_MAP_TABLE), dtype=np.uint8)
+    # Word starts and ends are where "is a word byte" changes (with a non-word byte before the
+    # first and after the last); they alternate, so one scan of a bool array finds both.
+    is_word = np.zeros(n_bytes + 2, dtype=bool)
+    np.not_equal(mapped, 0, out=is_word[1:-1])
+    bounds = np.flatnonzero(is_word[1:] != is_word[:-1])
+    word_start = bounds[0::2]
+    word_end = bounds[1::2]
     if len(word_start) == 0:
         return empty
 
@@ -334,15 +380,19 @@ def _shingle_batch(texts: Sequence[str], ngram: int) -> tuple[np.ndarray, np.nda
     pw, inv = _POWERS.get(n_bytes + 1)
     prefix = np.empty(n_bytes + 1, dtype=np.uint64)
     prefix[0] = 0
-    np.cumsum(mapped.astype(np.uint64) * pw[:n_bytes], out=prefix[1:])
+    np.multiply(mapped, pw[:n_bytes], out=prefix[1:], dtype=np.uint64)
+    np.cumsum(prefix[1:], out=prefix[1:])
     word_hash = (prefix[word_end] - prefix[word_start]) * inv[word_start]
     word_hash += (word_end - word_start).astype(np.uint64) * _LEN_SALT
     word_hash = _fmix64(word_hash)
-    word_doc = np.searchsorted(doc_starts, word_start, side="right") - 1
+    # Document of each word: words are in document order, so repeat each document's id by
+    # its word count (a binary search per document, not per word).
+    first_word = np.searchsorted(word_start, doc_starts)
+    counts = np.diff(first_word, append=len(word_start))
+    word_doc = np.repeat(np.arange(n_docs, dtype=np.int64), counts)
 
     n_words = len(word_hash)
     mult = _pos_mults(ngram)
-    counts = np.bincount(word_doc, minlength=n_docs)
     parts_h: list[np.ndarray] = []
     parts_d: list[np.ndarray] = []
 

@@ -39,6 +39,7 @@ __all__ = [
     "PiiConfig",
     "PiiMatch",
     "find_pii",
+    "may_contain_pii",
     "placeholder",
     "scrub_pii",
 ]
@@ -201,6 +202,12 @@ _ASSIGN_TRIGGER = re.compile(
 )
 
 
+# "bearer" in the keyword string: the letters of "bearer" (any case) separated only by the
+# characters _T_KW deletes. Searched in the lower-cased bytes, it is the same test without
+# building the keyword string (a translate with deletions is the slowest step of the screen).
+_BEARER_TRIGGER = re.compile(rb"b[\"' \t]*e[\"' \t]*a[\"' \t]*r[\"' \t]*e[\"' \t]*r")
+
+
 def _prescreen(text: str) -> tuple[int, bytes]:
     """Cheap superset test.
 
@@ -208,32 +215,48 @@ def _prescreen(text: str) -> tuple[int, bytes]:
         ``(flags, run_classes)``: a bit set of ``_F_*`` flags (0 means no
         detector can match) and the run-class string the secret detector
         reuses.
+
+    Each expensive test only runs when a necessary condition for it holds
+    (">= 7 digits" before the digit-cluster test, a ":" / "=" before the
+    assignment test, ...), so the flags are exactly those of the full tests.
     """
     b = text.encode("ascii", "replace")
     flags = 0
     if b"@" in b:
         flags |= _F_EMAIL
-    if b"0000000" in b.translate(_T_NUM, _NUM_SEPS):
-        flags |= _F_NUM
     th = b.translate(_T_HEX)
+    # Digits are "0" in th: fewer than 7 digits cannot make 7 joined digits.
+    if th.count(b"0") >= 7 and b"0000000" in b.translate(_T_NUM, _NUM_SEPS):
+        flags |= _F_NUM
     if _DOT_TRIGGER.search(th):
         flags |= _F_NUM | _F_MAC
-    if _COLON_TRIGGER.search(th):
+    if b":" in b and _COLON_TRIGGER.search(th):
         flags |= _F_COLON
-    if _DASH_TRIGGER.search(th):
+    if b"-" in b and _DASH_TRIGGER.search(th):
         flags |= _F_MAC
     tw = b.translate(_T_RUN)
     if _RUN_NEEDLE in tw:
         flags |= _F_RUN
-    tk = b.translate(_T_KW, _KW_DELETE)
-    if _ASSIGN_TRIGGER.search(tk):
+    # The keyword string is only built when a test on it can succeed: the assignment
+    # trigger needs a "=" (from "=" or ":"), the PEM marker a long run.
+    tk = b.translate(_T_KW, _KW_DELETE) if (b"=" in b or b":" in b or flags & _F_RUN) else b""
+    if tk and _ASSIGN_TRIGGER.search(tk):
         flags |= _F_ASSIGN
-    if b"bearer" in tk:
+    if _BEARER_TRIGGER.search(b.lower()):
         flags |= _F_BEARER
     # PEM bodies are long base64 lines, so they always raise _F_RUN.
     if flags & _F_RUN and b"_____begin" in tk:
         flags |= _F_PEM
     return flags, tw
+
+
+def may_contain_pii(text: str) -> bool:
+    """Whether any detector's pre-screen fires on ``text``.
+
+    False guarantees that :func:`find_pii` finds nothing, whatever the config, in ``text`` and
+    in every substring of it (each screen test looks for a shape inside the text), so one call
+    over a whole conversation, its messages joined, clears all of them at once."""
+    return bool(text) and _prescreen(text)[0] != 0
 
 
 # Digit clusters: starts with a bare class (not a repeat) so `re` skips to

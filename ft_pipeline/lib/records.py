@@ -12,6 +12,8 @@ could not read and keeps what it could; it never raises.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import gzip
 import io
 import json
@@ -206,8 +208,11 @@ def _parse_edited(value: Any) -> bool | None:
 def _parse_tags(value: Any) -> list[str]:
     if value is None:
         return []
-    if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+    if not isinstance(value, list):
         raise RecordError("wrong_field_type", "'tags' must be a list of strings")
+    for tag in value:
+        if not isinstance(tag, str):
+            raise RecordError("wrong_field_type", "'tags' must be a list of strings")
     return list(value)
 
 
@@ -221,6 +226,13 @@ def _parse_messages(raw_messages: Any, *, sharegpt: bool) -> list[dict[str, str]
     messages = []
     role_key, content_key = ("from", "value") if sharegpt else ("role", "content")
     for i, message in enumerate(raw_messages):
+        if type(message) is dict and not sharegpt:
+            # Fast path: a canonical role and a string content (nearly every message).
+            role = message.get("role")
+            content = message.get("content")
+            if type(content) is str and type(role) is str and role in _CANONICAL_ROLES:
+                messages.append({"role": role, "content": content})
+                continue
         if not isinstance(message, dict):
             raise RecordError("message_not_an_object", f"message {i} is {_type_name(message)}")
         raw_role = message.get(role_key)
@@ -238,6 +250,13 @@ def _parse_messages(raw_messages: Any, *, sharegpt: bool) -> list[dict[str, str]
     return messages
 
 
+# Roles that are already what ``raw_role.strip().lower()`` would make of them.
+_CANONICAL_ROLES = frozenset(ROLES)
+_KNOWN_NOT_MESSAGES = frozenset(k for k in KNOWN_FIELDS if k != "messages")
+_KNOWN_KEYS = frozenset(KNOWN_FIELDS) | {"conversations"}
+_KNOWN_KEYS_SHAREGPT = _KNOWN_KEYS | {"id"}
+
+
 def parse_record(record: Any, *, default_id: str) -> dict[str, Any]:
     """Validate one decoded record (any accepted format) into a conversation row.
 
@@ -247,18 +266,16 @@ def parse_record(record: Any, *, default_id: str) -> dict[str, Any]:
     if not isinstance(record, dict):
         raise RecordError("not_an_object", f"the record is a JSON {_type_name(record)}")
     if "messages" in record:
-        source_format = "raw" if any(k in record for k in KNOWN_FIELDS if k != "messages") else "openai"
+        source_format = "openai" if _KNOWN_NOT_MESSAGES.isdisjoint(record) else "raw"
         messages = _parse_messages(record["messages"], sharegpt=False)
     elif "conversations" in record:
         source_format = "sharegpt"
         messages = _parse_messages(record["conversations"], sharegpt=True)
     else:
         raise RecordError("messages_missing", "neither 'messages' nor 'conversations' is present")
-    known = set(KNOWN_FIELDS) | {"conversations"}
-    if source_format == "sharegpt":
-        # ShareGPT dumps commonly name the id "id".
-        known.add("id")
-    extra = {k: v for k, v in record.items() if k not in known}
+    # ShareGPT dumps commonly name the id "id".
+    known = _KNOWN_KEYS_SHAREGPT if source_format == "sharegpt" else _KNOWN_KEYS
+    extra = {} if known.issuperset(record) else {k: v for k, v in record.items() if k not in known}
     conversation_id = _optional_str(record, "conversation_id")
     if conversation_id is None and source_format == "sharegpt":
         conversation_id = _optional_str(record, "id")
@@ -328,6 +345,21 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector for a block that allocates millions of small,
+    long-lived containers (rows, message dicts) and frees none of them as cycles: the collector
+    would rescan them again and again (about a fifth of the parse and cleaning time) for nothing.
+    Reference counting still frees everything as usual; the previous state is restored."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def read_log_file(
     path: str | Path, config: ReadConfig = DEFAULT_READ_CONFIG, *, source_name: str | None = None
 ) -> ParseResult:
@@ -336,6 +368,11 @@ def read_log_file(
     ``source_name`` is what rows record as their source file (default: the file name); it is
     also the prefix of generated ids for records that carry none (``<source>#<line>``).
     """
+    with gc_paused():
+        return _read_log_file(path, config, source_name)
+
+
+def _read_log_file(path: str | Path, config: ReadConfig, source_name: str | None) -> ParseResult:
     path = Path(path)
     source = source_name or path.name
     rows: list[dict[str, Any]] = []
@@ -370,12 +407,12 @@ def read_log_file(
         else:
             opener = gzip.open if fmt == "jsonl.gz" else open
             with opener(path, "rb") as stream:
-                for line_no, line in _iter_jsonl_lines(stream):
+                for line_no, line in enumerate(stream, start=1):
                     last_line = line_no
                     if len(line) > config.max_record_bytes:
                         reject(line_no, "oversize_record", f"line is {len(line)} bytes, over {config.max_record_bytes}", line)
                         continue
-                    if not line.strip():
+                    if not line or line.isspace():  # what `not line.strip()` tests, without a copy
                         blank_lines += 1
                         continue
                     try:

@@ -199,6 +199,65 @@ class TokenCounter:
             assistant_tokens += np.bincount(owner[idx], weights=counts[idx], minlength=n).astype(np.int64)
         return total, assistant_tokens
 
+    def count_conversations_arrow(self, conversations: Any) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`count_conversations` of an Arrow column of conversations.
+
+        ``conversations`` is a pyarrow ``list<struct<role: string, content: string>>`` array or
+        chunked array (how ``messages`` is stored). The result equals
+        ``count_conversations(conversations.to_pylist())``, but no Python dicts are built; for
+        the estimate counter the whole count runs in Arrow compute kernels. Other layouts fall
+        back to the Python path.
+        """
+        import pyarrow as pa
+
+        if isinstance(conversations, pa.ChunkedArray):
+            conversations = (
+                conversations.chunk(0) if conversations.num_chunks == 1 else conversations.combine_chunks()
+                if conversations.num_chunks else pa.array([], conversations.type)
+            )
+        typ = conversations.type
+        value_type = typ.value_type if pa.types.is_list(typ) or pa.types.is_large_list(typ) else None
+        if (
+            value_type is None
+            or not pa.types.is_struct(value_type)
+            or sorted(value_type.field(i).name for i in range(value_type.num_fields)) != ["content", "role"]
+            or not all(_is_arrow_string(value_type.field(i).type) for i in range(value_type.num_fields))
+        ):
+            return self.count_conversations(conversations.to_pylist())
+        import pyarrow.compute as pc
+
+        n = len(conversations)
+        total = np.full(n, REPLY_PRIMING_TOKENS, dtype=np.int64)
+        assistant_tokens = np.zeros(n, dtype=np.int64)
+        messages = pc.list_flatten(conversations)
+        if len(messages) == 0:
+            return total, assistant_tokens
+        owner = pc.list_parent_indices(conversations).to_numpy()
+        # flatten() applies the struct's own validity to its fields (a null message has neither).
+        fields = dict(zip((value_type.field(i).name for i in range(value_type.num_fields)), messages.flatten()))
+        role, content = fields["role"], fields["content"]
+        present = messages.is_valid().to_numpy(zero_copy_only=False)
+        if self._count_batch is estimate_token_counts:
+            role_tokens = _arrow_estimates(role)
+            content_tokens = _arrow_estimates(content)
+        else:
+            roles = role.to_pylist()
+            role_tokens = np.fromiter(
+                (0 if r is None else self._role_tokens(r) for r in roles), dtype=np.int64, count=len(roles)
+            )
+            content_valid = content.is_valid().to_numpy(zero_copy_only=False)
+            content_tokens = np.zeros(len(content), dtype=np.int64)
+            valid_texts = pc.filter(content, content.is_valid()).to_pylist()
+            content_tokens[content_valid] = self.count_text(valid_texts)
+        per_message = (self.per_message_overhead + role_tokens + content_tokens)[present]
+        # bincount with weights returns float64; exact for totals < 2**53.
+        total += np.bincount(owner[present], weights=per_message, minlength=n).astype(np.int64)
+        is_assistant = pc.fill_null(pc.equal(role, "assistant"), False).to_numpy(zero_copy_only=False)
+        mask = present & is_assistant & content.is_valid().to_numpy(zero_copy_only=False)
+        if mask.any():
+            assistant_tokens += np.bincount(owner[mask], weights=content_tokens[mask], minlength=n).astype(np.int64)
+        return total, assistant_tokens
+
     def _flatten_message(self, msg: dict, texts: list[str], assistant_idx: list[int]) -> int:
         """General path for one message: append its texts, return its fixed extra tokens."""
         extra = 0
@@ -261,6 +320,50 @@ def _separator_counts(texts: Sequence[str], lengths: np.ndarray) -> np.ndarray:
         starts = ends[i:j] - 1 - lengths[i:j] - base
         out[i:j] = np.searchsorted(sep_pos, starts + lengths[i:j]) - np.searchsorted(sep_pos, starts)
         i = j
+    return out
+
+
+def _is_arrow_string(arrow_type: Any) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type)
+
+
+def _arrow_estimates(strings: Any) -> np.ndarray:
+    """:func:`estimate_token_counts` of an Arrow string array (0 for nulls), vectorized.
+
+    Arrow strings are valid UTF-8, so ``utf8_length`` is Python's ``len``; spaces and newlines
+    are single bytes in UTF-8, so they are counted on the raw data buffer."""
+    import pyarrow.compute as pc
+
+    lengths = pc.fill_null(pc.utf8_length(strings), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    words = _arrow_separator_counts(strings) + (lengths > 0)
+    return np.maximum((lengths + 3) // 4, words)
+
+
+def _arrow_separator_counts(strings: Any) -> np.ndarray:
+    """Number of " " and "\\n" in each string of an Arrow string array (0 for nulls)."""
+    import pyarrow as pa
+
+    n = len(strings)
+    out = np.zeros(n, dtype=np.int64)
+    if n == 0:
+        return out
+    _, offsets_buffer, data_buffer = strings.buffers()
+    offset_type = np.int64 if pa.types.is_large_string(strings.type) else np.int32
+    offsets = np.frombuffer(offsets_buffer, dtype=offset_type)[strings.offset : strings.offset + n + 1].astype(np.int64)
+    data = np.frombuffer(data_buffer, dtype=np.uint8) if data_buffer is not None else np.zeros(0, dtype=np.uint8)
+    i = 0
+    while i < n:
+        # Chunks of about _ESTIMATE_CHUNK_CHARS * 16 bytes bound the temporaries.
+        j = max(int(np.searchsorted(offsets, offsets[i] + _ESTIMATE_CHUNK_CHARS * 16, side="right")) - 1, i + 1)
+        lo, hi = int(offsets[i]), int(offsets[j])
+        chunk = data[lo:hi]
+        positions = np.flatnonzero((chunk == 32) | (chunk == 10))
+        out[i:j] = np.searchsorted(positions, offsets[i + 1 : j + 1] - lo) - np.searchsorted(positions, offsets[i:j] - lo)
+        i = j
+    if strings.null_count:
+        out[~strings.is_valid().to_numpy(zero_copy_only=False)] = 0
     return out
 
 

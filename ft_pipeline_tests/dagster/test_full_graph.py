@@ -1,0 +1,154 @@
+"""The whole graph in process on the tiny base: raw sample -> promoted model, then the registry's
+behaviour across runs (already production, a stale baseline, rollback from the CLI)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from ft_pipeline.cli import main as cli
+from ft_pipeline.definitions import ALL_ASSETS, DOWNSTREAM_ASSETS, EVALUATION_ASSETS, PER_FILE_ASSETS
+from ft_pipeline.defs.partitions import log_files_partitions
+from ft_pipeline.lib.registry import ModelRegistry
+from ft_pipeline.lib.sample_data import build_sample
+
+TRAIN = {"learning_rate": 0.004, "max_length": 512, "per_device_train_batch_size": 8, "num_train_epochs": 3.0}
+EVAL = {"max_new_tokens": 32, "n_resamples": 500}
+
+
+def _run(instance, resources, selection, train=None, evaluation=None):
+    keys = {k.to_user_string() for a in selection for k in a.keys}
+    ops = {}
+    if "fine_tuned_model" in keys:
+        ops["fine_tuned_model"] = {"config": train or TRAIN}
+    if "evaluation_report" in keys:
+        ops["evaluation_report"] = {"config": evaluation or EVAL}
+    return dg.materialize(ALL_ASSETS, selection=selection, instance=instance, resources=resources, raise_on_error=False, run_config={"ops": ops})
+
+
+def _checks(result):
+    return {(c.asset_key.to_user_string(), c.check_name): c for c in result.get_asset_check_evaluations()}
+
+
+def _evaluate_sample(root: Path) -> Path:
+    """Raw sample -> ... -> evaluation_report once (the expensive part: one training run), not
+    yet promoted. The scenarios below copy its data directory so each starts from that state.
+    (One test function, not a module-scoped fixture: Dagster's log handlers must not outlive
+    pytest's per-test output capture.)"""
+    from ft_pipeline.definitions import default_resources
+    from ft_pipeline.defs.resources import ModelRegistryResource, PipelineStorage, RawLogStore
+    from ft_pipeline.lib.sample_data import write_sample
+
+    data_dir = root / "data"
+    write_sample(data_dir / "raw")
+    home = root / "home"
+    home.mkdir()
+    with dg.instance_for_test(temp_dir=str(home)) as instance:
+        resources = {
+            **default_resources(),
+            "storage": PipelineStorage(data_dir=str(data_dir)),
+            "raw_log_store": RawLogStore(data_dir=str(data_dir)),
+            "model_registry": ModelRegistryResource(data_dir=str(data_dir)),
+        }
+        names = sorted(build_sample())
+        instance.add_dynamic_partitions(log_files_partitions.name, names)
+        for name in names:
+            assert dg.materialize(PER_FILE_ASSETS, partition_key=name, instance=instance, resources=resources).success
+        result = _run(instance, resources, DOWNSTREAM_ASSETS[:-1])
+        gate = _checks(result)[("evaluation_report", "promotion_gate")]
+        assert gate.passed, gate.description
+    return data_dir
+
+
+def _copy(evaluated, tmp_path):
+    from ft_pipeline.definitions import default_resources
+    from ft_pipeline.defs.resources import ModelRegistryResource, PipelineStorage, RawLogStore
+
+    # Records keep absolute paths to the fixture's model files; those are only read, and anything
+    # a test writes goes into its own copy.
+    data_dir = tmp_path / "data"
+    shutil.copytree(evaluated, data_dir)
+    resources = {
+        **default_resources(),
+        "storage": PipelineStorage(data_dir=str(data_dir)),
+        "raw_log_store": RawLogStore(data_dir=str(data_dir)),
+        "model_registry": ModelRegistryResource(data_dir=str(data_dir)),
+    }
+    return data_dir, resources
+
+
+def test_raw_sample_to_promoted_model_then_registry_scenarios(instance, tmp_path, capsys):
+    evaluated = _evaluate_sample(tmp_path / "evaluated")
+    _promote_then_retrain_scenario(evaluated, instance, tmp_path / "a", capsys)
+    _stale_baseline_scenario(evaluated, instance, tmp_path / "b")
+
+
+def _promote_then_retrain_scenario(evaluated, instance, tmp_path, capsys):
+    data_dir, resources = _copy(evaluated, tmp_path)
+    promoted = _run(instance, resources, [DOWNSTREAM_ASSETS[-1]])
+    assert promoted.success
+    registry = ModelRegistry.for_data_dir(data_dir)
+    production = registry.resolve("ft-pipeline-assistant")
+    assert production is not None and production.version == 1 and production.lifecycle == "production"
+    report_pointer = json.loads((data_dir / "reports" / "latest.json").read_text())
+    report = json.loads(Path(report_pointer["path"]).read_text())
+    assert report["test_split_hash"] and report["dataset_version"] and report["model_ids"]["candidate"].startswith("local:")
+    for name in ("report.md", "examples.parquet", "metrics.png", "deltas.png"):
+        assert (Path(report_pointer["path"]).parent / name).exists()
+
+    # Evaluating the same model again: it is already production, nothing moves.
+    again = _run(instance, resources, EVALUATION_ASSETS)
+    assert again.success
+    assert registry.resolve("ft-pipeline-assistant").version == 1
+    assert len([e for e in registry.history("ft-pipeline-assistant") if e.action == "promote"]) == 1
+
+    # A second candidate (another seed) is compared with production too; whatever the gate says,
+    # the registry stays consistent: promoted -> v2 in production, rejected -> v1 untouched.
+    second = _run(instance, resources, DOWNSTREAM_ASSETS[2:], train={**TRAIN, "seed": 7})
+    gate = _checks(second)[("evaluation_report", "promotion_gate")]
+    report = json.loads(Path(json.loads((data_dir / "reports" / "latest.json").read_text())["path"]).read_text())
+    assert report["production_version"] == 1 and "production" in report["comparisons"]
+    current = registry.resolve("ft-pipeline-assistant")
+    if gate.passed:
+        assert current.version == 2 and registry.get_version("ft-pipeline-assistant", 1).lifecycle == "archived"
+        capsys.readouterr()
+        assert cli(["registry", "--data-dir", str(data_dir), "rollback", "ft-pipeline-assistant", "--reason", "test rollback"]) == 0
+        assert "v2 -> v1" in capsys.readouterr().out
+        assert registry.resolve("ft-pipeline-assistant").version == 1
+    else:
+        assert "do not promote" in gate.description
+        assert current.version == 1
+        assert registry.get_version("ft-pipeline-assistant", 2).lifecycle == "rejected"
+
+    capsys.readouterr()
+    assert cli(["registry", "--data-dir", str(data_dir), "history", "ft-pipeline-assistant"]) == 0
+    history = capsys.readouterr().out
+    assert "promote" in history and "vNone -> v1" in history
+    assert cli(["registry", "--data-dir", str(data_dir), "list"]) == 0
+    assert "ft-pipeline-assistant" in capsys.readouterr().out
+
+
+def _stale_baseline_scenario(evaluated, instance, tmp_path):
+    """Production changed between evaluation and promotion: promoted_model refuses with a clear message."""
+    data_dir, resources = _copy(evaluated, tmp_path)
+    # Meanwhile another version reaches production by its own (passing) evaluation.
+    registry = ModelRegistry.for_data_dir(data_dir)
+    dataset = registry.record_dataset_version("manual", "train", "0" * 64, 1)
+    run = registry.record_training_run("manual-run", "local_lora", "tiny", dataset, None, {}, 0)
+    other = registry.register_model_version(
+        "ft-pipeline-assistant", training_run_id=run, model_uri="lora://elsewhere#1", backend="local_lora", base_model="tiny",
+        run_key="manual-run", dataset_version="manual", config_hash="manual", metrics={},
+    )
+    registry.record_evaluation(
+        "manual-eval", "ft-pipeline-assistant", other.version, suite="test", eval_dataset_version_id=dataset, baseline_model_uri=None,
+        base_model_uri="tiny", metrics={}, per_example_uri="-", gate_config={}, decision="pass", leakage_checked=True,
+    )
+    registry.promote("ft-pipeline-assistant", other.version, evaluation_id="manual-eval", reason="hotfix", actor="test")
+
+    result = _run(instance, resources, [DOWNSTREAM_ASSETS[-1]])
+    assert not result.success
+    failure = result.get_step_failure_events()[0].step_failure_data.error.to_string()
+    assert "not promoted" in failure
+    assert registry.resolve("ft-pipeline-assistant").version == other.version
