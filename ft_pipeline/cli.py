@@ -99,6 +99,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print("error: DAGSTER_HOME is not set; `make demo` sets it (or export DAGSTER_HOME=$PWD/.dagster_home)", file=sys.stderr)
         return 2
     until = STAGES.index(args.until)
+    run_config = _run_config(args, until)  # a malformed --set fails before any work
     instance = dg.DagsterInstance.get()
     files = resources["raw_log_store"].list_files()
     if not files:
@@ -119,7 +120,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"  {name}: " + ", ".join(_summary(e) for e in result.get_asset_materialization_events()))
     if until >= 2:
         selection = DOWNSTREAM_ASSETS[: until - 1]
-        run_config = _run_config(args, until)
         result = dg.materialize(ALL_ASSETS, selection=selection, instance=instance, resources=resources, raise_on_error=False,
                                 run_config=run_config, tags={"ft_pipeline/cli": "run"})
         for event in result.get_asset_materialization_events():

@@ -59,16 +59,29 @@ def test_run_materializes_the_graph_and_prints_split_paths(tmp_path, capsys, mon
     data = tmp_path / "data"
     main(["sample-data", str(data / "raw")])
     capsys.readouterr()
-    assert main(["run", "--data-dir", str(data)]) == 0
+    # The whole graph, kept cheap: a few training steps cannot beat the base, so the gate rejects
+    # the candidate; that is a decision, printed with its reasons, not a failed command.
+    quick = ["--set", "fine_tuned_model.max_steps=3", "--set", "fine_tuned_model.max_length=256",
+             "--set", "evaluation_report.max_new_tokens=8", "--set", "evaluation_report.n_resamples=200"]
+    assert main(["run", "--data-dir", str(data), *quick]) == 0
     out = capsys.readouterr().out
     for split in ("train", "validation", "test"):
         assert f"{split}.jsonl" in out
     assert "check train_split.no_leakage: passed" in out
+    assert "model " in out and "/adapter" in out
+    assert "report.md" in out and "decision: " in out and "beats_base" in out
     pointer = json.loads((data / "splits" / "latest.json").read_text())
     assert Path(pointer["paths"]["train"]["parquet"]).exists()
     # A second run registers nothing new and succeeds again (same versions).
-    assert main(["run", "--data-dir", str(data)]) == 0
+    assert main(["run", "--data-dir", str(data), "--until", "splits"]) == 0
     assert "(0 newly registered)" in capsys.readouterr().out
+
+
+def test_run_rejects_a_malformed_set(tmp_path, monkeypatch):
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    main(["sample-data", str(tmp_path / "data" / "raw")])
+    with pytest.raises(SystemExit, match="ASSET.FIELD=VALUE"):
+        main(["run", "--data-dir", str(tmp_path / "data"), "--set", "learning_rate=0.1"])
 
 
 def test_run_without_dagster_home_is_a_clear_error(tmp_path, capsys, monkeypatch):
