@@ -9,6 +9,7 @@ import dagster as dg
 from ft_pipeline.defs.cleaned import cleaned_conversations
 from ft_pipeline.defs.curated import curated_dataset
 from ft_pipeline.defs.raw_logs import raw_conversation_logs
+from ft_pipeline.defs.automation import FailureNotifier, make_new_log_files_sensor, make_nightly_retrain_schedule, record_run_failures
 from ft_pipeline.defs.evaluation import evaluation_report, promoted_model
 from ft_pipeline.defs.resources import ModelRegistryResource, OpenAIFineTuningResource, PipelineStorage, RawLogStore
 from ft_pipeline.defs.splits import dataset_splits
@@ -40,6 +41,10 @@ train_model_job = dg.define_asset_job(
 )
 
 
+new_log_files_sensor = make_new_log_files_sensor(ingest_log_file_job)
+nightly_retrain_schedule = make_nightly_retrain_schedule(train_model_job)
+
+
 def default_resources() -> dict[str, object]:
     """Resources for local use: the data directory from $FT_PIPELINE_DATA_DIR (default ./data)."""
     # The key stays an EnvVar reference (resolved when a run starts, never shown in the UI). It is
@@ -47,6 +52,7 @@ def default_resources() -> dict[str, object]:
     openai_key = dg.EnvVar("OPENAI_API_KEY") if os.environ.get("OPENAI_API_KEY") else ""
     return {
         "local_trainer": dg.PipesSubprocessClient(),
+        "failure_notifier": FailureNotifier(webhook_url=os.environ.get("FT_PIPELINE_FAILURE_WEBHOOK", "")),
         "openai_fine_tuning": OpenAIFineTuningResource(
             api_key=openai_key,
             base_url=os.environ.get("OPENAI_BASE_URL", ""),
@@ -67,5 +73,7 @@ def default_resources() -> dict[str, object]:
 defs = dg.Definitions(
     assets=ALL_ASSETS,
     jobs=[ingest_log_file_job, build_dataset_job, train_model_job],
+    schedules=[nightly_retrain_schedule],
+    sensors=[new_log_files_sensor, record_run_failures],
     resources=default_resources(),
 )

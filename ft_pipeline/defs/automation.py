@@ -1,0 +1,102 @@
+"""Automation: the new-log-files sensor, the nightly retraining schedule, the run-failure sensor."""
+
+import json
+import os
+import urllib.request
+from datetime import datetime, timezone
+
+import dagster as dg
+from pydantic import Field
+
+from ft_pipeline.defs.partitions import log_files_partitions
+from ft_pipeline.defs.resources import PipelineStorage, RawLogStore
+from ft_pipeline.lib.landing import LandingState, scan_landing
+from ft_pipeline.lib.storage import file_sha256
+
+
+class FailureNotifier(dg.ConfigurableResource):
+    """Where run failures are reported besides the Dagster log and ``run_failures.jsonl``: an
+    optional webhook (Slack-compatible JSON ``{"text": ...}``). Empty = log only."""
+
+    webhook_url: str = Field(default="", description="POST target for failure messages; empty = none.")
+
+    def notify(self, text: str) -> None:
+        if not self.webhook_url:
+            return
+        request = urllib.request.Request(
+            self.webhook_url, data=json.dumps({"text": text}).encode(), headers={"Content-Type": "application/json"}
+        )
+        urllib.request.urlopen(request, timeout=10).close()
+
+
+def make_new_log_files_sensor(job) -> dg.SensorDefinition:
+    @dg.sensor(
+        name="new_log_files",
+        job=job,
+        minimum_interval_seconds=30,
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        description="Adds a log_files partition per new landed file and requests one ingest run per file "
+        "(raw_conversation_logs + cleaned_conversations). A file is picked up once it stopped changing between "
+        "two ticks; the same content never runs twice (cursor + run keys). Retraining is left to nightly_retrain, "
+        "so a burst of files never starts a burst of trainings.",
+    )
+    def new_log_files(context: dg.SensorEvaluationContext, raw_log_store: RawLogStore):
+        root = raw_log_store.root()
+        stats = {}
+        for name in raw_log_store.list_files():
+            stat = (root / name).stat()
+            stats[name] = (stat.st_size, stat.st_mtime_ns)
+        ready, state = scan_landing(stats, LandingState.from_json(context.cursor), lambda n: file_sha256(root / n))
+        known = set(context.instance.get_dynamic_partitions(log_files_partitions.name))
+        new = [f.name for f in ready if f.name not in known]
+        run_requests = [
+            dg.RunRequest(run_key=f"{f.name}@{f.sha256[:16]}", partition_key=f.name, tags={"ft_pipeline/source_sha256": f.sha256})
+            for f in ready
+        ]
+        if not run_requests:
+            waiting = sorted(state.pending)
+            return dg.SensorResult(
+                skip_reason=f"no new or changed log files ({len(waiting)} still settling: {waiting[:5]})" if waiting else "no new or changed log files",
+                cursor=state.to_json(),
+            )
+        return dg.SensorResult(
+            run_requests=run_requests,
+            dynamic_partitions_requests=[log_files_partitions.build_add_request(new)] if new else [],
+            cursor=state.to_json(),
+        )
+
+    return new_log_files
+
+
+def make_nightly_retrain_schedule(job) -> dg.ScheduleDefinition:
+    """Curated dataset -> splits -> model -> evaluation -> promotion, once a night (STOPPED until
+    someone turns it on). Cron and timezone come from FT_PIPELINE_RETRAIN_CRON / _TIMEZONE."""
+    return dg.ScheduleDefinition(
+        name="nightly_retrain",
+        job=job,
+        cron_schedule=os.environ.get("FT_PIPELINE_RETRAIN_CRON", "0 2 * * *"),
+        execution_timezone=os.environ.get("FT_PIPELINE_RETRAIN_TIMEZONE", "UTC"),
+        default_status=dg.DefaultScheduleStatus.STOPPED,
+        description="Retrain, evaluate and (if the gate passes) promote on all ingested data.",
+    )
+
+
+@dg.run_failure_sensor(name="record_run_failures", default_status=dg.DefaultSensorStatus.STOPPED)
+def record_run_failures(context: dg.RunFailureSensorContext, storage: PipelineStorage, failure_notifier: FailureNotifier):
+    """Records every failed run (job, run id, failed steps, error) in ``run_failures.jsonl`` in the
+    data directory and passes a one-line message to the configured notifier."""
+    run = context.dagster_run
+    error = context.failure_event.message or ""
+    record = {
+        "at": datetime.now(timezone.utc).isoformat(),
+        "job": run.job_name,
+        "run_id": run.run_id,
+        "partition": run.tags.get("dagster/partition"),
+        "error": error[:2000],
+    }
+    path = storage.root() / "run_failures.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+    context.log.error(f"run {run.run_id} of {run.job_name} failed: {error[:300]}")
+    failure_notifier.notify(f"ft-pipeline: {run.job_name} run {run.run_id} failed: {error[:300]}")
