@@ -10,21 +10,25 @@ What it measures
    exact duplicates (in another file), ~1 % near duplicates (a few words changed), ~0.5 % prefix
    duplicates, ~0.3 % branch duplicates (regenerated last reply), ~2 % of messages with PII
    (emails, phone numbers, card numbers) and ~0.5 % lines of broken JSON.
-2. Runs the dataset stages the way the Dagster assets do:
+2. Runs the dataset stages the way the Dagster assets do (ft_pipeline/defs/*.py, step by step;
+   only Dagster's bookkeeping is left out):
    * per file = per partition, in a ``spawn`` multiprocessing Pool of ``--workers`` processes
-     (Dagster runs partitions in parallel): ``raw_conversation_logs`` (``read_log_file``, parsed and
-     quarantine Parquet written) and ``cleaned_conversations`` (parsed Parquet read back,
-     ``clean_conversations``, kept and filtered Parquet written);
-   * the fan-in ``curated_dataset``: ``curate`` over every cleaned file + removed.parquet;
-   * ``dataset_splits``: curated Parquet read, ``assign_splits``, split Parquet, OpenAI JSONL
-     (``write_openai_jsonl``), ``leakage_report`` and ``validate_jsonl_file`` (train, validation).
-   The assets' Dagster bookkeeping and the curated asset checks (PII re-scan, dedup re-run) are
-   not part of the measured path.
-3. Prints per stage: wall seconds and conversations/second; for the per-file stages also the
-   summed worker CPU time and the per-core rate; END TO END conversations/second (pool start ->
-   splits done, over the N input records); peak RSS (parent ``RUSAGE_SELF``, ``RUSAGE_CHILDREN``,
-   and each worker's own peak); the record accounting (in, quarantined, filtered by reason,
-   removed by dedup kind, kept, split sizes, leakage), which is asserted to add up.
+     (Dagster runs partitions in parallel): ``raw_conversation_logs`` (``read_log_file``, the
+     file's SHA-256 for the version, parsed and scrubbed quarantine Parquet, ``latest.json``) and
+     ``cleaned_conversations`` (parsed Parquet read back through the pointer,
+     ``clean_conversations``, kept and filtered Parquet, pointer, data version);
+   * the fan-in ``curated_dataset``: ``curate`` over every cleaned file, removed.parquet, pointer,
+     data version (the asset checks, a PII re-scan and a dedup re-run, are not measured);
+   * ``dataset_splits``: only ``SPLIT_INPUT_COLUMNS`` of the curated file are read,
+     ``assign_splits``, ``write_split_files`` (streams split Parquet + OpenAI JSONL),
+     ``leakage_report`` with ``parquet_text_loader``, ``check_min_sizes``,
+     ``validate_jsonl_file`` (train, validation) and the per-split metadata.
+3. Prints per stage and step: wall seconds and CPU seconds (CPU of the processes doing the work,
+   all threads), conversations per second of each; END TO END conversations/second (pool start ->
+   splits done, over the N input records) in wall time and per CPU second; peak RSS (parent
+   ``RUSAGE_SELF``, ``RUSAGE_CHILDREN``, and each worker's own peak); the record accounting (in,
+   quarantined, filtered by reason, removed by dedup kind, kept, split sizes, leakage), which is
+   asserted to add up.
 4. Compares our leakage check with the tutorial one (difflib ``SequenceMatcher.ratio() >= 0.8``
    between every validation/test and every train conversation) on 5,000 curated conversations;
    the pairwise run is timed on a random sample of pairs within a time budget and extrapolated.
@@ -420,20 +424,56 @@ def generate_file(plan: FilePlan) -> dict[str, Any]:
 
 # ======================================================================= per-file stages
 
+PARSE_STEPS = ("read_log_file", "file_sha256", "write_parsed", "write_quarantine")
+
+# The assets' code versions (ft_pipeline/defs/raw_logs.py, cleaned.py, splits.py): they only feed
+# the version hashes, so they are copied here to keep dagster out of the worker processes.
+RAW_CODE_VERSION = "1"
+CLEANED_CODE_VERSION = "2"
+CURATED_CODE_VERSION = "2"
+SPLITS_CODE_VERSION = "2"
+OPENAI_MODEL = "gpt-4o-mini-2024-07-18"  # SplitRunConfig.openai_model's default
+MIN_SPLIT_SIZES = {"train": 10, "validation": 1, "test": 1}  # SplitRunConfig's defaults
+
+
+def _cleaning_config_dump() -> dict[str, Any]:
+    """Stand-in for ``CleaningRunConfig().model_dump()`` (feeds the version hash only)."""
+    from dataclasses import asdict
+
+    from ft_pipeline.lib.cleaning import CleaningConfig
+
+    return asdict(CleaningConfig())
+
 
 def process_file(args: tuple[str, str]) -> dict[str, Any]:
-    """One partition, as raw_conversation_logs + cleaned_conversations do it (runs in a worker)."""
+    """One partition, as ``raw_conversation_logs`` + ``cleaned_conversations`` run it (in a worker).
+
+    Mirrors ft_pipeline/defs/raw_logs.py and defs/cleaned.py step by step: parse, version from the
+    file's SHA-256, parsed + scrubbed quarantine Parquet, ``latest.json``; then the parsed Parquet
+    read back through the pointer, ``clean_conversations``, kept + filtered Parquet, pointer, and
+    the data version (hash of the kept rows' exact hashes). Only Dagster's own bookkeeping
+    (metadata values, events) is left out."""
+    from collections import Counter as _Counter
+
     import pandas as pd
 
-    from ft_pipeline.lib.cleaning import clean_conversations
+    from ft_pipeline.lib.cleaning import CleaningConfig, clean_conversations
     from ft_pipeline.lib.pii import scrub_pii
-    from ft_pipeline.lib.records import read_log_file
-    from ft_pipeline.lib.storage import write_parquet
+    from ft_pipeline.lib.records import ReadConfig, read_log_file
+    from ft_pipeline.lib.storage import (
+        content_version,
+        file_sha256,
+        hash_values,
+        read_latest,
+        safe_name,
+        write_latest,
+        write_parquet,
+    )
 
     raw_path, out_dir = args
     out = Path(out_dir)
-    name = Path(raw_path).name
-    stem = name.removesuffix(".jsonl")
+    path = Path(raw_path)
+    name = path.name
     timings: dict[str, float] = {}
 
     def timed(key: str, fn, *a, **kw):
@@ -443,34 +483,48 @@ def process_file(args: tuple[str, str]) -> dict[str, Any]:
         timings[key + "_cpu"] = timings.get(key + "_cpu", 0.0) + time.process_time() - c
         return value
 
-    # raw_conversation_logs
+    # ---- raw_conversation_logs (defs/raw_logs.py)
     w0, c0 = time.perf_counter(), time.process_time()
-    parsed = timed("read_log_file", read_log_file, raw_path, source_name=name)
-    parsed_path = timed("write_parsed", write_parquet, parsed.conversations, out / "parsed" / f"{stem}.parquet")
+    read_config = ReadConfig()
+    result = timed("read_log_file", read_log_file, path, read_config, source_name=name)
+    version = timed("file_sha256", lambda: content_version(RAW_CODE_VERSION, file_sha256(path), read_config.max_record_bytes))
+    folder = out / "parsed" / safe_name(name)
+    parsed_path = timed("write_parsed", write_parquet, result.conversations, folder / f"{version}.parquet")
 
     def write_quarantine():
-        quarantine = parsed.quarantine.copy()
+        quarantine = result.quarantine.copy()
         quarantine["raw_text"] = [scrub_pii(text)[0] for text in quarantine["raw_text"]]
-        return write_parquet(quarantine, out / "quarantine" / f"{stem}.parquet")
+        return write_parquet(quarantine, out / "quarantine" / f"{safe_name(name)}.parquet")
 
-    timed("write_quarantine", write_quarantine)
+    quarantine_path = timed("write_quarantine", write_quarantine)
+    write_latest(folder, version, path=str(parsed_path), quarantine_path=str(quarantine_path), source=name)
+    quarantine_counts = result.quarantine_counts
+    n_records, blank_lines, n_parsed = result.n_records, result.blank_lines, len(result.conversations)
+    formats = dict(_Counter(result.conversations["source_format"]))
+    del result  # the asset returns here: its frames are gone before the next asset runs
     w1, c1 = time.perf_counter(), time.process_time()
 
-    # cleaned_conversations
-    frame = timed("read_parsed", pd.read_parquet, parsed_path)
-    cleaned = timed("clean_conversations", clean_conversations, frame)
-    kept_path = timed("write_cleaned", write_parquet, cleaned.kept, out / "cleaned" / f"{stem}.parquet")
-    timed("write_filtered", write_parquet, cleaned.filtered, out / "cleaned" / f"{stem}.filtered.parquet")
+    # ---- cleaned_conversations (defs/cleaned.py)
+    pointer = read_latest(out / "parsed" / safe_name(name))
+    parsed = timed("read_parsed", pd.read_parquet, pointer["path"])
+    cleaned = timed("clean_conversations", clean_conversations, parsed, CleaningConfig())
+    version = content_version(CLEANED_CODE_VERSION, pointer["version"], _cleaning_config_dump())
+    folder = out / "cleaned" / safe_name(name)
+    kept_path = timed("write_cleaned", write_parquet, cleaned.kept, folder / f"{version}.parquet")
+    filtered_path = timed("write_filtered", write_parquet, cleaned.filtered, folder / f"{version}.filtered.parquet")
+    write_latest(folder, version, path=str(kept_path), filtered_path=str(filtered_path), parsed_version=pointer["version"])
+    assert cleaned.n_in == len(parsed) == n_parsed, "cleaning lost records"
+    timed("data_version", lambda: content_version(version, hash_values(cleaned.kept["exact_hash"]) if len(cleaned.kept) else ""))
     w2, c2 = time.perf_counter(), time.process_time()
-    assert cleaned.n_in == len(frame) == len(parsed.conversations), "cleaning lost records"
 
     return {
         "file": name,
         "kept_path": str(kept_path),
-        "n_records": parsed.n_records,
-        "blank_lines": parsed.blank_lines,
-        "parsed": len(parsed.conversations),
-        "quarantine_counts": parsed.quarantine_counts,
+        "n_records": n_records,
+        "blank_lines": blank_lines,
+        "parsed": n_parsed,
+        "source_formats": formats,
+        "quarantine_counts": quarantine_counts,
         "kept": len(cleaned.kept),
         "filter_counts": cleaned.filter_counts,
         "pii_counts": cleaned.pii_counts,
@@ -485,35 +539,71 @@ def process_file(args: tuple[str, str]) -> dict[str, Any]:
     }
 
 
-def run_pool(fn, tasks: list, workers: int) -> tuple[list[dict[str, Any]], float]:
-    """Run tasks in a spawn Pool (workers are reaped, so RUSAGE_CHILDREN covers them)."""
+def _worker_cpu(_: Any = None) -> tuple[int, float]:
+    """Process id and CPU seconds of a pool worker so far (start-up imports included)."""
+    time.sleep(0.2)  # keep this worker busy so the other workers answer too
+    return os.getpid(), time.process_time()
+
+
+def run_pool(fn, tasks: list, workers: int) -> tuple[list[dict[str, Any]], float, float]:
+    """Run tasks in a spawn Pool (workers are reaped, so RUSAGE_CHILDREN covers them).
+
+    Returns (results, wall seconds, CPU seconds of all workers: start-up + tasks)."""
     t0 = time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     ctx = mp.get_context("spawn")
     with ctx.Pool(processes=workers) as pool:
         results = list(pool.imap_unordered(fn, tasks, chunksize=1))
         pool.close()
         pool.join()
-    return results, time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return results, time.perf_counter() - t0, cpu
 
 
 # ========================================================================= fan-in stages
 
 
-def curate_stage(cleaned_paths: list[str], out: Path) -> tuple[Any, dict[str, float]]:
-    """curated_dataset: global dedup + token counts, then removed.parquet beside the output."""
-    from ft_pipeline.lib.curation import curate
-    from ft_pipeline.lib.storage import write_parquet
+class _Steps:
+    """Wall and CPU seconds (this process, all threads) per named step, plus the parent peak."""
 
-    t = {}
-    w = time.perf_counter()
-    result = curate(cleaned_paths, out / "curated" / "conversations.parquet")
-    t["curate"] = time.perf_counter() - w
-    note_peak("curate")
-    w = time.perf_counter()
-    write_parquet(result.removed, out / "curated" / "removed.parquet")
-    t["write_removed"] = time.perf_counter() - w
-    note_peak("write_removed")
-    return result, t
+    def __init__(self) -> None:
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+
+    def __call__(self, key: str, fn, *a, **kw):
+        w, c = time.perf_counter(), time.process_time()
+        value = fn(*a, **kw)
+        self.wall[key] = self.wall.get(key, 0.0) + time.perf_counter() - w
+        self.cpu[key] = self.cpu.get(key, 0.0) + time.process_time() - c
+        note_peak(key)
+        return value
+
+
+def curate_stage(cleaned_paths: list[str], out: Path) -> tuple[Any, _Steps]:
+    """curated_dataset (defs/curated.py): curate, removed.parquet, pointer, data version.
+
+    The asset's checks (fresh PII scan, dedup re-run) are not part of the measured path."""
+    steps = _Steps()
+    # First use in this process: the import time is part of the stage (shown as its own step).
+    steps("imports", lambda: [__import__(m) for m in ("pyarrow.parquet", "ft_pipeline.lib.curation", "ft_pipeline.lib.storage")])
+    import pyarrow.parquet as pq
+
+    from ft_pipeline.lib.curation import curate
+    from ft_pipeline.lib.storage import content_version, hash_values, write_latest, write_parquet
+
+    version = content_version(CURATED_CODE_VERSION, cleaned_paths)
+    folder = out / "curated" / version
+    result = steps("curate", curate, cleaned_paths, folder / "conversations.parquet")
+    removed_path = steps("write_removed", write_parquet, result.removed, folder / "removed.parquet")
+    write_latest(out / "curated", version, path=str(result.output_path), removed_path=str(removed_path))
+
+    def data_version():
+        hashes = pq.read_table(result.output_path, columns=["exact_hash"]).column("exact_hash").to_pylist() if result.n_kept else []
+        return content_version(version, hash_values(hashes))
+
+    steps("data_version", data_version)
+    return result, steps
 
 
 # Parent peak RSS (ru_maxrss, GB) right after each fan-in step: shows which step raised the peak.
@@ -524,50 +614,102 @@ def note_peak(step: str) -> None:
     PARENT_PEAK_AFTER[step] = gib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
-def splits_stage(curated_path: Path, out: Path, difflib_sample: int, seed: int) -> tuple[dict[str, Any], dict[str, float], Any]:
-    """dataset_splits: read curated, assign_splits, write Parquet + OpenAI JSONL, leakage, validation."""
-    import pandas as pd
+def splits_stage(curated_path: Path, out: Path) -> tuple[dict[str, Any], _Steps]:
+    """dataset_splits, as ft_pipeline/defs/splits.py runs it: only SPLIT_INPUT_COLUMNS are read,
+    ``assign_splits``, ``write_split_files`` streams the curated file into split Parquet + OpenAI
+    JSONL, ``leakage_report`` on the small columns (texts through ``parquet_text_loader``),
+    ``check_min_sizes``, ``validate_jsonl_file`` (train, validation) and the per-split metadata
+    the asset computes (groups, largest group, tags, sample, data version)."""
+    steps = _Steps()
+    steps("imports", lambda: [__import__(m) for m in ("ft_pipeline.lib.openai_format", "ft_pipeline.lib.splits")])
+    import pyarrow.parquet as pq
 
-    from ft_pipeline.lib.openai_format import validate_jsonl_file, write_openai_jsonl
-    from ft_pipeline.lib.splits import SPLIT_NAMES, assign_splits, leakage_report, split_sizes
-    from ft_pipeline.lib.storage import write_parquet
-
-    t: dict[str, float] = {}
-
-    def step(key: str, fn, *a, **kw):
-        w = time.perf_counter()
-        value = fn(*a, **kw)
-        t[key] = t.get(key, 0.0) + time.perf_counter() - w
-        note_peak(key)
-        return value
-
-    curated = step("read_curated", pd.read_parquet, curated_path)
-    assigned = step("assign_splits", assign_splits, curated)
-    frames = step(
-        "select_splits",
-        lambda: {name: assigned[assigned["split"] == name].reset_index(drop=True) for name in SPLIT_NAMES},
+    from ft_pipeline.lib.dedup import DedupConfig
+    from ft_pipeline.lib.openai_format import validate_jsonl_file
+    from ft_pipeline.lib.splits import (
+        SPLIT_INPUT_COLUMNS,
+        SPLIT_NAMES,
+        SplitConfig,
+        assign_splits,
+        check_min_sizes,
+        leakage_report,
+        parquet_text_loader,
+        split_sizes,
+        write_split_files,
     )
-    folder = out / "splits"
-    for name, frame in frames.items():
-        step("write_split_parquet", write_parquet, frame, folder / f"{name}.parquet")
-        step("write_openai_jsonl", write_openai_jsonl, frame["messages"].tolist(), folder / f"{name}.jsonl")
+    from ft_pipeline.lib.storage import content_version, hash_values, write_latest
+
+    curated = steps("read_curated", lambda: pq.read_table(curated_path, columns=SPLIT_INPUT_COLUMNS).to_pandas())
+    split_config = SplitConfig()
+    assigned = steps("assign_splits", assign_splits, curated, split_config)
+    version = content_version(SPLITS_CODE_VERSION, str(curated_path), {})
+    folder = out / "splits" / version
+    paths = steps("write_split_files", write_split_files, curated_path, assigned, folder)
+    write_latest(out / "splits", version, paths=paths)
+    frames = steps(
+        "select_splits", lambda: {name: assigned[assigned["split"] == name].reset_index(drop=True) for name in SPLIT_NAMES}
+    )
     sizes = split_sizes(frames)
-    leakage = step("leakage_report", leakage_report, frames)
+    leakage = steps(
+        "leakage_report",
+        leakage_report,
+        frames,
+        split_config,
+        DedupConfig(),
+        load_texts=parquet_text_loader({n: paths[n]["parquet"] for n in SPLIT_NAMES}),
+    )
+    size_failures = check_min_sizes(sizes, MIN_SPLIT_SIZES)
     formats = {
-        name: step("validate_jsonl_file", validate_jsonl_file, folder / f"{name}.jsonl", require_min_examples=(name == "train"))
+        name: steps("validate_jsonl_file", validate_jsonl_file, paths[name]["jsonl"], model=OPENAI_MODEL, require_min_examples=(name == "train"))
         for name in ("train", "validation")
     }
-    # Outside the timed steps: keep a sample for the difflib comparison, then free the big frames.
-    sample = curated.sample(n=min(difflib_sample, len(curated)), random_state=seed).reset_index(drop=True) if difflib_sample else None
+
+    def asset_metadata():
+        for name in SPLIT_NAMES:
+            frame = frames[name]
+            if len(frame):
+                int(frame["split_group"].nunique())
+                int(frame["split_group"].value_counts().max())
+                frame["tags"].explode().value_counts().to_dict()
+                pq.ParquetFile(paths[name]["parquet"]).read_row_group(0).slice(0, 2).to_pandas()
+            content_version(version, name, hash_values(frame["exact_hash"]))
+
+    steps("asset_metadata", asset_metadata)
     info = {
         "sizes": sizes,
+        "size_failures": size_failures,
         "leakage": leakage.to_dict(),
         "leaked": leakage.leaked,
         "openai_format_ok": {name: bool(getattr(r, "ok", False)) for name, r in formats.items()},
         "openai_format_errors": {name: _jsonable(getattr(r, "format_errors", None)) for name, r in formats.items()},
+        "openai_format_problems": {
+            name: [f"{k}: {v}" for k, v in (r.format_errors or {}).items() if v] + list(r.warnings)[:2]
+            for name, r in formats.items()
+            if not r.ok
+        },
     }
     del curated, assigned, frames
-    return info, t, sample
+    return info, steps
+
+
+def read_sample(curated_path: Path, size: int, seed: int):
+    """``size`` random curated rows with their messages (for the difflib comparison), read batch
+    by batch so the whole file is never in memory. Not part of the measured path."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    parquet = pq.ParquetFile(curated_path)
+    n = parquet.metadata.num_rows
+    if not size or n == 0:
+        return None
+    wanted = np.sort(np.random.default_rng([seed, 4]).choice(n, size=min(size, n), replace=False))
+    parts, offset = [], 0
+    for batch in parquet.iter_batches(batch_size=50_000):
+        lo, hi = np.searchsorted(wanted, [offset, offset + batch.num_rows])
+        if hi > lo:
+            parts.append(pa.Table.from_batches([batch]).take(pa.array(wanted[lo:hi] - offset)))
+        offset += batch.num_rows
+    return pa.concat_tables(parts).to_pandas()
 
 
 def _jsonable(value: Any) -> Any:
@@ -690,6 +832,9 @@ def main(argv: list[str] | None = None) -> int:
     load_start = os.getloadavg()
     print(f"bench_dataset: n={n:,} files={args.files} workers={args.workers} seed={args.seed} out={out}")
     print(f"host: {platform.node()} {os.cpu_count()} CPUs, python {platform.python_version()}, load avg {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}")
+    import ft_pipeline
+
+    print(f"code: {Path(ft_pipeline.__file__).parent}")
 
     try:
         return run(args, out, load_start)
@@ -705,7 +850,7 @@ def run(args: argparse.Namespace, out: Path, load_start: tuple[float, float, flo
 
     # ---- 1. generate (not part of the measured figures)
     plans = plan_files(n, args.files, out / "raw", args.seed)
-    gen, gen_wall = run_pool(generate_file, plans, workers)
+    gen, gen_wall, _ = run_pool(generate_file, plans, workers)
     planted = Counter()
     for g in gen:
         planted.update(g["planted"])
@@ -721,16 +866,18 @@ def run(args: argparse.Namespace, out: Path, load_start: tuple[float, float, flo
     # ---- 2. pipeline
     note_peak("before pipeline")
     t_start = time.perf_counter()
+    cpu_start = time.process_time()
     tasks = [(p.path, str(out)) for p in plans]
-    per_file, pool_wall = run_pool(process_file, tasks, workers)
+    per_file, pool_wall, pool_cpu = run_pool(process_file, tasks, workers)
     per_file.sort(key=lambda r: r["file"])
 
     cleaned_paths = [r["kept_path"] for r in per_file]
+    t_curate_start, c_curate_start = time.perf_counter(), time.process_time()
     curation, t_curate = curate_stage(cleaned_paths, out)
-    t_curated = time.perf_counter()
+    t_curated, c_curated = time.perf_counter(), time.process_time()
 
-    split_info, t_splits, sample = splits_stage(curation.output_path, out, 0 if args.skip_difflib else args.difflib_sample, args.seed)
-    t_end = time.perf_counter()
+    split_info, t_splits = splits_stage(curation.output_path, out)
+    t_end, c_end = time.perf_counter(), time.process_time()
     e2e = t_end - t_start
     load_end = os.getloadavg()
 
@@ -738,6 +885,8 @@ def run(args: argparse.Namespace, out: Path, load_start: tuple[float, float, flo
     rss_children_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     worker_rss_kb = max(r["maxrss_kb"] for r in per_file)
     peak_kb = max(rss_self_kb, rss_children_kb)
+    # Outside the measured path: a sample with messages for the difflib comparison.
+    sample = None if args.skip_difflib else read_sample(curation.output_path, args.difflib_sample, args.seed)
 
     # ---- 3. accounting
     records_in = sum(r["n_records"] for r in per_file)
@@ -767,26 +916,34 @@ def run(args: argparse.Namespace, out: Path, load_start: tuple[float, float, flo
     clean_cpu = sum(r["clean_cpu"] for r in per_file)
     parse_task = sum(r["parse_wall"] for r in per_file)
     clean_task = sum(r["clean_wall"] for r in per_file)
-    curate_wall = sum(t_curate.values())
-    splits_wall = t_end - t_curated
+    curate_wall, curate_cpu = t_curated - t_curate_start, c_curated - c_curate_start
+    splits_wall, splits_cpu = t_end - t_curated, c_end - c_curated
+    parent_cpu = c_end - cpu_start
+    e2e_cpu = pool_cpu + parent_cpu
+    detail = {k: sum(r["detail"].get(k, 0.0) for r in per_file) for k in per_file[0]["detail"]}
 
     print("\n== Stage timings ==")
-    rows = [
-        [f"per-file stages, pool of {workers} (wall)", n, pool_wall, rate(n, pool_wall), parse_cpu + clean_cpu, rate(n, parse_cpu + clean_cpu)],
-        ["  parse: raw_conversation_logs", n, parse_task / workers, rate(n, parse_task / workers), parse_cpu, rate(n, parse_cpu)],
-        ["  clean: cleaned_conversations", parsed, clean_task / workers, rate(parsed, clean_task / workers), clean_cpu, rate(parsed, clean_cpu)],
-        ["curate (curated_dataset)", cleaned_kept, curate_wall, rate(cleaned_kept, curate_wall), None, None],
-    ]
-    rows += [[f"  {k}", cleaned_kept, v, rate(cleaned_kept, v), None, None] for k, v in t_curate.items()]
-    rows.append(["splits (dataset_splits)", curation.n_kept, splits_wall, rate(curation.n_kept, splits_wall), None, None])
-    rows += [[f"  {k}", curation.n_kept, v, rate(curation.n_kept, v), None, None] for k, v in t_splits.items()]
-    rows.append(["END TO END (parse -> splits done)", n, e2e, rate(n, e2e), None, None])
-    print(table(["stage", "rows in", "wall s", "conv/s", "worker CPU s", "conv/s per core"], rows))
     print(
-        f"(parse/clean wall = summed task wall / {workers} workers; pool wall includes worker start-up. "
-        f"Worker CPU time: read_log_file {sum(r['detail']['read_log_file_cpu'] for r in per_file):.1f} s, "
-        f"clean_conversations {sum(r['detail']['clean_conversations_cpu'] for r in per_file):.1f} s, "
-        f"Parquet I/O {sum(v for r in per_file for k, v in r['detail'].items() if k.endswith('_cpu') and ('write' in k or 'read_parsed' in k)):.1f} s.)"
+        "wall s: elapsed time. CPU s: CPU time of the processes doing the work (all their threads; the "
+        "pool row counts the workers' start-up too). Per-file rows are summed over the tasks, which run "
+        f"{workers} at a time, so their wall is the sum of the task walls, not elapsed time."
+    )
+    rows = [
+        [f"per-file stages, pool of {workers} (elapsed)", n, pool_wall, rate(n, pool_wall), pool_cpu, rate(n, pool_cpu)],
+        ["  parse: raw_conversation_logs (task sum)", n, parse_task, None, parse_cpu, rate(n, parse_cpu)],
+    ]
+    rows += [[f"    {k[:-4]}", None, detail[k[:-4] + "_wall"], None, v, None] for k, v in detail.items() if k.endswith("_cpu") and k[:-4] in PARSE_STEPS]
+    rows.append(["  clean: cleaned_conversations (task sum)", parsed, clean_task, None, clean_cpu, rate(parsed, clean_cpu)])
+    rows += [[f"    {k[:-4]}", None, detail[k[:-4] + "_wall"], None, v, None] for k, v in detail.items() if k.endswith("_cpu") and k[:-4] not in PARSE_STEPS]
+    rows.append(["curate (curated_dataset)", cleaned_kept, curate_wall, rate(cleaned_kept, curate_wall), curate_cpu, rate(cleaned_kept, curate_cpu)])
+    rows += [[f"  {k}", None, v, None, t_curate.cpu[k], None] for k, v in t_curate.wall.items()]
+    rows.append(["splits (dataset_splits)", curation.n_kept, splits_wall, rate(curation.n_kept, splits_wall), splits_cpu, rate(curation.n_kept, splits_cpu)])
+    rows += [[f"  {k}", None, v, None, t_splits.cpu[k], None] for k, v in t_splits.wall.items()]
+    rows.append(["END TO END (parse -> splits done)", n, e2e, rate(n, e2e), e2e_cpu, rate(n, e2e_cpu)])
+    print(table(["stage", "rows in", "wall s", "conv/s", "CPU s", "conv/s per CPU s"], rows))
+    print(
+        f"end to end: {e2e:.1f} s elapsed, {e2e_cpu:.1f} CPU s (workers {pool_cpu:.1f} incl. start-up, parent {parent_cpu:.1f}); "
+        f"{e2e_cpu / e2e:.2f} cores busy on average of {os.cpu_count()}"
     )
     print(f"load average at start {load_start[0]:.2f}, at end {load_end[0]:.2f} ({os.cpu_count()} CPUs; other jobs on the machine slow the figures)")
 
@@ -840,6 +997,10 @@ def run(args: argparse.Namespace, out: Path, load_start: tuple[float, float, flo
         f"near duplicates across splits {leak['near_duplicates']}, final-reply overlap {leak['final_reply_overlap']} "
         f"-> {'LEAKED' if split_info['leaked'] else 'no leakage'}; OpenAI format ok: {split_info['openai_format_ok']}"
     )
+    for name, problems in split_info["openai_format_problems"].items():
+        print(f"OpenAI format, {name}: " + "; ".join(problems))
+    for failure in split_info["size_failures"]:
+        print(f"minimum sizes: {failure}")
 
     # ---- 4. targets
     e2e_rate = n / e2e
@@ -854,16 +1015,23 @@ def run(args: argparse.Namespace, out: Path, load_start: tuple[float, float, flo
         "raw_bytes": raw_bytes,
         "end_to_end_seconds": e2e,
         "end_to_end_rate": e2e_rate,
+        "end_to_end_cpu_seconds": e2e_cpu,
         "stages": {
             "pool_wall": pool_wall,
+            "pool_cpu": pool_cpu,
+            "parent_cpu": parent_cpu,
+            "end_to_end_cpu": e2e_cpu,
             "parse_cpu": parse_cpu,
             "clean_cpu": clean_cpu,
             "parse_task_wall": parse_task,
             "clean_task_wall": clean_task,
-            "worker_detail_cpu": {k: sum(r["detail"].get(k, 0.0) for r in per_file) for k in per_file[0]["detail"] if k.endswith("_cpu")},
-            "curate": t_curate,
+            "worker_detail": detail,
+            "curate_wall": curate_wall,
+            "curate_cpu": curate_cpu,
+            "curate": {"wall": t_curate.wall, "cpu": t_curate.cpu},
             "splits_wall": splits_wall,
-            "splits": t_splits,
+            "splits_cpu": splits_cpu,
+            "splits": {"wall": t_splits.wall, "cpu": t_splits.cpu},
         },
         "parent_peak_after_step_gb": dict(PARENT_PEAK_AFTER),
         "rss_gb": {"parent": gib(rss_self_kb), "children": gib(rss_children_kb), "worker_max": gib(worker_rss_kb), "generator_max": gib(gen_rss_kb), "peak": gib(peak_kb)},

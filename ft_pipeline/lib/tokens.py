@@ -355,8 +355,8 @@ def _arrow_separator_counts(strings: Any) -> np.ndarray:
     data = np.frombuffer(data_buffer, dtype=np.uint8) if data_buffer is not None else np.zeros(0, dtype=np.uint8)
     i = 0
     while i < n:
-        # Chunks of about _ESTIMATE_CHUNK_CHARS * 16 bytes bound the temporaries.
-        j = max(int(np.searchsorted(offsets, offsets[i] + _ESTIMATE_CHUNK_CHARS * 16, side="right")) - 1, i + 1)
+        # Chunks of about _ESTIMATE_CHUNK_CHARS * 4 bytes bound the temporaries.
+        j = max(int(np.searchsorted(offsets, offsets[i] + _ESTIMATE_CHUNK_CHARS * 4, side="right")) - 1, i + 1)
         lo, hi = int(offsets[i]), int(offsets[j])
         chunk = data[lo:hi]
         positions = np.flatnonzero((chunk == 32) | (chunk == 10))
