@@ -327,6 +327,10 @@ SPLIT_INPUT_COLUMNS = [
 ]
 
 
+# One encoder for every line (json.dumps with options builds a new one per call).
+_JSONL_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def write_split_files(
     curated_path: str | Path, assigned: pd.DataFrame, out_dir: str | Path, batch_rows: int = 20_000
 ) -> dict[str, dict[str, Any]]:
@@ -361,9 +365,8 @@ def write_split_files(
                 if name not in writers:
                     writers[name] = pq.ParquetWriter(out_dir / f".{name}.parquet.tmp", part.schema)
                 writers[name].write_table(part.cast(writers[name].schema))
-                for messages in part.column("messages").to_pylist():
-                    jsonl[name].write(json.dumps(to_openai_record(messages), ensure_ascii=False, separators=(",", ":")))
-                    jsonl[name].write("\n")
+                lines = [_JSONL_ENCODER.encode(to_openai_record(messages)) for messages in part.column("messages").to_pylist()]
+                jsonl[name].write("\n".join(lines) + "\n")
                 rows[name] += len(part)
         schema = parquet.schema_arrow.append(pa.field("split", pa.string())).append(pa.field("split_group", pa.string()))
         for name in SPLIT_NAMES:
@@ -389,9 +392,13 @@ def write_split_files(
 def parquet_text_loader(paths: dict[str, str | Path]) -> TextLoader:
     """Load conversation texts of given rows from per-split Parquet files (for leakage checks)."""
 
+    columns: dict[str, pa.ChunkedArray] = {}
+
     def load(name: str, rows: Sequence[int]) -> list[str]:
-        messages = pq.read_table(paths[name], columns=["messages"]).column("messages")
-        taken = messages.take(pa.array(np.asarray(rows, dtype=np.int64))).to_pylist()
+        # Each split's messages column is read once, however many candidate batches ask for it.
+        if name not in columns:
+            columns[name] = pq.read_table(paths[name], columns=["messages"]).column("messages")
+        taken = columns[name].take(pa.array(np.asarray(rows, dtype=np.int64))).to_pylist()
         return [conversation_text(m) for m in taken]
 
     return load
