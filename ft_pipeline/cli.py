@@ -244,11 +244,13 @@ def _cmd_registry(args: argparse.Namespace) -> int:
 
 def _summary(event) -> str:
     metadata = event.materialization.metadata
-    keys = ["records_in", "parsed", "quarantined", "conversations_in", "kept", "filtered", "removed", "dagster/row_count"]
+    keys = ["records_in", "parsed", "quarantined", "conversations_in", "kept", "filtered", "removed", "dagster/row_count",
+            "backend", "train_loss", "eval_loss", "fine_tuned_model", "decision", "candidate_version", "production_version"]
     parts = []
     for key in keys:
         if key in metadata and not (key == "dagster/row_count" and parts):
-            parts.append(f"{key.split('/')[-1]} {metadata[key].value}")
+            value = metadata[key].value
+            parts.append(f"{key.split('/')[-1]} {value:.4g}" if isinstance(value, float) else f"{key.split('/')[-1]} {value}")
     return " ".join(parts) or event.asset_key.to_user_string()
 
 
