@@ -41,6 +41,11 @@ class EvaluationRunConfig(dg.Config):
     batch_size: int = Field(default=_GEN.batch_size, description="Local generation batch size.")
     concurrency: int = Field(default=_GEN.concurrency, description="OpenAI-compatible requests in flight.")
     compute_perplexity: bool = Field(default=True, description="Validation perplexity for local models.")
+    judge_model: str = Field(
+        default="",
+        description="Optional LLM-as-judge: an OpenAI-compatible chat model (through the openai_fine_tuning resource) that "
+        "compares candidate and baseline answers pairwise in both orders; empty = off. Informational, not part of the gate.",
+    )
 
     def gate(self) -> PromotionGate:
         return PromotionGate(
@@ -173,6 +178,21 @@ def evaluation_report(
                 role: math.exp(min(50.0, generators[role].mean_nll(conversations))) for role in ("candidate", "base")
             }
 
+    if config.judge_model:
+        from ft_pipeline.lib.evaluation.generation import split_prompt_reference
+        from ft_pipeline.lib.evaluation.judge import pairwise_judge
+
+        prompts = [split_prompt_reference(list(m))[0] for m in test["messages"]]
+        answers = {role: result.examples.loc[result.examples["model"] == role, "prediction"].tolist() for role in generators}
+        client = openai_fine_tuning.get_client()
+        result.extra["judge"] = {
+            baseline: pairwise_judge(client, config.judge_model, prompts, answers["candidate"], answers[baseline],
+                                     concurrency=config.concurrency, seed=config.seed).to_dict()
+            for baseline in ("base", "production")
+            if baseline in answers
+        }
+        context.log.info(f"LLM judge {config.judge_model}: {result.extra['judge']}")
+
     eval_id = content_version(EVALUATION_CODE_VERSION, result.model_ids, test_hash, config.model_dump())
     folder = storage.folder("reports") / eval_id
     context_info = {
@@ -233,6 +253,8 @@ def evaluation_report(
         "dataset_version": record["data_version"],
         "test_split_hash": test_hash,
     }
+    if "judge" in result.extra:
+        metadata["llm_judge"] = dg.MetadataValue.json(result.extra["judge"])
     if "validation_perplexity" in result.extra:
         metadata["candidate_validation_perplexity"] = float(result.extra["validation_perplexity"]["candidate"])
     yield dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(eval_id))

@@ -102,3 +102,24 @@ def test_openai_backend_against_the_fake_server(built_dataset, resources, data_d
                 assert SECRET not in str(entry.dagster_event or "")
         record = Path(metadata["model_record"].value).read_text()
         assert SECRET not in record
+
+        # Evaluate the OpenAI model through the same client, with an LLM judge that always says TIE.
+        fake.register_model("judge-model")
+        fake.set_responder("judge-model", lambda messages, body: "TIE")
+        evaluation = dg.materialize(
+            ALL_ASSETS, selection=[a for a in ALL_ASSETS if "evaluation_report" in {k.to_user_string() for k in a.keys}],
+            instance=built_dataset, resources={**default_resources(), **resources, "openai_fine_tuning": openai_resource},
+            run_config={"ops": {"evaluation_report": {"config": {"judge_model": "judge-model", "n_resamples": 200, "concurrency": 4}}}},
+            raise_on_error=False,
+        )
+        report_meta = evaluation.get_asset_materialization_events()[0].materialization.metadata
+        assert report_meta["candidate"].value.startswith("openai:ft:")
+        assert report_meta["base"].value == "openai:gpt-4o-mini-2024-07-18"
+        judge = report_meta["llm_judge"].value["base"]
+        assert judge["ties"] == judge["n"] > 0
+        gate = next(c for c in evaluation.get_asset_check_evaluations() if c.check_name == "promotion_gate")
+        # The fake's fine-tuned model recalls training answers (the sample repeats follow-up
+        # questions), its base echoes: the gate compares them with numbers either way.
+        assert "rougeL candidate − base = " in gate.description and "95% CI" in gate.description
+        for entry in built_dataset.all_logs(evaluation.run_id):
+            assert SECRET not in (entry.message or "")

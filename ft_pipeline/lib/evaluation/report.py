@@ -65,6 +65,14 @@ def render_markdown(report: dict[str, Any]) -> str:
         for metric, c in comparisons.items():
             p = c.get("p_value")
             lines.append(f"| {metric} | {c['delta']:+.4f} | {c['ci_low']:+.4f} | {c['ci_high']:+.4f} | {'' if p is None else f'{p:.3g}'} |")
+    judge = (report.get("extra") or {}).get("judge")
+    if judge:
+        lines += ["", "## LLM judge (pairwise, both orders must agree)", "", "| vs | judge | wins | losses | ties | n |", "|---|---|---:|---:|---:|---:|"]
+        for baseline, j in judge.items():
+            lines.append(f"| {baseline} | `{j['judge_model']}` | {j['wins']} | {j['losses']} | {j['ties']} | {j['n']} |")
+    perplexity = (report.get("extra") or {}).get("validation_perplexity")
+    if perplexity:
+        lines += ["", "## Validation perplexity", "", " · ".join(f"{role} {value:.2f}" for role, value in perplexity.items())]
     if report.get("regression_suite"):
         rs = report["regression_suite"]
         lines += ["", f"## Regression suite\n\ncandidate {rs['candidate']:.4f}, base {rs['base']:.4f}"]
