@@ -26,7 +26,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export DAGSTER_DISABLE_TELEMETRY := 1
 
-.PHONY: install demo test dev check-defs bench clean sample-data
+.PHONY: install demo test test-e2e dev check-defs bench clean sample-data
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,8 +48,13 @@ DEMO_ARGS ?= --set fine_tuned_model.learning_rate=0.003
 demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/ft-pipeline run $(DEMO_ARGS)
 
+# The end-to-end UI test (real dagster dev + daemon, GraphQL, sensor ticks, Chromium screenshots)
+# takes minutes and depends on sensor timing: it runs with `make test-e2e`, not in CI yet.
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -m "not e2e"
+
+test-e2e: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
+	$(PY) -m pytest -q -p no:cacheprovider -m e2e
 
 # The Dagster UI (webserver + daemon) on http://127.0.0.1:3000
 dev: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
