@@ -27,7 +27,6 @@ import argparse
 import os
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -51,30 +50,6 @@ _WORDS = (
 ).split()
 
 
-class LatencyFake(FakeOpenAI):
-    """FakeOpenAI with a fixed latency per chat request, slept outside the fake's lock."""
-
-    def __init__(self, *args, latency_s: float, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.latency_s = latency_s
-        self.max_in_flight = 0
-        self._in_flight = 0
-        self._count_lock = threading.Lock()
-
-    def _respond(self, method, path, *args):
-        if not (method == "POST" and path.endswith("/chat/completions")):
-            return super()._respond(method, path, *args)
-        with self._count_lock:
-            self._in_flight += 1
-            self.max_in_flight = max(self.max_in_flight, self._in_flight)
-        try:
-            time.sleep(self.latency_s)
-            return super()._respond(method, path, *args)
-        finally:
-            with self._count_lock:
-                self._in_flight -= 1
-
-
 def make_prompts(n: int) -> list[list[dict]]:
     """Support-style prompts of varied length (4 to 40 words), a third with a system message."""
     prompts = []
@@ -93,7 +68,7 @@ def verdict(speedup: float, target: float) -> str:
 def bench_openai(args: argparse.Namespace) -> None:
     print(f"== OpenAI-compatible generation: {args.openai_prompts} prompts, {args.latency * 1000:.0f} ms per request ==")
     prompts = make_prompts(args.openai_prompts)
-    with LatencyFake(latency_s=args.latency) as fake:
+    with FakeOpenAI(chat_latency_s=args.latency) as fake:
         fake.set_responder(MODEL, lambda messages, body: "answer to " + messages[-1]["content"])
         client = fake.client(api_key="sk-bench", strict=False, max_retries=2, timeout=30)
         client.chat.completions.create(model=MODEL, messages=prompts[0])  # warm the connection
@@ -105,12 +80,12 @@ def bench_openai(args: argparse.Namespace) -> None:
             sequential.append(r.choices[0].message.content)
         t_seq = time.perf_counter() - start
 
-        fake.max_in_flight = 0
+        fake.max_chat_in_flight = 0
         gen = OpenAIChatGenerator(client, MODEL, GenerationConfig(concurrency=args.concurrency))
         start = time.perf_counter()
         concurrent = gen.generate(prompts)
         t_conc = time.perf_counter() - start
-        peak = fake.max_in_flight
+        peak = fake.max_chat_in_flight
         assert fake.validation_errors == [], fake.validation_errors
 
     speedup = t_seq / t_conc

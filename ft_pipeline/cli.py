@@ -202,12 +202,8 @@ def _version_row(v) -> str:
     return f"{v.model_name:<24} v{v.version:<4} {v.lifecycle:<10} {v.backend:<10} {where}"
 
 
-def _artifact_exists(version) -> bool:
-    return version.backend == "openai" or (version.artifact_path is not None and Path(version.artifact_path).exists())
-
-
 def _cmd_registry(args: argparse.Namespace) -> int:
-    from ft_pipeline.lib.registry import RegistryError
+    from ft_pipeline.lib.registry import RegistryError, local_artifact_exists
 
     registry = _registry(args)
     try:
@@ -230,11 +226,11 @@ def _cmd_registry(args: argparse.Namespace) -> int:
                       f"by {e.actor}  eval {e.evaluation_id or '-'}  {e.reason or ''}")
         elif args.action == "promote":
             event = registry.promote(args.model, args.version, alias=args.alias, evaluation_id=args.evaluation, reason=args.reason,
-                                     actor=f"cli:{os.environ.get('USER', 'unknown')}", check_artifact=_artifact_exists)
+                                     actor=f"cli:{os.environ.get('USER', 'unknown')}", check_artifact=local_artifact_exists)
             print(f"{args.alias}: v{event.from_version} -> v{event.to_version}")
         elif args.action == "rollback":
             event = registry.rollback(args.model, alias=args.alias, to_version=args.to, reason=args.reason,
-                                      actor=f"cli:{os.environ.get('USER', 'unknown')}", check_artifact=_artifact_exists)
+                                      actor=f"cli:{os.environ.get('USER', 'unknown')}", check_artifact=local_artifact_exists)
             print(f"rolled back {args.alias}: v{event.from_version} -> v{event.to_version}")
     except RegistryError as err:
         print(f"error: {err}", file=sys.stderr)

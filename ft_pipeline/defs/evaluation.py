@@ -1,6 +1,5 @@
 """evaluation_report (with the blocking promotion gate) and promoted_model."""
 
-import base64
 import json
 import math
 from pathlib import Path
@@ -10,12 +9,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 from pydantic import Field
 
+from ft_pipeline.defs.metadata import png_markdown
 from ft_pipeline.defs.resources import ModelRegistryResource, OpenAIFineTuningResource, PipelineStorage
 from ft_pipeline.lib.evaluation.gate import PromotionGate
 from ft_pipeline.lib.evaluation.generation import GenerationConfig, LocalGenerator, OpenAIChatGenerator
 from ft_pipeline.lib.evaluation.report import write_report
 from ft_pipeline.lib.evaluation.runner import EvaluationConfig, run_evaluation
-from ft_pipeline.lib.registry import ModelVersion, StaleBaseline
+from ft_pipeline.lib.registry import ModelVersion, StaleBaseline, local_artifact_exists
 from ft_pipeline.lib.storage import content_version, file_sha256, read_latest, write_latest
 
 EVALUATION_CODE_VERSION = "1"
@@ -58,10 +58,6 @@ class EvaluationRunConfig(dg.Config):
 
     def generation(self) -> GenerationConfig:
         return GenerationConfig(max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, seed=self.seed, concurrency=self.concurrency)
-
-
-def _png(path: Path, title: str) -> dg.MetadataValue:
-    return dg.MetadataValue.md(f"![{title}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode('ascii')})")
 
 
 def _model_uri(record: dict) -> str:
@@ -246,8 +242,8 @@ def evaluation_report(
         f"base_{primary}": float(summary["base"][primary]),
         f"delta_vs_base_{primary}": float(result.comparisons["base"][primary]["delta"]),
         "summary": dg.MetadataValue.md(paths["markdown"].read_text(encoding="utf-8")),
-        "metrics_chart": _png(paths["metrics"], "metric means per model"),
-        "deltas_chart": _png(paths["deltas"], "candidate minus baselines, 95% CI"),
+        "metrics_chart": png_markdown(paths["metrics"], "metric means per model"),
+        "deltas_chart": png_markdown(paths["deltas"], "candidate minus baselines, 95% CI"),
         "report_path": dg.MetadataValue.path(str(paths["json"])),
         "examples_path": dg.MetadataValue.path(str(paths["examples"])),
         "dataset_version": record["data_version"],
@@ -287,9 +283,6 @@ def promoted_model(context: dg.AssetExecutionContext, storage: PipelineStorage, 
     if not report["decision"]["passed"]:
         raise dg.Failure(description=f"evaluation {report['eval_id']} did not pass the promotion gate; production is unchanged")
 
-    def artifact_exists(model_version: ModelVersion) -> bool:
-        return model_version.backend == "openai" or (model_version.artifact_path is not None and Path(model_version.artifact_path).exists())
-
     try:
         event = registry.promote(
             name,
@@ -298,7 +291,7 @@ def promoted_model(context: dg.AssetExecutionContext, storage: PipelineStorage, 
             expected_baseline_uri=report["production_uri"],
             reason="passed the promotion gate: " + "; ".join(r["detail"] for r in report["decision"]["rules"][:1]),
             actor=f"dagster:{context.run_id}",
-            check_artifact=artifact_exists,
+            check_artifact=local_artifact_exists,
         )
     except StaleBaseline as err:
         raise dg.Failure(description=f"not promoted: {err}") from None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+from pathlib import Path
 from typing import Any, Mapping
 
 import dagster as dg
@@ -37,3 +39,9 @@ def sample_rows(frame: pd.DataFrame, n: int = 3, max_chars: int = 160) -> dg.Met
 
 def json_value(value: Any) -> dg.MetadataValue:
     return dg.MetadataValue.json(value)
+
+
+def png_markdown(path: str | Path, title: str) -> dg.MetadataValue:
+    """A PNG chart as Markdown: the UI renders it inline, and a data URI needs no file server."""
+    encoded = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return dg.MetadataValue.md(f"![{title}](data:image/png;base64,{encoded})")

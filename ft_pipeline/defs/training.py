@@ -1,6 +1,5 @@
 """fine_tuned_model: local LoRA/QLoRA through Dagster Pipes, or an OpenAI fine-tuning job."""
 
-import base64
 import json
 import sys
 from pathlib import Path
@@ -9,6 +8,7 @@ from typing import Literal
 import dagster as dg
 from pydantic import Field
 
+from ft_pipeline.defs.metadata import png_markdown
 from ft_pipeline.defs.resources import OpenAIFineTuningResource, PipelineStorage
 from ft_pipeline.lib.storage import content_version, read_latest, write_latest, write_text
 from ft_pipeline.lib.training.lora import LoraTrainingConfig, run_key
@@ -91,12 +91,6 @@ class FineTuneConfig(dg.Config):
             max_poll_interval_s=self.openai_max_poll_interval_s,
             timeout_s=self.openai_timeout_s,
         )
-
-
-def _png_markdown(path: Path, title: str) -> dg.MetadataValue:
-    # The UI renders Markdown images; a data URI keeps the chart visible without a file server.
-    encoded = base64.b64encode(path.read_bytes()).decode("ascii")
-    return dg.MetadataValue.md(f"![{title}](data:image/png;base64,{encoded})")
 
 
 def _splits(storage: PipelineStorage) -> dict:
@@ -188,7 +182,7 @@ def _train_local(context, config, storage, local_trainer, splits, data_version) 
         "model_card": dg.MetadataValue.path(summary["model_card"]),
         "resumed_from": summary["resumed_from"] or "",
         "metrics": dg.MetadataValue.json(metrics),
-        "loss_curve": _png_markdown(Path(summary["loss_plot"]), "training and validation loss"),
+        "loss_curve": png_markdown(summary["loss_plot"], "training and validation loss"),
     }
     for name in ("train_loss", "eval_loss", "tokens_per_second", "train_runtime_s", "global_step"):
         if isinstance(metrics.get(name), (int, float)):

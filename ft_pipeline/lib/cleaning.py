@@ -29,11 +29,9 @@ except ImportError:  # pragma: no cover - private pandas API moved
 from ft_pipeline.lib.dedup import (
     DEFAULT_DEDUP_CONFIG,
     DedupConfig,
+    best_copy_per_group,
     compute_signatures,
-    context_hash,
     conversation_text,
-    exact_hash,
-    prefix_hashes,
     record_hashes,
     signatures_to_bytes,
 )
@@ -297,17 +295,6 @@ def _repetition_bounds_batch(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return counts, occupied
 
 
-def priority_key(rating: Any, edited: Any, response_time_ms: Any, conversation_id: str) -> tuple:
-    """Sort key of 'the best copy' (smaller is better): higher rating, not edited, faster, smallest id.
-
-    A missing rating ranks as a neutral 3.5, between good and bad ratings.
-    """
-    r = 3.5 if rating is None or rating != rating else float(rating)
-    e = 1 if edited is True else 0
-    t = float("inf") if response_time_ms is None or response_time_ms != response_time_ms else float(response_time_ms)
-    return (-r, e, t, conversation_id)
-
-
 @dataclass
 class CleanResult:
     kept: pd.DataFrame
@@ -483,32 +470,23 @@ def _clean_conversations(frame: pd.DataFrame, config: CleaningConfig) -> CleanRe
         kept_hashes.append(record_hashes(messages))
     del rows, contents_of, outcome
 
-    # In-file exact duplicates: keep the best copy of each hash group.
-    best: dict[int, int] = {}
-    for i, hashes in enumerate(kept_hashes):
-        h = hashes[0]
-        j = best.get(h)
-        if j is None:
-            best[h] = i
-            continue
-        r, other = kept_rows[i], kept_rows[j]
-        id_at = position["conversation_id"]
-        if priority_key(r[position["rating"]], r[position["edited"]], r[position["response_time_ms"]], r[id_at]) < priority_key(
-            other[position["rating"]], other[position["edited"]], other[position["response_time_ms"]], other[id_at]
-        ):
-            best[h] = i
-    if len(best) == len(kept_rows):
+    # In-file exact duplicates: keep the best copy of each hash group (the same order as the
+    # global dedup in curated_dataset).
+    exact = [h[0] for h in kept_hashes]
+    if len(set(exact)) == len(exact):
         unique_rows, unique_hashes = kept_rows, kept_hashes
     else:
-        winners = set(best.values())
+        ranking_columns = ["conversation_id", "rating", "edited", "response_time_ms"]
+        ranking = pd.DataFrame([[r[position[c]] for c in ranking_columns] for r in kept_rows], columns=ranking_columns)
+        best = best_copy_per_group(ranking, exact)
         unique_rows, unique_hashes = [], []
         id_at = position["conversation_id"]
         for i, (hashes, r) in enumerate(zip(kept_hashes, kept_rows)):
-            if i in winners:
+            if best[i] == i:
                 unique_rows.append(r)
                 unique_hashes.append(hashes)
             else:
-                filtered_rows.append(r + ["duplicate_in_file", f"duplicate of {kept_rows[best[hashes[0]]][id_at]}"])
+                filtered_rows.append(r + ["duplicate_in_file", f"duplicate of {kept_rows[best[i]][id_at]}"])
 
     kept = pd.DataFrame(unique_rows, columns=columns)
     if unique_rows:

@@ -847,6 +847,15 @@ class _Ranking:
         return best
 
 
+def best_copy_per_group(frame: pd.DataFrame, labels: Sequence[Any]) -> np.ndarray:
+    """Index of the best copy in each row's group (rows with equal ``labels``), by the same
+    "best copy" order as :func:`deduplicate`. ``frame`` needs ``conversation_id`` and may have
+    ``rating``, ``edited`` and ``response_time_ms``."""
+    ids = frame["conversation_id"].astype(str).to_numpy(dtype=object)
+    codes, _ = pd.factorize(pd.Series(list(labels)))
+    return _Ranking(frame, ids).best_per_group(np.arange(len(frame), dtype=np.int64), codes)
+
+
 def _float_column(frame: pd.DataFrame, name: str, n: int, fill: float) -> np.ndarray:
     if name not in frame.columns:
         return np.full(n, fill, dtype=np.float64)

@@ -57,6 +57,7 @@ import re
 import socket
 import string
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -123,6 +124,8 @@ class FakeConfig:
             Default "org-fake".
         self_validate: validate every JSON response with the SDK's models. Default True.
         max_checkpoints: checkpoints kept per job (the real API keeps the last 3). Default 3.
+        chat_latency_s: seconds every chat completion takes (slept outside the fake's lock, so
+            concurrent requests overlap as on a real server). Default 0.
     """
 
     api_key: str | None = None
@@ -133,6 +136,7 @@ class FakeConfig:
     allow_paused_status: bool = False
     honor_metadata_filter: bool = True
     min_training_examples: int = 10
+    chat_latency_s: float = 0.0
     default_n_epochs: int = 3
     default_batch_size: int = 1
     default_learning_rate_multiplier: float = 1.8
@@ -406,6 +410,9 @@ class FakeOpenAI:
         self._lost: list[_Rule] = []
         self._requests: list[RecordedRequest] = []
         self.validation_errors: list[str] = []
+        self.chat_in_flight = 0
+        self.max_chat_in_flight = 0
+        """Most chat completions being answered at once (reset it to 0 to measure a phase)."""
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._routes: list[tuple[str, re.Pattern[str], Callable[..., _Response]]] = [
@@ -683,7 +690,16 @@ class FakeOpenAI:
             if path == "/v1/chat/completions":
                 # Chat answers touch no job state; answering them outside the global lock lets
                 # concurrent requests overlap (a slow scripted responder must not serialise them).
-                response = self._dispatch(method, path, dict(query), headers, body)
+                with self._lock:
+                    self.chat_in_flight += 1
+                    self.max_chat_in_flight = max(self.max_chat_in_flight, self.chat_in_flight)
+                try:
+                    if self.config.chat_latency_s:
+                        time.sleep(self.config.chat_latency_s)
+                    response = self._dispatch(method, path, dict(query), headers, body)
+                finally:
+                    with self._lock:
+                        self.chat_in_flight -= 1
             with self._lock:
                 if path != "/v1/chat/completions":
                     response = self._dispatch(method, path, dict(query), headers, body)

@@ -5,10 +5,8 @@ Local tests use the tiny locally built base (random weights, built once per modu
 folder) and an adapter made with ``get_peft_model(..., init_lora_weights=False)`` -- no training, but
 non-zero LoRA weights, so the adapter visibly changes the output. Nothing is downloaded.
 
-OpenAI tests run the real ``openai`` SDK against ``FakeOpenAI``. The fake calls scripted responders
-while holding its global lock, so latency added *inside* a responder would serialise every request
-and an in-flight counter there would always read 1. ``_ConcurrentFake`` below therefore adds the
-latency and counts in-flight chat requests around the fake's request handling, outside its lock.
+OpenAI tests run the real ``openai`` SDK against ``FakeOpenAI``, with a small per-request chat
+latency and the fake's own count of chat requests in flight.
 """
 
 from __future__ import annotations
@@ -16,8 +14,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import threading
-import time
 import traceback
 import warnings
 
@@ -298,30 +294,6 @@ def test_mean_nll_refuses_a_template_without_generation_markers(tiny):
 # ------------------------------------------------------------------------------------ openai
 
 
-class _ConcurrentFake(FakeOpenAI):
-    """FakeOpenAI plus per-chat-request latency and an in-flight counter, both outside its lock."""
-
-    def __init__(self, *args, latency_s: float = 0.0, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.latency_s = latency_s
-        self.in_flight = 0
-        self.max_in_flight = 0
-        self._count_lock = threading.Lock()
-
-    def _respond(self, method, path, *args):
-        if not (method == "POST" and path.endswith("/chat/completions")):
-            return super()._respond(method, path, *args)
-        with self._count_lock:
-            self.in_flight += 1
-            self.max_in_flight = max(self.max_in_flight, self.in_flight)
-        try:
-            time.sleep(self.latency_s)
-            return super()._respond(method, path, *args)
-        finally:
-            with self._count_lock:
-                self.in_flight -= 1
-
-
 def _last_user(messages: list[dict]) -> str:
     return next(m["content"] for m in reversed(messages) if m["role"] == "user")
 
@@ -329,7 +301,7 @@ def _last_user(messages: list[dict]) -> str:
 @pytest.fixture
 def fake(monkeypatch):
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    with _ConcurrentFake(api_key=SECRET_KEY, latency_s=0.02) as server:
+    with FakeOpenAI(api_key=SECRET_KEY, chat_latency_s=0.02) as server:
         server.set_responder(MODEL, lambda messages, body: f"answer to {_last_user(messages)}")
         yield server
         assert server.validation_errors == []
@@ -347,7 +319,7 @@ def test_openai_order_and_bounded_concurrency(fake):
     gen = OpenAIChatGenerator(_client(fake), MODEL, GenerationConfig(concurrency=8, seed=11, max_new_tokens=64))
     answers = gen.generate(_user_prompts(40))
     assert answers == [f"answer to q{i}" for i in range(40)]
-    assert 2 <= fake.max_in_flight <= 8  # really concurrent, never above the limit
+    assert 2 <= fake.max_chat_in_flight <= 8  # really concurrent, never above the limit
     assert gen.name == f"openai:{MODEL}"
 
     bodies = [r.json for r in fake.requests_matching("POST", r"/chat/completions$")]

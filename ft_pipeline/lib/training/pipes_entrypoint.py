@@ -21,7 +21,7 @@ from typing import Any
 
 from dagster_pipes import PipesContext, PipesEnvVarParamsLoader, open_dagster_pipes
 
-from ft_pipeline.lib.storage import content_version, file_sha256
+from ft_pipeline.lib.evaluation.generation import adapter_digest
 from ft_pipeline.lib.training.lora import LoraTrainingConfig, train_lora
 
 
@@ -31,12 +31,6 @@ def _config_from_extras(values: dict[str, Any]) -> LoraTrainingConfig:
     if unknown:
         raise ValueError(f"unknown training config keys: {sorted(unknown)}")
     return LoraTrainingConfig(**values)
-
-
-def adapter_version(adapter_dir: Path) -> str:
-    """A content hash of the adapter weights: the data version of the trained model."""
-    files = sorted(p for p in adapter_dir.iterdir() if p.is_file() and p.suffix in {".safetensors", ".bin", ".json"})
-    return content_version(*[(p.name, file_sha256(p)) for p in files])
 
 
 def run(extras: dict[str, Any], pipes: PipesContext | None) -> dict[str, Any]:
@@ -80,7 +74,8 @@ def run(extras: dict[str, Any], pipes: PipesContext | None) -> dict[str, Any]:
         "model_card": str(result.model_card),
         "resumed_from": str(result.resumed_from) if result.resumed_from else None,
         "base_model_ref": str(result.base_model_ref),
-        "adapter_version": adapter_version(result.adapter_dir),
+        # The same digest names the model in evaluation reports, so registry URIs and report ids agree.
+        "adapter_version": adapter_digest(result.adapter_dir),
     }
 
 
