@@ -28,8 +28,8 @@ def instance(tmp_path):
         yield inst
 
 
-@pytest.fixture
-def resources(data_dir):
+def resources_for(data_dir):
+    """The project's resources with everything below ``data_dir`` (landing folder, artifacts, registry)."""
     from ft_pipeline.definitions import default_resources
     from ft_pipeline.defs.resources import ModelRegistryResource, PipelineStorage, RawLogStore
 
@@ -39,6 +39,11 @@ def resources(data_dir):
         "raw_log_store": RawLogStore(data_dir=str(data_dir)),
         "model_registry": ModelRegistryResource(data_dir=str(data_dir)),
     }
+
+
+@pytest.fixture
+def resources(data_dir):
+    return resources_for(data_dir)
 
 
 @pytest.fixture(autouse=True)

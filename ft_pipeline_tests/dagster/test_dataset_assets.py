@@ -10,6 +10,7 @@ from ft_pipeline.definitions import ALL_ASSETS, DATASET_ASSETS, PER_FILE_ASSETS,
 from ft_pipeline.defs.partitions import log_files_partitions
 from ft_pipeline.lib.records import read_log_file
 from ft_pipeline.lib.sample_data import build_sample
+from ft_pipeline_tests.conftest import resources_for
 
 
 def _ingest(instance, resources, names):
@@ -137,8 +138,6 @@ def test_leakage_check_fails_on_planted_near_duplicates(instance, tmp_path):
     """Near-duplicate pairs kept by a permissive curated threshold must be caught across splits."""
     import random
 
-    from ft_pipeline.defs.resources import PipelineStorage, RawLogStore
-
     rng = random.Random(3)
     vocab = [f"w{i}" for i in range(3000)]
     records = []
@@ -155,9 +154,7 @@ def test_leakage_check_fails_on_planted_near_duplicates(instance, tmp_path):
     root = tmp_path / "planted"
     (root / "raw").mkdir(parents=True)
     (root / "raw" / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    from ft_pipeline.definitions import default_resources
-
-    resources = {**default_resources(), "storage": PipelineStorage(data_dir=str(root)), "raw_log_store": RawLogStore(data_dir=str(root))}
+    resources = resources_for(root)
     _ingest(instance, resources, ["pairs.jsonl"])
     run_config = {"ops": {"curated_dataset": {"config": {"near_dup_threshold": 0.99}}}}
     result = _build(instance, resources, run_config)

@@ -13,6 +13,7 @@ from ft_pipeline.definitions import ALL_ASSETS, DOWNSTREAM_ASSETS, EVALUATION_AS
 from ft_pipeline.defs.partitions import log_files_partitions
 from ft_pipeline.lib.registry import ModelRegistry
 from ft_pipeline.lib.sample_data import build_sample
+from ft_pipeline_tests.conftest import resources_for
 
 TRAIN = {"learning_rate": 0.004, "max_length": 512, "per_device_train_batch_size": 8, "num_train_epochs": 3.0}
 EVAL = {"max_new_tokens": 32, "n_resamples": 500}
@@ -37,8 +38,6 @@ def _evaluate_sample(root: Path) -> Path:
     yet promoted. The scenarios below copy its data directory so each starts from that state.
     (One test function, not a module-scoped fixture: Dagster's log handlers must not outlive
     pytest's per-test output capture.)"""
-    from ft_pipeline.definitions import default_resources
-    from ft_pipeline.defs.resources import ModelRegistryResource, PipelineStorage, RawLogStore
     from ft_pipeline.lib.sample_data import write_sample
 
     data_dir = root / "data"
@@ -46,12 +45,7 @@ def _evaluate_sample(root: Path) -> Path:
     home = root / "home"
     home.mkdir()
     with dg.instance_for_test(temp_dir=str(home)) as instance:
-        resources = {
-            **default_resources(),
-            "storage": PipelineStorage(data_dir=str(data_dir)),
-            "raw_log_store": RawLogStore(data_dir=str(data_dir)),
-            "model_registry": ModelRegistryResource(data_dir=str(data_dir)),
-        }
+        resources = resources_for(data_dir)
         names = sorted(build_sample())
         instance.add_dynamic_partitions(log_files_partitions.name, names)
         for name in names:
@@ -63,20 +57,11 @@ def _evaluate_sample(root: Path) -> Path:
 
 
 def _copy(evaluated, tmp_path):
-    from ft_pipeline.definitions import default_resources
-    from ft_pipeline.defs.resources import ModelRegistryResource, PipelineStorage, RawLogStore
-
     # Records keep absolute paths to the fixture's model files; those are only read, and anything
     # a test writes goes into its own copy.
     data_dir = tmp_path / "data"
     shutil.copytree(evaluated, data_dir)
-    resources = {
-        **default_resources(),
-        "storage": PipelineStorage(data_dir=str(data_dir)),
-        "raw_log_store": RawLogStore(data_dir=str(data_dir)),
-        "model_registry": ModelRegistryResource(data_dir=str(data_dir)),
-    }
-    return data_dir, resources
+    return data_dir, resources_for(data_dir)
 
 
 def test_raw_sample_to_promoted_model_then_registry_scenarios(instance, tmp_path, capsys):
