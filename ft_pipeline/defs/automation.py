@@ -11,7 +11,6 @@ from pydantic import Field
 from ft_pipeline.defs.partitions import log_files_partitions
 from ft_pipeline.defs.resources import PipelineStorage, RawLogStore
 from ft_pipeline.lib.landing import LandingState, scan_landing
-from ft_pipeline.lib.storage import file_sha256
 
 
 class FailureNotifier(dg.ConfigurableResource):
@@ -41,12 +40,8 @@ def make_new_log_files_sensor(job) -> dg.SensorDefinition:
         "so a burst of files never starts a burst of trainings.",
     )
     def new_log_files(context: dg.SensorEvaluationContext, raw_log_store: RawLogStore):
-        root = raw_log_store.root()
-        stats = {}
-        for name in raw_log_store.list_files():
-            stat = (root / name).stat()
-            stats[name] = (stat.st_size, stat.st_mtime_ns)
-        ready, state = scan_landing(stats, LandingState.from_json(context.cursor), lambda n: file_sha256(root / n))
+        folder = raw_log_store.folder()
+        ready, state = scan_landing(folder.stats(), LandingState.from_json(context.cursor), folder.sha256)
         known = set(context.instance.get_dynamic_partitions(log_files_partitions.name))
         new = [f.name for f in ready if f.name not in known]
         run_requests = [

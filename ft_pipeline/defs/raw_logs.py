@@ -39,15 +39,20 @@ def raw_conversation_logs(
     a reason code, the source file and line; a broken file never fails the run. The parsed
     records are written to ``parsed/<partition>/<version>.parquet``."""
     name = context.partition_key
-    path = raw_log_store.path_of(name)
-    if not path.exists():
+    landing = raw_log_store.folder()
+    if not landing.exists(name):
         raise dg.Failure(
             description=f"log file {name!r} is registered as a partition but is missing from {raw_log_store.root()}",
-            metadata={"landing_dir": str(raw_log_store.root())},
+            metadata={"landing_dir": raw_log_store.root()},
         )
+    path = landing.fetch(name, storage.folder("landing_cache"))
     read_config = ReadConfig(max_record_bytes=config.max_record_bytes)
-    result = read_log_file(path, read_config, source_name=name)
-    version = content_version(RAW_CODE_VERSION, file_sha256(path), read_config.max_record_bytes)
+    try:
+        result = read_log_file(path, read_config, source_name=name)
+        version = content_version(RAW_CODE_VERSION, file_sha256(path), read_config.max_record_bytes)
+    finally:
+        if landing.remote:
+            path.unlink(missing_ok=True)  # only the downloaded copy; the landed object stays
 
     folder = storage.folder("parsed") / safe_name(name)
     parsed_path = write_parquet(result.conversations, folder / f"{version}.parquet")

@@ -7,7 +7,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from ft_pipeline.lib.records import is_log_file
+from ft_pipeline.lib.landing import LandingFolder
 from ft_pipeline.lib.storage import layout, resolve_data_dir
 
 
@@ -29,35 +29,27 @@ class PipelineStorage(dg.ConfigurableResource):
 class RawLogStore(dg.ConfigurableResource):
     """The landing zone of raw conversation log files: one dynamic partition per file.
 
-    Empty ``landing_dir`` means ``<data dir>/raw``. Files are matched by suffix (.jsonl,
-    .jsonl.gz, .json.gz, .ndjson, .parquet); hidden and temporary files are ignored."""
+    ``landing_dir`` is a local folder or an fsspec URL for object storage (``s3://bucket/logs``
+    with ``s3fs`` installed, ``gs://…``, ``abfs://…``); empty means ``<data dir>/raw``. Files are
+    matched by suffix (.jsonl, .jsonl.gz, .json.gz, .ndjson, .parquet); hidden and temporary files
+    are ignored. Files on object storage are downloaded into ``<data dir>/landing_cache`` to be read."""
 
-    landing_dir: str = Field(default="", description="Folder watched for log files; empty = <data dir>/raw")
+    landing_dir: str = Field(default="", description="Folder or fsspec URL watched for log files; empty = <data dir>/raw")
     data_dir: str = Field(default="", description="Data directory used when landing_dir is empty")
 
-    def root(self) -> Path:
+    def folder(self) -> LandingFolder:
         if self.landing_dir:
-            return Path(self.landing_dir).resolve()
-        return (resolve_data_dir(self.data_dir or None) / "raw").resolve()
+            return LandingFolder(self.landing_dir)
+        return LandingFolder(resolve_data_dir(self.data_dir or None) / "raw")
+
+    def root(self) -> str:
+        """Where files land, as shown to people: a local path or the URL."""
+        folder = self.folder()
+        return folder.location if folder.remote else str(folder.local_path("."))
 
     def list_files(self) -> list[str]:
         """Names (relative to the landing folder) of the log files present now, sorted."""
-        root = self.root()
-        if not root.exists():
-            return []
-        names = []
-        for path in root.rglob("*"):
-            rel = path.relative_to(root).as_posix()
-            if path.is_file() and is_log_file(path) and not any(part.startswith(".") for part in rel.split("/")):
-                names.append(rel)
-        return sorted(names)
-
-    def path_of(self, name: str) -> Path:
-        path = (self.root() / name).resolve()
-        if self.root() not in path.parents:
-            raise ValueError(f"log file {name!r} is outside the landing folder {self.root()}")
-        return path
-
+        return self.folder().list_files()
 
 class OpenAIFineTuningResource(dg.ConfigurableResource):
     """The OpenAI fine-tuning API (or an OpenAI-compatible service, or Azure OpenAI) through the

@@ -114,6 +114,8 @@ def layout(data_dir: Path) -> dict[str, Path]:
     """The folders of DESIGN.md §3, below the data directory."""
     return {
         "raw": data_dir / "raw",
+        # Local copies of log files that landed on object storage, while they are parsed.
+        "landing_cache": data_dir / "landing_cache",
         "parsed": data_dir / "parsed",
         "quarantine": data_dir / "quarantine",
         "cleaned": data_dir / "cleaned",

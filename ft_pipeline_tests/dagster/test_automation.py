@@ -99,3 +99,41 @@ def test_run_failure_sensor_records_the_failure(instance, tmp_path):
     lines = [json.loads(line) for line in (tmp_path / "run_failures.jsonl").read_text().splitlines()]
     assert lines[0]["run_id"] == result.run_id
     assert "broken" in lines[0]["error"]
+
+
+def test_sensor_and_ingest_from_object_storage(instance, tmp_path):
+    """The landing folder as an fsspec URL (memory:// here; s3:// in production): the sensor sees
+    the file once it settled, and raw_conversation_logs parses a downloaded copy."""
+    import uuid
+
+    import fsspec
+
+    from ft_pipeline.defs.raw_logs import raw_conversation_logs
+    from ft_pipeline.lib.sample_data import build_sample
+    from ft_pipeline_tests.conftest import resources_for
+
+    url = f"memory://bucket-{uuid.uuid4().hex}/landing"
+    name = "support_2024-05-01.jsonl"
+    with fsspec.open(f"{url}/{name}", "wb") as f:
+        f.write(build_sample()[name])
+    store = RawLogStore(landing_dir=url)
+
+    def tick(cursor=None):
+        context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"raw_log_store": store})
+        return new_log_files_sensor(context)
+
+    first = tick()
+    assert not first.run_requests
+    second = tick(first.cursor)
+    assert [r.partition_key for r in second.run_requests] == [name]
+    _apply_partitions(instance, second)
+    assert not tick(second.cursor).run_requests
+
+    resources = {**resources_for(tmp_path / "data"), "raw_log_store": store}
+    result = dg.materialize([raw_conversation_logs], partition_key=name, resources=resources, instance=instance)
+    metadata = result.asset_materializations_for_node("raw_conversation_logs")[0].metadata
+    assert metadata["parsed"].value > 0
+    assert metadata["records_in"].value == metadata["parsed"].value + metadata["quarantined"].value
+    # The downloaded copy is gone once parsed; the object stays where it landed.
+    assert not [p for p in (tmp_path / "data" / "landing_cache").rglob("*") if p.is_file()]
+    assert fsspec.filesystem("memory").exists(f"{url}/{name}".removeprefix("memory://"))
