@@ -202,6 +202,42 @@ def _version_row(v) -> str:
     return f"{v.model_name:<24} v{v.version:<4} {v.lifecycle:<10} {v.backend:<10} {where}"
 
 
+def _cmd_partitions(args: argparse.Namespace) -> int:
+    import shutil
+
+    import dagster as dg
+
+    from ft_pipeline.defs.partitions import log_files_partitions
+    from ft_pipeline.defs.resources import RawLogStore
+    from ft_pipeline.lib.storage import partition_artifacts, resolve_data_dir
+
+    if not os.environ.get("DAGSTER_HOME"):
+        print("error: DAGSTER_HOME is not set (export DAGSTER_HOME=$PWD/.dagster_home, as the Makefile does)", file=sys.stderr)
+        return 2
+    instance = dg.DagsterInstance.get()
+    known = sorted(instance.get_dynamic_partitions(log_files_partitions.name))
+    if args.action == "list":
+        for key in known:
+            print(key)
+        print(f"{len(known)} partition(s) of {log_files_partitions.name}", file=sys.stderr)
+        return 0
+    data_dir = resolve_data_dir(args.data_dir).resolve()
+    if args.name not in known:
+        print(f"error: {args.name!r} is not a partition of {log_files_partitions.name} ({len(known)} registered)", file=sys.stderr)
+        return 1
+    instance.delete_dynamic_partition(log_files_partitions.name, args.name)
+    print(f"deleted partition {args.name!r}: the next curated_dataset no longer includes it")
+    if args.purge:
+        for path in partition_artifacts(data_dir, args.name):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            print(f"  removed {path}")
+    landing = RawLogStore(landing_dir=args.landing_dir or "", data_dir=str(data_dir))
+    if landing.folder().exists(args.name):
+        print(f"note: {args.name} is still in the landing folder {landing.root()}; remove it, or `ft-pipeline run` registers it again")
+    print("curated datasets, splits and models built before keep their copies until the next build_dataset/train_model run")
+    return 0
+
+
 def _cmd_registry(args: argparse.Namespace) -> int:
     from ft_pipeline.lib.registry import RegistryError, local_artifact_exists
 
@@ -294,6 +330,16 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--alias", default="production")
     rollback.add_argument("--reason", required=True)
     registry.set_defaults(func=_cmd_registry)
+
+    partitions = sub.add_parser("partitions", help="list or delete log_files partitions (one per landed file)")
+    partitions.add_argument("--data-dir", default=None, help="data directory (default $FT_PIPELINE_DATA_DIR or ./data)")
+    partitions.add_argument("--landing-dir", default=None, help="landing folder (default <data dir>/raw)")
+    part_actions = partitions.add_subparsers(dest="action", required=True)
+    part_actions.add_parser("list", help="every registered partition")
+    delete = part_actions.add_parser("delete", help="unregister one partition, so the next dataset build leaves it out")
+    delete.add_argument("name", help="the partition key (the file name relative to the landing folder)")
+    delete.add_argument("--purge", action="store_true", help="also delete its parsed, cleaned and quarantined data")
+    partitions.set_defaults(func=_cmd_partitions)
 
     sample = sub.add_parser("sample-data", help="write the deterministic sample logs into DIR")
     sample.add_argument("directory")

@@ -15,6 +15,7 @@ from ft_pipeline.lib.evaluation.gate import PromotionGate
 from ft_pipeline.lib.evaluation.generation import GenerationConfig, LocalGenerator, OpenAIChatGenerator
 from ft_pipeline.lib.evaluation.report import write_report
 from ft_pipeline.lib.evaluation.runner import EvaluationConfig, run_evaluation
+from ft_pipeline.lib.publish import publish_model_dir
 from ft_pipeline.lib.registry import ModelVersion, StaleBaseline, local_artifact_exists
 from ft_pipeline.lib.storage import content_version, file_sha256, read_latest, write_latest
 
@@ -283,6 +284,14 @@ def promoted_model(context: dg.AssetExecutionContext, storage: PipelineStorage, 
     if not report["decision"]["passed"]:
         raise dg.Failure(description=f"evaluation {report['eval_id']} did not pass the promotion gate; production is unchanged")
 
+    published = None
+    candidate = registry.get_version(name, version)
+    if model_registry.publish_url and candidate.artifact_path:
+        # Published before the alias moves: production never points at files that are not there yet.
+        run_dir = Path(candidate.artifact_path).parent
+        published = publish_model_dir(run_dir, model_registry.publish_url, name, version)
+        registry.update_tags(name, version, {"published_uri": published.uri, "published_manifest_sha256": published.manifest_sha256})
+        context.log.info(f"published {published.files} files ({published.bytes} bytes) of {name} v{version} to {published.uri}")
     try:
         event = registry.promote(
             name,
@@ -305,6 +314,11 @@ def promoted_model(context: dg.AssetExecutionContext, storage: PipelineStorage, 
             "model_uri": promoted.model_uri,
             "evaluation_id": report["eval_id"],
             "audit_event_id": event.event_id,
+            **(
+                {"published_uri": dg.MetadataValue.url(published.uri), "published_files": published.files, "published_bytes": published.bytes}
+                if published
+                else {}
+            ),
         },
         data_version=dg.DataVersion(f"{name}:{version}"),
     )

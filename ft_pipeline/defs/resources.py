@@ -44,8 +44,7 @@ class RawLogStore(dg.ConfigurableResource):
 
     def root(self) -> str:
         """Where files land, as shown to people: a local path or the URL."""
-        folder = self.folder()
-        return folder.location if folder.remote else str(folder.local_path("."))
+        return self.folder().describe()
 
     def list_files(self) -> list[str]:
         """Names (relative to the landing folder) of the log files present now, sorted."""
@@ -92,10 +91,16 @@ class OpenAIFineTuningResource(dg.ConfigurableResource):
 
 class ModelRegistryResource(dg.ConfigurableResource):
     """The model registry (versions, aliases, audit log) over SQLAlchemy: a SQLite file in the data
-    directory by default, any SQLAlchemy URL (e.g. postgresql+psycopg://…) in production."""
+    directory by default, any SQLAlchemy URL (e.g. postgresql+psycopg2://…) in production; and
+    optionally the object storage promoted models are published to."""
 
     url: str = Field(default="", description="SQLAlchemy URL; empty = sqlite:///<data dir>/registry.db")
     data_dir: str = Field(default="", description="Data directory used when url is empty")
+    publish_url: str = Field(
+        default="",
+        description="Object storage (fsspec URL, e.g. s3://bucket/models) that a local model's files are published to "
+        "before it is promoted, as <publish_url>/<model>/v<version>/; empty = not published (served from the data dir).",
+    )
 
     def get(self):
         from ft_pipeline.lib.registry import ModelRegistry

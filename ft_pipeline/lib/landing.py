@@ -8,7 +8,6 @@ without a change gives no second run).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -17,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, Mapping
 
 from ft_pipeline.lib.records import is_log_file
-from ft_pipeline.lib.storage import file_sha256
+from ft_pipeline.lib.storage import file_sha256, stream_sha256
 
 
 @dataclass
@@ -110,6 +109,10 @@ class LandingFolder:
     def __repr__(self) -> str:
         return f"LandingFolder({self.location!r})"
 
+    def describe(self) -> str:
+        """The URL, or the absolute path of a local folder: for messages."""
+        return self.location if self.remote else self._root
+
     def _remote_path(self, name: str) -> str:
         parts = PurePosixPath(name).parts
         if not parts or PurePosixPath(name).is_absolute() or ".." in parts:
@@ -158,14 +161,11 @@ class LandingFolder:
             return self.local_path(name).is_file()
         return self._fs.isfile(self._remote_path(name))
 
-    def sha256(self, name: str, chunk: int = 1 << 20) -> str:
+    def sha256(self, name: str) -> str:
         if not self.remote:
             return file_sha256(self.local_path(name))
-        digest = hashlib.sha256()
         with self._fs.open(self._remote_path(name), "rb") as f:
-            while block := f.read(chunk):
-                digest.update(block)
-        return digest.hexdigest()
+            return stream_sha256(f)
 
     def fetch(self, name: str, cache_dir: str | os.PathLike) -> Path:
         """A local path with the file's content: the file itself for a local folder; for object

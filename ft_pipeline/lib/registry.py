@@ -906,6 +906,17 @@ class ModelRegistry:
                 if attempt:
                     raise RegistryError(f"could not record evaluation {eval_id}: {exc.orig}") from exc
 
+    def update_tags(self, model_name: str, version: int, tags: dict[str, Any]) -> ModelVersion:
+        """Merge ``tags`` into a version's tags (e.g. where its files were published); returns it."""
+        with self._tx(write=True) as conn:
+            mv = self._version_row(conn, model_name, version)
+            if mv is None:
+                raise NotFound(f"{model_name} v{version} is not registered")
+            conn.execute(
+                update(model_versions).where(_version_is(model_name, version)).values(tags_json=_dumps({**mv.tags, **tags}))
+            )
+            return self._version_row(conn, model_name, version)
+
     # -- reads ---------------------------------------------------------------------------------
 
     def get_version(self, model_name: str, version: int) -> ModelVersion:

@@ -37,6 +37,20 @@ def safe_name(key: str) -> str:
     return name.strip(".") or "_"
 
 
+def partition_artifacts(data_dir: Path, key: str) -> list[Path]:
+    """Everything the per-file assets wrote for one log_files partition (parsed and cleaned
+    versions, the quarantine, a downloaded landing copy) that exists now."""
+    folders = layout(Path(data_dir))
+    name = safe_name(key)
+    candidates = [
+        folders["parsed"] / name,
+        folders["cleaned"] / name,
+        folders["quarantine"] / f"{name}.parquet",
+        folders["landing_cache"] / key,
+    ]
+    return [path for path in candidates if path.exists()]
+
+
 def content_version(*parts: Any) -> str:
     """A short, stable content hash of the given parts (strings, bytes, or JSON-able values)."""
     digest = hashlib.sha256()
@@ -52,12 +66,17 @@ def content_version(*parts: Any) -> str:
     return digest.hexdigest()[:16]
 
 
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+def stream_sha256(stream, chunk: int = 1 << 20) -> str:
+    """sha256 of everything left in a binary file object (local or fsspec), read in chunks."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
+    while block := stream.read(chunk):
+        digest.update(block)
     return digest.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    with open(path, "rb") as f:
+        return stream_sha256(f, chunk)
 
 
 def hash_values(values: Iterable[Any]) -> str:

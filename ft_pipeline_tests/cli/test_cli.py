@@ -98,3 +98,33 @@ def test_dg_check_defs(tmp_path):
     result = subprocess.run([str(dg), "check", "defs"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "All definitions loaded successfully" in result.stdout + result.stderr
+
+
+def test_partitions_list_and_delete_with_purge(tmp_path, capsys, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    data = tmp_path / "data"
+    main(["sample-data", str(data / "raw")])
+    assert main(["run", "--data-dir", str(data), "--until", "cleaned_conversations"]) == 0
+    capsys.readouterr()
+    assert main(["partitions", "--data-dir", str(data), "list"]) == 0
+    listed = capsys.readouterr().out.split()
+    gone = "support_2024-05-01.jsonl"
+    assert gone in listed and len(listed) == 5
+
+    assert main(["partitions", "--data-dir", str(data), "delete", "no-such.jsonl"]) == 1
+    assert "not a partition" in capsys.readouterr().err
+    assert main(["partitions", "--data-dir", str(data), "delete", gone, "--purge"]) == 0
+    out = capsys.readouterr().out
+    assert f"deleted partition {gone!r}" in out and "still in the landing folder" in out
+    for folder in ("parsed", "cleaned"):
+        assert not (data / folder / gone).exists() and (data / folder / "support_2024-05-02.jsonl.gz").exists()
+    assert not (data / "quarantine" / f"{gone}.parquet").exists()
+
+    # With the file gone from the landing folder, the next dataset build leaves it out.
+    (data / "raw" / gone).unlink()
+    assert main(["run", "--data-dir", str(data), "--until", "curated_dataset"]) == 0
+    assert "4 log file(s)" in capsys.readouterr().out
+    assert main(["partitions", "--data-dir", str(data), "list"]) == 0
+    assert gone not in capsys.readouterr().out.split()
