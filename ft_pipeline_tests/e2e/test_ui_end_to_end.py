@@ -254,7 +254,7 @@ def _screenshots(server: DagsterDev) -> list[Path]:
 
 
 @pytest.mark.e2e
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(900)
 def test_ui_end_to_end(dagster_dev):
     server = dagster_dev
     from ft_pipeline.lib.sample_data import build_sample
@@ -274,7 +274,7 @@ def test_ui_end_to_end(dagster_dev):
     print(f"ingest done after {time.monotonic() - started:.0f}s")
 
     train = _launch(server, "train_model", run_config=TRAIN_RUN_CONFIG)
-    status = _wait_runs(server, [train], timeout=300)[train]
+    status = _wait_runs(server, [train], timeout=480)[train]
     details = _run_details(server, train)
     materialized = {"/".join(m["assetKey"]["path"]) for m in details["assetMaterializations"]}
     assert {"curated_dataset", "fine_tuned_model", "evaluation_report"} <= materialized, (status, details["stepStats"])
