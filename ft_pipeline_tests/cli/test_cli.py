@@ -52,13 +52,20 @@ def test_validate_too_few_examples_fails(tmp_path, capsys):
     assert main(["validate", str(path)]) == 1
 
 
-def test_run_materializes_the_graph_and_prints_split_paths(tmp_path, capsys, monkeypatch):
+@pytest.fixture
+def sample_data_dir(tmp_path, capsys, monkeypatch):
+    """A data directory with the sample logs in raw/, and an empty Dagster instance."""
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     data = tmp_path / "data"
     main(["sample-data", str(data / "raw")])
     capsys.readouterr()
+    return data
+
+
+def test_run_materializes_the_graph_and_prints_split_paths(sample_data_dir, capsys):
+    data = sample_data_dir
     # The whole graph, kept cheap: a few training steps cannot beat the base, so the gate rejects
     # the candidate; that is a decision, printed with its reasons, not a failed command.
     quick = ["--set", "fine_tuned_model.max_steps=3", "--set", "fine_tuned_model.max_length=256",
@@ -100,12 +107,8 @@ def test_dg_check_defs(tmp_path):
     assert "All definitions loaded successfully" in result.stdout + result.stderr
 
 
-def test_partitions_list_and_delete_with_purge(tmp_path, capsys, monkeypatch):
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
-    data = tmp_path / "data"
-    main(["sample-data", str(data / "raw")])
+def test_partitions_list_and_delete_with_purge(sample_data_dir, capsys):
+    data = sample_data_dir
     assert main(["run", "--data-dir", str(data), "--until", "cleaned_conversations"]) == 0
     capsys.readouterr()
     assert main(["partitions", "--data-dir", str(data), "list"]) == 0
