@@ -45,13 +45,26 @@ new_log_files_sensor = make_new_log_files_sensor(ingest_log_file_job)
 nightly_retrain_schedule = make_nightly_retrain_schedule(train_model_job)
 
 
+def local_trainer_from_env() -> dg.PipesClient:
+    """$FT_PIPELINE_TRAINER: ``subprocess`` (default; a process beside the run worker) or ``k8s``
+    (a pod on a GPU node, settings from FT_PIPELINE_K8S_*; see deploy/README.md)."""
+    kind = os.environ.get("FT_PIPELINE_TRAINER", "subprocess") or "subprocess"
+    if kind == "subprocess":
+        return dg.PipesSubprocessClient()
+    if kind == "k8s":
+        from ft_pipeline.defs.k8s_trainer import GpuPodTrainer
+
+        return GpuPodTrainer.from_env()
+    raise ValueError(f"FT_PIPELINE_TRAINER must be 'subprocess' or 'k8s', got {kind!r}")
+
+
 def default_resources() -> dict[str, object]:
     """Resources for local use: the data directory from $FT_PIPELINE_DATA_DIR (default ./data)."""
     # The key stays an EnvVar reference (resolved when a run starts, never shown in the UI). It is
     # only referenced when set, so local_lora runs work on machines without a key.
     openai_key = dg.EnvVar("OPENAI_API_KEY") if os.environ.get("OPENAI_API_KEY") else ""
     return {
-        "local_trainer": dg.PipesSubprocessClient(),
+        "local_trainer": local_trainer_from_env(),
         "failure_notifier": FailureNotifier(webhook_url=os.environ.get("FT_PIPELINE_FAILURE_WEBHOOK", "")),
         "openai_fine_tuning": OpenAIFineTuningResource(
             api_key=openai_key,

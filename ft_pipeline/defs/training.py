@@ -111,7 +111,10 @@ def fine_tuned_model(
     context: dg.AssetExecutionContext,
     config: FineTuneConfig,
     storage: PipelineStorage,
-    local_trainer: dg.PipesSubprocessClient,
+    # Any Pipes client with run(command=, context=, extras=): PipesSubprocessClient locally,
+    # GpuPodTrainer (a pod on a GPU node) in production. ResourceParam because PipesClient itself
+    # is not a resource type and would otherwise be read as an asset input.
+    local_trainer: dg.ResourceParam[dg.PipesClient],
     openai_fine_tuning: OpenAIFineTuningResource,
 ) -> dg.MaterializeResult:
     """The fine-tuned model and its lineage. ``local_lora`` (default): TRL SFT with PEFT LoRA
