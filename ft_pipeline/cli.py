@@ -93,7 +93,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         **default_resources(),
         "storage": PipelineStorage(data_dir=str(data_dir)),
         "raw_log_store": RawLogStore(landing_dir=args.landing_dir or "", data_dir=str(data_dir)),
-        "model_registry": ModelRegistryResource(url=os.environ.get("FT_PIPELINE_REGISTRY_URL", ""), data_dir=str(data_dir)),
+        "model_registry": ModelRegistryResource(
+            url=os.environ.get("FT_PIPELINE_REGISTRY_URL", ""),
+            data_dir=str(data_dir),
+            publish_url=os.environ.get("FT_PIPELINE_PUBLISH_URL", ""),
+        ),
     }
     if not os.environ.get("DAGSTER_HOME"):
         print("error: DAGSTER_HOME is not set; `make demo` sets it (or export DAGSTER_HOME=$PWD/.dagster_home)", file=sys.stderr)

@@ -75,6 +75,7 @@ def default_resources() -> dict[str, object]:
         "model_registry": ModelRegistryResource(
             url=os.environ.get("FT_PIPELINE_REGISTRY_URL", ""),
             data_dir=dg.EnvVar("FT_PIPELINE_DATA_DIR").get_value("") or "",
+            publish_url=os.environ.get("FT_PIPELINE_PUBLISH_URL", ""),
         ),
         "raw_log_store": RawLogStore(
             landing_dir=dg.EnvVar("FT_PIPELINE_LANDING_DIR").get_value("") or "",
