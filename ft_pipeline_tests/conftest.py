@@ -1,4 +1,5 @@
-"""Shared fixtures: a temporary data directory with the sample logs and a Dagster instance."""
+"""Shared fixtures: a temporary data directory with the sample logs, a Dagster instance, and a real
+PostgreSQL server with a fresh database per test."""
 
 import os
 
@@ -44,6 +45,31 @@ def resources_for(data_dir):
 @pytest.fixture
 def resources(data_dir):
     return resources_for(data_dir)
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A real PostgreSQL server for the session (``postgresql://user:password@127.0.0.1:port/db``):
+    ``FT_PIPELINE_TEST_POSTGRES_URL`` if set, else a throwaway cluster from the installed server
+    binaries. Skips when there is neither; fails, with the server log, when the binaries are there
+    but the server does not start."""
+    from ft_pipeline_tests.postgres_server import postgres_server, unavailable_reason
+
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_database_url(postgres_url):
+    """A fresh, uniquely named database on that server for one test, dropped afterwards."""
+    from ft_pipeline_tests.postgres_server import create_database, drop_database
+
+    url = create_database(postgres_url)
+    yield url
+    drop_database(postgres_url, url)
 
 
 @pytest.fixture(autouse=True)

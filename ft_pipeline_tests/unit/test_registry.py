@@ -1,5 +1,8 @@
 """Model registry (shared/reference/openai_eval_registry.md §6): registration, promotion with
-compare-and-swap and the staleness guard, rejection, rollback, routing, and two processes racing."""
+compare-and-swap and the staleness guard, rejection, rollback, routing, and two processes racing.
+
+The registry tests run on SQLite and on a real PostgreSQL (a fresh database per test, see the
+``postgres_database_url`` fixture; skipped with the reason on machines without PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -25,9 +28,19 @@ from ft_pipeline.lib.registry import (
 MODEL = "support-bot"
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def registry_url(request, tmp_path):
+    """A fresh registry database: a SQLite file, or a new database on a real PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'registry.db'}"
+    from ft_pipeline_tests.postgres_server import sqlalchemy_url
+
+    return sqlalchemy_url(request.getfixturevalue("postgres_database_url"))
+
+
 @pytest.fixture
-def reg(tmp_path):
-    with ModelRegistry(f"sqlite:///{tmp_path / 'registry.db'}") as registry:
+def reg(registry_url):
+    with ModelRegistry(registry_url) as registry:
         yield registry
 
 
@@ -426,8 +439,8 @@ def _race_worker(url: str, jobs: list[tuple], barrier, results) -> None:
     reg.close()
 
 
-def test_two_processes_promoting_at_once_exactly_one_wins(tmp_path):
-    url = f"sqlite:///{tmp_path / 'registry.db'}"
+def test_two_processes_promoting_at_once_exactly_one_wins(registry_url):
+    url = registry_url
     reg = ModelRegistry(url)
     rounds = []  # (model, alias, expected generation, candidate A, candidate B, previous holder)
     for r in range(5):  # first production: both evaluated against "no production"
