@@ -9,50 +9,23 @@ import dagster as dg
 import pytest
 
 from ft_pipeline.cli import main as cli
-from ft_pipeline.definitions import ALL_ASSETS, DOWNSTREAM_ASSETS, EVALUATION_ASSETS, PER_FILE_ASSETS
-from ft_pipeline.defs.partitions import log_files_partitions
+from ft_pipeline.definitions import DOWNSTREAM_ASSETS, EVALUATION_ASSETS
 from ft_pipeline.lib.registry import ModelRegistry
-from ft_pipeline.lib.sample_data import build_sample
 from ft_pipeline_tests.conftest import resources_for
-
-TRAIN = {"learning_rate": 0.004, "max_length": 512, "per_device_train_batch_size": 8, "num_train_epochs": 3.0}
-EVAL = {"max_new_tokens": 32, "n_resamples": 500}
-
-
-def _run(instance, resources, selection, train=None, evaluation=None):
-    keys = {k.to_user_string() for a in selection for k in a.keys}
-    ops = {}
-    if "fine_tuned_model" in keys:
-        ops["fine_tuned_model"] = {"config": train or TRAIN}
-    if "evaluation_report" in keys:
-        ops["evaluation_report"] = {"config": evaluation or EVAL}
-    return dg.materialize(ALL_ASSETS, selection=selection, instance=instance, resources=resources, raise_on_error=False, run_config={"ops": ops})
-
-
-def _checks(result):
-    return {(c.asset_key.to_user_string(), c.check_name): c for c in result.get_asset_check_evaluations()}
+from ft_pipeline_tests.dagster.whole_graph import TRAIN, evaluate_sample
+from ft_pipeline_tests.dagster.whole_graph import check_evaluations as _checks
+from ft_pipeline_tests.dagster.whole_graph import run_assets as _run
 
 
 def _evaluate_sample(root: Path) -> Path:
-    """Raw sample -> ... -> evaluation_report once (the expensive part: one training run), not
-    yet promoted. The scenarios below copy its data directory so each starts from that state.
-    (One test function, not a module-scoped fixture: Dagster's log handlers must not outlive
-    pytest's per-test output capture.)"""
-    from ft_pipeline.lib.sample_data import write_sample
-
+    """Raw sample -> ... -> evaluation_report once, not yet promoted. The scenarios below copy its
+    data directory so each starts from that state. (One test function, not a module-scoped
+    fixture: Dagster's log handlers must not outlive pytest's per-test output capture.)"""
     data_dir = root / "data"
-    write_sample(data_dir / "raw")
     home = root / "home"
-    home.mkdir()
+    home.mkdir(parents=True)
     with dg.instance_for_test(temp_dir=str(home)) as instance:
-        resources = resources_for(data_dir)
-        names = sorted(build_sample())
-        instance.add_dynamic_partitions(log_files_partitions.name, names)
-        for name in names:
-            assert dg.materialize(PER_FILE_ASSETS, partition_key=name, instance=instance, resources=resources).success
-        result = _run(instance, resources, DOWNSTREAM_ASSETS[:-1])
-        gate = _checks(result)[("evaluation_report", "promotion_gate")]
-        assert gate.passed, gate.description
+        evaluate_sample(instance, data_dir, resources_for(data_dir))
     return data_dir
 
 
