@@ -443,7 +443,7 @@ class ModelRegistry:
 
     def __init__(self, url: str) -> None:
         """Open (and create the tables of) the registry at a SQLAlchemy URL, e.g.
-        ``sqlite:///data/registry.db`` or ``postgresql+psycopg://user@host/db``."""
+        ``sqlite:///data/registry.db`` or ``postgresql+psycopg2://user@host/db``."""
         self.url = url
         self._engine = create_engine(url)
         self._sqlite = self._engine.dialect.name == "sqlite"

@@ -10,6 +10,8 @@ import pytest
 
 from ft_pipeline.cli import main as cli
 from ft_pipeline.definitions import DOWNSTREAM_ASSETS, EVALUATION_ASSETS
+from ft_pipeline.defs.resources import ModelRegistryResource
+from ft_pipeline.lib.publish import verify_published
 from ft_pipeline.lib.registry import ModelRegistry
 from ft_pipeline_tests.conftest import resources_for
 from ft_pipeline_tests.dagster.whole_graph import TRAIN, evaluate_sample
@@ -45,11 +47,20 @@ def test_raw_sample_to_promoted_model_then_registry_scenarios(instance, tmp_path
 
 def _promote_then_retrain_scenario(evaluated, instance, tmp_path, capsys):
     data_dir, resources = _copy(evaluated, tmp_path)
+    # Promotion publishes the model's files to object storage first (a file:// URL here).
+    bucket = f"file://{tmp_path / 'bucket'}"
+    resources["model_registry"] = ModelRegistryResource(data_dir=str(data_dir), publish_url=bucket)
     promoted = _run(instance, resources, [DOWNSTREAM_ASSETS[-1]])
     assert promoted.success
     registry = ModelRegistry.for_data_dir(data_dir)
     production = registry.resolve("ft-pipeline-assistant")
     assert production is not None and production.version == 1 and production.lifecycle == "production"
+    assert production.tags["published_uri"] == f"{bucket}/ft-pipeline-assistant/v1"
+    assert verify_published(production.tags["published_uri"]) == []
+    published = tmp_path / "bucket" / "ft-pipeline-assistant" / "v1"
+    assert (published / "adapter" / "adapter_config.json").exists() and not (published / "checkpoints").exists()
+    metadata = promoted.asset_materializations_for_node("promoted_model")[0].metadata
+    assert metadata["published_uri"].value == production.tags["published_uri"]
     report_pointer = json.loads((data_dir / "reports" / "latest.json").read_text())
     report = json.loads(Path(report_pointer["path"]).read_text())
     assert report["test_split_hash"] and report["dataset_version"] and report["model_ids"]["candidate"].startswith("local:")
