@@ -28,6 +28,17 @@ class FailureNotifier(dg.ConfigurableResource):
         urllib.request.urlopen(request, timeout=10).close()
 
 
+def _ingested_sha256(instance: dg.DagsterInstance, partition: str) -> str | None:
+    """The source file hash of the latest raw_conversation_logs materialization of a partition."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("raw_conversation_logs"), asset_partitions=[partition]), limit=1
+    ).records
+    if not records or records[0].asset_materialization is None:
+        return None
+    value = records[0].asset_materialization.metadata.get("source_sha256")
+    return value.value if value is not None else None
+
+
 def make_new_log_files_sensor(job) -> dg.SensorDefinition:
     @dg.sensor(
         name="new_log_files",
@@ -44,16 +55,21 @@ def make_new_log_files_sensor(job) -> dg.SensorDefinition:
         ready, state = scan_landing(folder.stats(), LandingState.from_json(context.cursor), folder.sha256)
         known = set(context.instance.get_dynamic_partitions(log_files_partitions.name))
         new = [f.name for f in ready if f.name not in known]
+        # A file ingested before the sensor was turned on (by hand, a backfill, `ft-pipeline run`)
+        # with this very content needs no second run.
+        todo = [f for f in ready if f.name in new or _ingested_sha256(context.instance, f.name) != f.sha256]
         run_requests = [
             dg.RunRequest(run_key=f"{f.name}@{f.sha256[:16]}", partition_key=f.name, tags={"ft_pipeline/source_sha256": f.sha256})
-            for f in ready
+            for f in todo
         ]
         if not run_requests:
             waiting = sorted(state.pending)
-            return dg.SensorResult(
-                skip_reason=f"no new or changed log files ({len(waiting)} still settling: {waiting[:5]})" if waiting else "no new or changed log files",
-                cursor=state.to_json(),
-            )
+            reason = "no new or changed log files"
+            if len(ready) > len(todo):
+                reason += f" ({len(ready) - len(todo)} already ingested with the same content)"
+            if waiting:
+                reason += f" ({len(waiting)} still settling: {waiting[:5]})"
+            return dg.SensorResult(skip_reason=reason, cursor=state.to_json())
         return dg.SensorResult(
             run_requests=run_requests,
             dynamic_partitions_requests=[log_files_partitions.build_add_request(new)] if new else [],

@@ -49,7 +49,8 @@ def raw_conversation_logs(
     read_config = ReadConfig(max_record_bytes=config.max_record_bytes)
     try:
         result = read_log_file(path, read_config, source_name=name)
-        version = content_version(RAW_CODE_VERSION, file_sha256(path), read_config.max_record_bytes)
+        source_sha256 = file_sha256(path)
+        version = content_version(RAW_CODE_VERSION, source_sha256, read_config.max_record_bytes)
     finally:
         if landing.remote:
             path.unlink(missing_ok=True)  # only the downloaded copy; the landed object stays
@@ -79,6 +80,8 @@ def raw_conversation_logs(
             "sample": sample_rows(result.conversations),
             "dagster/row_count": len(result.conversations),
             "version": version,
+            # The new-log-files sensor compares this with a landed file's hash: same content, no new run.
+            "source_sha256": source_sha256,
         },
         data_version=dg.DataVersion(version),
     )

@@ -137,3 +137,30 @@ def test_sensor_and_ingest_from_object_storage(instance, tmp_path):
     # The downloaded copy is gone once parsed; the object stays where it landed.
     assert not [p for p in (tmp_path / "data" / "landing_cache").rglob("*") if p.is_file()]
     assert fsspec.filesystem("memory").exists(f"{url}/{name}".removeprefix("memory://"))
+
+
+def test_sensor_skips_files_already_ingested_with_the_same_content(instance, tmp_path):
+    """Files ingested before the sensor was turned on (by hand, a backfill, `ft-pipeline run`) get
+    no second run; the same name with new content does."""
+    from ft_pipeline.defs.raw_logs import raw_conversation_logs
+    from ft_pipeline.lib.sample_data import build_sample
+    from ft_pipeline_tests.conftest import resources_for
+
+    data = tmp_path / "data"
+    landing = data / "raw"
+    landing.mkdir(parents=True)
+    name = "support_2024-05-01.jsonl"
+    (landing / name).write_bytes(build_sample()[name])
+    instance.add_dynamic_partitions(log_files_partitions.name, [name])
+    assert dg.materialize([raw_conversation_logs], partition_key=name, resources=resources_for(data), instance=instance).success
+
+    first = _tick(instance, landing)
+    second = _tick(instance, landing, first.cursor)
+    assert not second.run_requests
+    assert "1 already ingested with the same content" in second.skip_reason.skip_message
+
+    (landing / name).write_bytes(build_sample(seed=11)[name])
+    third = _tick(instance, landing, second.cursor)
+    fourth = _tick(instance, landing, third.cursor)
+    assert [r.partition_key for r in fourth.run_requests] == [name]
+    assert not fourth.dynamic_partitions_requests  # the partition exists already
