@@ -74,4 +74,5 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_dataset.py --n 100000
 
 clean:
-	rm -rf $(DAGSTER_HOME) data/parsed data/quarantine data/cleaned data/curated data/splits data/models data/reports
+	rm -rf $(DAGSTER_HOME) data/parsed data/quarantine data/cleaned data/curated data/splits data/models data/reports \
+		data/landing_cache data/registry.db data/run_failures.jsonl

@@ -36,7 +36,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal, TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -89,6 +89,8 @@ LIFECYCLES = ("candidate", "staging", "production", "archived", "rejected")
 SPLITS = ("train", "validation", "test", "eval", "regression")
 ACTIONS = ("promote", "rollback", "demote", "approve", "reject")
 TERMINAL_RUN_STATUSES = ("succeeded", "failed", "cancelled")
+
+_T = TypeVar("_T")
 
 _SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Version allocation is max+1; a concurrent register can take the same number first (primary key
@@ -482,6 +484,24 @@ class ModelRegistry:
             with conn.begin():
                 yield conn
 
+    def _write(self, body: Callable[[Connection], _T], *, attempts: int, failure: str) -> _T:
+        """Run ``body`` in a write transaction. A unique-key violation means a concurrent writer
+        got there first: the transaction is rolled back and ``body`` runs again (it then finds the
+        other writer's row, or takes the next number); after ``attempts`` it is a RegistryError."""
+        for attempt in range(1, attempts + 1):
+            try:
+                with self._tx(write=True) as conn:
+                    return body(conn)
+            except IntegrityError as exc:
+                if attempt == attempts:
+                    raise RegistryError(f"{failure}: {exc.orig}") from exc
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _dataset_version_exists(conn: Connection, dataset_version_id: str) -> bool:
+        query = select(dataset_versions.c.dataset_version_id).where(dataset_versions.c.dataset_version_id == dataset_version_id)
+        return conn.execute(query).first() is not None
+
     def _create_tables(self) -> None:
         # Two processes may open a fresh database at once; a lost CREATE race surfaces as an
         # "already exists" error, and the second pass then finds the tables (checkfirst).
@@ -630,39 +650,31 @@ class ModelRegistry:
             dataset_versions.c.split == split,
             dataset_versions.c.content_sha256 == content_sha256,
         )
-        for attempt in range(2):
+        def write(conn: Connection) -> str:
+            existing = conn.execute(select(dataset_versions.c.dataset_version_id).where(*key)).scalar()
+            if existing is not None:
+                return existing
             # "<name>:<split>@<sha[:12]>": the split is part of the id because the same content
             # may be recorded under two splits (the unique key is name, split, sha).
             dataset_version_id = f"{name}:{split}@{content_sha256[:12]}"
-            try:
-                with self._tx(write=True) as conn:
-                    existing = conn.execute(select(dataset_versions.c.dataset_version_id).where(*key)).scalar()
-                    if existing is not None:
-                        return existing
-                    if conn.execute(
-                        select(dataset_versions.c.dataset_version_id).where(
-                            dataset_versions.c.dataset_version_id == dataset_version_id
-                        )
-                    ).first() is not None:
-                        # A different content shares the short prefix: fall back to the full hash.
-                        dataset_version_id = f"{name}:{split}@{content_sha256}"
-                    conn.execute(
-                        insert(dataset_versions).values(
-                            dataset_version_id=dataset_version_id,
-                            name=name,
-                            split=split,
-                            content_sha256=content_sha256,
-                            n_examples=int(n_examples),
-                            source_uri=source_uri,
-                            created_at=_now(),
-                        )
-                    )
-                    return dataset_version_id
-            except IntegrityError as exc:
-                # Another writer inserted the same content first (PostgreSQL race): read it back.
-                if attempt:
-                    raise RegistryError(f"could not record dataset version {dataset_version_id}: {exc}") from exc
-        raise AssertionError("unreachable")
+            if self._dataset_version_exists(conn, dataset_version_id):
+                # A different content shares the short prefix: fall back to the full hash.
+                dataset_version_id = f"{name}:{split}@{content_sha256}"
+            conn.execute(
+                insert(dataset_versions).values(
+                    dataset_version_id=dataset_version_id,
+                    name=name,
+                    split=split,
+                    content_sha256=content_sha256,
+                    n_examples=int(n_examples),
+                    source_uri=source_uri,
+                    created_at=_now(),
+                )
+            )
+            return dataset_version_id
+
+        # Another writer inserting the same content first (a PostgreSQL race): the retry reads it back.
+        return self._write(write, attempts=2, failure=f"could not record dataset version {name}:{split}@{content_sha256[:12]}")
 
     def record_training_run(
         self,
@@ -686,54 +698,47 @@ class ModelRegistry:
         # Deterministic id: the same run key always maps to the same row, even across a lost race.
         training_run_id = "tr-" + hashlib.sha256(run_key.encode("utf-8")).hexdigest()[:20]
         finished = now if status in TERMINAL_RUN_STATUSES else None
-        for attempt in range(2):
-            try:
-                with self._tx(write=True) as conn:
-                    existing = conn.execute(select(training_runs).where(training_runs.c.run_key == run_key)).mappings().first()
-                    if existing is not None:
-                        changes: dict[str, Any] = {"status": status}
-                        for column, value in (
-                            ("external_job_id", external_job_id),
-                            ("trained_tokens", trained_tokens),
-                            ("dagster_run_id", dagster_run_id),
-                        ):
-                            if value is not None:
-                                changes[column] = value
-                        if finished is not None and existing["finished_at"] is None:
-                            changes["finished_at"] = finished
-                        conn.execute(
-                            update(training_runs).where(training_runs.c.run_key == run_key).values(**changes)
-                        )
-                        return existing["training_run_id"]
-                    for ds in (train_dataset_version_id, val_dataset_version_id):
-                        if ds is not None and conn.execute(
-                            select(dataset_versions.c.dataset_version_id).where(dataset_versions.c.dataset_version_id == ds)
-                        ).first() is None:
-                            raise NotFound(f"dataset version {ds!r} is not recorded; call record_dataset_version first")
-                    conn.execute(
-                        insert(training_runs).values(
-                            training_run_id=training_run_id,
-                            run_key=run_key,
-                            backend=backend,
-                            base_model=base_model,
-                            train_dataset_version_id=train_dataset_version_id,
-                            val_dataset_version_id=val_dataset_version_id,
-                            method_json=_dumps(method),
-                            seed=seed,
-                            external_job_id=external_job_id,
-                            status=status,
-                            trained_tokens=trained_tokens,
-                            started_at=now,
-                            finished_at=finished,
-                            dagster_run_id=dagster_run_id,
-                        )
-                    )
-                    return training_run_id
-            except IntegrityError as exc:
-                if attempt:
-                    # e.g. external_job_id already used by another run key.
-                    raise RegistryError(f"could not record training run {run_key!r}: {exc.orig}") from exc
-        raise AssertionError("unreachable")
+        def write(conn: Connection) -> str:
+            existing = conn.execute(select(training_runs).where(training_runs.c.run_key == run_key)).mappings().first()
+            if existing is not None:
+                changes: dict[str, Any] = {"status": status}
+                for column, value in (
+                    ("external_job_id", external_job_id),
+                    ("trained_tokens", trained_tokens),
+                    ("dagster_run_id", dagster_run_id),
+                ):
+                    if value is not None:
+                        changes[column] = value
+                if finished is not None and existing["finished_at"] is None:
+                    changes["finished_at"] = finished
+                conn.execute(update(training_runs).where(training_runs.c.run_key == run_key).values(**changes))
+                return existing["training_run_id"]
+            for ds in (train_dataset_version_id, val_dataset_version_id):
+                if ds is not None and not self._dataset_version_exists(conn, ds):
+                    raise NotFound(f"dataset version {ds!r} is not recorded; call record_dataset_version first")
+            conn.execute(
+                insert(training_runs).values(
+                    training_run_id=training_run_id,
+                    run_key=run_key,
+                    backend=backend,
+                    base_model=base_model,
+                    train_dataset_version_id=train_dataset_version_id,
+                    val_dataset_version_id=val_dataset_version_id,
+                    method_json=_dumps(method),
+                    seed=seed,
+                    external_job_id=external_job_id,
+                    status=status,
+                    trained_tokens=trained_tokens,
+                    started_at=now,
+                    finished_at=finished,
+                    dagster_run_id=dagster_run_id,
+                )
+            )
+            return training_run_id
+
+        # A lost race on run_key retries and updates; a second violation (e.g. the external job id
+        # already used by another run key) is an error.
+        return self._write(write, attempts=2, failure=f"could not record training run {run_key!r}")
 
     def register_model_version(
         self,
@@ -759,78 +764,75 @@ class ModelRegistry:
         """
         if backend not in BACKENDS:
             raise RegistryError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
-        last_error: IntegrityError | None = None
-        for _ in range(_REGISTER_ATTEMPTS):
-            try:
-                with self._tx(write=True) as conn:
-                    row = (
-                        conn.execute(
-                            select(model_versions).where(
-                                model_versions.c.model_name == model_name, model_versions.c.model_uri == model_uri
-                            )
-                        )
-                        .mappings()
-                        .first()
+
+        def write(conn: Connection) -> ModelVersion:
+            row = (
+                conn.execute(
+                    select(model_versions).where(
+                        model_versions.c.model_name == model_name, model_versions.c.model_uri == model_uri
                     )
-                    if row is not None:
-                        existing = _mv(row)
-                        if existing.training_run_id != training_run_id:
-                            raise RegistryError(
-                                f"{model_uri} is already {model_name} v{existing.version} from training run "
-                                f"{existing.training_run_id}, not {training_run_id}"
-                            )
-                        return existing
-                    run = (
-                        conn.execute(select(training_runs).where(training_runs.c.training_run_id == training_run_id))
-                        .mappings()
-                        .first()
+                )
+                .mappings()
+                .first()
+            )
+            if row is not None:
+                existing = _mv(row)
+                if existing.training_run_id != training_run_id:
+                    raise RegistryError(
+                        f"{model_uri} is already {model_name} v{existing.version} from training run "
+                        f"{existing.training_run_id}, not {training_run_id}"
                     )
-                    if run is None:
-                        raise NotFound(f"training run {training_run_id!r} is not recorded; call record_training_run first")
-                    if run["run_key"] != run_key or run["backend"] != backend:
-                        raise RegistryError(
-                            f"training run {training_run_id} has run_key={run['run_key']!r} backend={run['backend']!r}, "
-                            f"but the registration says run_key={run_key!r} backend={backend!r}"
-                        )
-                    taken = conn.execute(
-                        select(model_versions.c.model_name, model_versions.c.version).where(
-                            model_versions.c.training_run_id == training_run_id
-                        )
-                    ).first()
-                    if taken is not None:
-                        raise RegistryError(f"training run {training_run_id} is already registered as {taken[0]} v{taken[1]}")
-                    version = int(
-                        conn.execute(
-                            select(func.coalesce(func.max(model_versions.c.version), 0)).where(
-                                model_versions.c.model_name == model_name
-                            )
-                        ).scalar_one()
-                    ) + 1
-                    values = dict(
-                        model_name=model_name,
-                        version=version,
-                        model_uri=model_uri,
-                        training_run_id=training_run_id,
-                        lifecycle="candidate",
-                        backend=backend,
-                        base_model=base_model,
-                        run_key=run_key,
-                        dataset_version=dataset_version,
-                        config_hash=config_hash,
-                        metrics_json=_dumps(metrics),
-                        evaluation_id=None,
-                        artifact_path=str(artifact_path) if artifact_path is not None else None,
-                        remote_model_id=remote_model_id,
-                        tags_json=_dumps(tags or {}),
-                        created_at=_now(),
+                return existing
+            run = (
+                conn.execute(select(training_runs).where(training_runs.c.training_run_id == training_run_id))
+                .mappings()
+                .first()
+            )
+            if run is None:
+                raise NotFound(f"training run {training_run_id!r} is not recorded; call record_training_run first")
+            if run["run_key"] != run_key or run["backend"] != backend:
+                raise RegistryError(
+                    f"training run {training_run_id} has run_key={run['run_key']!r} backend={run['backend']!r}, "
+                    f"but the registration says run_key={run_key!r} backend={backend!r}"
+                )
+            taken = conn.execute(
+                select(model_versions.c.model_name, model_versions.c.version).where(
+                    model_versions.c.training_run_id == training_run_id
+                )
+            ).first()
+            if taken is not None:
+                raise RegistryError(f"training run {training_run_id} is already registered as {taken[0]} v{taken[1]}")
+            version = int(
+                conn.execute(
+                    select(func.coalesce(func.max(model_versions.c.version), 0)).where(
+                        model_versions.c.model_name == model_name
                     )
-                    conn.execute(insert(model_versions).values(**values))
-                    return _mv(values)  # type: ignore[arg-type]
-            except IntegrityError as exc:
-                # A concurrent registration took this version number (or this uri): go again; the
-                # next pass either finds our uri registered (idempotent return) or takes max+1.
-                last_error = exc
-        raise RegistryError(f"could not allocate a version for {model_name} after {_REGISTER_ATTEMPTS} attempts") from last_error
+                ).scalar_one()
+            ) + 1
+            values = dict(
+                model_name=model_name,
+                version=version,
+                model_uri=model_uri,
+                training_run_id=training_run_id,
+                lifecycle="candidate",
+                backend=backend,
+                base_model=base_model,
+                run_key=run_key,
+                dataset_version=dataset_version,
+                config_hash=config_hash,
+                metrics_json=_dumps(metrics),
+                evaluation_id=None,
+                artifact_path=str(artifact_path) if artifact_path is not None else None,
+                remote_model_id=remote_model_id,
+                tags_json=_dumps(tags or {}),
+                created_at=_now(),
+            )
+            conn.execute(insert(model_versions).values(**values))
+            return _mv(values)  # type: ignore[arg-type]
+
+        # A concurrent registration taking this version number (or this uri) is retried: the next
+        # pass either finds our uri registered (idempotent return) or takes max+1.
+        return self._write(write, attempts=_REGISTER_ATTEMPTS, failure=f"could not allocate a version for {model_name} after {_REGISTER_ATTEMPTS} attempts")
 
     def record_evaluation(
         self,
@@ -856,55 +858,48 @@ class ModelRegistry:
         """
         if decision not in ("pass", "fail"):
             raise RegistryError(f"decision must be 'pass' or 'fail', not {decision!r}")
-        for attempt in range(2):
-            try:
-                with self._tx(write=True) as conn:
-                    existing = conn.execute(select(evaluations).where(evaluations.c.eval_id == eval_id)).mappings().first()
-                    if existing is not None:
-                        if (existing["model_name"], int(existing["version"])) != (model_name, int(version)):
-                            raise RegistryError(
-                                f"evaluation {eval_id} is recorded for {existing['model_name']} v{existing['version']}, "
-                                f"not {model_name} v{version}"
-                            )
-                        return
-                    if self._version_row(conn, model_name, version) is None:
-                        raise NotFound(f"{model_name} v{version} is not registered")
-                    if conn.execute(
-                        select(dataset_versions.c.dataset_version_id).where(
-                            dataset_versions.c.dataset_version_id == eval_dataset_version_id
-                        )
-                    ).first() is None:
-                        raise NotFound(f"dataset version {eval_dataset_version_id!r} is not recorded")
-                    conn.execute(
-                        insert(evaluations).values(
-                            eval_id=eval_id,
-                            model_name=model_name,
-                            version=int(version),
-                            suite=suite,
-                            eval_dataset_version_id=eval_dataset_version_id,
-                            baseline_model_uri=baseline_model_uri,
-                            base_model_uri=base_model_uri,
-                            metrics_json=_dumps(metrics),
-                            per_example_uri=str(per_example_uri),
-                            gate_config_json=_dumps(gate_config),
-                            decision=decision,
-                            leakage_checked=bool(leakage_checked),
-                            created_at=_now(),
-                            dagster_run_id=dagster_run_id,
-                        )
+
+        def write(conn: Connection) -> None:
+            existing = conn.execute(select(evaluations).where(evaluations.c.eval_id == eval_id)).mappings().first()
+            if existing is not None:
+                if (existing["model_name"], int(existing["version"])) != (model_name, int(version)):
+                    raise RegistryError(
+                        f"evaluation {eval_id} is recorded for {existing['model_name']} v{existing['version']}, "
+                        f"not {model_name} v{version}"
                     )
-                    # The version points at its latest evaluation until a decision (promote or
-                    # reject) pins the one that decided it.
-                    conn.execute(
-                        update(model_versions)
-                        .where(_version_is(model_name, version))
-                        .values(evaluation_id=eval_id)
-                    )
-                    return
-            except IntegrityError as exc:
-                # A concurrent writer recorded the same eval_id first: the next pass finds it.
-                if attempt:
-                    raise RegistryError(f"could not record evaluation {eval_id}: {exc.orig}") from exc
+                return
+            if self._version_row(conn, model_name, version) is None:
+                raise NotFound(f"{model_name} v{version} is not registered")
+            if not self._dataset_version_exists(conn, eval_dataset_version_id):
+                raise NotFound(f"dataset version {eval_dataset_version_id!r} is not recorded")
+            conn.execute(
+                insert(evaluations).values(
+                    eval_id=eval_id,
+                    model_name=model_name,
+                    version=int(version),
+                    suite=suite,
+                    eval_dataset_version_id=eval_dataset_version_id,
+                    baseline_model_uri=baseline_model_uri,
+                    base_model_uri=base_model_uri,
+                    metrics_json=_dumps(metrics),
+                    per_example_uri=str(per_example_uri),
+                    gate_config_json=_dumps(gate_config),
+                    decision=decision,
+                    leakage_checked=bool(leakage_checked),
+                    created_at=_now(),
+                    dagster_run_id=dagster_run_id,
+                )
+            )
+            # The version points at its latest evaluation until a decision (promote or
+            # reject) pins the one that decided it.
+            conn.execute(
+                update(model_versions)
+                .where(_version_is(model_name, version))
+                .values(evaluation_id=eval_id)
+            )
+
+        # A concurrent writer recording the same eval_id first: the retry finds it.
+        self._write(write, attempts=2, failure=f"could not record evaluation {eval_id}")
 
     def update_tags(self, model_name: str, version: int, tags: dict[str, Any]) -> ModelVersion:
         """Merge ``tags`` into a version's tags (e.g. where its files were published); returns it."""

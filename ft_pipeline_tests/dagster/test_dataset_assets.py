@@ -4,11 +4,9 @@ import json
 
 import dagster as dg
 import pandas as pd
-import pytest
 
 from ft_pipeline.definitions import ALL_ASSETS, DATASET_ASSETS, PER_FILE_ASSETS, defs
 from ft_pipeline.defs.partitions import log_files_partitions
-from ft_pipeline.lib.records import read_log_file
 from ft_pipeline.lib.sample_data import build_sample
 from ft_pipeline_tests.conftest import resources_for
 

@@ -6,7 +6,6 @@ import shutil
 from pathlib import Path
 
 import dagster as dg
-import pytest
 
 from ft_pipeline.cli import main as cli
 from ft_pipeline.definitions import DOWNSTREAM_ASSETS, EVALUATION_ASSETS

@@ -41,7 +41,7 @@ from ft_pipeline.lib.training.lora import (
     run_key,
     train_lora,
 )
-from ft_pipeline.lib.training.tiny_base import build_tiny_base, resolve_base_model
+from ft_pipeline.lib.training.tiny_base import TinyBaseSpec, build_tiny_base, resolve_base_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -189,8 +189,8 @@ def test_read_conversations_keeps_exactly_role_and_content(tmp_path):
 
 def test_tiny_base_is_deterministic_and_cached(tmp_path, monkeypatch):
     texts = [m["content"] for conv in _conversations(10, seed=3) for m in conv]
-    a = build_tiny_base(tmp_path / "a", texts, vocab_size=512, hidden_size=32)
-    b = build_tiny_base(tmp_path / "b", texts, vocab_size=512, hidden_size=32)
+    a = build_tiny_base(tmp_path / "a", texts, TinyBaseSpec(vocab_size=512, hidden_size=32))
+    b = build_tiny_base(tmp_path / "b", texts, TinyBaseSpec(vocab_size=512, hidden_size=32))
     files = sorted(p.name for p in a.iterdir())
     assert {"config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja", "README.md"} <= set(files)
     assert all(_sha(a / f) == _sha(b / f) for f in files)

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import pytest
 
 from ft_pipeline_tests.unit.test_lora_training import _conversations
 

@@ -4,7 +4,6 @@ production does not; an equal candidate is promoted in at most 1 of 20 seeded tr
 import random
 
 import pandas as pd
-import pytest
 
 from ft_pipeline.lib.evaluation.gate import PromotionGate, evaluate_gate
 from ft_pipeline.lib.evaluation.generation import ScriptedGenerator

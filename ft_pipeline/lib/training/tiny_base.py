@@ -19,6 +19,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ft_pipeline.lib.training.chat_template import CHATML_TRAINING_TEMPLATE, IM_END, IM_START
@@ -28,6 +29,7 @@ __all__ = [
     "TINY_BASE_NAME",
     "build_tiny_base",
     "resolve_base_model",
+    "TinyBaseSpec",
     "tiny_base_key",
 ]
 
@@ -65,25 +67,25 @@ and generate); it does not produce meaningful text. Use a real base model for re
 """
 
 
-def tiny_base_key(
-    texts: Iterable[str],
-    *,
-    vocab_size: int = 2048,
-    hidden_size: int = 64,
-    num_layers: int = 2,
-    num_heads: int = 4,
-    seed: int = 0,
-) -> str:
+@dataclass(frozen=True)
+class TinyBaseSpec:
+    """Everything besides the texts that determines the tiny base: one set of defaults for both the
+    cache key and the build, so the key can never describe another base than the one built."""
+
+    vocab_size: int = 2048
+    """Target BPE vocabulary size including the 4 special tokens (small corpora stop earlier)."""
+    hidden_size: int = 64
+    """Llama hidden size (intermediate size is 4x)."""
+    num_layers: int = 2
+    num_heads: int = 4
+    seed: int = 0
+    """Seed of the weight initialisation."""
+
+
+def tiny_base_key(texts: Iterable[str], spec: TinyBaseSpec = TinyBaseSpec()) -> str:
     """A short hash of everything that determines the tiny base (texts, sizes, seed, recipe)."""
     h = hashlib.sha256()
-    params = {
-        "recipe": _RECIPE_VERSION,
-        "vocab_size": vocab_size,
-        "hidden_size": hidden_size,
-        "num_layers": num_layers,
-        "num_heads": num_heads,
-        "seed": seed,
-    }
+    params = {"recipe": _RECIPE_VERSION, **asdict(spec)}
     h.update(json.dumps(params, sort_keys=True).encode())
     for text in texts:
         # Length-prefixed so ["ab", "c"] and ["a", "bc"] hash differently.
@@ -127,25 +129,13 @@ def _train_tokenizer(texts: list[str], vocab_size: int):
     return hf_tok
 
 
-def build_tiny_base(
-    output_dir: Path,
-    texts: Iterable[str],
-    *,
-    vocab_size: int = 2048,
-    hidden_size: int = 64,
-    num_layers: int = 2,
-    num_heads: int = 4,
-    seed: int = 0,
-) -> Path:
+def build_tiny_base(output_dir: Path, texts: Iterable[str], spec: TinyBaseSpec = TinyBaseSpec()) -> Path:
     """Build the demo base (tokenizer + random-init Llama) into ``output_dir`` and return it.
 
     Args:
         output_dir: folder to write (created; existing files with the same names are overwritten).
         texts: the training split's texts (message contents); the BPE vocabulary is learned on them.
-        vocab_size: target BPE vocabulary size including the 4 special tokens. Small corpora stop
-            earlier; the model's embedding matrix matches the vocabulary actually learned.
-        hidden_size, num_layers, num_heads: Llama dimensions (intermediate size is 4x hidden).
-        seed: seed of the weight initialisation.
+        spec: sizes and seed; the model's embedding matrix matches the vocabulary actually learned.
 
     Returns:
         ``output_dir``, loadable with ``AutoTokenizer``/``AutoModelForCausalLM.from_pretrained``.
@@ -153,20 +143,20 @@ def build_tiny_base(
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    if hidden_size % num_heads:
-        raise ValueError(f"hidden_size ({hidden_size}) must be divisible by num_heads ({num_heads})")
+    if spec.hidden_size % spec.num_heads:
+        raise ValueError(f"hidden_size ({spec.hidden_size}) must be divisible by num_heads ({spec.num_heads})")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     text_list = [t for t in texts if t]
-    tokenizer = _train_tokenizer(text_list, vocab_size)
+    tokenizer = _train_tokenizer(text_list, spec.vocab_size)
 
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=4 * hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_heads,
+        hidden_size=spec.hidden_size,
+        intermediate_size=4 * spec.hidden_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_heads,
         max_position_embeddings=2048,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -175,7 +165,7 @@ def build_tiny_base(
     )
     # A forked RNG: seeding must not disturb the caller's global torch RNG state.
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.manual_seed(spec.seed)
         model = LlamaForCausalLM(config)
     model = model.to(torch.float32).eval()
     model.generation_config.eos_token_id = tokenizer.eos_token_id
@@ -189,10 +179,10 @@ def build_tiny_base(
             n_texts=len(text_list),
             vocab=len(tokenizer),
             specials=", ".join(f"`{t}`" for t in SPECIAL_TOKENS),
-            seed=seed,
-            hidden=hidden_size,
-            layers=num_layers,
-            heads=num_heads,
+            seed=spec.seed,
+            hidden=spec.hidden_size,
+            layers=spec.num_layers,
+            heads=spec.num_heads,
             params=n_params,
             ctx=config.max_position_embeddings,
         ),
