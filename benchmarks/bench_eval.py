@@ -101,7 +101,7 @@ def bench_local(args: argparse.Namespace) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from ft_pipeline.lib.training.tiny_base import resolve_base_model
+    from ft_pipeline.lib.training.base_models import resolve_base_model
 
     hf_logging.disable_progress_bar()
     torch.set_num_threads(args.threads)
@@ -110,7 +110,7 @@ def bench_local(args: argparse.Namespace) -> None:
           f"max_new_tokens={args.max_new_tokens} ==")
     with tempfile.TemporaryDirectory(prefix="bench-eval-") as tmp:
         texts = [m["content"] for p in prompts for m in p]
-        base = str(resolve_base_model("tiny", texts, Path(tmp)))
+        base = resolve_base_model("tiny", texts, Path(tmp)).path
 
         # The tutorial loop: one prompt at a time, no padding.
         tok = AutoTokenizer.from_pretrained(base)

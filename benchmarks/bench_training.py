@@ -87,7 +87,7 @@ def run_variant(args: argparse.Namespace) -> dict:
     """One variant in this process; prints a JSON line with its figures."""
     import torch
 
-    from ft_pipeline.lib.training.tiny_base import resolve_base_model
+    from ft_pipeline.lib.training.base_models import resolve_base_model
 
     cuda = torch.cuda.is_available() and args.device == "cuda"
     conversations = make_conversations(args.conversations, seed=1)
@@ -95,7 +95,7 @@ def run_variant(args: argparse.Namespace) -> dict:
     if args.big:
         base = str(build_big_base(workdir / "big_base"))
     else:
-        base = str(resolve_base_model("tiny", [m["content"] for c in conversations for m in c], workdir / "base"))
+        base = resolve_base_model("tiny", [m["content"] for c in conversations for m in c], workdir / "base").path
     trainer = _build_sft(args.variant, base, conversations, args, workdir / f"out-{args.variant}", bf16=cuda, use_cpu=not cuda)
     batches = list(trainer.get_train_dataloader())
     real_tokens = 0
@@ -140,12 +140,12 @@ def build_big_base(path: Path) -> Path:
     """A ~0.5B-parameter Llama/Qwen-shaped model with random weights and the tiny tokenizer."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from ft_pipeline.lib.training.tiny_base import resolve_base_model
+    from ft_pipeline.lib.training.base_models import resolve_base_model
 
     if (path / "config.json").exists():
         return path
     texts = [m["content"] for c in make_conversations(200, seed=1) for m in c]
-    tiny = resolve_base_model("tiny", texts, path.parent / "tok")
+    tiny = resolve_base_model("tiny", texts, path.parent / "tok").path
     tokenizer = AutoTokenizer.from_pretrained(tiny)
     # Qwen2.5-0.5B-like shape (hidden 896, 24 layers, GQA 14/2, MLP 4864), Llama architecture.
     config = LlamaConfig(

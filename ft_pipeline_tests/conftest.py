@@ -2,8 +2,13 @@
 PostgreSQL server with a fresh database per test."""
 
 import os
+import tempfile
 
-import dagster as dg
+# Before anything imports huggingface_hub (it reads the variable once): base models registered in
+# the hub cache by the tests go to a throwaway folder, not the user's ~/.cache/huggingface.
+os.environ.setdefault("HF_HUB_CACHE", tempfile.mkdtemp(prefix="ft-pipeline-test-hf-cache-"))
+
+import dagster as dg  # noqa: E402
 import pytest
 
 # Tests never reach a model or dataset hub.

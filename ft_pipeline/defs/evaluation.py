@@ -17,9 +17,9 @@ from ft_pipeline.lib.evaluation.report import write_report
 from ft_pipeline.lib.evaluation.runner import EvaluationConfig, run_evaluation
 from ft_pipeline.lib.publish import publish_model_dir
 from ft_pipeline.lib.registry import ModelVersion, StaleBaseline, local_artifact_exists
-from ft_pipeline.lib.storage import content_version, file_sha256, read_latest, write_latest
+from ft_pipeline.lib.storage import content_version, file_sha256, read_latest, resolve_portable_path, write_latest
 
-EVALUATION_CODE_VERSION = "1"
+EVALUATION_CODE_VERSION = "2"
 _GATE = PromotionGate()
 _EVAL = EvaluationConfig()
 _GEN = GenerationConfig()
@@ -39,6 +39,11 @@ class EvaluationRunConfig(dg.Config):
     n_resamples: int = Field(default=_EVAL.n_resamples, description="Paired-bootstrap resamples.")
     seed: int = Field(default=_EVAL.seed, description="Bootstrap and generation seed.")
     max_new_tokens: int = Field(default=128, description="Longest generated answer.")
+    max_test_examples: int = Field(
+        default=0,
+        description="Evaluate a fixed subset of this many test examples (ordered by content hash; the same for every model); "
+        "0 = the whole test split. For quick runs on a CPU.",
+    )
     batch_size: int = Field(default=_GEN.batch_size, description="Local generation batch size.")
     concurrency: int = Field(default=_GEN.concurrency, description="OpenAI-compatible requests in flight.")
     compute_perplexity: bool = Field(default=True, description="Validation perplexity for local models.")
@@ -67,8 +72,9 @@ def _model_uri(record: dict) -> str:
     return f"lora://{record['adapter_dir']}#{record['adapter_version']}"
 
 
-def _generator_for(record_or_version, generation: GenerationConfig, openai_resource: OpenAIFineTuningResource, *, base: bool = False):
-    """A generator for a model record (model.json) or a registered ModelVersion."""
+def _generator_for(record_or_version, generation: GenerationConfig, openai_resource: OpenAIFineTuningResource, data_dir: Path, *, base: bool = False):
+    """A generator for a model record (model.json) or a registered ModelVersion. A base path
+    recorded relative to the data directory is resolved against ``data_dir``."""
     if isinstance(record_or_version, ModelVersion):
         version = record_or_version
         tags = version.tags or {}
@@ -85,7 +91,8 @@ def _generator_for(record_or_version, generation: GenerationConfig, openai_resou
     if record["backend"] == "openai":
         model = record["base_model"] if base else record["remote_model_id"]
         return OpenAIChatGenerator(openai_resource.get_client(), model, generation)
-    return LocalGenerator(record["base_model_path"], None if base else record["adapter_dir"], record["tokenizer_dir"], generation)
+    base_path = resolve_portable_path(record["base_model_path"], data_dir)
+    return LocalGenerator(base_path, None if base else record["adapter_dir"], record["tokenizer_dir"], generation)
 
 
 @dg.asset(
@@ -123,6 +130,11 @@ def evaluation_report(
     record = json.loads(Path(model_pointer["path"]).read_text())
     test_path = splits["paths"]["test"]["parquet"]
     test = pd.read_parquet(test_path, columns=["conversation_id", "messages", "tags", "exact_hash"])
+    if 0 < config.max_test_examples < len(test):
+        # A fixed subset: the same examples for every model and every run on this split (ordered by
+        # content hash, so it is a spread of the split rather than its first file's rows).
+        context.log.info(f"evaluating {config.max_test_examples} of the {len(test)} test examples (max_test_examples)")
+        test = test.sort_values("exact_hash", kind="stable").head(config.max_test_examples).reset_index(drop=True)
     train_hashes = set(pq.read_table(splits["paths"]["train"]["parquet"], columns=["exact_hash"]).column("exact_hash").to_pylist())
     overlap = int(sum(1 for h in test["exact_hash"] if h in train_hashes))
 
@@ -156,11 +168,11 @@ def evaluation_report(
 
     generation = config.generation()
     generators = {
-        "candidate": _generator_for(record, generation, openai_fine_tuning),
-        "base": _generator_for(record, generation, openai_fine_tuning, base=True),
+        "candidate": _generator_for(record, generation, openai_fine_tuning, storage.root()),
+        "base": _generator_for(record, generation, openai_fine_tuning, storage.root(), base=True),
     }
     if production is not None and not already_production:
-        generators["production"] = _generator_for(production, generation, openai_fine_tuning)
+        generators["production"] = _generator_for(production, generation, openai_fine_tuning, storage.root())
     for role, generator in generators.items():
         context.log.info(f"{role}: {generator.name}")
 

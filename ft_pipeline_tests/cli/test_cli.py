@@ -68,7 +68,7 @@ def test_run_materializes_the_graph_and_prints_split_paths(sample_data_dir, caps
     data = sample_data_dir
     # The whole graph, kept cheap: a few training steps cannot beat the base, so the gate rejects
     # the candidate; that is a decision, printed with its reasons, not a failed command.
-    quick = ["--set", "fine_tuned_model.max_steps=3", "--set", "fine_tuned_model.max_length=256",
+    quick = ["--set", "fine_tuned_model.base_model=tiny", "--set", "fine_tuned_model.max_steps=3", "--set", "fine_tuned_model.max_length=256",
              "--set", "evaluation_report.max_new_tokens=8", "--set", "evaluation_report.n_resamples=200"]
     assert main(["run", "--data-dir", str(data), *quick]) == 0
     out = capsys.readouterr().out

@@ -1,6 +1,8 @@
 """fine_tuned_model materialized in process: local LoRA through Pipes, and OpenAI against the fake."""
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +16,7 @@ from ft_pipeline.defs.resources import OpenAIFineTuningResource
 from ft_pipeline.lib.sample_data import build_sample
 
 SECRET = "sk-test-SECRET-ft-pipeline-0123456789"
-FAST_LORA = {"max_steps": 6, "max_length": 256, "per_device_train_batch_size": 8, "num_train_epochs": 1.0}
+FAST_LORA = {"base_model": "tiny", "max_steps": 6, "max_length": 256, "per_device_train_batch_size": 8, "num_train_epochs": 1.0}
 
 
 @pytest.fixture
@@ -52,16 +54,23 @@ def test_local_lora_trains_through_pipes_and_adapter_loads(built_dataset, resour
     # Trainer log lines were streamed back into the Dagster log through Pipes.
     logs = [e.message for e in built_dataset.all_logs(result.run_id) if e.message]
     assert any("train " in m and "loss=" in m for m in logs)
-    # A fresh process loads the adapter with plain peft.
+    # The data directory moves (a copy to another machine, a renamed volume): a fresh process still
+    # loads the adapter the ecosystem's way, from the adapter folder alone.
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert not Path(config["base_model_name_or_path"]).is_absolute()
+    assert not Path(record["base_model_path"]).is_absolute()
+    moved = data_dir.parent / "moved-data"
+    shutil.move(str(data_dir), moved)
+    moved_adapter = moved / adapter.relative_to(data_dir)
     script = (
-        "import sys, json; from transformers import AutoModelForCausalLM, AutoTokenizer; from peft import PeftModel;"
-        "r=json.load(open(sys.argv[1])); base=AutoModelForCausalLM.from_pretrained(r['base_model_path']);"
-        "m=PeftModel.from_pretrained(base, r['adapter_dir']); t=AutoTokenizer.from_pretrained(r['tokenizer_dir']);"
+        "import sys; from transformers import AutoTokenizer; from peft import AutoPeftModelForCausalLM;"
+        "m=AutoPeftModelForCausalLM.from_pretrained(sys.argv[1]); t=AutoTokenizer.from_pretrained(sys.argv[1]);"
         "ids=t.apply_chat_template([{'role':'user','content':'hello'}], add_generation_prompt=True, return_tensors='pt', return_dict=True);"
         "out=m.generate(**ids, max_new_tokens=4, do_sample=False); print('generated', out.shape[1])"
     )
-    done = subprocess.run([sys.executable, "-c", script, metadata["model_record"].value], capture_output=True, text=True, timeout=300,
-                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HF_HUB_CACHE": os.environ["HF_HUB_CACHE"]}
+    done = subprocess.run([sys.executable, "-c", script, str(moved_adapter)], capture_output=True, text=True, timeout=300,
+                          env=env, cwd=moved.parent)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "generated" in done.stdout
 

@@ -9,7 +9,8 @@ from ft_pipeline.definitions import ALL_ASSETS, DOWNSTREAM_ASSETS, PER_FILE_ASSE
 from ft_pipeline.defs.partitions import log_files_partitions
 from ft_pipeline.lib.sample_data import build_sample, write_sample
 
-TRAIN = {"learning_rate": 0.004, "max_length": 512, "per_device_train_batch_size": 8, "num_train_epochs": 3.0}
+# The tiny random-weight base keeps the whole graph a CPU-minute; the demo trains SmolLM2.
+TRAIN = {"base_model": "tiny", "learning_rate": 0.004, "max_length": 512, "per_device_train_batch_size": 8, "num_train_epochs": 3.0}
 EVAL = {"max_new_tokens": 32, "n_resamples": 500}
 
 

@@ -31,7 +31,7 @@ REPO_SELECTOR = {"repositoryLocationName": LOCATION, "repositoryName": REPOSITOR
 TRAIN_RUN_CONFIG = {
     "ops": {
         "fine_tuned_model": {
-            "config": {"learning_rate": 0.004, "max_length": 512, "per_device_train_batch_size": 8, "num_train_epochs": 3.0}
+            "config": {"base_model": "tiny", "learning_rate": 0.004, "max_length": 512, "per_device_train_batch_size": 8, "num_train_epochs": 3.0}
         },
         "evaluation_report": {"config": {"max_new_tokens": 32, "n_resamples": 500}},
     }

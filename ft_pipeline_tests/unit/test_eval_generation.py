@@ -33,7 +33,7 @@ from ft_pipeline.lib.evaluation.generation import (
     split_prompt_reference,
 )
 from ft_pipeline.lib.training.chat_template import CHATML_TRAINING_TEMPLATE
-from ft_pipeline.lib.training.tiny_base import resolve_base_model
+from ft_pipeline.lib.training.base_models import resolve_base_model
 from ft_pipeline_tests.fakes.openai_server import FakeOpenAI
 
 MODEL = "gpt-4o-mini"
@@ -148,7 +148,7 @@ def tiny(tmp_path_factory):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     root = tmp_path_factory.mktemp("tiny")
-    base = str(resolve_base_model("tiny", _TEXTS * 3, root / "cache"))
+    base = resolve_base_model("tiny", _TEXTS * 3, root / "cache").path
     run = root / "run"
     model = AutoModelForCausalLM.from_pretrained(base)
     with warnings.catch_warnings():

@@ -41,13 +41,15 @@ from ft_pipeline.lib.training.lora import (
     run_key,
     train_lora,
 )
-from ft_pipeline.lib.training.tiny_base import TinyBaseSpec, build_tiny_base, resolve_base_model
+from ft_pipeline.lib.training.base_models import resolve_base_model
+from ft_pipeline.lib.training.tiny_base import TinyBaseSpec, build_tiny_base
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # Small and fast on a shared 2-core CPU: 48 conversations packed into 256-token sequences, two per
 # step, give 7 steps per epoch. The high learning rate makes the loss drop visibly within 3 epochs.
 FAST = LoraTrainingConfig(
+    base_model="tiny",
     lora_r=8,
     lora_alpha=16,
     learning_rate=5e-3,
@@ -207,9 +209,9 @@ def test_tiny_base_is_deterministic_and_cached(tmp_path, monkeypatch):
 
     cache = tmp_path / "cache"
     first = resolve_base_model("tiny", texts, cache)
-    monkeypatch.setattr("ft_pipeline.lib.training.tiny_base.build_tiny_base", lambda *a, **k: pytest.fail("rebuilt"))
+    monkeypatch.setattr("ft_pipeline.lib.training.base_models.build_tiny_base", lambda *a, **k: pytest.fail("rebuilt"))
     assert resolve_base_model("tiny", texts, cache) == first
-    assert resolve_base_model("Qwen/Qwen2.5-0.5B-Instruct", texts, cache) == "Qwen/Qwen2.5-0.5B-Instruct"
+    assert resolve_base_model("Qwen/Qwen2.5-0.5B-Instruct", texts, cache).path == "Qwen/Qwen2.5-0.5B-Instruct"
 
 
 # ------------------------------------------------------------------------------------ masks
@@ -320,8 +322,12 @@ def test_training_reduces_loss_and_writes_outputs(trained):
     assert (result.tokenizer_dir / "chat_template.jinja").read_text() == CHATML_TRAINING_TEMPLATE
     assert (result.adapter_dir / "adapter_model.safetensors").is_file() and result.merged_dir is not None
     adapter_config = json.loads((result.adapter_dir / "adapter_config.json").read_text())
-    assert adapter_config["base_model_name_or_path"] == result.base_model_ref == _base_ref(result)
-    assert Path(result.base_model_ref).parent == result.output_dir / "base"
+    # The adapter names the base by its portable hub id (registered in the local hub cache), never
+    # by a path of this machine; the run record keeps where it was loaded from.
+    assert adapter_config["base_model_name_or_path"] == result.base_model_hub_id
+    assert result.base_model_hub_id.startswith("ft-pipeline-local/tiny-")
+    assert Path(_base_ref(result)).parent == result.output_dir / "base"
+    assert (result.adapter_dir / "chat_template.jinja").read_text() == CHATML_TRAINING_TEMPLATE
 
 
 def test_saved_adapter_loads_and_generates_in_a_fresh_process(trained, tmp_path):
@@ -332,13 +338,13 @@ def test_saved_adapter_loads_and_generates_in_a_fresh_process(trained, tmp_path)
             """
             import json, sys
             import torch
-            from peft import PeftModel
+            from peft import AutoPeftModelForCausalLM
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
-            adapter_dir, tokenizer_dir, merged_dir = sys.argv[1:4]
-            base_path = json.load(open(f"{adapter_dir}/adapter_config.json"))["base_model_name_or_path"]
-            model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path), adapter_dir).eval()
-            tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+            # The ecosystem's way: the adapter folder alone (base resolved from adapter_config.json).
+            adapter_dir, merged_dir = sys.argv[1:3]
+            model = AutoPeftModelForCausalLM.from_pretrained(adapter_dir).eval()
+            tok = AutoTokenizer.from_pretrained(adapter_dir)
             messages = [
                 {"role": "system", "content": "You are Nimbus, a support assistant."},
                 {"role": "user", "content": "My camera is offline. What should I do?"},
@@ -364,7 +370,7 @@ def test_saved_adapter_loads_and_generates_in_a_fresh_process(trained, tmp_path)
         )
     )
     proc = subprocess.run(
-        [sys.executable, str(script), str(result.adapter_dir), str(result.tokenizer_dir), str(result.merged_dir)],
+        [sys.executable, str(script), str(result.adapter_dir), str(result.merged_dir)],
         capture_output=True, text=True, timeout=240, env=_env(), cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

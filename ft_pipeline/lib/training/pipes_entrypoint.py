@@ -60,6 +60,8 @@ def run(extras: dict[str, Any], pipes: PipesContext | None) -> dict[str, Any]:
         data_version=extras.get("data_version", ""),
         on_log=on_log,
         should_stop=stop.is_set,
+        base_cache_dir=Path(extras["base_cache_dir"]) if extras.get("base_cache_dir") else None,
+        on_progress=(lambda line: print(line, flush=True)) if pipes is None else pipes.log.info,
     )
     if stop.is_set():
         raise SystemExit("training was cancelled")
@@ -74,6 +76,7 @@ def run(extras: dict[str, Any], pipes: PipesContext | None) -> dict[str, Any]:
         "model_card": str(result.model_card),
         "resumed_from": str(result.resumed_from) if result.resumed_from else None,
         "base_model_ref": str(result.base_model_ref),
+        "base_model_hub_id": result.base_model_hub_id,
         # The same digest names the model in evaluation reports, so registry URIs and report ids agree.
         "adapter_version": adapter_digest(result.adapter_dir),
     }

@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,7 +25,6 @@ __all__ = [
     "SPECIAL_TOKENS",
     "TINY_BASE_NAME",
     "build_tiny_base",
-    "resolve_base_model",
     "TinyBaseSpec",
     "tiny_base_key",
 ]
@@ -46,8 +42,6 @@ _RECIPE_VERSION = 1
 # The ChatML scaffolding is rendered around every message, so the tokenizer should learn the role
 # names and the newline as compact tokens even if the texts never contain them.
 _SCAFFOLDING = ("system\n", "user\n", "assistant\n", "system", "user", "assistant")
-
-_COMPLETE_MARKER = ".complete"
 
 _README = """\
 # Tiny demo base model
@@ -189,35 +183,3 @@ def build_tiny_base(output_dir: Path, texts: Iterable[str], spec: TinyBaseSpec =
         encoding="utf-8",
     )
     return output_dir
-
-
-def resolve_base_model(name_or_path: str, training_texts: Iterable[str], cache_dir: Path) -> Path | str:
-    """Turn ``LoraTrainingConfig.base_model`` into something ``from_pretrained`` can load.
-
-    ``"tiny"`` builds the demo base under ``cache_dir/tiny-<hash>`` (hash of the texts and the
-    build parameters) or reuses an already complete one; the build goes to a temporary folder
-    that is renamed into place, so a crash never leaves a half-written base that looks reusable.
-    Anything else (a Hugging Face id or a local path) is returned unchanged; the trainer loads it
-    with ``local_files_only=True`` when ``HF_HUB_OFFLINE=1``.
-    """
-    if name_or_path != TINY_BASE_NAME:
-        return name_or_path
-    texts = [t for t in training_texts if t]
-    target = Path(cache_dir) / f"tiny-{tiny_base_key(texts)}"
-    if (target / _COMPLETE_MARKER).exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=target.parent))
-    try:
-        build_tiny_base(tmp, texts)
-        (tmp / _COMPLETE_MARKER).write_text("ok\n", encoding="utf-8")
-        if target.exists():
-            # A leftover without the marker (crash mid-rename) or a concurrent builder's result.
-            if (target / _COMPLETE_MARKER).exists():
-                return target
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
