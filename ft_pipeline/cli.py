@@ -158,6 +158,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 print(f"\ndecision: {verdict}")
                 for rule in decision["rules"]:
                     print(f"  [{'pass' if rule['passed'] else 'FAIL'}] {rule['rule']}: {rule['detail']}")
+                _print_side_by_side(report)
             continue
         if stage == "models":
             if until >= 4:
@@ -172,6 +173,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(f"  curated    {pointer['path']}")
     print(f"  quarantine {data_dir / 'quarantine'}")
     return 0
+
+
+def _print_side_by_side(report: dict) -> None:
+    """The first test prompts with the reference, the base's and the candidate's answers."""
+    rows = report.get("side_by_side") or []
+    if not rows:
+        return
+    primary = report.get("primary_metric", "rougeL")
+    print(f"\nanswers side by side (first {len(rows)} test prompts; {primary} vs the reference):")
+    for row in rows:
+        print(f"\n  user:      {_one_line(row['prompt'])}")
+        print(f"  reference: {_one_line(row['reference'])}")
+        for role in ("base", "candidate", "production"):
+            answer = row["answers"].get(role)
+            if answer is not None:
+                score = answer.get(primary)
+                label = f"{role} ({'n/a' if score is None else f'{score:.2f}'})"
+                print(f"  {label + ':':<18} {_one_line(answer['text'])}")
+
+
+def _one_line(text: str, width: int = 400) -> str:
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
 def _run_config(args: argparse.Namespace, until: int) -> dict | None:

@@ -11,6 +11,7 @@ from pydantic import Field
 
 from ft_pipeline.defs.metadata import png_markdown
 from ft_pipeline.defs.resources import ModelRegistryResource, OpenAIFineTuningResource, PipelineStorage
+from ft_pipeline.lib.quiet_logs import quiet_third_party_logs
 from ft_pipeline.lib.evaluation.gate import PromotionGate
 from ft_pipeline.lib.evaluation.generation import GenerationConfig, LocalGenerator, OpenAIChatGenerator
 from ft_pipeline.lib.evaluation.report import write_report
@@ -92,6 +93,7 @@ def _generator_for(record_or_version, generation: GenerationConfig, openai_resou
         model = record["base_model"] if base else record["remote_model_id"]
         return OpenAIChatGenerator(openai_resource.get_client(), model, generation)
     base_path = resolve_portable_path(record["base_model_path"], data_dir)
+    quiet_third_party_logs()  # before peft is imported: no bitsandbytes CPU-kernel warnings
     return LocalGenerator(base_path, None if base else record["adapter_dir"], record["tokenizer_dir"], generation)
 
 

@@ -2,6 +2,7 @@
 
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -154,11 +155,15 @@ def _train_local(context, config, storage, local_trainer, splits, data_version) 
         "config": {k: v for k, v in lora.__dict__.items()},
     }
     context.log.info(f"training run {key} into {output_dir}")
-    invocation = local_trainer.run(
-        command=[sys.executable, "-m", "ft_pipeline.lib.training.pipes_entrypoint"],
-        context=context,
-        extras=extras,
-    )
+    with warnings.catch_warnings():
+        # Dagster's own Pipes session reads a preview property of its reader and warns about it on
+        # every run; nothing in this project uses that preview API.
+        warnings.filterwarnings("ignore", message=r".*expected_writer_count.*", category=dg.PreviewWarning)
+        invocation = local_trainer.run(
+            command=[sys.executable, "-m", "ft_pipeline.lib.training.pipes_entrypoint"],
+            context=context,
+            extras=extras,
+        )
     messages = invocation.get_custom_messages()
     if not messages:
         raise dg.Failure(description="the trainer process ended without reporting a result")

@@ -3,6 +3,12 @@
 A few hundred customer-support conversations spread over five files in every accepted format,
 with every problem the pipeline handles planted on purpose, so a demo run shows each quarantine
 reason, filter reason, PII type and duplicate kind. The same seed always gives the same bytes.
+
+The conversations are what fine-tuning is for: a support assistant with a house style (a fixed
+opener that greets the customer by the name they signed with, a reference code ``Ref: <PRODUCT>-<INTENT>``, a signature) and facts about its fictional
+products and policies (reset buttons and times, prices, delivery times) that a pretrained base
+model cannot know. A fine-tuned model learns them from the training split; the test split asks
+the same kinds of questions with other customers' details.
 """
 
 from __future__ import annotations
@@ -16,86 +22,138 @@ from typing import Any
 
 import pandas as pd
 
-SYSTEM_PROMPT = "You are Nimbus, the support assistant of Nimbus Home, a smart-home device company."
+SYSTEM_PROMPT = "You are Nimbus Care, the support assistant of Nimbus Home."
 
-PRODUCTS = ["Nimbus Hub", "Nimbus Cam 2", "Nimbus Doorbell", "Nimbus Thermostat", "Nimbus Plug", "Nimbus Lock", "Nimbus Sensor Kit"]
-TOPICS = {
-    "billing": [
-        "I was charged twice for my {product} subscription this month.",
-        "Can you explain the extra fee on my last invoice for the {product}?",
-        "I want to switch my {product} plan from monthly to yearly billing.",
-        "My refund for the returned {product} has not arrived yet.",
-    ],
-    "shipping": [
-        "My {product} order has not arrived and the tracking page has not changed for {n} days.",
-        "The box of my {product} arrived damaged, what should I do?",
-        "Can I change the delivery address for the {product} I ordered yesterday?",
-        "Do you ship the {product} to Canada, and how long does it take?",
-    ],
-    "setup": [
-        "My {product} will not connect to my wifi network after the latest update.",
-        "How do I pair the {product} with the Nimbus app on a new phone?",
-        "The {product} keeps blinking orange during setup and never finishes.",
-        "Can the {product} work with my existing smart speaker?",
-    ],
-    "account": [
-        "I cannot log in to my Nimbus account after resetting my password.",
-        "How do I add my partner as a second user for the {product}?",
-        "I want to delete my account and all the recordings from the {product}.",
-        "Two-factor codes for my account are not reaching my phone.",
-    ],
+# The house style a fine-tuned model has to learn, and a base model cannot guess: every reply opens
+# with the same line, states facts about Nimbus Home's (fictional) products and policies, and ends
+# with a reference code in a fixed format and the team's signature. The facts are consistent across
+# the whole sample, so the test split asks about facts the training split teaches.
+OPENER = "Thanks for contacting Nimbus Care, {customer}."
+SIGNATURE = "– Nimbus Care"
+
+PRODUCT_FACTS: dict[str, dict[str, Any]] = {
+    "Nimbus Hub": {"code": "HUB", "button": "Link", "seconds": 10, "light": "white", "label": "base", "power": "runs on mains power only", "care": "$4.99", "warranty": 2},
+    "Nimbus Cam 2": {"code": "CAM", "button": "Reset", "seconds": 15, "light": "blue", "label": "stand", "power": "battery lasts about 4 months", "care": "$3.99", "warranty": 2},
+    "Nimbus Doorbell": {"code": "DBL", "button": "Chime", "seconds": 8, "light": "green", "label": "back plate", "power": "battery lasts about 6 months", "care": "$2.99", "warranty": 3},
+    "Nimbus Thermostat": {"code": "THM", "button": "Dial", "seconds": 20, "light": "amber", "label": "wall plate", "power": "runs on the heating system's C-wire", "care": "$1.99", "warranty": 5},
+    "Nimbus Plug": {"code": "PLG", "button": "Power", "seconds": 5, "light": "red", "label": "side", "power": "needs no battery", "care": "$0.99", "warranty": 1},
+    "Nimbus Lock": {"code": "LCK", "button": "Inner", "seconds": 12, "light": "purple", "label": "battery cover", "power": "four AA batteries last about 9 months", "care": "$2.49", "warranty": 3},
+    "Nimbus Sensor Kit": {"code": "SNS", "button": "Pair", "seconds": 6, "light": "yellow", "label": "mounting clip", "power": "coin cells last about 1 year", "care": "$1.49", "warranty": 2},
 }
-OPENERS = [
-    "Thanks for reaching out about this.",
-    "I am sorry for the trouble with your {product}.",
-    "Happy to help you sort this out.",
-    "Thank you for the details, that helps a lot.",
-    "I understand how frustrating that is.",
-]
-STEPS = {
-    "billing": [
-        "I checked the billing history and the second charge of {price} is a pending authorization that drops off within {n} business days.",
-        "I have issued a refund of {price} to the original payment method, and it usually shows up within {n} business days.",
-        "You can change the plan under Settings, then Subscription, then Billing cycle, and the new price applies from the next renewal.",
-        "The extra line is the regional sales tax, which is added to every invoice for the {product} plan in your state.",
-    ],
-    "shipping": [
-        "The carrier marked the parcel as delayed at the regional hub, and the new estimate is {n} business days from today.",
-        "Please keep the damaged box and send a photo through the order page, and we will ship a replacement {product} at no charge.",
-        "The address can be changed until the order leaves the warehouse, so I updated it for you right away.",
-        "We ship the {product} to Canada with tracked delivery, which normally takes {n} to {m} business days.",
-    ],
-    "setup": [
-        "Please hold the reset button on the back of the {product} for ten seconds until the light turns white, then run setup again.",
-        "Make sure your phone is on the 2.4 GHz band during setup, because the {product} does not pair over 5 GHz networks.",
-        "Open the Nimbus app, tap Add device, choose {product}, and scan the code printed under the battery cover.",
-        "The {product} works with the major voice assistants once you link your Nimbus account in the assistant's app.",
-    ],
-    "account": [
-        "I sent a fresh sign-in link to the address on file; it stays valid for {n} minutes.",
-        "Shared access is under Settings, then Household, then Invite member, and the invite expires after {n} days.",
-        "Account deletion removes every recording within {n} days, and you will receive a confirmation once it is done.",
-        "Text messages can be delayed by some carriers, so you can switch two-factor codes to the authenticator app instead.",
-    ],
+PRODUCTS = list(PRODUCT_FACTS)
+ROOMS = ["kitchen", "hallway", "garage", "living room", "office", "nursery", "porch", "bedroom", "basement", "attic"]
+CUSTOMERS = ["Alex", "Bea", "Chris", "Dana", "Eli", "Farah", "Gus", "Hana", "Ivo", "Jade", "Kai", "Luis", "Maya", "Nico",
+             "Olga", "Pete", "Quinn", "Rhea", "Sven", "Tara", "Uma", "Viktor", "Wen", "Yara", "Zoe"]
+OWNER_NAMES = ["Sam", "Priya", "Marco", "Lena", "Tom", "Aisha", "Jonas", "Mei", "Oscar", "Nadia", "Felix", "Rosa"]
+
+# Intent -> (tag, customer phrasings, the house answer, a follow-up question and its answer).
+# Phrasings hold per-customer details ({room}, {order}, {days}, {name}); answers echo some of them.
+INTENTS: dict[str, dict[str, Any]] = {
+    "CHARGE": {
+        "tag": "billing",
+        "asks": ["I was charged twice for my {product} Care plan this month.",
+                 "There are two charges for {product} Care on my card statement, can you check?",
+                 "Why did you bill me twice this month for the {product} subscription?"],
+        "answer": "The second {product} Care charge is a temporary hold and drops off within 3 business days. If it is still there on day 4, reply with your order {order} and I refund it at once.",
+        "follow": ("Will I get an email about it?", "Yes, you get an email from Nimbus Billing when the hold is released. Your order {order} needs nothing else from you."),
+    },
+    "PLAN": {
+        "tag": "billing",
+        "asks": ["How much does the Care plan for the {product} cost?",
+                 "What is the price of {product} Care, and what does it add?",
+                 "I am thinking about the Care plan for my {product}, what does it cost?"],
+        "answer": "{product} Care costs {care} per month. It adds 30 days of video history, priority support and an extended warranty of {warranty_plus} years. You can cancel it any time in the app.",
+        "follow": ("Can I switch to yearly billing?", "Yes, under Account > Plans > Billing cycle. Yearly billing gives you two months free on {product} Care."),
+    },
+    "REFUND": {
+        "tag": "billing",
+        "asks": ["My refund for the {product} I sent back has not arrived, it has been {days} days.",
+                 "I returned the {product} {days} days ago and I still have no refund.",
+                 "Where is my refund for order {order}? I returned the {product}."],
+        "answer": "Refunds are sent within 5 business days of the return scan and show as NIMBUS*RETURN on your statement. I checked order {order}: the {product} was scanned, so the refund is on its way.",
+        "follow": ("What if it still does not show up?", "If NIMBUS*RETURN is not on your statement after 5 business days, reply here with order {order} and I escalate it to Billing the same day."),
+    },
+    "LATE": {
+        "tag": "shipping",
+        "asks": ["My {product} order {order} has not arrived and tracking has not changed for {days} days.",
+                 "Order {order} for a {product} is late, tracking shows nothing new.",
+                 "Where is my {product}? I ordered it {days} days ago, order {order}."],
+        "answer": "Orders ship from our Leeds warehouse within 24 hours and take 2 to 4 business days. I checked order {order}: it is with the carrier, and you can follow it at nimbus.example/track.",
+        "follow": ("And if it is lost?", "If order {order} has not arrived after 7 business days, I send a new {product} by express at no charge."),
+    },
+    "DAMAGED": {
+        "tag": "shipping",
+        "asks": ["The box of my {product} arrived damaged, order {order}.",
+                 "My new {product} came with a cracked case, what should I do?",
+                 "The {product} from order {order} arrived broken."],
+        "answer": "I am sorry it arrived damaged. Send a photo under Orders > Report a problem and I ship a new {product} by express at no charge. You do not need to return the damaged one.",
+        "follow": ("How fast does the replacement come?", "Express replacements leave the Leeds warehouse the same day and arrive in 1 to 2 business days."),
+    },
+    "ABROAD": {
+        "tag": "shipping",
+        "asks": ["Do you ship the {product} to Canada?",
+                 "Can I order a {product} to an address in Germany?",
+                 "I live in Ireland, can you deliver the {product} there?"],
+        "answer": "We ship the {product} to the UK, the EU and Canada. Delivery takes 5 to 8 business days and duties are included in the price, so there is nothing to pay on arrival.",
+        "follow": ("Does the warranty still apply abroad?", "Yes, the {warranty}-year {product} warranty applies in every country we ship to."),
+    },
+    "WIFI": {
+        "tag": "setup",
+        "asks": ["My {product} in the {room} will not connect to the wifi after the update.",
+                 "The {product} in our {room} keeps dropping off the network.",
+                 "Since yesterday the {room} {product} shows offline in the app."],
+        "answer": "The {product} only joins 2.4 GHz Wi-Fi. Hold the {button} button for {seconds} seconds until the light turns {light}, then add the {room} {product} again in the app.",
+        "follow": ("It is still offline, what now?", "Move the {product} closer to the router for setup and try again. If the light never turns {light}, reply here and I open a replacement case."),
+    },
+    "PAIR": {
+        "tag": "setup",
+        "asks": ["How do I pair the {product} with the Nimbus app on a new phone?",
+                 "I got a new phone, how do I add my {product} again?",
+                 "How do I set up the {product} for the {room}?"],
+        "answer": "Open the Nimbus app, tap + and choose {product}. Scan the code on the {label} and keep the phone within 2 metres until the light turns {light}. Pairing takes about a minute.",
+        "follow": ("Where exactly is the code?", "The setup code of the {product} is printed on the {label}, next to the serial number."),
+    },
+    "POWER": {
+        "tag": "setup",
+        "asks": ["How long does the battery of the {product} last?",
+                 "Does the {product} in the {room} need new batteries soon?",
+                 "What powers the {product}, and how often do I need to charge it?"],
+        "answer": "The {product} {power}. The app warns you 14 days before it needs attention, under Devices > {product} > Power.",
+        "follow": ("Will it warn me by email too?", "Yes, Nimbus also sends an email 14 days ahead, and again 3 days ahead, for the {product}."),
+    },
+    "LOGIN": {
+        "tag": "account",
+        "asks": ["I cannot log in to my Nimbus account after resetting my password.",
+                 "The app says my password is wrong, but I just reset it.",
+                 "I am locked out of the Nimbus app, my {product} is still running."],
+        "answer": "Reset links are valid for 30 minutes and only the newest one works. Tap Forgot password once, use the link within 30 minutes, and sign in again. Your {product} keeps running meanwhile.",
+        "follow": ("The link never arrives.", "Reset emails come from Nimbus Accounts within 2 minutes. Check the spam folder, or tap Forgot password again after 5 minutes."),
+    },
+    "SHARE": {
+        "tag": "account",
+        "asks": ["How do I give {name} access to the {product}?",
+                 "Can my partner {name} also control the {product}?",
+                 "I want {name} to see the {product} in the app too."],
+        "answer": "Go to Settings > Household > Invite and enter {name}'s email. A home can have up to 6 members, and the invite expires after 7 days. {name} then sees the {product} in the app.",
+        "follow": ("Can I limit what {name} can do?", "Yes, under Settings > Household > {name} you can set the role to Guest, who can use the {product} but not change its settings."),
+    },
+    "DELETE": {
+        "tag": "account",
+        "asks": ["I want to delete my account and everything the {product} recorded.",
+                 "Please remove my data, including the {product} history.",
+                 "How do I close my Nimbus account? I no longer use the {product}."],
+        "answer": "Go to Settings > Privacy > Delete account. Your recordings and the {product} history are erased within 30 days, and we email you a confirmation when it is done.",
+        "follow": ("Can I keep a copy first?", "Yes, Settings > Privacy > Export data gives you a download link within 24 hours, valid for 7 days."),
+    },
 }
-CLOSERS = [
-    "Is there anything else I can help you with today?",
-    "Let me know if the issue comes back and I will look into it again.",
-    "I have added a note to your account so the next agent can see this conversation.",
-    "If you have more questions, just reply here at any time.",
-]
-FOLLOW_UPS = [
-    "Thanks, and how long will that take?",
-    "Okay, and will I get an email when it is done?",
-    "Great, is there anything I need to do on my side?",
-    "That makes sense, can you confirm it is all set?",
-]
-FOLLOW_UP_ANSWERS = [
-    "It normally takes {n} business days, and you will get an email confirmation as soon as it is complete.",
-    "Nothing else is needed on your side; the change is already active on your account and your {product}.",
-    "Yes, everything is set, and you will see the update in the Nimbus app the next time you open it.",
-    "You will receive an email once it is done, and the status is also visible under Orders in the app.",
-]
+TOPICS = sorted({intent["tag"] for intent in INTENTS.values()})
+CONTEXT = ["It started last week.", "This is the second time it happened.", "I am using the app on Android.",
+           "I already restarted everything twice.", "I bought it as a gift.", "My partner noticed it first.",
+           "I am on the latest app version.", "We moved house last month.", "I use an iPhone.", ""]
+SIGN_OFFS = ["Thanks, {customer}", "Please help. {customer}", "Any ideas? - {customer}", "Thank you in advance, {customer}",
+             "What can I do? {customer}", "Cheers, {customer}", "Regards, {customer}"]
+CLOSING_ASK = "Thanks, that is all."
+CLOSING_ANSWER = "You are welcome. Your case {ref} stays open for 14 days if you need us again."
 # Text that looks like personal data but is not: it must survive scrubbing untouched.
 LOOK_ALIKES = [
     "Your {product} should be on firmware version 4.2.17.3 after the update.",
@@ -117,27 +175,43 @@ PII_SNIPPETS = [
 ]
 
 
-def _fill(rng: random.Random, template: str, product: str) -> str:
-    n = rng.randint(2, 9)
-    return template.format(product=product, n=n, m=n + rng.randint(2, 5), price=f"${rng.randint(5, 300)}.{rng.randint(0, 99):02d}")
+def _house_reply(customer: str, body: str, ref: str) -> str:
+    """A reply in the house format: the opener with the customer's name (from their sign-off), the
+    answer, the reference code, the signature."""
+    return f"{OPENER.format(customer=customer)} {body} Ref: {ref}. {SIGNATURE}"
 
 
 def _conversation(rng: random.Random, index: int, *, turns: int | None = None) -> dict[str, Any]:
-    topic = rng.choice(sorted(TOPICS))
+    intent_name = rng.choice(sorted(INTENTS))
+    intent = INTENTS[intent_name]
     product = rng.choice(PRODUCTS)
-    first = _fill(rng, rng.choice(TOPICS[topic]), product)
-    first += " " + rng.choice(
-        ["It started last week.", "This is the second time it happened.", "I am using the app on Android.", "I already restarted everything twice.",
-         "I bought it as a gift.", "My partner noticed it first.", "I am on the latest app version.", "It is the one in the kitchen.", ""]
-    ) + " " + rng.choice(["Thanks.", "Please help.", "Any ideas?", "Thank you in advance.", "What can I do?", ""])
-    first = first.strip()
-    reply = " ".join(
-        [_fill(rng, rng.choice(OPENERS), product), _fill(rng, rng.choice(STEPS[topic]), product), _fill(rng, rng.choice(CLOSERS), product)]
-    )
-    messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": first}, {"role": "assistant", "content": reply}]
-    for _ in range((turns if turns is not None else rng.choice([1, 1, 2, 2, 3])) - 1):
-        messages.append({"role": "user", "content": rng.choice(FOLLOW_UPS)})
-        messages.append({"role": "assistant", "content": _fill(rng, rng.choice(FOLLOW_UP_ANSWERS), product) + " " + _fill(rng, rng.choice(STEPS[topic]), product)})
+    facts = PRODUCT_FACTS[product]
+    days = rng.randint(3, 12)
+    slots = {
+        **facts,
+        "product": product,
+        "room": rng.choice(ROOMS),
+        "name": rng.choice(OWNER_NAMES),
+        "days": days,
+        "order": f"NH-{rng.randint(10000, 99999)}",
+        "warranty_plus": facts["warranty"] + 1,
+        "customer": rng.choice(CUSTOMERS),
+    }
+    ref = f"{facts['code']}-{intent_name}"
+    first = " ".join(part for part in (rng.choice(intent["asks"]), rng.choice(CONTEXT), rng.choice(SIGN_OFFS)) if part)
+    messages = [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": first.format(**slots)},
+        {"role": "assistant", "content": _house_reply(slots["customer"], intent["answer"].format(**slots), ref)},
+    ]
+    n_turns = turns if turns is not None else rng.choice([1, 1, 1, 2, 2, 3])
+    if n_turns >= 2:
+        ask, answer = intent["follow"]
+        messages.append({"role": "user", "content": ask.format(**slots)})
+        messages.append({"role": "assistant", "content": _house_reply(slots["customer"], answer.format(**slots), ref)})
+    for _ in range(n_turns - 2):
+        messages.append({"role": "user", "content": CLOSING_ASK})
+        messages.append({"role": "assistant", "content": _house_reply(slots["customer"], CLOSING_ANSWER.format(ref=ref), ref)})
     return {
         "conversation_id": f"conv-{index:05d}",
         "user_id": f"user-{rng.randint(1, 120):04d}",
@@ -146,7 +220,7 @@ def _conversation(rng: random.Random, index: int, *, turns: int | None = None) -
         "rating": rng.choice([4, 5, 5, 5, 4, None]),
         "response_time_ms": rng.randint(300, 4500),
         "edited": False,
-        "tags": [topic],
+        "tags": [intent["tag"]],
     }
 
 
@@ -209,7 +283,7 @@ def build_sample(seed: int = 7) -> dict[str, bytes]:
     exact_in_file = variant(good[42], rating=4)
     planted.append(exact_in_file)
     near = variant(good[43])
-    near["messages"][2]["content"] = near["messages"][2]["content"].replace("I", "We", 1)
+    near["messages"][2]["content"] = near["messages"][2]["content"].replace("Thanks for contacting", "Many thanks for contacting", 1)
     long_near_base = _conversation(rng, next(counter), turns=3)
     long_near = variant(long_near_base)
     long_near["messages"][-1]["content"] = long_near["messages"][-1]["content"].rstrip(".") + ", thanks."
@@ -218,7 +292,7 @@ def build_sample(seed: int = 7) -> dict[str, bytes]:
     prefix["messages"] = prefix["messages"][:3]
     branch_base = _conversation(rng, next(counter), turns=2)
     branch = variant(branch_base, rating=4)
-    branch["messages"][-1]["content"] = "Let me check that for you. " + _fill(rng, STEPS["billing"][0], PRODUCTS[0])
+    branch["messages"][-1]["content"] = "Let me check that for you. " + branch["messages"][-1]["content"]
     planted += [long_near_base, long_near, prefix_base, prefix, branch_base, branch, near]
     # Too long for the default 4096-token limit (about 16 KB of text).
     long_record = _conversation(rng, next(counter), turns=1)

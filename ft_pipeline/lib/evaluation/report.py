@@ -25,6 +25,42 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+#: Test prompts shown with the base's and the candidate's answers in report.md and the CLI summary.
+SIDE_BY_SIDE_EXAMPLES = 3
+
+
+def side_by_side(examples: Any, n: int = SIDE_BY_SIDE_EXAMPLES, metric: str = "rougeL") -> list[dict[str, Any]]:
+    """The first ``n`` distinct test prompts (in test-split order) with the reference and each
+    model's answer and score.
+
+    Taken in order rather than picked by score, so the sample is not a flattering one.
+    """
+    if examples is None or not len(examples) or "prompt" not in examples:
+        return []
+    by_role = {role: frame.reset_index(drop=True) for role, frame in examples.groupby("model", sort=False)}
+    candidate = by_role.get("candidate")
+    if candidate is None:
+        return []
+    rows: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for i in range(len(candidate)):
+        if len(rows) == n:
+            break
+        prompt = str(candidate.at[i, "prompt"])
+        if prompt in seen:  # a stock follow-up ("Thanks, that is all.") once is enough
+            continue
+        seen.add(prompt)
+        row = {"conversation_id": str(candidate.at[i, "conversation_id"]), "prompt": str(candidate.at[i, "prompt"]),
+               "reference": str(candidate.at[i, "reference"]), "answers": {}}
+        for role in ROLES:
+            frame = by_role.get(role)
+            if frame is not None and i < len(frame):
+                score = frame.at[i, metric] if metric in frame else None
+                row["answers"][role] = {"text": str(frame.at[i, "prediction"]), metric: None if score is None else float(score)}
+        rows.append(row)
+    return rows
+
+
 def report_dict(result: EvaluationResult, context: dict[str, Any]) -> dict[str, Any]:
     """Everything in one JSON-able dict: the ids that make it reproducible, and all numbers."""
     return _json_safe(
@@ -38,6 +74,7 @@ def report_dict(result: EvaluationResult, context: dict[str, Any]) -> dict[str, 
             "slices": result.slices,
             "regression_suite": result.regression,
             "decision": result.decision.to_dict(),
+            "side_by_side": side_by_side(result.examples, metric=str(context.get("primary_metric", "rougeL"))),
             **({"extra": result.extra} if result.extra else {}),
         }
     )
@@ -73,6 +110,18 @@ def render_markdown(report: dict[str, Any]) -> str:
     perplexity = (report.get("extra") or {}).get("validation_perplexity")
     if perplexity:
         lines += ["", "## Validation perplexity", "", " · ".join(f"{role} {value:.2f}" for role, value in perplexity.items())]
+    if report.get("side_by_side"):
+        primary = report.get("primary_metric", "rougeL")
+        lines += ["", "## Answers side by side (first test prompts)", ""]
+        for k, row in enumerate(report["side_by_side"], 1):
+            lines += [f"### {k}. `{row['conversation_id']}`", "", f"**User:** {_md_quote(row['prompt'])}", "",
+                      f"**Reference:** {_md_quote(row['reference'])}", ""]
+            for role in ("base", "candidate", "production"):
+                answer = row["answers"].get(role)
+                if answer is not None:
+                    score = answer.get(primary)
+                    lines.append(f"**{role}** ({primary} {'n/a' if score is None else f'{score:.3f}'}): {_md_quote(answer['text'])}")
+                    lines.append("")
     if report.get("regression_suite"):
         rs = report["regression_suite"]
         lines += ["", f"## Regression suite\n\ncandidate {rs['candidate']:.4f}, base {rs['base']:.4f}"]
@@ -83,6 +132,12 @@ def render_markdown(report: dict[str, Any]) -> str:
             n = int(by_role.get("n", {}).get("examples", 0))
             lines.append(f"| {tag} | {n} | " + " | ".join(f"{by_role[r].get(primary, float('nan')):.4f}" for r in roles if r in by_role) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _md_quote(text: str) -> str:
+    """One line of Markdown that shows model output as written (no headings, lists or HTML)."""
+    flat = " ".join(str(text).split())
+    return (flat.replace("\\", "\\\\").replace("<", "&lt;").replace("*", "\\*").replace("_", "\\_").replace("#", "\\#")) or "_(empty)_"
 
 
 def write_charts(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:

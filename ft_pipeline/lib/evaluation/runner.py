@@ -68,6 +68,11 @@ def _score(generator: Generator, prompts: Sequence[list[dict]], references: Sequ
     return predictions, score_examples(predictions, references, task=config.task)
 
 
+def _last_user_turn(prompt: list[dict[str, Any]]) -> str:
+    """What the user asked last: the line people read beside the answers."""
+    return next((str(m.get("content", "")) for m in reversed(prompt) if m.get("role") == "user"), "")
+
+
 def run_evaluation(
     test: pd.DataFrame,
     generators: dict[str, Generator],
@@ -100,6 +105,7 @@ def run_evaluation(
         frame.insert(1, "model_id", generator.name)
         frame.insert(2, "conversation_id", test["conversation_id"].astype(str).to_numpy())
         frame.insert(3, "tags", [list(t) if t is not None else [] for t in tags])
+        frame["prompt"] = [_last_user_turn(p) for p in prompts]
         frame["prediction"] = predictions
         frame["reference"] = references
         frames.append(frame)

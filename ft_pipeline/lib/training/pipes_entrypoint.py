@@ -22,6 +22,7 @@ from typing import Any
 from dagster_pipes import PipesContext, PipesEnvVarParamsLoader, open_dagster_pipes
 
 from ft_pipeline.lib.evaluation.generation import adapter_digest
+from ft_pipeline.lib.quiet_logs import quiet_third_party_logs
 from ft_pipeline.lib.training.lora import LoraTrainingConfig, train_lora
 
 
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--extras", help="JSON file with the extras when not launched by Dagster")
     args = parser.parse_args(argv)
+    quiet_third_party_logs()
     if PipesEnvVarParamsLoader().is_dagster_pipes_process():
         with open_dagster_pipes() as pipes:
             try:
