@@ -2,7 +2,9 @@
 
     .venv/bin/python benchmarks/bench_eval.py [--openai-prompts 200] [--latency 0.1] [--concurrency 16]
                                               [--local-prompts 128] [--max-new-tokens 32] [--batch-size 16]
-                                              [--threads 1]
+                                              [--threads 1] [--base tiny]
+    .venv/bin/python benchmarks/bench_eval.py --skip-openai --base smollm2-135m-instruct \
+                                              --local-prompts 32 --max-new-tokens 48 --threads 2
 
 1. OpenAI-compatible model, against the local ``FakeOpenAI`` server with ``--latency`` seconds of
    latency per chat request: a plain loop of ``client.chat.completions.create`` (as tutorials do)
@@ -12,10 +14,14 @@
    calls scripted responders while holding that lock, so a ``time.sleep`` inside a responder would
    serialise all requests and no client could be faster than the sequential loop.
 
-2. Local model, the tiny base built locally (random weights, CPU): a loop of ``model.generate``
-   per prompt (as tutorials do) against ``LocalGenerator`` batched (``--batch-size``, left padding),
-   same prompts, same greedy decoding, same ``--max-new-tokens``. Target: >= 4x. The answers of
-   the two are compared as a correctness check (greedy + correct left padding give the same text).
+2. Local model on CPU, ``--base`` (the tiny base built locally by default; ``smollm2-135m-instruct``
+   for the real pretrained default, converted once into ``--base-cache``, by default the demo's
+   ``data/base_models``): a loop of ``model.generate`` per prompt (as tutorials do) against
+   ``LocalGenerator`` batched (``--batch-size``, left padding, KV cache), same prompts, same greedy
+   decoding, same ``--max-new-tokens``. Target: >= 4x. Printed: prompts/s and generated tokens/s
+   (answers re-tokenized, the same count for both), and how many answers are identical (greedy +
+   correct left padding give the same text up to float rounding of padded batches). With a real
+   model the prompts are the sample logs' first user turns, with their system prompt.
 
 Every target prints PASS or MISS; a miss never makes the script exit non-zero. Nothing is
 downloaded (``HF_HUB_OFFLINE=1``).
@@ -59,6 +65,16 @@ def make_prompts(n: int) -> list[list[dict]]:
         msgs.append({"role": "user", "content": f"#{i} " + " ".join(words)})
         prompts.append(msgs)
     return prompts
+
+
+def sample_prompts(n: int) -> list[list[dict]]:
+    """The sample logs' openings (system prompt + first user turn): what the demo's model answers."""
+    import random
+
+    from ft_pipeline.lib.sample_data import _conversation
+
+    rng = random.Random(3)
+    return [_conversation(rng, i)["messages"][:2] for i in range(n)]
 
 
 def verdict(speedup: float, target: float) -> str:
@@ -105,12 +121,12 @@ def bench_local(args: argparse.Namespace) -> None:
 
     hf_logging.disable_progress_bar()
     torch.set_num_threads(args.threads)
-    prompts = make_prompts(args.local_prompts)
-    print(f"\n== Local generation, tiny base (CPU, {args.threads} torch thread(s)): {len(prompts)} prompts, "
+    prompts = make_prompts(args.local_prompts) if args.base == "tiny" else sample_prompts(args.local_prompts)
+    print(f"\n== Local generation, base {args.base} (CPU, {args.threads} torch thread(s)): {len(prompts)} prompts, "
           f"max_new_tokens={args.max_new_tokens} ==")
     with tempfile.TemporaryDirectory(prefix="bench-eval-") as tmp:
         texts = [m["content"] for p in prompts for m in p]
-        base = resolve_base_model("tiny", texts, Path(tmp)).path
+        base = resolve_base_model(args.base, texts, Path(tmp) if args.base == "tiny" else Path(args.base_cache)).path
 
         # The tutorial loop: one prompt at a time, no padding.
         tok = AutoTokenizer.from_pretrained(base)
@@ -123,7 +139,7 @@ def bench_local(args: argparse.Namespace) -> None:
             enc = tok.apply_chat_template(p, add_generation_prompt=True, return_dict=True, return_tensors="pt")
             with torch.inference_mode():
                 out = model.generate(**enc, max_new_tokens=args.max_new_tokens, do_sample=False,
-                                     pad_token_id=tok.pad_token_id)
+                                     pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
             return tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
 
         one(prompts[0])  # warm-up
@@ -140,8 +156,12 @@ def bench_local(args: argparse.Namespace) -> None:
 
     same = sum(a == b for a, b in zip(loop_answers, batched))
     speedup = t_loop / t_batch
-    print(f"  one-by-one loop (model.generate)           {t_loop:7.2f} s   {len(prompts) / t_loop:7.1f} prompts/s")
-    print(f"  LocalGenerator, batch {args.batch_size:<3}                  {t_batch:7.2f} s   {len(prompts) / t_batch:7.1f} prompts/s")
+    loop_tokens = sum(len(tok(a, add_special_tokens=False)["input_ids"]) for a in loop_answers)
+    batch_tokens = sum(len(tok(a, add_special_tokens=False)["input_ids"]) for a in batched)
+    print(f"  one-by-one loop (model.generate)           {t_loop:7.2f} s   {len(prompts) / t_loop:7.2f} prompts/s"
+          f"   {loop_tokens / t_loop:7.1f} generated tokens/s")
+    print(f"  LocalGenerator, batch {args.batch_size:<3}                  {t_batch:7.2f} s   {len(prompts) / t_batch:7.2f} prompts/s"
+          f"   {batch_tokens / t_batch:7.1f} generated tokens/s")
     print(f"  identical answers: {same}/{len(prompts)}")
     print(f"  speed-up {speedup:.1f}x (target >= {LOCAL_TARGET:.0f}x): {verdict(speedup, LOCAL_TARGET)}")
 
@@ -155,6 +175,9 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine's cores are shared)")
+    parser.add_argument("--base", default="tiny", help="tiny (default), smollm2-135m-instruct, or a local HF folder")
+    parser.add_argument("--base-cache", default=str(REPO / "data" / "base_models"),
+                        help="where a catalog base is converted once (default: the demo's data/base_models)")
     parser.add_argument("--skip-openai", action="store_true")
     parser.add_argument("--skip-local", action="store_true")
     args = parser.parse_args()

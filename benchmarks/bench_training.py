@@ -1,13 +1,17 @@
 """Training throughput: the tutorial SFT recipe against ours, on the same data and model.
 
     python benchmarks/bench_training.py [--conversations 600] [--epochs 1] [--gpu]
+    python benchmarks/bench_training.py --base smollm2-135m-instruct --conversations 32 --batch-size 4
 
 Tutorial recipe: every example padded to 512 tokens, loss on all tokens, no packing.
 Ours (what ``train_lora`` does): loss on assistant tokens only, bfd packing into padding-free
-blocks of the same length. Same tiny base (built locally), same LoRA, batch size, epochs, seed.
+blocks of the same length. Same base, same LoRA (all-linear, r 16), batch size, epochs, seed.
+``--base`` picks the model: ``tiny`` (default; built locally, random weights) or any base the
+pipeline accepts, e.g. ``smollm2-135m-instruct`` (the real pretrained default, converted once into
+``--base-cache``, by default the demo's ``data/base_models``).
 Each variant runs in its own process so peak memory is its own. Printed per variant: training
 tokens/s counted on real (non-pad) tokens, wall time, peak RSS (or CUDA memory), and the ratio.
-Target: ours >= 2x the tutorial recipe on CPU with the tiny model.
+Target: ours >= 2x the tutorial recipe on CPU, with the tiny model and with SmolLM2.
 
 With ``--gpu`` (CUDA required) it also trains a ~0.5B-parameter random-weight Llama-shaped model
 in bf16 with our recipe and prints tokens/s and model FLOPs utilization (MFU = 6 * params *
@@ -95,7 +99,8 @@ def run_variant(args: argparse.Namespace) -> dict:
     if args.big:
         base = str(build_big_base(workdir / "big_base"))
     else:
-        base = resolve_base_model("tiny", [m["content"] for c in conversations for m in c], workdir / "base").path
+        cache = workdir / "base" if args.base == "tiny" else Path(args.base_cache)
+        base = resolve_base_model(args.base, [m["content"] for c in conversations for m in c], cache).path
     trainer = _build_sft(args.variant, base, conversations, args, workdir / f"out-{args.variant}", bf16=cuda, use_cpu=not cuda)
     batches = list(trainer.get_train_dataloader())
     real_tokens = 0
@@ -119,7 +124,7 @@ def run_variant(args: argparse.Namespace) -> dict:
     n_params = sum(p.numel() for p in trainer.model.parameters())
     figures = {
         "variant": args.variant,
-        "base": "big" if args.big else "tiny",
+        "base": "big" if args.big else args.base,
         "device": torch.cuda.get_device_name(0) if cuda else "cpu",
         "threads": torch.get_num_threads(),
         "steps": trainer.state.global_step,
@@ -161,7 +166,8 @@ def build_big_base(path: Path) -> Path:
 
 def _spawn(variant: str, args: argparse.Namespace, workdir: Path, *, big: bool = False) -> dict:
     command = [sys.executable, __file__, "--variant", variant, "--workdir", str(workdir), "--conversations", str(args.conversations),
-               "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--device", "cuda" if big else args.device]
+               "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--device", "cuda" if big else args.device,
+               "--base", args.base, "--base-cache", args.base_cache]
     if big:
         command.append("--big")
     if args.gradient_checkpointing:
@@ -181,6 +187,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--gradient-checkpointing", action="store_true", help="on for both variants (off by default: tiny model)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--base", default="tiny", help="tiny (default), smollm2-135m-instruct, or a local HF folder")
+    parser.add_argument("--base-cache", default=str(REPO / "data" / "base_models"),
+                        help="where a catalog base is converted once (default: the demo's data/base_models)")
     parser.add_argument("--gpu", action="store_true", help="also run the ~0.5B bf16 model on CUDA and print MFU")
     parser.add_argument("--variant", choices=["tutorial", "ours"], help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
@@ -192,8 +201,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench_training_") as tmp:
         workdir = Path(tmp)
-        print(f"bench_training: {args.conversations} conversations, {args.epochs:g} epoch(s), batch {args.batch_size}, "
-              f"block/pad length {SEQ_LEN}, device {args.device}")
+        print(f"bench_training: base {args.base}, {args.conversations} conversations, {args.epochs:g} epoch(s), "
+              f"batch {args.batch_size}, block/pad length {SEQ_LEN}, device {args.device}, load average {os.getloadavg()[0]:.2f}")
         tutorial = _spawn("tutorial", args, workdir)
         ours = _spawn("ours", args, workdir)
         rows = []

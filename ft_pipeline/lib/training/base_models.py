@@ -121,6 +121,11 @@ class ResolvedBase:
     """Portable reference written into ``adapter_config.json``; None for a plain path given by the user."""
     source_sha256: str | None
     """sha256 of the GGUF a catalog base was converted from (the cache key); None otherwise."""
+    revision: str | None = None
+    """The hub-cache snapshot (40 hex digits) holding exactly these weights: written as
+    ``revision`` into ``adapter_config.json``, so the adapter loads onto the weights it was trained
+    on even when another snapshot of the same hub id (the original download, an older conversion)
+    is in the cache. None for a plain path given by the user."""
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
@@ -153,9 +158,9 @@ def register_in_hub_cache(folder: Path, hub_id: str, revision: str, cache_dir: P
     """Make ``from_pretrained(hub_id)`` load ``folder`` offline, through the local hub cache.
 
     Writes ``models--<org>--<name>/snapshots/<revision>/`` (files hard-linked where possible) and
-    points ``refs/main`` at it. A ``refs/main`` that already names another complete snapshot (the
-    real model downloaded from the hub, say) is left alone: that one loads, as it would anyway.
-    Returns the snapshot folder.
+    points ``refs/main`` at it, unless ``refs/main`` names a complete snapshot this module did not
+    write (the real model downloaded from the hub, say): that one stays what ``main`` means, and
+    adapters still load these weights through their pinned ``revision``. Returns the snapshot folder.
     """
     cache = Path(cache_dir) if cache_dir is not None else hf_hub_cache_dir()
     repo = cache / ("models--" + hub_id.replace("/", "--"))
@@ -168,6 +173,7 @@ def register_in_hub_cache(folder: Path, hub_id: str, revision: str, cache_dir: P
             for src in sorted(Path(folder).iterdir()):
                 if src.is_file() and not src.name.startswith("."):
                     _link_or_copy(src, tmp / src.name)
+            tmp.chmod(0o755)
             if snapshot.exists():
                 shutil.rmtree(snapshot)
             os.replace(tmp, snapshot)
@@ -175,7 +181,10 @@ def register_in_hub_cache(folder: Path, hub_id: str, revision: str, cache_dir: P
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
     current = ref.read_text(encoding="utf-8").strip() if ref.is_file() else ""
-    if current != revision and not (current and (repo / "snapshots" / current / "config.json").is_file()):
+    current_snapshot = repo / "snapshots" / current if current else None
+    foreign = (current_snapshot is not None and (current_snapshot / "config.json").is_file()
+               and not (current_snapshot / _BASE_INFO).is_file())
+    if current != revision and not foreign:
         ref.parent.mkdir(parents=True, exist_ok=True)
         ref.write_text(revision, encoding="utf-8")
     return snapshot
@@ -193,11 +202,17 @@ def _publish_folder(target: Path, build: Callable[[Path], None]) -> Path:
     try:
         build(tmp)
         (tmp / _COMPLETE_MARKER).write_text("ok\n", encoding="utf-8")
+        tmp.chmod(0o755)  # mkdtemp makes it private; the published folder is as readable as any other
         if target.exists():
             if (target / _COMPLETE_MARKER).exists():  # a concurrent builder finished first
                 return target
-            shutil.rmtree(target)  # a leftover of a crash mid-rename
-        os.replace(tmp, target)
+            shutil.rmtree(target)  # a leftover of a crash mid-rename, or a stale conversion
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if (target / _COMPLETE_MARKER).exists():  # another builder renamed its folder in between
+                return target
+            raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -239,10 +254,22 @@ def convert_gguf_base(gguf_path: Path, output_dir: Path, *, on_progress: Callabl
     return output_dir
 
 
+def _conversion_current(folder: Path) -> bool:
+    """A complete folder converted by this recipe (an older ``_CONVERSION_VERSION`` is redone)."""
+    try:
+        info = json.loads((folder / _BASE_INFO).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (folder / _COMPLETE_MARKER).exists() and info.get("conversion_version") == _CONVERSION_VERSION
+
+
 def _catalog_base(entry: GgufBase, cache_dir: Path, on_progress: Callable[[str], None]) -> ResolvedBase:
     gguf = entry.locate()
     sha = file_sha256(gguf)
     target = Path(cache_dir) / f"{entry.name}-{sha[:16]}"
+    if (target / _COMPLETE_MARKER).exists() and not _conversion_current(target):
+        on_progress(f"base {entry.name}: {target} was converted by an older recipe; converting again")
+        (target / _COMPLETE_MARKER).unlink()
     if not (target / _COMPLETE_MARKER).exists():
         try:
             import gguf as _gguf  # noqa: F401  (transformers needs it to read the file)
@@ -260,18 +287,29 @@ def _catalog_base(entry: GgufBase, cache_dir: Path, on_progress: Callable[[str],
         _publish_folder(target, build)
     else:
         on_progress(f"base {entry.name}: reusing the converted folder {target}")
-    register_in_hub_cache(target, entry.hub_id, revision=sha[:40])
-    return ResolvedBase(name=entry.name, path=str(target), hub_id=entry.hub_id, source_sha256=sha)
+    # The snapshot name changes with the GGUF and with the conversion recipe: a new conversion never
+    # reuses the hard links of an older one.
+    revision = hashlib.sha256(f"{sha}/conversion-{_CONVERSION_VERSION}".encode()).hexdigest()[:40]
+    register_in_hub_cache(target, entry.hub_id, revision=revision)
+    return ResolvedBase(name=entry.name, path=str(target), hub_id=entry.hub_id, source_sha256=sha, revision=revision)
 
 
 def _tiny_base(texts: Iterable[str], cache_dir: Path) -> ResolvedBase:
     text_list = [t for t in texts if t]
     key = tiny_base_key(text_list)
-    target = _publish_folder(Path(cache_dir) / f"tiny-{key}", lambda tmp: build_tiny_base(tmp, text_list))
     hub_id = f"ft-pipeline-local/tiny-{key}"
+
+    def build(tmp: Path) -> None:
+        build_tiny_base(tmp, text_list)
+        info = {"name": TINY_BASE_NAME, "hub_id": hub_id, "tiny_base_key": key,
+                "description": "random-weight Llama built from the training texts (not a language model)"}
+        (tmp / _BASE_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+
+    target = _publish_folder(Path(cache_dir) / f"tiny-{key}", build)
     # The key is 16 hex digits; a snapshot name is a 40-digit commit hash.
-    register_in_hub_cache(target, hub_id, revision=key.ljust(40, "0"))
-    return ResolvedBase(name=TINY_BASE_NAME, path=str(target), hub_id=hub_id, source_sha256=None)
+    revision = key.ljust(40, "0")
+    register_in_hub_cache(target, hub_id, revision=revision)
+    return ResolvedBase(name=TINY_BASE_NAME, path=str(target), hub_id=hub_id, source_sha256=None, revision=revision)
 
 
 def resolve_base_model(

@@ -716,6 +716,9 @@ def _make_adapter_portable(adapter_dir: Path, tokenizer, base: ResolvedBase) -> 
     if base.hub_id is not None and config_path.is_file():
         adapter_config = json.loads(config_path.read_text(encoding="utf-8"))
         adapter_config["base_model_name_or_path"] = base.hub_id
+        # Pin the exact snapshot: the same hub id may name other weights in a cache (the original
+        # download, an older conversion); the adapter belongs to these.
+        adapter_config["revision"] = base.revision
         config_path.write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     tokenizer.save_pretrained(str(adapter_dir))
 
