@@ -83,3 +83,15 @@ def _isolated_default_data_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("FT_PIPELINE_DATA_DIR", str(tmp_path / "default-data"))
     monkeypatch.delenv("FT_PIPELINE_REGISTRY_URL", raising=False)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module of tiny-model tests: on the 2 shared cores, two threads
+    fighting a busy core make these small matmuls several times slower than one."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

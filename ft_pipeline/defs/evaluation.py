@@ -73,9 +73,11 @@ def _model_uri(record: dict) -> str:
     return f"lora://{record['adapter_dir']}#{record['adapter_version']}"
 
 
-def _generator_for(record_or_version, generation: GenerationConfig, openai_resource: OpenAIFineTuningResource, data_dir: Path, *, base: bool = False):
+def _generator_for(record_or_version, generation: GenerationConfig, openai_resource: OpenAIFineTuningResource, data_dir: Path, *,
+                   base: bool = False, log=None):
     """A generator for a model record (model.json) or a registered ModelVersion. A base path
-    recorded relative to the data directory is resolved against ``data_dir``."""
+    recorded relative to the data directory is resolved against ``data_dir``; a local model
+    reports each generated batch to ``log`` (the Dagster log)."""
     if isinstance(record_or_version, ModelVersion):
         version = record_or_version
         tags = version.tags or {}
@@ -94,7 +96,8 @@ def _generator_for(record_or_version, generation: GenerationConfig, openai_resou
         return OpenAIChatGenerator(openai_resource.get_client(), model, generation)
     base_path = resolve_portable_path(record["base_model_path"], data_dir)
     quiet_third_party_logs()  # before peft is imported: no bitsandbytes CPU-kernel warnings
-    return LocalGenerator(base_path, None if base else record["adapter_dir"], record["tokenizer_dir"], generation)
+    return LocalGenerator(base_path, None if base else record["adapter_dir"], record["tokenizer_dir"], generation,
+                          on_progress=log.info if log is not None else None)
 
 
 @dg.asset(
@@ -170,11 +173,11 @@ def evaluation_report(
 
     generation = config.generation()
     generators = {
-        "candidate": _generator_for(record, generation, openai_fine_tuning, storage.root()),
-        "base": _generator_for(record, generation, openai_fine_tuning, storage.root(), base=True),
+        "candidate": _generator_for(record, generation, openai_fine_tuning, storage.root(), log=context.log),
+        "base": _generator_for(record, generation, openai_fine_tuning, storage.root(), base=True, log=context.log),
     }
     if production is not None and not already_production:
-        generators["production"] = _generator_for(production, generation, openai_fine_tuning, storage.root())
+        generators["production"] = _generator_for(production, generation, openai_fine_tuning, storage.root(), log=context.log)
     for role, generator in generators.items():
         context.log.info(f"{role}: {generator.name}")
 

@@ -55,6 +55,8 @@ from ft_pipeline.lib.training.chat_template import (
 from ft_pipeline.lib.training.lora import _prepare_chat_template
 from ft_pipeline.lib.training.tiny_base import build_tiny_base
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 _PRODUCTS = ["plug", "bulb", "camera", "thermostat", "doorbell", "speaker"]
 _TEXTS = [
     f"My {product} {issue}. Unplug the {product}, wait ten seconds and plug it back in."
@@ -75,15 +77,6 @@ _SENTENCES = [
 _FAKE_PACKAGE = "ft_pipeline_test_fake_base"
 _FAKE_GGUF = "fake-base.Q8_0.gguf"
 _FAKE_NAME = "fake-base"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    # Two cores shared with other jobs: one torch thread is faster for these tiny matmuls.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

@@ -129,16 +129,12 @@ def test_scripted_generator():
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    # 2 shared cores: one thread is faster for these tiny matmuls than two fighting a busy core.
+def _quiet_progress_bars(one_torch_thread):
     from transformers.utils import logging as hf_logging
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
     hf_logging.disable_progress_bar()
     yield
     hf_logging.enable_progress_bar()
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
@@ -190,6 +186,18 @@ def test_local_batched_equals_one_by_one_and_is_deterministic(base_gen):
     assert base_gen.generate(prompts[::-1]) == batched[::-1]  # order follows the input
     assert base_gen.generate([]) == []
     assert base_gen.name == f"local:{base_gen.base_model_path}"
+
+
+def test_local_reports_progress_per_batch_without_changing_answers(base_gen, monkeypatch):
+    prompts = _prompts(10)
+    expected = base_gen.generate(prompts)
+    lines: list[str] = []
+    monkeypatch.setattr(base_gen, "on_progress", lines.append)
+    assert base_gen.generate(prompts) == expected
+    bs = base_gen.config.batch_size
+    assert len(lines) == -(-10 // bs)
+    assert lines[-1].startswith(f"{base_gen.name}: 10/10 answers, ") and lines[-1].endswith(" tokens/s")
+    assert int(lines[-1].split(" answers, ")[1].split(" new tokens")[0]) > 0
 
 
 def test_local_caller_rng_is_untouched(base_gen):

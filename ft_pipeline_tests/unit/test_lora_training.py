@@ -46,6 +46,8 @@ from ft_pipeline.lib.training.tiny_base import TinyBaseSpec, build_tiny_base
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 # Small and fast on a shared 2-core CPU: 48 conversations packed into 256-token sequences, two per
 # step, give 7 steps per epoch. The high learning rate makes the loss drop visibly within 3 epochs.
 FAST = LoraTrainingConfig(
@@ -102,16 +104,6 @@ def _env() -> dict[str, str]:
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     return env
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    # The machine has 2 cores shared with other jobs; two torch threads fighting a busy core make
-    # these tiny matmuls ~7x slower than one thread.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

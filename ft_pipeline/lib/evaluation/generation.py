@@ -28,6 +28,7 @@ import copy
 import hashlib
 import os
 import threading
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -202,11 +203,15 @@ class LocalGenerator:
         tokenizer_dir: str | None = None,
         config: GenerationConfig = GenerationConfig(),
         device: str | None = None,
+        on_progress: Callable[[str], None] | None = None,
     ):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.config = config
+        # Called after every batch with a line of progress (answers done, new tokens, tokens/s):
+        # generation is the long step of an evaluation on CPU, and the Dagster log should show it.
+        self.on_progress = on_progress
         self.base_model_path = str(base_model_path)
         self.adapter_dir = str(adapter_dir) if adapter_dir is not None else None
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -305,6 +310,7 @@ class LocalGenerator:
         gen_config = self._generation_config()
         answers: list[str | None] = [None] * len(texts)
         bs = self.config.batch_size
+        started, generated = time.perf_counter(), 0
         with torch.inference_mode():
             for start in range(0, len(order), bs):
                 idx = order[start : start + bs]
@@ -317,6 +323,11 @@ class LocalGenerator:
                 new_tokens = out[:, enc["input_ids"].shape[1] :]
                 for i, text in zip(idx, self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
                     answers[i] = text.strip()
+                if self.on_progress is not None:
+                    generated += int((new_tokens != gen_config.pad_token_id).sum())
+                    elapsed = time.perf_counter() - started
+                    self.on_progress(f"{self.name}: {min(start + bs, len(order))}/{len(order)} answers, "
+                                     f"{generated} new tokens, {generated / max(elapsed, 1e-9):.1f} tokens/s")
         return [a if a is not None else "" for a in answers]
 
     # ------------------------------------------------------------------------------ mean_nll

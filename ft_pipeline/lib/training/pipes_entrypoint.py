@@ -11,19 +11,26 @@ standalone.
 
 from __future__ import annotations
 
-import argparse
-import json
-import signal
-import sys
-import threading
-from pathlib import Path
-from typing import Any
+import os
 
-from dagster_pipes import PipesContext, PipesEnvVarParamsLoader, open_dagster_pipes
+# The trainer sends its own progress lines over Pipes (conversion, steps, saving); tqdm bars (GGUF
+# dequantization, weight loading) would only be redrawn noise in the Dagster log. tqdm reads this
+# when it is imported, so it is set before anything imports it; an explicit setting wins.
+os.environ.setdefault("TQDM_DISABLE", "1")
 
-from ft_pipeline.lib.evaluation.generation import adapter_digest
-from ft_pipeline.lib.quiet_logs import quiet_third_party_logs
-from ft_pipeline.lib.training.lora import LoraTrainingConfig, train_lora
+import argparse  # noqa: E402
+import json  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+from dagster_pipes import PipesContext, PipesEnvVarParamsLoader, open_dagster_pipes  # noqa: E402
+
+from ft_pipeline.lib.evaluation.generation import adapter_digest  # noqa: E402
+from ft_pipeline.lib.quiet_logs import quiet_third_party_logs  # noqa: E402
+from ft_pipeline.lib.training.lora import LoraTrainingConfig, train_lora  # noqa: E402
 
 
 def _config_from_extras(values: dict[str, Any]) -> LoraTrainingConfig:
