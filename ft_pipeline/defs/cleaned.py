@@ -1,6 +1,8 @@
 """cleaned_conversations: normalize, role rules, quality filter, PII scrub, in-file dedup."""
 
 
+import os
+
 import dagster as dg
 import pandas as pd
 from pydantic import Field
@@ -11,11 +13,15 @@ from ft_pipeline.defs.resources import PipelineStorage
 from ft_pipeline.lib.cleaning import FILTER_REASONS, CleaningConfig, clean_conversations
 from ft_pipeline.lib.dedup import DedupConfig
 from ft_pipeline.lib.pii import PII_TYPES, PiiConfig
-from ft_pipeline.lib.storage import content_version, hash_values, read_latest, safe_name, write_latest, write_parquet
+from ft_pipeline.lib.storage import content_version, hash_values, legacy_partition_folders, read_latest, safe_name, write_latest, write_parquet
 
-CLEANED_CODE_VERSION = "2"
+CLEANED_CODE_VERSION = "3"
 _DEFAULTS = CleaningConfig()
 _DEDUP_DEFAULTS = DedupConfig()
+
+
+#: HMAC key of the pseudonyms that replace ids holding personal data (see CleaningConfig.id_hash_key).
+ID_HASH_KEY_ENV = "FT_PIPELINE_ID_HASH_KEY"
 
 
 class CleaningRunConfig(dg.Config):
@@ -48,6 +54,8 @@ class CleaningRunConfig(dg.Config):
             drop_leading_assistant=self.drop_leading_assistant,
             trim_trailing_user=self.trim_trailing_user,
             scrub_pii=self.scrub_pii,
+            # A secret, so it comes from the environment, never from run config (which the UI shows).
+            id_hash_key=os.environ.get(ID_HASH_KEY_ENV, ""),
             pii=PiiConfig(entities=tuple(self.pii_entities), redact_private_ips=self.redact_private_ips),
             dedup=DedupConfig(num_perm=self.minhash_num_perm, ngram=self.minhash_ngram),
         )
@@ -71,7 +79,8 @@ def cleaned_conversations(
     name = context.partition_key
     pointer = read_latest(storage.folder("parsed") / safe_name(name))
     if pointer is None:
-        raise dg.Failure(description=f"raw_conversation_logs has not been materialized for partition {name!r}")
+        old = " (data under the old folder naming is not read: materialize it again)" if legacy_partition_folders(storage.root(), name) else ""
+        raise dg.Failure(description=f"raw_conversation_logs has not been materialized for partition {name!r}{old}")
     parsed = pd.read_parquet(pointer["path"])
     lib_config = config.to_lib()
     result = clean_conversations(parsed, lib_config)

@@ -1,6 +1,8 @@
 """curated_dataset: the fan-in of every cleaned partition, globally deduplicated."""
 
 
+import json
+
 import dagster as dg
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -12,10 +14,10 @@ from ft_pipeline.defs.resources import PipelineStorage
 from ft_pipeline.lib.curation import CurationConfig, curate
 from ft_pipeline.lib.dedup import DedupConfig, conversation_text, deduplicate
 from ft_pipeline.lib.pii import PII_TYPES, find_pii
-from ft_pipeline.lib.storage import content_version, hash_values, read_latest, safe_name, write_latest, write_parquet
+from ft_pipeline.lib.storage import content_version, hash_values, legacy_partition_folders, read_latest, safe_name, write_latest, write_parquet
 from ft_pipeline.lib.tokens import TokenCounterConfig
 
-CURATED_CODE_VERSION = "2"
+CURATED_CODE_VERSION = "3"
 _DEDUP = DedupConfig()
 
 DEDUP_KINDS = {
@@ -52,7 +54,7 @@ def _registered_partitions(context: dg.AssetExecutionContext) -> list[str]:
     code_version=CURATED_CODE_VERSION,
     kinds={"parquet"},
     check_specs=[
-        dg.AssetCheckSpec("no_pii_left", asset="curated_dataset", blocking=True, description="A fresh PII scan of every message finds nothing."),
+        dg.AssetCheckSpec("no_pii_left", asset="curated_dataset", blocking=True, description="A fresh PII scan of every text column (messages, ids, metadata, tags) finds nothing."),
         dg.AssetCheckSpec("no_duplicates_left", asset="curated_dataset", description="No exact, prefix or near duplicate remains."),
     ],
 )
@@ -75,6 +77,12 @@ def curated_dataset(context: dg.AssetExecutionContext, config: CurationRunConfig
         inputs.append((name, pointer))
     if missing:
         context.log.warning(f"{len(missing)} registered partition(s) have no cleaned output yet and are left out: {missing[:10]}")
+        legacy = [name for name in missing if legacy_partition_folders(storage.root(), name)]
+        if legacy:
+            context.log.warning(
+                f"{len(legacy)} of them have data under the old folder naming (two file names could share a folder), "
+                f"which is not read: materialize ingest_log_file for them again (`ft-pipeline run` does): {legacy[:10]}"
+            )
     if not inputs:
         raise dg.Failure(description="no cleaned partitions to curate: materialize cleaned_conversations first")
 
@@ -126,10 +134,18 @@ def _pii_check(path) -> dg.AssetCheckResult:
     found: dict[str, int] = {}
     examples = []
     # Stream the file: a fresh scan of every message without holding the dataset in memory.
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=10_000, columns=["conversation_id", "messages"]):
-        for conversation_id, messages in zip(batch.column("conversation_id").to_pylist(), batch.column("messages").to_pylist()):
-            for m in messages:
-                for match in find_pii(m["content"]):
+    # Every text column the dataset writes, not only the messages: ids and the record's unknown
+    # keys (metadata) are data too.
+    available = set(pq.ParquetFile(path).schema_arrow.names)
+    text_columns = [c for c in ("user_id", "metadata", "tags") if c in available]
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=10_000, columns=["conversation_id", "messages", *text_columns]):
+        columns = {name: batch.column(name).to_pylist() for name in batch.schema.names}
+        for i, conversation_id in enumerate(columns["conversation_id"]):
+            texts = [m["content"] for m in columns["messages"][i]] + [str(conversation_id)]
+            texts += [json.dumps(columns[c][i], ensure_ascii=False) if not isinstance(columns[c][i], str) else columns[c][i]
+                      for c in text_columns if columns[c][i] is not None]
+            for text in texts:
+                for match in find_pii(text):
                     found[match.type] = found.get(match.type, 0) + 1
                     if len(examples) < 5:
                         examples.append({"conversation_id": conversation_id, "type": match.type})

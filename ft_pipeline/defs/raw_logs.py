@@ -13,7 +13,7 @@ from ft_pipeline.lib.pii import scrub_pii
 from ft_pipeline.lib.records import QUARANTINE_REASONS, ReadConfig, read_log_file
 from ft_pipeline.lib.storage import content_version, file_sha256, safe_name, write_latest, write_parquet
 
-RAW_CODE_VERSION = "1"
+RAW_CODE_VERSION = "2"
 
 
 class RawLogsConfig(dg.Config):

@@ -7,6 +7,9 @@ one reason code). Every input row lands in exactly one of the two.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import re
 import unicodedata
 from collections import Counter
@@ -35,7 +38,7 @@ from ft_pipeline.lib.dedup import (
     record_hashes,
     signatures_to_bytes,
 )
-from ft_pipeline.lib.pii import DEFAULT_PII_CONFIG, PiiConfig, may_contain_pii, scrub_pii
+from ft_pipeline.lib.pii import DEFAULT_PII_CONFIG, PiiConfig, find_pii, may_contain_pii, scrub_pii
 from ft_pipeline.lib.records import gc_paused
 
 # Filter reason codes (records that parse but should not be trained on), with the sentence
@@ -87,7 +90,14 @@ class CleaningConfig:
     """Drop user turns after the last assistant reply (they were never answered); when off, such
     conversations are filtered as ``last_message_not_assistant``."""
     scrub_pii: bool = True
-    """Replace personal data with typed placeholders such as ``<EMAIL>``."""
+    """Replace personal data with typed placeholders such as ``<EMAIL>``: in the messages, in every
+    string under ``metadata`` (the record's unknown keys), and in ``user_id`` / ``conversation_id``
+    (see ``id_hash_key``)."""
+    id_hash_key: str = ""
+    """Key of the HMAC-SHA256 that replaces a ``user_id`` or ``conversation_id`` holding personal
+    data (an email, a phone number): ``user-<hash>`` / ``conv-<hash>``, the same for the same id, so
+    grouping by user still works. Empty (the default) uses a fixed public key, which keeps the id
+    out of the data but lets someone who guesses an email check it; set a secret to prevent that."""
     pii: PiiConfig = field(default_factory=lambda: DEFAULT_PII_CONFIG)
     dedup: DedupConfig = field(default_factory=lambda: DEFAULT_DEDUP_CONFIG)
 
@@ -344,6 +354,52 @@ def turn_columns(messages) -> tuple[int | None, int, int]:
     return first_hash, len(first.split()) if first else 0, text_hash(messages[-1]["content"])
 
 
+_ID_PREFIX = {"user_id": "user", "conversation_id": "conv"}
+
+
+def _pseudonym(field_name: str, value: str, config: CleaningConfig) -> str:
+    key = (config.id_hash_key or "ft-pipeline public id key").encode("utf-8")
+    digest = hmac.new(key, value.encode("utf-8", errors="surrogatepass"), hashlib.sha256).hexdigest()[:16]
+    return f"{_ID_PREFIX[field_name]}-{digest}"
+
+
+def _scrub_value(value: Any, config: CleaningConfig, pii_counts: Counter) -> Any:
+    """Every string inside a JSON-like value, scrubbed (keys too: records put data in keys)."""
+    if isinstance(value, str):
+        if not may_contain_pii(value):
+            return value
+        text, found = scrub_pii(value, config.pii)
+        pii_counts.update(found)
+        return text
+    if isinstance(value, dict):
+        return {_scrub_value(str(k), config, pii_counts): _scrub_value(v, config, pii_counts) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub_value(v, config, pii_counts) for v in value]
+    return value
+
+
+def _scrub_other_fields(row: list[Any], positions: dict[str, int], config: CleaningConfig, pii_counts: Counter) -> None:
+    """Personal data outside the messages: the ids (pseudonymised, so they still group) and the
+    record's unknown keys kept as JSON in ``metadata`` (scrubbed string by string)."""
+    if not config.scrub_pii:
+        return
+    for name in ("user_id", "conversation_id"):
+        k = positions.get(name)
+        if k is not None and isinstance(row[k], str) and may_contain_pii(row[k]):
+            found = find_pii(row[k], config.pii)
+            if found:
+                pii_counts.update(m.type for m in found)
+                row[k] = _pseudonym(name, row[k], config)
+    k = positions.get("metadata")
+    if k is not None and isinstance(row[k], str) and may_contain_pii(row[k]):
+        try:
+            parsed = json.loads(row[k])
+        except ValueError:
+            row[k] = _scrub_value(row[k], config, pii_counts)
+        else:
+            row[k] = json.dumps(_scrub_value(parsed, config, pii_counts), ensure_ascii=False, sort_keys=True)
+
+
 def _scrub_messages(messages: list[dict[str, str]], config: CleaningConfig, pii_counts: Counter) -> list[dict[str, str]]:
     if not config.scrub_pii:
         return messages
@@ -460,12 +516,14 @@ def _clean_conversations(frame: pd.DataFrame, config: CleaningConfig) -> CleanRe
             row[messages_at] = _scrub_messages(
                 [{"role": role, "content": content} for role, content in zip(roles, contents)], config, Counter()
             )
+            _scrub_other_fields(row, position, config, Counter())
             row.append(result[0])
             row.append(result[1])
             filtered_rows.append(row)
             continue
         messages = _scrub_messages(result, config, pii_counts)
         row[messages_at] = messages
+        _scrub_other_fields(row, position, config, pii_counts)
         kept_rows.append(row)
         kept_hashes.append(record_hashes(messages))
     del rows, contents_of, outcome

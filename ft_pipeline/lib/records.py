@@ -46,6 +46,7 @@ SHAREGPT_ROLES = {
 QUARANTINE_REASONS: dict[str, str] = {
     "invalid_utf8": "the line is not valid UTF-8",
     "invalid_json": "the line is not valid JSON",
+    "too_deeply_nested": "the record nests lists/objects deeper than the JSON parser can follow",
     "not_an_object": "the record is not a JSON object",
     "messages_missing": "the record has no 'messages' (or ShareGPT 'conversations') field",
     "messages_not_a_list": "'messages' is not a list",
@@ -360,6 +361,33 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+_UTF8_BOM = b"\xef\xbb\xbf"
+_SKIP_CHUNK = 1 << 20
+
+
+def _bounded_lines(stream: Any, limit: int) -> Iterator[tuple[bytes, int]]:
+    """``(line, size)`` per line of a binary stream, holding at most ``limit + 1`` bytes of a line.
+
+    A line over ``limit`` bytes yields its first ``limit + 1`` bytes and its full size; the rest
+    is read past in 1 MiB chunks and dropped, so one huge line (a 150 MB record in a small gzip)
+    costs bounded memory instead of the whole line.
+    """
+    while True:
+        line = stream.readline(limit + 1)
+        if not line:
+            return
+        if len(line) <= limit or line.endswith(b"\n"):
+            yield line, len(line)
+            continue
+        size = len(line)
+        while True:
+            chunk = stream.readline(_SKIP_CHUNK)
+            size += len(chunk)
+            if not chunk or chunk.endswith(b"\n"):
+                break
+        yield line, size
+
+
 def read_log_file(
     path: str | Path, config: ReadConfig = DEFAULT_READ_CONFIG, *, source_name: str | None = None
 ) -> ParseResult:
@@ -390,6 +418,9 @@ def _read_log_file(path: str | Path, config: ReadConfig, source_name: str | None
         except RecordError as err:
             reject(line_no, err.reason, err.detail, raw)
             return
+        except RecursionError:
+            reject(line_no, "too_deeply_nested", "nesting deeper than the record parser can follow", raw)
+            return
         row["source_file"] = source
         row["source_line"] = line_no
         rows.append(row)
@@ -407,10 +438,12 @@ def _read_log_file(path: str | Path, config: ReadConfig, source_name: str | None
         else:
             opener = gzip.open if fmt == "jsonl.gz" else open
             with opener(path, "rb") as stream:
-                for line_no, line in enumerate(stream, start=1):
+                for line_no, (line, size) in enumerate(_bounded_lines(stream, config.max_record_bytes), start=1):
                     last_line = line_no
-                    if len(line) > config.max_record_bytes:
-                        reject(line_no, "oversize_record", f"line is {len(line)} bytes, over {config.max_record_bytes}", line)
+                    if line_no == 1 and line.startswith(_UTF8_BOM):
+                        line = line[len(_UTF8_BOM):]  # a BOM written by an editor or a spreadsheet export
+                    if size > config.max_record_bytes:
+                        reject(line_no, "oversize_record", f"line is {size} bytes, over {config.max_record_bytes}", line)
                         continue
                     if not line or line.isspace():  # what `not line.strip()` tests, without a copy
                         blank_lines += 1
@@ -424,6 +457,10 @@ def _read_log_file(path: str | Path, config: ReadConfig, source_name: str | None
                         record = json.loads(text)
                     except json.JSONDecodeError as err:
                         reject(line_no, "invalid_json", f"{err.msg} at column {err.colno}", line)
+                        continue
+                    except RecursionError:
+                        # One hostile line is one quarantine row; the next line is read normally.
+                        reject(line_no, "too_deeply_nested", "nesting deeper than the JSON parser's recursion limit", line)
                         continue
                     accept(line_no, record, line)
     except (OSError, EOFError, zlib.error, ValueError) as err:

@@ -31,10 +31,27 @@ def resolve_data_dir(explicit: str | os.PathLike | None = None) -> Path:
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=-]+")
 
 
-def safe_name(key: str) -> str:
-    """A partition key as a single folder name (keys are file names; nested paths use '__')."""
+def legacy_safe_name(key: str) -> str:
+    """The folder name of a partition before names were made injective: a readable slug only, so
+    ``team a.jsonl`` and ``team_a.jsonl`` shared a folder. Used only to recognise old data."""
     name = _UNSAFE.sub("_", key.replace("/", "__"))
     return name.strip(".") or "_"
+
+
+def safe_name(key: str) -> str:
+    """A partition key as a single folder name: a readable slug (nested paths use '__') plus a
+    short hash of the exact key, so two keys never share a folder (``team a.jsonl`` and
+    ``team_a.jsonl``, ``A.jsonl`` and ``a.jsonl``, NFC and NFD spellings of one name)."""
+    digest = hashlib.sha256(key.encode("utf-8", errors="surrogatepass")).hexdigest()[:12]
+    return f"{legacy_safe_name(key)[:120]}-{digest}"
+
+
+def legacy_partition_folders(data_dir: Path, key: str) -> list[Path]:
+    """Folders written for ``key`` under the old, non-injective naming that are still there: their
+    data is not read (it may belong to another key); the partition must be materialized again."""
+    folders = layout(Path(data_dir))
+    name = legacy_safe_name(key)
+    return [p for p in (folders["parsed"] / name, folders["cleaned"] / name) if (p / LATEST).exists()]
 
 
 def portable_path(path: str | os.PathLike, data_dir: Path) -> str:

@@ -121,9 +121,12 @@ def test_partitions_list_and_delete_with_purge(sample_data_dir, capsys):
     assert main(["partitions", "--data-dir", str(data), "delete", gone, "--purge"]) == 0
     out = capsys.readouterr().out
     assert f"deleted partition {gone!r}" in out and "still in the landing folder" in out
+    from ft_pipeline.lib.storage import safe_name
+
     for folder in ("parsed", "cleaned"):
-        assert not (data / folder / gone).exists() and (data / folder / "support_2024-05-02.jsonl.gz").exists()
-    assert not (data / "quarantine" / f"{gone}.parquet").exists()
+        assert not (data / folder / safe_name(gone)).exists() and (data / folder / safe_name("support_2024-05-02.jsonl.gz")).exists()
+    assert not (data / "quarantine" / f"{safe_name(gone)}.parquet").exists()
+    assert (data / "quarantine" / f"{safe_name('support_2024-05-02.jsonl.gz')}.parquet").exists()
 
     # With the file gone from the landing folder, the next dataset build leaves it out.
     (data / "raw" / gone).unlink()

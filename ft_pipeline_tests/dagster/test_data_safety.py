@@ -1,0 +1,222 @@
+"""Regression tests for the data-safety findings of issue 15 that are fixed (each test is named
+after its finding): raw PII in sample metadata, two file names sharing a folder, one deeply
+nested line dropping the rest of its file, a UTF-8 BOM, and memory growing with line length."""
+
+import gzip
+import json
+import shutil
+import tracemalloc
+import unicodedata
+
+import dagster as dg
+import pandas as pd
+import pytest
+
+from ft_pipeline.definitions import ALL_ASSETS, DATASET_ASSETS, PER_FILE_ASSETS
+from ft_pipeline.defs.partitions import log_files_partitions
+from ft_pipeline.lib.records import QUARANTINE_REASONS, ReadConfig, read_log_file
+from ft_pipeline.lib.storage import legacy_safe_name, partition_artifacts, safe_name
+
+# One value of every kind the scrubber knows, as written in a raw log.
+PLANTED_PII = {
+    "EMAIL": "jane.doe@example.com",
+    "PHONE": "(415) 867-5309",
+    "CREDIT_CARD": "4111 1111 1111 1111",
+    "IBAN": "DE89 3704 0044 0532 0130 00",
+    "SSN": "123-45-6789",
+    "IP_ADDRESS": "81.2.69.160",
+    "MAC_ADDRESS": "3C:22:FB:1A:9E:04",
+    "SECRET": "sk-proj-4fJ9kL2mN8pQ1rS5tU7vW3xY6zA0bC",
+}
+
+
+def _record(i: int, user_text: str = "My plug will not pair with the app after the update, what should I do?") -> dict:
+    return {
+        "conversation_id": f"c-{i}",
+        "messages": [
+            {"role": "user", "content": user_text},
+            {"role": "assistant", "content": f"Hold the button for ten seconds until the light turns white, then pair it again ({i})."},
+        ],
+    }
+
+
+def _write_jsonl(path, records) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+
+
+def _ingest(instance, resources, names):
+    instance.add_dynamic_partitions(log_files_partitions.name, names)
+    results = []
+    for name in names:
+        result = dg.materialize(PER_FILE_ASSETS, partition_key=name, instance=instance, resources=resources)
+        assert result.success
+        results.append(result)
+    return results
+
+
+def _all_metadata_text(results) -> str:
+    texts = []
+    for result in results:
+        for event in result.get_asset_materialization_events():
+            for value in event.materialization.metadata.values():
+                texts.append(str(getattr(value, "value", value)))
+    return "\n".join(texts)
+
+
+def test_raw_pii_in_dagster_metadata(instance, resources, data_dir):
+    # Finding 1: the `sample` metadata of raw_conversation_logs stored PII unscrubbed, in the
+    # event log database, where deleting a partition does not reach it.
+    records = [_record(i, f"Please help with my order. My details: {value}. Thanks!") for i, value in enumerate(PLANTED_PII.values())]
+    name = "pii_probe.jsonl"
+    _write_jsonl(data_dir / "raw" / name, records)
+    results = _ingest(instance, resources, [name])
+    text = _all_metadata_text(results)
+    assert "**c-0**" in text  # the sample is there, only scrubbed
+    for kind, value in PLANTED_PII.items():
+        assert value not in text, f"raw {kind} in materialization metadata"
+    # And in every event the run wrote (logs included), not only the metadata values.
+    for result in results:
+        for record in instance.all_logs(result.run_id):
+            dump = str(record.dagster_event) + str(record.user_message)
+            for kind, value in PLANTED_PII.items():
+                assert value not in dump, f"raw {kind} in the event log"
+
+
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        ("team a.jsonl", "team_a.jsonl"),
+        ("Team.jsonl", "team.jsonl"),
+        (unicodedata.normalize("NFC", "café.jsonl"), unicodedata.normalize("NFD", "café.jsonl")),
+        ("x/y.jsonl", "x__y.jsonl"),
+    ],
+)
+def test_two_file_names_one_folder_storage_names_are_injective(a, b):
+    # Finding 2, the naming: the old slug mapped both keys of each pair to one folder.
+    assert a != b
+    assert safe_name(a) != safe_name(b)
+    assert safe_name(a) == safe_name(a)  # stable
+    if legacy_safe_name(a.lower()) == legacy_safe_name(b.lower()):
+        assert safe_name(a).startswith(legacy_safe_name(a))  # still readable
+
+
+def test_two_file_names_one_folder(instance, resources, data_dir):
+    # Finding 2, end to end: each file's records reach the curated dataset, and purging one
+    # partition leaves the other's data alone.
+    first, second = "team a.jsonl", "team_a.jsonl"
+    _write_jsonl(data_dir / "raw" / first, [_record(1, "The camera in the garage shows offline since Monday, what can I do?")])
+    _write_jsonl(data_dir / "raw" / second, [_record(2, "How do I share the doorbell with my partner on another phone?")])
+    _ingest(instance, resources, [first, second])
+    result = dg.materialize(ALL_ASSETS, selection=DATASET_ASSETS, instance=instance, resources=resources, raise_on_error=False)
+    curated_meta = next(e.materialization.metadata for e in result.get_asset_materialization_events()
+                        if e.asset_key.to_user_string() == "curated_dataset")
+    curated = pd.read_parquet(curated_meta["path"].value)
+    ours = curated[curated["source_file"].isin([first, second])]
+    assert sorted(ours["source_file"]) == [first, second]
+    assert sorted(ours["conversation_id"]) == ["c-1", "c-2"]
+
+    # What `ft-pipeline partitions delete --purge` removes is partition_artifacts(key).
+    kept = partition_artifacts(data_dir, second)
+    purged = partition_artifacts(data_dir, first)
+    assert kept and purged and not set(kept) & set(purged)
+    for path in purged:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    assert all(p.exists() for p in kept), "purging one partition deleted the other's data"
+    assert partition_artifacts(data_dir, first) == []
+
+
+def test_one_deeply_nested_line_drops_the_rest_of_its_file(tmp_path):
+    # Finding 3: RecursionError in json.loads became `unreadable_file` and the valid lines after
+    # it were lost. Now: one quarantine row with its own reason, the next line read normally.
+    path = tmp_path / "nested.jsonl"
+    nested = "[" * 100_000 + "]" * 100_000
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(json.dumps(_record(1)) + "\n")
+        f.write('{"conversation_id": "deep", "messages": ' + nested + "}\n")
+        f.write(json.dumps(_record(3)) + "\n")
+        f.write(json.dumps(_record(4)) + "\n")
+    parsed = read_log_file(path)
+    assert parsed.n_records == 4
+    assert list(parsed.conversations["conversation_id"]) == ["c-1", "c-3", "c-4"]
+    assert list(parsed.quarantine["reason"]) == ["too_deeply_nested"]
+    assert list(parsed.quarantine["source_line"]) == [2]
+    assert "too_deeply_nested" in QUARANTINE_REASONS
+
+
+def test_a_utf8_bom_quarantines_the_first_record(tmp_path):
+    # Finding 7 (first part): a BOM written by an editor made the first valid record invalid JSON.
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(_record(i)) + "\n" for i in range(2)).encode("utf-8"))
+    parsed = read_log_file(path)
+    assert list(parsed.conversations["conversation_id"]) == ["c-0", "c-1"]
+    assert parsed.quarantine.empty
+
+
+def test_memory_grows_with_line_length(tmp_path):
+    # Finding 6: the size limit was applied after the whole line was read, so a small .gz holding
+    # one 150 MB line cost hundreds of MB. Now the limit bounds what is held of a line.
+    path = tmp_path / "one_huge_line.jsonl.gz"
+    chunk = "x" * (1 << 20)
+    head, tail = '{"conversation_id": "huge", "messages": [{"role": "user", "content": "', '"}]}\n'
+    with gzip.open(path, "wt", encoding="utf-8", compresslevel=1) as f:
+        f.write(head)
+        for _ in range(150):
+            f.write(chunk)
+        f.write(tail)
+        f.write(json.dumps(_record(2)) + "\n")
+    assert path.stat().st_size < 2_000_000  # a small upload ...
+    tracemalloc.start()
+    try:
+        parsed = read_log_file(path, ReadConfig(max_record_bytes=262_144))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert list(parsed.quarantine["reason"]) == ["oversize_record"]
+    assert parsed.quarantine["detail"].iloc[0].startswith(f"line is {len(head) + 150 * len(chunk) + len(tail)} bytes")
+    assert list(parsed.conversations["conversation_id"]) == ["c-2"]  # ... and the next line is read
+    assert peak < 32 * 1024 * 1024, f"peak {peak / 1e6:.0f} MB while reading one 150 MB line"
+
+
+def test_unknown_keys_skip_the_scrubber(tmp_path):
+    # Finding 4: text under an unrecognised key and a user_id that is an email reached the curated
+    # parquet raw. Now every string under metadata is scrubbed and such ids become stable pseudonyms.
+    from ft_pipeline.lib.cleaning import CleaningConfig, clean_conversations
+
+    path = tmp_path / "notes.jsonl"
+    records = []
+    for i in range(3):
+        r = _record(i)
+        r["user_id"] = "bob@example.com" if i < 2 else "user-0003"
+        r["notes"] = f"call bob@example.com, card {PLANTED_PII['CREDIT_CARD']}"
+        r["extra"] = {"nested": [PLANTED_PII["SECRET"]], "fine": "order 42"}
+        records.append(r)
+    _write_jsonl(path, records)
+    cleaned = clean_conversations(read_log_file(path).conversations)
+    kept = pd.concat([cleaned.kept, cleaned.filtered.drop(columns=["filter_reason", "filter_detail"], errors="ignore")])
+    dump = "\n".join(str(v) for column in kept.columns if column != "minhash" for v in kept[column])
+    for value in ("bob@example.com", PLANTED_PII["CREDIT_CARD"], PLANTED_PII["SECRET"]):
+        assert value not in dump
+    users = dict(zip(kept["conversation_id"], kept["user_id"]))
+    assert users["c-0"] == users["c-1"] != "bob@example.com" and users["c-0"].startswith("user-")  # still groups
+    assert users["c-2"] == "user-0003"  # an id without personal data is left alone
+    assert "order 42" in kept.set_index("conversation_id").at["c-0", "metadata"]  # the rest of the metadata stays
+    keyed = clean_conversations(read_log_file(path).conversations, CleaningConfig(id_hash_key="secret"))
+    assert dict(zip(keyed.kept["conversation_id"], keyed.kept["user_id"]))["c-0"] != users["c-0"]
+
+
+def test_no_pii_left_reads_every_text_column(tmp_path):
+    # Finding 4, the check: no_pii_left passed with PII outside the messages.
+    from ft_pipeline.defs.curated import _pii_check
+
+    path = tmp_path / "conversations.parquet"
+    frame = pd.DataFrame({
+        "conversation_id": ["c-1"],
+        "user_id": ["user-1"],
+        "messages": [[{"role": "user", "content": "hello there"}, {"role": "assistant", "content": "hi, how can I help?"}]],
+        "metadata": [json.dumps({"notes": "mail jane.doe@example.com"})],
+    })
+    frame.to_parquet(path, index=False)
+    assert not _pii_check(path).passed
+    frame["metadata"] = [json.dumps({"notes": "mail <EMAIL>"})]
+    frame.to_parquet(path, index=False)
+    assert _pii_check(path).passed
