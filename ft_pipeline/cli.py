@@ -268,7 +268,15 @@ def _cmd_partitions(args: argparse.Namespace) -> int:
 
 def _cmd_registry(args: argparse.Namespace) -> int:
     from ft_pipeline.lib.registry import RegistryError, local_artifact_exists
+    from ft_pipeline.lib.storage import resolve_data_dir
 
+    if not (args.url or os.environ.get("FT_PIPELINE_REGISTRY_URL")):
+        # Never create a registry (or a data directory) as a side effect of the wrong --data-dir.
+        data_dir = resolve_data_dir(args.data_dir).resolve()
+        if not (data_dir / "registry.db").exists():
+            where = f"data directory {data_dir} does not exist" if not data_dir.is_dir() else f"no registry at {data_dir / 'registry.db'}"
+            print(f"error: {where}; pass --data-dir (or set FT_PIPELINE_DATA_DIR / FT_PIPELINE_REGISTRY_URL)", file=sys.stderr)
+            return 2
     registry = _registry(args)
     try:
         if args.action == "list":

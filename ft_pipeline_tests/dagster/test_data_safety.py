@@ -220,3 +220,20 @@ def test_no_pii_left_reads_every_text_column(tmp_path):
     frame["metadata"] = [json.dumps({"notes": "mail <EMAIL>"})]
     frame.to_parquet(path, index=False)
     assert _pii_check(path).passed
+
+
+def test_registry_list_on_a_missing_data_dir_silently_creates_an_empty_registry(tmp_path, capsys, monkeypatch):
+    # Finding 7 (part): run outside the repo, `registry list` created ./data/registry.db and said
+    # nothing was registered. Now it says where it looked and exits 2, creating nothing.
+    from ft_pipeline.cli import main
+
+    monkeypatch.delenv("FT_PIPELINE_REGISTRY_URL", raising=False)
+    missing = tmp_path / "nowhere"
+    assert main(["registry", "--data-dir", str(missing), "list"]) == 2
+    assert f"data directory {missing} does not exist" in capsys.readouterr().err
+    assert not missing.exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["registry", "--data-dir", str(empty), "list"]) == 2
+    assert "no registry at" in capsys.readouterr().err
+    assert list(empty.iterdir()) == []
