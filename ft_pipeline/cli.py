@@ -29,7 +29,7 @@ def _cmd_sample_data(args: argparse.Namespace) -> int:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from ft_pipeline.lib.cleaning import FILTER_REASONS, clean_conversations
-    from ft_pipeline.lib.openai_format import validate_examples, validate_jsonl_file
+    from ft_pipeline.lib.openai_format import MAX_FILE_BYTES, MIN_TRAINING_EXAMPLES, validate_examples, validate_jsonl_file
     from ft_pipeline.lib.records import QUARANTINE_REASONS, ReadConfig, read_log_file
 
     path = Path(args.file)
@@ -76,7 +76,13 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     errors = len(parsed.quarantine) + sum(report.format_errors.values())
     if args.strict:
         errors += len(cleaned.filtered)
-    print(f"\nresult: {'FAILED' if errors or not report.ok else 'OK'} ({errors} error(s))")
+    # A failure always says why: a clean file can still fail the upload rules (too few examples, too large).
+    reasons = [f"{errors} error(s)"]
+    if report.require_min_examples and report.n_examples < MIN_TRAINING_EXAMPLES:
+        reasons.append(f"{report.n_examples} example(s); an OpenAI fine-tuning job needs at least {MIN_TRAINING_EXAMPLES}")
+    if report.file_bytes is not None and report.file_bytes > MAX_FILE_BYTES:
+        reasons.append(f"{report.file_bytes:,} bytes; the upload limit is {MAX_FILE_BYTES:,}")
+    print(f"\nresult: {'FAILED' if errors or not report.ok else 'OK'} ({'; '.join(reasons)})")
     return 1 if errors or not report.ok else 0
 
 
@@ -297,6 +303,12 @@ def _cmd_registry(args: argparse.Namespace) -> int:
                 print(f"#{e.event_id:<4} {when}  {e.action:<9} {e.alias:<11} v{e.from_version} -> v{e.to_version}  "
                       f"by {e.actor}  eval {e.evaluation_id or '-'}  {e.reason or ''}")
         elif args.action == "promote":
+            current = registry.resolve(args.model, args.alias)
+            if current is not None and current.version == args.version:
+                # Promoting the holder again changes nothing; say so instead of echoing the old
+                # event (which printed "vNone -> v1") and silently dropping --reason.
+                print(f"{args.model} v{args.version} is already {args.alias}: nothing changed, the reason was not recorded")
+                return 0
             event = registry.promote(args.model, args.version, alias=args.alias, evaluation_id=args.evaluation, reason=args.reason,
                                      actor=f"cli:{os.environ.get('USER', 'unknown')}", check_artifact=local_artifact_exists)
             print(f"{args.alias}: v{event.from_version} -> v{event.to_version}")

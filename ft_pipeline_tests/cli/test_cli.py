@@ -50,6 +50,8 @@ def test_validate_too_few_examples_fails(tmp_path, capsys):
     path = tmp_path / "tiny.jsonl"
     path.write_text(json.dumps({"messages": [{"role": "user", "content": "hi there"}, {"role": "assistant", "content": "A sufficiently long helpful answer to the greeting, thanks."}]}) + "\n")
     assert main(["validate", str(path)]) == 1
+    # Finding 7 (issue 15): it said "FAILED (0 error(s))" without saying why.
+    assert "result: FAILED (0 error(s); 1 example(s); an OpenAI fine-tuning job needs at least 10)" in capsys.readouterr().out
 
 
 @pytest.fixture

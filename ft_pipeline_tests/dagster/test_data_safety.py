@@ -237,3 +237,30 @@ def test_registry_list_on_a_missing_data_dir_silently_creates_an_empty_registry(
     assert main(["registry", "--data-dir", str(empty), "list"]) == 2
     assert "no registry at" in capsys.readouterr().err
     assert list(empty.iterdir()) == []
+
+
+def test_registry_promote_of_the_production_version_prints_vnone_and_drops_the_reason(tmp_path, capsys, monkeypatch):
+    # Finding 7 (part): promoting the version already in production echoed the old event
+    # ("vNone -> v1") and dropped --reason without a word. Now it says nothing changed.
+    from ft_pipeline.cli import main
+    from ft_pipeline.lib.registry import ModelRegistry
+
+    monkeypatch.delenv("FT_PIPELINE_REGISTRY_URL", raising=False)
+    registry = ModelRegistry.for_data_dir(tmp_path)
+    dataset = registry.record_dataset_version("manual", "train", "0" * 64, 1)
+    run = registry.record_training_run("manual-run", "openai", "gpt-4o-mini", dataset, None, {}, 0)
+    version = registry.register_model_version(
+        "m", training_run_id=run, model_uri="ft:gpt-4o-mini:org::abc", backend="openai", base_model="gpt-4o-mini",
+        run_key="manual-run", dataset_version="manual", config_hash="manual", metrics={},
+    )
+    registry.record_evaluation(
+        "e1", "m", version.version, suite="test", eval_dataset_version_id=dataset, baseline_model_uri=None,
+        base_model_uri="gpt-4o-mini", metrics={}, per_example_uri="-", gate_config={}, decision="pass", leakage_checked=True,
+    )
+    registry.promote("m", version.version, evaluation_id="e1", reason="first", actor="test")
+    before = registry.history("m")
+    code = main(["registry", "--data-dir", str(tmp_path), "promote", "m", str(version.version), "--evaluation", "e1", "--reason", "again"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "vNone" not in out and f"m v{version.version} is already production: nothing changed" in out
+    assert registry.history("m") == before
