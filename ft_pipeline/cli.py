@@ -283,7 +283,11 @@ def _cmd_registry(args: argparse.Namespace) -> int:
             where = f"data directory {data_dir} does not exist" if not data_dir.is_dir() else f"no registry at {data_dir / 'registry.db'}"
             print(f"error: {where}; pass --data-dir (or set FT_PIPELINE_DATA_DIR / FT_PIPELINE_REGISTRY_URL)", file=sys.stderr)
             return 2
-    registry = _registry(args)
+    try:
+        registry = _registry(args)
+    except RegistryError as err:  # a corrupt database: one line, not a SQLAlchemy traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     try:
         if args.action == "list":
             versions = registry.list_versions(args.model)

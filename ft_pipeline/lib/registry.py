@@ -123,6 +123,10 @@ class ArtifactMissing(RegistryError):
     """The version's model artifact (adapter dir / remote model) is not loadable."""
 
 
+class RegistryCorrupt(RegistryError):
+    """The registry database file is damaged (SQLite's ``quick_check`` fails, or it is not a database)."""
+
+
 class NotFound(RegistryError):
     """A referenced model version, evaluation, training run or dataset version does not exist."""
 
@@ -451,7 +455,23 @@ class ModelRegistry:
         self._sqlite = self._engine.dialect.name == "sqlite"
         if self._sqlite:
             _install_sqlite_pragmas(self._engine)
+            self._check_sqlite_integrity()
         self._create_tables()
+
+    def _check_sqlite_integrity(self) -> None:
+        """SQLite's ``quick_check`` before anything reads or writes: a damaged file is one clear
+        error, not a SQLAlchemy traceback, and never a promotion written into a broken database."""
+        where = self._engine.url.database or self.url
+        try:
+            with self._engine.connect() as conn:
+                rows = [str(r[0]) for r in conn.exec_driver_sql("PRAGMA quick_check").fetchall()]
+        except DBAPIError as err:
+            self._engine.dispose()
+            raise RegistryCorrupt(f"registry database {where} is corrupt: {err.orig}") from None
+        if rows != ["ok"]:
+            self._engine.dispose()
+            raise RegistryCorrupt(f"registry database {where} is corrupt: {'; '.join(rows[:3])}"
+                                  + (f" (and {len(rows) - 3} more problems)" if len(rows) > 3 else ""))
 
     @classmethod
     def for_data_dir(cls, data_dir: Path) -> "ModelRegistry":

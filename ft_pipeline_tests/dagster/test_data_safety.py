@@ -264,3 +264,35 @@ def test_registry_promote_of_the_production_version_prints_vnone_and_drops_the_r
     assert code == 0
     assert "vNone" not in out and f"m v{version.version} is already production: nothing changed" in out
     assert registry.history("m") == before
+
+
+@pytest.mark.parametrize("damage", ["not_a_database", "mid_file"])
+def test_a_corrupted_registry_db(tmp_path, capsys, monkeypatch, damage):
+    # Finding 5: a corrupted registry.db gave a 120-line SQLAlchemy traceback, and damage in
+    # mid-file let `promote` return 0 while SQLite's integrity check failed.
+    from ft_pipeline.cli import main
+    from ft_pipeline.lib.registry import ModelRegistry, RegistryCorrupt
+
+    monkeypatch.delenv("FT_PIPELINE_REGISTRY_URL", raising=False)
+    registry = ModelRegistry.for_data_dir(tmp_path)
+    dataset = registry.record_dataset_version("manual", "train", "0" * 64, 1)
+    for i in range(200):  # enough rows for interior b-tree pages
+        registry.record_training_run(f"run-{i}-" + "x" * 200, "openai", "gpt-4o-mini", dataset, None, {"i": i}, 0)
+    registry.close()
+    db = tmp_path / "registry.db"
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / f"registry.db{suffix}").unlink(missing_ok=True)
+    data = bytearray(db.read_bytes())
+    if damage == "not_a_database":
+        data[:16] = b"garbage garbage!"
+    else:
+        page = 4096
+        middle = (len(data) // page // 2) * page
+        data[middle : middle + page] = b"\xff" * page
+    db.write_bytes(bytes(data))
+
+    with pytest.raises(RegistryCorrupt, match=r"registry database .*registry\.db is corrupt: "):
+        ModelRegistry.for_data_dir(tmp_path)
+    assert main(["registry", "--data-dir", str(tmp_path), "list"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: registry database ") and "is corrupt" in err[0]
