@@ -33,6 +33,7 @@ from ft_pipeline.lib.dedup import (
     DEFAULT_DEDUP_CONFIG,
     DedupConfig,
     best_copy_per_group,
+    preference_signal,
     compute_signatures,
     conversation_text,
     record_hashes,
@@ -534,8 +535,10 @@ def _clean_conversations(frame: pd.DataFrame, config: CleaningConfig) -> CleanRe
     if len(set(exact)) == len(exact):
         unique_rows, unique_hashes = kept_rows, kept_hashes
     else:
-        ranking_columns = ["conversation_id", "rating", "edited", "response_time_ms"]
+        ranking_columns = [c for c in ("conversation_id", "rating", "edited", "response_time_ms") if c in position]
         ranking = pd.DataFrame([[r[position[c]] for c in ranking_columns] for r in kept_rows], columns=ranking_columns)
+        meta_at = position.get("metadata")
+        ranking["preference"] = [preference_signal(r[meta_at]) if meta_at is not None else 0 for r in kept_rows]
         best = best_copy_per_group(ranking, exact)
         unique_rows, unique_hashes = [], []
         id_at = position["conversation_id"]
@@ -556,6 +559,9 @@ def _clean_conversations(frame: pd.DataFrame, config: CleaningConfig) -> CleanRe
         kept["prefix_hashes"] = [h[2] for h in unique_hashes]
         kept["minhash"] = signatures_to_bytes(signatures)
         kept["n_messages"] = np.asarray([len(m) for m in conversations], dtype=np.int64)
+        # The record's own preference marker (chosen/rejected, thumbs), for the global dedup's best copy.
+        meta_at = position.get("metadata")
+        kept["preference"] = np.asarray([preference_signal(r[meta_at]) if meta_at is not None else 0 for r in unique_rows], dtype=np.int8)
         kept["n_chars"] = np.asarray([len(t) for t in texts], dtype=np.int64)
         turns = [turn_columns(m) for m in conversations]
         kept["first_turn_hash"] = pd.array([t[0] for t in turns], dtype="Int64")

@@ -30,6 +30,7 @@ SIGNATURE_READ_COLUMNS = [
     "prefix_hashes",
     "minhash",
     "rating",
+    "preference",
     "edited",
     "response_time_ms",
     "source_file",
@@ -70,7 +71,10 @@ class CurationResult:
 def _read_signatures(paths: Sequence[Path]) -> pd.DataFrame:
     frames = []
     for part, path in enumerate(paths):
-        table = pq.read_table(path, columns=SIGNATURE_READ_COLUMNS)
+        # Partitions cleaned before a column existed (``preference``) are read without it: missing
+        # means "no signal" to the ranking.
+        available = set(pq.ParquetFile(path).schema_arrow.names)
+        table = pq.read_table(path, columns=[c for c in SIGNATURE_READ_COLUMNS if c in available])
         frame = table.to_pandas()
         frame["_part"] = part
         frame["_row"] = np.arange(len(frame), dtype=np.int64)

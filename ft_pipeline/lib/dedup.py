@@ -29,6 +29,7 @@ This module is pure Python + numpy/pandas/xxhash (no dagster).
 
 from __future__ import annotations
 
+import json
 import functools
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -819,20 +820,60 @@ class DedupResult:
     verified_pairs: int
 
 
+# Keys of a record's unknown fields (kept as JSON in ``metadata``) that say whether people
+# preferred this reply, as logs and preference datasets spell it (HH-RLHF-style chosen/rejected,
+# thumbs, accepted/regenerated). Values: booleans, or the strings below.
+_PREFERENCE_FLAGS = {"chosen": 1, "preferred": 1, "is_chosen": 1, "is_preferred": 1, "accepted": 1, "rejected": -1, "is_rejected": -1}
+_PREFERENCE_LABEL_KEYS = ("label", "preference", "thumbs", "feedback", "vote")
+_PREFERENCE_WORDS = {
+    "chosen": 1, "preferred": 1, "accepted": 1, "good": 1, "up": 1, "thumbs_up": 1, "thumbsup": 1, "positive": 1, "like": 1,
+    "rejected": -1, "bad": -1, "down": -1, "thumbs_down": -1, "thumbsdown": -1, "negative": -1, "dislike": -1,
+}
+
+
+def preference_signal(metadata: str | dict | None) -> int:
+    """+1 when the record marks its reply as preferred (``chosen: true``, ``thumbs: "up"``,
+    ``label: "chosen"``, ...), -1 when it marks it as rejected, 0 when it says nothing (or both)."""
+    if metadata is None or (isinstance(metadata, float) and metadata != metadata):
+        return 0
+    if isinstance(metadata, str):
+        try:
+            metadata = json.loads(metadata)
+        except ValueError:
+            return 0
+    if not isinstance(metadata, dict):
+        return 0
+    votes = set()
+    for key, value in metadata.items():
+        name = str(key).lower()
+        if name in _PREFERENCE_FLAGS and isinstance(value, bool):
+            votes.add(_PREFERENCE_FLAGS[name] if value else -_PREFERENCE_FLAGS[name])
+        elif name in _PREFERENCE_LABEL_KEYS and isinstance(value, str):
+            word = _PREFERENCE_WORDS.get(value.strip().lower().replace("-", "_").replace(" ", "_"))
+            if word is not None:
+                votes.add(word)
+        elif name in _PREFERENCE_LABEL_KEYS and isinstance(value, bool):
+            votes.add(1 if value else -1)
+    return votes.pop() if len(votes) == 1 else 0
+
+
 class _Ranking:
-    """"Best copy" order: higher rating (missing = 3.5), not edited (missing between),
-    faster response (missing = slowest), smaller conversation_id, smaller row index."""
+    """"Best copy" order, every quality signal before any tie-break: higher rating (missing =
+    3.5), then preferred over unmarked over rejected (``preference``: a chosen/thumbs marker, see
+    ``preference_signal``), then not edited (missing between), then faster response (missing =
+    slowest); ties broken by the smaller conversation_id, then the smaller row index."""
 
     def __init__(self, frame: pd.DataFrame, ids: np.ndarray) -> None:
         n = len(frame)
         self.ids = ids
         self.neg_rating = -_float_column(frame, "rating", n, fill=3.5)
+        self.neg_preference = -_float_column(frame, "preference", n, fill=0.0)
         self.edited = _edited_rank(frame, n)
         self.response = _float_column(frame, "response_time_ms", n, fill=np.inf)
 
     def keys(self, rows: np.ndarray) -> tuple[np.ndarray, ...]:
         """lexsort keys, least significant first."""
-        return (rows, self.ids[rows], self.response[rows], self.edited[rows], self.neg_rating[rows])
+        return (rows, self.ids[rows], self.response[rows], self.edited[rows], self.neg_preference[rows], self.neg_rating[rows])
 
     def best_per_group(self, rows: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """For rows grouped by ``labels``, the best row of each row's group (aligned with rows)."""
@@ -850,7 +891,7 @@ class _Ranking:
 def best_copy_per_group(frame: pd.DataFrame, labels: Sequence[Any]) -> np.ndarray:
     """Index of the best copy in each row's group (rows with equal ``labels``), by the same
     "best copy" order as :func:`deduplicate`. ``frame`` needs ``conversation_id`` and may have
-    ``rating``, ``edited`` and ``response_time_ms``."""
+    ``rating``, ``preference``, ``edited`` and ``response_time_ms``."""
     ids = frame["conversation_id"].astype(str).to_numpy(dtype=object)
     codes, _ = pd.factorize(pd.Series(list(labels)))
     return _Ranking(frame, ids).best_per_group(np.arange(len(frame), dtype=np.int64), codes)

@@ -296,3 +296,37 @@ def test_a_corrupted_registry_db(tmp_path, capsys, monkeypatch, damage):
     assert main(["registry", "--data-dir", str(tmp_path), "list"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: registry database ") and "is corrupt" in err[0]
+
+
+@pytest.mark.parametrize("marker", [({"chosen": True}, {"chosen": False}), ({"label": "chosen"}, {"label": "rejected"}),
+                                    ({"thumbs": "up"}, {"thumbs": "down"})])
+def test_branch_dedup_keeps_the_chosen_reply_only_half_the_time(tmp_path, marker):
+    # Finding from the HH-RLHF check: pairs sharing every turn but the last collapsed to one, but
+    # with no rating the smaller conversation_id won, ignoring the record's preference field, so
+    # the chosen reply was kept 50.9% of the time. Now the marker ranks before any tie-break.
+    from ft_pipeline.lib.cleaning import clean_conversations
+    from ft_pipeline.lib.dedup import deduplicate
+
+    chosen, rejected = marker
+    import random
+
+    rng = random.Random(5)
+    words = [f"{a}{b}" for a in ("ka", "lo", "mi", "nu", "pe", "ra", "so", "tu") for b in ("b", "d", "g", "k", "m", "n", "p", "t")]
+    records = []
+    for i in range(20):
+        # Unrelated texts per pair (no near duplicates across pairs); the pair shares its context.
+        context = [{"role": "user", "content": " ".join(rng.choices(words, k=14)) + "?"}]
+        good = {"role": "assistant", "content": "Chosen: " + " ".join(rng.choices(words, k=16)) + "."}
+        bad = {"role": "assistant", "content": "Rejected: " + " ".join(rng.choices(words, k=16)) + "."}
+        # Half the pairs give the rejected reply the smaller id, which used to win the tie-break.
+        ids = (f"p{i:02d}-a", f"p{i:02d}-b") if i % 2 else (f"p{i:02d}-b", f"p{i:02d}-a")
+        records.append({"conversation_id": ids[0], "messages": context + [good], **chosen})
+        records.append({"conversation_id": ids[1], "messages": context + [bad], **rejected})
+    path = tmp_path / "pairs.jsonl"
+    _write_jsonl(path, records)
+    kept = clean_conversations(read_log_file(path).conversations).kept.reset_index(drop=True)
+    assert len(kept) == 40
+    result = deduplicate(kept)
+    survivors = kept[result.keep]
+    assert len(survivors) == 20  # one per pair
+    assert all(m[-1]["content"].startswith("Chosen: ") for m in survivors["messages"]), "a rejected reply was kept"
