@@ -16,6 +16,7 @@ from ft_pipeline.definitions import ALL_ASSETS, DATASET_ASSETS, PER_FILE_ASSETS
 from ft_pipeline.defs.partitions import log_files_partitions
 from ft_pipeline.lib.records import QUARANTINE_REASONS, ReadConfig, read_log_file
 from ft_pipeline.lib.storage import legacy_safe_name, partition_artifacts, safe_name
+from ft_pipeline_tests.conftest import register_evaluated_version
 
 # One value of every kind the scrubber knows, as written in a raw log.
 PLANTED_PII = {
@@ -247,16 +248,8 @@ def test_registry_promote_of_the_production_version_prints_vnone_and_drops_the_r
 
     monkeypatch.delenv("FT_PIPELINE_REGISTRY_URL", raising=False)
     registry = ModelRegistry.for_data_dir(tmp_path)
-    dataset = registry.record_dataset_version("manual", "train", "0" * 64, 1)
-    run = registry.record_training_run("manual-run", "openai", "gpt-4o-mini", dataset, None, {}, 0)
-    version = registry.register_model_version(
-        "m", training_run_id=run, model_uri="ft:gpt-4o-mini:org::abc", backend="openai", base_model="gpt-4o-mini",
-        run_key="manual-run", dataset_version="manual", config_hash="manual", metrics={},
-    )
-    registry.record_evaluation(
-        "e1", "m", version.version, suite="test", eval_dataset_version_id=dataset, baseline_model_uri=None,
-        base_model_uri="gpt-4o-mini", metrics={}, per_example_uri="-", gate_config={}, decision="pass", leakage_checked=True,
-    )
+    version = register_evaluated_version(registry, "m", model_uri="ft:gpt-4o-mini:org::abc", backend="openai",
+                                         base_model="gpt-4o-mini", eval_id="e1")
     registry.promote("m", version.version, evaluation_id="e1", reason="first", actor="test")
     before = registry.history("m")
     code = main(["registry", "--data-dir", str(tmp_path), "promote", "m", str(version.version), "--evaluation", "e1", "--reason", "again"])

@@ -13,6 +13,7 @@ from ft_pipeline.defs.resources import ModelRegistryResource
 from ft_pipeline.lib.publish import verify_published
 from ft_pipeline.lib.registry import ModelRegistry
 from ft_pipeline_tests.conftest import resources_for
+from ft_pipeline_tests.conftest import register_evaluated_version
 from ft_pipeline_tests.dagster.whole_graph import TRAIN, evaluate_sample
 from ft_pipeline_tests.dagster.whole_graph import check_evaluations as _checks
 from ft_pipeline_tests.dagster.whole_graph import run_assets as _run
@@ -103,16 +104,8 @@ def _stale_baseline_scenario(evaluated, instance, tmp_path):
     data_dir, resources = _copy(evaluated, tmp_path)
     # Meanwhile another version reaches production by its own (passing) evaluation.
     registry = ModelRegistry.for_data_dir(data_dir)
-    dataset = registry.record_dataset_version("manual", "train", "0" * 64, 1)
-    run = registry.record_training_run("manual-run", "local_lora", "tiny", dataset, None, {}, 0)
-    other = registry.register_model_version(
-        "ft-pipeline-assistant", training_run_id=run, model_uri="lora://elsewhere#1", backend="local_lora", base_model="tiny",
-        run_key="manual-run", dataset_version="manual", config_hash="manual", metrics={},
-    )
-    registry.record_evaluation(
-        "manual-eval", "ft-pipeline-assistant", other.version, suite="test", eval_dataset_version_id=dataset, baseline_model_uri=None,
-        base_model_uri="tiny", metrics={}, per_example_uri="-", gate_config={}, decision="pass", leakage_checked=True,
-    )
+    other = register_evaluated_version(registry, "ft-pipeline-assistant", model_uri="lora://elsewhere#1", backend="local_lora",
+                                       base_model="tiny", eval_id="manual-eval")
     registry.promote("ft-pipeline-assistant", other.version, evaluation_id="manual-eval", reason="hotfix", actor="test")
 
     result = _run(instance, resources, [DOWNSTREAM_ASSETS[-1]])
