@@ -19,6 +19,12 @@ Public API::
     find_pii(text, config)  -> list[PiiMatch]          # non-overlapping, sorted
     scrub_pii(text, config) -> (scrubbed, {type: n})   # typed placeholders
     placeholder(pii_type)   -> "<TYPE>"
+    CustomPiiPattern(name, regex, validator)            # a team's own kind (order ids, usernames)
+    load_custom_patterns(path)                          # the same, from a JSON or YAML file
+
+Teams add what their logs hold beyond the built-in types with :class:`CustomPiiPattern`
+(``PiiConfig.custom_patterns``), and person names with Presidio over a spaCy model
+(``PiiConfig.person_names_model``; optional, see :func:`person_name_detector_unavailable`).
 
 Scrubbing is idempotent: placeholders contain no digits, ``@`` or secret
 prefixes, and value-style detectors refuse placeholder values.
@@ -26,20 +32,30 @@ prefixes, and value-style detectors refuse placeholder values.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import ipaddress
+import json
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 
 import phonenumbers
 
 __all__ = [
     "DEFAULT_PII_CONFIG",
+    "PERSON",
     "PII_TYPES",
+    "CustomPiiPattern",
+    "PersonNameDetectorUnavailable",
     "PiiConfig",
     "PiiMatch",
     "find_pii",
+    "load_custom_patterns",
     "may_contain_pii",
+    "person_name_detector_unavailable",
     "placeholder",
     "scrub_pii",
 ]
@@ -64,15 +80,202 @@ _PLACEHOLDER_VALUES = frozenset(_PLACEHOLDERS.values())
 # claiming a fragment of them.
 _VETO = "_VETO"
 
+#: The type of the optional person-name detector (Presidio); its placeholder is ``<PERSON>``.
+PERSON = "PERSON"
+
+# Pseudo-type standing for every custom pattern in _PRIORITY.
+_CUSTOM = "_CUSTOM"
+
 # When detectors claim overlapping text the earlier type wins: secrets first
 # (a PEM block or "password=..." may contain anything), then the types with
-# the strongest validators; PHONE last because its candidates are the loosest.
+# the strongest validators; a team's own patterns next (they name exactly
+# what the team means, e.g. an order id that would also pass as a phone
+# number); person names from a statistical model, then PHONE last because
+# its candidates are the loosest.
 _PRIORITY: dict[str, int] = {
     t: i
     for i, t in enumerate(
-        ("SECRET", "EMAIL", "IBAN", _VETO, "CREDIT_CARD", "SSN", "MAC_ADDRESS", "IP_ADDRESS", "PHONE")
+        ("SECRET", "EMAIL", "IBAN", _VETO, "CREDIT_CARD", "SSN", "MAC_ADDRESS", "IP_ADDRESS", _CUSTOM, PERSON, "PHONE")
     )
 }
+
+# A placeholder already in the text (``<EMAIL>``, ``<ORDER_ID>``): a custom
+# pattern or the name model must not claim it again, so scrubbing stays idempotent.
+_PLACEHOLDER_TOKEN = re.compile(r"<[A-Z][A-Z0-9_]*>")
+_TYPE_NAME = re.compile(r"[A-Z][A-Z0-9_]{0,39}")
+
+
+def _iban_text_ok(text: str) -> bool:
+    return _iban_mod97_ok(re.sub(r"[^0-9A-Za-z]", "", text).upper())
+
+
+def _luhn_text_ok(text: str) -> bool:
+    digits = re.sub(r"[^0-9]", "", text)
+    return 12 <= len(digits) <= 19 and _luhn_ok(digits)
+
+
+#: Validators a custom pattern can name without writing code.
+BUILTIN_VALIDATORS: dict[str, Callable[[str], bool]] = {
+    "luhn": lambda text: _luhn_text_ok(text),
+    "iban_mod97": lambda text: _iban_text_ok(text),
+}
+
+
+def _resolve_validator(spec: str) -> Callable[[str], bool]:
+    if spec in BUILTIN_VALIDATORS:
+        return BUILTIN_VALIDATORS[spec]
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(
+            f"validator {spec!r} is neither one of {sorted(BUILTIN_VALIDATORS)} nor 'module:function'"
+        )
+    try:
+        target = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"validator {spec!r} cannot be imported: {exc}") from exc
+    if not callable(target):
+        raise ValueError(f"validator {spec!r} is not callable")
+    return target
+
+
+@dataclass(frozen=True)
+class CustomPiiPattern:
+    """A kind of personal data the built-in detectors do not know: order ids, usernames, ticket
+    or account numbers. Each match of ``regex`` that passes ``validator`` is replaced by
+    ``<NAME>`` and counted under ``name``, like the built-in types.
+
+    Attributes:
+        name: the type's name, upper case letters, digits and ``_`` (``ORDER_ID``); not one of
+            ``PII_TYPES`` or ``PERSON``.
+        regex: a Python regular expression; its whole match (group 0) is replaced. Anchor it
+            with ``\\b`` so that it does not match inside longer words. It must not match the
+            empty string.
+        validator: optional check of each match, which drops look-alikes: ``"luhn"``,
+            ``"iban_mod97"``, or ``"module:function"`` naming a callable ``str -> bool``
+            importable where the pipeline runs. Default: none (every match counts).
+        ignore_case: match case-insensitively. Default: ``False``.
+    """
+
+    name: str
+    regex: str
+    validator: str | None = None
+    ignore_case: bool = False
+    _compiled: re.Pattern[str] = field(init=False, repr=False, compare=False)
+    _check: Callable[[str], bool] | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _TYPE_NAME.fullmatch(self.name):
+            raise ValueError(
+                f"custom PII pattern name {self.name!r} must be upper case letters, digits and _ (e.g. ORDER_ID)"
+            )
+        if self.name in PII_TYPES or self.name == PERSON:
+            raise ValueError(f"custom PII pattern name {self.name!r} is a built-in type; choose another name")
+        try:
+            compiled = re.compile(self.regex, re.IGNORECASE if self.ignore_case else 0)
+        except (re.error, TypeError) as exc:
+            raise ValueError(f"custom PII pattern {self.name}: regex {self.regex!r} does not compile: {exc}") from exc
+        if compiled.fullmatch(""):
+            raise ValueError(f"custom PII pattern {self.name}: regex {self.regex!r} matches the empty string")
+        object.__setattr__(self, "_compiled", compiled)
+        try:
+            check = _resolve_validator(self.validator) if self.validator else None
+        except ValueError as exc:
+            raise ValueError(f"custom PII pattern {self.name}: {exc}") from exc
+        object.__setattr__(self, "_check", check)
+
+    def find(self, text: str) -> list[tuple[str, int, int]]:
+        """Spans ``(name, start, end)`` of the validated matches in ``text``."""
+        out = []
+        for m in self._compiled.finditer(text):
+            if m.end() > m.start() and (self._check is None or self._check(m.group(0))):
+                out.append((self.name, m.start(), m.end()))
+        return out
+
+
+def load_custom_patterns(path: str | Path) -> tuple[CustomPiiPattern, ...]:
+    """Read custom patterns from a JSON or YAML file: a list of ``{name, regex, validator?,
+    ignore_case?}`` objects (or ``{"patterns": [...]}``).
+
+    Raises:
+        ValueError: naming the file and the entry, when the file is missing, unreadable or an
+            entry is not a valid pattern.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"custom PII patterns file {path} cannot be read: {exc.strerror or exc}") from exc
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # a parse error of either format: say which file
+        raise ValueError(f"custom PII patterns file {path} is not valid {path.suffix.lstrip('.') or 'JSON'}: {exc}") from exc
+    if isinstance(data, dict) and "patterns" in data:
+        data = data["patterns"]
+    if data is None:
+        return ()
+    if not isinstance(data, list):
+        raise ValueError(f"custom PII patterns file {path}: expected a list of {{name, regex, validator?}} objects")
+    patterns = []
+    allowed = {"name", "regex", "validator", "ignore_case"}
+    for i, entry in enumerate(data):
+        if not isinstance(entry, dict) or not {"name", "regex"} <= set(entry) or set(entry) - allowed:
+            raise ValueError(
+                f"custom PII patterns file {path}, entry {i}: expected keys name, regex and optionally validator, ignore_case; got {entry!r}"
+            )
+        try:
+            patterns.append(CustomPiiPattern(**entry))
+        except ValueError as exc:
+            raise ValueError(f"custom PII patterns file {path}, entry {i}: {exc}") from exc
+    return tuple(patterns)
+
+
+class PersonNameDetectorUnavailable(RuntimeError):
+    """Person-name detection was asked for but Presidio or the spaCy model is not installed."""
+
+
+def person_name_detector_unavailable(model: str) -> str | None:
+    """Why person-name detection with spaCy model ``model`` cannot run here, or ``None`` when
+    it can: ``presidio-analyzer`` must be importable and ``model`` an installed spaCy model
+    package or a local model folder (nothing is downloaded)."""
+    if importlib.util.find_spec("presidio_analyzer") is None:
+        return (
+            "person-name detection needs Presidio: pip install 'ft-pipeline[names]' (presidio-analyzer) "
+            f"and a spaCy model such as {model or 'en_core_web_sm'}"
+        )
+    import spacy.util
+
+    if not model:
+        return "person-name detection needs a spaCy model name or folder (person_names_model)"
+    if not (spacy.util.is_package(model) or Path(model).is_dir()):
+        return (
+            f"spaCy model {model!r} is not installed: install its package "
+            f"(python -m spacy download {model}, or pip install its wheel) or give the path of a model folder"
+        )
+    return None
+
+
+@lru_cache(maxsize=4)
+def _person_analyzer(model: str):
+    reason = person_name_detector_unavailable(model)
+    if reason:
+        raise PersonNameDetectorUnavailable(reason)
+    from presidio_analyzer import AnalyzerEngine
+    from presidio_analyzer.nlp_engine import NlpEngineProvider
+
+    provider = NlpEngineProvider(
+        nlp_configuration={"nlp_engine_name": "spacy", "models": [{"lang_code": "en", "model_name": model}]}
+    )
+    return AnalyzerEngine(nlp_engine=provider.create_engine(), supported_languages=["en"])
+
+
+def _find_person_names(text: str, model: str, min_score: float) -> list[tuple[str, int, int]]:
+    results = _person_analyzer(model).analyze(text=text, language="en", entities=[PERSON], score_threshold=min_score)
+    return [(PERSON, r.start, r.end) for r in results if r.end > r.start]
 
 
 @dataclass(frozen=True)
@@ -89,17 +292,37 @@ class PiiConfig:
             routable (private, loopback, link-local, documentation, multicast,
             reserved). They do not identify a person, so the default ``False``
             keeps them.
+        custom_patterns: a team's own kinds (:class:`CustomPiiPattern`), replaced
+            by ``<NAME>``. Default: none.
+        person_names_model: spaCy model (installed package name or model folder)
+            for Presidio's person-name detector, replaced by ``<PERSON>``; empty
+            (the default) leaves names alone. Checked when the config is made:
+            a model that cannot be loaded raises
+            :class:`PersonNameDetectorUnavailable` instead of scrubbing less
+            than asked.
+        person_name_min_score: Presidio score a name needs. Default ``0.5``.
     """
 
     entities: tuple[str, ...] = PII_TYPES
     phone_regions: tuple[str, ...] = ("US", "GB", "DE", "FR", "IN", "CA", "BR")
     redact_private_ips: bool = False
+    custom_patterns: tuple[CustomPiiPattern, ...] = ()
+    person_names_model: str = ""
+    person_name_min_score: float = 0.5
 
     def __post_init__(self) -> None:
         # Lists are accepted for convenience but stored as tuples so the
         # config stays hashable (phone validation caches on the regions).
         object.__setattr__(self, "entities", tuple(self.entities))
         object.__setattr__(self, "phone_regions", tuple(r.upper() for r in self.phone_regions))
+        object.__setattr__(self, "custom_patterns", tuple(self.custom_patterns))
+        names = [p.name for p in self.custom_patterns]
+        if len(set(names)) != len(names):
+            raise ValueError(f"custom PII pattern names must be unique, got {names}")
+        if self.person_names_model:
+            reason = person_name_detector_unavailable(self.person_names_model)
+            if reason:
+                raise PersonNameDetectorUnavailable(reason)
         unknown = [e for e in self.entities if e not in _PLACEHOLDERS]
         if unknown:
             raise ValueError(f"unknown PII entities {unknown}; expected a subset of {PII_TYPES}")
@@ -122,11 +345,14 @@ class PiiMatch:
 
 
 def placeholder(pii_type: str) -> str:
-    """Return the replacement token for ``pii_type``, e.g. ``"<EMAIL>"``.
+    """Return the replacement token for a built-in type, e.g. ``"<EMAIL>"`` or ``"<PERSON>"``.
+    A custom pattern's matches become ``"<NAME>"`` after its name.
 
     Raises:
-        KeyError: if ``pii_type`` is not one of ``PII_TYPES``.
+        KeyError: if ``pii_type`` is not one of ``PII_TYPES`` or ``PERSON``.
     """
+    if pii_type == PERSON:
+        return f"<{PERSON}>"
     return _PLACEHOLDERS[pii_type]
 
 
@@ -250,13 +476,18 @@ def _prescreen(text: str) -> tuple[int, bytes]:
     return flags, tw
 
 
-def may_contain_pii(text: str) -> bool:
+def may_contain_pii(text: str, config: PiiConfig = DEFAULT_PII_CONFIG) -> bool:
     """Whether any detector's pre-screen fires on ``text``.
 
-    False guarantees that :func:`find_pii` finds nothing, whatever the config, in ``text`` and
-    in every substring of it (each screen test looks for a shape inside the text), so one call
-    over a whole conversation, its messages joined, clears all of them at once."""
-    return bool(text) and _prescreen(text)[0] != 0
+    False guarantees that :func:`find_pii` with ``config`` finds nothing in ``text`` and in every
+    substring of it (each screen test looks for a shape inside the text), so one call over a whole
+    conversation, its messages joined, clears all of them at once. Custom patterns and the
+    person-name model have no pre-screen: with either, any non-empty text may contain PII."""
+    if not text:
+        return False
+    if config.custom_patterns or config.person_names_model:
+        return True
+    return _prescreen(text)[0] != 0
 
 
 # Digit clusters: starts with a bare class (not a repeat) so `re` skips to
@@ -955,6 +1186,20 @@ def _candidates(scan: _Scan, config: PiiConfig) -> list[_Span]:
     return out
 
 
+def _find_team_types(text: str, config: PiiConfig) -> list[_Span]:
+    """Spans of the custom patterns and the person-name model, minus any that touch a
+    placeholder already in the text."""
+    spans: list[_Span] = []
+    for pattern in config.custom_patterns:
+        spans.extend(pattern.find(text))
+    if config.person_names_model:
+        spans.extend(_find_person_names(text, config.person_names_model, config.person_name_min_score))
+    if spans and "<" in text:
+        taken = [(m.start(), m.end()) for m in _PLACEHOLDER_TOKEN.finditer(text)]
+        spans = [sp for sp in spans if not any(sp[1] < te and ts < sp[2] for ts, te in taken)]
+    return spans
+
+
 def find_pii(text: str, config: PiiConfig = DEFAULT_PII_CONFIG) -> list[PiiMatch]:
     """Detect PII in ``text``.
 
@@ -965,12 +1210,12 @@ def find_pii(text: str, config: PiiConfig = DEFAULT_PII_CONFIG) -> list[PiiMatch
     if not text:
         return []
     flags, run_classes = _prescreen(text)
-    if not flags:
-        return []
-    candidates = _candidates(_Scan(text, flags, run_classes), config)
+    candidates = _candidates(_Scan(text, flags, run_classes), config) if flags else []
+    if config.custom_patterns or config.person_names_model:
+        candidates.extend(_find_team_types(text, config))
     if not candidates:
         return []
-    candidates.sort(key=lambda c: (_PRIORITY[c[0]], c[1], c[1] - c[2]))
+    candidates.sort(key=lambda c: (_PRIORITY.get(c[0], _PRIORITY[_CUSTOM]), c[1], c[1] - c[2]))
     taken: list[tuple[int, int]] = []
     chosen: list[_Span] = []
     for typ, s, e in candidates:
@@ -997,7 +1242,7 @@ def scrub_pii(text: str, config: PiiConfig = DEFAULT_PII_CONFIG) -> tuple[str, d
     pos = 0
     for m in matches:
         parts.append(text[pos : m.start])
-        parts.append(_PLACEHOLDERS[m.type])
+        parts.append(f"<{m.type}>")  # every type's placeholder, built-in or custom
         counts[m.type] = counts.get(m.type, 0) + 1
         pos = m.end
     parts.append(text[pos:])
