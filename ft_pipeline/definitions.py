@@ -11,7 +11,7 @@ from ft_pipeline.defs.curated import curated_dataset
 from ft_pipeline.defs.raw_logs import raw_conversation_logs
 from ft_pipeline.defs.automation import FailureNotifier, make_new_log_files_sensor, make_nightly_retrain_schedule, record_run_failures
 from ft_pipeline.defs.evaluation import evaluation_report, promoted_model
-from ft_pipeline.defs.resources import ModelRegistryResource, OpenAIFineTuningResource, PipelineStorage, RawLogStore
+from ft_pipeline.defs.resources import ModelRegistryResource, OpenAIFineTuningResource, PiiPolicy, PipelineStorage, RawLogStore
 from ft_pipeline.defs.splits import dataset_splits
 from ft_pipeline.defs.training import fine_tuned_model
 
@@ -76,6 +76,10 @@ def default_resources() -> dict[str, object]:
             url=os.environ.get("FT_PIPELINE_REGISTRY_URL", ""),
             data_dir=dg.EnvVar("FT_PIPELINE_DATA_DIR").get_value("") or "",
             publish_url=os.environ.get("FT_PIPELINE_PUBLISH_URL", ""),
+        ),
+        "pii_policy": PiiPolicy(
+            patterns_file=os.environ.get("FT_PIPELINE_PII_PATTERNS", ""),
+            person_names_model=os.environ.get("FT_PIPELINE_PII_PERSON_MODEL", ""),
         ),
         "raw_log_store": RawLogStore(
             landing_dir=dg.EnvVar("FT_PIPELINE_LANDING_DIR").get_value("") or "",

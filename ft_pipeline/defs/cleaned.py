@@ -1,27 +1,21 @@
 """cleaned_conversations: normalize, role rules, quality filter, PII scrub, in-file dedup."""
 
 
-import os
-
 import dagster as dg
 import pandas as pd
 from pydantic import Field
 
 from ft_pipeline.defs.metadata import counts_table, sample_rows
 from ft_pipeline.defs.partitions import log_files_partitions
-from ft_pipeline.defs.resources import PipelineStorage
+from ft_pipeline.defs.resources import PiiPolicy, PipelineStorage
 from ft_pipeline.lib.cleaning import FILTER_REASONS, CleaningConfig, clean_conversations
 from ft_pipeline.lib.dedup import DedupConfig
-from ft_pipeline.lib.pii import PII_TYPES, PiiConfig
+from ft_pipeline.lib.pii import PII_TYPES
 from ft_pipeline.lib.storage import content_version, hash_values, legacy_partition_folders, read_latest, safe_name, write_latest, write_parquet
 
 CLEANED_CODE_VERSION = "3"
 _DEFAULTS = CleaningConfig()
 _DEDUP_DEFAULTS = DedupConfig()
-
-
-#: HMAC key of the pseudonyms that replace ids holding personal data (see CleaningConfig.id_hash_key).
-ID_HASH_KEY_ENV = "FT_PIPELINE_ID_HASH_KEY"
 
 
 class CleaningRunConfig(dg.Config):
@@ -36,13 +30,12 @@ class CleaningRunConfig(dg.Config):
     merge_consecutive_turns: bool = Field(default=_DEFAULTS.merge_consecutive_turns, description="Join consecutive same-role messages instead of filtering.")
     drop_leading_assistant: bool = Field(default=_DEFAULTS.drop_leading_assistant, description="Drop assistant greetings before the first user turn.")
     trim_trailing_user: bool = Field(default=_DEFAULTS.trim_trailing_user, description="Drop unanswered user turns at the end instead of filtering.")
-    scrub_pii: bool = Field(default=_DEFAULTS.scrub_pii, description="Replace personal data with typed placeholders.")
-    pii_entities: list[str] = Field(default=list(PII_TYPES), description="PII types to detect and scrub.")
-    redact_private_ips: bool = Field(default=False, description="Also scrub private/loopback IP addresses.")
     minhash_num_perm: int = Field(default=_DEDUP_DEFAULTS.num_perm, description="MinHash signature length (must match curated_dataset's).")
     minhash_ngram: int = Field(default=_DEDUP_DEFAULTS.ngram, description="Word shingle size of the MinHash signatures.")
 
-    def to_lib(self) -> CleaningConfig:
+    def to_lib(self, pii_policy: PiiPolicy | None = None) -> CleaningConfig:
+        """The lib config; what is scrubbed comes from the pipeline's one PII policy."""
+        policy = pii_policy or PiiPolicy()
         return CleaningConfig(
             min_rating=self.min_rating,
             max_response_time_ms=self.max_response_time_ms,
@@ -53,10 +46,7 @@ class CleaningRunConfig(dg.Config):
             merge_consecutive_turns=self.merge_consecutive_turns,
             drop_leading_assistant=self.drop_leading_assistant,
             trim_trailing_user=self.trim_trailing_user,
-            scrub_pii=self.scrub_pii,
-            # A secret, so it comes from the environment, never from run config (which the UI shows).
-            id_hash_key=os.environ.get(ID_HASH_KEY_ENV, ""),
-            pii=PiiConfig(entities=tuple(self.pii_entities), redact_private_ips=self.redact_private_ips),
+            scrub=policy.scrub_config(),
             dedup=DedupConfig(num_perm=self.minhash_num_perm, ngram=self.minhash_ngram),
         )
 
@@ -69,7 +59,7 @@ class CleaningRunConfig(dg.Config):
     kinds={"parquet"},
 )
 def cleaned_conversations(
-    context: dg.AssetExecutionContext, config: CleaningRunConfig, storage: PipelineStorage
+    context: dg.AssetExecutionContext, config: CleaningRunConfig, storage: PipelineStorage, pii_policy: PiiPolicy
 ) -> dg.MaterializeResult:
     """The conversations of one landed file, cleaned: Unicode NFC and whitespace normalization,
     role rules, the quality filter (rating, response time, reply length, edits, repetition),
@@ -82,9 +72,9 @@ def cleaned_conversations(
         old = " (data under the old folder naming is not read: materialize it again)" if legacy_partition_folders(storage.root(), name) else ""
         raise dg.Failure(description=f"raw_conversation_logs has not been materialized for partition {name!r}{old}")
     parsed = pd.read_parquet(pointer["path"])
-    lib_config = config.to_lib()
+    lib_config = config.to_lib(pii_policy)
     result = clean_conversations(parsed, lib_config)
-    version = content_version(CLEANED_CODE_VERSION, pointer["version"], config.model_dump())
+    version = content_version(CLEANED_CODE_VERSION, pointer["version"], config.model_dump(), *pii_policy.version_parts())
 
     folder = storage.folder("cleaned") / safe_name(name)
     kept_path = write_parquet(result.kept, folder / f"{version}.parquet")
@@ -108,7 +98,7 @@ def cleaned_conversations(
             "filtered": len(result.filtered),
             "kept_share": round(kept_share, 4),
             "filter_reasons": counts_table(result.filter_counts, FILTER_REASONS),
-            "pii_found": dg.MetadataValue.json({t: result.pii_counts.get(t, 0) for t in PII_TYPES}),
+            "pii_found": dg.MetadataValue.json({**{t: 0 for t in PII_TYPES}, **result.pii_counts}),
             "pii_total": sum(result.pii_counts.values()),
             "repairs": dg.MetadataValue.json(result.repairs),
             "path": dg.MetadataValue.path(str(kept_path)),

@@ -1,7 +1,6 @@
 """curated_dataset: the fan-in of every cleaned partition, globally deduplicated."""
 
 
-import json
 
 import dagster as dg
 import pyarrow as pa
@@ -10,10 +9,10 @@ from pydantic import Field
 
 from ft_pipeline.defs.metadata import counts_table, sample_rows
 from ft_pipeline.defs.partitions import log_files_partitions
-from ft_pipeline.defs.resources import PipelineStorage
-from ft_pipeline.lib.curation import CurationConfig, curate
+from ft_pipeline.defs.resources import PiiPolicy, PipelineStorage
+from ft_pipeline.lib.curation import CurationConfig, curate, scan_dataset_for_pii
 from ft_pipeline.lib.dedup import DedupConfig, conversation_text, deduplicate
-from ft_pipeline.lib.pii import PII_TYPES, find_pii
+from ft_pipeline.lib.pii import PERSON, PII_TYPES, PiiConfig
 from ft_pipeline.lib.storage import content_version, hash_values, legacy_partition_folders, read_latest, safe_name, write_latest, write_parquet
 from ft_pipeline.lib.tokens import TokenCounterConfig
 
@@ -58,7 +57,9 @@ def _registered_partitions(context: dg.AssetExecutionContext) -> list[str]:
         dg.AssetCheckSpec("no_duplicates_left", asset="curated_dataset", description="No exact, prefix or near duplicate remains."),
     ],
 )
-def curated_dataset(context: dg.AssetExecutionContext, config: CurationRunConfig, storage: PipelineStorage) -> dg.MaterializeResult:
+def curated_dataset(
+    context: dg.AssetExecutionContext, config: CurationRunConfig, storage: PipelineStorage, pii_policy: PiiPolicy
+) -> dg.MaterializeResult:
     """Every cleaned partition together, deduplicated globally: exact (hash of the normalized
     conversation), near (MinHash-LSH over word shingles, candidates verified by true Jaccard),
     prefix and branch duplicates; the best copy is kept (higher rating, not edited, faster).
@@ -102,7 +103,7 @@ def curated_dataset(context: dg.AssetExecutionContext, config: CurationRunConfig
     removed_path = write_parquet(result.removed, folder / "removed.parquet")
     write_latest(storage.folder("curated"), version, path=str(result.output_path), removed_path=str(removed_path))
 
-    checks = [_pii_check(result.output_path), _duplicates_check(result.output_path, lib_config.dedup)]
+    checks = [_pii_check(result.output_path, pii_policy.pii_config()), _duplicates_check(result.output_path, lib_config.dedup)]
     exact_hashes = pq.read_table(result.output_path, columns=["exact_hash"]).column("exact_hash").to_pylist() if result.n_kept else []
     assert result.n_in == result.n_kept + len(result.removed), "curation lost records"
     return dg.MaterializeResult(
@@ -130,32 +131,15 @@ def curated_dataset(context: dg.AssetExecutionContext, config: CurationRunConfig
     )
 
 
-def _pii_check(path) -> dg.AssetCheckResult:
-    found: dict[str, int] = {}
-    examples = []
-    # Stream the file: a fresh scan of every message without holding the dataset in memory.
-    # Every text column the dataset writes, not only the messages: ids and the record's unknown
-    # keys (metadata) are data too.
-    available = set(pq.ParquetFile(path).schema_arrow.names)
-    text_columns = [c for c in ("user_id", "metadata", "tags") if c in available]
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=10_000, columns=["conversation_id", "messages", *text_columns]):
-        columns = {name: batch.column(name).to_pylist() for name in batch.schema.names}
-        for i, conversation_id in enumerate(columns["conversation_id"]):
-            texts = [m["content"] for m in columns["messages"][i]] + [str(conversation_id)]
-            texts += [json.dumps(columns[c][i], ensure_ascii=False) if not isinstance(columns[c][i], str) else columns[c][i]
-                      for c in text_columns if columns[c][i] is not None]
-            for text in texts:
-                for match in find_pii(text):
-                    found[match.type] = found.get(match.type, 0) + 1
-                    if len(examples) < 5:
-                        examples.append({"conversation_id": conversation_id, "type": match.type})
-    total = sum(found.values())
+def _pii_check(path, pii: PiiConfig) -> dg.AssetCheckResult:
+    scan = scan_dataset_for_pii(path, pii)
+    kinds = [*PII_TYPES, *(p.name for p in pii.custom_patterns), *([PERSON] if pii.person_names_model else [])]
     return dg.AssetCheckResult(
         check_name="no_pii_left",
-        passed=total == 0,
+        passed=scan.total == 0,
         severity=dg.AssetCheckSeverity.ERROR,
-        description="no PII found by a fresh scan" if total == 0 else f"{total} PII matches left: {found}",
-        metadata={"pii_left": dg.MetadataValue.json({t: found.get(t, 0) for t in PII_TYPES}), "examples": dg.MetadataValue.json(examples)},
+        description="no PII found by a fresh scan" if scan.total == 0 else f"{scan.total} PII matches left: {scan.found}",
+        metadata={"pii_left": dg.MetadataValue.json({t: scan.found.get(t, 0) for t in kinds}), "examples": dg.MetadataValue.json(scan.examples)},
     )
 
 

@@ -183,7 +183,8 @@ def evaluation_report(
 
     gate = config.gate()
     eval_config = EvaluationConfig(task=config.task, n_resamples=config.n_resamples, seed=config.seed, use_regression_suite=config.use_regression_suite)
-    result = run_evaluation(test, generators, gate=gate, config=eval_config, train_test_overlap=overlap)
+    no_production = f"the candidate is production already (v{version.version})" if already_production else "no production model yet"
+    result = run_evaluation(test, generators, gate=gate, config=eval_config, train_test_overlap=overlap, no_production_reason=no_production)
     if config.compute_perplexity and record["backend"] == "local_lora":
         validation = pd.read_parquet(splits["paths"]["validation"]["parquet"], columns=["messages"])
         conversations = [list(m) for m in validation["messages"]]

@@ -9,7 +9,7 @@ from typing import Any, Mapping
 import dagster as dg
 import pandas as pd
 
-from ft_pipeline.lib.pii import scrub_pii
+from ft_pipeline.lib.pii import DEFAULT_PII_CONFIG, PiiConfig, scrub_pii
 
 
 def counts_table(counts: Mapping[str, int], descriptions: Mapping[str, str] | None = None) -> dg.MetadataValue:
@@ -22,22 +22,23 @@ def counts_table(counts: Mapping[str, int], descriptions: Mapping[str, str] | No
     return dg.MetadataValue.md("\n".join(rows))
 
 
-def sample_rows(frame: pd.DataFrame, n: int = 3, max_chars: int = 160) -> dg.MetadataValue:
+def sample_rows(frame: pd.DataFrame, n: int = 3, max_chars: int = 160, pii: PiiConfig = DEFAULT_PII_CONFIG) -> dg.MetadataValue:
     """A few rows as Markdown, message contents shortened, for a quick look in the UI.
 
     Every sample the UI shows comes from here, and every piece of text in it goes through the PII
     scrubber first (then is shortened, so a cut can never leave half a card number unscrubbed):
     metadata lands in the event log database, which deleting a partition does not reach, so raw
-    logs' personal data must never get there.
+    logs' personal data must never get there. ``pii`` is the pipeline's policy (custom patterns
+    and person names included) where the frame holds raw text.
     """
     if frame is None or not len(frame):
         return dg.MetadataValue.md("_no rows_")
     lines = []
     for row in frame.head(n).to_dict("records"):
-        lines.append(f"**{_scrubbed(row.get('conversation_id'))}**" + (f" — {row['filter_reason']}" if row.get("filter_reason") else ""))
+        lines.append(f"**{_scrubbed(row.get('conversation_id'), pii)}**" + (f" — {row['filter_reason']}" if row.get("filter_reason") else ""))
         messages = row.get("messages")
         for m in list(messages if messages is not None else [])[:4]:
-            content = _scrubbed(m["content"]).replace("\n", " ")
+            content = _scrubbed(m["content"], pii).replace("\n", " ")
             if len(content) > max_chars:
                 content = content[: max_chars - 1] + "…"
             lines.append(f"- *{m['role']}*: {content}")
@@ -45,8 +46,8 @@ def sample_rows(frame: pd.DataFrame, n: int = 3, max_chars: int = 160) -> dg.Met
     return dg.MetadataValue.md("\n".join(lines))
 
 
-def _scrubbed(value: Any) -> str:
-    return scrub_pii(str(value))[0]
+def _scrubbed(value: Any, pii: PiiConfig) -> str:
+    return scrub_pii(str(value), pii)[0]
 
 
 def json_value(value: Any) -> dg.MetadataValue:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
+from ft_pipeline.lib.cleaning import ScrubConfig
 from ft_pipeline.lib.landing import LandingFolder
+from ft_pipeline.lib.pii import PII_TYPES, CustomPiiPattern, PersonNameDetectorUnavailable, PiiConfig, load_custom_patterns
 from ft_pipeline.lib.storage import layout, resolve_data_dir
 
 
@@ -49,6 +52,73 @@ class RawLogStore(dg.ConfigurableResource):
     def list_files(self) -> list[str]:
         """Names (relative to the landing folder) of the log files present now, sorted."""
         return self.folder().list_files()
+
+class CustomPiiPatternConfig(dg.Config):
+    """One kind of personal data of the team's own (see ``ft_pipeline.lib.pii.CustomPiiPattern``)."""
+
+    name: str = Field(description="Type name, upper case (ORDER_ID); matches become <ORDER_ID>.")
+    regex: str = Field(description="Python regular expression; its whole match is replaced. Anchor it with \\b.")
+    validator: str = Field(default="", description="Optional check of each match: luhn, iban_mod97 or module:function (str -> bool); empty = none.")
+    ignore_case: bool = Field(default=False, description="Match case-insensitively.")
+
+
+#: HMAC key of the pseudonyms that replace ids holding personal data (see ScrubConfig.id_hash_key).
+ID_HASH_KEY_ENV = "FT_PIPELINE_ID_HASH_KEY"
+
+
+class PiiPolicy(dg.ConfigurableResource):
+    """What counts as personal data and how it is removed, for every stage that writes record
+    text: ``raw_conversation_logs`` scrubs the parsed records, their quarantine rows and samples
+    before storing them; ``cleaned_conversations`` scrubs again after normalization;
+    ``curated_dataset``'s ``no_pii_left`` check scans for exactly the same kinds. One policy, so
+    no stage keeps what another removes.
+
+    Beyond the built-in types: custom patterns (order ids, usernames, account numbers) from
+    ``patterns`` and the JSON/YAML file ``patterns_file`` (``$FT_PIPELINE_PII_PATTERNS``), and
+    person names through Presidio over a spaCy model (``pip install 'ft-pipeline[names]'`` plus the
+    model; ``person_names_model``, ``$FT_PIPELINE_PII_PERSON_MODEL``). A pattern that does not
+    compile or a name model that is not installed fails the run with one clear line, instead of
+    scrubbing less than asked. The pseudonym key of ids holding PII is a secret and comes from
+    ``$FT_PIPELINE_ID_HASH_KEY`` only."""
+
+    scrub: bool = Field(default=True, description="Replace personal data with typed placeholders (<EMAIL>, <ORDER_ID>, …).")
+    entities: list[str] = Field(default=list(PII_TYPES), description="Built-in PII types to detect and scrub.")
+    redact_private_ips: bool = Field(default=False, description="Also scrub private/loopback IP addresses.")
+    patterns: list[CustomPiiPatternConfig] = Field(default_factory=list, description="Custom patterns, inline.")
+    patterns_file: str = Field(default="", description="JSON or YAML list of {name, regex, validator?, ignore_case?}; empty = none.")
+    person_names_model: str = Field(default="", description="spaCy model package or folder for Presidio's person-name detector; empty = off.")
+
+    def custom_patterns(self) -> tuple[CustomPiiPattern, ...]:
+        inline = tuple(
+            CustomPiiPattern(name=p.name, regex=p.regex, validator=p.validator or None, ignore_case=p.ignore_case)
+            for p in self.patterns
+        )
+        return inline + (load_custom_patterns(self.patterns_file) if self.patterns_file else ())
+
+    def pii_config(self) -> PiiConfig:
+        """The detectors: the built-in types plus this policy's patterns and names. A bad pattern,
+        an unreadable patterns file or a missing name model fails the run with one clear line."""
+        try:
+            return PiiConfig(
+                entities=tuple(self.entities),
+                redact_private_ips=self.redact_private_ips,
+                custom_patterns=self.custom_patterns(),
+                person_names_model=self.person_names_model,
+            )
+        except (ValueError, PersonNameDetectorUnavailable) as exc:
+            raise dg.Failure(description=f"PII policy: {exc}") from exc
+
+    def scrub_config(self) -> ScrubConfig:
+        """The scrubbing the stages apply (the pseudonym key read from the environment)."""
+        return ScrubConfig(enabled=self.scrub, pii=self.pii_config(), id_hash_key=os.environ.get(ID_HASH_KEY_ENV, ""))
+
+    def version_parts(self) -> list[str]:
+        """What of the policy changes the scrubbed data, for the assets' version hashes: empty for
+        the default policy, so the versions of data scrubbed with it stay as they were."""
+        if self == PiiPolicy():
+            return []
+        return [repr(self.scrub_config().pii), str(self.scrub)]
+
 
 class OpenAIFineTuningResource(dg.ConfigurableResource):
     """The OpenAI fine-tuning API (or an OpenAI-compatible service, or Azure OpenAI) through the

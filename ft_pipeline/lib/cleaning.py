@@ -67,6 +67,26 @@ REPAIRS = (
 
 
 @dataclass(frozen=True)
+class ScrubConfig:
+    """What is scrubbed and how: one policy for every stage that writes record text."""
+
+    enabled: bool = True
+    """Replace personal data with typed placeholders such as ``<EMAIL>``: in the messages, in every
+    string under ``metadata`` (the record's unknown keys), in ``tags``, and in ``user_id`` /
+    ``conversation_id`` (see ``id_hash_key``)."""
+    pii: PiiConfig = field(default_factory=lambda: DEFAULT_PII_CONFIG)
+    """The detectors: built-in types, custom patterns, person names."""
+    id_hash_key: str = ""
+    """Key of the HMAC-SHA256 that replaces a ``user_id`` or ``conversation_id`` holding personal
+    data (an email, a phone number): ``user-<hash>`` / ``conv-<hash>``, the same for the same id, so
+    grouping by user still works. Empty (the default) uses a fixed public key, which keeps the id
+    out of the data but lets someone who guesses an email check it; set a secret to prevent that."""
+
+
+DEFAULT_SCRUB_CONFIG = ScrubConfig()
+
+
+@dataclass(frozen=True)
 class CleaningConfig:
     """Thresholds and switches of the per-file cleaning pass. Every default is the documented one."""
 
@@ -90,16 +110,9 @@ class CleaningConfig:
     trim_trailing_user: bool = True
     """Drop user turns after the last assistant reply (they were never answered); when off, such
     conversations are filtered as ``last_message_not_assistant``."""
-    scrub_pii: bool = True
-    """Replace personal data with typed placeholders such as ``<EMAIL>``: in the messages, in every
-    string under ``metadata`` (the record's unknown keys), and in ``user_id`` / ``conversation_id``
-    (see ``id_hash_key``)."""
-    id_hash_key: str = ""
-    """Key of the HMAC-SHA256 that replaces a ``user_id`` or ``conversation_id`` holding personal
-    data (an email, a phone number): ``user-<hash>`` / ``conv-<hash>``, the same for the same id, so
-    grouping by user still works. Empty (the default) uses a fixed public key, which keeps the id
-    out of the data but lets someone who guesses an email check it; set a secret to prevent that."""
-    pii: PiiConfig = field(default_factory=lambda: DEFAULT_PII_CONFIG)
+    scrub: ScrubConfig = field(default_factory=lambda: DEFAULT_SCRUB_CONFIG)
+    """The PII policy; the same one scrubs the parsed records before they are stored
+    (:func:`scrub_parsed_records`), and this pass scrubs again after normalization."""
     dedup: DedupConfig = field(default_factory=lambda: DEFAULT_DEDUP_CONFIG)
 
 
@@ -358,63 +371,111 @@ def turn_columns(messages) -> tuple[int | None, int, int]:
 _ID_PREFIX = {"user_id": "user", "conversation_id": "conv"}
 
 
-def _pseudonym(field_name: str, value: str, config: CleaningConfig) -> str:
-    key = (config.id_hash_key or "ft-pipeline public id key").encode("utf-8")
+def _pseudonym(field_name: str, value: str, scrub: ScrubConfig) -> str:
+    key = (scrub.id_hash_key or "ft-pipeline public id key").encode("utf-8")
     digest = hmac.new(key, value.encode("utf-8", errors="surrogatepass"), hashlib.sha256).hexdigest()[:16]
     return f"{_ID_PREFIX[field_name]}-{digest}"
 
 
-def _scrub_value(value: Any, config: CleaningConfig, pii_counts: Counter) -> Any:
+def _scrub_value(value: Any, scrub: ScrubConfig, pii_counts: Counter) -> Any:
     """Every string inside a JSON-like value, scrubbed (keys too: records put data in keys)."""
     if isinstance(value, str):
-        if not may_contain_pii(value):
+        if not may_contain_pii(value, scrub.pii):
             return value
-        text, found = scrub_pii(value, config.pii)
+        text, found = scrub_pii(value, scrub.pii)
         pii_counts.update(found)
         return text
     if isinstance(value, dict):
-        return {_scrub_value(str(k), config, pii_counts): _scrub_value(v, config, pii_counts) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_scrub_value(v, config, pii_counts) for v in value]
+        return {_scrub_value(str(k), scrub, pii_counts): _scrub_value(v, scrub, pii_counts) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_scrub_value(v, scrub, pii_counts) for v in value]
     return value
 
 
-def _scrub_other_fields(row: list[Any], positions: dict[str, int], config: CleaningConfig, pii_counts: Counter) -> None:
-    """Personal data outside the messages: the ids (pseudonymised, so they still group) and the
-    record's unknown keys kept as JSON in ``metadata`` (scrubbed string by string)."""
-    if not config.scrub_pii:
+def _scrub_other_fields(row: list[Any], positions: dict[str, int], scrub: ScrubConfig, pii_counts: Counter) -> None:
+    """Personal data outside the messages: the ids (pseudonymised, so they still group), the
+    record's unknown keys kept as JSON in ``metadata`` (scrubbed string by string) and the tags."""
+    if not scrub.enabled:
         return
     for name in ("user_id", "conversation_id"):
         k = positions.get(name)
-        if k is not None and isinstance(row[k], str) and may_contain_pii(row[k]):
-            found = find_pii(row[k], config.pii)
+        if k is not None and isinstance(row[k], str) and may_contain_pii(row[k], scrub.pii):
+            found = find_pii(row[k], scrub.pii)
             if found:
                 pii_counts.update(m.type for m in found)
-                row[k] = _pseudonym(name, row[k], config)
+                row[k] = _pseudonym(name, row[k], scrub)
     k = positions.get("metadata")
-    if k is not None and isinstance(row[k], str) and may_contain_pii(row[k]):
+    if k is not None and isinstance(row[k], str) and may_contain_pii(row[k], scrub.pii):
         try:
             parsed = json.loads(row[k])
         except ValueError:
-            row[k] = _scrub_value(row[k], config, pii_counts)
+            row[k] = _scrub_value(row[k], scrub, pii_counts)
         else:
-            row[k] = json.dumps(_scrub_value(parsed, config, pii_counts), ensure_ascii=False, sort_keys=True)
+            row[k] = json.dumps(_scrub_value(parsed, scrub, pii_counts), ensure_ascii=False, sort_keys=True)
+    k = positions.get("tags")
+    if k is not None and row[k] is not None and len(row[k]) and may_contain_pii("\n".join(map(str, row[k])), scrub.pii):
+        row[k] = _scrub_value(row[k], scrub, pii_counts)
 
 
-def _scrub_messages(messages: list[dict[str, str]], config: CleaningConfig, pii_counts: Counter) -> list[dict[str, str]]:
-    if not config.scrub_pii:
+def _scrub_messages(messages: list[dict[str, str]], scrub: ScrubConfig, pii_counts: Counter) -> list[dict[str, str]]:
+    if not scrub.enabled:
         return messages
     # One pre-screen over the whole conversation clears it when no detector can fire on any
     # message (most conversations); only the others are scanned message by message.
-    if not may_contain_pii("\n".join([m["content"] for m in messages])):
+    if not may_contain_pii("\n".join([m["content"] for m in messages]), scrub.pii):
         return messages
     out = []
     for m in messages:
-        text, found = scrub_pii(m["content"], config.pii)
+        text, found = scrub_pii(m["content"], scrub.pii)
         if found:
             pii_counts.update(found)
         out.append({"role": m["role"], "content": text})
     return out
+
+
+#: Column of the parsed records: the PII types scrubbed from each record before it was stored
+#: (one entry per match), so ``cleaned_conversations`` can count them with its own finds.
+PII_SCRUBBED_COLUMN = "pii_scrubbed"
+
+
+@dataclass
+class ScrubResult:
+    """Parsed records with their personal data replaced, and what was replaced, per type."""
+
+    records: pd.DataFrame
+    pii_counts: Counter
+
+
+def scrub_parsed_records(frame: pd.DataFrame, scrub: ScrubConfig = DEFAULT_SCRUB_CONFIG) -> ScrubResult:
+    """Scrub freshly parsed records before anything stores them: message contents as logged,
+    ids, the record's unknown keys and tags. Nothing downstream of the landing folder then holds
+    raw personal data; the cleaning pass scrubs again after normalization (text that only looks
+    like PII once invisible characters are gone). Adds :data:`PII_SCRUBBED_COLUMN`."""
+    records = frame.copy()
+    total: Counter = Counter()
+    # Only the text columns change, and only in rows that held PII: every other column keeps its
+    # values and dtype exactly as parsed.
+    columns = [c for c in ("messages", "user_id", "conversation_id", "metadata", "tags") if c in records.columns]
+    positions = {name: k for k, name in enumerate(columns)}
+    values = [records[c].tolist() for c in columns]
+    per_row: list[list[str]] = []
+    for i, row_tuple in enumerate(zip(*values)):
+        row = list(row_tuple)
+        found: Counter = Counter()
+        if "messages" in positions:
+            row[positions["messages"]] = _scrub_messages(list(row[positions["messages"]]), scrub, found)
+        _scrub_other_fields(row, positions, scrub, found)
+        if found:
+            for k in range(len(columns)):
+                values[k][i] = row[k]
+        per_row.append(sorted(found.elements()))
+        total.update(found)
+    if total:
+        for name, column in zip(columns, values):
+            dtype = records[name].dtype
+            records[name] = pd.Series(column, index=records.index, dtype=None if dtype == object else dtype)
+    records[PII_SCRUBBED_COLUMN] = pd.Series(per_row, index=records.index, dtype=object)
+    return ScrubResult(records, total)
 
 
 # Row fields where a NaN / NA (from Parquet round trips) means "missing" and becomes None.
@@ -449,6 +510,12 @@ def clean_conversations(frame: pd.DataFrame, config: CleaningConfig = DEFAULT_CL
 
 
 def _clean_conversations(frame: pd.DataFrame, config: CleaningConfig) -> CleanResult:
+    # What scrub_parsed_records already replaced counts with this pass's finds (kept rows), and
+    # the column goes no further.
+    scrubbed_before = None
+    if PII_SCRUBBED_COLUMN in frame.columns:
+        scrubbed_before = frame[PII_SCRUBBED_COLUMN].tolist()
+        frame = frame.drop(columns=[PII_SCRUBBED_COLUMN])
     columns = list(frame.columns)
     position = {name: k for k, name in enumerate(columns)}
     n_columns = len(columns)
@@ -511,20 +578,22 @@ def _clean_conversations(frame: pd.DataFrame, config: CleaningConfig) -> CleanRe
     kept_rows: list[list[Any]] = []
     kept_hashes: list[tuple[int, int | None, list[int]]] = []
     filtered_rows: list[list[Any]] = []
-    for row, (roles, contents), result in zip(rows, contents_of, outcome):
+    for i, (row, (roles, contents), result) in enumerate(zip(rows, contents_of, outcome)):
         if type(result) is tuple:
             # Filtered rows are stored too (nothing is lost), so they are scrubbed as well.
             row[messages_at] = _scrub_messages(
-                [{"role": role, "content": content} for role, content in zip(roles, contents)], config, Counter()
+                [{"role": role, "content": content} for role, content in zip(roles, contents)], config.scrub, Counter()
             )
-            _scrub_other_fields(row, position, config, Counter())
+            _scrub_other_fields(row, position, config.scrub, Counter())
             row.append(result[0])
             row.append(result[1])
             filtered_rows.append(row)
             continue
-        messages = _scrub_messages(result, config, pii_counts)
+        if scrubbed_before is not None and scrubbed_before[i] is not None:
+            pii_counts.update(map(str, scrubbed_before[i]))
+        messages = _scrub_messages(result, config.scrub, pii_counts)
         row[messages_at] = messages
-        _scrub_other_fields(row, position, config, pii_counts)
+        _scrub_other_fields(row, position, config.scrub, pii_counts)
         kept_rows.append(row)
         kept_hashes.append(record_hashes(messages))
     del rows, contents_of, outcome

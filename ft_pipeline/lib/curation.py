@@ -7,6 +7,7 @@ partition plus the signatures, not by the whole dataset.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ft_pipeline.lib.dedup import DEFAULT_DEDUP_CONFIG, DedupConfig, conversation_text, deduplicate
+from ft_pipeline.lib.pii import DEFAULT_PII_CONFIG, PiiConfig, find_pii, may_contain_pii
 from ft_pipeline.lib.records import gc_paused
 from ft_pipeline.lib.tokens import TokenCounterConfig, make_token_counter, token_stats
 
@@ -228,3 +230,46 @@ def _curate(paths: Sequence[str | Path], output_path: str | Path, config: Curati
         output_path=output_path,
         sample=sample if sample is not None else pd.DataFrame(),
     )
+
+
+@dataclass
+class PiiScan:
+    """What a fresh PII scan of a written dataset found: matches per type and the first few
+    (conversation id and type only, never the matched text)."""
+
+    found: dict[str, int]
+    examples: list[dict[str, str]]
+
+    @property
+    def total(self) -> int:
+        return sum(self.found.values())
+
+
+#: Text columns, besides the messages and the conversation id, that a dataset may carry.
+PII_SCANNED_COLUMNS = ("user_id", "metadata", "tags")
+
+
+def scan_dataset_for_pii(path: str | Path, pii: PiiConfig = DEFAULT_PII_CONFIG, max_examples: int = 5) -> PiiScan:
+    """Scan every text column of a conversations Parquet file (messages, ids, the record's unknown
+    keys, tags) with ``pii``, streaming it in batches so the dataset is never held in memory."""
+    found: Counter[str] = Counter()
+    examples: list[dict[str, str]] = []
+    parquet = pq.ParquetFile(path)
+    available = set(parquet.schema_arrow.names)
+    text_columns = [c for c in PII_SCANNED_COLUMNS if c in available]
+    for batch in parquet.iter_batches(batch_size=10_000, columns=["conversation_id", "messages", *text_columns]):
+        columns = {name: batch.column(name).to_pylist() for name in batch.schema.names}
+        for i, conversation_id in enumerate(columns["conversation_id"]):
+            texts = [m["content"] for m in columns["messages"][i]] + [str(conversation_id)]
+            for c in text_columns:
+                value = columns[c][i]
+                if value is not None:
+                    texts.append(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
+            for text in texts:
+                if not may_contain_pii(text, pii):
+                    continue
+                for match in find_pii(text, pii):
+                    found[match.type] += 1
+                    if len(examples) < max_examples:
+                        examples.append({"conversation_id": str(conversation_id), "type": match.type})
+    return PiiScan(found=dict(found), examples=examples)

@@ -181,7 +181,7 @@ def test_memory_grows_with_line_length(tmp_path):
 def test_unknown_keys_skip_the_scrubber(tmp_path):
     # Finding 4: text under an unrecognised key and a user_id that is an email reached the curated
     # parquet raw. Now every string under metadata is scrubbed and such ids become stable pseudonyms.
-    from ft_pipeline.lib.cleaning import CleaningConfig, clean_conversations
+    from ft_pipeline.lib.cleaning import CleaningConfig, ScrubConfig, clean_conversations
 
     path = tmp_path / "notes.jsonl"
     records = []
@@ -201,13 +201,13 @@ def test_unknown_keys_skip_the_scrubber(tmp_path):
     assert users["c-0"] == users["c-1"] != "bob@example.com" and users["c-0"].startswith("user-")  # still groups
     assert users["c-2"] == "user-0003"  # an id without personal data is left alone
     assert "order 42" in kept.set_index("conversation_id").at["c-0", "metadata"]  # the rest of the metadata stays
-    keyed = clean_conversations(read_log_file(path).conversations, CleaningConfig(id_hash_key="secret"))
+    keyed = clean_conversations(read_log_file(path).conversations, CleaningConfig(scrub=ScrubConfig(id_hash_key="secret")))
     assert dict(zip(keyed.kept["conversation_id"], keyed.kept["user_id"]))["c-0"] != users["c-0"]
 
 
 def test_no_pii_left_reads_every_text_column(tmp_path):
     # Finding 4, the check: no_pii_left passed with PII outside the messages.
-    from ft_pipeline.defs.curated import _pii_check
+    from ft_pipeline.lib.curation import scan_dataset_for_pii
 
     path = tmp_path / "conversations.parquet"
     frame = pd.DataFrame({
@@ -217,10 +217,15 @@ def test_no_pii_left_reads_every_text_column(tmp_path):
         "metadata": [json.dumps({"notes": "mail jane.doe@example.com"})],
     })
     frame.to_parquet(path, index=False)
-    assert not _pii_check(path).passed
+    scan = scan_dataset_for_pii(path)
+    assert scan.found == {"EMAIL": 1} and scan.examples == [{"conversation_id": "c-1", "type": "EMAIL"}]
     frame["metadata"] = [json.dumps({"notes": "mail <EMAIL>"})]
+    frame["tags"] = [["vip", "call +1 415 867 5309"]]
     frame.to_parquet(path, index=False)
-    assert _pii_check(path).passed
+    assert scan_dataset_for_pii(path).found == {"PHONE": 1}
+    frame["tags"] = [["vip"]]
+    frame.to_parquet(path, index=False)
+    assert scan_dataset_for_pii(path).total == 0
 
 
 def test_registry_list_on_a_missing_data_dir_silently_creates_an_empty_registry(tmp_path, capsys, monkeypatch):
@@ -323,3 +328,26 @@ def test_branch_dedup_keeps_the_chosen_reply_only_half_the_time(tmp_path, marker
     survivors = kept[result.keep]
     assert len(survivors) == 20  # one per pair
     assert all(m[-1]["content"].startswith("Chosen: ") for m in survivors["messages"]), "a rejected reply was kept"
+
+
+@pytest.mark.parametrize(
+    "policy, message",
+    [
+        ({"patterns_file": "/nonexistent/pii_patterns.yaml"}, "custom PII patterns file /nonexistent/pii_patterns.yaml cannot be read"),
+        ({"patterns": [{"name": "ORDER_ID", "regex": "NH-("}]}, "custom PII pattern ORDER_ID: regex 'NH-(' does not compile"),
+        ({"person_names_model": "en_core_web_not_installed"}, "en_core_web_not_installed"),
+    ],
+)
+def test_a_bad_pii_policy_fails_the_run_before_anything_is_written(instance, resources, data_dir, policy, message):
+    # Scrubbing less than asked would leak: a policy that cannot run stops the run, with one line.
+    from ft_pipeline.defs.resources import PiiPolicy
+
+    name = sorted(p.name for p in (data_dir / "raw").iterdir())[0]
+    instance.add_dynamic_partitions(log_files_partitions.name, [name])
+    result = dg.materialize(PER_FILE_ASSETS, partition_key=name, instance=instance, raise_on_error=False,
+                            resources={**resources, "pii_policy": PiiPolicy(**policy)})
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    description = failure.step_failure_data.user_failure_data.description
+    assert description.startswith("PII policy: ") and message in description and "\n" not in description
+    assert not (data_dir / "parsed").exists() or not any((data_dir / "parsed").rglob("*.parquet"))
