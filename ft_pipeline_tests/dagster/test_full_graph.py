@@ -72,6 +72,8 @@ def _promote_then_retrain_scenario(evaluated, instance, tmp_path, capsys):
     assert again.success
     assert registry.resolve("ft-pipeline-assistant").version == 1
     assert len([e for e in registry.history("ft-pipeline-assistant") if e.action == "promote"]) == 1
+    rules = {r["rule"]: r["detail"] for r in json.loads(Path(json.loads((data_dir / "reports" / "latest.json").read_text())["path"]).read_text())["decision"]["rules"]}
+    assert rules["beats_production"] == "the candidate is production already (v1)"
 
     # A second candidate (another seed) is compared with production too; whatever the gate says,
     # the registry stays consistent: promoted -> v2 in production, rejected -> v1 untouched.

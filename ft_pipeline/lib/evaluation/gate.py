@@ -75,12 +75,14 @@ def evaluate_gate(
     versus_production: dict[str, dict[str, Any]] | None,
     regression_scores: dict[str, float] | None,
     train_test_overlap: int,
+    no_production_reason: str = "no production model yet",
 ) -> GateDecision:
     """Apply the rules.
 
     ``versus_base`` / ``versus_production``: per metric, the paired comparison (``delta``,
     ``ci_low``, ``ci_high``) of the candidate against that model; ``versus_production`` is None
-    when nothing is in production yet. ``regression_scores``: primary-metric means of
+    when nothing is in production yet (or the candidate is production already:
+    ``no_production_reason`` says which). ``regression_scores``: primary-metric means of
     ``candidate`` and ``base`` on the regression suite. ``train_test_overlap``: test examples
     that also occur in the training split.
     """
@@ -88,7 +90,7 @@ def evaluate_gate(
     if versus_production is not None:
         rules.append(_improvement_rule("production", versus_production[gate.primary_metric], gate))
     else:
-        rules.append(RuleResult("beats_production", True, "no production model yet"))
+        rules.append(RuleResult("beats_production", True, no_production_reason))
 
     regressions = []
     for baseline_name, comparisons in (("base", versus_base), ("production", versus_production)):

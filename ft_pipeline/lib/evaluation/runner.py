@@ -81,8 +81,10 @@ def run_evaluation(
     config: EvaluationConfig = DEFAULT_EVALUATION_CONFIG,
     train_test_overlap: int = 0,
     regression_suite: list[dict[str, Any]] | None = None,
+    no_production_reason: str = "no production model yet",
 ) -> EvaluationResult:
     """Evaluate ``generators`` ('candidate', 'base', optionally 'production') on ``test``.
+    ``no_production_reason`` says, in the gate's rules, why there is no 'production' generator.
 
     ``test`` has ``conversation_id``, ``messages`` and (optionally) ``tags``; all turns before the
     final assistant turn are the prompt and the final assistant turn is the reference.
@@ -142,6 +144,7 @@ def run_evaluation(
         versus_production=comparisons.get("production"),
         regression_scores=regression,
         train_test_overlap=train_test_overlap,
+        no_production_reason=no_production_reason,
     )
     return EvaluationResult(
         examples=examples,
