@@ -16,6 +16,8 @@ from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ft_pipeline.lib.openai_format import DEFAULT_OPENAI_FINE_TUNING_MODEL
+
 STAGES = ["raw_conversation_logs", "cleaned_conversations", "curated_dataset", "splits", "fine_tuned_model", "evaluation_report", "promoted_model"]
 
 
@@ -353,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", help="format and quality report for a log file; non-zero exit on errors")
     validate.add_argument("file")
-    validate.add_argument("--model", default="gpt-4o-mini-2024-07-18", help="OpenAI model whose token limit applies")
+    validate.add_argument("--model", default=DEFAULT_OPENAI_FINE_TUNING_MODEL, help="OpenAI model whose token limit applies")
     validate.add_argument("--max-record-bytes", type=int, default=None, help="default: the pipeline's own limit (256 KiB)")
     validate.add_argument("--strict", action="store_true", help="also fail when records would be filtered")
     validate.set_defaults(func=_cmd_validate)

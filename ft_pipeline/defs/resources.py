@@ -10,6 +10,7 @@ from pydantic import Field
 
 from ft_pipeline.lib.cleaning import ScrubConfig
 from ft_pipeline.lib.landing import LandingFolder
+from ft_pipeline.lib.openai_format import DEFAULT_OPENAI_FINE_TUNING_MODEL
 from ft_pipeline.lib.pii import PII_TYPES, CustomPiiPattern, PersonNameDetectorUnavailable, PiiConfig, load_custom_patterns
 from ft_pipeline.lib.storage import layout, resolve_data_dir
 
@@ -129,6 +130,10 @@ class OpenAIFineTuningResource(dg.ConfigurableResource):
         default="",
         description="API key; set through EnvVar('OPENAI_API_KEY').",
         json_schema_extra={"dagster__is_secret": True},
+    )
+    model: str = Field(
+        default=DEFAULT_OPENAI_FINE_TUNING_MODEL,
+        description="Base model of OpenAI fine-tuning jobs; the splits' JSONL is validated against its token limit (one setting for both).",
     )
     base_url: str = Field(default="", description="API base URL; empty = the SDK default (https://api.openai.com/v1).")
     azure_endpoint: str = Field(default="", description="Azure OpenAI endpoint; when set an AzureOpenAI client is used.")

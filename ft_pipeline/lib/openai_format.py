@@ -87,6 +87,10 @@ ALLOWED_MESSAGE_KEYS = frozenset(
 #: Roles accepted in training examples (cookbook code's four + ``tool``).
 ALLOWED_ROLES: tuple[str, ...] = ("system", "user", "assistant", "function", "tool")
 
+#: The OpenAI model fine-tuned by default; the one place this id is written. The splits' JSONL is
+#: validated against the limits of the model the job will use (the same setting).
+DEFAULT_OPENAI_FINE_TUNING_MODEL = "gpt-4o-mini-2024-07-18"
+
 #: Training-example context length per model (longer examples are truncated).
 #: Sources: OpenAI fine-tuning docs / Azure mirror (see data_quality.md section 2.5).
 MODEL_TOKEN_LIMITS: dict[str, int] = {
@@ -536,7 +540,7 @@ class _Validator:
 
 def validate_examples(
     examples: Sequence[object],
-    model: str = "gpt-4o-mini-2024-07-18",
+    model: str = DEFAULT_OPENAI_FINE_TUNING_MODEL,
     token_counter: TokenCounter | None = None,
     require_min_examples: bool = True,
 ) -> FormatReport:
@@ -553,7 +557,7 @@ def validate_examples(
 
 def validate_jsonl_file(
     path: str | os.PathLike,
-    model: str = "gpt-4o-mini-2024-07-18",
+    model: str = DEFAULT_OPENAI_FINE_TUNING_MODEL,
     token_counter: TokenCounter | None = None,
     require_min_examples: bool = True,
 ) -> FormatReport:

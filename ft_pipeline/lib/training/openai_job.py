@@ -46,6 +46,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import openai
 
+from ft_pipeline.lib.openai_format import DEFAULT_OPENAI_FINE_TUNING_MODEL
+
 if TYPE_CHECKING:
     from openai.types.fine_tuning import FineTuningJob
 
@@ -96,7 +98,8 @@ class OpenAIFineTuneConfig:
     """Settings of one OpenAI supervised fine-tuning run (validated on construction).
 
     Attributes:
-        model: base model to fine-tune. Default ``"gpt-4o-mini-2024-07-18"``.
+        model: base model to fine-tune. Default ``DEFAULT_OPENAI_FINE_TUNING_MODEL``
+            (``gpt-4o-mini-2024-07-18``).
         n_epochs: ``"auto"`` or 1–50. Default ``"auto"``.
         batch_size: ``"auto"`` or 1–256. Default ``"auto"``.
         learning_rate_multiplier: ``"auto"`` or > 0. Default ``"auto"``.
@@ -115,7 +118,7 @@ class OpenAIFineTuneConfig:
             *not* cancelled then, and a rerun with the same run key re-attaches. Default 5.
     """
 
-    model: str = "gpt-4o-mini-2024-07-18"
+    model: str = DEFAULT_OPENAI_FINE_TUNING_MODEL
     n_epochs: int | str = "auto"
     batch_size: int | str = "auto"
     learning_rate_multiplier: float | str = "auto"

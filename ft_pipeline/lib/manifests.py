@@ -1,0 +1,89 @@
+"""Typed manifests: what each stage hands to the next.
+
+A stage writes its manifest as ``latest.json`` beside its versioned outputs (the ``latest``
+pointer of DESIGN.md §3, for people and scripts too); the next stage reads it back as the same
+frozen dataclass. Each manifest class carries a ``SCHEMA`` number, written into the file with the
+class's ``KIND``; reading a file of another kind or schema (one written by an older ft-pipeline)
+raises :class:`ManifestError` naming the file and the asset to materialize again, instead of a
+``KeyError`` somewhere downstream.
+
+One function writes (:func:`write_manifest`) and one reads (:func:`read_manifest`) every kind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+from ft_pipeline.lib.storage import LATEST, write_text
+
+__all__ = ["ManifestError", "SplitsManifest", "read_manifest", "write_manifest"]
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be read as the kind asked for (another kind, or an older schema)."""
+
+
+M = TypeVar("M")
+
+
+def write_manifest(folder: str | os.PathLike, manifest: Any) -> Path:
+    """Write ``manifest`` (a manifest dataclass) as ``folder/latest.json``, atomically."""
+    cls = type(manifest)
+    body = {
+        "kind": cls.KIND,
+        "schema": cls.SCHEMA,
+        "written_at": datetime.now(timezone.utc).isoformat(),
+        **dataclasses.asdict(manifest),
+    }
+    return write_text(json.dumps(body, indent=2, default=str) + "\n", Path(folder) / LATEST)
+
+
+def read_manifest(folder: str | os.PathLike, cls: type[M]) -> M | None:
+    """The manifest of kind ``cls`` in ``folder/latest.json``; ``None`` when there is none yet.
+
+    Raises:
+        ManifestError: the file is of another kind, of another schema, or lacks fields.
+    """
+    path = Path(folder) / LATEST
+    if not path.exists():
+        return None
+    try:
+        body = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ManifestError(f"{path} is not valid JSON ({exc}); materialize {cls.PRODUCED_BY} again") from exc
+    kind, schema = body.get("kind"), body.get("schema")
+    if kind != cls.KIND or schema != cls.SCHEMA:
+        found = f"kind {kind!r}, schema {schema!r}" if kind else "no schema (written by an older ft-pipeline)"
+        raise ManifestError(
+            f"{path} is not a {cls.KIND} manifest of schema {cls.SCHEMA} ({found}); materialize {cls.PRODUCED_BY} again"
+        )
+    names = {f.name for f in dataclasses.fields(cls)}
+    missing = sorted(n for n in names if n not in body)
+    if missing:
+        raise ManifestError(f"{path} lacks {missing}; materialize {cls.PRODUCED_BY} again")
+    return cls(**{n: body[n] for n in names})
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitsManifest:
+    """What ``dataset_splits`` wrote: the split files of one version, and what they came from."""
+
+    KIND: ClassVar[str] = "splits"
+    SCHEMA: ClassVar[int] = 1
+    PRODUCED_BY: ClassVar[str] = "the dataset_splits assets (train_split, validation_split, test_split)"
+
+    version: str
+    curated_version: str
+    paths: dict[str, dict[str, str]]
+    """Split name (``train``, ``validation``, ``test``) -> ``{"parquet": path, "jsonl": path}``."""
+
+    def parquet(self, split: str) -> str:
+        return self.paths[split]["parquet"]
+
+    def jsonl(self, split: str) -> str:
+        return self.paths[split]["jsonl"]
