@@ -12,6 +12,7 @@ from pydantic import Field
 from ft_pipeline.defs.metadata import png_markdown
 from ft_pipeline.defs.resources import ModelRegistryResource, OpenAIFineTuningResource, PipelineStorage
 from ft_pipeline.lib.quiet_logs import quiet_third_party_logs
+from ft_pipeline.lib.evaluation.candidate import CandidateEvaluationConfig
 from ft_pipeline.lib.evaluation.gate import PromotionGate
 from ft_pipeline.lib.evaluation.generation import GenerationConfig, LocalGenerator, OpenAIChatGenerator
 from ft_pipeline.lib.evaluation.report import write_report
@@ -24,12 +25,13 @@ EVALUATION_CODE_VERSION = "2"
 _GATE = PromotionGate()
 _EVAL = EvaluationConfig()
 _GEN = GenerationConfig()
+_CANDIDATE = CandidateEvaluationConfig()
 
 
 class EvaluationRunConfig(dg.Config):
     """How the candidate is evaluated and what the promotion gate requires (defaults documented)."""
 
-    model_name: str = Field(default="ft-pipeline-assistant", description="Registry name of the model line the candidate belongs to.")
+    model_name: str = Field(default=_CANDIDATE.model_name, description="Registry name of the model line the candidate belongs to.")
     primary_metric: str = Field(default=_GATE.primary_metric, description="Metric whose CI lower bound must beat base and production.")
     margin: float = Field(default=_GATE.margin, description="The CI lower bound must be strictly above this.")
     guardrail_metrics: list[str] = Field(default=list(_GATE.guardrail_metrics), description="Metrics that must not regress.")
@@ -39,17 +41,17 @@ class EvaluationRunConfig(dg.Config):
     task: str = Field(default=_EVAL.task, description="auto | generation | json | classification")
     n_resamples: int = Field(default=_EVAL.n_resamples, description="Paired-bootstrap resamples.")
     seed: int = Field(default=_EVAL.seed, description="Bootstrap and generation seed.")
-    max_new_tokens: int = Field(default=128, description="Longest generated answer.")
+    max_new_tokens: int = Field(default=_GEN.max_new_tokens, description="Longest generated answer.")
     max_test_examples: int = Field(
-        default=0,
+        default=_CANDIDATE.max_test_examples,
         description="Evaluate a fixed subset of this many test examples (ordered by content hash; the same for every model); "
         "0 = the whole test split. For quick runs on a CPU.",
     )
     batch_size: int = Field(default=_GEN.batch_size, description="Local generation batch size.")
     concurrency: int = Field(default=_GEN.concurrency, description="OpenAI-compatible requests in flight.")
-    compute_perplexity: bool = Field(default=True, description="Validation perplexity for local models.")
+    compute_perplexity: bool = Field(default=_CANDIDATE.compute_perplexity, description="Validation perplexity for local models.")
     judge_model: str = Field(
-        default="",
+        default=_CANDIDATE.judge_model,
         description="Optional LLM-as-judge: an OpenAI-compatible chat model (through the openai_fine_tuning resource) that "
         "compares candidate and baseline answers pairwise in both orders; empty = off. Informational, not part of the gate.",
     )

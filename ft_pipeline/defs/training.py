@@ -13,6 +13,7 @@ from ft_pipeline.defs.metadata import png_markdown
 from ft_pipeline.defs.resources import OpenAIFineTuningResource, PipelineStorage
 from ft_pipeline.lib.storage import content_version, portable_path, read_latest, write_latest, write_text
 from ft_pipeline.lib.training.lora import LoraTrainingConfig, run_key
+from ft_pipeline.lib.training.record import DEFAULT_BACKEND
 from ft_pipeline.lib.training.openai_job import FineTuneError, OpenAIFineTuneConfig, cancel_job, run_fine_tune
 
 TRAINING_CODE_VERSION = "2"
@@ -23,7 +24,7 @@ _OPENAI = OpenAIFineTuneConfig()
 class FineTuneConfig(dg.Config):
     """Which backend trains the model, and its hyperparameters (defaults are the documented ones)."""
 
-    backend: Literal["local_lora", "openai"] = Field(default="local_lora", description="local_lora (TRL + PEFT in a Pipes subprocess) or openai (a fine-tuning job).")
+    backend: Literal["local_lora", "openai"] = Field(default=DEFAULT_BACKEND, description="local_lora (TRL + PEFT in a Pipes subprocess) or openai (a fine-tuning job).")
     # local_lora
     base_model: str = Field(
         default=_LORA.base_model,
@@ -34,7 +35,7 @@ class FineTuneConfig(dg.Config):
     lora_r: int = Field(default=_LORA.lora_r, description="LoRA rank.")
     lora_alpha: int = Field(default=_LORA.lora_alpha, description="LoRA alpha.")
     lora_dropout: float = Field(default=_LORA.lora_dropout, description="LoRA dropout.")
-    target_modules: str = Field(default="all-linear", description="PEFT target modules ('all-linear' or a regex).")
+    target_modules: str = Field(default=_LORA.target_modules, description="PEFT target modules ('all-linear' or a regex).")
     use_rslora: bool = Field(default=_LORA.use_rslora, description="Rank-stabilised LoRA scaling (alpha/sqrt(r)).")
     use_dora: bool = Field(default=_LORA.use_dora, description="Weight-decomposed LoRA (DoRA).")
     qlora: bool = Field(default=_LORA.qlora, description="4-bit NF4 base with double quantization and bf16 compute; needs CUDA (an error without).")
@@ -49,8 +50,7 @@ class FineTuneConfig(dg.Config):
     early_stopping_patience: int = Field(default=_LORA.early_stopping_patience, description="Epochs without validation-loss improvement before stopping.")
     seed: int = Field(default=_LORA.seed, description="Training seed.")
     merge_full_model: bool = Field(default=_LORA.merge_full_model, description="Also save the adapter merged into the base weights.")
-    # openai
-    openai_model: str = Field(default=_OPENAI.model, description="Base model of the OpenAI fine-tuning job.")
+    # openai (the base model is the openai_fine_tuning resource's ``model``: one setting with the splits' check)
     openai_n_epochs: str = Field(default=str(_OPENAI.n_epochs), description="'auto' or an integer.")
     openai_batch_size: str = Field(default=str(_OPENAI.batch_size), description="'auto' or an integer.")
     openai_learning_rate_multiplier: str = Field(default=str(_OPENAI.learning_rate_multiplier), description="'auto' or a number.")
@@ -82,12 +82,14 @@ class FineTuneConfig(dg.Config):
             merge_full_model=self.merge_full_model,
         )
 
-    def openai(self) -> OpenAIFineTuneConfig:
+    def openai(self, model: str) -> OpenAIFineTuneConfig:
+        """The job's settings; ``model`` is the ``openai_fine_tuning`` resource's base model."""
+
         def auto_or(value: str, kind):
             return "auto" if value == "auto" else kind(value)
 
         return OpenAIFineTuneConfig(
-            model=self.openai_model,
+            model=model,
             n_epochs=auto_or(self.openai_n_epochs, int),
             batch_size=auto_or(self.openai_batch_size, int),
             learning_rate_multiplier=auto_or(self.openai_learning_rate_multiplier, float),
@@ -207,7 +209,7 @@ def _train_local(context, config, storage, local_trainer, splits, data_version) 
 
 
 def _train_openai(context, config, storage, resource, splits, data_version) -> dg.MaterializeResult:
-    openai_config = config.openai()
+    openai_config = config.openai(resource.model)
     key = content_version("openai", data_version, openai_config.__dict__)
     client = resource.get_client()
     job_ids: list[str] = []

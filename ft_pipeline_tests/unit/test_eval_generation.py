@@ -102,7 +102,7 @@ def test_split_prompt_reference_errors(messages, match):
 
 def test_generation_config_defaults_and_validation():
     cfg = GenerationConfig()
-    assert (cfg.max_new_tokens, cfg.batch_size, cfg.seed, cfg.temperature, cfg.concurrency) == (256, 16, 0, 0.0, 16)
+    assert (cfg.max_new_tokens, cfg.batch_size, cfg.seed, cfg.temperature, cfg.concurrency) == (128, 16, 0, 0.0, 16)
     assert (cfg.request_timeout_s, cfg.max_retries) == (60.0, 4)
     for bad in ({"max_new_tokens": 0}, {"batch_size": 0}, {"concurrency": 0}, {"temperature": -1.0}, {"max_retries": -1}):
         with pytest.raises(ValueError):

@@ -84,8 +84,9 @@ def split_prompt_reference(messages: list[dict]) -> tuple[list[dict], str]:
 class GenerationConfig:
     """How answers are generated. The defaults are what the evaluation uses."""
 
-    max_new_tokens: int = 256
-    """Upper bound on generated tokens per answer (``max_completion_tokens`` for OpenAI)."""
+    max_new_tokens: int = 128
+    """Upper bound on generated tokens per answer (``max_completion_tokens`` for OpenAI). 128
+    covers the support replies of the logs and keeps a CPU evaluation of the test split short."""
     batch_size: int = 16
     """Local models: prompts per forward batch (also used by ``mean_nll``)."""
     seed: int = 0

@@ -1,0 +1,276 @@
+"""evaluate_candidate: the evaluation stage as one call (the ``evaluation_report`` asset's service).
+
+The candidate a training run produced (its :class:`ModelRecord`) is registered as a new version,
+answered against the base model and the current production model on the frozen test split,
+scored and compared; the report is written, the evaluation recorded in the registry, and a
+candidate that fails the promotion gate is rejected there. What the next stage needs is written
+as the :class:`EvaluationSummary` manifest.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from ft_pipeline.lib.evaluation.gate import PromotionGate
+from ft_pipeline.lib.evaluation.generation import (
+    GenerationConfig,
+    Generator,
+    LocalGenerator,
+    OpenAIChatGenerator,
+    split_prompt_reference,
+)
+from ft_pipeline.lib.evaluation.report import write_report
+from ft_pipeline.lib.evaluation.runner import EvaluationConfig, EvaluationResult, run_evaluation
+from ft_pipeline.lib.evaluation.summary import EvaluationSummary, write_evaluation_summary
+from ft_pipeline.lib.manifests import SplitsManifest
+from ft_pipeline.lib.quiet_logs import quiet_third_party_logs
+from ft_pipeline.lib.registry import ModelRegistry, ModelVersion
+from ft_pipeline.lib.storage import content_version, file_sha256, resolve_portable_path
+from ft_pipeline.lib.training.record import ModelRecord
+
+__all__ = ["DEFAULT_MODEL_NAME", "CandidateEvaluation", "CandidateEvaluationConfig", "evaluate_candidate"]
+
+#: Registry name of the model line the pipeline trains.
+DEFAULT_MODEL_NAME = "ft-pipeline-assistant"
+TEST_COLUMNS = ["conversation_id", "messages", "tags", "exact_hash"]
+
+
+@dataclass(frozen=True)
+class CandidateEvaluationConfig:
+    """Everything one evaluation of a candidate needs to know. Every default is the documented one."""
+
+    model_name: str = DEFAULT_MODEL_NAME
+    """Registry name of the model line the candidate belongs to."""
+    max_test_examples: int = 0
+    """Evaluate a fixed subset of this many test examples (ordered by content hash, the same for
+    every model); 0 = the whole test split."""
+    compute_perplexity: bool = True
+    """Validation perplexity of candidate and base (local models only)."""
+    judge_model: str = ""
+    """Optional OpenAI-compatible chat model that compares answers pairwise; empty = off."""
+    gate: PromotionGate = field(default_factory=PromotionGate)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+
+
+@dataclass(frozen=True)
+class CandidateEvaluation:
+    """What one evaluation did: the decision, what was written, and the numbers behind it."""
+
+    summary: EvaluationSummary
+    """The manifest handed to promoted_model (also ``reports/latest.json``)."""
+    result: EvaluationResult
+    report_paths: dict[str, Path]
+    """``json``, ``markdown``, ``examples`` and the charts (``metrics``, ``deltas``)."""
+    n_examples: int
+    test_split_hash: str
+    dataset_version: str
+
+    @property
+    def gate_passed(self) -> bool:
+        """The blocking check passes: the gate passed, or the candidate is production already."""
+        return self.summary.passed or self.summary.already_production
+
+    @property
+    def gate_description(self) -> str:
+        return "the candidate is already production" if self.summary.already_production else self.result.decision.description()
+
+
+def evaluate_candidate(
+    record: ModelRecord,
+    splits: SplitsManifest,
+    registry: ModelRegistry,
+    config: CandidateEvaluationConfig,
+    *,
+    reports_folder: Path,
+    data_dir: Path,
+    openai_client: Callable[[], Any],
+    code_version: str,
+    settings: dict[str, Any],
+    actor: str,
+    run_id: str | None = None,
+    log: Callable[[str], None] = lambda message: None,
+) -> CandidateEvaluation:
+    """Evaluate ``record``'s model against base and production on ``splits``' test split.
+
+    Args:
+        openai_client: called (once per OpenAI model or judge) for an OpenAI-compatible client.
+        code_version, settings: go into the evaluation id with the model ids and the test split's
+            hash (``settings``: the run's configuration as given).
+        actor, run_id: who rejects a failing candidate in the audit log, and the Dagster run.
+        log: progress lines (which generator, how far generation got, the judge's verdict).
+    """
+    test = _test_examples(splits, config.max_test_examples, log)
+    test_path = splits.parquet("test")
+    train_hashes = set(pq.read_table(splits.parquet("train"), columns=["exact_hash"]).column("exact_hash").to_pylist())
+    overlap = int(sum(1 for h in test["exact_hash"] if h in train_hashes))
+    test_hash = file_sha256(test_path)
+
+    version, test_dataset_id = _register_candidate(registry, record, splits, config.model_name, test_hash, len(test), run_id)
+    production = registry.resolve(config.model_name, "production")
+    already_production = production is not None and production.version == version.version
+
+    generators = {
+        "candidate": _generator_for(record, config.generation, openai_client, data_dir, log=log),
+        "base": _generator_for(record, config.generation, openai_client, data_dir, base=True, log=log),
+    }
+    if production is not None and not already_production:
+        generators["production"] = _generator_for(production, config.generation, openai_client, data_dir, log=log)
+    for role, generator in generators.items():
+        log(f"{role}: {generator.name}")
+
+    no_production = f"the candidate is production already (v{version.version})" if already_production else "no production model yet"
+    result = run_evaluation(test, generators, gate=config.gate, config=config.evaluation, train_test_overlap=overlap,
+                            no_production_reason=no_production)
+    if config.compute_perplexity and record.backend == "local_lora":
+        _add_validation_perplexity(result, generators, splits)
+    if config.judge_model:
+        _add_judge_verdicts(result, test, generators, config, openai_client())
+        log(f"LLM judge {config.judge_model}: {result.extra['judge']}")
+
+    eval_id = content_version(code_version, result.model_ids, test_hash, settings)
+    context_info = {
+        "eval_id": eval_id,
+        "model_name": config.model_name,
+        "candidate_version": version.version,
+        "candidate_uri": record.model_uri,
+        "production_version": production.version if production else None,
+        "production_uri": production.model_uri if production else None,
+        "already_production": already_production,
+        "dataset_version": record.data_version,
+        "test_split_hash": test_hash,
+        "test_split_path": test_path,
+        "train_test_overlap": overlap,
+        "primary_metric": config.gate.primary_metric,
+        "gate_config": config.gate.__dict__,
+    }
+    paths = write_report(result, reports_folder / eval_id, context_info)
+    summary = EvaluationSummary(
+        version=eval_id,
+        path=str(paths["json"]),
+        model_name=config.model_name,
+        candidate_version=version.version,
+        candidate_uri=record.model_uri,
+        production_version=production.version if production else None,
+        production_uri=production.model_uri if production else None,
+        already_production=already_production,
+        passed=result.decision.passed,
+        rules=result.decision.to_dict()["rules"],
+    )
+    write_evaluation_summary(reports_folder, summary)
+
+    registry.record_evaluation(
+        eval_id,
+        config.model_name,
+        version.version,
+        suite="test",
+        eval_dataset_version_id=test_dataset_id,
+        baseline_model_uri=production.model_uri if production and not already_production else None,
+        base_model_uri=result.model_ids["base"],
+        metrics={"summary": result.summary, "comparisons": result.comparisons, **result.extra},
+        per_example_uri=str(paths["examples"]),
+        gate_config=config.gate.__dict__,
+        decision="pass" if result.decision.passed else "fail",
+        leakage_checked=overlap == 0,
+        dagster_run_id=run_id,
+    )
+    if not result.decision.passed and not already_production:
+        registry.reject(config.model_name, version.version, evaluation_id=eval_id, reason=result.decision.description(),
+                        actor=actor)
+    return CandidateEvaluation(summary=summary, result=result, report_paths=paths, n_examples=len(test),
+                               test_split_hash=test_hash, dataset_version=record.data_version)
+
+
+def _test_examples(splits: SplitsManifest, max_examples: int, log: Callable[[str], None]) -> pd.DataFrame:
+    test = pd.read_parquet(splits.parquet("test"), columns=TEST_COLUMNS)
+    if 0 < max_examples < len(test):
+        # A fixed subset: the same examples for every model and every run on this split (ordered by
+        # content hash, so it is a spread of the split rather than its first file's rows).
+        log(f"evaluating {max_examples} of the {len(test)} test examples (max_test_examples)")
+        test = test.sort_values("exact_hash", kind="stable").head(max_examples).reset_index(drop=True)
+    return test
+
+
+def _register_candidate(
+    registry: ModelRegistry, record: ModelRecord, splits: SplitsManifest, model_name: str, test_hash: str,
+    n_test: int, run_id: str | None,
+) -> tuple[ModelVersion, str]:
+    """The candidate's lineage rows and its new (or existing, same run key) version; and the id of
+    the evaluated test set."""
+
+    def dataset(split: str, registry_split: str) -> str:
+        path = splits.parquet(split)
+        return registry.record_dataset_version("curated", registry_split, file_sha256(path), pq.ParquetFile(path).metadata.num_rows)
+
+    train_ds, val_ds = dataset("train", "train"), dataset("validation", "validation")
+    test_ds = registry.record_dataset_version("curated", "eval", test_hash, n_test)
+    run_id_in_registry = registry.record_training_run(
+        record.run_key, record.backend, record.base_model, train_ds, val_ds, record.config, record.seed,
+        external_job_id=record.job_id, trained_tokens=record.trained_tokens, dagster_run_id=run_id,
+    )
+    version = registry.register_model_version(
+        model_name,
+        training_run_id=run_id_in_registry,
+        model_uri=record.model_uri,
+        backend=record.backend,
+        base_model=record.base_model,
+        run_key=record.run_key,
+        dataset_version=record.data_version,
+        config_hash=record.config_hash,
+        metrics=record.metrics,
+        artifact_path=record.adapter_dir,
+        remote_model_id=record.remote_model_id,
+        tags={"base_model_path": record.base_model_path, "tokenizer_dir": record.tokenizer_dir},
+    )
+    return version, test_ds
+
+
+def _generator_for(
+    model: ModelRecord | ModelVersion, generation: GenerationConfig, openai_client: Callable[[], Any], data_dir: Path,
+    *, base: bool = False, log: Callable[[str], None] | None = None,
+) -> Generator:
+    """A generator for a training run's record or a registered version (or, ``base``, for the
+    base model under it). A base path recorded relative to the data directory is resolved
+    against ``data_dir``; a local model reports each generated batch to ``log``."""
+    if isinstance(model, ModelVersion):
+        tags = model.tags or {}
+        backend, base_model, remote_model_id = model.backend, model.base_model, model.remote_model_id
+        adapter_dir, base_model_path, tokenizer_dir = model.artifact_path, tags.get("base_model_path"), tags.get("tokenizer_dir")
+    else:
+        backend, base_model, remote_model_id = model.backend, model.base_model, model.remote_model_id
+        adapter_dir, base_model_path, tokenizer_dir = model.adapter_dir, model.base_model_path, model.tokenizer_dir
+    if backend == "openai":
+        return OpenAIChatGenerator(openai_client(), base_model if base else remote_model_id, generation)
+    quiet_third_party_logs()  # before peft is imported: no bitsandbytes CPU-kernel warnings
+    return LocalGenerator(resolve_portable_path(base_model_path, data_dir), None if base else adapter_dir, tokenizer_dir,
+                          generation, on_progress=log)
+
+
+def _add_validation_perplexity(result: EvaluationResult, generators: dict[str, Any], splits: SplitsManifest) -> None:
+    validation = pd.read_parquet(splits.parquet("validation"), columns=["messages"])
+    conversations = [list(m) for m in validation["messages"]]
+    if conversations:
+        result.extra["validation_perplexity"] = {
+            role: math.exp(min(50.0, generators[role].mean_nll(conversations))) for role in ("candidate", "base")
+        }
+
+
+def _add_judge_verdicts(
+    result: EvaluationResult, test: pd.DataFrame, generators: dict[str, Any], config: CandidateEvaluationConfig, client: Any,
+) -> None:
+    from ft_pipeline.lib.evaluation.judge import pairwise_judge
+
+    prompts = [split_prompt_reference(list(m))[0] for m in test["messages"]]
+    answers = {role: result.examples.loc[result.examples["model"] == role, "prediction"].tolist() for role in generators}
+    result.extra["judge"] = {
+        baseline: pairwise_judge(client, config.judge_model, prompts, answers["candidate"], answers[baseline],
+                                 concurrency=config.generation.concurrency, seed=config.evaluation.seed).to_dict()
+        for baseline in ("base", "production")
+        if baseline in answers
+    }

@@ -1,0 +1,172 @@
+"""Every Dagster run Config default is its lib default: one value per setting, defined in lib.
+
+The Config classes are discovered by importing every module of ``ft_pipeline.defs``, so a new one
+fails here until it has a row below. Each row names the lib objects whose same-named attributes
+are the defaults (``SOURCES``), the fields whose lib counterpart has another name (``RENAMED``),
+and the fields that have no lib counterpart at all (``NO_LIB``, with the reason). Resources
+(ConfigurableResource is a dg.Config too) describe deployments rather than stage settings and are
+not covered, except the one resource field that is a stage setting: the OpenAI base model.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+from typing import Any, Callable
+
+import dagster as dg
+import pytest
+
+import ft_pipeline.defs
+from ft_pipeline.lib.cleaning import CleaningConfig
+from ft_pipeline.lib.curation import CurationConfig
+from ft_pipeline.lib.dedup import DedupConfig
+from ft_pipeline.lib.evaluation.candidate import CandidateEvaluationConfig
+from ft_pipeline.lib.evaluation.gate import PromotionGate
+from ft_pipeline.lib.evaluation.generation import GenerationConfig
+from ft_pipeline.lib.evaluation.runner import EvaluationConfig
+from ft_pipeline.lib.openai_format import DEFAULT_OPENAI_FINE_TUNING_MODEL
+from ft_pipeline.lib.pii import CustomPiiPattern
+from ft_pipeline.lib.records import ReadConfig
+from ft_pipeline.lib.splits import SplitConfig
+from ft_pipeline.lib.tokens import TokenCounterConfig
+from ft_pipeline.lib.training.lora import LoraTrainingConfig
+from ft_pipeline.lib.training.openai_job import OpenAIFineTuneConfig
+from ft_pipeline.lib.training.record import DEFAULT_BACKEND
+
+
+def _str(value: Any) -> str:
+    return str(value)
+
+
+def _empty_for_none(value: Any) -> Any:
+    return "" if value is None else value
+
+
+#: class name -> SOURCES (lib objects, searched in order by field name), RENAMED (field ->
+#: (lib object, attribute[, how the Config spells the value])), NO_LIB (field -> why).
+TABLE: dict[str, dict[str, Any]] = {
+    "RawLogsConfig": {"SOURCES": [ReadConfig()]},
+    "CleaningRunConfig": {
+        "SOURCES": [CleaningConfig()],
+        "RENAMED": {"minhash_num_perm": (DedupConfig(), "num_perm"), "minhash_ngram": (DedupConfig(), "ngram")},
+    },
+    "CurationRunConfig": {
+        "SOURCES": [CurationConfig(), TokenCounterConfig()],
+        "RENAMED": {
+            "near_dup_threshold": (DedupConfig(), "threshold"),
+            "lsh_bands": (DedupConfig(), "bands"),
+            "drop_prefix_duplicates": (DedupConfig(), "drop_prefix_duplicates"),
+            "drop_branch_duplicates": (DedupConfig(), "drop_branch_duplicates"),
+        },
+    },
+    "SplitRunConfig": {"SOURCES": [SplitConfig()]},
+    "FineTuneConfig": {
+        "SOURCES": [LoraTrainingConfig()],
+        "RENAMED": {
+            "backend": (None, DEFAULT_BACKEND),
+            **{
+                f"openai_{name}": (OpenAIFineTuneConfig(), name, _str if name in ("n_epochs", "batch_size",
+                                                                                   "learning_rate_multiplier") else None)
+                for name in ("n_epochs", "batch_size", "learning_rate_multiplier", "suffix", "poll_interval_s",
+                             "max_poll_interval_s", "timeout_s")
+            },
+        },
+    },
+    "EvaluationRunConfig": {
+        # seed is both the bootstrap's and the generation's; their lib defaults agree (checked below).
+        "SOURCES": [CandidateEvaluationConfig(), PromotionGate(), EvaluationConfig(), GenerationConfig()],
+    },
+    "CustomPiiPatternConfig": {
+        "SOURCES": [],
+        "RENAMED": {
+            "validator": (CustomPiiPattern(name="X", regex="x"), "validator", _empty_for_none),
+            "ignore_case": (CustomPiiPattern(name="X", regex="x"), "ignore_case"),
+        },
+    },
+}
+
+#: Fields that belong to the dataset engineer's Configs and have no lib default yet (xfail until
+#: they do; reported, not edited here).
+PENDING: dict[tuple[str, str], str] = {}
+
+
+def _config_classes() -> dict[str, type[dg.Config]]:
+    found: dict[str, type[dg.Config]] = {}
+    for module_info in pkgutil.iter_modules(ft_pipeline.defs.__path__):
+        module = importlib.import_module(f"ft_pipeline.defs.{module_info.name}")
+        for _, cls in inspect.getmembers(module, inspect.isclass):
+            if (
+                issubclass(cls, dg.Config)
+                and not issubclass(cls, dg.ConfigurableResource)
+                and cls.__module__.startswith("ft_pipeline.defs")
+            ):
+                found[cls.__name__] = cls
+    return found
+
+
+CONFIG_CLASSES = _config_classes()
+
+
+def _fields() -> list[Any]:
+    rows = []
+    for class_name, cls in sorted(CONFIG_CLASSES.items()):
+        for field_name, info in cls.model_fields.items():
+            if info.is_required():
+                continue
+            reason = PENDING.get((class_name, field_name))
+            marks = [pytest.mark.xfail(reason=f"dataset engineer: {reason}", strict=False)] if reason else []
+            rows.append(pytest.param(class_name, field_name, id=f"{class_name}.{field_name}", marks=marks))
+    return rows
+
+
+def _lib_default(class_name: str, field_name: str) -> Any:
+    row = TABLE[class_name]
+    if field_name in row.get("NO_LIB", {}):
+        pytest.skip(f"no lib counterpart: {row['NO_LIB'][field_name]}")
+    renamed = row.get("RENAMED", {})
+    if field_name in renamed:
+        source, attribute, *spelling = renamed[field_name]
+        value = attribute if source is None else getattr(source, attribute)
+        convert: Callable[[Any], Any] | None = spelling[0] if spelling else None
+        return convert(value) if convert else value
+    for source in row["SOURCES"]:
+        if hasattr(source, field_name):
+            return getattr(source, field_name)
+    raise AssertionError(
+        f"{class_name}.{field_name} has no lib default: define it in lib and read it in the Config, "
+        "or list the field in this test's table (RENAMED or NO_LIB, with the reason)"
+    )
+
+
+def _normalized(value: Any) -> Any:
+    return list(value) if isinstance(value, (tuple, list)) else value
+
+
+def test_every_config_class_has_a_row():
+    assert set(CONFIG_CLASSES) - set(TABLE) == set(), "a new dg.Config in ft_pipeline/defs needs a row in TABLE"
+    # The dataset engineer's classes are covered too (a rename would silently drop them otherwise).
+    assert {"RawLogsConfig", "CleaningRunConfig", "CurationRunConfig", "SplitRunConfig", "FineTuneConfig",
+            "EvaluationRunConfig"} <= set(CONFIG_CLASSES)
+
+
+@pytest.mark.parametrize("class_name, field_name", _fields())
+def test_config_default_is_the_lib_default(class_name, field_name):
+    info = CONFIG_CLASSES[class_name].model_fields[field_name]
+    config_default = info.get_default(call_default_factory=True)
+    assert _normalized(config_default) == _normalized(_lib_default(class_name, field_name))
+
+
+def test_seeds_of_evaluation_agree_in_lib():
+    # EvaluationRunConfig.seed drives the bootstrap and the generation: one value for both.
+    assert EvaluationConfig().seed == GenerationConfig().seed
+
+
+def test_openai_base_model_is_one_resource_setting():
+    from ft_pipeline.defs.resources import OpenAIFineTuningResource
+    from ft_pipeline.defs.training import FineTuneConfig
+
+    assert OpenAIFineTuningResource.model_fields["model"].default == DEFAULT_OPENAI_FINE_TUNING_MODEL
+    assert OpenAIFineTuneConfig().model == DEFAULT_OPENAI_FINE_TUNING_MODEL
+    assert "openai_model" not in FineTuneConfig.model_fields
