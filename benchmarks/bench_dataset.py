@@ -68,6 +68,8 @@ from typing import Any
 
 import numpy as np
 
+from ft_pipeline.lib.openai_format import DEFAULT_OPENAI_FINE_TUNING_MODEL
+
 RESULTS_DIR = Path(__file__).resolve().parent / "out"
 
 TARGET_RATE = 3000.0  # conversations/s end to end, at 1M
@@ -432,7 +434,7 @@ RAW_CODE_VERSION = "1"
 CLEANED_CODE_VERSION = "2"
 CURATED_CODE_VERSION = "2"
 SPLITS_CODE_VERSION = "2"
-OPENAI_MODEL = "gpt-4o-mini-2024-07-18"  # SplitRunConfig.openai_model's default
+OPENAI_MODEL = DEFAULT_OPENAI_FINE_TUNING_MODEL  # openai_fine_tuning.model's default
 MIN_SPLIT_SIZES = {"train": 10, "validation": 1, "test": 1}  # SplitRunConfig's defaults
 
 

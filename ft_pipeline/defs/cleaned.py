@@ -10,8 +10,9 @@ from ft_pipeline.defs.partitions import log_files_partitions
 from ft_pipeline.defs.resources import PiiPolicy, PipelineStorage
 from ft_pipeline.lib.cleaning import FILTER_REASONS, CleaningConfig, clean_conversations
 from ft_pipeline.lib.dedup import DedupConfig
+from ft_pipeline.lib.manifests import CleanedManifest, write_manifest
 from ft_pipeline.lib.pii import PII_TYPES
-from ft_pipeline.lib.storage import content_version, hash_values, legacy_partition_folders, read_latest, safe_name, write_latest, write_parquet
+from ft_pipeline.lib.storage import content_version, hash_values, legacy_partition_folders, read_latest, safe_name, write_parquet
 
 CLEANED_CODE_VERSION = "3"
 _DEFAULTS = CleaningConfig()
@@ -30,7 +31,7 @@ class CleaningRunConfig(dg.Config):
     merge_consecutive_turns: bool = Field(default=_DEFAULTS.merge_consecutive_turns, description="Join consecutive same-role messages instead of filtering.")
     drop_leading_assistant: bool = Field(default=_DEFAULTS.drop_leading_assistant, description="Drop assistant greetings before the first user turn.")
     trim_trailing_user: bool = Field(default=_DEFAULTS.trim_trailing_user, description="Drop unanswered user turns at the end instead of filtering.")
-    minhash_num_perm: int = Field(default=_DEDUP_DEFAULTS.num_perm, description="MinHash signature length (must match curated_dataset's).")
+    minhash_num_perm: int = Field(default=_DEDUP_DEFAULTS.num_perm, description="MinHash signature length (curated_dataset dedups with the value its partitions were cleaned with).")
     minhash_ngram: int = Field(default=_DEDUP_DEFAULTS.ngram, description="Word shingle size of the MinHash signatures.")
 
     def to_lib(self, pii_policy: PiiPolicy | None = None) -> CleaningConfig:
@@ -79,14 +80,15 @@ def cleaned_conversations(
     folder = storage.folder("cleaned") / safe_name(name)
     kept_path = write_parquet(result.kept, folder / f"{version}.parquet")
     filtered_path = write_parquet(result.filtered, folder / f"{version}.filtered.parquet")
-    write_latest(
-        folder,
-        version,
+    manifest = CleanedManifest(
+        version=version,
         path=str(kept_path),
         filtered_path=str(filtered_path),
         parsed_version=pointer["version"],
-        minhash={"num_perm": config.minhash_num_perm, "ngram": config.minhash_ngram},
+        minhash_num_perm=config.minhash_num_perm,
+        minhash_ngram=config.minhash_ngram,
     )
+    write_manifest(folder, manifest)
 
     n_in = len(parsed)
     assert result.n_in == n_in, "cleaning lost records"  # the lib guarantees it; a bug must not pass silently

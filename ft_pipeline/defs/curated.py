@@ -10,10 +10,11 @@ from pydantic import Field
 from ft_pipeline.defs.metadata import counts_table, sample_rows
 from ft_pipeline.defs.partitions import log_files_partitions
 from ft_pipeline.defs.resources import PiiPolicy, PipelineStorage
-from ft_pipeline.lib.curation import CurationConfig, curate, scan_dataset_for_pii
+from ft_pipeline.lib.curation import DEFAULT_CURATION_CONFIG, CurationConfig, curate, scan_dataset_for_pii, signature_params
 from ft_pipeline.lib.dedup import DedupConfig, conversation_text, deduplicate
+from ft_pipeline.lib.manifests import CleanedManifest, CuratedManifest, read_manifest, write_manifest
 from ft_pipeline.lib.pii import PERSON, PII_TYPES, PiiConfig
-from ft_pipeline.lib.storage import content_version, hash_values, legacy_partition_folders, read_latest, safe_name, write_latest, write_parquet
+from ft_pipeline.lib.storage import content_version, hash_values, legacy_partition_folders, safe_name, write_parquet
 from ft_pipeline.lib.tokens import TokenCounterConfig
 
 CURATED_CODE_VERSION = "3"
@@ -32,15 +33,15 @@ class CurationRunConfig(dg.Config):
     """Global dedup and length limits of the curated dataset (defaults are the documented ones)."""
 
     near_dup_threshold: float = Field(default=_DEDUP.threshold, description="Jaccard at/above which conversations are near-duplicates.")
-    lsh_bands: int | None = Field(default=None, description="LSH bands; empty = chosen for the threshold.")
+    lsh_bands: int | None = Field(default=_DEDUP.bands, description="LSH bands; empty = chosen for the threshold.")
     drop_prefix_duplicates: bool = Field(default=_DEDUP.drop_prefix_duplicates, description="Drop conversations that are the start of a longer kept one.")
     drop_branch_duplicates: bool = Field(default=_DEDUP.drop_branch_duplicates, description="Keep only the best reply among conversations sharing a context.")
     tokenizer: str = Field(
-        default="estimate",
+        default=TokenCounterConfig().tokenizer,
         description="Token counter: 'estimate' (about 4 characters per token, labelled as an estimate), "
         "'hf:<local path>' (a local tokenizer, e.g. the training base's), or 'tiktoken:<encoding>' (only if cached).",
     )
-    max_tokens: int = Field(default=CurationConfig().max_tokens, description="Conversations with more tokens are removed as too_many_tokens.")
+    max_tokens: int = Field(default=DEFAULT_CURATION_CONFIG.max_tokens, description="Conversations with more tokens are removed as too_many_tokens.")
 
 
 def _registered_partitions(context: dg.AssetExecutionContext) -> list[str]:
@@ -66,16 +67,14 @@ def curated_dataset(
     Token counts per conversation; over-long ones removed. Written to
     ``curated/<version>/conversations.parquet`` with ``removed.parquet`` (reason per row) beside it."""
     partitions = _registered_partitions(context)
-    inputs, missing = [], []
+    inputs: list[tuple[str, CleanedManifest]] = []
+    missing = []
     for name in partitions:
-        pointer = read_latest(storage.folder("cleaned") / safe_name(name))
-        if pointer is None:
+        manifest = read_manifest(storage.folder("cleaned") / safe_name(name), CleanedManifest)
+        if manifest is None:
             missing.append(name)
             continue
-        minhash = pointer.get("minhash", {})
-        if minhash and minhash.get("num_perm") != _DEDUP.num_perm:
-            raise dg.Failure(f"partition {name!r} was cleaned with num_perm={minhash.get('num_perm')}; curated_dataset expects {_DEDUP.num_perm}")
-        inputs.append((name, pointer))
+        inputs.append((name, manifest))
     if missing:
         context.log.warning(f"{len(missing)} registered partition(s) have no cleaned output yet and are left out: {missing[:10]}")
         legacy = [name for name in missing if legacy_partition_folders(storage.root(), name)]
@@ -86,9 +85,16 @@ def curated_dataset(
             )
     if not inputs:
         raise dg.Failure(description="no cleaned partitions to curate: materialize cleaned_conversations first")
+    try:
+        # The signature parameters are set once, on cleaned_conversations; the dedup uses what they were.
+        num_perm, ngram = signature_params({n: (m.minhash_num_perm, m.minhash_ngram) for n, m in inputs})
+    except ValueError as exc:
+        raise dg.Failure(description=str(exc)) from exc
 
     lib_config = CurationConfig(
         dedup=DedupConfig(
+            num_perm=num_perm,
+            ngram=ngram,
             threshold=config.near_dup_threshold,
             bands=config.lsh_bands,
             drop_prefix_duplicates=config.drop_prefix_duplicates,
@@ -97,11 +103,13 @@ def curated_dataset(
         tokens=TokenCounterConfig(tokenizer=config.tokenizer),
         max_tokens=config.max_tokens,
     )
-    version = content_version(CURATED_CODE_VERSION, [(n, p["version"]) for n, p in inputs], config.model_dump())
+    version = content_version(CURATED_CODE_VERSION, [(n, m.version) for n, m in inputs], config.model_dump())
     folder = storage.folder("curated") / version
-    result = curate([p["path"] for _, p in inputs], folder / "conversations.parquet", lib_config)
+    result = curate([m.path for _, m in inputs], folder / "conversations.parquet", lib_config)
     removed_path = write_parquet(result.removed, folder / "removed.parquet")
-    write_latest(storage.folder("curated"), version, path=str(result.output_path), removed_path=str(removed_path))
+    write_manifest(
+        storage.folder("curated"), CuratedManifest.of(version, str(result.output_path), str(removed_path), lib_config.dedup)
+    )
 
     checks = [_pii_check(result.output_path, pii_policy.pii_config()), _duplicates_check(result.output_path, lib_config.dedup)]
     exact_hashes = pq.read_table(result.output_path, columns=["exact_hash"]).column("exact_hash").to_pylist() if result.n_kept else []

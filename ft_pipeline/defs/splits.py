@@ -6,8 +6,8 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from ft_pipeline.defs.metadata import sample_rows
-from ft_pipeline.defs.resources import PipelineStorage
-from ft_pipeline.lib.dedup import DedupConfig
+from ft_pipeline.defs.resources import OpenAIFineTuningResource, PipelineStorage
+from ft_pipeline.lib.manifests import CuratedManifest, SplitsManifest, read_manifest, write_manifest
 from ft_pipeline.lib.openai_format import validate_jsonl_file
 from ft_pipeline.lib.splits import (
     SPLIT_INPUT_COLUMNS,
@@ -20,7 +20,7 @@ from ft_pipeline.lib.splits import (
     split_sizes,
     write_split_files,
 )
-from ft_pipeline.lib.storage import content_version, hash_values, read_latest, write_latest
+from ft_pipeline.lib.storage import content_version, hash_values
 
 SPLITS_CODE_VERSION = "2"
 _SPLIT = SplitConfig()
@@ -37,10 +37,9 @@ class SplitRunConfig(dg.Config):
     first_turn_min_words: int = Field(default=_SPLIT.first_turn_min_words, description="Group conversations sharing a first user turn of at least this many words (0 = off).")
     first_turn_max_shared: int = Field(default=_SPLIT.first_turn_max_shared, description="A first turn shared by more conversations than this is boilerplate and links nothing.")
     stratify_by_tag: bool = Field(default=_SPLIT.stratify_by_tag, description="Exact per-tag proportions (a group near a cut-off may move as data grows).")
-    min_train_examples: int = Field(default=10, description="Minimum train size (OpenAI requires 10).")
-    min_validation_examples: int = Field(default=1, description="Minimum validation size.")
-    min_test_examples: int = Field(default=1, description="Minimum test size.")
-    openai_model: str = Field(default="gpt-4o-mini-2024-07-18", description="Model whose per-example token limit the JSONL is validated against.")
+    min_train_examples: int = Field(default=_SPLIT.min_train_examples, description="Minimum train size (OpenAI requires 10).")
+    min_validation_examples: int = Field(default=_SPLIT.min_validation_examples, description="Minimum validation size.")
+    min_test_examples: int = Field(default=_SPLIT.min_test_examples, description="Minimum test size.")
 
     def to_lib(self) -> SplitConfig:
         return SplitConfig(
@@ -52,6 +51,9 @@ class SplitRunConfig(dg.Config):
             first_turn_min_words=self.first_turn_min_words,
             first_turn_max_shared=self.first_turn_max_shared,
             stratify_by_tag=self.stratify_by_tag,
+            min_train_examples=self.min_train_examples,
+            min_validation_examples=self.min_validation_examples,
+            min_test_examples=self.min_test_examples,
         )
 
 
@@ -76,35 +78,38 @@ _ASSET_OF = {"train": "train_split", "validation": "validation_split", "test": "
     ],
     name="dataset_splits",
 )
-def dataset_splits(context: dg.AssetExecutionContext, config: SplitRunConfig, storage: PipelineStorage):
+def dataset_splits(
+    context: dg.AssetExecutionContext, config: SplitRunConfig, storage: PipelineStorage,
+    openai_fine_tuning: OpenAIFineTuningResource,
+):
     """Split the curated dataset 80/10/10 (configurable) by group: one user's conversations and
     conversations sharing a context or a long first turn stay together. A group's split is a
     hash of its key and the seed, so an example keeps its split when new data arrives. Written to
-    ``splits/<version>/{train,validation,test}.{parquet,jsonl}``."""
-    pointer = read_latest(storage.folder("curated"))
-    if pointer is None:
+    ``splits/<version>/{train,validation,test}.{parquet,jsonl}``. The leakage check uses the
+    near-duplicate parameters curated_dataset ran with; the JSONL is validated against the token
+    limit of ``openai_fine_tuning.model``."""
+    curated_manifest = read_manifest(storage.folder("curated"), CuratedManifest)
+    if curated_manifest is None:
         raise dg.Failure(description="curated_dataset has not been materialized yet")
     # Only the small columns are read: grouping, assignment and the leakage report need no text,
     # and the files are written by streaming the curated dataset batch by batch.
-    curated = pq.read_table(pointer["path"], columns=SPLIT_INPUT_COLUMNS).to_pandas()
+    curated = pq.read_table(curated_manifest.path, columns=SPLIT_INPUT_COLUMNS).to_pandas()
     split_config = config.to_lib()
     assigned = assign_splits(curated, split_config)
-    version = content_version(SPLITS_CODE_VERSION, pointer["version"], config.model_dump())
+    version = content_version(SPLITS_CODE_VERSION, curated_manifest.version, config.model_dump())
     folder = storage.folder("splits") / version
-    paths = write_split_files(pointer["path"], assigned, folder)
-    write_latest(storage.folder("splits"), version, curated_version=pointer["version"], paths=paths)
+    paths = write_split_files(curated_manifest.path, assigned, folder)
+    write_manifest(storage.folder("splits"), SplitsManifest(version=version, curated_version=curated_manifest.version, paths=paths))
 
     frames = {name: assigned[assigned["split"] == name].reset_index(drop=True) for name in SPLIT_NAMES}
     sizes = split_sizes(frames)
+    dedup = curated_manifest.dedup_config()
     leakage = leakage_report(
-        frames, split_config, DedupConfig(), load_texts=parquet_text_loader({n: paths[n]["parquet"] for n in SPLIT_NAMES})
+        frames, split_config, dedup, load_texts=parquet_text_loader({n: paths[n]["parquet"] for n in SPLIT_NAMES})
     )
-    size_failures = check_min_sizes(
-        sizes,
-        {"train": config.min_train_examples, "validation": config.min_validation_examples, "test": config.min_test_examples},
-    )
+    size_failures = check_min_sizes(sizes, split_config.min_sizes())
     formats = {
-        name: validate_jsonl_file(paths[name]["jsonl"], model=config.openai_model, require_min_examples=(name == "train"))
+        name: validate_jsonl_file(paths[name]["jsonl"], model=openai_fine_tuning.model, require_min_examples=(name == "train"))
         for name in ("train", "validation")
     }
     context.log.info(f"splits written to {folder}: {sizes}")
@@ -123,7 +128,7 @@ def dataset_splits(context: dg.AssetExecutionContext, config: SplitRunConfig, st
                 "jsonl_path": dg.MetadataValue.path(paths[name]["jsonl"]),
                 "sample": sample_rows(pq.ParquetFile(paths[name]["parquet"]).read_row_group(0).slice(0, 2).to_pandas() if len(frame) else None, n=2),
                 "version": version,
-                "curated_version": pointer["version"],
+                "curated_version": curated_manifest.version,
             },
             data_version=dg.DataVersion(content_version(version, name, hash_values(frame["exact_hash"]))),
         )
@@ -143,6 +148,11 @@ def dataset_splits(context: dg.AssetExecutionContext, config: SplitRunConfig, st
             "near_duplicates_across_splits": leakage.near_duplicates,
             "near_duplicate_examples": dg.MetadataValue.json(leakage.near_duplicate_examples),
             "final_reply_overlap_informational": dg.MetadataValue.json(leakage.final_reply_overlap),
+            # The parameters of curated_dataset's dedup, read from its manifest.
+            "near_dup_threshold": dedup.threshold,
+            "minhash_num_perm": dedup.num_perm,
+            "minhash_ngram": dedup.ngram,
+            "lsh_bands": dedup.band_params()[0],
         },
     )
     yield dg.AssetCheckResult(

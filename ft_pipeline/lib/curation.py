@@ -56,6 +56,27 @@ class CurationConfig:
 DEFAULT_CURATION_CONFIG = CurationConfig()
 
 
+def signature_params(params_by_partition: dict[str, tuple[int, int]]) -> tuple[int, int]:
+    """The one ``(num_perm, ngram)`` every cleaned partition's MinHash signatures were computed
+    with: the global dedup can only compare signatures of the same length and shingle size.
+
+    Raises:
+        ValueError: partitions were cleaned with different values (named, with their values);
+            with no partitions, the lib defaults are returned.
+    """
+    distinct = sorted(set(params_by_partition.values()))
+    if len(distinct) > 1:
+        by_value = {
+            f"num_perm={p[0]}, ngram={p[1]}": sorted(n for n, v in params_by_partition.items() if v == p)[:5]
+            for p in distinct
+        }
+        raise ValueError(
+            f"cleaned partitions have MinHash signatures of different parameters: {by_value}; "
+            "materialize cleaned_conversations again for them with one minhash_num_perm / minhash_ngram"
+        )
+    return distinct[0] if distinct else (DEFAULT_DEDUP_CONFIG.num_perm, DEFAULT_DEDUP_CONFIG.ngram)
+
+
 @dataclass
 class CurationResult:
     n_in: int

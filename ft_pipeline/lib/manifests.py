@@ -19,9 +19,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+from ft_pipeline.lib.dedup import DedupConfig
 from ft_pipeline.lib.storage import LATEST, write_text
 
-__all__ = ["ManifestError", "SplitsManifest", "read_manifest", "write_manifest"]
+__all__ = [
+    "CleanedManifest",
+    "CuratedManifest",
+    "ManifestError",
+    "ParsedManifest",
+    "SplitsManifest",
+    "read_manifest",
+    "write_manifest",
+]
 
 
 class ManifestError(ValueError):
@@ -87,3 +96,77 @@ class SplitsManifest:
 
     def jsonl(self, split: str) -> str:
         return self.paths[split]["jsonl"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ParsedManifest:
+    """What ``raw_conversation_logs`` wrote for one partition: the parsed (scrubbed) records and
+    the quarantine file."""
+
+    KIND: ClassVar[str] = "parsed"
+    SCHEMA: ClassVar[int] = 1
+    PRODUCED_BY: ClassVar[str] = "raw_conversation_logs for this partition"
+
+    version: str
+    path: str
+    quarantine_path: str
+    source: str
+    """The partition key: the landed file's name."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CleanedManifest:
+    """What ``cleaned_conversations`` wrote for one partition, and the MinHash parameters its
+    signatures were computed with (``curated_dataset`` dedups with exactly these)."""
+
+    KIND: ClassVar[str] = "cleaned"
+    SCHEMA: ClassVar[int] = 1
+    PRODUCED_BY: ClassVar[str] = "cleaned_conversations for this partition"
+
+    version: str
+    path: str
+    filtered_path: str
+    parsed_version: str
+    minhash_num_perm: int
+    minhash_ngram: int
+
+
+@dataclasses.dataclass(frozen=True)
+class CuratedManifest:
+    """What ``curated_dataset`` wrote, and the near-duplicate parameters it ran with: the splits'
+    leakage check reads them, so the check and the dedup agree on what a near duplicate is."""
+
+    KIND: ClassVar[str] = "curated"
+    SCHEMA: ClassVar[int] = 1
+    PRODUCED_BY: ClassVar[str] = "curated_dataset"
+
+    version: str
+    path: str
+    removed_path: str
+    near_dup_threshold: float
+    num_perm: int
+    ngram: int
+    lsh_bands: int | None
+    """``None``: chosen for the threshold (the leakage check chooses the same)."""
+    minhash_seed: int
+
+    @classmethod
+    def of(cls, version: str, path: str, removed_path: str, dedup: DedupConfig) -> "CuratedManifest":
+        """The manifest of a curated version deduplicated with ``dedup``."""
+        return cls(
+            version=version,
+            path=path,
+            removed_path=removed_path,
+            near_dup_threshold=dedup.threshold,
+            num_perm=dedup.num_perm,
+            ngram=dedup.ngram,
+            lsh_bands=dedup.bands,
+            minhash_seed=dedup.seed,
+        )
+
+    def dedup_config(self) -> DedupConfig:
+        """The near-duplicate parameters ``curated_dataset`` ran with."""
+        return DedupConfig(
+            num_perm=self.num_perm, ngram=self.ngram, threshold=self.near_dup_threshold, bands=self.lsh_bands,
+            seed=self.minhash_seed,
+        )

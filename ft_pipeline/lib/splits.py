@@ -36,7 +36,7 @@ from ft_pipeline.lib.dedup import (
     shingles,
     signatures_from_bytes,
 )
-from ft_pipeline.lib.openai_format import to_openai_record
+from ft_pipeline.lib.openai_format import MIN_TRAINING_EXAMPLES, to_openai_record
 
 SPLIT_NAMES = ("train", "validation", "test")
 
@@ -63,6 +63,14 @@ class SplitConfig:
     """When on, groups are ranked by their hash within each stratum (the group's first tag, or
     "untagged") and cut at the configured fractions, so each tag gets exact proportions. This
     trades some stability: a group near a stratum's cut-off can move when data is added."""
+    min_train_examples: int = MIN_TRAINING_EXAMPLES
+    """The ``minimum_sizes`` check fails below this many train examples (OpenAI requires 10)."""
+    min_validation_examples: int = 1
+    min_test_examples: int = 1
+
+    def min_sizes(self) -> dict[str, int]:
+        """Split name -> the minimum number of examples it must have."""
+        return {"train": self.min_train_examples, "validation": self.min_validation_examples, "test": self.min_test_examples}
 
     def __post_init__(self) -> None:
         fractions = (self.train_fraction, self.validation_fraction, self.test_fraction)

@@ -132,8 +132,8 @@ def test_minimum_sizes_check_reports_numbers(instance, resources, data_dir):
     assert not failed.passed and "fewer than the minimum 100000" in failed.description
 
 
-def test_leakage_check_fails_on_planted_near_duplicates(instance, tmp_path):
-    """Near-duplicate pairs kept by a permissive curated threshold must be caught across splits."""
+def _planted_near_duplicate_pairs(tmp_path):
+    """150 pairs of conversations that differ in two words (true Jaccard mostly 0.8 to 0.9)."""
     import random
 
     rng = random.Random(3)
@@ -152,16 +152,67 @@ def test_leakage_check_fails_on_planted_near_duplicates(instance, tmp_path):
     root = tmp_path / "planted"
     (root / "raw").mkdir(parents=True)
     (root / "raw" / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return root
+
+
+def _checks(result):
+    return {(c.asset_key.to_user_string(), c.check_name): c for c in result.get_asset_check_evaluations()}
+
+
+def test_leakage_check_uses_the_threshold_curated_ran_with(instance, tmp_path):
+    """The splits' leakage check reads curated_dataset's near-duplicate parameters from its manifest:
+    pairs the curated dedup was told to keep (threshold 0.99) are not leaks, and the default
+    threshold both removes them and is what the check reports."""
+    resources = resources_for(_planted_near_duplicate_pairs(tmp_path))
+    _ingest(instance, resources, ["pairs.jsonl"])
+
+    permissive = _build(instance, resources, {"ops": {"curated_dataset": {"config": {"near_dup_threshold": 0.99}}}})
+    leakage = _checks(permissive)[("train_split", "no_leakage")]
+    assert leakage.metadata["near_dup_threshold"].value == 0.99
+    assert leakage.metadata["near_duplicates_across_splits"].value == 0 and leakage.passed
+    assert _meta(permissive, "curated_dataset")["kept"].value == 300
+
+    default = _build(instance, resources)
+    leakage = _checks(default)[("train_split", "no_leakage")]
+    assert leakage.metadata["near_dup_threshold"].value == 0.8 and leakage.passed
+    assert _meta(default, "curated_dataset")["kept"].value < 300  # most planted pairs are near duplicates at 0.8
+
+
+def test_leakage_check_fails_on_planted_near_duplicates(instance, tmp_path):
+    """Near duplicates across splits, at the threshold the curated manifest names, fail the
+    blocking check: here the manifest is rewritten to a lower threshold than the dedup ran with."""
+    import dataclasses
+
+    from ft_pipeline.lib.manifests import CuratedManifest, read_manifest, write_manifest
+
+    root = _planted_near_duplicate_pairs(tmp_path)
     resources = resources_for(root)
     _ingest(instance, resources, ["pairs.jsonl"])
-    run_config = {"ops": {"curated_dataset": {"config": {"near_dup_threshold": 0.99}}}}
-    result = _build(instance, resources, run_config)
-    checks = {(c.asset_key.to_user_string(), c.check_name): c for c in result.get_asset_check_evaluations()}
-    leakage = checks[("train_split", "no_leakage")]
+    assert _build(instance, resources, {"ops": {"curated_dataset": {"config": {"near_dup_threshold": 0.99}}}}).success
+    manifest = read_manifest(root / "curated", CuratedManifest)
+    write_manifest(root / "curated", dataclasses.replace(manifest, near_dup_threshold=0.85))
+
+    result = dg.materialize(ALL_ASSETS, selection=["train_split", "validation_split", "test_split"], instance=instance,
+                            resources=resources, raise_on_error=False)
+    leakage = _checks(result)[("train_split", "no_leakage")]
     assert not leakage.passed
+    assert leakage.metadata["near_dup_threshold"].value == 0.85
     assert leakage.metadata["near_duplicates_across_splits"].value > 0
     spec = next(s for s in defs.get_assets_def("train_split").check_specs if s.name == "no_leakage")
     assert spec.blocking
+
+
+def test_cleaned_partitions_with_different_signature_parameters_fail_curated_clearly(instance, resources, data_dir):
+    names = sorted(build_sample())[:2]
+    instance.add_dynamic_partitions(log_files_partitions.name, names)
+    for name, num_perm in zip(names, (128, 64)):
+        run_config = {"ops": {"cleaned_conversations": {"config": {"minhash_num_perm": num_perm}}}}
+        assert dg.materialize(PER_FILE_ASSETS, partition_key=name, instance=instance, resources=resources, run_config=run_config).success
+    result = _build(instance, resources)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    message = str(failure.event_specific_data.error)
+    assert "num_perm=64" in message and "num_perm=128" in message and names[0] in message and names[1] in message
 
 
 def test_missing_landed_file_fails_clearly(instance, resources, data_dir):
