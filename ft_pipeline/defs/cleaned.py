@@ -2,17 +2,15 @@
 
 
 import dagster as dg
-import pandas as pd
 from pydantic import Field
 
 from ft_pipeline.defs.metadata import counts_table, sample_rows
 from ft_pipeline.defs.partitions import log_files_partitions
 from ft_pipeline.defs.resources import PiiPolicy, PipelineStorage
-from ft_pipeline.lib.cleaning import FILTER_REASONS, CleaningConfig, clean_conversations
+from ft_pipeline.lib.cleaning import FILTER_REASONS, CleaningConfig, PartitionNotParsed, clean_partition
 from ft_pipeline.lib.dedup import DedupConfig
-from ft_pipeline.lib.manifests import CleanedManifest, write_manifest
 from ft_pipeline.lib.pii import PII_TYPES
-from ft_pipeline.lib.storage import content_version, hash_values, legacy_partition_folders, read_latest, safe_name, write_parquet
+from ft_pipeline.lib.storage import legacy_partition_folders, safe_name
 
 CLEANED_CODE_VERSION = "3"
 _DEFAULTS = CleaningConfig()
@@ -68,49 +66,35 @@ def cleaned_conversations(
     signatures for the global dedup. Kept rows go to ``cleaned/<partition>/<version>.parquet``,
     filtered rows (with a reason code) beside it in ``<version>.filtered.parquet``."""
     name = context.partition_key
-    pointer = read_latest(storage.folder("parsed") / safe_name(name))
-    if pointer is None:
+    try:
+        result = clean_partition(
+            storage.folder("parsed") / safe_name(name),
+            storage.folder("cleaned") / safe_name(name),
+            config.to_lib(pii_policy),
+            code_version=CLEANED_CODE_VERSION,
+            settings=(config.model_dump(), *pii_policy.version_parts()),
+        )
+    except PartitionNotParsed:
         old = " (data under the old folder naming is not read: materialize it again)" if legacy_partition_folders(storage.root(), name) else ""
-        raise dg.Failure(description=f"raw_conversation_logs has not been materialized for partition {name!r}{old}")
-    parsed = pd.read_parquet(pointer["path"])
-    lib_config = config.to_lib(pii_policy)
-    result = clean_conversations(parsed, lib_config)
-    version = content_version(CLEANED_CODE_VERSION, pointer["version"], config.model_dump(), *pii_policy.version_parts())
-
-    folder = storage.folder("cleaned") / safe_name(name)
-    kept_path = write_parquet(result.kept, folder / f"{version}.parquet")
-    filtered_path = write_parquet(result.filtered, folder / f"{version}.filtered.parquet")
-    manifest = CleanedManifest(
-        version=version,
-        path=str(kept_path),
-        filtered_path=str(filtered_path),
-        parsed_version=pointer["version"],
-        minhash_num_perm=config.minhash_num_perm,
-        minhash_ngram=config.minhash_ngram,
-    )
-    write_manifest(folder, manifest)
-
-    n_in = len(parsed)
-    assert result.n_in == n_in, "cleaning lost records"  # the lib guarantees it; a bug must not pass silently
-    kept_share = len(result.kept) / n_in if n_in else 0.0
+        raise dg.Failure(description=f"raw_conversation_logs has not been materialized for partition {name!r}{old}") from None
+    cleaned, n_in = result.cleaned, result.n_in
+    kept_share = len(cleaned.kept) / n_in if n_in else 0.0
     return dg.MaterializeResult(
         metadata={
             "conversations_in": n_in,
-            "kept": len(result.kept),
-            "filtered": len(result.filtered),
+            "kept": len(cleaned.kept),
+            "filtered": len(cleaned.filtered),
             "kept_share": round(kept_share, 4),
-            "filter_reasons": counts_table(result.filter_counts, FILTER_REASONS),
-            "pii_found": dg.MetadataValue.json({**{t: 0 for t in PII_TYPES}, **result.pii_counts}),
-            "pii_total": sum(result.pii_counts.values()),
-            "repairs": dg.MetadataValue.json(result.repairs),
-            "path": dg.MetadataValue.path(str(kept_path)),
-            "filtered_path": dg.MetadataValue.path(str(filtered_path)),
-            "sample": sample_rows(result.kept),
-            "filtered_sample": sample_rows(result.filtered),
-            "dagster/row_count": len(result.kept),
-            "version": version,
+            "filter_reasons": counts_table(cleaned.filter_counts, FILTER_REASONS),
+            "pii_found": dg.MetadataValue.json({**{t: 0 for t in PII_TYPES}, **cleaned.pii_counts}),
+            "pii_total": sum(cleaned.pii_counts.values()),
+            "repairs": dg.MetadataValue.json(cleaned.repairs),
+            "path": dg.MetadataValue.path(result.manifest.path),
+            "filtered_path": dg.MetadataValue.path(result.manifest.filtered_path),
+            "sample": sample_rows(cleaned.kept),
+            "filtered_sample": sample_rows(cleaned.filtered),
+            "dagster/row_count": len(cleaned.kept),
+            "version": result.manifest.version,
         },
-        data_version=dg.DataVersion(
-            content_version(version, hash_values(result.kept["exact_hash"]) if len(result.kept) else "")
-        ),
+        data_version=dg.DataVersion(result.data_version),
     )

@@ -1,20 +1,15 @@
 """curated_dataset: the fan-in of every cleaned partition, globally deduplicated."""
 
-
-
 import dagster as dg
-import pyarrow as pa
-import pyarrow.parquet as pq
 from pydantic import Field
 
 from ft_pipeline.defs.metadata import counts_table, sample_rows
 from ft_pipeline.defs.partitions import log_files_partitions
 from ft_pipeline.defs.resources import PiiPolicy, PipelineStorage
-from ft_pipeline.lib.curation import DEFAULT_CURATION_CONFIG, CurationConfig, curate, scan_dataset_for_pii, signature_params
-from ft_pipeline.lib.dedup import DedupConfig, conversation_text, deduplicate
-from ft_pipeline.lib.manifests import CleanedManifest, CuratedManifest, read_manifest, write_manifest
+from ft_pipeline.lib.curation import DEFAULT_CURATION_CONFIG, CurationConfig, NothingToCurate, PiiScan, curate
+from ft_pipeline.lib.dedup import DedupConfig
 from ft_pipeline.lib.pii import PERSON, PII_TYPES, PiiConfig
-from ft_pipeline.lib.storage import content_version, hash_values, legacy_partition_folders, safe_name, write_parquet
+from ft_pipeline.lib.storage import legacy_partition_folders, safe_name
 from ft_pipeline.lib.tokens import TokenCounterConfig
 
 CURATED_CODE_VERSION = "3"
@@ -43,6 +38,17 @@ class CurationRunConfig(dg.Config):
     )
     max_tokens: int = Field(default=DEFAULT_CURATION_CONFIG.max_tokens, description="Conversations with more tokens are removed as too_many_tokens.")
 
+    def to_lib(self) -> CurationConfig:
+        """The lib config. MinHash num_perm/ngram are not set here: they are the ones the cleaned
+        partitions' signatures were computed with (cleaned_conversations' settings)."""
+        dedup = DedupConfig(
+            threshold=self.near_dup_threshold,
+            bands=self.lsh_bands,
+            drop_prefix_duplicates=self.drop_prefix_duplicates,
+            drop_branch_duplicates=self.drop_branch_duplicates,
+        )
+        return CurationConfig(dedup=dedup, tokens=TokenCounterConfig(tokenizer=self.tokenizer), max_tokens=self.max_tokens)
+
 
 def _registered_partitions(context: dg.AssetExecutionContext) -> list[str]:
     return sorted(context.instance.get_dynamic_partitions(log_files_partitions.name))
@@ -65,59 +71,26 @@ def curated_dataset(
     conversation), near (MinHash-LSH over word shingles, candidates verified by true Jaccard),
     prefix and branch duplicates; the best copy is kept (higher rating, not edited, faster).
     Token counts per conversation; over-long ones removed. Written to
-    ``curated/<version>/conversations.parquet`` with ``removed.parquet`` (reason per row) beside it."""
+    ``curated/<version>/conversations.parquet`` with ``removed.parquet`` (reason per row) beside it,
+    and a manifest naming the dedup parameters used (the splits' leakage check reads them)."""
     partitions = _registered_partitions(context)
-    inputs: list[tuple[str, CleanedManifest]] = []
-    missing = []
-    for name in partitions:
-        manifest = read_manifest(storage.folder("cleaned") / safe_name(name), CleanedManifest)
-        if manifest is None:
-            missing.append(name)
-            continue
-        inputs.append((name, manifest))
-    if missing:
-        context.log.warning(f"{len(missing)} registered partition(s) have no cleaned output yet and are left out: {missing[:10]}")
-        legacy = [name for name in missing if legacy_partition_folders(storage.root(), name)]
-        if legacy:
-            context.log.warning(
-                f"{len(legacy)} of them have data under the old folder naming (two file names could share a folder), "
-                f"which is not read: materialize ingest_log_file for them again (`ft-pipeline run` does): {legacy[:10]}"
-            )
-    if not inputs:
-        raise dg.Failure(description="no cleaned partitions to curate: materialize cleaned_conversations first")
     try:
-        # The signature parameters are set once, on cleaned_conversations; the dedup uses what they were.
-        num_perm, ngram = signature_params({n: (m.minhash_num_perm, m.minhash_ngram) for n, m in inputs})
-    except ValueError as exc:
+        curated = curate(
+            {name: storage.folder("cleaned") / safe_name(name) for name in partitions},
+            storage.folder("curated"),
+            config.to_lib(),
+            pii=pii_policy.pii_config(),
+            code_version=CURATED_CODE_VERSION,
+            settings=(config.model_dump(),),
+        )
+    except (NothingToCurate, ValueError) as exc:  # ValueError: signature parameters that differ, an old manifest
         raise dg.Failure(description=str(exc)) from exc
-
-    lib_config = CurationConfig(
-        dedup=DedupConfig(
-            num_perm=num_perm,
-            ngram=ngram,
-            threshold=config.near_dup_threshold,
-            bands=config.lsh_bands,
-            drop_prefix_duplicates=config.drop_prefix_duplicates,
-            drop_branch_duplicates=config.drop_branch_duplicates,
-        ),
-        tokens=TokenCounterConfig(tokenizer=config.tokenizer),
-        max_tokens=config.max_tokens,
-    )
-    version = content_version(CURATED_CODE_VERSION, [(n, m.version) for n, m in inputs], config.model_dump())
-    folder = storage.folder("curated") / version
-    result = curate([m.path for _, m in inputs], folder / "conversations.parquet", lib_config)
-    removed_path = write_parquet(result.removed, folder / "removed.parquet")
-    write_manifest(
-        storage.folder("curated"), CuratedManifest.of(version, str(result.output_path), str(removed_path), lib_config.dedup)
-    )
-
-    checks = [_pii_check(result.output_path, pii_policy.pii_config()), _duplicates_check(result.output_path, lib_config.dedup)]
-    exact_hashes = pq.read_table(result.output_path, columns=["exact_hash"]).column("exact_hash").to_pylist() if result.n_kept else []
-    assert result.n_in == result.n_kept + len(result.removed), "curation lost records"
+    _warn_missing(context, storage, curated.missing)
+    result = curated.curation
     return dg.MaterializeResult(
         metadata={
-            "partitions": len(inputs),
-            "partitions_not_cleaned": len(missing),
+            "partitions": len(curated.partitions),
+            "partitions_not_cleaned": len(curated.missing),
             "conversations_in": result.n_in,
             "kept": result.n_kept,
             "removed": len(result.removed),
@@ -128,19 +101,30 @@ def curated_dataset(
             "token_stats": dg.MetadataValue.json(result.token_stats),
             "tokens_p50": float(result.token_stats.get("p50", 0)),
             "tokens_p90": float(result.token_stats.get("p90", 0)),
-            "path": dg.MetadataValue.path(str(result.output_path)),
-            "removed_path": dg.MetadataValue.path(str(removed_path)),
+            "path": dg.MetadataValue.path(curated.manifest.path),
+            "removed_path": dg.MetadataValue.path(curated.manifest.removed_path),
             "sample": sample_rows(result.sample),
             "dagster/row_count": result.n_kept,
-            "version": version,
+            "version": curated.manifest.version,
         },
-        data_version=dg.DataVersion(content_version(version, hash_values(exact_hashes))),
-        check_results=checks,
+        data_version=dg.DataVersion(curated.data_version),
+        check_results=[_pii_check(curated.pii_scan, pii_policy.pii_config()), _duplicates_check(curated.duplicates_left, result.n_kept)],
     )
 
 
-def _pii_check(path, pii: PiiConfig) -> dg.AssetCheckResult:
-    scan = scan_dataset_for_pii(path, pii)
+def _warn_missing(context: dg.AssetExecutionContext, storage: PipelineStorage, missing: list[str]) -> None:
+    if not missing:
+        return
+    context.log.warning(f"{len(missing)} registered partition(s) have no cleaned output yet and are left out: {missing[:10]}")
+    legacy = [name for name in missing if legacy_partition_folders(storage.root(), name)]
+    if legacy:
+        context.log.warning(
+            f"{len(legacy)} of them have data under the old folder naming (two file names could share a folder), "
+            f"which is not read: materialize ingest_log_file for them again (`ft-pipeline run` does): {legacy[:10]}"
+        )
+
+
+def _pii_check(scan: PiiScan, pii: PiiConfig) -> dg.AssetCheckResult:
     kinds = [*PII_TYPES, *(p.name for p in pii.custom_patterns), *([PERSON] if pii.person_names_model else [])]
     return dg.AssetCheckResult(
         check_name="no_pii_left",
@@ -151,19 +135,9 @@ def _pii_check(path, pii: PiiConfig) -> dg.AssetCheckResult:
     )
 
 
-def _duplicates_check(path, dedup: DedupConfig) -> dg.AssetCheckResult:
-    columns = ["conversation_id", "exact_hash", "context_hash", "prefix_hashes", "minhash", "rating", "edited", "response_time_ms"]
-    curated = pq.read_table(path, columns=columns).to_pandas() if pq.ParquetFile(path).metadata.num_rows else None
-    if curated is None:
+def _duplicates_check(left: dict[str, int], n_kept: int) -> dg.AssetCheckResult:
+    if not n_kept:
         return dg.AssetCheckResult(check_name="no_duplicates_left", passed=True, description="empty dataset")
-
-    def load_texts(rows):
-        messages = pq.read_table(path, columns=["messages"]).column("messages")
-        return [conversation_text(m) for m in messages.take(pa.array([int(i) for i in rows])).to_pylist()]
-
-    # Re-run dedup over the output: anything it would still remove is a duplicate left behind.
-    again = deduplicate(curated, dedup, load_texts=load_texts)
-    left = {k: v for k, v in again.counts.items() if v}
     return dg.AssetCheckResult(
         check_name="no_duplicates_left",
         passed=not left,

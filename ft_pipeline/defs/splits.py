@@ -1,26 +1,16 @@
 """train_split / validation_split / test_split: grouped, hash-stable, seeded."""
 
 
+from collections.abc import Iterator
+
 import dagster as dg
-import pyarrow.parquet as pq
 from pydantic import Field
 
 from ft_pipeline.defs.metadata import sample_rows
 from ft_pipeline.defs.resources import OpenAIFineTuningResource, PipelineStorage
-from ft_pipeline.lib.manifests import CuratedManifest, SplitsManifest, read_manifest, write_manifest
-from ft_pipeline.lib.openai_format import validate_jsonl_file
-from ft_pipeline.lib.splits import (
-    SPLIT_INPUT_COLUMNS,
-    SPLIT_NAMES,
-    SplitConfig,
-    assign_splits,
-    check_min_sizes,
-    leakage_report,
-    parquet_text_loader,
-    split_sizes,
-    write_split_files,
-)
-from ft_pipeline.lib.storage import content_version, hash_values
+from ft_pipeline.lib.dedup import DedupConfig
+from ft_pipeline.lib.manifests import CuratedManifest, read_manifest
+from ft_pipeline.lib.splits import LeakageReport, SplitConfig, SplitsResult, make_splits
 
 SPLITS_CODE_VERSION = "2"
 _SPLIT = SplitConfig()
@@ -91,49 +81,58 @@ def dataset_splits(
     curated_manifest = read_manifest(storage.folder("curated"), CuratedManifest)
     if curated_manifest is None:
         raise dg.Failure(description="curated_dataset has not been materialized yet")
-    # Only the small columns are read: grouping, assignment and the leakage report need no text,
-    # and the files are written by streaming the curated dataset batch by batch.
-    curated = pq.read_table(curated_manifest.path, columns=SPLIT_INPUT_COLUMNS).to_pandas()
-    split_config = config.to_lib()
-    assigned = assign_splits(curated, split_config)
-    version = content_version(SPLITS_CODE_VERSION, curated_manifest.version, config.model_dump())
-    folder = storage.folder("splits") / version
-    paths = write_split_files(curated_manifest.path, assigned, folder)
-    write_manifest(storage.folder("splits"), SplitsManifest(version=version, curated_version=curated_manifest.version, paths=paths))
-
-    frames = {name: assigned[assigned["split"] == name].reset_index(drop=True) for name in SPLIT_NAMES}
-    sizes = split_sizes(frames)
-    dedup = curated_manifest.dedup_config()
-    leakage = leakage_report(
-        frames, split_config, dedup, load_texts=parquet_text_loader({n: paths[n]["parquet"] for n in SPLIT_NAMES})
+    result = make_splits(
+        curated_manifest,
+        storage.folder("splits"),
+        config.to_lib(),
+        openai_model=openai_fine_tuning.model,
+        code_version=SPLITS_CODE_VERSION,
+        settings=(config.model_dump(),),
     )
-    size_failures = check_min_sizes(sizes, split_config.min_sizes())
-    formats = {
-        name: validate_jsonl_file(paths[name]["jsonl"], model=openai_fine_tuning.model, require_min_examples=(name == "train"))
-        for name in ("train", "validation")
-    }
-    context.log.info(f"splits written to {folder}: {sizes}")
-
-    for name in SPLIT_NAMES:
-        frame = frames[name]
+    context.log.info(f"splits written to {storage.folder('splits') / result.manifest.version}: {result.sizes}")
+    for name, split in result.splits.items():
         yield dg.MaterializeResult(
             asset_key=_ASSET_OF[name],
             metadata={
-                "dagster/row_count": len(frame),
-                "share": round(len(frame) / max(1, len(assigned)), 4),
-                "groups": int(frame["split_group"].nunique()) if len(frame) else 0,
-                "largest_group": int(frame["split_group"].value_counts().max()) if len(frame) else 0,
-                "tags": dg.MetadataValue.json(frame["tags"].explode().value_counts().to_dict() if len(frame) else {}),
-                "path": dg.MetadataValue.path(paths[name]["parquet"]),
-                "jsonl_path": dg.MetadataValue.path(paths[name]["jsonl"]),
-                "sample": sample_rows(pq.ParquetFile(paths[name]["parquet"]).read_row_group(0).slice(0, 2).to_pandas() if len(frame) else None, n=2),
-                "version": version,
+                "dagster/row_count": split.rows,
+                "share": split.share,
+                "groups": split.groups,
+                "largest_group": split.largest_group,
+                "tags": dg.MetadataValue.json(split.tags),
+                "path": dg.MetadataValue.path(split.parquet_path),
+                "jsonl_path": dg.MetadataValue.path(split.jsonl_path),
+                "sample": sample_rows(split.sample, n=2),
+                "version": result.manifest.version,
                 "curated_version": curated_manifest.version,
             },
-            data_version=dg.DataVersion(content_version(version, name, hash_values(frame["exact_hash"]))),
+            data_version=dg.DataVersion(split.data_version),
+        )
+    yield from _checks(result)
+
+
+def _checks(result: SplitsResult) -> Iterator[dg.AssetCheckResult]:
+    yield _leakage_check(result.leakage, result.leakage_dedup)
+    yield dg.AssetCheckResult(
+        asset_key="train_split",
+        check_name="minimum_sizes",
+        passed=not result.size_failures,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description="; ".join(result.size_failures) or f"sizes {result.sizes}",
+        metadata={"sizes": dg.MetadataValue.json(result.sizes)},
+    )
+    for name, report in result.formats.items():
+        yield dg.AssetCheckResult(
+            asset_key=_ASSET_OF[name],
+            check_name="openai_format",
+            passed=report.ok,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description="format valid" if report.ok else f"format errors {report.format_errors}; warnings {report.warnings}",
+            metadata={"report": dg.MetadataValue.md(report.to_markdown()), "format_errors": dg.MetadataValue.json(report.format_errors)},
         )
 
-    yield dg.AssetCheckResult(
+
+def _leakage_check(leakage: LeakageReport, dedup: DedupConfig) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
         asset_key="train_split",
         check_name="no_leakage",
         passed=not leakage.leaked,
@@ -155,21 +154,3 @@ def dataset_splits(
             "lsh_bands": dedup.band_params()[0],
         },
     )
-    yield dg.AssetCheckResult(
-        asset_key="train_split",
-        check_name="minimum_sizes",
-        passed=not size_failures,
-        severity=dg.AssetCheckSeverity.ERROR,
-        description="; ".join(size_failures) or f"sizes {sizes}",
-        metadata={"sizes": dg.MetadataValue.json(sizes)},
-    )
-    for name in ("train", "validation"):
-        report = formats[name]
-        yield dg.AssetCheckResult(
-            asset_key=_ASSET_OF[name],
-            check_name="openai_format",
-            passed=report.ok,
-            severity=dg.AssetCheckSeverity.ERROR,
-            description="format valid" if report.ok else f"format errors {report.format_errors}; warnings {report.warnings}",
-            metadata={"report": dg.MetadataValue.md(report.to_markdown()), "format_errors": dg.MetadataValue.json(report.format_errors)},
-        )

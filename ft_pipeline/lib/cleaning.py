@@ -14,7 +14,8 @@ import re
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -39,8 +40,11 @@ from ft_pipeline.lib.dedup import (
     record_hashes,
     signatures_to_bytes,
 )
+from ft_pipeline.lib.manifests import CleanedManifest, ParsedManifest, read_manifest, write_manifest
 from ft_pipeline.lib.pii import DEFAULT_PII_CONFIG, PiiConfig, find_pii, may_contain_pii, scrub_pii
 from ft_pipeline.lib.records import gc_paused
+from ft_pipeline.lib.storage import content_version, hash_values, write_parquet
+from ft_pipeline.lib.timing import StepTimes
 
 # Filter reason codes (records that parse but should not be trained on), with the sentence
 # shown to people. Checked in this order; a record gets the first that applies.
@@ -647,3 +651,71 @@ def _clean_conversations(frame: pd.DataFrame, config: CleaningConfig) -> CleanRe
         pii_counts=dict(pii_counts),
         repairs=dict(repairs),
     )
+
+
+class PartitionNotParsed(LookupError):
+    """``clean_partition`` found no parsed records for the partition."""
+
+
+@dataclass
+class CleanPartitionResult:
+    """What :func:`clean_partition` wrote for one partition, and the cleaning pass's counts."""
+
+    manifest: CleanedManifest
+    cleaned: CleanResult
+    n_in: int
+    """Parsed records read (= kept + filtered)."""
+    data_version: str
+    """The version plus a hash of the kept rows' exact hashes: equal output, equal data version."""
+    steps: StepTimes
+
+
+def clean_partition(
+    parsed_folder: str | Path,
+    cleaned_folder: str | Path,
+    config: CleaningConfig = DEFAULT_CLEANING_CONFIG,
+    *,
+    code_version: str = "",
+    settings: Sequence[Any] = (),
+) -> CleanPartitionResult:
+    """The ``cleaned_conversations`` stage for one partition: read the parsed records named by the
+    :class:`ParsedManifest` in ``parsed_folder``, run :func:`clean_conversations`, write the kept
+    rows to ``cleaned_folder/<version>.parquet``, the filtered ones to
+    ``<version>.filtered.parquet``, and a :class:`CleanedManifest` that records the MinHash
+    parameters of the signatures (``config.dedup``).
+
+    ``code_version`` and ``settings`` (the parts that identify the configuration: the run
+    config, the PII policy's version) go into the version with the parsed version.
+
+    Raises:
+        PartitionNotParsed: ``parsed_folder`` has no manifest.
+        ManifestError: it has one of an older schema.
+    """
+    steps = StepTimes()
+    parsed_manifest = read_manifest(parsed_folder, ParsedManifest)
+    if parsed_manifest is None:
+        raise PartitionNotParsed(f"no parsed records in {parsed_folder}")
+    with steps.step("read_parsed"):
+        parsed = pd.read_parquet(parsed_manifest.path)
+    with steps.step("clean_conversations"):
+        cleaned = clean_conversations(parsed, config)
+    if cleaned.n_in != len(parsed):  # the cleaning pass guarantees it; a bug must not pass silently
+        raise AssertionError(f"cleaning lost records: {len(parsed)} in, {cleaned.n_in} out")
+    version = content_version(code_version, parsed_manifest.version, *settings)
+    folder = Path(cleaned_folder)
+    with steps.step("write_cleaned"):
+        kept_path = write_parquet(cleaned.kept, folder / f"{version}.parquet")
+    with steps.step("write_filtered"):
+        filtered_path = write_parquet(cleaned.filtered, folder / f"{version}.filtered.parquet")
+    manifest = CleanedManifest(
+        version=version,
+        path=str(kept_path),
+        filtered_path=str(filtered_path),
+        parsed_version=parsed_manifest.version,
+        minhash_num_perm=config.dedup.num_perm,
+        minhash_ngram=config.dedup.ngram,
+    )
+    write_manifest(folder, manifest)
+    with steps.step("data_version"):
+        data_version = content_version(version, hash_values(cleaned.kept["exact_hash"]) if len(cleaned.kept) else "")
+    return CleanPartitionResult(manifest, cleaned, len(parsed), data_version, steps)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,7 +22,10 @@ import pyarrow.parquet as pq
 
 from ft_pipeline.lib.dedup import DEFAULT_DEDUP_CONFIG, DedupConfig, conversation_text, deduplicate
 from ft_pipeline.lib.pii import DEFAULT_PII_CONFIG, PiiConfig, find_pii, may_contain_pii
+from ft_pipeline.lib.manifests import CleanedManifest, CuratedManifest, read_manifest, write_manifest
 from ft_pipeline.lib.records import gc_paused
+from ft_pipeline.lib.storage import content_version, hash_values, write_parquet
+from ft_pipeline.lib.timing import StepTimes
 from ft_pipeline.lib.tokens import TokenCounterConfig, make_token_counter, token_stats
 
 # Columns read for dedup; everything else is read only for rows that are kept.
@@ -111,7 +115,9 @@ def _read_messages(path: Path) -> pa.ChunkedArray:
     return pq.read_table(path, columns=["messages"]).column("messages")
 
 
-def curate(paths: Sequence[str | Path], output_path: str | Path, config: CurationConfig = DEFAULT_CURATION_CONFIG) -> CurationResult:
+def curate_files(
+    paths: Sequence[str | Path], output_path: str | Path, config: CurationConfig = DEFAULT_CURATION_CONFIG
+) -> CurationResult:
     """Dedup the cleaned partitions at ``paths`` globally and write the curated Parquet file."""
     with gc_paused():
         return _curate(paths, output_path, config)
@@ -294,3 +300,99 @@ def scan_dataset_for_pii(path: str | Path, pii: PiiConfig = DEFAULT_PII_CONFIG, 
                     if len(examples) < max_examples:
                         examples.append({"conversation_id": str(conversation_id), "type": match.type})
     return PiiScan(found=dict(found), examples=examples)
+
+
+def duplicates_left(path: str | Path, dedup: DedupConfig = DEFAULT_DEDUP_CONFIG) -> dict[str, int]:
+    """Duplicates of each kind that dedup would still remove from the curated file at ``path``
+    (empty when none): the ``no_duplicates_left`` check re-runs dedup over the output."""
+    columns = ["conversation_id", "exact_hash", "context_hash", "prefix_hashes", "minhash", "rating", "edited", "response_time_ms"]
+    if not pq.ParquetFile(path).metadata.num_rows:
+        return {}
+    curated = pq.read_table(path, columns=columns).to_pandas()
+
+    def load_texts(rows: np.ndarray) -> list[str]:
+        messages = pq.read_table(path, columns=["messages"]).column("messages")
+        return [conversation_text(m) for m in messages.take(pa.array([int(i) for i in rows])).to_pylist()]
+
+    again = deduplicate(curated, dedup, load_texts=load_texts)
+    return {kind: count for kind, count in again.counts.items() if count}
+
+
+class NothingToCurate(LookupError):
+    """No partition has cleaned conversations yet."""
+
+
+@dataclass
+class CuratedDatasetResult:
+    """What :func:`curate` wrote, its counts, and the outcomes of the curated dataset's checks."""
+
+    manifest: CuratedManifest
+    curation: CurationResult
+    partitions: list[str]
+    """The partitions curated."""
+    missing: list[str]
+    """Partitions asked for that have no cleaned output yet (left out)."""
+    pii_scan: PiiScan
+    """A fresh scan of the written dataset with the pipeline's PII policy (``no_pii_left``)."""
+    duplicates_left: dict[str, int]
+    """What dedup would still remove from the written dataset (``no_duplicates_left``)."""
+    data_version: str
+    """The version plus a hash of the kept rows' exact hashes."""
+    steps: StepTimes
+
+
+def curate(
+    cleaned_folders: Mapping[str, str | Path],
+    curated_root: str | Path,
+    config: CurationConfig = DEFAULT_CURATION_CONFIG,
+    *,
+    pii: PiiConfig = DEFAULT_PII_CONFIG,
+    code_version: str = "",
+    settings: Sequence[Any] = (),
+) -> CuratedDatasetResult:
+    """The ``curated_dataset`` stage: every partition's cleaned conversations (the
+    :class:`CleanedManifest` in each of ``cleaned_folders``, partition name -> folder) deduplicated
+    globally, token-counted and length-filtered into ``curated_root/<version>/conversations.parquet``
+    with ``removed.parquet`` beside it, a :class:`CuratedManifest` (with the dedup parameters used)
+    in ``curated_root``, and the two checks run on the written file.
+
+    The MinHash ``num_perm``/``ngram`` are the ones the partitions were cleaned with (one setting,
+    on the cleaning stage); ``config.dedup``'s own values for them are not used. ``code_version``
+    and ``settings`` go into the version with the partitions' versions.
+
+    Raises:
+        NothingToCurate: no partition has a cleaned manifest.
+        ValueError: partitions were cleaned with different MinHash parameters (named).
+        ManifestError: a cleaned manifest is of an older schema.
+    """
+    steps = StepTimes()
+    inputs: dict[str, CleanedManifest] = {}
+    missing = []
+    for name, folder in cleaned_folders.items():
+        manifest = read_manifest(folder, CleanedManifest)
+        if manifest is None:
+            missing.append(name)
+        else:
+            inputs[name] = manifest
+    if not inputs:
+        raise NothingToCurate("no cleaned partitions to curate: materialize cleaned_conversations first")
+    num_perm, ngram = signature_params({n: (m.minhash_num_perm, m.minhash_ngram) for n, m in inputs.items()})
+    config = replace(config, dedup=replace(config.dedup, num_perm=num_perm, ngram=ngram))
+    version = content_version(code_version, [(n, m.version) for n, m in inputs.items()], *settings)
+    folder = Path(curated_root) / version
+    with steps.step("curate"):
+        result = curate_files([m.path for m in inputs.values()], folder / "conversations.parquet", config)
+    if result.n_in != result.n_kept + len(result.removed):  # curation guarantees it; a bug must not pass silently
+        raise AssertionError(f"curation lost records: {result.n_in} in, {result.n_kept} kept, {len(result.removed)} removed")
+    with steps.step("write_removed"):
+        removed_path = write_parquet(result.removed, folder / "removed.parquet")
+    manifest = CuratedManifest.of(version, str(result.output_path), str(removed_path), config.dedup)
+    write_manifest(curated_root, manifest)
+    with steps.step("data_version"):
+        hashes = pq.read_table(result.output_path, columns=["exact_hash"]).column("exact_hash").to_pylist() if result.n_kept else []
+        data_version = content_version(version, hash_values(hashes))
+    with steps.step("check_no_pii_left"):
+        scan = scan_dataset_for_pii(result.output_path, pii)
+    with steps.step("check_no_duplicates_left"):
+        left = duplicates_left(result.output_path, config.dedup)
+    return CuratedDatasetResult(manifest, result, list(inputs), missing, scan, left, data_version, steps)

@@ -23,9 +23,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import pandas as pd
+
+from ft_pipeline.lib.manifests import ParsedManifest, write_manifest
+from ft_pipeline.lib.pii import scrub_pii
+from ft_pipeline.lib.storage import content_version, file_sha256, write_parquet
+from ft_pipeline.lib.timing import StepTimes
 
 ROLES = ("system", "user", "assistant")
 
@@ -493,4 +498,88 @@ def conversation_from_row(row: dict[str, Any]) -> Conversation:
         edited=row.get("edited"),
         tags=tuple(row.get("tags") or ()),
         metadata=json.loads(metadata) if isinstance(metadata, str) else {},
+    )
+
+
+@dataclass
+class IngestResult:
+    """What :func:`ingest_log_file` wrote for one landed file, and its counts."""
+
+    version: str
+    parsed_path: Path
+    quarantine_path: Path
+    source_sha256: str
+    n_records: int
+    blank_lines: int
+    records: pd.DataFrame
+    """The parsed records as stored (scrubbed)."""
+    quarantine: pd.DataFrame
+    """The quarantine rows as stored (raw text and detail scrubbed)."""
+    quarantine_counts: dict[str, int]
+    source_formats: dict[str, int]
+    pii_counts: dict[str, int]
+    """PII replaced in the parsed records, per type."""
+    steps: StepTimes
+    """Seconds per step (read, hash, scrub, write), for the benchmark."""
+
+
+def ingest_log_file(
+    path: str | Path,
+    source_name: str,
+    parsed_folder: str | Path,
+    quarantine_path: str | Path,
+    *,
+    read_config: ReadConfig = DEFAULT_READ_CONFIG,
+    scrub: Any = None,
+    code_version: str = "",
+    policy_version: Sequence[Any] = (),
+) -> IngestResult:
+    """The ``raw_conversation_logs`` stage for one local file: parse it (bad records quarantined,
+    never raising for bad data), store the parsed records scrubbed as
+    ``parsed_folder/<version>.parquet``, the quarantine (raw text and detail scrubbed) at
+    ``quarantine_path``, and a :class:`~ft_pipeline.lib.manifests.ParsedManifest` in
+    ``parsed_folder``. Nothing written holds raw personal data.
+
+    ``scrub`` is a :class:`ft_pipeline.lib.cleaning.ScrubConfig` (default: the default policy);
+    ``code_version`` and ``policy_version`` (the PII policy's version parts) go into the version
+    with the file's SHA-256 and the read limits.
+    """
+    # cleaning imports this module (gc_paused, the record columns), so its scrubber is imported here.
+    from ft_pipeline.lib.cleaning import DEFAULT_SCRUB_CONFIG, scrub_parsed_records
+
+    scrub = scrub or DEFAULT_SCRUB_CONFIG
+    steps = StepTimes()
+    with steps.step("read_log_file"):
+        result = read_log_file(path, read_config, source_name=source_name)
+    with steps.step("file_sha256"):
+        source_sha256 = file_sha256(path)
+    version = content_version(code_version, source_sha256, read_config.max_record_bytes, *policy_version)
+    with steps.step("scrub_parsed"):
+        scrubbed = scrub_parsed_records(result.conversations, scrub)
+    with steps.step("write_parsed"):
+        parsed_path = write_parquet(scrubbed.records, Path(parsed_folder) / f"{version}.parquet")
+    with steps.step("write_quarantine"):
+        # The quarantine's raw text is kept for people to inspect: scrubbed, as is its detail.
+        quarantine = result.quarantine.copy()
+        if scrub.enabled:
+            for column in ("raw_text", "detail"):
+                quarantine[column] = [scrub_pii(str(text), scrub.pii)[0] for text in quarantine[column]]
+        stored_quarantine_path = write_parquet(quarantine, quarantine_path)
+    write_manifest(
+        parsed_folder,
+        ParsedManifest(version=version, path=str(parsed_path), quarantine_path=str(stored_quarantine_path), source=source_name),
+    )
+    return IngestResult(
+        version=version,
+        parsed_path=parsed_path,
+        quarantine_path=stored_quarantine_path,
+        source_sha256=source_sha256,
+        n_records=result.n_records,
+        blank_lines=result.blank_lines,
+        records=scrubbed.records,
+        quarantine=quarantine,
+        quarantine_counts=result.quarantine_counts,
+        source_formats=dict(Counter(result.conversations["source_format"])),
+        pii_counts=dict(sorted(scrubbed.pii_counts.items())),
+        steps=steps,
     )

@@ -36,7 +36,16 @@ from ft_pipeline.lib.dedup import (
     shingles,
     signatures_from_bytes,
 )
-from ft_pipeline.lib.openai_format import MIN_TRAINING_EXAMPLES, to_openai_record
+from ft_pipeline.lib.manifests import CuratedManifest, SplitsManifest, write_manifest
+from ft_pipeline.lib.openai_format import (
+    DEFAULT_OPENAI_FINE_TUNING_MODEL,
+    MIN_TRAINING_EXAMPLES,
+    FormatReport,
+    to_openai_record,
+    validate_jsonl_file,
+)
+from ft_pipeline.lib.storage import content_version, hash_values
+from ft_pipeline.lib.timing import StepTimes
 
 SPLIT_NAMES = ("train", "validation", "test")
 
@@ -423,3 +432,92 @@ def check_min_sizes(sizes: dict[str, int], minimums: dict[str, int]) -> list[str
         for name, minimum in minimums.items()
         if sizes.get(name, 0) < minimum
     ]
+
+
+@dataclass
+class SplitStats:
+    """One split as written: its size and shape, for the asset's metadata."""
+
+    rows: int
+    share: float
+    groups: int
+    largest_group: int
+    tags: dict[str, int]
+    parquet_path: str
+    jsonl_path: str
+    sample: pd.DataFrame | None
+    """The first two rows of the written Parquet file (``None`` for an empty split)."""
+    data_version: str
+
+
+@dataclass
+class SplitsResult:
+    """What :func:`make_splits` wrote and the outcomes of the splits' checks."""
+
+    manifest: SplitsManifest
+    splits: dict[str, SplitStats]
+    sizes: dict[str, int]
+    leakage: LeakageReport
+    leakage_dedup: DedupConfig
+    """The near-duplicate parameters the leakage check used: the curated dataset's."""
+    size_failures: list[str]
+    """Human-readable failures of the minimum sizes (empty when all hold)."""
+    formats: dict[str, FormatReport]
+    """``train`` and ``validation`` JSONL against the OpenAI fine-tuning format and token limit."""
+    steps: StepTimes
+
+
+def make_splits(
+    curated: CuratedManifest,
+    splits_root: str | Path,
+    config: SplitConfig = DEFAULT_SPLIT_CONFIG,
+    *,
+    openai_model: str = DEFAULT_OPENAI_FINE_TUNING_MODEL,
+    code_version: str = "",
+    settings: Sequence[Any] = (),
+) -> SplitsResult:
+    """The ``dataset_splits`` stage: assign the curated conversations to splits by group, stream
+    them into ``splits_root/<version>/{train,validation,test}.{parquet,jsonl}``, write a
+    :class:`SplitsManifest` in ``splits_root``, and run the checks: leakage (with the
+    near-duplicate parameters ``curated`` was deduplicated with), minimum sizes, and the OpenAI
+    format of the train and validation JSONL against ``openai_model``'s token limit."""
+    steps = StepTimes()
+    # Only the small columns are read: grouping, assignment and the leakage report need no text,
+    # and the files are written by streaming the curated dataset batch by batch.
+    with steps.step("read_curated"):
+        frame = pq.read_table(curated.path, columns=SPLIT_INPUT_COLUMNS).to_pandas()
+    with steps.step("assign_splits"):
+        assigned = assign_splits(frame, config)
+    version = content_version(code_version, curated.version, *settings)
+    with steps.step("write_split_files"):
+        paths = write_split_files(curated.path, assigned, Path(splits_root) / version)
+    manifest = SplitsManifest(version=version, curated_version=curated.version, paths=paths)
+    write_manifest(splits_root, manifest)
+    with steps.step("select_splits"):
+        frames = {name: assigned[assigned["split"] == name].reset_index(drop=True) for name in SPLIT_NAMES}
+    sizes = split_sizes(frames)
+    dedup = curated.dedup_config()
+    with steps.step("leakage_report"):
+        leakage = leakage_report(frames, config, dedup, load_texts=parquet_text_loader({n: paths[n]["parquet"] for n in SPLIT_NAMES}))
+    formats = {}
+    for name in ("train", "validation"):
+        with steps.step("validate_jsonl_file"):
+            formats[name] = validate_jsonl_file(paths[name]["jsonl"], model=openai_model, require_min_examples=(name == "train"))
+    with steps.step("split_stats"):
+        stats = {name: _split_stats(frames[name], len(assigned), paths[name], version, name) for name in SPLIT_NAMES}
+    return SplitsResult(manifest, stats, sizes, leakage, dedup, check_min_sizes(sizes, config.min_sizes()), formats, steps)
+
+
+def _split_stats(frame: pd.DataFrame, total: int, paths: dict[str, Any], version: str, name: str) -> SplitStats:
+    empty = not len(frame)
+    return SplitStats(
+        rows=len(frame),
+        share=round(len(frame) / max(1, total), 4),
+        groups=0 if empty else int(frame["split_group"].nunique()),
+        largest_group=0 if empty else int(frame["split_group"].value_counts().max()),
+        tags={} if empty else frame["tags"].explode().value_counts().to_dict(),
+        parquet_path=paths["parquet"],
+        jsonl_path=paths["jsonl"],
+        sample=None if empty else pq.ParquetFile(paths["parquet"]).read_row_group(0).slice(0, 2).to_pandas(),
+        data_version=content_version(version, name, hash_values(frame["exact_hash"])),
+    )
