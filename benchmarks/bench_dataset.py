@@ -10,19 +10,21 @@ What it measures
    exact duplicates (in another file), ~1 % near duplicates (a few words changed), ~0.5 % prefix
    duplicates, ~0.3 % branch duplicates (regenerated last reply), ~2 % of messages with PII
    (emails, phone numbers, card numbers) and ~0.5 % lines of broken JSON.
-2. Runs the dataset stages the way the Dagster assets do (ft_pipeline/defs/*.py, step by step;
-   only Dagster's bookkeeping is left out):
+2. Runs the dataset stages through the stage services the Dagster assets call (one lib entry
+   point per stage; only Dagster's bookkeeping, metadata values and events, is left out):
    * per file = per partition, in a ``spawn`` multiprocessing Pool of ``--workers`` processes
-     (Dagster runs partitions in parallel): ``raw_conversation_logs`` (``read_log_file``, the
-     file's SHA-256 for the version, parsed and scrubbed quarantine Parquet, ``latest.json``) and
-     ``cleaned_conversations`` (parsed Parquet read back through the pointer,
-     ``clean_conversations``, kept and filtered Parquet, pointer, data version);
-   * the fan-in ``curated_dataset``: ``curate`` over every cleaned file, removed.parquet, pointer,
-     data version (the asset checks, a PII re-scan and a dedup re-run, are not measured);
-   * ``dataset_splits``: only ``SPLIT_INPUT_COLUMNS`` of the curated file are read,
-     ``assign_splits``, ``write_split_files`` (streams split Parquet + OpenAI JSONL),
-     ``leakage_report`` with ``parquet_text_loader``, ``check_min_sizes``,
-     ``validate_jsonl_file`` (train, validation) and the per-split metadata.
+     (Dagster runs partitions in parallel): ``raw_conversation_logs`` = ``records.ingest_log_file``
+     (parse, the file's SHA-256 for the version, parsed records scrubbed, scrubbed quarantine,
+     manifest) and ``cleaned_conversations`` = ``cleaning.clean_partition`` (parsed Parquet read
+     back through its manifest, ``clean_conversations``, kept and filtered Parquet, manifest,
+     data version);
+   * the fan-in ``curated_dataset`` = ``curation.curate``: global dedup over every cleaned file,
+     removed.parquet, manifest, data version and the asset's checks (a PII re-scan and a dedup
+     re-run, shown as their own steps);
+   * ``dataset_splits`` = ``splits.make_splits``: only ``SPLIT_INPUT_COLUMNS`` of the curated file
+     are read, ``assign_splits``, ``write_split_files`` (streams split Parquet + OpenAI JSONL),
+     ``leakage_report`` with the curated dataset's dedup parameters, minimum sizes,
+     ``validate_jsonl_file`` (train, validation) and the per-split metadata figures.
 3. Prints per stage and step: wall seconds and CPU seconds (CPU of the processes doing the work,
    all threads), conversations per second of each; END TO END conversations/second (pool start ->
    splits done, over the N input records) in wall time and per CPU second; peak RSS (parent
@@ -426,16 +428,16 @@ def generate_file(plan: FilePlan) -> dict[str, Any]:
 
 # ======================================================================= per-file stages
 
-PARSE_STEPS = ("read_log_file", "file_sha256", "write_parsed", "write_quarantine")
+# The steps of ingest_log_file (raw_conversation_logs); the rest of a task's steps are clean_partition's.
+PARSE_STEPS = ("read_log_file", "file_sha256", "scrub_parsed", "write_parsed", "write_quarantine")
 
-# The assets' code versions (ft_pipeline/defs/raw_logs.py, cleaned.py, splits.py): they only feed
-# the version hashes, so they are copied here to keep dagster out of the worker processes.
-RAW_CODE_VERSION = "1"
-CLEANED_CODE_VERSION = "2"
-CURATED_CODE_VERSION = "2"
+# The assets' code versions (ft_pipeline/defs/raw_logs.py, cleaned.py, curated.py, splits.py): they
+# only feed the version hashes, so they are copied here to keep dagster out of the worker processes.
+RAW_CODE_VERSION = "3"
+CLEANED_CODE_VERSION = "3"
+CURATED_CODE_VERSION = "3"
 SPLITS_CODE_VERSION = "2"
 OPENAI_MODEL = DEFAULT_OPENAI_FINE_TUNING_MODEL  # openai_fine_tuning.model's default
-MIN_SPLIT_SIZES = {"train": 10, "validation": 1, "test": 1}  # SplitRunConfig's defaults
 
 
 def _cleaning_config_dump() -> dict[str, Any]:
@@ -448,80 +450,42 @@ def _cleaning_config_dump() -> dict[str, Any]:
 
 
 def process_file(args: tuple[str, str]) -> dict[str, Any]:
-    """One partition, as ``raw_conversation_logs`` + ``cleaned_conversations`` run it (in a worker).
-
-    Mirrors ft_pipeline/defs/raw_logs.py and defs/cleaned.py step by step: parse, version from the
-    file's SHA-256, parsed + scrubbed quarantine Parquet, ``latest.json``; then the parsed Parquet
-    read back through the pointer, ``clean_conversations``, kept + filtered Parquet, pointer, and
-    the data version (hash of the kept rows' exact hashes). Only Dagster's own bookkeeping
-    (metadata values, events) is left out."""
-    from collections import Counter as _Counter
-
-    import pandas as pd
-
-    from ft_pipeline.lib.cleaning import CleaningConfig, clean_conversations
-    from ft_pipeline.lib.pii import scrub_pii
-    from ft_pipeline.lib.records import ReadConfig, read_log_file
-    from ft_pipeline.lib.storage import (
-        content_version,
-        file_sha256,
-        hash_values,
-        read_latest,
-        safe_name,
-        write_latest,
-        write_parquet,
-    )
+    """One partition, as ``raw_conversation_logs`` + ``cleaned_conversations`` run it (in a worker):
+    the assets' stage services ``ingest_log_file`` and ``clean_partition``, with the default PII
+    policy and configs. Only Dagster's own bookkeeping (metadata values, events) is left out."""
+    from ft_pipeline.lib.cleaning import clean_partition
+    from ft_pipeline.lib.records import ingest_log_file
+    from ft_pipeline.lib.storage import safe_name
 
     raw_path, out_dir = args
     out = Path(out_dir)
     path = Path(raw_path)
     name = path.name
-    timings: dict[str, float] = {}
-
-    def timed(key: str, fn, *a, **kw):
-        w, c = time.perf_counter(), time.process_time()
-        value = fn(*a, **kw)
-        timings[key + "_wall"] = timings.get(key + "_wall", 0.0) + time.perf_counter() - w
-        timings[key + "_cpu"] = timings.get(key + "_cpu", 0.0) + time.process_time() - c
-        return value
+    parsed_folder, cleaned_folder = out / "parsed" / safe_name(name), out / "cleaned" / safe_name(name)
 
     # ---- raw_conversation_logs (defs/raw_logs.py)
     w0, c0 = time.perf_counter(), time.process_time()
-    read_config = ReadConfig()
-    result = timed("read_log_file", read_log_file, path, read_config, source_name=name)
-    version = timed("file_sha256", lambda: content_version(RAW_CODE_VERSION, file_sha256(path), read_config.max_record_bytes))
-    folder = out / "parsed" / safe_name(name)
-    parsed_path = timed("write_parsed", write_parquet, result.conversations, folder / f"{version}.parquet")
-
-    def write_quarantine():
-        quarantine = result.quarantine.copy()
-        quarantine["raw_text"] = [scrub_pii(text)[0] for text in quarantine["raw_text"]]
-        return write_parquet(quarantine, out / "quarantine" / f"{safe_name(name)}.parquet")
-
-    quarantine_path = timed("write_quarantine", write_quarantine)
-    write_latest(folder, version, path=str(parsed_path), quarantine_path=str(quarantine_path), source=name)
-    quarantine_counts = result.quarantine_counts
-    n_records, blank_lines, n_parsed = result.n_records, result.blank_lines, len(result.conversations)
-    formats = dict(_Counter(result.conversations["source_format"]))
-    del result  # the asset returns here: its frames are gone before the next asset runs
+    ingested = ingest_log_file(
+        path, name, parsed_folder, out / "quarantine" / f"{safe_name(name)}.parquet", code_version=RAW_CODE_VERSION
+    )
+    timings = _step_timings(ingested.steps)
+    n_records, blank_lines, n_parsed = ingested.n_records, ingested.blank_lines, len(ingested.records)
+    quarantine_counts, formats = ingested.quarantine_counts, ingested.source_formats
+    del ingested  # the asset returns here: its frames are gone before the next asset runs
     w1, c1 = time.perf_counter(), time.process_time()
 
     # ---- cleaned_conversations (defs/cleaned.py)
-    pointer = read_latest(out / "parsed" / safe_name(name))
-    parsed = timed("read_parsed", pd.read_parquet, pointer["path"])
-    cleaned = timed("clean_conversations", clean_conversations, parsed, CleaningConfig())
-    version = content_version(CLEANED_CODE_VERSION, pointer["version"], _cleaning_config_dump())
-    folder = out / "cleaned" / safe_name(name)
-    kept_path = timed("write_cleaned", write_parquet, cleaned.kept, folder / f"{version}.parquet")
-    filtered_path = timed("write_filtered", write_parquet, cleaned.filtered, folder / f"{version}.filtered.parquet")
-    write_latest(folder, version, path=str(kept_path), filtered_path=str(filtered_path), parsed_version=pointer["version"])
-    assert cleaned.n_in == len(parsed) == n_parsed, "cleaning lost records"
-    timed("data_version", lambda: content_version(version, hash_values(cleaned.kept["exact_hash"]) if len(cleaned.kept) else ""))
+    result = clean_partition(
+        parsed_folder, cleaned_folder, code_version=CLEANED_CODE_VERSION, settings=(_cleaning_config_dump(),)
+    )
+    timings.update(_step_timings(result.steps))
+    cleaned = result.cleaned
+    assert result.n_in == n_parsed, "cleaning lost records"
     w2, c2 = time.perf_counter(), time.process_time()
 
     return {
         "file": name,
-        "kept_path": str(kept_path),
+        "cleaned_folder": str(cleaned_folder),
         "n_records": n_records,
         "blank_lines": blank_lines,
         "parsed": n_parsed,
@@ -539,6 +503,11 @@ def process_file(args: tuple[str, str]) -> dict[str, Any]:
         "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
         "pid": os.getpid(),
     }
+
+
+def _step_timings(steps: Any) -> dict[str, float]:
+    """A service's StepTimes as ``{step_wall: s, step_cpu: s}``."""
+    return {**{f"{k}_wall": v for k, v in steps.wall.items()}, **{f"{k}_cpu": v for k, v in steps.cpu.items()}}
 
 
 def _worker_cpu(_: Any = None) -> tuple[int, float]:
@@ -581,31 +550,26 @@ class _Steps:
         note_peak(key)
         return value
 
+    def absorb(self, steps: Any) -> None:
+        """Add a stage service's own step times (``ft_pipeline.lib.timing.StepTimes``)."""
+        for key, wall in steps.wall.items():
+            self.wall[key] = self.wall.get(key, 0.0) + wall
+            self.cpu[key] = self.cpu.get(key, 0.0) + steps.cpu[key]
 
-def curate_stage(cleaned_paths: list[str], out: Path) -> tuple[Any, _Steps]:
-    """curated_dataset (defs/curated.py): curate, removed.parquet, pointer, data version.
 
-    The asset's checks (fresh PII scan, dedup re-run) are not part of the measured path."""
+def curate_stage(cleaned_folders: dict[str, str], out: Path) -> tuple[Any, _Steps]:
+    """curated_dataset (defs/curated.py): the stage service ``curate`` (global dedup, token
+    counts, removed.parquet, manifest, data version, and the asset's checks: a fresh PII scan and
+    a dedup re-run, shown as their own steps)."""
     steps = _Steps()
     # First use in this process: the import time is part of the stage (shown as its own step).
     steps("imports", lambda: [__import__(m) for m in ("pyarrow.parquet", "ft_pipeline.lib.curation", "ft_pipeline.lib.storage")])
-    import pyarrow.parquet as pq
-
     from ft_pipeline.lib.curation import curate
-    from ft_pipeline.lib.storage import content_version, hash_values, write_latest, write_parquet
 
-    version = content_version(CURATED_CODE_VERSION, cleaned_paths)
-    folder = out / "curated" / version
-    result = steps("curate", curate, cleaned_paths, folder / "conversations.parquet")
-    removed_path = steps("write_removed", write_parquet, result.removed, folder / "removed.parquet")
-    write_latest(out / "curated", version, path=str(result.output_path), removed_path=str(removed_path))
-
-    def data_version():
-        hashes = pq.read_table(result.output_path, columns=["exact_hash"]).column("exact_hash").to_pylist() if result.n_kept else []
-        return content_version(version, hash_values(hashes))
-
-    steps("data_version", data_version)
-    return result, steps
+    curated = curate(cleaned_folders, out / "curated", code_version=CURATED_CODE_VERSION)
+    note_peak("curate")
+    steps.absorb(curated.steps)
+    return curated, steps
 
 
 # Parent peak RSS (ru_maxrss, GB) right after each fan-in step: shows which step raised the peak.
@@ -616,72 +580,24 @@ def note_peak(step: str) -> None:
     PARENT_PEAK_AFTER[step] = gib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
-def splits_stage(curated_path: Path, out: Path) -> tuple[dict[str, Any], _Steps]:
-    """dataset_splits, as ft_pipeline/defs/splits.py runs it: only SPLIT_INPUT_COLUMNS are read,
-    ``assign_splits``, ``write_split_files`` streams the curated file into split Parquet + OpenAI
-    JSONL, ``leakage_report`` on the small columns (texts through ``parquet_text_loader``),
-    ``check_min_sizes``, ``validate_jsonl_file`` (train, validation) and the per-split metadata
-    the asset computes (groups, largest group, tags, sample, data version)."""
+def splits_stage(curated_manifest: Any, out: Path) -> tuple[dict[str, Any], _Steps]:
+    """dataset_splits (defs/splits.py): the stage service ``make_splits`` (only
+    SPLIT_INPUT_COLUMNS are read, ``assign_splits``, split Parquet + OpenAI JSONL streamed,
+    manifest, ``leakage_report`` with the curated dataset's dedup parameters, minimum sizes,
+    ``validate_jsonl_file`` for train and validation, and the per-split figures of the metadata)."""
     steps = _Steps()
     steps("imports", lambda: [__import__(m) for m in ("ft_pipeline.lib.openai_format", "ft_pipeline.lib.splits")])
-    import pyarrow.parquet as pq
+    from ft_pipeline.lib.splits import make_splits
 
-    from ft_pipeline.lib.dedup import DedupConfig
-    from ft_pipeline.lib.openai_format import validate_jsonl_file
-    from ft_pipeline.lib.splits import (
-        SPLIT_INPUT_COLUMNS,
-        SPLIT_NAMES,
-        SplitConfig,
-        assign_splits,
-        check_min_sizes,
-        leakage_report,
-        parquet_text_loader,
-        split_sizes,
-        write_split_files,
-    )
-    from ft_pipeline.lib.storage import content_version, hash_values, write_latest
-
-    curated = steps("read_curated", lambda: pq.read_table(curated_path, columns=SPLIT_INPUT_COLUMNS).to_pandas())
-    split_config = SplitConfig()
-    assigned = steps("assign_splits", assign_splits, curated, split_config)
-    version = content_version(SPLITS_CODE_VERSION, str(curated_path), {})
-    folder = out / "splits" / version
-    paths = steps("write_split_files", write_split_files, curated_path, assigned, folder)
-    write_latest(out / "splits", version, paths=paths)
-    frames = steps(
-        "select_splits", lambda: {name: assigned[assigned["split"] == name].reset_index(drop=True) for name in SPLIT_NAMES}
-    )
-    sizes = split_sizes(frames)
-    leakage = steps(
-        "leakage_report",
-        leakage_report,
-        frames,
-        split_config,
-        DedupConfig(),
-        load_texts=parquet_text_loader({n: paths[n]["parquet"] for n in SPLIT_NAMES}),
-    )
-    size_failures = check_min_sizes(sizes, MIN_SPLIT_SIZES)
-    formats = {
-        name: steps("validate_jsonl_file", validate_jsonl_file, paths[name]["jsonl"], model=OPENAI_MODEL, require_min_examples=(name == "train"))
-        for name in ("train", "validation")
-    }
-
-    def asset_metadata():
-        for name in SPLIT_NAMES:
-            frame = frames[name]
-            if len(frame):
-                int(frame["split_group"].nunique())
-                int(frame["split_group"].value_counts().max())
-                frame["tags"].explode().value_counts().to_dict()
-                pq.ParquetFile(paths[name]["parquet"]).read_row_group(0).slice(0, 2).to_pandas()
-            content_version(version, name, hash_values(frame["exact_hash"]))
-
-    steps("asset_metadata", asset_metadata)
+    result = make_splits(curated_manifest, out / "splits", openai_model=OPENAI_MODEL, code_version=SPLITS_CODE_VERSION)
+    note_peak("make_splits")
+    steps.absorb(result.steps)
+    formats = result.formats
     info = {
-        "sizes": sizes,
-        "size_failures": size_failures,
-        "leakage": leakage.to_dict(),
-        "leaked": leakage.leaked,
+        "sizes": result.sizes,
+        "size_failures": result.size_failures,
+        "leakage": result.leakage.to_dict(),
+        "leaked": result.leakage.leaked,
         "openai_format_ok": {name: bool(getattr(r, "ok", False)) for name, r in formats.items()},
         "openai_format_errors": {name: _jsonable(getattr(r, "format_errors", None)) for name, r in formats.items()},
         "openai_format_problems": {
@@ -690,7 +606,7 @@ def splits_stage(curated_path: Path, out: Path) -> tuple[dict[str, Any], _Steps]
             if not r.ok
         },
     }
-    del curated, assigned, frames
+    del result
     return info, steps
 
 
@@ -873,12 +789,13 @@ def run(args: argparse.Namespace, out: Path, load_start: tuple[float, float, flo
     per_file, pool_wall, pool_cpu = run_pool(process_file, tasks, workers)
     per_file.sort(key=lambda r: r["file"])
 
-    cleaned_paths = [r["kept_path"] for r in per_file]
+    cleaned_folders = {r["file"]: r["cleaned_folder"] for r in per_file}
     t_curate_start, c_curate_start = time.perf_counter(), time.process_time()
-    curation, t_curate = curate_stage(cleaned_paths, out)
+    curated, t_curate = curate_stage(cleaned_folders, out)
+    curation = curated.curation
     t_curated, c_curated = time.perf_counter(), time.process_time()
 
-    split_info, t_splits = splits_stage(curation.output_path, out)
+    split_info, t_splits = splits_stage(curated.manifest, out)
     t_end, c_end = time.perf_counter(), time.process_time()
     e2e = t_end - t_start
     load_end = os.getloadavg()
@@ -937,7 +854,7 @@ def run(args: argparse.Namespace, out: Path, load_start: tuple[float, float, flo
     rows += [[f"    {k[:-4]}", None, detail[k[:-4] + "_wall"], None, v, None] for k, v in detail.items() if k.endswith("_cpu") and k[:-4] in PARSE_STEPS]
     rows.append(["  clean: cleaned_conversations (task sum)", parsed, clean_task, None, clean_cpu, rate(parsed, clean_cpu)])
     rows += [[f"    {k[:-4]}", None, detail[k[:-4] + "_wall"], None, v, None] for k, v in detail.items() if k.endswith("_cpu") and k[:-4] not in PARSE_STEPS]
-    rows.append(["curate (curated_dataset)", cleaned_kept, curate_wall, rate(cleaned_kept, curate_wall), curate_cpu, rate(cleaned_kept, curate_cpu)])
+    rows.append(["curate (curated_dataset, checks included)", cleaned_kept, curate_wall, rate(cleaned_kept, curate_wall), curate_cpu, rate(cleaned_kept, curate_cpu)])
     rows += [[f"  {k}", None, v, None, t_curate.cpu[k], None] for k, v in t_curate.wall.items()]
     rows.append(["splits (dataset_splits)", curation.n_kept, splits_wall, rate(curation.n_kept, splits_wall), splits_cpu, rate(curation.n_kept, splits_cpu)])
     rows += [[f"  {k}", None, v, None, t_splits.cpu[k], None] for k, v in t_splits.wall.items()]
@@ -948,6 +865,12 @@ def run(args: argparse.Namespace, out: Path, load_start: tuple[float, float, flo
         f"{e2e_cpu / e2e:.2f} cores busy on average of {os.cpu_count()}"
     )
     print(f"load average at start {load_start[0]:.2f}, at end {load_end[0]:.2f} ({os.cpu_count()} CPUs; other jobs on the machine slow the figures)")
+    checks = [k for k in t_curate.wall if k.startswith("check_")]
+    check_wall = sum(t_curate.wall[k] for k in checks)
+    print(
+        f"curate without its checks ({', '.join(checks)}): {curate_wall - check_wall:.1f} s wall, "
+        f"{rate(cleaned_kept, curate_wall - check_wall) or 0:,.0f} conv/s (the figure before the checks were part of the stage)"
+    )
 
     print("\n== Peak RSS ==")
     print(table(
