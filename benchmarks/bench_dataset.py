@@ -431,7 +431,7 @@ def generate_file(plan: FilePlan) -> dict[str, Any]:
 # The steps of ingest_log_file (raw_conversation_logs); the rest of a task's steps are clean_partition's.
 PARSE_STEPS = ("read_log_file", "file_sha256", "scrub_parsed", "write_parsed", "write_quarantine")
 
-# The assets' code versions (ft_pipeline/defs/raw_logs.py, cleaned.py, curated.py, splits.py): they
+# The assets' code versions (ft_pipeline/defs/records.py, cleaning.py, curation.py, splits.py): they
 # only feed the version hashes, so they are copied here to keep dagster out of the worker processes.
 RAW_CODE_VERSION = "3"
 CLEANED_CODE_VERSION = "3"
@@ -463,7 +463,7 @@ def process_file(args: tuple[str, str]) -> dict[str, Any]:
     name = path.name
     parsed_folder, cleaned_folder = out / "parsed" / safe_name(name), out / "cleaned" / safe_name(name)
 
-    # ---- raw_conversation_logs (defs/raw_logs.py)
+    # ---- raw_conversation_logs (defs/records.py)
     w0, c0 = time.perf_counter(), time.process_time()
     ingested = ingest_log_file(
         path, name, parsed_folder, out / "quarantine" / f"{safe_name(name)}.parquet", code_version=RAW_CODE_VERSION
@@ -474,7 +474,7 @@ def process_file(args: tuple[str, str]) -> dict[str, Any]:
     del ingested  # the asset returns here: its frames are gone before the next asset runs
     w1, c1 = time.perf_counter(), time.process_time()
 
-    # ---- cleaned_conversations (defs/cleaned.py)
+    # ---- cleaned_conversations (defs/cleaning.py)
     result = clean_partition(
         parsed_folder, cleaned_folder, code_version=CLEANED_CODE_VERSION, settings=(_cleaning_config_dump(),)
     )
@@ -558,7 +558,7 @@ class _Steps:
 
 
 def curate_stage(cleaned_folders: dict[str, str], out: Path) -> tuple[Any, _Steps]:
-    """curated_dataset (defs/curated.py): the stage service ``curate`` (global dedup, token
+    """curated_dataset (defs/curation.py): the stage service ``curate`` (global dedup, token
     counts, removed.parquet, manifest, data version, and the asset's checks: a fresh PII scan and
     a dedup re-run, shown as their own steps)."""
     steps = _Steps()

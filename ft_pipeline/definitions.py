@@ -6,9 +6,9 @@ import os
 
 import dagster as dg
 
-from ft_pipeline.defs.cleaned import cleaned_conversations
-from ft_pipeline.defs.curated import curated_dataset
-from ft_pipeline.defs.raw_logs import raw_conversation_logs
+from ft_pipeline.defs.cleaning import cleaned_conversations
+from ft_pipeline.defs.curation import curated_dataset
+from ft_pipeline.defs.records import raw_conversation_logs
 from ft_pipeline.defs.automation import FailureNotifier, make_new_log_files_sensor, make_nightly_retrain_schedule, record_run_failures
 from ft_pipeline.defs.evaluation import evaluation_report, promoted_model
 from ft_pipeline.defs.resources import ModelRegistryResource, OpenAIFineTuningResource, PiiPolicy, PipelineStorage, RawLogStore

@@ -108,7 +108,7 @@ def test_sensor_and_ingest_from_object_storage(instance, tmp_path):
 
     import fsspec
 
-    from ft_pipeline.defs.raw_logs import raw_conversation_logs
+    from ft_pipeline.defs.records import raw_conversation_logs
     from ft_pipeline.lib.sample_data import build_sample
     from ft_pipeline_tests.conftest import resources_for
 
@@ -142,7 +142,7 @@ def test_sensor_and_ingest_from_object_storage(instance, tmp_path):
 def test_sensor_skips_files_already_ingested_with_the_same_content(instance, tmp_path):
     """Files ingested before the sensor was turned on (by hand, a backfill, `ft-pipeline run`) get
     no second run; the same name with new content does."""
-    from ft_pipeline.defs.raw_logs import raw_conversation_logs
+    from ft_pipeline.defs.records import raw_conversation_logs
     from ft_pipeline.lib.sample_data import build_sample
     from ft_pipeline_tests.conftest import resources_for
 
