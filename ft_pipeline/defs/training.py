@@ -1,9 +1,7 @@
 """fine_tuned_model: local LoRA/QLoRA through Dagster Pipes, or an OpenAI fine-tuning job."""
 
-import json
 import sys
 import warnings
-from pathlib import Path
 from typing import Literal
 
 import dagster as dg
@@ -11,10 +9,12 @@ from pydantic import Field
 
 from ft_pipeline.defs.metadata import png_markdown
 from ft_pipeline.defs.resources import OpenAIFineTuningResource, PipelineStorage
-from ft_pipeline.lib.storage import content_version, portable_path, read_latest, write_latest, write_text
-from ft_pipeline.lib.training.lora import LoraTrainingConfig, run_key
+from ft_pipeline.lib.manifests import SplitsManifest
+from ft_pipeline.lib.storage import content_version
+from ft_pipeline.lib.training.fine_tune import fine_tune_openai, prepare_local_run, read_splits, record_local_run
+from ft_pipeline.lib.training.lora import LoraTrainingConfig
+from ft_pipeline.lib.training.openai_job import FineTuneError, OpenAIFineTuneConfig, cancel_job
 from ft_pipeline.lib.training.record import DEFAULT_BACKEND
-from ft_pipeline.lib.training.openai_job import FineTuneError, OpenAIFineTuneConfig, cancel_job, run_fine_tune
 
 TRAINING_CODE_VERSION = "2"
 _LORA = LoraTrainingConfig()
@@ -101,11 +101,11 @@ class FineTuneConfig(dg.Config):
         )
 
 
-def _splits(storage: PipelineStorage) -> dict:
-    pointer = read_latest(storage.folder("splits"))
-    if pointer is None:
+def _splits(storage: PipelineStorage) -> SplitsManifest:
+    splits = read_splits(storage.folder("splits"))
+    if splits is None:
         raise dg.Failure(description="the splits have not been materialized yet")
-    return pointer
+    return splits
 
 
 @dg.asset(
@@ -129,34 +129,17 @@ def fine_tuned_model(
     (QLoRA 4-bit on CUDA) in its own process through Dagster Pipes, assistant-only loss, packing,
     early stopping on validation loss, checkpoints per run key (a retry resumes). ``openai``: an
     idempotent OpenAI fine-tuning job (re-attached by run key), polled with backoff, events
-    streamed into the log. Writes ``models/<run_key>/model.json`` describing how to call it."""
+    streamed into the log. Writes ``models/<run_key>/model.json`` (a ModelRecord, also
+    ``models/latest.json``) describing how to load or call it."""
     splits = _splits(storage)
-    data_version = splits["version"]
     if config.backend == "local_lora":
-        return _train_local(context, config, storage, local_trainer, splits, data_version)
-    return _train_openai(context, config, storage, openai_fine_tuning, splits, data_version)
+        return _train_local(context, config, storage, local_trainer, splits)
+    return _train_openai(context, config, storage, openai_fine_tuning, splits)
 
 
-def _write_model_record(storage: PipelineStorage, key: str, record: dict) -> Path:
-    folder = storage.folder("models") / key
-    path = write_text(json.dumps(record, indent=2, default=str) + "\n", folder / "model.json")
-    write_latest(storage.folder("models"), key, path=str(path), backend=record["backend"])
-    return path
-
-
-def _train_local(context, config, storage, local_trainer, splits, data_version) -> dg.MaterializeResult:
-    lora = config.lora()
-    key = run_key(data_version, lora, lora.base_model)
-    output_dir = storage.folder("models") / key
-    extras = {
-        "train_parquet": splits["paths"]["train"]["parquet"],
-        "validation_parquet": splits["paths"]["validation"]["parquet"],
-        "output_dir": str(output_dir),
-        "base_cache_dir": str(storage.folder("base_models")),
-        "data_version": data_version,
-        "config": {k: v for k, v in lora.__dict__.items()},
-    }
-    context.log.info(f"training run {key} into {output_dir}")
+def _train_local(context, config, storage, local_trainer, splits: SplitsManifest) -> dg.MaterializeResult:
+    run = prepare_local_run(splits, config.lora(), storage.folder("models"), storage.folder("base_models"))
+    context.log.info(f"training run {run.key} into {run.output_dir}")
     with warnings.catch_warnings():
         # Dagster's own Pipes session reads a preview property of its reader and warns about it on
         # every run; nothing in this project uses that preview API.
@@ -164,39 +147,22 @@ def _train_local(context, config, storage, local_trainer, splits, data_version) 
         invocation = local_trainer.run(
             command=[sys.executable, "-m", "ft_pipeline.lib.training.pipes_entrypoint"],
             context=context,
-            extras=extras,
+            extras=run.extras,
         )
     messages = invocation.get_custom_messages()
     if not messages:
         raise dg.Failure(description="the trainer process ended without reporting a result")
     summary = messages[-1]
-    metrics = summary["metrics"]
-    record = {
-        "backend": "local_lora",
-        "run_key": key,
-        "base_model": lora.base_model,
-        # Relative to the data directory when the base lives there, so the record survives a move.
-        "base_model_path": portable_path(summary["base_model_ref"], storage.root()),
-        "base_model_hub_id": summary.get("base_model_hub_id"),
-        "adapter_dir": summary["adapter_dir"],
-        "tokenizer_dir": summary["tokenizer_dir"],
-        "merged_dir": summary["merged_dir"],
-        "data_version": data_version,
-        "split_paths": splits["paths"],
-        "config": extras["config"],
-        "config_hash": lora.config_hash(),
-        "metrics": metrics,
-        "adapter_version": summary["adapter_version"],
-    }
-    record_path = _write_model_record(storage, key, record)
+    record, record_file = record_local_run(run, splits, summary, storage.folder("models"), storage.root())
+    metrics = record.metrics
     metadata = {
         "backend": "local_lora",
-        "run_key": key,
-        "base_model": lora.base_model,
-        "data_version": data_version,
-        "config_hash": lora.config_hash(),
+        "run_key": run.key,
+        "base_model": record.base_model,
+        "data_version": record.data_version,
+        "config_hash": record.config_hash,
         "adapter_dir": dg.MetadataValue.path(summary["adapter_dir"]),
-        "model_record": dg.MetadataValue.path(str(record_path)),
+        "model_record": dg.MetadataValue.path(str(record_file)),
         "model_card": dg.MetadataValue.path(summary["model_card"]),
         "resumed_from": summary["resumed_from"] or "",
         "metrics": dg.MetadataValue.json(metrics),
@@ -208,22 +174,14 @@ def _train_local(context, config, storage, local_trainer, splits, data_version) 
     return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(summary["adapter_version"]))
 
 
-def _train_openai(context, config, storage, resource, splits, data_version) -> dg.MaterializeResult:
-    openai_config = config.openai(resource.model)
-    key = content_version("openai", data_version, openai_config.__dict__)
+def _train_openai(context, config, storage, resource, splits: SplitsManifest) -> dg.MaterializeResult:
     client = resource.get_client()
     job_ids: list[str] = []
     metrics: list[dict] = []
     try:
-        result = run_fine_tune(
-            client,
-            Path(splits["paths"]["train"]["jsonl"]),
-            Path(splits["paths"]["validation"]["jsonl"]),
-            key,
-            openai_config,
-            on_log=context.log.info,
-            on_metrics=metrics.append,
-            on_job=job_ids.append,
+        record, result, record_file = fine_tune_openai(
+            client, splits, config.openai(resource.model), storage.folder("models"),
+            on_log=context.log.info, on_metrics=metrics.append, on_job=job_ids.append,
         )
     except FineTuneError as err:
         raise dg.Failure(description=f"OpenAI fine-tuning job failed: {err}", metadata={"job_id": job_ids[-1] if job_ids else ""}) from None
@@ -233,25 +191,10 @@ def _train_openai(context, config, storage, resource, splits, data_version) -> d
             status = cancel_job(client, job_ids[-1])
             context.log.warning(f"run cancelled: remote job {job_ids[-1]} is now {status}")
         raise
-    record = {
-        "backend": "openai",
-        "run_key": key,
-        "base_model": openai_config.model,
-        "remote_model_id": result.fine_tuned_model,
-        "job_id": result.job_id,
-        "data_version": data_version,
-        "split_paths": splits["paths"],
-        "config": openai_config.__dict__,
-        "trained_tokens": result.trained_tokens,
-        "checkpoints": result.checkpoints,
-        "result_metrics": result.result_metrics,
-        "hyperparameters": result.hyperparameters,
-    }
-    record_path = _write_model_record(storage, key, record)
     final = metrics[-1] if metrics else {}
     metadata = {
         "backend": "openai",
-        "run_key": key,
+        "run_key": record.run_key,
         "job_id": result.job_id,
         "fine_tuned_model": result.fine_tuned_model or "",
         "reattached": result.reattached,
@@ -260,8 +203,8 @@ def _train_openai(context, config, storage, resource, splits, data_version) -> d
         "result_metrics": dg.MetadataValue.json(result.result_metrics),
         "hyperparameters": dg.MetadataValue.json(result.hyperparameters),
         "metrics_events": len(metrics),
-        "model_record": dg.MetadataValue.path(str(record_path)),
-        "data_version": data_version,
+        "model_record": dg.MetadataValue.path(str(record_file)),
+        "data_version": record.data_version,
     }
     for name in ("train_loss", "valid_loss", "full_valid_loss"):
         if isinstance(final.get(name), (int, float)):

@@ -1,0 +1,121 @@
+"""The fine-tuning stage's services (the ``fine_tuned_model`` asset's lib side).
+
+Local LoRA: :func:`prepare_local_run` says what the trainer process gets (run key, output folder,
+the Pipes extras), the asset launches it (the launching is Dagster's), and :func:`record_local_run`
+turns the trainer's summary into the :class:`ModelRecord`. OpenAI: :func:`fine_tune_openai` runs
+(or re-attaches to) the job and writes its record.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from ft_pipeline.lib.manifests import ManifestError, SplitsManifest, read_manifest
+from ft_pipeline.lib.storage import content_version, portable_path, read_latest
+from ft_pipeline.lib.training.lora import LoraTrainingConfig, run_key
+from ft_pipeline.lib.training.openai_job import OpenAIFineTuneConfig, OpenAIFineTuneResult, run_fine_tune
+from ft_pipeline.lib.training.record import ModelRecord, record_path, write_model_record
+
+__all__ = ["LocalRun", "fine_tune_openai", "prepare_local_run", "read_splits", "record_local_run"]
+
+
+def read_splits(splits_folder: str | os.PathLike) -> SplitsManifest | None:
+    """The splits the model stages train and evaluate on (``splits/latest.json``); ``None`` before
+    the first split. Every model stage reads them through here."""
+    try:
+        return read_manifest(splits_folder, SplitsManifest)
+    except ManifestError:
+        # Until the splits' writer writes the typed manifest: the untyped pointer it wrote before.
+        pointer = read_latest(splits_folder)
+        if pointer is None or "kind" in pointer or "paths" not in pointer:
+            raise
+        return SplitsManifest(version=pointer["version"], curated_version=pointer.get("curated_version", ""),
+                              paths=pointer["paths"])
+
+
+@dataclass(frozen=True)
+class LocalRun:
+    """One local LoRA training run, before it starts."""
+
+    key: str
+    """The run key: data version, training settings and base model (a retry resumes the same run)."""
+    output_dir: Path
+    config: LoraTrainingConfig
+    extras: dict[str, Any]
+    """What the trainer process reads (``pipes_entrypoint``): split files, folders, settings."""
+
+
+def prepare_local_run(splits: SplitsManifest, config: LoraTrainingConfig, models_folder: Path, base_cache_dir: Path) -> LocalRun:
+    key = run_key(splits.version, config, config.base_model)
+    output_dir = models_folder / key
+    extras = {
+        "train_parquet": splits.parquet("train"),
+        "validation_parquet": splits.parquet("validation"),
+        "output_dir": str(output_dir),
+        "base_cache_dir": str(base_cache_dir),
+        "data_version": splits.version,
+        "config": dict(config.__dict__),
+    }
+    return LocalRun(key=key, output_dir=output_dir, config=config, extras=extras)
+
+
+def record_local_run(run: LocalRun, splits: SplitsManifest, trainer_summary: dict[str, Any], models_folder: Path,
+                     data_dir: Path) -> tuple[ModelRecord, Path]:
+    """The record of a finished local run (from the trainer's last Pipes message), written."""
+    record = ModelRecord(
+        version=run.key,
+        path=record_path(models_folder, run.key),
+        backend="local_lora",
+        run_key=run.key,
+        base_model=run.config.base_model,
+        data_version=splits.version,
+        split_paths=splits.paths,
+        config=run.extras["config"],
+        config_hash=run.config.config_hash(),
+        metrics=trainer_summary["metrics"],
+        # Relative to the data directory when the base lives there, so the record survives a move.
+        base_model_path=portable_path(trainer_summary["base_model_ref"], data_dir),
+        base_model_hub_id=trainer_summary.get("base_model_hub_id"),
+        adapter_dir=trainer_summary["adapter_dir"],
+        tokenizer_dir=trainer_summary["tokenizer_dir"],
+        merged_dir=trainer_summary["merged_dir"],
+        adapter_version=trainer_summary["adapter_version"],
+    )
+    return record, write_model_record(models_folder, record)
+
+
+def openai_run_key(splits: SplitsManifest, config: OpenAIFineTuneConfig) -> str:
+    """The OpenAI job's idempotency key: a rerun with the same data and settings re-attaches."""
+    return content_version("openai", splits.version, config.__dict__)
+
+
+def fine_tune_openai(
+    client: Any, splits: SplitsManifest, config: OpenAIFineTuneConfig, models_folder: Path, *,
+    on_log: Callable[[str], None], on_metrics: Callable[[dict], None], on_job: Callable[[str], None],
+) -> tuple[ModelRecord, OpenAIFineTuneResult, Path]:
+    """Run (or re-attach to) the OpenAI fine-tuning job of these splits and settings and write its
+    record. Raises what :func:`run_fine_tune` raises (``FineTuneError`` and its kinds)."""
+    key = openai_run_key(splits, config)
+    result = run_fine_tune(client, Path(splits.jsonl("train")), Path(splits.jsonl("validation")), key, config,
+                           on_log=on_log, on_metrics=on_metrics, on_job=on_job)
+    record = ModelRecord(
+        version=key,
+        path=record_path(models_folder, key),
+        backend="openai",
+        run_key=key,
+        base_model=config.model,
+        data_version=splits.version,
+        split_paths=splits.paths,
+        config=dict(config.__dict__),
+        config_hash=content_version(config.__dict__),
+        metrics=result.result_metrics or {},
+        remote_model_id=result.fine_tuned_model,
+        job_id=result.job_id,
+        trained_tokens=result.trained_tokens,
+        checkpoints=result.checkpoints,
+        hyperparameters=result.hyperparameters,
+    )
+    return record, result, write_model_record(models_folder, record)
