@@ -4,7 +4,7 @@ Pure library code (never import dagster here); the Dagster asset wraps :func:`ru
 Works against anything that speaks the OpenAI fine-tuning API through the ``openai`` SDK
 (OpenAI, Azure OpenAI via ``base_url``, the local fake in ``ft_pipeline_tests/fakes``).
 
-Behaviour, and why (``shared/reference/openai_eval_registry.md`` §1):
+Behaviour, and why:
 
 * **Idempotency by run key.** The SDK never sends an idempotency header, so a ``jobs.create``
   whose response is lost and which the SDK then retries can start a *second billable job*.
@@ -453,7 +453,7 @@ def parse_result_csv(raw: bytes) -> dict[str, Any]:
     empty cells None; ``{}`` for a file without data rows."""
     text = raw.decode("utf-8-sig", errors="replace").strip()
     if not text.startswith("step,"):
-        # why: the API appears to serve the CSV base64-encoded (reference §1.2)
+        # why: the API appears to serve the result CSV base64-encoded
         try:
             text = base64.b64decode(text, validate=False).decode("utf-8-sig").strip()
         except (binascii.Error, UnicodeDecodeError) as err:
