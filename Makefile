@@ -29,7 +29,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export DAGSTER_DISABLE_TELEMETRY := 1
 
-.PHONY: install demo test test-e2e dev check-defs bench clean sample-data
+.PHONY: install demo test test-fast test-e2e lint format dev check-defs bench clean sample-data
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -70,6 +70,22 @@ demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 test: $(STAMP)
 	$(PY) -m pytest -q -rs -p no:cacheprovider
 
+# The inner loop (under 3 minutes on 2 cores): unit tests and in-process Dagster tests, without the
+# tests marked slow (training or generating with a real base model, the whole graph), e2e (a real
+# dagster dev and Chromium) or postgres (a throwaway PostgreSQL server). `make test` runs them all.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -rs -p no:cacheprovider -m "not slow and not e2e and not postgres"
+
+# Lint, format check and types; CI runs this before `make test`. `make format` fixes what it can.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy ft_pipeline
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
 # Only the end-to-end UI test (a few minutes).
 test-e2e: $(STAMP)
 	$(PY) -m pytest -q -rs -p no:cacheprovider -m e2e
@@ -89,5 +105,5 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_dataset.py --n 100000
 
 clean:
-	rm -rf $(DAGSTER_HOME) data/parsed data/quarantine data/cleaned data/curated data/splits data/models data/reports \
+	rm -rf $(DAGSTER_HOME) .mypy_cache .ruff_cache data/parsed data/quarantine data/cleaned data/curated data/splits data/models data/reports \
 		data/landing_cache data/registry.db data/run_failures.jsonl
