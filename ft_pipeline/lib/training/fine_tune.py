@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ft_pipeline.lib.manifests import ManifestError, SplitsManifest, read_manifest
-from ft_pipeline.lib.storage import content_version, portable_path, read_latest
+from ft_pipeline.lib.manifests import SplitsManifest, read_manifest
+from ft_pipeline.lib.storage import content_version, portable_path
 from ft_pipeline.lib.training.lora import LoraTrainingConfig, run_key
 from ft_pipeline.lib.training.openai_job import OpenAIFineTuneConfig, OpenAIFineTuneResult, run_fine_tune
 from ft_pipeline.lib.training.record import ModelRecord, record_path, write_model_record
@@ -24,16 +24,12 @@ __all__ = ["LocalRun", "fine_tune_openai", "prepare_local_run", "read_splits", "
 
 def read_splits(splits_folder: str | os.PathLike) -> SplitsManifest | None:
     """The splits the model stages train and evaluate on (``splits/latest.json``); ``None`` before
-    the first split. Every model stage reads them through here."""
-    try:
-        return read_manifest(splits_folder, SplitsManifest)
-    except ManifestError:
-        # Until the splits' writer writes the typed manifest: the untyped pointer it wrote before.
-        pointer = read_latest(splits_folder)
-        if pointer is None or "kind" in pointer or "paths" not in pointer:
-            raise
-        return SplitsManifest(version=pointer["version"], curated_version=pointer.get("curated_version", ""),
-                              paths=pointer["paths"])
+    the first split. Every model stage reads them through here.
+
+    Raises:
+        ManifestError: ``latest.json`` was written by an older ft-pipeline (materialize the splits again).
+    """
+    return read_manifest(splits_folder, SplitsManifest)
 
 
 @dataclass(frozen=True)
