@@ -1,5 +1,6 @@
 """``ft-pipeline``: the pipeline for people outside the UI.
 
+commands:
     ft-pipeline run [--data-dir DIR] [--backend B] [--until ASSET]   register landed files, materialize the graph
     ft-pipeline validate FILE [--strict]               format + quality report for any JSONL/Parquet log
     ft-pipeline sample-data DIR                        write the deterministic sample logs
@@ -13,12 +14,26 @@ import json
 import os
 import sys
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ft_pipeline.lib.openai_format import DEFAULT_OPENAI_FINE_TUNING_MODEL
 
-STAGES = ["raw_conversation_logs", "cleaned_conversations", "curated_dataset", "splits", "fine_tuned_model", "evaluation_report", "promoted_model"]
+if TYPE_CHECKING:  # the CLI imports dagster and the registry only in the commands that need them
+    import dagster as dg
+
+    from ft_pipeline.lib.registry import ModelRegistry, ModelVersion
+
+STAGES = [
+    "raw_conversation_logs",
+    "cleaned_conversations",
+    "curated_dataset",
+    "splits",
+    "fine_tuned_model",
+    "evaluation_report",
+    "promoted_model",
+]
 
 
 def _cmd_sample_data(args: argparse.Namespace) -> int:
@@ -31,7 +46,12 @@ def _cmd_sample_data(args: argparse.Namespace) -> int:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from ft_pipeline.lib.cleaning import FILTER_REASONS, clean_conversations
-    from ft_pipeline.lib.openai_format import MAX_FILE_BYTES, MIN_TRAINING_EXAMPLES, validate_examples, validate_jsonl_file
+    from ft_pipeline.lib.openai_format import (
+        MAX_FILE_BYTES,
+        MIN_TRAINING_EXAMPLES,
+        validate_examples,
+        validate_jsonl_file,
+    )
     from ft_pipeline.lib.records import QUARANTINE_REASONS, ReadConfig, read_log_file
 
     path = Path(args.file)
@@ -39,14 +59,18 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         print(f"error: {path} does not exist", file=sys.stderr)
         return 2
     try:
-        parsed = read_log_file(path, ReadConfig(max_record_bytes=args.max_record_bytes) if args.max_record_bytes else ReadConfig())
+        parsed = read_log_file(
+            path, ReadConfig(max_record_bytes=args.max_record_bytes) if args.max_record_bytes else ReadConfig()
+        )
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     cleaned = clean_conversations(parsed.conversations)
     print(f"# {path.name}\n")
-    print(f"records: {parsed.n_records}  parsed: {len(parsed.conversations)}  quarantined: {len(parsed.quarantine)}"
-          f"  blank lines: {parsed.blank_lines}")
+    print(
+        f"records: {parsed.n_records}  parsed: {len(parsed.conversations)}  quarantined: {len(parsed.quarantine)}"
+        f"  blank lines: {parsed.blank_lines}"
+    )
     print(f"after cleaning: kept {len(cleaned.kept)}, filtered {len(cleaned.filtered)}\n")
     if len(parsed.quarantine):
         print("## Quarantined records (errors)")
@@ -81,7 +105,9 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     # A failure always says why: a clean file can still fail the upload rules (too few examples, too large).
     reasons = [f"{errors} error(s)"]
     if report.require_min_examples and report.n_examples < MIN_TRAINING_EXAMPLES:
-        reasons.append(f"{report.n_examples} example(s); an OpenAI fine-tuning job needs at least {MIN_TRAINING_EXAMPLES}")
+        reasons.append(
+            f"{report.n_examples} example(s); an OpenAI fine-tuning job needs at least {MIN_TRAINING_EXAMPLES}"
+        )
     if report.file_bytes is not None and report.file_bytes > MAX_FILE_BYTES:
         reasons.append(f"{report.file_bytes:,} bytes; the upload limit is {MAX_FILE_BYTES:,}")
     print(f"\nresult: {'FAILED' if errors or not report.ok else 'OK'} ({'; '.join(reasons)})")
@@ -92,15 +118,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from ft_pipeline.definitions import ALL_ASSETS, DOWNSTREAM_ASSETS, PER_FILE_ASSETS, default_resources
-    from ft_pipeline.defs.partitions import log_files_partitions
+    from ft_pipeline.defs.partitions import LOG_FILES_PARTITION
     from ft_pipeline.defs.resources import ModelRegistryResource, PipelineStorage, RawLogStore
     from ft_pipeline.lib.storage import read_latest, resolve_data_dir
 
     data_dir = resolve_data_dir(args.data_dir).resolve()
+    raw_log_store = RawLogStore(landing_dir=args.landing_dir or "", data_dir=str(data_dir))
     resources = {
         **default_resources(),
         "storage": PipelineStorage(data_dir=str(data_dir)),
-        "raw_log_store": RawLogStore(landing_dir=args.landing_dir or "", data_dir=str(data_dir)),
+        "raw_log_store": raw_log_store,
         "model_registry": ModelRegistryResource(
             url=os.environ.get("FT_PIPELINE_REGISTRY_URL", ""),
             data_dir=str(data_dir),
@@ -108,42 +135,60 @@ def _cmd_run(args: argparse.Namespace) -> int:
         ),
     }
     if not os.environ.get("DAGSTER_HOME"):
-        print("error: DAGSTER_HOME is not set; `make demo` sets it (or export DAGSTER_HOME=$PWD/.dagster_home)", file=sys.stderr)
+        print(
+            "error: DAGSTER_HOME is not set; `make demo` sets it (or export DAGSTER_HOME=$PWD/.dagster_home)",
+            file=sys.stderr,
+        )
         return 2
     until = STAGES.index(args.until)
     run_config = _run_config(args, until)  # a malformed --set fails before any work
     instance = dg.DagsterInstance.get()
-    files = resources["raw_log_store"].list_files()
+    files = raw_log_store.list_files()
     if not files:
-        print(f"no log files in {resources['raw_log_store'].root()}; try `ft-pipeline sample-data {data_dir / 'raw'}`", file=sys.stderr)
+        print(
+            f"no log files in {raw_log_store.root()}; try `ft-pipeline sample-data {data_dir / 'raw'}`", file=sys.stderr
+        )
         return 1
-    known = set(instance.get_dynamic_partitions(log_files_partitions.name))
+    known = set(instance.get_dynamic_partitions(LOG_FILES_PARTITION))
     new = [f for f in files if f not in known]
     if new:
-        instance.add_dynamic_partitions(log_files_partitions.name, new)
-    print(f"{len(files)} log file(s) in {resources['raw_log_store'].root()} ({len(new)} newly registered)")
+        instance.add_dynamic_partitions(LOG_FILES_PARTITION, new)
+    print(f"{len(files)} log file(s) in {raw_log_store.root()} ({len(new)} newly registered)")
 
     per_file = PER_FILE_ASSETS[: until + 1]
     for name in files:
-        result = dg.materialize(per_file, partition_key=name, instance=instance, resources=resources, tags={"ft_pipeline/cli": "run"})
+        result = dg.materialize(
+            per_file, partition_key=name, instance=instance, resources=resources, tags={"ft_pipeline/cli": "run"}
+        )
         if not result.success:
             print(f"failed on {name}", file=sys.stderr)
             return 1
         print(f"  {name}: " + ", ".join(_summary(e) for e in result.get_asset_materialization_events()))
     if until >= 2:
         selection = DOWNSTREAM_ASSETS[: until - 1]
-        result = dg.materialize(ALL_ASSETS, selection=selection, instance=instance, resources=resources, raise_on_error=False,
-                                run_config=run_config, tags={"ft_pipeline/cli": "run"})
+        result = dg.materialize(
+            ALL_ASSETS,
+            selection=selection,
+            instance=instance,
+            resources=resources,
+            raise_on_error=False,
+            run_config=run_config,
+            tags={"ft_pipeline/cli": "run"},
+        )
         for event in result.get_asset_materialization_events():
-            print(f"  {event.asset_key.to_user_string()}: {_summary(event)}")
+            print(f"  {event.asset_key.to_user_string() if event.asset_key else '?'}: {_summary(event)}")
         for evaluation in result.get_asset_check_evaluations():
             status = "passed" if evaluation.passed else "FAILED"
-            print(f"  check {evaluation.asset_key.to_user_string()}.{evaluation.check_name}: {status}"
-                  + ("" if evaluation.passed else f" — {evaluation.description}"))
+            print(
+                f"  check {evaluation.asset_key.to_user_string()}.{evaluation.check_name}: {status}"
+                + ("" if evaluation.passed else f" — {evaluation.description}")
+            )
         if not result.success:
             # A candidate that fails the promotion gate is a decision, not a pipeline error: the
             # blocking check stops promoted_model and the decision is printed below.
-            gate_failed = any(not e.passed and e.check_name == "promotion_gate" for e in result.get_asset_check_evaluations())
+            gate_failed = any(
+                not e.passed and e.check_name == "promotion_gate" for e in result.get_asset_check_evaluations()
+            )
             failed_steps = {e.step_key for e in result.get_step_failure_events()}
             if not (gate_failed and failed_steps <= {"evaluation_report"}):
                 print("the run failed", file=sys.stderr)
@@ -161,7 +206,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
             if until >= 5:
                 report = json.loads(Path(pointer["path"]).read_text())
                 decision = report["decision"]
-                verdict = "already production" if report.get("already_production") else ("PROMOTE" if decision["passed"] else "DO NOT PROMOTE")
+                verdict = (
+                    "already production"
+                    if report.get("already_production")
+                    else ("PROMOTE" if decision["passed"] else "DO NOT PROMOTE")
+                )
                 print(f"  report     {Path(pointer['path']).with_name('report.md')}")
                 print(f"\ndecision: {verdict}")
                 for rule in decision["rules"]:
@@ -225,7 +274,7 @@ def _run_config(args: argparse.Namespace, until: int) -> dict | None:
     return {"ops": {op: {"config": fields} for op, fields in ops.items()}} if ops else None
 
 
-def _registry(args: argparse.Namespace):
+def _registry(args: argparse.Namespace) -> ModelRegistry:
     from ft_pipeline.lib.registry import ModelRegistry
     from ft_pipeline.lib.storage import resolve_data_dir
 
@@ -233,7 +282,7 @@ def _registry(args: argparse.Namespace):
     return ModelRegistry(url) if url else ModelRegistry.for_data_dir(resolve_data_dir(args.data_dir).resolve())
 
 
-def _version_row(v) -> str:
+def _version_row(v: ModelVersion) -> str:
     where = v.remote_model_id or v.artifact_path or v.model_uri
     return f"{v.model_name:<24} v{v.version:<4} {v.lifecycle:<10} {v.backend:<10} {where}"
 
@@ -243,25 +292,31 @@ def _cmd_partitions(args: argparse.Namespace) -> int:
 
     import dagster as dg
 
-    from ft_pipeline.defs.partitions import log_files_partitions
+    from ft_pipeline.defs.partitions import LOG_FILES_PARTITION
     from ft_pipeline.defs.resources import RawLogStore
     from ft_pipeline.lib.storage import partition_artifacts, resolve_data_dir
 
     if not os.environ.get("DAGSTER_HOME"):
-        print("error: DAGSTER_HOME is not set (export DAGSTER_HOME=$PWD/.dagster_home, as the Makefile does)", file=sys.stderr)
+        print(
+            "error: DAGSTER_HOME is not set (export DAGSTER_HOME=$PWD/.dagster_home, as the Makefile does)",
+            file=sys.stderr,
+        )
         return 2
     instance = dg.DagsterInstance.get()
-    known = sorted(instance.get_dynamic_partitions(log_files_partitions.name))
+    known = sorted(instance.get_dynamic_partitions(LOG_FILES_PARTITION))
     if args.action == "list":
         for key in known:
             print(key)
-        print(f"{len(known)} partition(s) of {log_files_partitions.name}", file=sys.stderr)
+        print(f"{len(known)} partition(s) of {LOG_FILES_PARTITION}", file=sys.stderr)
         return 0
     data_dir = resolve_data_dir(args.data_dir).resolve()
     if args.name not in known:
-        print(f"error: {args.name!r} is not a partition of {log_files_partitions.name} ({len(known)} registered)", file=sys.stderr)
+        print(
+            f"error: {args.name!r} is not a partition of {LOG_FILES_PARTITION} ({len(known)} registered)",
+            file=sys.stderr,
+        )
         return 1
-    instance.delete_dynamic_partition(log_files_partitions.name, args.name)
+    instance.delete_dynamic_partition(LOG_FILES_PARTITION, args.name)
     print(f"deleted partition {args.name!r}: the next curated_dataset no longer includes it")
     if args.purge:
         for path in partition_artifacts(data_dir, args.name):
@@ -269,8 +324,12 @@ def _cmd_partitions(args: argparse.Namespace) -> int:
             print(f"  removed {path}")
     landing = RawLogStore(landing_dir=args.landing_dir or "", data_dir=str(data_dir))
     if landing.folder().exists(args.name):
-        print(f"note: {args.name} is still in the landing folder {landing.root()}; remove it, or `ft-pipeline run` registers it again")
-    print("curated datasets, splits and models built before keep their copies until the next build_dataset/train_model run")
+        print(
+            f"note: {args.name} is still in the landing folder {landing.root()}; remove it, or `ft-pipeline run` registers it again"
+        )
+    print(
+        "curated datasets, splits and models built before keep their copies until the next build_dataset/train_model run"
+    )
     return 0
 
 
@@ -282,8 +341,15 @@ def _cmd_registry(args: argparse.Namespace) -> int:
         # Never create a registry (or a data directory) as a side effect of the wrong --data-dir.
         data_dir = resolve_data_dir(args.data_dir).resolve()
         if not (data_dir / "registry.db").exists():
-            where = f"data directory {data_dir} does not exist" if not data_dir.is_dir() else f"no registry at {data_dir / 'registry.db'}"
-            print(f"error: {where}; pass --data-dir (or set FT_PIPELINE_DATA_DIR / FT_PIPELINE_REGISTRY_URL)", file=sys.stderr)
+            where = (
+                f"data directory {data_dir} does not exist"
+                if not data_dir.is_dir()
+                else f"no registry at {data_dir / 'registry.db'}"
+            )
+            print(
+                f"error: {where}; pass --data-dir (or set FT_PIPELINE_DATA_DIR / FT_PIPELINE_REGISTRY_URL)",
+                file=sys.stderr,
+            )
             return 2
     try:
         registry = _registry(args)
@@ -298,29 +364,54 @@ def _cmd_registry(args: argparse.Namespace) -> int:
             for v in versions:
                 print(_version_row(v))
         elif args.action == "show":
-            version = registry.resolve(args.model, args.alias) if args.version is None else registry.get_version(args.model, args.version)
+            version = (
+                registry.resolve(args.model, args.alias)
+                if args.version is None
+                else registry.get_version(args.model, args.version)
+            )
             if version is None:
                 print(f"{args.model} has no '{args.alias}' version", file=sys.stderr)
                 return 1
             print(json.dumps(version.__dict__, indent=2, default=str))
         elif args.action == "history":
             for e in registry.history(args.model):
-                when = datetime.fromtimestamp(e.created_at, timezone.utc).isoformat(timespec="seconds") if isinstance(e.created_at, (int, float)) else e.created_at
-                print(f"#{e.event_id:<4} {when}  {e.action:<9} {e.alias:<11} v{e.from_version} -> v{e.to_version}  "
-                      f"by {e.actor}  eval {e.evaluation_id or '-'}  {e.reason or ''}")
+                when = (
+                    datetime.fromtimestamp(e.created_at, UTC).isoformat(timespec="seconds")
+                    if isinstance(e.created_at, (int, float))
+                    else e.created_at
+                )
+                print(
+                    f"#{e.event_id:<4} {when}  {e.action:<9} {e.alias:<11} v{e.from_version} -> v{e.to_version}  "
+                    f"by {e.actor}  eval {e.evaluation_id or '-'}  {e.reason or ''}"
+                )
         elif args.action == "promote":
             current = registry.resolve(args.model, args.alias)
             if current is not None and current.version == args.version:
                 # Promoting the holder again changes nothing; say so instead of echoing the old
                 # event (which printed "vNone -> v1") and silently dropping --reason.
-                print(f"{args.model} v{args.version} is already {args.alias}: nothing changed, the reason was not recorded")
+                print(
+                    f"{args.model} v{args.version} is already {args.alias}: nothing changed, the reason was not recorded"
+                )
                 return 0
-            event = registry.promote(args.model, args.version, alias=args.alias, evaluation_id=args.evaluation, reason=args.reason,
-                                     actor=f"cli:{os.environ.get('USER', 'unknown')}", check_artifact=local_artifact_exists)
+            event = registry.promote(
+                args.model,
+                args.version,
+                alias=args.alias,
+                evaluation_id=args.evaluation,
+                reason=args.reason,
+                actor=f"cli:{os.environ.get('USER', 'unknown')}",
+                check_artifact=local_artifact_exists,
+            )
             print(f"{args.alias}: v{event.from_version} -> v{event.to_version}")
         elif args.action == "rollback":
-            event = registry.rollback(args.model, alias=args.alias, to_version=args.to, reason=args.reason,
-                                      actor=f"cli:{os.environ.get('USER', 'unknown')}", check_artifact=local_artifact_exists)
+            event = registry.rollback(
+                args.model,
+                alias=args.alias,
+                to_version=args.to,
+                reason=args.reason,
+                actor=f"cli:{os.environ.get('USER', 'unknown')}",
+                check_artifact=local_artifact_exists,
+            )
             print(f"rolled back {args.alias}: v{event.from_version} -> v{event.to_version}")
     except RegistryError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -328,40 +419,80 @@ def _cmd_registry(args: argparse.Namespace) -> int:
     return 0
 
 
-def _summary(event) -> str:
+def _summary(event: dg.DagsterEvent) -> str:
     metadata = event.materialization.metadata
-    keys = ["records_in", "parsed", "quarantined", "conversations_in", "kept", "filtered", "removed", "dagster/row_count",
-            "backend", "train_loss", "eval_loss", "fine_tuned_model", "decision", "candidate_version", "production_version"]
-    parts = []
+    keys = [
+        "records_in",
+        "parsed",
+        "quarantined",
+        "conversations_in",
+        "kept",
+        "filtered",
+        "removed",
+        "dagster/row_count",
+        "backend",
+        "train_loss",
+        "eval_loss",
+        "fine_tuned_model",
+        "decision",
+        "candidate_version",
+        "production_version",
+    ]
+    parts: list[str] = []
     for key in keys:
         if key in metadata and not (key == "dagster/row_count" and parts):
             value = metadata[key].value
-            parts.append(f"{key.split('/')[-1]} {value:.4g}" if isinstance(value, float) else f"{key.split('/')[-1]} {value}")
-    return " ".join(parts) or event.asset_key.to_user_string()
+            parts.append(
+                f"{key.split('/')[-1]} {value:.4g}" if isinstance(value, float) else f"{key.split('/')[-1]} {value}"
+            )
+    return " ".join(parts) or (event.asset_key.to_user_string() if event.asset_key else "")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ft-pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        # The module docstring is the description; its "commands:" line at column 0 keeps the command
+        # lines indented (formatters dedent a docstring to its least-indented line).
+        prog="ft-pipeline",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="register landed files and materialize the graph in process")
     run.add_argument("--data-dir", default=None, help="data directory (default $FT_PIPELINE_DATA_DIR or ./data)")
     run.add_argument("--landing-dir", default=None, help="landing folder (default <data dir>/raw)")
-    run.add_argument("--until", choices=STAGES, default=STAGES[-1], help=f"last stage to materialize (default: {STAGES[-1]})")
-    run.add_argument("--backend", choices=["local_lora", "openai"], default="local_lora", help="training backend (default: local_lora on the built-in tiny base)")
-    run.add_argument("--set", action="append", metavar="ASSET.FIELD=VALUE",
-                     help="override a config field, e.g. --set fine_tuned_model.learning_rate=0.003 (repeatable)")
+    run.add_argument(
+        "--until", choices=STAGES, default=STAGES[-1], help=f"last stage to materialize (default: {STAGES[-1]})"
+    )
+    run.add_argument(
+        "--backend",
+        choices=["local_lora", "openai"],
+        default="local_lora",
+        help="training backend (default: local_lora on the built-in tiny base)",
+    )
+    run.add_argument(
+        "--set",
+        action="append",
+        metavar="ASSET.FIELD=VALUE",
+        help="override a config field, e.g. --set fine_tuned_model.learning_rate=0.003 (repeatable)",
+    )
     run.set_defaults(func=_cmd_run)
 
     validate = sub.add_parser("validate", help="format and quality report for a log file; non-zero exit on errors")
     validate.add_argument("file")
-    validate.add_argument("--model", default=DEFAULT_OPENAI_FINE_TUNING_MODEL, help="OpenAI model whose token limit applies")
-    validate.add_argument("--max-record-bytes", type=int, default=None, help="default: the pipeline's own limit (256 KiB)")
+    validate.add_argument(
+        "--model", default=DEFAULT_OPENAI_FINE_TUNING_MODEL, help="OpenAI model whose token limit applies"
+    )
+    validate.add_argument(
+        "--max-record-bytes", type=int, default=None, help="default: the pipeline's own limit (256 KiB)"
+    )
     validate.add_argument("--strict", action="store_true", help="also fail when records would be filtered")
     validate.set_defaults(func=_cmd_validate)
 
     registry = sub.add_parser("registry", help="model registry: list, show, promote, rollback, history")
-    registry.add_argument("--data-dir", default=None, help="data directory holding registry.db (default $FT_PIPELINE_DATA_DIR or ./data)")
+    registry.add_argument(
+        "--data-dir", default=None, help="data directory holding registry.db (default $FT_PIPELINE_DATA_DIR or ./data)"
+    )
     registry.add_argument("--url", default=None, help="SQLAlchemy URL instead (default $FT_PIPELINE_REGISTRY_URL)")
     actions = registry.add_subparsers(dest="action", required=True)
     list_cmd = actions.add_parser("list", help="every registered version")

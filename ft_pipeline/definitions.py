@@ -6,12 +6,23 @@ import os
 
 import dagster as dg
 
+from ft_pipeline.defs.automation import (
+    make_new_log_files_sensor,
+    make_nightly_retrain_schedule,
+    record_run_failures,
+)
 from ft_pipeline.defs.cleaning import cleaned_conversations
 from ft_pipeline.defs.curation import curated_dataset
-from ft_pipeline.defs.records import raw_conversation_logs
-from ft_pipeline.defs.automation import FailureNotifier, make_new_log_files_sensor, make_nightly_retrain_schedule, record_run_failures
 from ft_pipeline.defs.evaluation import evaluation_report, promoted_model
-from ft_pipeline.defs.resources import ModelRegistryResource, OpenAIFineTuningResource, PiiPolicy, PipelineStorage, RawLogStore
+from ft_pipeline.defs.records import raw_conversation_logs
+from ft_pipeline.defs.resources import (
+    FailureNotifier,
+    ModelRegistryResource,
+    OpenAIFineTuningResource,
+    PiiPolicy,
+    PipelineStorage,
+    RawLogStore,
+)
 from ft_pipeline.defs.splits import dataset_splits
 from ft_pipeline.defs.training import fine_tuned_model
 

@@ -97,18 +97,51 @@ def one_torch_thread():
     torch.set_num_threads(previous)
 
 
-def register_evaluated_version(registry, model_name: str, *, model_uri: str, backend: str, base_model: str,
-                               eval_id: str, run_key: str = "manual-run"):
+def register_evaluated_version(
+    registry,
+    model_name: str,
+    *,
+    model_uri: str,
+    backend: str,
+    base_model: str,
+    eval_id: str,
+    run_key: str = "manual-run",
+):
     """A model version registered by hand with a passing, leakage-checked evaluation (what
     `evaluation_report` records), ready for `promote`. Returns the ModelVersion."""
     dataset = registry.record_dataset_version("manual", "train", "0" * 64, 1)
     run = registry.record_training_run(run_key, backend, base_model, dataset, None, {}, 0)
     version = registry.register_model_version(
-        model_name, training_run_id=run, model_uri=model_uri, backend=backend, base_model=base_model,
-        run_key=run_key, dataset_version="manual", config_hash="manual", metrics={},
+        model_name,
+        training_run_id=run,
+        model_uri=model_uri,
+        backend=backend,
+        base_model=base_model,
+        run_key=run_key,
+        dataset_version="manual",
+        config_hash="manual",
+        metrics={},
     )
     registry.record_evaluation(
-        eval_id, model_name, version.version, suite="test", eval_dataset_version_id=dataset, baseline_model_uri=None,
-        base_model_uri=base_model, metrics={}, per_example_uri="-", gate_config={}, decision="pass", leakage_checked=True,
+        eval_id,
+        model_name,
+        version.version,
+        suite="test",
+        eval_dataset_version_id=dataset,
+        baseline_model_uri=None,
+        base_model_uri=base_model,
+        metrics={},
+        per_example_uri="-",
+        gate_config={},
+        decision="pass",
+        leakage_checked=True,
     )
     return version
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that use the PostgreSQL server are marked ``postgres`` (the fixture decides, so a new
+    test cannot forget the mark); `make test-fast` deselects them."""
+    for item in items:
+        if "postgres_url" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.postgres)

@@ -2,30 +2,16 @@
 
 import json
 import os
-import urllib.request
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import dagster as dg
-from pydantic import Field
 
-from ft_pipeline.defs.partitions import log_files_partitions
-from ft_pipeline.defs.resources import PipelineStorage, RawLogStore
+# define_asset_job's return type; Dagster exports the class only from this private module.
+from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
+
+from ft_pipeline.defs.partitions import LOG_FILES_PARTITION, log_files_partitions
+from ft_pipeline.defs.resources import FailureNotifier, PipelineStorage, RawLogStore
 from ft_pipeline.lib.landing import LandingState, scan_landing
-
-
-class FailureNotifier(dg.ConfigurableResource):
-    """Where run failures are reported besides the Dagster log and ``run_failures.jsonl``: an
-    optional webhook (Slack-compatible JSON ``{"text": ...}``). Empty = log only."""
-
-    webhook_url: str = Field(default="", description="POST target for failure messages; empty = none.")
-
-    def notify(self, text: str) -> None:
-        if not self.webhook_url:
-            return
-        request = urllib.request.Request(
-            self.webhook_url, data=json.dumps({"text": text}).encode(), headers={"Content-Type": "application/json"}
-        )
-        urllib.request.urlopen(request, timeout=10).close()
 
 
 def _ingested_sha256(instance: dg.DagsterInstance, partition: str) -> str | None:
@@ -36,10 +22,10 @@ def _ingested_sha256(instance: dg.DagsterInstance, partition: str) -> str | None
     if not records or records[0].asset_materialization is None:
         return None
     value = records[0].asset_materialization.metadata.get("source_sha256")
-    return value.value if value is not None else None
+    return str(value.value) if value is not None else None
 
 
-def make_new_log_files_sensor(job) -> dg.SensorDefinition:
+def make_new_log_files_sensor(job: UnresolvedAssetJobDefinition) -> dg.SensorDefinition:
     @dg.sensor(
         name="new_log_files",
         job=job,
@@ -50,16 +36,18 @@ def make_new_log_files_sensor(job) -> dg.SensorDefinition:
         "two ticks; the same content never runs twice (cursor + run keys). Retraining is left to nightly_retrain, "
         "so a burst of files never starts a burst of trainings.",
     )
-    def new_log_files(context: dg.SensorEvaluationContext, raw_log_store: RawLogStore):
+    def new_log_files(context: dg.SensorEvaluationContext, raw_log_store: RawLogStore) -> dg.SensorResult:
         folder = raw_log_store.folder()
         ready, state = scan_landing(folder.stats(), LandingState.from_json(context.cursor), folder.sha256)
-        known = set(context.instance.get_dynamic_partitions(log_files_partitions.name))
+        known = set(context.instance.get_dynamic_partitions(LOG_FILES_PARTITION))
         new = [f.name for f in ready if f.name not in known]
         # A file ingested before the sensor was turned on (by hand, a backfill, `ft-pipeline run`)
         # with this very content needs no second run.
         todo = [f for f in ready if f.name in new or _ingested_sha256(context.instance, f.name) != f.sha256]
         run_requests = [
-            dg.RunRequest(run_key=f"{f.name}@{f.sha256[:16]}", partition_key=f.name, tags={"ft_pipeline/source_sha256": f.sha256})
+            dg.RunRequest(
+                run_key=f"{f.name}@{f.sha256[:16]}", partition_key=f.name, tags={"ft_pipeline/source_sha256": f.sha256}
+            )
             for f in todo
         ]
         if not run_requests:
@@ -79,7 +67,7 @@ def make_new_log_files_sensor(job) -> dg.SensorDefinition:
     return new_log_files
 
 
-def make_nightly_retrain_schedule(job) -> dg.ScheduleDefinition:
+def make_nightly_retrain_schedule(job: UnresolvedAssetJobDefinition) -> dg.ScheduleDefinition:
     """Curated dataset -> splits -> model -> evaluation -> promotion, once a night (STOPPED until
     someone turns it on). Cron and timezone come from FT_PIPELINE_RETRAIN_CRON / _TIMEZONE."""
     return dg.ScheduleDefinition(
@@ -93,13 +81,15 @@ def make_nightly_retrain_schedule(job) -> dg.ScheduleDefinition:
 
 
 @dg.run_failure_sensor(name="record_run_failures", default_status=dg.DefaultSensorStatus.STOPPED)
-def record_run_failures(context: dg.RunFailureSensorContext, storage: PipelineStorage, failure_notifier: FailureNotifier):
+def record_run_failures(
+    context: dg.RunFailureSensorContext, storage: PipelineStorage, failure_notifier: FailureNotifier
+) -> None:
     """Records every failed run (job, run id, failed steps, error) in ``run_failures.jsonl`` in the
     data directory and passes a one-line message to the configured notifier."""
     run = context.dagster_run
     error = context.failure_event.message or ""
     record = {
-        "at": datetime.now(timezone.utc).isoformat(),
+        "at": datetime.now(UTC).isoformat(),
         "job": run.job_name,
         "run_id": run.run_id,
         "partition": run.tags.get("dagster/partition"),

@@ -39,13 +39,20 @@ class GpuPodTrainer(dg.ConfigurableResource, dg.PipesClient):
         default="",
         description="Trainer image (the project installed with a CUDA build of torch). Empty = the image of the code location that launched the run.",
     )
-    namespace: str = Field(default="", description="Namespace of the trainer pod. Empty = the run worker's own namespace (else 'default').")
+    namespace: str = Field(
+        default="", description="Namespace of the trainer pod. Empty = the run worker's own namespace (else 'default')."
+    )
     python: str = Field(
         default="python",
         description="Interpreter in the trainer image. Replaces the run worker's sys.executable at the head of the command, whose path need not exist in another image.",
     )
-    gpu_count: int = Field(default=1, ge=0, description="GPUs per trainer pod (limit on gpu_resource); 0 = a CPU-only pod.")
-    gpu_resource: str = Field(default="nvidia.com/gpu", description="Extended resource name of the GPU (nvidia.com/gpu with the NVIDIA device plugin).")
+    gpu_count: int = Field(
+        default=1, ge=0, description="GPUs per trainer pod (limit on gpu_resource); 0 = a CPU-only pod."
+    )
+    gpu_resource: str = Field(
+        default="nvidia.com/gpu",
+        description="Extended resource name of the GPU (nvidia.com/gpu with the NVIDIA device plugin).",
+    )
     cpu_request: str = Field(default="4", description="CPU request of the trainer container.")
     memory_request: str = Field(default="32Gi", description="Memory request of the trainer container.")
     memory_limit: str = Field(default="32Gi", description="Memory limit of the trainer container (empty = none).")
@@ -57,21 +64,43 @@ class GpuPodTrainer(dg.ConfigurableResource, dg.PipesClient):
         default=[GPU_TAINT_TOLERATION],
         description="Pod tolerations (string values). The default tolerates the usual nvidia.com/gpu NoSchedule taint of GPU node pools.",
     )
-    data_pvc: str = Field(default="ft-pipeline-data", description="PersistentVolumeClaim (ReadWriteMany) of the data directory, shared with the run workers.")
+    data_pvc: str = Field(
+        default="ft-pipeline-data",
+        description="PersistentVolumeClaim (ReadWriteMany) of the data directory, shared with the run workers.",
+    )
     data_dir: str = Field(
         default="",
         description="Mount path of the data volume in the pod. Empty = $FT_PIPELINE_DATA_DIR of the run worker; it must be the same absolute path there and here.",
     )
-    hf_home: str = Field(default="hf-cache", description="HF_HOME in the pod (the Hugging Face cache with the base models); a relative path is below the data directory.")
-    hf_offline: bool = Field(default=True, description="Set HF_HUB_OFFLINE, HF_DATASETS_OFFLINE and TRANSFORMERS_OFFLINE: never download at training time.")
+    hf_home: str = Field(
+        default="hf-cache",
+        description="HF_HOME in the pod (the Hugging Face cache with the base models); a relative path is below the data directory.",
+    )
+    hf_offline: bool = Field(
+        default=True,
+        description="Set HF_HUB_OFFLINE, HF_DATASETS_OFFLINE and TRANSFORMERS_OFFLINE: never download at training time.",
+    )
     env: dict[str, str] = Field(default={}, description="Extra environment variables of the trainer container.")
-    env_secrets: list[str] = Field(default=[], description="Secrets whose keys become environment variables of the trainer container (envFrom).")
-    service_account_name: str = Field(default="", description="Service account of the pod (empty = the namespace default).")
+    env_secrets: list[str] = Field(
+        default=[], description="Secrets whose keys become environment variables of the trainer container (envFrom)."
+    )
+    service_account_name: str = Field(
+        default="", description="Service account of the pod (empty = the namespace default)."
+    )
     image_pull_policy: str = Field(default="IfNotPresent", description="imagePullPolicy of the trainer container.")
-    shm_size: str = Field(default="8Gi", description="Size of the in-memory /dev/shm (PyTorch data loaders need more than the container default of 64Mi).")
-    termination_grace_period_s: int = Field(default=120, ge=0, description="Seconds the trainer has to write a checkpoint after SIGTERM (run cancelled).")
-    pod_wait_timeout_s: float = Field(default=86400.0, gt=0, description="Fail the step if the pod has not finished after this many seconds.")
-    delete_pod_on_completion: bool = Field(default=True, description="Delete the pod when it ends (keep it for debugging with false).")
+    shm_size: str = Field(
+        default="8Gi",
+        description="Size of the in-memory /dev/shm (PyTorch data loaders need more than the container default of 64Mi).",
+    )
+    termination_grace_period_s: int = Field(
+        default=120, ge=0, description="Seconds the trainer has to write a checkpoint after SIGTERM (run cancelled)."
+    )
+    pod_wait_timeout_s: float = Field(
+        default=86400.0, gt=0, description="Fail the step if the pod has not finished after this many seconds."
+    )
+    delete_pod_on_completion: bool = Field(
+        default=True, description="Delete the pod when it ends (keep it for debugging with false)."
+    )
 
     # -- the pod -----------------------------------------------------------------------------
 
@@ -150,17 +179,27 @@ class GpuPodTrainer(dg.ConfigurableResource, dg.PipesClient):
         if self.image:
             return self.image
         origin = context.run.job_code_origin
-        image = (origin.repository_origin.container_image if origin else None) or os.environ.get("DAGSTER_CURRENT_IMAGE")
+        image = (origin.repository_origin.container_image if origin else None) or os.environ.get(
+            "DAGSTER_CURRENT_IMAGE"
+        )
         if not image:
-            raise dg.Failure(description="GpuPodTrainer has no image: set FT_PIPELINE_K8S_IMAGE (or run from a code location that reports its image)")
+            raise dg.Failure(
+                description="GpuPodTrainer has no image: set FT_PIPELINE_K8S_IMAGE (or run from a code location that reports its image)"
+            )
         return image
 
     def check_paths(self, extras: Mapping[str, Any]) -> None:
         """The extras name files by absolute path; they must lie on the shared volume."""
         mount = PurePosixPath(self.mount_path())
-        outside = {k: extras[k] for k in _PATH_EXTRAS if extras.get(k) and not PurePosixPath(str(extras[k])).is_relative_to(mount)}
+        outside = {
+            k: extras[k]
+            for k in _PATH_EXTRAS
+            if extras.get(k) and not PurePosixPath(str(extras[k])).is_relative_to(mount)
+        }
         if outside:
-            raise dg.Failure(description=f"these trainer inputs/outputs are not below the shared data volume {mount}: {outside}")
+            raise dg.Failure(
+                description=f"these trainer inputs/outputs are not below the shared data volume {mount}: {outside}"
+            )
 
     # -- PipesClient --------------------------------------------------------------------------
 

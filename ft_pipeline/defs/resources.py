@@ -1,8 +1,15 @@
-"""Resources shared by the dataset assets: where the pipeline keeps its data."""
+"""Every ConfigurableResource of the project: where data lands and is kept, the PII policy, the
+OpenAI fine-tuning client, the model registry and the failure notifier.
+
+The one exception is ``GpuPodTrainer`` (defs/k8s_trainer.py), the Kubernetes Pipes client that runs
+the trainer in a GPU pod: it is a launcher rather than a setting, needs the optional ``deploy``
+extra, and is chosen by ``local_trainer_from_env`` in definitions.py."""
 
 from __future__ import annotations
 
+import json
 import os
+import urllib.request
 from pathlib import Path
 
 import dagster as dg
@@ -11,17 +18,25 @@ from pydantic import Field
 from ft_pipeline.lib.cleaning import ScrubConfig
 from ft_pipeline.lib.landing import LandingFolder
 from ft_pipeline.lib.openai_format import DEFAULT_OPENAI_FINE_TUNING_MODEL
-from ft_pipeline.lib.pii import PII_TYPES, CustomPiiPattern, PersonNameDetectorUnavailable, PiiConfig, load_custom_patterns
+from ft_pipeline.lib.pii import (
+    PII_TYPES,
+    CustomPiiPattern,
+    PersonNameDetectorUnavailable,
+    PiiConfig,
+    load_custom_patterns,
+)
 from ft_pipeline.lib.storage import layout, resolve_data_dir
 
 
 class PipelineStorage(dg.ConfigurableResource):
-    """The data directory every artifact is written below (DESIGN.md §3).
+    """The data directory every artifact is written below (README, "Data contracts").
 
     Empty ``data_dir`` means ``$FT_PIPELINE_DATA_DIR``, else ``data/`` relative to the working
     directory (the repo root for ``make dev`` and ``make demo``)."""
 
-    data_dir: str = Field(default="", description="Root of all pipeline artifacts; empty = $FT_PIPELINE_DATA_DIR or ./data")
+    data_dir: str = Field(
+        default="", description="Root of all pipeline artifacts; empty = $FT_PIPELINE_DATA_DIR or ./data"
+    )
 
     def root(self) -> Path:
         return resolve_data_dir(self.data_dir or None).resolve()
@@ -38,7 +53,9 @@ class RawLogStore(dg.ConfigurableResource):
     matched by suffix (.jsonl, .jsonl.gz, .json.gz, .ndjson, .parquet); hidden and temporary files
     are ignored. Files on object storage are downloaded into ``<data dir>/landing_cache`` to be read."""
 
-    landing_dir: str = Field(default="", description="Folder or fsspec URL watched for log files; empty = <data dir>/raw")
+    landing_dir: str = Field(
+        default="", description="Folder or fsspec URL watched for log files; empty = <data dir>/raw"
+    )
     data_dir: str = Field(default="", description="Data directory used when landing_dir is empty")
 
     def folder(self) -> LandingFolder:
@@ -54,12 +71,16 @@ class RawLogStore(dg.ConfigurableResource):
         """Names (relative to the landing folder) of the log files present now, sorted."""
         return self.folder().list_files()
 
+
 class CustomPiiPatternConfig(dg.Config):
     """One kind of personal data of the team's own (see ``ft_pipeline.lib.pii.CustomPiiPattern``)."""
 
     name: str = Field(description="Type name, upper case (ORDER_ID); matches become <ORDER_ID>.")
     regex: str = Field(description="Python regular expression; its whole match is replaced. Anchor it with \\b.")
-    validator: str = Field(default="", description="Optional check of each match: luhn, iban_mod97 or module:function (str -> bool); empty = none.")
+    validator: str = Field(
+        default="",
+        description="Optional check of each match: luhn, iban_mod97 or module:function (str -> bool); empty = none.",
+    )
     ignore_case: bool = Field(default=False, description="Match case-insensitively.")
 
 
@@ -82,12 +103,18 @@ class PiiPolicy(dg.ConfigurableResource):
     scrubbing less than asked. The pseudonym key of ids holding PII is a secret and comes from
     ``$FT_PIPELINE_ID_HASH_KEY`` only."""
 
-    scrub: bool = Field(default=True, description="Replace personal data with typed placeholders (<EMAIL>, <ORDER_ID>, …).")
+    scrub: bool = Field(
+        default=True, description="Replace personal data with typed placeholders (<EMAIL>, <ORDER_ID>, …)."
+    )
     entities: list[str] = Field(default=list(PII_TYPES), description="Built-in PII types to detect and scrub.")
     redact_private_ips: bool = Field(default=False, description="Also scrub private/loopback IP addresses.")
     patterns: list[CustomPiiPatternConfig] = Field(default_factory=list, description="Custom patterns, inline.")
-    patterns_file: str = Field(default="", description="JSON or YAML list of {name, regex, validator?, ignore_case?}; empty = none.")
-    person_names_model: str = Field(default="", description="spaCy model package or folder for Presidio's person-name detector; empty = off.")
+    patterns_file: str = Field(
+        default="", description="JSON or YAML list of {name, regex, validator?, ignore_case?}; empty = none."
+    )
+    person_names_model: str = Field(
+        default="", description="spaCy model package or folder for Presidio's person-name detector; empty = off."
+    )
 
     def custom_patterns(self) -> tuple[CustomPiiPattern, ...]:
         inline = tuple(
@@ -136,7 +163,9 @@ class OpenAIFineTuningResource(dg.ConfigurableResource):
         description="Base model of OpenAI fine-tuning jobs; the splits' JSONL is validated against its token limit (one setting for both).",
     )
     base_url: str = Field(default="", description="API base URL; empty = the SDK default (https://api.openai.com/v1).")
-    azure_endpoint: str = Field(default="", description="Azure OpenAI endpoint; when set an AzureOpenAI client is used.")
+    azure_endpoint: str = Field(
+        default="", description="Azure OpenAI endpoint; when set an AzureOpenAI client is used."
+    )
     azure_api_version: str = Field(default="2024-10-21", description="Azure OpenAI API version.")
     organization: str = Field(default="", description="OpenAI organization id (optional).")
     max_retries: int = Field(default=2, description="SDK retries for 408/409/429/5xx and connection errors.")
@@ -183,3 +212,18 @@ class ModelRegistryResource(dg.ConfigurableResource):
         if self.url:
             return ModelRegistry(self.url)
         return ModelRegistry.for_data_dir(resolve_data_dir(self.data_dir or None).resolve())
+
+
+class FailureNotifier(dg.ConfigurableResource):
+    """Where run failures are reported besides the Dagster log and ``run_failures.jsonl``: an
+    optional webhook (Slack-compatible JSON ``{"text": ...}``). Empty = log only."""
+
+    webhook_url: str = Field(default="", description="POST target for failure messages; empty = none.")
+
+    def notify(self, text: str) -> None:
+        if not self.webhook_url:
+            return
+        request = urllib.request.Request(
+            self.webhook_url, data=json.dumps({"text": text}).encode(), headers={"Content-Type": "application/json"}
+        )
+        urllib.request.urlopen(request, timeout=10).close()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from typing import Any
 
 import psutil
 from dagster._core.events import DagsterEventType
@@ -86,7 +87,8 @@ class LocalProcessRunLauncher(DefaultRunLauncher):
             event = entry.dagster_event
             if event is None or not (event.message or "").startswith(STARTED_PROCESS_MESSAGE):
                 continue
-            pid_value = event.engine_event_data.metadata.get("pid")
+            # A MetadataValue (its .value is the pid) or, in events written by older code, the raw value.
+            pid_value: Any = event.engine_event_data.metadata.get("pid")
             try:
                 return int(getattr(pid_value, "value", pid_value)), entry.timestamp
             except (TypeError, ValueError):
@@ -103,7 +105,9 @@ def worker_gone_reason(pid: int, reported_at: float) -> str | None:
             # Exited, not yet reaped by its parent (or by init after the code server died too).
             return "the process has exited (zombie)"
         if process.create_time() > reported_at + PID_REUSE_SLACK_S:
-            return f"pid {pid} now belongs to another process ({process.name()!r}), started after the worker reported it"
+            return (
+                f"pid {pid} now belongs to another process ({process.name()!r}), started after the worker reported it"
+            )
     except psutil.NoSuchProcess:
         return "no such process"
     except psutil.AccessDenied:

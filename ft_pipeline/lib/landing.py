@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Callable, Mapping
 
 from ft_pipeline.lib.records import is_log_file
 from ft_pipeline.lib.storage import file_sha256, stream_sha256
@@ -32,7 +32,7 @@ class LandingState:
         return json.dumps({"pending": self.pending, "ingested": self.ingested}, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str | None) -> "LandingState":
+    def from_json(cls, text: str | None) -> LandingState:
         if not text:
             return cls()
         data = json.loads(text)
@@ -76,7 +76,7 @@ def scan_landing(
 
 def _visible(name: str) -> bool:
     """A log file by suffix, and no hidden part (editors' and uploaders' temporary files)."""
-    return is_log_file(PurePosixPath(name)) and not any(part.startswith(".") for part in name.split("/"))
+    return is_log_file(name) and not any(part.startswith(".") for part in name.split("/"))
 
 
 def is_url(location: str) -> bool:
@@ -145,7 +145,7 @@ class LandingFolder:
         for path, info in self._fs.find(self._root, detail=True).items():
             if info.get("type") == "directory":
                 continue
-            rel = path[len(self._root):].lstrip("/") if path.startswith(self._root) else PurePosixPath(path).name
+            rel = path[len(self._root) :].lstrip("/") if path.startswith(self._root) else PurePosixPath(path).name
             if not _visible(rel):
                 continue
             stamp = next((str(info[key]) for key in _CHANGE_KEYS if info.get(key) is not None), "")

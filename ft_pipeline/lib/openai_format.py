@@ -6,7 +6,7 @@ Hugging Face TRL's ``SFTTrainer`` accepts the same "conversational" records.
 
 Validation re-implements the OpenAI cookbook's ``Chat_finetuning_data_prep``
 checks (the seven ``format_errors`` keys, verbatim, plus its warnings and
-distributions) with the fixes recommended in ``shared/reference/data_quality.md``:
+distributions), with these fixes where the cookbook lags behind the current API:
 
 * message keys ``tool_calls`` / ``tool_call_id`` and roles ``tool`` /
   ``function`` are allowed (current API schema);
@@ -81,9 +81,7 @@ FORMAT_ERROR_KEYS: tuple[str, ...] = (
 INVALID_JSON_KEY = "invalid_json"
 
 #: Message keys accepted by the fine-tuning API (cookbook's five + tool calling).
-ALLOWED_MESSAGE_KEYS = frozenset(
-    {"role", "content", "name", "function_call", "weight", "tool_calls", "tool_call_id"}
-)
+ALLOWED_MESSAGE_KEYS = frozenset({"role", "content", "name", "function_call", "weight", "tool_calls", "tool_call_id"})
 #: Roles accepted in training examples (cookbook code's four + ``tool``).
 ALLOWED_ROLES: tuple[str, ...] = ("system", "user", "assistant", "function", "tool")
 
@@ -92,7 +90,7 @@ ALLOWED_ROLES: tuple[str, ...] = ("system", "user", "assistant", "function", "to
 DEFAULT_OPENAI_FINE_TUNING_MODEL = "gpt-4o-mini-2024-07-18"
 
 #: Training-example context length per model (longer examples are truncated).
-#: Sources: OpenAI fine-tuning docs / Azure mirror (see data_quality.md section 2.5).
+#: Sources: the OpenAI fine-tuning guide and the Azure OpenAI fine-tuning model table.
 MODEL_TOKEN_LIMITS: dict[str, int] = {
     "gpt-3.5-turbo-0613": 4096,
     "gpt-3.5-turbo-1106": 16385,
@@ -129,6 +127,7 @@ _BATCH = 10_000
 # Optional top-level keys of a training record that we pass through on export.
 _RECORD_EXTRA_KEYS = ("tools", "functions", "parallel_tool_calls")
 _EXPORTED_MESSAGE_KEYS = ("name", "tool_calls", "tool_call_id", "function_call")
+
 
 def token_limit_for_model(model: str) -> int | None:
     """Training-example token limit of ``model``, or None if unknown.
@@ -463,7 +462,9 @@ class _Validator:
             self.too_long_examples.extend(self._pending_lines[i] for i in over)
         self._pending, self._pending_lines = [], []
 
-    def finish(self, file_bytes: int | None = None, n_blank_lines: int = 0, extra_warnings: Sequence[str] = ()) -> FormatReport:
+    def finish(
+        self, file_bytes: int | None = None, n_blank_lines: int = 0, extra_warnings: Sequence[str] = ()
+    ) -> FormatReport:
         self._flush()
 
         def cat(parts: list[np.ndarray]) -> np.ndarray:

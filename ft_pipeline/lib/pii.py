@@ -41,6 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import phonenumbers
 
@@ -126,9 +127,7 @@ def _resolve_validator(spec: str) -> Callable[[str], bool]:
         return BUILTIN_VALIDATORS[spec]
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise ValueError(
-            f"validator {spec!r} is neither one of {sorted(BUILTIN_VALIDATORS)} nor 'module:function'"
-        )
+        raise ValueError(f"validator {spec!r} is neither one of {sorted(BUILTIN_VALIDATORS)} nor 'module:function'")
     try:
         target = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
@@ -213,7 +212,9 @@ def load_custom_patterns(path: str | Path) -> tuple[CustomPiiPattern, ...]:
         else:
             data = json.loads(text)
     except Exception as exc:  # a parse error of either format: say which file
-        raise ValueError(f"custom PII patterns file {path} is not valid {path.suffix.lstrip('.') or 'JSON'}: {exc}") from exc
+        raise ValueError(
+            f"custom PII patterns file {path} is not valid {path.suffix.lstrip('.') or 'JSON'}: {exc}"
+        ) from exc
     if isinstance(data, dict) and "patterns" in data:
         data = data["patterns"]
     if data is None:
@@ -260,7 +261,7 @@ def person_name_detector_unavailable(model: str) -> str | None:
 
 
 @lru_cache(maxsize=4)
-def _person_analyzer(model: str):
+def _person_analyzer(model: str) -> Any:
     reason = person_name_detector_unavailable(model)
     if reason:
         raise PersonNameDetectorUnavailable(reason)
@@ -519,7 +520,9 @@ class _Scan:
         out = []
         i = tw.find(_RUN_NEEDLE)
         while i != -1:
-            e = _TOKEN_TAIL.match(self.text, i).end()
+            tail = _TOKEN_TAIL.match(self.text, i)
+            assert tail is not None  # a `*` pattern always matches, if only the empty string
+            e = tail.end()
             out.append((i, e))
             i = tw.find(_RUN_NEEDLE, e)
         return out
@@ -572,9 +575,8 @@ def _at_positions(text: str) -> list[int]:
     return out
 
 
-_LOCAL_CHARS = (
-    "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_%+-.'"
-    + "".join(chr(c) for c in range(0xC0, 0x250))
+_LOCAL_CHARS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_%+-.'" + "".join(
+    chr(c) for c in range(0xC0, 0x250)
 )
 
 

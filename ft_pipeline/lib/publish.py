@@ -69,7 +69,9 @@ def publish_model_dir(run_dir: str | os.PathLike, base_url: str, model_name: str
     manifest = json.dumps({"model_name": model_name, "version": version, "files": entries}, indent=2, sort_keys=True)
     with fs.open(f"{root}/{MANIFEST}", "w") as f:
         f.write(manifest)
-    return PublishedModel(uri=uri, files=len(entries), bytes=total, manifest_sha256=hashlib.sha256(manifest.encode()).hexdigest())
+    return PublishedModel(
+        uri=uri, files=len(entries), bytes=total, manifest_sha256=hashlib.sha256(manifest.encode()).hexdigest()
+    )
 
 
 def verify_published(uri: str) -> list[str]:

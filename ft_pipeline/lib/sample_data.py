@@ -32,18 +32,106 @@ OPENER = "Thanks for contacting Nimbus Care, {customer}."
 SIGNATURE = "– Nimbus Care"
 
 PRODUCT_FACTS: dict[str, dict[str, Any]] = {
-    "Nimbus Hub": {"code": "HUB", "button": "Link", "seconds": 10, "light": "white", "label": "base", "power": "runs on mains power only", "care": "$4.99", "warranty": 2},
-    "Nimbus Cam 2": {"code": "CAM", "button": "Reset", "seconds": 15, "light": "blue", "label": "stand", "power": "battery lasts about 4 months", "care": "$3.99", "warranty": 2},
-    "Nimbus Doorbell": {"code": "DBL", "button": "Chime", "seconds": 8, "light": "green", "label": "back plate", "power": "battery lasts about 6 months", "care": "$2.99", "warranty": 3},
-    "Nimbus Thermostat": {"code": "THM", "button": "Dial", "seconds": 20, "light": "amber", "label": "wall plate", "power": "runs on the heating system's C-wire", "care": "$1.99", "warranty": 5},
-    "Nimbus Plug": {"code": "PLG", "button": "Power", "seconds": 5, "light": "red", "label": "side", "power": "needs no battery", "care": "$0.99", "warranty": 1},
-    "Nimbus Lock": {"code": "LCK", "button": "Inner", "seconds": 12, "light": "purple", "label": "battery cover", "power": "four AA batteries last about 9 months", "care": "$2.49", "warranty": 3},
-    "Nimbus Sensor Kit": {"code": "SNS", "button": "Pair", "seconds": 6, "light": "yellow", "label": "mounting clip", "power": "coin cells last about 1 year", "care": "$1.49", "warranty": 2},
+    "Nimbus Hub": {
+        "code": "HUB",
+        "button": "Link",
+        "seconds": 10,
+        "light": "white",
+        "label": "base",
+        "power": "runs on mains power only",
+        "care": "$4.99",
+        "warranty": 2,
+    },
+    "Nimbus Cam 2": {
+        "code": "CAM",
+        "button": "Reset",
+        "seconds": 15,
+        "light": "blue",
+        "label": "stand",
+        "power": "battery lasts about 4 months",
+        "care": "$3.99",
+        "warranty": 2,
+    },
+    "Nimbus Doorbell": {
+        "code": "DBL",
+        "button": "Chime",
+        "seconds": 8,
+        "light": "green",
+        "label": "back plate",
+        "power": "battery lasts about 6 months",
+        "care": "$2.99",
+        "warranty": 3,
+    },
+    "Nimbus Thermostat": {
+        "code": "THM",
+        "button": "Dial",
+        "seconds": 20,
+        "light": "amber",
+        "label": "wall plate",
+        "power": "runs on the heating system's C-wire",
+        "care": "$1.99",
+        "warranty": 5,
+    },
+    "Nimbus Plug": {
+        "code": "PLG",
+        "button": "Power",
+        "seconds": 5,
+        "light": "red",
+        "label": "side",
+        "power": "needs no battery",
+        "care": "$0.99",
+        "warranty": 1,
+    },
+    "Nimbus Lock": {
+        "code": "LCK",
+        "button": "Inner",
+        "seconds": 12,
+        "light": "purple",
+        "label": "battery cover",
+        "power": "four AA batteries last about 9 months",
+        "care": "$2.49",
+        "warranty": 3,
+    },
+    "Nimbus Sensor Kit": {
+        "code": "SNS",
+        "button": "Pair",
+        "seconds": 6,
+        "light": "yellow",
+        "label": "mounting clip",
+        "power": "coin cells last about 1 year",
+        "care": "$1.49",
+        "warranty": 2,
+    },
 }
 PRODUCTS = list(PRODUCT_FACTS)
 ROOMS = ["kitchen", "hallway", "garage", "living room", "office", "nursery", "porch", "bedroom", "basement", "attic"]
-CUSTOMERS = ["Alex", "Bea", "Chris", "Dana", "Eli", "Farah", "Gus", "Hana", "Ivo", "Jade", "Kai", "Luis", "Maya", "Nico",
-             "Olga", "Pete", "Quinn", "Rhea", "Sven", "Tara", "Uma", "Viktor", "Wen", "Yara", "Zoe"]
+CUSTOMERS = [
+    "Alex",
+    "Bea",
+    "Chris",
+    "Dana",
+    "Eli",
+    "Farah",
+    "Gus",
+    "Hana",
+    "Ivo",
+    "Jade",
+    "Kai",
+    "Luis",
+    "Maya",
+    "Nico",
+    "Olga",
+    "Pete",
+    "Quinn",
+    "Rhea",
+    "Sven",
+    "Tara",
+    "Uma",
+    "Viktor",
+    "Wen",
+    "Yara",
+    "Zoe",
+]
 OWNER_NAMES = ["Sam", "Priya", "Marco", "Lena", "Tom", "Aisha", "Jonas", "Mei", "Oscar", "Nadia", "Felix", "Rosa"]
 
 # Intent -> (tag, customer phrasings, the house answer, a follow-up question and its answer).
@@ -51,107 +139,183 @@ OWNER_NAMES = ["Sam", "Priya", "Marco", "Lena", "Tom", "Aisha", "Jonas", "Mei", 
 INTENTS: dict[str, dict[str, Any]] = {
     "CHARGE": {
         "tag": "billing",
-        "asks": ["I was charged twice for my {product} Care plan this month.",
-                 "There are two charges for {product} Care on my card statement, can you check?",
-                 "Why did you bill me twice this month for the {product} subscription?"],
+        "asks": [
+            "I was charged twice for my {product} Care plan this month.",
+            "There are two charges for {product} Care on my card statement, can you check?",
+            "Why did you bill me twice this month for the {product} subscription?",
+        ],
         "answer": "The second {product} Care charge is a temporary hold and drops off within 3 business days. If it is still there on day 4, reply with your order {order} and I refund it at once.",
-        "follow": ("Will I get an email about it?", "Yes, you get an email from Nimbus Billing when the hold is released. Your order {order} needs nothing else from you."),
+        "follow": (
+            "Will I get an email about it?",
+            "Yes, you get an email from Nimbus Billing when the hold is released. Your order {order} needs nothing else from you.",
+        ),
     },
     "PLAN": {
         "tag": "billing",
-        "asks": ["How much does the Care plan for the {product} cost?",
-                 "What is the price of {product} Care, and what does it add?",
-                 "I am thinking about the Care plan for my {product}, what does it cost?"],
+        "asks": [
+            "How much does the Care plan for the {product} cost?",
+            "What is the price of {product} Care, and what does it add?",
+            "I am thinking about the Care plan for my {product}, what does it cost?",
+        ],
         "answer": "{product} Care costs {care} per month. It adds 30 days of video history, priority support and an extended warranty of {warranty_plus} years. You can cancel it any time in the app.",
-        "follow": ("Can I switch to yearly billing?", "Yes, under Account > Plans > Billing cycle. Yearly billing gives you two months free on {product} Care."),
+        "follow": (
+            "Can I switch to yearly billing?",
+            "Yes, under Account > Plans > Billing cycle. Yearly billing gives you two months free on {product} Care.",
+        ),
     },
     "REFUND": {
         "tag": "billing",
-        "asks": ["My refund for the {product} I sent back has not arrived, it has been {days} days.",
-                 "I returned the {product} {days} days ago and I still have no refund.",
-                 "Where is my refund for order {order}? I returned the {product}."],
+        "asks": [
+            "My refund for the {product} I sent back has not arrived, it has been {days} days.",
+            "I returned the {product} {days} days ago and I still have no refund.",
+            "Where is my refund for order {order}? I returned the {product}.",
+        ],
         "answer": "Refunds are sent within 5 business days of the return scan and show as NIMBUS*RETURN on your statement. I checked order {order}: the {product} was scanned, so the refund is on its way.",
-        "follow": ("What if it still does not show up?", "If NIMBUS*RETURN is not on your statement after 5 business days, reply here with order {order} and I escalate it to Billing the same day."),
+        "follow": (
+            "What if it still does not show up?",
+            "If NIMBUS*RETURN is not on your statement after 5 business days, reply here with order {order} and I escalate it to Billing the same day.",
+        ),
     },
     "LATE": {
         "tag": "shipping",
-        "asks": ["My {product} order {order} has not arrived and tracking has not changed for {days} days.",
-                 "Order {order} for a {product} is late, tracking shows nothing new.",
-                 "Where is my {product}? I ordered it {days} days ago, order {order}."],
+        "asks": [
+            "My {product} order {order} has not arrived and tracking has not changed for {days} days.",
+            "Order {order} for a {product} is late, tracking shows nothing new.",
+            "Where is my {product}? I ordered it {days} days ago, order {order}.",
+        ],
         "answer": "Orders ship from our Leeds warehouse within 24 hours and take 2 to 4 business days. I checked order {order}: it is with the carrier, and you can follow it at nimbus.example/track.",
-        "follow": ("And if it is lost?", "If order {order} has not arrived after 7 business days, I send a new {product} by express at no charge."),
+        "follow": (
+            "And if it is lost?",
+            "If order {order} has not arrived after 7 business days, I send a new {product} by express at no charge.",
+        ),
     },
     "DAMAGED": {
         "tag": "shipping",
-        "asks": ["The box of my {product} arrived damaged, order {order}.",
-                 "My new {product} came with a cracked case, what should I do?",
-                 "The {product} from order {order} arrived broken."],
+        "asks": [
+            "The box of my {product} arrived damaged, order {order}.",
+            "My new {product} came with a cracked case, what should I do?",
+            "The {product} from order {order} arrived broken.",
+        ],
         "answer": "I am sorry it arrived damaged. Send a photo under Orders > Report a problem and I ship a new {product} by express at no charge. You do not need to return the damaged one.",
-        "follow": ("How fast does the replacement come?", "Express replacements leave the Leeds warehouse the same day and arrive in 1 to 2 business days."),
+        "follow": (
+            "How fast does the replacement come?",
+            "Express replacements leave the Leeds warehouse the same day and arrive in 1 to 2 business days.",
+        ),
     },
     "ABROAD": {
         "tag": "shipping",
-        "asks": ["Do you ship the {product} to Canada?",
-                 "Can I order a {product} to an address in Germany?",
-                 "I live in Ireland, can you deliver the {product} there?"],
+        "asks": [
+            "Do you ship the {product} to Canada?",
+            "Can I order a {product} to an address in Germany?",
+            "I live in Ireland, can you deliver the {product} there?",
+        ],
         "answer": "We ship the {product} to the UK, the EU and Canada. Delivery takes 5 to 8 business days and duties are included in the price, so there is nothing to pay on arrival.",
-        "follow": ("Does the warranty still apply abroad?", "Yes, the {warranty}-year {product} warranty applies in every country we ship to."),
+        "follow": (
+            "Does the warranty still apply abroad?",
+            "Yes, the {warranty}-year {product} warranty applies in every country we ship to.",
+        ),
     },
     "WIFI": {
         "tag": "setup",
-        "asks": ["My {product} in the {room} will not connect to the wifi after the update.",
-                 "The {product} in our {room} keeps dropping off the network.",
-                 "Since yesterday the {room} {product} shows offline in the app."],
+        "asks": [
+            "My {product} in the {room} will not connect to the wifi after the update.",
+            "The {product} in our {room} keeps dropping off the network.",
+            "Since yesterday the {room} {product} shows offline in the app.",
+        ],
         "answer": "The {product} only joins 2.4 GHz Wi-Fi. Hold the {button} button for {seconds} seconds until the light turns {light}, then add the {room} {product} again in the app.",
-        "follow": ("It is still offline, what now?", "Move the {product} closer to the router for setup and try again. If the light never turns {light}, reply here and I open a replacement case."),
+        "follow": (
+            "It is still offline, what now?",
+            "Move the {product} closer to the router for setup and try again. If the light never turns {light}, reply here and I open a replacement case.",
+        ),
     },
     "PAIR": {
         "tag": "setup",
-        "asks": ["How do I pair the {product} with the Nimbus app on a new phone?",
-                 "I got a new phone, how do I add my {product} again?",
-                 "How do I set up the {product} for the {room}?"],
+        "asks": [
+            "How do I pair the {product} with the Nimbus app on a new phone?",
+            "I got a new phone, how do I add my {product} again?",
+            "How do I set up the {product} for the {room}?",
+        ],
         "answer": "Open the Nimbus app, tap + and choose {product}. Scan the code on the {label} and keep the phone within 2 metres until the light turns {light}. Pairing takes about a minute.",
-        "follow": ("Where exactly is the code?", "The setup code of the {product} is printed on the {label}, next to the serial number."),
+        "follow": (
+            "Where exactly is the code?",
+            "The setup code of the {product} is printed on the {label}, next to the serial number.",
+        ),
     },
     "POWER": {
         "tag": "setup",
-        "asks": ["How long does the battery of the {product} last?",
-                 "Does the {product} in the {room} need new batteries soon?",
-                 "What powers the {product}, and how often do I need to charge it?"],
+        "asks": [
+            "How long does the battery of the {product} last?",
+            "Does the {product} in the {room} need new batteries soon?",
+            "What powers the {product}, and how often do I need to charge it?",
+        ],
         "answer": "The {product} {power}. The app warns you 14 days before it needs attention, under Devices > {product} > Power.",
-        "follow": ("Will it warn me by email too?", "Yes, Nimbus also sends an email 14 days ahead, and again 3 days ahead, for the {product}."),
+        "follow": (
+            "Will it warn me by email too?",
+            "Yes, Nimbus also sends an email 14 days ahead, and again 3 days ahead, for the {product}.",
+        ),
     },
     "LOGIN": {
         "tag": "account",
-        "asks": ["I cannot log in to my Nimbus account after resetting my password.",
-                 "The app says my password is wrong, but I just reset it.",
-                 "I am locked out of the Nimbus app, my {product} is still running."],
+        "asks": [
+            "I cannot log in to my Nimbus account after resetting my password.",
+            "The app says my password is wrong, but I just reset it.",
+            "I am locked out of the Nimbus app, my {product} is still running.",
+        ],
         "answer": "Reset links are valid for 30 minutes and only the newest one works. Tap Forgot password once, use the link within 30 minutes, and sign in again. Your {product} keeps running meanwhile.",
-        "follow": ("The link never arrives.", "Reset emails come from Nimbus Accounts within 2 minutes. Check the spam folder, or tap Forgot password again after 5 minutes."),
+        "follow": (
+            "The link never arrives.",
+            "Reset emails come from Nimbus Accounts within 2 minutes. Check the spam folder, or tap Forgot password again after 5 minutes.",
+        ),
     },
     "SHARE": {
         "tag": "account",
-        "asks": ["How do I give {name} access to the {product}?",
-                 "Can my partner {name} also control the {product}?",
-                 "I want {name} to see the {product} in the app too."],
+        "asks": [
+            "How do I give {name} access to the {product}?",
+            "Can my partner {name} also control the {product}?",
+            "I want {name} to see the {product} in the app too.",
+        ],
         "answer": "Go to Settings > Household > Invite and enter {name}'s email. A home can have up to 6 members, and the invite expires after 7 days. {name} then sees the {product} in the app.",
-        "follow": ("Can I limit what {name} can do?", "Yes, under Settings > Household > {name} you can set the role to Guest, who can use the {product} but not change its settings."),
+        "follow": (
+            "Can I limit what {name} can do?",
+            "Yes, under Settings > Household > {name} you can set the role to Guest, who can use the {product} but not change its settings.",
+        ),
     },
     "DELETE": {
         "tag": "account",
-        "asks": ["I want to delete my account and everything the {product} recorded.",
-                 "Please remove my data, including the {product} history.",
-                 "How do I close my Nimbus account? I no longer use the {product}."],
+        "asks": [
+            "I want to delete my account and everything the {product} recorded.",
+            "Please remove my data, including the {product} history.",
+            "How do I close my Nimbus account? I no longer use the {product}.",
+        ],
         "answer": "Go to Settings > Privacy > Delete account. Your recordings and the {product} history are erased within 30 days, and we email you a confirmation when it is done.",
-        "follow": ("Can I keep a copy first?", "Yes, Settings > Privacy > Export data gives you a download link within 24 hours, valid for 7 days."),
+        "follow": (
+            "Can I keep a copy first?",
+            "Yes, Settings > Privacy > Export data gives you a download link within 24 hours, valid for 7 days.",
+        ),
     },
 }
 TOPICS = sorted({intent["tag"] for intent in INTENTS.values()})
-CONTEXT = ["It started last week.", "This is the second time it happened.", "I am using the app on Android.",
-           "I already restarted everything twice.", "I bought it as a gift.", "My partner noticed it first.",
-           "I am on the latest app version.", "We moved house last month.", "I use an iPhone.", ""]
-SIGN_OFFS = ["Thanks, {customer}", "Please help. {customer}", "Any ideas? - {customer}", "Thank you in advance, {customer}",
-             "What can I do? {customer}", "Cheers, {customer}", "Regards, {customer}"]
+CONTEXT = [
+    "It started last week.",
+    "This is the second time it happened.",
+    "I am using the app on Android.",
+    "I already restarted everything twice.",
+    "I bought it as a gift.",
+    "My partner noticed it first.",
+    "I am on the latest app version.",
+    "We moved house last month.",
+    "I use an iPhone.",
+    "",
+]
+SIGN_OFFS = [
+    "Thanks, {customer}",
+    "Please help. {customer}",
+    "Any ideas? - {customer}",
+    "Thank you in advance, {customer}",
+    "What can I do? {customer}",
+    "Cheers, {customer}",
+    "Regards, {customer}",
+]
 CLOSING_ASK = "Thanks, that is all."
 CLOSING_ANSWER = "You are welcome. Your case {ref} stays open for 14 days if you need us again."
 # Text that looks like personal data but is not: it must survive scrubbing untouched.
@@ -211,7 +375,9 @@ def _conversation(rng: random.Random, index: int, *, turns: int | None = None) -
         messages.append({"role": "assistant", "content": _house_reply(slots["customer"], answer.format(**slots), ref)})
     for _ in range(n_turns - 2):
         messages.append({"role": "user", "content": CLOSING_ASK})
-        messages.append({"role": "assistant", "content": _house_reply(slots["customer"], CLOSING_ANSWER.format(ref=ref), ref)})
+        messages.append(
+            {"role": "assistant", "content": _house_reply(slots["customer"], CLOSING_ANSWER.format(ref=ref), ref)}
+        )
     return {
         "conversation_id": f"conv-{index:05d}",
         "user_id": f"user-{rng.randint(1, 120):04d}",
@@ -277,13 +443,17 @@ def build_sample(seed: int = 7) -> dict[str, bytes]:
     tail["messages"].append({"role": "user", "content": "Hello?"})
     planted.append(tail)
     whitespace = variant(good[41])
-    whitespace["messages"][1]["content"] = "  " + whitespace["messages"][1]["content"].replace(" ", "   ", 3) + "\u200b\r\n\n\n"
+    whitespace["messages"][1]["content"] = (
+        "  " + whitespace["messages"][1]["content"].replace(" ", "   ", 3) + "\u200b\r\n\n\n"
+    )
     planted.append(whitespace)
     # Duplicates: exact (same file and across files), near, prefix, branch.
     exact_in_file = variant(good[42], rating=4)
     planted.append(exact_in_file)
     near = variant(good[43])
-    near["messages"][2]["content"] = near["messages"][2]["content"].replace("Thanks for contacting", "Many thanks for contacting", 1)
+    near["messages"][2]["content"] = near["messages"][2]["content"].replace(
+        "Thanks for contacting", "Many thanks for contacting", 1
+    )
     long_near_base = _conversation(rng, next(counter), turns=3)
     long_near = variant(long_near_base)
     long_near["messages"][-1]["content"] = long_near["messages"][-1]["content"].rstrip(".") + ", thanks."
@@ -296,7 +466,18 @@ def build_sample(seed: int = 7) -> dict[str, bytes]:
     planted += [long_near_base, long_near, prefix_base, prefix, branch_base, branch, near]
     # Too long for the default 4096-token limit (about 16 KB of text).
     long_record = _conversation(rng, next(counter), turns=1)
-    events = ["connected", "disconnected", "rebooted", "updated", "paired", "armed", "disarmed", "calibrated", "muted", "resumed"]
+    events = [
+        "connected",
+        "disconnected",
+        "rebooted",
+        "updated",
+        "paired",
+        "armed",
+        "disarmed",
+        "calibrated",
+        "muted",
+        "resumed",
+    ]
     long_record["messages"][2]["content"] = "Here is the full event log you asked for. " + " ".join(
         f"Event {k}: sensor {rng.getrandbits(32):08x} {rng.choice(events)} at {rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}."
         for k in range(420)
@@ -311,14 +492,31 @@ def build_sample(seed: int = 7) -> dict[str, bytes]:
         _line({"conversation_id": "no-messages", "text": "hello"}),
         _line({"conversation_id": "messages-string", "messages": "user: hi / assistant: hello"}),
         _line({"conversation_id": "message-not-object", "messages": ["hi", "hello"]}),
-        _line({"conversation_id": "unknown-role", "messages": [{"role": "customer", "content": "hi"}, {"role": "assistant", "content": "hello"}]}),
-        _line({"conversation_id": "no-content", "messages": [{"role": "user"}, {"role": "assistant", "content": "hello"}]}),
-        _line({"conversation_id": "content-list", "messages": [{"role": "user", "content": ["hi"]}, {"role": "assistant", "content": "hello"}]}),
+        _line(
+            {
+                "conversation_id": "unknown-role",
+                "messages": [{"role": "customer", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+            }
+        ),
+        _line(
+            {"conversation_id": "no-content", "messages": [{"role": "user"}, {"role": "assistant", "content": "hello"}]}
+        ),
+        _line(
+            {
+                "conversation_id": "content-list",
+                "messages": [{"role": "user", "content": ["hi"]}, {"role": "assistant", "content": "hello"}],
+            }
+        ),
         _line({"conversation_id": "rating-text", "rating": "five", "messages": good[50]["messages"]}),
         _line({"conversation_id": "bad-date", "created_at": "yesterday", "messages": good[51]["messages"]}),
         _line({"conversation_id": "empty", "messages": []}),
     ]
-    oversize = _line({"conversation_id": "oversize", "messages": [{"role": "user", "content": "x" * 300_000}, {"role": "assistant", "content": "ok"}]})
+    oversize = _line(
+        {
+            "conversation_id": "oversize",
+            "messages": [{"role": "user", "content": "x" * 300_000}, {"role": "assistant", "content": "ok"}],
+        }
+    )
 
     # Other accepted formats.
     openai_lines = [_line({"messages": c["messages"]}) for c in good[280:300]]
@@ -326,7 +524,13 @@ def build_sample(seed: int = 7) -> dict[str, bytes]:
         _line(
             {
                 "id": f"sharegpt-{k}",
-                "conversations": [{"from": {"system": "system", "user": "human", "assistant": "gpt"}[m["role"]], "value": m["content"]} for m in c["messages"]],
+                "conversations": [
+                    {
+                        "from": {"system": "system", "user": "human", "assistant": "gpt"}[m["role"]],
+                        "value": m["content"],
+                    }
+                    for m in c["messages"]
+                ],
             }
         )
         for k, c in enumerate(good[300:320])

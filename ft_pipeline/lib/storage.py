@@ -12,9 +12,10 @@ import json
 import os
 import re
 import tempfile
-from datetime import datetime, timezone
+from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, BinaryIO
 
 import pandas as pd
 
@@ -101,7 +102,7 @@ def content_version(*parts: Any) -> str:
     return digest.hexdigest()[:16]
 
 
-def stream_sha256(stream, chunk: int = 1 << 20) -> str:
+def stream_sha256(stream: BinaryIO, chunk: int = 1 << 20) -> str:
     """sha256 of everything left in a binary file object (local or fsspec), read in chunks."""
     digest = hashlib.sha256()
     while block := stream.read(chunk):
@@ -153,7 +154,7 @@ def write_text(text: str, path: str | os.PathLike) -> Path:
 
 def write_latest(folder: str | os.PathLike, version: str, **extra: Any) -> Path:
     """Point ``folder/latest.json`` at ``version`` (with any extra fields, e.g. file paths)."""
-    pointer = {"version": version, "written_at": datetime.now(timezone.utc).isoformat(), **extra}
+    pointer = {"version": version, "written_at": datetime.now(UTC).isoformat(), **extra}
     return write_text(json.dumps(pointer, indent=2, default=str) + "\n", Path(folder) / LATEST)
 
 
@@ -165,7 +166,7 @@ def read_latest(folder: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def layout(data_dir: Path) -> dict[str, Path]:
-    """The folders of DESIGN.md §3, below the data directory."""
+    """The folders below the data directory (README, "Data contracts")."""
     return {
         "raw": data_dir / "raw",
         # Local copies of log files that landed on object storage, while they are parsed.

@@ -119,9 +119,7 @@ class TokenCounter:
             return np.zeros(0, dtype=np.int64)
         counts = np.asarray(self._count_batch(texts), dtype=np.int64)
         if counts.shape != (len(texts),):
-            raise ValueError(
-                f"token counter {self.name!r} returned shape {counts.shape} for {len(texts)} texts"
-            )
+            raise ValueError(f"token counter {self.name!r} returned shape {counts.shape} for {len(texts)} texts")
         return counts
 
     def _role_tokens(self, role: str) -> int:
@@ -132,9 +130,7 @@ class TokenCounter:
                 self._role_cache[role] = cached
         return cached
 
-    def count_conversations(
-        self, conversations: Sequence[list[dict]]
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def count_conversations(self, conversations: Sequence[list[dict]]) -> tuple[np.ndarray, np.ndarray]:
         """Count tokens per conversation (list of ``{"role", "content", ...}`` dicts).
 
         Returns:
@@ -212,8 +208,11 @@ class TokenCounter:
 
         if isinstance(conversations, pa.ChunkedArray):
             conversations = (
-                conversations.chunk(0) if conversations.num_chunks == 1 else conversations.combine_chunks()
-                if conversations.num_chunks else pa.array([], conversations.type)
+                conversations.chunk(0)
+                if conversations.num_chunks == 1
+                else conversations.combine_chunks()
+                if conversations.num_chunks
+                else pa.array([], conversations.type)
             )
         typ = conversations.type
         value_type = typ.value_type if pa.types.is_list(typ) or pa.types.is_large_list(typ) else None
@@ -360,7 +359,9 @@ def _arrow_separator_counts(strings: Any) -> np.ndarray:
         lo, hi = int(offsets[i]), int(offsets[j])
         chunk = data[lo:hi]
         positions = np.flatnonzero((chunk == 32) | (chunk == 10))
-        out[i:j] = np.searchsorted(positions, offsets[i + 1 : j + 1] - lo) - np.searchsorted(positions, offsets[i:j] - lo)
+        out[i:j] = np.searchsorted(positions, offsets[i + 1 : j + 1] - lo) - np.searchsorted(
+            positions, offsets[i:j] - lo
+        )
         i = j
     if strings.null_count:
         out[~strings.is_valid().to_numpy(zero_copy_only=False)] = 0
@@ -404,8 +405,10 @@ def _make_hf_counter(ref: str, per_message_overhead: int) -> TokenCounter:
     try:
         tok = AutoTokenizer.from_pretrained(ref, local_files_only=True)
     except Exception as exc:  # OSError/ValueError/... depending on what is missing
-        where = "directory exists but holds no loadable tokenizer" if os.path.isdir(ref) else (
-            "is not a local directory and is not in the local Hugging Face cache"
+        where = (
+            "directory exists but holds no loadable tokenizer"
+            if os.path.isdir(ref)
+            else ("is not a local directory and is not in the local Hugging Face cache")
         )
         raise ValueError(
             f"could not load tokenizer 'hf:{ref}': {ref!r} {where}. No download is attempted "

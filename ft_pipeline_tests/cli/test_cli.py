@@ -34,8 +34,16 @@ def test_validate_reports_errors_with_nonzero_exit(tmp_path, capsys):
 
 def test_validate_clean_openai_file_passes(tmp_path, capsys):
     lines = [
-        {"messages": [{"role": "system", "content": "Be helpful."}, {"role": "user", "content": f"Question number {i} about the hub?"},
-                      {"role": "assistant", "content": f"Here is a complete and helpful answer to question {i} about resetting the hub."}]}
+        {
+            "messages": [
+                {"role": "system", "content": "Be helpful."},
+                {"role": "user", "content": f"Question number {i} about the hub?"},
+                {
+                    "role": "assistant",
+                    "content": f"Here is a complete and helpful answer to question {i} about resetting the hub.",
+                },
+            ]
+        }
         for i in range(12)
     ]
     path = tmp_path / "train.jsonl"
@@ -48,10 +56,23 @@ def test_validate_clean_openai_file_passes(tmp_path, capsys):
 
 def test_validate_too_few_examples_fails(tmp_path, capsys):
     path = tmp_path / "tiny.jsonl"
-    path.write_text(json.dumps({"messages": [{"role": "user", "content": "hi there"}, {"role": "assistant", "content": "A sufficiently long helpful answer to the greeting, thanks."}]}) + "\n")
+    path.write_text(
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": "hi there"},
+                    {"role": "assistant", "content": "A sufficiently long helpful answer to the greeting, thanks."},
+                ]
+            }
+        )
+        + "\n"
+    )
     assert main(["validate", str(path)]) == 1
     # Finding 7 (issue 15): it said "FAILED (0 error(s))" without saying why.
-    assert "result: FAILED (0 error(s); 1 example(s); an OpenAI fine-tuning job needs at least 10)" in capsys.readouterr().out
+    assert (
+        "result: FAILED (0 error(s); 1 example(s); an OpenAI fine-tuning job needs at least 10)"
+        in capsys.readouterr().out
+    )
 
 
 @pytest.fixture
@@ -70,8 +91,18 @@ def test_run_materializes_the_graph_and_prints_split_paths(sample_data_dir, caps
     data = sample_data_dir
     # The whole graph, kept cheap: a few training steps cannot beat the base, so the gate rejects
     # the candidate; that is a decision, printed with its reasons, not a failed command.
-    quick = ["--set", "fine_tuned_model.base_model=tiny", "--set", "fine_tuned_model.max_steps=3", "--set", "fine_tuned_model.max_length=256",
-             "--set", "evaluation_report.max_new_tokens=8", "--set", "evaluation_report.n_resamples=200"]
+    quick = [
+        "--set",
+        "fine_tuned_model.base_model=tiny",
+        "--set",
+        "fine_tuned_model.max_steps=3",
+        "--set",
+        "fine_tuned_model.max_length=256",
+        "--set",
+        "evaluation_report.max_new_tokens=8",
+        "--set",
+        "evaluation_report.n_resamples=200",
+    ]
     assert main(["run", "--data-dir", str(data), *quick]) == 0
     out = capsys.readouterr().out
     for split in ("train", "validation", "test"):
@@ -126,7 +157,10 @@ def test_partitions_list_and_delete_with_purge(sample_data_dir, capsys):
     from ft_pipeline.lib.storage import safe_name
 
     for folder in ("parsed", "cleaned"):
-        assert not (data / folder / safe_name(gone)).exists() and (data / folder / safe_name("support_2024-05-02.jsonl.gz")).exists()
+        assert (
+            not (data / folder / safe_name(gone)).exists()
+            and (data / folder / safe_name("support_2024-05-02.jsonl.gz")).exists()
+        )
     assert not (data / "quarantine" / f"{safe_name(gone)}.parquet").exists()
     assert (data / "quarantine" / f"{safe_name('support_2024-05-02.jsonl.gz')}.parquet").exists()
 

@@ -1,17 +1,19 @@
 """The new-log-files sensor, the nightly schedule and the run-failure sensor."""
 
 import json
+from datetime import UTC
 
 import dagster as dg
 
 from ft_pipeline.definitions import defs, new_log_files_sensor, nightly_retrain_schedule, record_run_failures
-from ft_pipeline.defs.automation import FailureNotifier
 from ft_pipeline.defs.partitions import log_files_partitions
-from ft_pipeline.defs.resources import PipelineStorage, RawLogStore
+from ft_pipeline.defs.resources import FailureNotifier, PipelineStorage, RawLogStore
 
 
 def _tick(instance, landing, cursor=None):
-    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"raw_log_store": RawLogStore(landing_dir=str(landing))})
+    context = dg.build_sensor_context(
+        instance=instance, cursor=cursor, resources={"raw_log_store": RawLogStore(landing_dir=str(landing))}
+    )
     return new_log_files_sensor(context)
 
 
@@ -60,7 +62,10 @@ def test_sensor_one_run_per_new_file_idempotent(instance, tmp_path):
 def test_sensor_targets_only_the_ingest_job():
     assert new_log_files_sensor.job_name == "ingest_log_file"
     job = defs.resolve_job_def("ingest_log_file")
-    assert {k.to_user_string() for k in job.asset_layer.executable_asset_keys} == {"raw_conversation_logs", "cleaned_conversations"}
+    assert {k.to_user_string() for k in job.asset_layer.executable_asset_keys} == {
+        "raw_conversation_logs",
+        "cleaned_conversations",
+    }
 
 
 def test_nightly_schedule_defaults_and_next_tick():
@@ -71,14 +76,16 @@ def test_nightly_schedule_defaults_and_next_tick():
     keys = {k.to_user_string() for k in job.asset_layer.executable_asset_keys}
     assert {"curated_dataset", "fine_tuned_model", "evaluation_report", "promoted_model"} <= keys
     assert "raw_conversation_logs" not in keys
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from dagster._utils.schedules import cron_string_iterator
 
-    ticks = cron_string_iterator(datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc).timestamp(), nightly_retrain_schedule.cron_schedule, "UTC")
+    ticks = cron_string_iterator(
+        datetime(2026, 1, 1, 12, 0, tzinfo=UTC).timestamp(), nightly_retrain_schedule.cron_schedule, "UTC"
+    )
     assert next(ticks).isoformat().startswith("2026-01-02T02:00:00")
     # A tick evaluates to one run of the retraining job.
-    context = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 1, 2, 2, 0, tzinfo=timezone.utc))
+    context = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 1, 2, 2, 0, tzinfo=UTC))
     requests = nightly_retrain_schedule.evaluate_tick(context).run_requests
     assert len(requests) == 1
 
@@ -92,8 +99,11 @@ def test_run_failure_sensor_records_the_failure(instance, tmp_path):
     assert not result.success
     failure_event = next(e for e in result.all_events if e.event_type_value == "PIPELINE_FAILURE")
     context = dg.build_run_status_sensor_context(
-        sensor_name="record_run_failures", dagster_instance=instance, dagster_run=instance.get_run_by_id(result.run_id),
-        dagster_event=failure_event, resources={"storage": PipelineStorage(data_dir=str(tmp_path)), "failure_notifier": FailureNotifier()},
+        sensor_name="record_run_failures",
+        dagster_instance=instance,
+        dagster_run=instance.get_run_by_id(result.run_id),
+        dagster_event=failure_event,
+        resources={"storage": PipelineStorage(data_dir=str(tmp_path)), "failure_notifier": FailureNotifier()},
     ).for_run_failure()
     record_run_failures(context)
     lines = [json.loads(line) for line in (tmp_path / "run_failures.jsonl").read_text().splitlines()]
@@ -152,7 +162,9 @@ def test_sensor_skips_files_already_ingested_with_the_same_content(instance, tmp
     name = "support_2024-05-01.jsonl"
     (landing / name).write_bytes(build_sample()[name])
     instance.add_dynamic_partitions(log_files_partitions.name, [name])
-    assert dg.materialize([raw_conversation_logs], partition_key=name, resources=resources_for(data), instance=instance).success
+    assert dg.materialize(
+        [raw_conversation_logs], partition_key=name, resources=resources_for(data), instance=instance
+    ).success
 
     first = _tick(instance, landing)
     second = _tick(instance, landing, first.cursor)

@@ -78,7 +78,7 @@ def _probe_lines() -> list[str]:
     records = [_conversation(rng, i, turns=1) for i in range(60)]
     # The planted records first: the UI's samples show a file's first rows.
     lines = [json.dumps(_planted_record(records[i], kind, value, i)) for i, (kind, value) in enumerate(PLANTED.items())]
-    lines += [json.dumps(r) for r in records[len(PLANTED):]]
+    lines += [json.dumps(r) for r in records[len(PLANTED) :]]
     # Records that are quarantined: PII in a field that fails the schema (its detail echoes the
     # value), and a line that is not JSON at all (the quarantine keeps its raw text).
     bad_date = _planted_record(records[0], "EMAIL", BUILT_IN["EMAIL"], 98)
@@ -96,7 +96,9 @@ def person_name_model(tmp_path):
     import spacy
 
     nlp = spacy.blank("en")
-    nlp.add_pipe("entity_ruler").add_patterns([{"label": "PERSON", "pattern": [{"LOWER": "maria"}, {"LOWER": "garcia"}]}])
+    nlp.add_pipe("entity_ruler").add_patterns(
+        [{"label": "PERSON", "pattern": [{"LOWER": "maria"}, {"LOWER": "garcia"}]}]
+    )
     folder = tmp_path / "spacy-names"
     nlp.to_disk(folder)
     return str(folder)
@@ -142,7 +144,9 @@ def test_planted_pii_reaches_nothing_the_pipeline_writes(tmp_path, monkeypatch, 
 
     with dg.instance_for_test(temp_dir=str(home)) as instance:
         instance.add_dynamic_partitions(log_files_partitions.name, [PROBE_FILE])
-        with dg.execute_job(dg.reconstructable(ingest_log_file_job), instance, tags={"dagster/partition": PROBE_FILE}) as ingest:
+        with dg.execute_job(
+            dg.reconstructable(ingest_log_file_job), instance, tags={"dagster/partition": PROBE_FILE}
+        ) as ingest:
             assert ingest.success
             raw_meta = ingest.asset_materializations_for_node("raw_conversation_logs")[0].metadata
             assert raw_meta["quarantined"].value == 2  # the bad date and the broken line
@@ -153,7 +157,9 @@ def test_planted_pii_reaches_nothing_the_pipeline_writes(tmp_path, monkeypatch, 
             done = {e.asset_key.to_user_string() for e in train.get_asset_materialization_events()}
             # The evaluation ran (the gate may or may not promote a tiny model); everything it
             # and the stages before it wrote is searched below.
-            assert {"curated_dataset", "train_split", "test_split", "fine_tuned_model", "evaluation_report"} <= done, done
+            assert {"curated_dataset", "train_split", "test_split", "fine_tuned_model", "evaluation_report"} <= done, (
+                done
+            )
             checks = {c.check_name: c.passed for c in train.get_asset_check_evaluations()}
             assert checks["no_pii_left"], "the curated dataset still holds PII"
 

@@ -64,7 +64,9 @@ def _rows(url: str, query: str, **params) -> list[tuple]:
         engine.dispose()
 
 
-def test_whole_graph_on_documented_postgres_storage(postgres_database_url, registry_database_url, tmp_path, monkeypatch):
+def test_whole_graph_on_documented_postgres_storage(
+    postgres_database_url, registry_database_url, tmp_path, monkeypatch
+):
     _set_dagster_pg_env(monkeypatch, postgres_database_url)
     monkeypatch.setenv("FT_PIPELINE_REGISTRY_URL", sqlalchemy_url(registry_database_url))
     config = documented_instance_config()
@@ -93,12 +95,17 @@ def test_whole_graph_on_documented_postgres_storage(postgres_database_url, regis
     assert len(runs) == n_runs and {status for _, status in runs} == {"SUCCESS"}
     assert promoted.run_id in {run_id for run_id, _ in runs}
     materialized = {
-        key for (key,) in _rows(postgres_database_url, "SELECT DISTINCT asset_key FROM event_logs WHERE dagster_event_type = 'ASSET_MATERIALIZATION'")
+        key
+        for (key,) in _rows(
+            postgres_database_url,
+            "SELECT DISTINCT asset_key FROM event_logs WHERE dagster_event_type = 'ASSET_MATERIALIZATION'",
+        )
     }
     assert {k.to_string() for a in DOWNSTREAM_ASSETS for k in a.keys} <= materialized
     assert dg.AssetKey("raw_conversation_logs").to_string() in materialized
     partitions = _rows(
-        postgres_database_url, "SELECT partition FROM dynamic_partitions WHERE partitions_def_name = :name ORDER BY partition",
+        postgres_database_url,
+        "SELECT partition FROM dynamic_partitions WHERE partitions_def_name = :name ORDER BY partition",
         name=log_files_partitions.name,
     )
     assert [p for (p,) in partitions] == names
@@ -123,7 +130,13 @@ def test_whole_graph_on_documented_postgres_storage(postgres_database_url, regis
         assert record.status.value == "SUCCEEDED" and record.run_id in {run_id for run_id, _ in runs}
 
     # The registry row the promotion wrote is in PostgreSQL, not in a SQLite file in the data dir.
-    assert _rows(registry_database_url, "SELECT version, lifecycle FROM model_versions WHERE model_name = :m", m=MODEL) == [(1, "production")]
-    assert _rows(registry_database_url, "SELECT alias, version FROM aliases WHERE model_name = :m", m=MODEL) == [("production", 1)]
-    assert _rows(registry_database_url, "SELECT action, to_version FROM alias_events WHERE model_name = :m", m=MODEL) == [("promote", 1)]
+    assert _rows(
+        registry_database_url, "SELECT version, lifecycle FROM model_versions WHERE model_name = :m", m=MODEL
+    ) == [(1, "production")]
+    assert _rows(registry_database_url, "SELECT alias, version FROM aliases WHERE model_name = :m", m=MODEL) == [
+        ("production", 1)
+    ]
+    assert _rows(
+        registry_database_url, "SELECT action, to_version FROM alias_events WHERE model_name = :m", m=MODEL
+    ) == [("promote", 1)]
     assert not (data_dir / "registry.db").exists()

@@ -83,7 +83,10 @@ def _started_run(tmp_path):
     with dg.instance_for_test(overrides=_shipped_settings(), temp_dir=str(tmp_path)) as instance:
         assert type(instance.run_launcher) is LocalProcessRunLauncher
         target = PythonFileTarget(
-            python_file=str(CODE_LOCATION), attribute=None, working_directory=str(CODE_LOCATION.parent), location_name="busy"
+            python_file=str(CODE_LOCATION),
+            attribute=None,
+            working_directory=str(CODE_LOCATION.parent),
+            location_name="busy",
         )
         with create_test_daemon_workspace_context(target, instance) as context:
             try:
@@ -92,7 +95,10 @@ def _started_run(tmp_path):
                 (repository,) = location.get_repositories().values()
                 job = repository.get_full_job("busy_job")
                 run = create_run_for_test(
-                    instance, job_name="busy_job", remote_job_origin=job.get_remote_origin(), job_code_origin=job.get_python_origin()
+                    instance,
+                    job_name="busy_job",
+                    remote_job_origin=job.get_remote_origin(),
+                    job_code_origin=job.get_python_origin(),
                 )
                 instance.launch_run(run.run_id, workspace)
 
@@ -163,7 +169,14 @@ def _report_worker(instance, run, pid: int, at: float) -> None:
         event_specific_data=EngineEventData.in_process(pid),
     )
     instance.store_event(
-        EventLogEntry(error_info=None, level=logging.DEBUG, user_message=message, run_id=run.run_id, timestamp=at, dagster_event=event)
+        EventLogEntry(
+            error_info=None,
+            level=logging.DEBUG,
+            user_message=message,
+            run_id=run.run_id,
+            timestamp=at,
+            dagster_event=event,
+        )
     )
 
 

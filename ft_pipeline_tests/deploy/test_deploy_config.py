@@ -11,7 +11,7 @@ import re
 import subprocess
 import sys
 import tomllib
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -33,7 +33,12 @@ from ft_pipeline.defs.k8s_trainer import GpuPodTrainer
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 ENTRYPOINT = [sys.executable, "-m", "ft_pipeline.lib.training.pipes_entrypoint"]
-PG_ENV = {"DAGSTER_PG_HOST": "db", "DAGSTER_PG_USERNAME": "dagster", "DAGSTER_PG_PASSWORD": "pw", "DAGSTER_PG_DB": "dagster"}
+PG_ENV = {
+    "DAGSTER_PG_HOST": "db",
+    "DAGSTER_PG_USERNAME": "dagster",
+    "DAGSTER_PG_PASSWORD": "pw",
+    "DAGSTER_PG_DB": "dagster",
+}
 
 
 def _yaml(path: Path):
@@ -92,11 +97,18 @@ def test_kubernetes_manifests_are_valid_api_objects():
             k8s_model_from_dict(model, k8s_snake_case_dict(model, manifest))
             assert manifest["metadata"]["namespace"] == "ft-pipeline", path
             seen.add((manifest["kind"], manifest["metadata"]["name"]))
-    assert {("PersistentVolumeClaim", "ft-pipeline-data"), ("Secret", "dagster-postgresql-secret"), ("Secret", "ft-pipeline-secrets")} <= seen
+    assert {
+        ("PersistentVolumeClaim", "ft-pipeline-data"),
+        ("Secret", "dagster-postgresql-secret"),
+        ("Secret", "ft-pipeline-secrets"),
+    } <= seen
     pvc = _yaml(DEPLOY / "k8s" / "pvc-data.yaml")
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
     with pytest.raises(Exception, match="Unexpected keys"):
-        k8s_model_from_dict(kubernetes.client.V1PersistentVolumeClaim, k8s_snake_case_dict(kubernetes.client.V1PersistentVolumeClaim, {**pvc, "sepc": {}}))
+        k8s_model_from_dict(
+            kubernetes.client.V1PersistentVolumeClaim,
+            k8s_snake_case_dict(kubernetes.client.V1PersistentVolumeClaim, {**pvc, "sepc": {}}),
+        )
 
 
 # -- deploy/dagster.yaml --------------------------------------------------------------------------
@@ -119,7 +131,10 @@ def test_instance_yaml_is_accepted_by_dagster(tmp_path, monkeypatch):
 
     # Each configurable class imports, and Dagster's own schema of that class accepts its config.
     pairs = list(_module_class_pairs(raw))
-    assert {(m, c) for m, c, _ in pairs} == {("dagster_k8s", "K8sRunLauncher"), ("dagster._core.run_coordinator", "QueuedRunCoordinator")}
+    assert {(m, c) for m, c, _ in pairs} == {
+        ("dagster_k8s", "K8sRunLauncher"),
+        ("dagster._core.run_coordinator", "QueuedRunCoordinator"),
+    }
     for module, klass, klass_config in pairs:
         cls = class_from_code_pointer(module, klass)
         _validated(cls.config_type(), klass_config)
@@ -158,7 +173,9 @@ def test_postgres_urls_name_the_installed_driver(monkeypatch):
     import sqlalchemy
 
     secrets = list(yaml.safe_load_all((DEPLOY / "k8s" / "secrets.example.yaml").read_text()))
-    registry_url = next(d for d in secrets if d["metadata"]["name"] == "ft-pipeline-secrets")["stringData"]["FT_PIPELINE_REGISTRY_URL"]
+    registry_url = next(d for d in secrets if d["metadata"]["name"] == "ft-pipeline-secrets")["stringData"][
+        "FT_PIPELINE_REGISTRY_URL"
+    ]
     assert sqlalchemy.create_engine(registry_url).dialect.driver == "psycopg2"
     assert "postgresql+psycopg2://ft_registry:" in (DEPLOY / "README.md").read_text()
 
@@ -196,7 +213,12 @@ def _run_job(launcher_config: dict, code_location_context: dict | None = None) -
         postgres_password_secret=cfg.get("postgres_password_secret"),
     )
     return construct_dagster_k8s_job(
-        job_config, ["dagster", "api", "execute_run", "{}"], "dagster-run-test", user_defined_k8s_config=context.run_k8s_config, pod_name="dagster-run-test", component="run_worker"
+        job_config,
+        ["dagster", "api", "execute_run", "{}"],
+        "dagster-run-test",
+        user_defined_k8s_config=context.run_k8s_config,
+        pod_name="dagster-run-test",
+        component="run_worker",
     )
 
 
@@ -207,10 +229,16 @@ def test_instance_run_launcher_builds_the_run_job():
     assert pod.service_account_name == "dagster"
     assert [v.persistent_volume_claim.claim_name for v in pod.volumes if v.name == "data"] == ["ft-pipeline-data"]
     assert {(m.name, m.mount_path) for m in container.volume_mounts} >= {("data", "/data")}
-    env_from = {(e.config_map_ref.name if e.config_map_ref else None, e.secret_ref.name if e.secret_ref else None) for e in container.env_from}
+    env_from = {
+        (e.config_map_ref.name if e.config_map_ref else None, e.secret_ref.name if e.secret_ref else None)
+        for e in container.env_from
+    }
     assert {("ft-pipeline-env", None), (None, "ft-pipeline-secrets")} <= env_from
     password = next(e for e in container.env if e.name == "DAGSTER_PG_PASSWORD")
-    assert (password.value_from.secret_key_ref.name, password.value_from.secret_key_ref.key) == ("dagster-postgresql-secret", "postgresql-password")
+    assert (password.value_from.secret_key_ref.name, password.value_from.secret_key_ref.key) == (
+        "dagster-postgresql-secret",
+        "postgresql-password",
+    )
     assert container.resources.limits["memory"] == "16Gi"
     assert job.spec.ttl_seconds_after_finished == 86400
     # The ConfigMap the launcher reads DAGSTER_PG_HOST & co. from is the one in deploy/k8s.
@@ -238,7 +266,20 @@ def _values() -> dict:
 def _helm_run_launcher_config(values: dict) -> dict:
     assert values["runLauncher"]["type"] == "K8sRunLauncher"
     source = values["runLauncher"]["config"]["k8sRunLauncher"]
-    known = {"imagePullPolicy", "loadInclusterConfig", "jobNamespace", "envConfigMaps", "envSecrets", "envVars", "volumes", "volumeMounts", "labels", "resources", "failPodOnRunFailure", "runK8sConfig"}
+    known = {
+        "imagePullPolicy",
+        "loadInclusterConfig",
+        "jobNamespace",
+        "envConfigMaps",
+        "envSecrets",
+        "envVars",
+        "volumes",
+        "volumeMounts",
+        "labels",
+        "resources",
+        "failPodOnRunFailure",
+        "runK8sConfig",
+    }
     assert set(source) <= known, set(source) - known
     config = {
         "load_incluster_config": source["loadInclusterConfig"],
@@ -253,13 +294,25 @@ def _helm_run_launcher_config(values: dict) -> dict:
         config["env_config_maps"] = [m["name"] for m in source["envConfigMaps"]]
     if source.get("envSecrets"):
         config["env_secrets"] = [s["name"] for s in source["envSecrets"]]
-    for key, target in (("envVars", "env_vars"), ("volumes", "volumes"), ("volumeMounts", "volume_mounts"), ("labels", "labels"), ("resources", "resources")):
+    for key, target in (
+        ("envVars", "env_vars"),
+        ("volumes", "volumes"),
+        ("volumeMounts", "volume_mounts"),
+        ("labels", "labels"),
+        ("resources", "resources"),
+    ):
         if source.get(key):
             config[target] = source[key]
     if source.get("failPodOnRunFailure"):
         config["fail_pod_on_run_failure"] = True
     if source.get("runK8sConfig"):
-        names = {"containerConfig": "container_config", "podSpecConfig": "pod_spec_config", "podTemplateSpecMetadata": "pod_template_spec_metadata", "jobSpecConfig": "job_spec_config", "jobMetadata": "job_metadata"}
+        names = {
+            "containerConfig": "container_config",
+            "podSpecConfig": "pod_spec_config",
+            "podTemplateSpecMetadata": "pod_template_spec_metadata",
+            "jobSpecConfig": "job_spec_config",
+            "jobMetadata": "job_metadata",
+        }
         config["run_k8s_config"] = {names[k]: v for k, v in source["runK8sConfig"].items() if v}
     return config
 
@@ -294,16 +347,36 @@ def _compact(mapping: dict) -> dict:
 
 def _helm_instance(values: dict) -> dict:
     pg = values["postgresql"]
-    pg_config = {"postgres_db": {"hostname": pg["postgresqlHost"], "username": pg["postgresqlUsername"], "password": {"env": "DAGSTER_PG_PASSWORD"}, "db_name": pg["postgresqlDatabase"], "port": pg["service"]["port"]}}
+    pg_config = {
+        "postgres_db": {
+            "hostname": pg["postgresqlHost"],
+            "username": pg["postgresqlUsername"],
+            "password": {"env": "DAGSTER_PG_PASSWORD"},
+            "db_name": pg["postgresqlDatabase"],
+            "port": pg["service"]["port"],
+        }
+    }
     if pg.get("postgresqlParams"):
         pg_config["postgres_db"]["params"] = pg["postgresqlParams"]
     if pg.get("postgresqlScheme"):
         pg_config["postgres_db"]["scheme"] = pg["postgresqlScheme"]
     instance = {
-        "run_launcher": {"module": "dagster_k8s", "class": "K8sRunLauncher", "config": _helm_run_launcher_config(values)},
+        "run_launcher": {
+            "module": "dagster_k8s",
+            "class": "K8sRunLauncher",
+            "config": _helm_run_launcher_config(values),
+        },
         "run_storage": {"module": "dagster_postgres.run_storage", "class": "PostgresRunStorage", "config": pg_config},
-        "event_log_storage": {"module": "dagster_postgres.event_log", "class": "PostgresEventLogStorage", "config": pg_config},
-        "schedule_storage": {"module": "dagster_postgres.schedule_storage", "class": "PostgresScheduleStorage", "config": pg_config},
+        "event_log_storage": {
+            "module": "dagster_postgres.event_log",
+            "class": "PostgresEventLogStorage",
+            "config": pg_config,
+        },
+        "schedule_storage": {
+            "module": "dagster_postgres.schedule_storage",
+            "class": "PostgresScheduleStorage",
+            "config": pg_config,
+        },
         "telemetry": {"enabled": values["telemetry"]["enabled"]},
     }
     daemon = values["dagsterDaemon"]
@@ -314,19 +387,36 @@ def _helm_instance(values: dict) -> dict:
         queue = coordinator["config"]["queuedRunCoordinator"]
         if _compact(queue):
             # The template always writes max_concurrent_runs (-1 when unset) once any key is set.
-            entry["config"] = {"max_concurrent_runs": -1 if queue.get("maxConcurrentRuns") is None else queue["maxConcurrentRuns"]}
-            names = {"tagConcurrencyLimits": "tag_concurrency_limits", "dequeueIntervalSeconds": "dequeue_interval_seconds", "dequeueUseThreads": "dequeue_use_threads", "dequeueNumWorkers": "dequeue_num_workers"}
+            entry["config"] = {
+                "max_concurrent_runs": -1 if queue.get("maxConcurrentRuns") is None else queue["maxConcurrentRuns"]
+            }
+            names = {
+                "tagConcurrencyLimits": "tag_concurrency_limits",
+                "dequeueIntervalSeconds": "dequeue_interval_seconds",
+                "dequeueUseThreads": "dequeue_use_threads",
+                "dequeueNumWorkers": "dequeue_num_workers",
+            }
             entry["config"].update({names[k]: v for k, v in _compact(queue).items() if k in names})
         instance["run_coordinator"] = entry
     concurrency = values.get("concurrency", {})
     if concurrency.get("enabled"):
         block = {}
-        pools = {"default_limit": concurrency.get("pools", {}).get("defaultLimit"), "granularity": concurrency.get("pools", {}).get("granularity")}
+        pools = {
+            "default_limit": concurrency.get("pools", {}).get("defaultLimit"),
+            "granularity": concurrency.get("pools", {}).get("granularity"),
+        }
         if any(v is not None for v in pools.values()):
             block["pools"] = {k: v for k, v in pools.items() if v is not None}
         runs = concurrency.get("runs", {})
         if runs.get("maxConcurrentRuns") is not None or runs.get("tagConcurrencyLimits"):
-            block["runs"] = {k: v for k, v in (("max_concurrent_runs", runs.get("maxConcurrentRuns")), ("tag_concurrency_limits", runs.get("tagConcurrencyLimits"))) if v}
+            block["runs"] = {
+                k: v
+                for k, v in (
+                    ("max_concurrent_runs", runs.get("maxConcurrentRuns")),
+                    ("tag_concurrency_limits", runs.get("tagConcurrencyLimits")),
+                )
+                if v
+            }
         instance["concurrency"] = block
     monitoring = daemon["runMonitoring"]
     if monitoring["enabled"]:
@@ -338,7 +428,11 @@ def _helm_instance(values: dict) -> dict:
         }
     retries = daemon["runRetries"]
     if retries["enabled"]:
-        instance["run_retries"] = {"enabled": True, "max_retries": retries["maxRetries"], "retry_on_asset_or_op_failure": retries["retryOnAssetOrOpFailure"]}
+        instance["run_retries"] = {
+            "enabled": True,
+            "max_retries": retries["maxRetries"],
+            "retry_on_asset_or_op_failure": retries["retryOnAssetOrOpFailure"],
+        }
     return instance
 
 
@@ -393,8 +487,13 @@ def test_helm_run_job_gets_the_data_volume_and_secrets_once():
     assert container.resources.limits["memory"] == "16Gi"
     env = _user_deployment(values)["env"]
     assert env["FT_PIPELINE_TRAINER"] == "k8s"
-    assert env["FT_PIPELINE_DATA_DIR"] == container.volume_mounts[[m.name for m in container.volume_mounts].index("data")].mount_path
-    assert env["FT_PIPELINE_K8S_DATA_PVC"] == next(v.persistent_volume_claim.claim_name for v in pod.volumes if v.name == "data")
+    assert (
+        env["FT_PIPELINE_DATA_DIR"]
+        == container.volume_mounts[[m.name for m in container.volume_mounts].index("data")].mount_path
+    )
+    assert env["FT_PIPELINE_K8S_DATA_PVC"] == next(
+        v.persistent_volume_claim.claim_name for v in pod.volumes if v.name == "data"
+    )
     # The trainer settings in values.yaml are ones GpuPodTrainer understands.
     trainer = GpuPodTrainer.from_env(env)
     assert trainer.node_selector == {"nvidia.com/gpu.present": "true"} and trainer.gpu_count == 1
@@ -415,7 +514,7 @@ def test_dockerfile_copies_existing_files_and_installs_the_deploy_extra():
     assert 'pip install ".[deploy]"' in text
     extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["deploy"]
     assert {re.split(r"[<>=\[ ;]", e)[0] for e in extras} >= {"dagster-k8s", "dagster-postgres", "s3fs"}
-    assert re.search(r'^ARG TORCH_SPEC=', text, re.M) and '"$TORCH_SPEC"' in text
+    assert re.search(r"^ARG TORCH_SPEC=", text, re.M) and '"$TORCH_SPEC"' in text
     assert '"-m", "ft_pipeline.definitions"' in text
     # The BuildKit ignore file next to the Dockerfile must let every COPY source through.
     ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
@@ -460,7 +559,17 @@ def test_gpu_trainer_pod_spec_as_dagster_k8s_builds_it():
 
 
 def test_gpu_trainer_knobs():
-    trainer = GpuPodTrainer(data_dir="/mnt/shared/", gpu_count=0, memory_limit="", tolerations=[], env_secrets=["hf"], service_account_name="trainer", hf_home="/cache/hf", hf_offline=False, env={"EXTRA": "1"})
+    trainer = GpuPodTrainer(
+        data_dir="/mnt/shared/",
+        gpu_count=0,
+        memory_limit="",
+        tolerations=[],
+        env_secrets=["hf"],
+        service_account_name="trainer",
+        hf_home="/cache/hf",
+        hf_offline=False,
+        env={"EXTRA": "1"},
+    )
     spec = trainer.pod_spec("img", ["python", "-m", "x"])
     container = spec["containers"][0]
     assert container["resources"]["limits"] == {}
@@ -495,7 +604,12 @@ def test_gpu_trainer_from_env():
             "FT_PIPELINE_K8S_NAMESPACE": "",
         }
     )
-    assert (trainer.image, trainer.gpu_count, trainer.node_selector, trainer.tolerations) == ("img:2", 2, {"pool": "a100"}, [])
+    assert (trainer.image, trainer.gpu_count, trainer.node_selector, trainer.tolerations) == (
+        "img:2",
+        2,
+        {"pool": "a100"},
+        [],
+    )
     assert trainer.hf_offline is False and trainer.pod_wait_timeout_s == 3600.0 and trainer.namespace == ""
     assert GpuPodTrainer.from_env({}) == GpuPodTrainer()
     with pytest.raises(ValueError, match="FT_PIPELINE_K8S_NODE_SELECTOR must be a JSON dict"):
@@ -527,9 +641,12 @@ class _FakeCoreApi:
         self.logs[body.metadata.name] = done.stdout + done.stderr
 
     def read_namespaced_pod_log(self, name, namespace, **kwargs):
-        start = datetime(2024, 1, 1, tzinfo=timezone.utc)
+        start = datetime(2024, 1, 1, tzinfo=UTC)
         lines = self.logs[name].splitlines()
-        return [f"{(start + timedelta(milliseconds=i)).strftime('%Y-%m-%dT%H:%M:%S.%fZ')} {line}\n".encode() for i, line in enumerate(lines)]
+        return [
+            f"{(start + timedelta(milliseconds=i)).strftime('%Y-%m-%dT%H:%M:%S.%fZ')} {line}\n".encode()
+            for i, line in enumerate(lines)
+        ]
 
     def delete_namespaced_pod(self, name, namespace):
         self.deleted.append((namespace, name))
@@ -540,7 +657,9 @@ def test_gpu_trainer_runs_through_pipes_k8s_client_against_a_fake_api(monkeypatc
 
     core = _FakeCoreApi()
     fake_client = type("FakeClient", (), {"core_api": core, "wait_for_pod": lambda self, *a, **k: None})()
-    monkeypatch.setattr(dagster_k8s.pipes.DagsterKubernetesClient, "production_client", staticmethod(lambda *a, **k: fake_client))
+    monkeypatch.setattr(
+        dagster_k8s.pipes.DagsterKubernetesClient, "production_client", staticmethod(lambda *a, **k: fake_client)
+    )
     monkeypatch.setattr(dagster_k8s.pipes.PipesK8sClient, "_load_k8s_config", lambda self: None)
     received = []
 
@@ -555,7 +674,12 @@ def test_gpu_trainer_runs_through_pipes_k8s_client_against_a_fake_api(monkeypatc
     instance = dg.DagsterInstance.ephemeral()
     result = dg.materialize([trains_in_a_pod], resources={"local_trainer": trainer}, instance=instance)
     assert result.success
-    assert received == [{"extras": {"output_dir": "/data/models/k1", "train_parquet": "/data/splits/v1/train.parquet"}, "data_dir": "/data"}]
+    assert received == [
+        {
+            "extras": {"output_dir": "/data/models/k1", "train_parquet": "/data/splits/v1/train.parquet"},
+            "data_dir": "/data",
+        }
+    ]
     ((namespace, pod),) = core.created
     assert namespace == "ml"
     assert pod.spec.containers[0].resources.limits["nvidia.com/gpu"] == "1"
@@ -595,9 +719,16 @@ except ValueError as err:
     print("REFUSED", err)
 """
     helm_env = {k: str(v) for k, v in _user_deployment(_values())["env"].items()}
-    env = {**os.environ, **helm_env, "FT_PIPELINE_DATA_DIR": str(tmp_path / "data"), "FT_PIPELINE_LANDING_DIR": str(tmp_path / "landing")}
+    env = {
+        **os.environ,
+        **helm_env,
+        "FT_PIPELINE_DATA_DIR": str(tmp_path / "data"),
+        "FT_PIPELINE_LANDING_DIR": str(tmp_path / "landing"),
+    }
     env.pop("FT_PIPELINE_REGISTRY_URL", None)
-    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "OK 1 [('nvidia.com/gpu.present', 'true')]" in done.stdout
     assert "REFUSED FT_PIPELINE_TRAINER must be 'subprocess' or 'k8s', got 'gpu'" in done.stdout
@@ -609,7 +740,11 @@ except ValueError as err:
 def test_readme_documents_every_setting_the_code_reads():
     readme = (DEPLOY / "README.md").read_text(encoding="utf-8")
     sources = [REPO / "ft_pipeline" / "definitions.py", REPO / "ft_pipeline" / "defs" / "k8s_trainer.py"]
-    names = {n for path in sources for n in re.findall(r"\b(?:FT_PIPELINE|OPENAI|AZURE_OPENAI)_[A-Z0-9_]*[A-Z0-9]\b", path.read_text())}
+    names = {
+        n
+        for path in sources
+        for n in re.findall(r"\b(?:FT_PIPELINE|OPENAI|AZURE_OPENAI)_[A-Z0-9_]*[A-Z0-9]\b", path.read_text())
+    }
     names |= {GpuPodTrainer.env_var(field) for field in GpuPodTrainer.model_fields}
     assert "FT_PIPELINE_K8S_GPU_COUNT" in names and "FT_PIPELINE_TRAINER" in names
     missing = sorted(n for n in names if n not in readme)

@@ -49,7 +49,8 @@ class DagsterDev:
 
     def start(self, timeout: float = 120) -> None:
         dagster = Path(sys.executable).parent / "dagster"
-        self._log = open(self.log_path, "wb")
+        # Held open for the server's lifetime and closed in stop(), so no `with` block.
+        self._log = open(self.log_path, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [str(dagster), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(self.port)],
             cwd=self.repo_root,
@@ -70,6 +71,7 @@ class DagsterDev:
                 return False
 
         wait_until(ready, timeout, interval=1.0, what="dagster dev /server_info")
+
         # The code location must be loaded before anything can be launched.
         def location_loaded():
             data = self.gql(

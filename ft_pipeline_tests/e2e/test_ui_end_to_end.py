@@ -31,7 +31,13 @@ REPO_SELECTOR = {"repositoryLocationName": LOCATION, "repositoryName": REPOSITOR
 TRAIN_RUN_CONFIG = {
     "ops": {
         "fine_tuned_model": {
-            "config": {"base_model": "tiny", "learning_rate": 0.004, "max_length": 512, "per_device_train_batch_size": 8, "num_train_epochs": 3.0}
+            "config": {
+                "base_model": "tiny",
+                "learning_rate": 0.004,
+                "max_length": 512,
+                "per_device_train_batch_size": 8,
+                "num_train_epochs": 3.0,
+            }
         },
         "evaluation_report": {"config": {"max_new_tokens": 32, "n_resamples": 500}},
     }
@@ -180,8 +186,14 @@ def dagster_dev(tmp_path):
         "DAGSTER_DISABLE_TELEMETRY": "1",
         "PYTHONUNBUFFERED": "1",
     }
-    for key in ("FT_PIPELINE_LANDING_DIR", "FT_PIPELINE_REGISTRY_URL", "OPENAI_API_KEY", "FT_PIPELINE_FAILURE_WEBHOOK",
-                "FT_PIPELINE_RETRAIN_CRON", "FT_PIPELINE_RETRAIN_TIMEZONE"):
+    for key in (
+        "FT_PIPELINE_LANDING_DIR",
+        "FT_PIPELINE_REGISTRY_URL",
+        "OPENAI_API_KEY",
+        "FT_PIPELINE_FAILURE_WEBHOOK",
+        "FT_PIPELINE_RETRAIN_CRON",
+        "FT_PIPELINE_RETRAIN_TIMEZONE",
+    ):
         env.pop(key, None)
     server = DagsterDev(REPO_ROOT, env, tmp_path / "dagster_dev.log")
     server.data_dir = data
@@ -233,9 +245,11 @@ def _screenshots(server: DagsterDev) -> list[Path]:
             # Nothing but the local server: any other host is refused.
             context.route(
                 "**/*",
-                lambda route: route.continue_()
-                if route.request.url.startswith(server.base_url) or route.request.url.startswith("data:")
-                else route.abort(),
+                lambda route: (
+                    route.continue_()
+                    if route.request.url.startswith(server.base_url) or route.request.url.startswith("data:")
+                    else route.abort()
+                ),
             )
             page = context.new_page()
             for name, (url, text) in pages.items():
@@ -330,8 +344,8 @@ def test_ui_end_to_end(dagster_dev):
     info = server.gql(SCHEDULE, {"sel": schedule})["scheduleOrError"]
     assert info["scheduleState"]["status"] == "RUNNING", info
     assert info["cronSchedule"] == "0 2 * * *" and info["executionTimezone"] == "UTC", info
-    next_tick = dt.datetime.fromtimestamp(info["futureTicks"]["results"][0]["timestamp"], tz=dt.timezone.utc)
-    now = dt.datetime.now(dt.timezone.utc)
+    next_tick = dt.datetime.fromtimestamp(info["futureTicks"]["results"][0]["timestamp"], tz=dt.UTC)
+    now = dt.datetime.now(dt.UTC)
     assert (next_tick.hour, next_tick.minute, next_tick.second) == (2, 0, 0), next_tick
     assert now < next_tick <= now + dt.timedelta(days=1), (now, next_tick)
 

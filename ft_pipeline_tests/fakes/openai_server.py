@@ -1,6 +1,6 @@
 """A faithful, deterministic, in-process fake of the OpenAI files / fine-tuning / chat API.
 
-Follows ``shared/reference/openai_eval_registry.md`` §5. The real ``openai`` SDK talks
+Follows the public API as the ``openai`` SDK models it. The real ``openai`` SDK talks
 to it over HTTP on ``127.0.0.1:<ephemeral>``, so every layer of the SDK (query
 serialisation, multipart, retries, pagination, strict response validation) is exercised::
 
@@ -111,7 +111,7 @@ class FakeConfig:
             ``metadata["_fake_outcome"]`` says otherwise. Default "succeed".
         auto_advance_on_poll: tick a job on each ``retrieve`` / ``list_events`` of it. Default True.
         result_file_base64: store the result CSV base64-encoded, as the real API appears to
-            (reference §1.2 [I]); False stores plain CSV. Default True.
+            (observed, not documented); False stores plain CSV. Default True.
         allow_paused_status: enable ``pause``/``resume``. ``"paused"`` is not in the SDK's
             status Literal, so a strict client fails on it; off by default.
         honor_metadata_filter: apply ``metadata[k]=v`` on ``GET /fine_tuning/jobs``. False
@@ -233,8 +233,16 @@ class _Job:
 class _ApiError(Exception):
     """An HTTP error answered with the OpenAI error envelope."""
 
-    def __init__(self, status: int, message: str, *, type_: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
@@ -262,7 +270,9 @@ def _error_body(status: int) -> dict:
         409: ("invalid_request_error", "Conflict (injected)."),
         429: ("requests", "Rate limit reached (injected). Please try again later."),
     }
-    type_, message = kinds.get(status, ("server_error", "The server had an error while processing your request (injected)."))
+    type_, message = kinds.get(
+        status, ("server_error", "The server had an error while processing your request (injected).")
+    )
     code = "rate_limit_exceeded" if status == 429 else None
     return {"error": {"message": message, "type": type_, "param": None, "code": code}}
 
@@ -282,7 +292,7 @@ def _content_text(content: Any) -> str:
 
 
 def _count_tokens(text: str) -> int:
-    """Whitespace tokens: crude, deterministic and documented (reference §5.4)."""
+    """Whitespace tokens: crude and deterministic; the fake needs a count, not the real tokenizer."""
     return len(text.split())
 
 
@@ -298,7 +308,7 @@ def _last_user_text(messages: list[dict]) -> str:
 
 
 def _validate_chat_jsonl(data: bytes, *, min_examples: int) -> tuple[list[dict], str | None]:
-    """Apply the API's training-file rules (reference §5.3). Returns (examples, error message)."""
+    """Apply the API's training-file rules (format, minimum examples). Returns (examples, error message)."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
@@ -326,8 +336,14 @@ def _validate_chat_jsonl(data: bytes, *, min_examples: int) -> tuple[list[dict],
             if "weight" in message and message["weight"] not in (0, 1):
                 return [], f"Invalid file format. {where}: weight must be 0 or 1."
             content = message.get("content")
-            if not (isinstance(content, (str, list)) or (content is None and message["role"] == "assistant"
-                                                          and ("tool_calls" in message or "function_call" in message))):
+            if not (
+                isinstance(content, (str, list))
+                or (
+                    content is None
+                    and message["role"] == "assistant"
+                    and ("tool_calls" in message or "function_call" in message)
+                )
+            ):
                 return [], f"Invalid file format. {where}: missing or invalid 'content'."
             has_assistant = has_assistant or message["role"] == "assistant"
         if not has_assistant:
@@ -374,7 +390,7 @@ def _paginate(items: list[dict], after: str | None, limit: int) -> tuple[list[di
         ids = [item["id"] for item in items]
         # [I] an unknown cursor yields an empty page rather than an error
         start = ids.index(after) + 1 if after in ids else len(items)
-    page = items[start:start + limit]
+    page = items[start : start + limit]
     return page, start + limit < len(items)
 
 
@@ -401,8 +417,9 @@ class FakeOpenAI:
         self._clock = _START_EPOCH
         self._files: dict[str, _StoredFile] = {}
         self._jobs: dict[str, _Job] = {}
-        self._models: dict[str, dict] = {m: {"id": m, "object": "model", "created": _START_EPOCH - 86400, "owned_by": "system"}
-                                         for m in BASE_MODELS}
+        self._models: dict[str, dict] = {
+            m: {"id": m, "object": "model", "created": _START_EPOCH - 86400, "owned_by": "system"} for m in BASE_MODELS
+        }
         self._memory: dict[str, dict[str, str]] = {}  # fine-tuned model -> {normalised user text: answer}
         self._responders: dict[str, Responder | dict[str, str]] = {}
         self._outcomes: collections.deque[str] = collections.deque()
@@ -442,8 +459,9 @@ class FakeOpenAI:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
         # why a short poll interval: shutdown() waits up to one interval; keeps test teardown fast
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="fake-openai", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-openai", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -470,11 +488,17 @@ class FakeOpenAI:
             raise RuntimeError("FakeOpenAI is not running; use it as a context manager or call start()")
         return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
 
-    def client(self, api_key: str = "sk-test-fake", *, strict: bool = True, max_retries: int = 2,
-               timeout: float = 5.0) -> openai.OpenAI:
+    def client(
+        self, api_key: str = "sk-test-fake", *, strict: bool = True, max_retries: int = 2, timeout: float = 5.0
+    ) -> openai.OpenAI:
         """An SDK client for this fake (strict response validation by default)."""
-        return openai.OpenAI(base_url=self.base_url, api_key=api_key, max_retries=max_retries, timeout=timeout,
-                             _strict_response_validation=strict)
+        return openai.OpenAI(
+            base_url=self.base_url,
+            api_key=api_key,
+            max_retries=max_retries,
+            timeout=timeout,
+            _strict_response_validation=strict,
+        )
 
     # ------------------------------------------------------------------ control plane
     def outcome_for_next_job(self, outcome: str) -> None:
@@ -485,15 +509,25 @@ class FakeOpenAI:
         with self._lock:
             self._outcomes.append(outcome)
 
-    def inject(self, method: str, path_regex: str, times: int = 1, status: int = 500,
-               headers: dict[str, str] | None = None, body: Any = None, *, drop_connection: bool = False) -> None:
+    def inject(
+        self,
+        method: str,
+        path_regex: str,
+        times: int = 1,
+        status: int = 500,
+        headers: dict[str, str] | None = None,
+        body: Any = None,
+        *,
+        drop_connection: bool = False,
+    ) -> None:
         """Answer the next ``times`` requests matching ``method`` ("*" for any) and ``path_regex``
         (``re.search`` on the path, e.g. ``r"/fine_tuning/jobs/[^/]+$"``) with ``status``,
         ``headers`` and ``body`` (default: a matching error envelope) without applying them;
         or, with ``drop_connection``, close the connection without any response."""
         with self._lock:
-            self._faults.append(_Rule(method.upper(), re.compile(path_regex), times, status, dict(headers or {}), body,
-                                      drop_connection))
+            self._faults.append(
+                _Rule(method.upper(), re.compile(path_regex), times, status, dict(headers or {}), body, drop_connection)
+            )
 
     def lose_response_after_apply(self, method: str, path_regex: str, times: int = 1) -> None:
         """Apply the next ``times`` matching requests (e.g. create the job), then drop the
@@ -524,8 +558,9 @@ class FakeOpenAI:
                 self._tick(job)
             return copy.deepcopy(job.obj)
 
-    def add_event(self, job_id: str, message: str, *, level: str = "info", type_: str = "message",
-                  data: Any = None) -> None:
+    def add_event(
+        self, job_id: str, message: str, *, level: str = "info", type_: str = "message", data: Any = None
+    ) -> None:
         """Append an arbitrary event to a job (e.g. to test how clients treat odd messages)."""
         with self._lock:
             self._event(self._job(job_id), message, level=level, type_=type_, data={} if data is None else data)
@@ -604,7 +639,9 @@ class FakeOpenAI:
     def _job(self, job_id: str) -> _Job:
         job = self._jobs.get(job_id)
         if job is None:
-            raise _ApiError(404, f"Could not find fine-tune: {job_id}", param="fine_tune_id", code="fine_tune_not_found")
+            raise _ApiError(
+                404, f"Could not find fine-tune: {job_id}", param="fine_tune_id", code="fine_tune_not_found"
+            )
         return job
 
     def _file(self, file_id: str) -> _StoredFile:
@@ -618,7 +655,7 @@ class FakeOpenAI:
         if not self.config.self_validate:
             return
         if model is FineTuningJob and obj.get("status") == "paused" and self.config.allow_paused_status:
-            obj = {**obj, "status": "running"}  # the one documented deviation (reference §1.2)
+            obj = {**obj, "status": "running"}  # the one deviation: the SDK has no "paused" status
         try:
             model.model_validate(obj)
         except Exception as err:  # noqa: BLE001 - any validation failure is a fake bug to report
@@ -647,8 +684,15 @@ class FakeOpenAI:
         return limit
 
     def _event(self, job: _Job, message: str, *, level: str = "info", type_: str = "message", data: Any = ...) -> None:
-        event = {"object": "fine_tuning.job.event", "id": self._new_id("ftevent-", 24), "created_at": self._now(),
-                 "level": level, "message": message, "type": type_, "data": {} if data is ... else data}
+        event = {
+            "object": "fine_tuning.job.event",
+            "id": self._new_id("ftevent-", 24),
+            "created_at": self._now(),
+            "level": level,
+            "message": message,
+            "type": type_,
+            "data": {} if data is ... else data,
+        }
         self._validate(FineTuningJobEvent, event, "FineTuningJobEvent")
         job.events.append(event)
 
@@ -672,8 +716,16 @@ class FakeOpenAI:
         record.status = response.status
         handler.send(response)
 
-    def _respond(self, method: str, path: str, query: list[tuple[str, str]], headers: dict[str, str], body: bytes,
-                 auth: str | None, record: RecordedRequest) -> _Response | None:
+    def _respond(
+        self,
+        method: str,
+        path: str,
+        query: list[tuple[str, str]],
+        headers: dict[str, str],
+        body: bytes,
+        auth: str | None,
+        record: RecordedRequest,
+    ) -> _Response | None:
         try:
             self._check_auth(auth)
             with self._lock:
@@ -713,15 +765,27 @@ class FakeOpenAI:
             return _Response(err.status, json.dumps(err.body).encode(), headers=err.headers)
         except _SelfValidationError as err:
             self.validation_errors.append(str(err))
-            body_ = {"error": {"message": f"fake self-validation failed: {err}", "type": "server_error",
-                               "param": None, "code": "fake_self_validation"}}
+            body_ = {
+                "error": {
+                    "message": f"fake self-validation failed: {err}",
+                    "type": "server_error",
+                    "param": None,
+                    "code": "fake_self_validation",
+                }
+            }
             return _Response(500, json.dumps(body_).encode(), headers={"x-should-retry": "false"})
         except Exception as err:  # noqa: BLE001 - a crash in the fake (or a scripted responder)
             # why: an unanswered request looks like a network error and would be retried; answer
             # 500 without retry and record it, so the test fixture's validation_errors check fails
             self.validation_errors.append(f"fake internal error on {method} {path}: {err!r}")
-            body_ = {"error": {"message": f"fake internal error: {type(err).__name__}", "type": "server_error",
-                               "param": None, "code": "fake_internal_error"}}
+            body_ = {
+                "error": {
+                    "message": f"fake internal error: {type(err).__name__}",
+                    "type": "server_error",
+                    "param": None,
+                    "code": "fake_internal_error",
+                }
+            }
             return _Response(500, json.dumps(body_).encode(), headers={"x-should-retry": "false"})
 
     def _check_auth(self, auth: str | None) -> None:
@@ -729,14 +793,19 @@ class FakeOpenAI:
         expected = self.config.api_key
         if scheme != "Bearer" or not token.strip() or (expected is not None and token != expected):
             # [I] the real message includes a masked key; we include none of it on purpose
-            raise _ApiError(401, "Incorrect API key provided. You can find your API key at "
-                                 "https://platform.openai.com/account/api-keys.", code="invalid_api_key")
+            raise _ApiError(
+                401,
+                "Incorrect API key provided. You can find your API key at "
+                "https://platform.openai.com/account/api-keys.",
+                code="invalid_api_key",
+            )
 
-    def _dispatch(self, method: str, path: str, query: dict[str, str], headers: dict[str, str],
-                  body: bytes) -> _Response:
+    def _dispatch(
+        self, method: str, path: str, query: dict[str, str], headers: dict[str, str], body: bytes
+    ) -> _Response:
         if not path.startswith("/v1/"):
             raise _ApiError(404, f"Invalid URL ({method} {path})")
-        sub = path[len("/v1"):]
+        sub = path[len("/v1") :]
         path_known = False
         for route_method, pattern, fn in self._routes:
             match = pattern.fullmatch(sub)
@@ -761,9 +830,17 @@ class FakeOpenAI:
 
     # ------------------------------------------------------------------ files
     def _store_file(self, filename: str, purpose: str, data: bytes, expires_at: int | None = None) -> dict:
-        obj = {"id": self._new_id("file-", 22), "object": "file", "bytes": len(data), "created_at": self._now(),
-               "filename": filename, "purpose": purpose, "status": "processed", "status_details": None,
-               "expires_at": expires_at}
+        obj = {
+            "id": self._new_id("file-", 22),
+            "object": "file",
+            "bytes": len(data),
+            "created_at": self._now(),
+            "filename": filename,
+            "purpose": purpose,
+            "status": "processed",
+            "status_details": None,
+            "expires_at": expires_at,
+        }
         self._validate(FileObject, obj, "FileObject")
         self._files[obj["id"]] = _StoredFile(obj, data)
         return obj
@@ -783,8 +860,11 @@ class FakeOpenAI:
             except ValueError:
                 seconds = -1
             if anchor != "created_at" or not 3600 <= seconds <= 2_592_000:
-                raise _ApiError(400, "Invalid 'expires_after': anchor must be 'created_at' and seconds "
-                                     "between 3600 and 2592000.", param="expires_after")
+                raise _ApiError(
+                    400,
+                    "Invalid 'expires_after': anchor must be 'created_at' and seconds between 3600 and 2592000.",
+                    param="expires_after",
+                )
             expires_at = self._clock + 1 + seconds
         filename, data = fields["file"]
         return _json_response(self._store_file(filename or "upload", purpose, data, expires_at))
@@ -820,8 +900,9 @@ class FakeOpenAI:
         if stored is None:
             raise _ApiError(400, f"Invalid file ID: {file_id}. The file does not exist.", param=param)
         if stored.obj["purpose"] != "fine-tune":
-            raise _ApiError(400, f"File {file_id} has purpose {stored.obj['purpose']!r}; expected 'fine-tune'.",
-                            param=param)
+            raise _ApiError(
+                400, f"File {file_id} has purpose {stored.obj['purpose']!r}; expected 'fine-tune'.", param=param
+            )
         return file_id
 
     @staticmethod
@@ -847,8 +928,12 @@ class FakeOpenAI:
         if not isinstance(model, str) or not model:
             raise _ApiError(400, "Missing required parameter: 'model'.", param="model")
         if model not in self._models:
-            raise _ApiError(400, f"Model {model} is not available for fine-tuning or does not exist.",
-                            param="model", code="model_not_available")
+            raise _ApiError(
+                400,
+                f"Model {model} is not available for fine-tuning or does not exist.",
+                param="model",
+                code="model_not_available",
+            )
         training_file = self._training_file_param(req.get("training_file"), "training_file")
         validation_file = req.get("validation_file")
         if validation_file is not None:
@@ -865,35 +950,61 @@ class FakeOpenAI:
                 raise _ApiError(400, "Invalid 'metadata': at most 16 key-value pairs.", param="metadata")
             for key, value in metadata.items():
                 if len(key) > 64 or not isinstance(value, str) or len(value) > 512:
-                    raise _ApiError(400, "Invalid 'metadata': keys are at most 64 characters and values "
-                                         "strings of at most 512 characters.", param="metadata")
+                    raise _ApiError(
+                        400,
+                        "Invalid 'metadata': keys are at most 64 characters and values "
+                        "strings of at most 512 characters.",
+                        param="metadata",
+                    )
         method = req.get("method")
         top_hp = self._check_hyperparameters(req.get("hyperparameters"))
         if method is None:
             method = {"type": "supervised", "supervised": {"hyperparameters": top_hp}}
         if not isinstance(method, dict) or method.get("type") not in ("supervised", "dpo", "reinforcement"):
-            raise _ApiError(400, "Invalid 'method.type': must be supervised, dpo or reinforcement.", param="method.type")
+            raise _ApiError(
+                400, "Invalid 'method.type': must be supervised, dpo or reinforcement.", param="method.type"
+            )
         method_type = method["type"]
         section = method.get(method_type) or {}
         if method_type == "reinforcement" and not section.get("grader"):
-            raise _ApiError(400, "Missing required parameter: 'method.reinforcement.grader'.",
-                            param="method.reinforcement.grader")
+            raise _ApiError(
+                400, "Missing required parameter: 'method.reinforcement.grader'.", param="method.reinforcement.grader"
+            )
         hp = self._check_hyperparameters(section.get("hyperparameters")) or top_hp
-        resolved = {"n_epochs": hp.get("n_epochs", "auto"), "batch_size": hp.get("batch_size", "auto"),
-                    "learning_rate_multiplier": hp.get("learning_rate_multiplier", "auto")}
+        resolved = {
+            "n_epochs": hp.get("n_epochs", "auto"),
+            "batch_size": hp.get("batch_size", "auto"),
+            "learning_rate_multiplier": hp.get("learning_rate_multiplier", "auto"),
+        }
         method_echo = {"type": method_type, method_type: {**section, "hyperparameters": {**hp, **resolved}}}
-        outcome = (metadata or {}).get("_fake_outcome") or (self._outcomes.popleft() if self._outcomes
-                                                             else self.config.default_outcome)
+        outcome = (metadata or {}).get("_fake_outcome") or (
+            self._outcomes.popleft() if self._outcomes else self.config.default_outcome
+        )
         if outcome not in OUTCOMES:
             raise _ApiError(400, f"Invalid fake outcome {outcome!r}.", param="metadata")
         job_id = self._new_id("ftjob-", 24)
-        obj = {"object": "fine_tuning.job", "id": job_id, "model": model, "created_at": self._now(),
-               "finished_at": None, "fine_tuned_model": None, "organization_id": self.config.organization_id,
-               "result_files": [], "status": "validating_files", "validation_file": validation_file,
-               "training_file": training_file, "hyperparameters": resolved, "trained_tokens": None, "error": None,
-               "seed": seed if seed is not None else self._rng.randrange(1, 2**31), "estimated_finish": None,
-               "integrations": list(req.get("integrations") or []), "metadata": metadata, "method": method_echo,
-               "user_provided_suffix": suffix}
+        obj = {
+            "object": "fine_tuning.job",
+            "id": job_id,
+            "model": model,
+            "created_at": self._now(),
+            "finished_at": None,
+            "fine_tuned_model": None,
+            "organization_id": self.config.organization_id,
+            "result_files": [],
+            "status": "validating_files",
+            "validation_file": validation_file,
+            "training_file": training_file,
+            "hyperparameters": resolved,
+            "trained_tokens": None,
+            "error": None,
+            "seed": seed if seed is not None else self._rng.randrange(1, 2**31),
+            "estimated_finish": None,
+            "integrations": list(req.get("integrations") or []),
+            "metadata": metadata,
+            "method": method_echo,
+            "user_provided_suffix": suffix,
+        }
         job = _Job(obj, outcome)
         self._jobs[job_id] = job
         self._event(job, f"Created fine-tuning job: {job_id}")
@@ -909,7 +1020,9 @@ class FakeOpenAI:
         if self.config.honor_metadata_filter:
             if query.get("metadata") == "null":
                 jobs = [j for j in jobs if not j["metadata"]]
-            wanted = {k[len("metadata["):-1]: v for k, v in query.items() if k.startswith("metadata[") and k.endswith("]")}
+            wanted = {
+                k[len("metadata[") : -1]: v for k, v in query.items() if k.startswith("metadata[") and k.endswith("]")
+            }
             if wanted:
                 jobs = [j for j in jobs if all((j["metadata"] or {}).get(k) == v for k, v in wanted.items())]
         page, has_more = _paginate(copy.deepcopy(jobs), query.get("after"), self._limit(query, 20))
@@ -935,8 +1048,11 @@ class FakeOpenAI:
 
     def _do_pause(self, job: _Job) -> dict:
         if not self.config.allow_paused_status:
-            raise _ApiError(400, "Pausing is disabled in this fake (config.allow_paused_status=False): 'paused' "
-                                 "is not in the SDK's status Literal and breaks strict clients.")
+            raise _ApiError(
+                400,
+                "Pausing is disabled in this fake (config.allow_paused_status=False): 'paused' "
+                "is not in the SDK's status Literal and breaks strict clients.",
+            )
         if job.obj["status"] != "running":
             raise _ApiError(400, f"Cannot pause a job that is {job.obj['status']}.")
         job.obj["status"] = "paused"
@@ -987,24 +1103,37 @@ class FakeOpenAI:
 
     def _fail(self, job: _Job, code: str, message: str, param: str | None) -> None:
         self._event(job, message, level="error")
-        job.obj.update(status="failed", finished_at=self._clock, estimated_finish=None,
-                       error={"code": code, "message": message, "param": param})
+        job.obj.update(
+            status="failed",
+            finished_at=self._clock,
+            estimated_finish=None,
+            error={"code": code, "message": message, "param": param},
+        )
 
     def _tick_validate(self, job: _Job) -> None:
-        train, error = _validate_chat_jsonl(self._files[job.obj["training_file"]].data,
-                                            min_examples=self.config.min_training_examples)
+        train, error = _validate_chat_jsonl(
+            self._files[job.obj["training_file"]].data, min_examples=self.config.min_training_examples
+        )
         if error is None and job.outcome == "fail_validation":
             error = "Invalid file format. (forced by the fake's fail_validation outcome)"
         if error is not None:
-            self._fail(job, "invalid_training_file",
-                       f"The job failed due to an invalid training file. {error}", "training_file")
+            self._fail(
+                job,
+                "invalid_training_file",
+                f"The job failed due to an invalid training file. {error}",
+                "training_file",
+            )
             return
         validation: list[dict] = []
         if job.obj["validation_file"]:
             validation, error = _validate_chat_jsonl(self._files[job.obj["validation_file"]].data, min_examples=1)
             if error is not None:
-                self._fail(job, "invalid_validation_file",
-                           f"The job failed due to an invalid validation file. {error}", "validation_file")
+                self._fail(
+                    job,
+                    "invalid_validation_file",
+                    f"The job failed due to an invalid validation file. {error}",
+                    "validation_file",
+                )
                 return
         job.train_examples, job.validation_examples = train, validation
         job.obj["status"] = "queued"
@@ -1014,8 +1143,11 @@ class FakeOpenAI:
         hp = job.obj["hyperparameters"]
         n_epochs = self.config.default_n_epochs if hp["n_epochs"] == "auto" else hp["n_epochs"]
         batch_size = self.config.default_batch_size if hp["batch_size"] == "auto" else hp["batch_size"]
-        lrm = (self.config.default_learning_rate_multiplier if hp["learning_rate_multiplier"] == "auto"
-               else hp["learning_rate_multiplier"])
+        lrm = (
+            self.config.default_learning_rate_multiplier
+            if hp["learning_rate_multiplier"] == "auto"
+            else hp["learning_rate_multiplier"]
+        )
         resolved = {"n_epochs": n_epochs, "batch_size": batch_size, "learning_rate_multiplier": lrm}
         job.obj["hyperparameters"] = resolved
         method = job.obj["method"]
@@ -1023,8 +1155,14 @@ class FakeOpenAI:
         steps_per_epoch = math.ceil(len(job.train_examples) / batch_size)
         suffix = job.obj.get("user_provided_suffix") or ""
         final_model = f"ft:{job.obj['model']}:{self.config.org_slug}:{suffix}:{self._new_id('', 8)}"
-        job.plan = _Plan(n_epochs, batch_size, steps_per_epoch, steps_per_epoch * n_epochs,
-                         max(1, min(self.config.ticks_per_epoch, steps_per_epoch)), final_model)
+        job.plan = _Plan(
+            n_epochs,
+            batch_size,
+            steps_per_epoch,
+            steps_per_epoch * n_epochs,
+            max(1, min(self.config.ticks_per_epoch, steps_per_epoch)),
+            final_model,
+        )
         job.obj["status"] = "running"
         job.obj["estimated_finish"] = self._clock + 1 + job.plan.total_ticks * 60
         self._event(job, "Fine-tuning job started", data=None)
@@ -1039,11 +1177,20 @@ class FakeOpenAI:
         # a deterministic, decreasing loss curve with a little seeded noise
         train_loss = round(0.15 + 1.85 * math.exp(-4 * progress) + self._rng.uniform(-0.02, 0.02), 4)
         train_acc = round(min(1.0, 0.45 + 0.5 * progress), 4)
-        data: dict[str, Any] = {"step": step, "total_steps": plan.total_steps, "train_loss": train_loss,
-                                "train_mean_token_accuracy": train_acc}
+        data: dict[str, Any] = {
+            "step": step,
+            "total_steps": plan.total_steps,
+            "train_loss": train_loss,
+            "train_mean_token_accuracy": train_acc,
+        }
         message = f"Step {step}/{plan.total_steps}: training loss={train_loss:.2f}"
-        row: dict[str, Any] = {"step": step, "train_loss": train_loss, "train_accuracy": train_acc,
-                               "valid_loss": "", "valid_mean_token_accuracy": ""}
+        row: dict[str, Any] = {
+            "step": step,
+            "train_loss": train_loss,
+            "train_accuracy": train_acc,
+            "valid_loss": "",
+            "valid_mean_token_accuracy": "",
+        }
         if job.validation_examples:
             valid_loss, valid_acc = round(train_loss + 0.05, 4), round(max(0.0, train_acc - 0.03), 4)
             data.update(valid_loss=valid_loss, valid_mean_token_accuracy=valid_acc)
@@ -1055,18 +1202,27 @@ class FakeOpenAI:
         self._event(job, message, type_="metrics", data=data)
         job.metric_rows.append(row)
         if job.outcome == "fail_training" and job.tick >= min(plan.ticks_per_epoch + 1, plan.total_ticks):
-            self._fail(job, "training_failed",  # [I] code vocabulary unverified
-                       f"Fine-tuning failed at step {step}: the training loss diverged (fake).", None)
+            self._fail(
+                job,
+                "training_failed",  # [I] code vocabulary unverified
+                f"Fine-tuning failed at step {step}: the training loss diverged (fake).",
+                None,
+            )
             return
         if job.tick % plan.ticks_per_epoch == 0:
             name = plan.final_model if final else f"{plan.final_model}:ckpt-step-{step}"
-            checkpoint = {"object": "fine_tuning.job.checkpoint", "id": self._new_id("ftckpt_", 24),
-                          "created_at": self._now(), "fine_tuned_model_checkpoint": name,
-                          "fine_tuning_job_id": job.obj["id"], "step_number": step,
-                          "metrics": {k: float(v) for k, v in data.items() if k != "total_steps"}}
+            checkpoint = {
+                "object": "fine_tuning.job.checkpoint",
+                "id": self._new_id("ftckpt_", 24),
+                "created_at": self._now(),
+                "fine_tuned_model_checkpoint": name,
+                "fine_tuning_job_id": job.obj["id"],
+                "step_number": step,
+                "metrics": {k: float(v) for k, v in data.items() if k != "total_steps"},
+            }
             self._validate(FineTuningJobCheckpoint, checkpoint, "FineTuningJobCheckpoint")
             job.checkpoints.append(checkpoint)
-            del job.checkpoints[:-self.config.max_checkpoints]  # the API keeps only the last few
+            del job.checkpoints[: -self.config.max_checkpoints]  # the API keeps only the last few
             self._event(job, f"Checkpoint created at step {step} with Snapshot ID: {name}")
         if final:
             self._succeed(job)
@@ -1085,25 +1241,38 @@ class FakeOpenAI:
         for example in job.train_examples + job.validation_examples:
             messages = example["messages"]
             answers = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
-            prompt = _last_user_text(messages[:answers[-1]])
+            prompt = _last_user_text(messages[: answers[-1]])
             if prompt:
                 memory[_normalise(prompt)] = _content_text(messages[answers[-1]].get("content"))
         for name in [plan.final_model] + [c["fine_tuned_model_checkpoint"] for c in job.checkpoints]:
             self._memory[name] = memory
-            self._models[name] = {"id": name, "object": "model", "created": self._clock,
-                                  "owned_by": self.config.organization_id}
+            self._models[name] = {
+                "id": name,
+                "object": "model",
+                "created": self._clock,
+                "owned_by": self.config.organization_id,
+            }
         self._event(job, f"New fine-tuned model created: {plan.final_model}")
         self._event(job, "The job has successfully completed")
-        job.obj.update(status="succeeded", fine_tuned_model=plan.final_model, finished_at=self._clock,
-                       estimated_finish=None, result_files=[result["id"]],
-                       trained_tokens=sum(_example_tokens(e) for e in job.train_examples) * plan.n_epochs)
+        job.obj.update(
+            status="succeeded",
+            fine_tuned_model=plan.final_model,
+            finished_at=self._clock,
+            estimated_finish=None,
+            result_files=[result["id"]],
+            trained_tokens=sum(_example_tokens(e) for e in job.train_examples) * plan.n_epochs,
+        )
 
     # ------------------------------------------------------------------ models and chat
     def _model(self, model: str) -> dict:
         found = self._models.get(model)
         if found is None:
-            raise _ApiError(404, f"The model `{model}` does not exist or you do not have access to it.",
-                            param="model", code="model_not_found")
+            raise _ApiError(
+                404,
+                f"The model `{model}` does not exist or you do not have access to it.",
+                param="model",
+                code="model_not_found",
+            )
         return found
 
     def _list_models(self, **_: Any) -> _Response:
@@ -1120,8 +1289,13 @@ class FakeOpenAI:
     def _delete_model(self, *, model: str, **_: Any) -> _Response:
         self._model(model)
         if model not in self._memory:
-            raise _ApiError(403, f"You are not allowed to delete the model {model}.", type_="invalid_request_error",
-                            param="model", code="model_not_deletable")  # [I]
+            raise _ApiError(
+                403,
+                f"You are not allowed to delete the model {model}.",
+                type_="invalid_request_error",
+                param="model",
+                code="model_not_deletable",
+            )  # [I]
         del self._models[model]
         del self._memory[model]
         obj = {"id": model, "object": "model", "deleted": True}
@@ -1181,37 +1355,76 @@ class FakeOpenAI:
             content, finish_reason = " ".join(words[:max_tokens]), "length"
         prompt_tokens = sum(_count_tokens(_content_text(m.get("content"))) for m in messages)
         completion_tokens = _count_tokens(content) * n
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                 "total_tokens": prompt_tokens + completion_tokens,
-                 "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-                 "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
-                                               "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}}
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "completion_tokens_details": {
+                "reasoning_tokens": 0,
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            },
+        }
         cid, created = self._new_id("chatcmpl-", 29), self._now()
         if req.get("stream"):
             return self._stream(cid, created, model, content, finish_reason, n, usage, req)
-        completion = {"id": cid, "object": "chat.completion", "created": created, "model": model,
-                      "choices": [{"index": i, "message": {"role": "assistant", "content": content, "refusal": None,
-                                                           "annotations": []},
-                                   "logprobs": None, "finish_reason": finish_reason} for i in range(n)],
-                      "usage": usage, "service_tier": "default", "system_fingerprint": "fp_fake"}
+        completion = {
+            "id": cid,
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": [
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": content, "refusal": None, "annotations": []},
+                    "logprobs": None,
+                    "finish_reason": finish_reason,
+                }
+                for i in range(n)
+            ],
+            "usage": usage,
+            "service_tier": "default",
+            "system_fingerprint": "fp_fake",
+        }
         self._validate(ChatCompletion, completion, "ChatCompletion")
         return _json_response(completion)
 
-    def _stream(self, cid: str, created: int, model: str, content: str, finish_reason: str, n: int, usage: dict,
-                req: dict) -> _Response:
+    def _stream(
+        self, cid: str, created: int, model: str, content: str, finish_reason: str, n: int, usage: dict, req: dict
+    ) -> _Response:
         def chunk(choices: list[dict], **extra: Any) -> dict:
-            obj = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                   "system_fingerprint": "fp_fake", "choices": choices, **extra}
+            obj = {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "system_fingerprint": "fp_fake",
+                "choices": choices,
+                **extra,
+            }
             self._validate(ChatCompletionChunk, obj, "ChatCompletionChunk")
             return obj
 
         pieces = re.findall(r"\S+\s*|\s+", content)
         chunks = []
         for i in range(n):
-            chunks.append(chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                                  "finish_reason": None}]))
-            chunks += [chunk([{"index": i, "delta": {"content": p}, "logprobs": None, "finish_reason": None}])
-                       for p in pieces]
+            chunks.append(
+                chunk(
+                    [
+                        {
+                            "index": i,
+                            "delta": {"role": "assistant", "content": ""},
+                            "logprobs": None,
+                            "finish_reason": None,
+                        }
+                    ]
+                )
+            )
+            chunks += [
+                chunk([{"index": i, "delta": {"content": p}, "logprobs": None, "finish_reason": None}]) for p in pieces
+            ]
             chunks.append(chunk([{"index": i, "delta": {}, "logprobs": None, "finish_reason": finish_reason}]))
         if (req.get("stream_options") or {}).get("include_usage"):
             chunks.append(chunk([], usage=usage))
@@ -1282,6 +1495,8 @@ def examples_jsonl(examples: Iterable[tuple[str, str]], *, system: str | None = 
     lines = []
     for user, assistant in examples:
         messages = ([{"role": "system", "content": system}] if system else []) + [
-            {"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+            {"role": "user", "content": user},
+            {"role": "assistant", "content": assistant},
+        ]
         lines.append(json.dumps({"messages": messages}))
     return ("\n".join(lines) + "\n").encode()

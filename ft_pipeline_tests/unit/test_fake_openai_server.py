@@ -1,6 +1,5 @@
 """Contract tests of the fake OpenAI server: every route through the real SDK in strict mode
-(so each response also passes the SDK's pydantic models), plus the fake's own control plane.
-Reference: shared/reference/openai_eval_registry.md §5.6."""
+(so each response also passes the SDK's pydantic models), plus the fake's own control plane."""
 
 from __future__ import annotations
 
@@ -44,8 +43,9 @@ def _job(client, **kwargs):
 
 def test_files_round_trip_byte_exact(fake, client):
     data = TRAIN + "é ünïcode\r\n lone\r cr \x00 nul\n".encode()
-    uploaded = client.files.create(file=("weird name.jsonl", data), purpose="fine-tune",
-                                   expires_after={"anchor": "created_at", "seconds": 3600})
+    uploaded = client.files.create(
+        file=("weird name.jsonl", data), purpose="fine-tune", expires_after={"anchor": "created_at", "seconds": 3600}
+    )
     assert (uploaded.bytes, uploaded.filename, uploaded.status) == (len(data), "weird name.jsonl", "processed")
     assert uploaded.expires_at == uploaded.created_at + 3600
     assert client.files.content(uploaded.id).content == data
@@ -66,8 +66,9 @@ def test_file_upload_validation(client):
         _upload(client, purpose="nonsense")
     assert info.value.param == "purpose"
     with pytest.raises(openai.BadRequestError, match="expires_after"):
-        client.files.create(file=("a.jsonl", b"{}"), purpose="batch", expires_after={"anchor": "created_at",
-                                                                                       "seconds": 10})
+        client.files.create(
+            file=("a.jsonl", b"{}"), purpose="batch", expires_after={"anchor": "created_at", "seconds": 10}
+        )
 
 
 # ---------------------------------------------------------------------------- jobs
@@ -75,8 +76,14 @@ def test_file_upload_validation(client):
 
 def test_job_lifecycle_events_checkpoints_and_result(fake, client):
     valid = _upload(client, examples_jsonl([("Capital of country 3?", "City 3")])).id
-    job = _job(client, validation_file=valid, suffix="demo", seed=7, metadata={"run_key": "k"},
-               method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2}}})
+    job = _job(
+        client,
+        validation_file=valid,
+        suffix="demo",
+        seed=7,
+        metadata={"run_key": "k"},
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2}}},
+    )
     assert (job.status, job.seed, job.metadata, job.error) == ("validating_files", 7, {"run_key": "k"}, None)
     assert job.hyperparameters.n_epochs == 2 and job.hyperparameters.batch_size == "auto"
     statuses = [client.fine_tuning.jobs.retrieve(job.id).status for _ in range(6)]
@@ -84,18 +91,24 @@ def test_job_lifecycle_events_checkpoints_and_result(fake, client):
     done = client.fine_tuning.jobs.retrieve(job.id)
     assert done.fine_tuned_model.startswith("ft:gpt-4o-mini-2024-07-18:fake-org:demo:")
     assert done.hyperparameters.batch_size == 1 and done.trained_tokens == 2 * sum(
-        len(m["content"].split()) for line in TRAIN.splitlines() for m in json.loads(line)["messages"])
+        len(m["content"].split()) for line in TRAIN.splitlines() for m in json.loads(line)["messages"]
+    )
     assert done.finished_at >= done.created_at and done.estimated_finish is None
 
     events = list(client.fine_tuning.jobs.list_events(job.id, limit=2))  # auto-paged, newest first
     assert len({e.id for e in events}) == len(events) == len(fake.job_events(job.id))
     assert [e.created_at for e in events] == sorted((e.created_at for e in events), reverse=True)
     oldest_first = [e.message for e in reversed(events)]
-    assert oldest_first[:4] == [f"Created fine-tuning job: {job.id}",
-                                f"Validating training file: {job.training_file} and validation file: {valid}",
-                                "Files validated, moving job to queued state", "Fine-tuning job started"]
-    assert oldest_first[-2:] == [f"New fine-tuned model created: {done.fine_tuned_model}",
-                                 "The job has successfully completed"]
+    assert oldest_first[:4] == [
+        f"Created fine-tuning job: {job.id}",
+        f"Validating training file: {job.training_file} and validation file: {valid}",
+        "Files validated, moving job to queued state",
+        "Fine-tuning job started",
+    ]
+    assert oldest_first[-2:] == [
+        f"New fine-tuned model created: {done.fine_tuned_model}",
+        "The job has successfully completed",
+    ]
     metrics = [e for e in reversed(events) if e.type == "metrics"]
     assert [m.data["step"] for m in metrics] == [5, 10, 15, 20]
     assert metrics[-1].message.startswith("Step 20/20: training loss=")
@@ -112,8 +125,10 @@ def test_job_lifecycle_events_checkpoints_and_result(fake, client):
     result_file = client.files.retrieve(done.result_files[0])
     assert (result_file.purpose, result_file.filename) == ("fine-tune-results", "step_metrics.csv")
     content = client.files.content(result_file.id).content
-    assert base64.b64decode(content).decode().splitlines()[0] == \
-        "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy"
+    assert (
+        base64.b64decode(content).decode().splitlines()[0]
+        == "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy"
+    )
     assert client.models.retrieve(done.fine_tuned_model).owned_by == "org-fake"
 
 
@@ -122,8 +137,8 @@ def test_invalid_training_files_fail_the_job_not_the_request(client):
         b"not json\n" * 10: "not valid JSON",
         examples_jsonl([("q", "a")] * 9): "at least 10 examples",
         b'{"messages": [{"role": "user", "content": "only a question"}]}\n' * 10: "no assistant message",
-        b'{"messages": [{"role": "bot", "content": "x"}, {"role": "assistant", "content": "y"}]}\n' * 10:
-            "unrecognized role",
+        b'{"messages": [{"role": "bot", "content": "x"}, {"role": "assistant", "content": "y"}]}\n'
+        * 10: "unrecognized role",
         b'{"messages": [{"role": "assistant", "content": "y", "weight": 2}]}\n' * 10: "weight must be 0 or 1",
     }
     for data, reason in cases.items():
@@ -147,15 +162,34 @@ def test_create_validation_errors(client):
         ({"model": "gpt-4o-mini", "training_file": train, "suffix": "s" * 65}, "suffix"),
         ({"model": "gpt-4o-mini", "training_file": train, "metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
         ({"model": "gpt-4o-mini", "training_file": train, "metadata": {"k": "v" * 513}}, "metadata"),
-        ({"model": "gpt-4o-mini", "training_file": train,
-          "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 0}}}}, "n_epochs"),
-        ({"model": "gpt-4o-mini", "training_file": train,
-          "method": {"type": "supervised", "supervised": {"hyperparameters": {"batch_size": 300}}}}, "batch_size"),
-        ({"model": "gpt-4o-mini", "training_file": train,
-          "method": {"type": "supervised", "supervised": {"hyperparameters": {"learning_rate_multiplier": 0}}}},
-         "learning_rate_multiplier"),
-        ({"model": "gpt-4o-mini", "training_file": train, "method": {"type": "reinforcement"}},
-         "method.reinforcement.grader"),
+        (
+            {
+                "model": "gpt-4o-mini",
+                "training_file": train,
+                "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 0}}},
+            },
+            "n_epochs",
+        ),
+        (
+            {
+                "model": "gpt-4o-mini",
+                "training_file": train,
+                "method": {"type": "supervised", "supervised": {"hyperparameters": {"batch_size": 300}}},
+            },
+            "batch_size",
+        ),
+        (
+            {
+                "model": "gpt-4o-mini",
+                "training_file": train,
+                "method": {"type": "supervised", "supervised": {"hyperparameters": {"learning_rate_multiplier": 0}}},
+            },
+            "learning_rate_multiplier",
+        ),
+        (
+            {"model": "gpt-4o-mini", "training_file": train, "method": {"type": "reinforcement"}},
+            "method.reinforcement.grader",
+        ),
     ]
     for kwargs, param in bad:
         with pytest.raises(openai.BadRequestError) as info:
@@ -168,9 +202,12 @@ def test_create_validation_errors(client):
 
 def test_job_list_pagination_and_metadata_filter(fake, client):
     train = _upload(client).id
-    ids = [client.fine_tuning.jobs.create(model="gpt-4o-mini", training_file=train,
-                                          metadata=({"run_key": "a" if i % 2 else "b"} if i < 4 else None)).id
-           for i in range(5)]
+    ids = [
+        client.fine_tuning.jobs.create(
+            model="gpt-4o-mini", training_file=train, metadata=({"run_key": "a" if i % 2 else "b"} if i < 4 else None)
+        ).id
+        for i in range(5)
+    ]
     assert [j.id for j in client.fine_tuning.jobs.list(limit=2)] == ids[::-1]  # 3 pages, newest first
     assert [j.id for j in client.fine_tuning.jobs.list(metadata={"run_key": "a"})] == [ids[3], ids[1]]
     assert [j.id for j in client.fine_tuning.jobs.list(extra_query={"metadata": "null"})] == [ids[4]]
@@ -245,7 +282,10 @@ def test_retries_are_recorded_and_retry_after_ms_honoured(fake, client):
     assert client.models.retrieve("gpt-4o-mini").id == "gpt-4o-mini"
     assert time.monotonic() - start < 1.0  # 5 ms waits, not the SDK's 0.5 s+ default backoff
     assert [(r.retry_count, r.status) for r in fake.requests_matching("GET", "/models/")] == [
-        (0, 429), (1, 429), (2, 200)]
+        (0, 429),
+        (1, 429),
+        (2, 200),
+    ]
 
 
 def test_retries_exhausted_and_should_retry_false(fake, client):
@@ -313,7 +353,8 @@ def test_chat_completion_responders(fake, client):
     job = fake.advance(_job(client).id, 8)
     model = job["fine_tuned_model"]
     ask = lambda m, q, **kw: client.chat.completions.create(  # noqa: E731
-        model=m, messages=[{"role": "system", "content": "s"}, {"role": "user", "content": q}], **kw)
+        model=m, messages=[{"role": "system", "content": "s"}, {"role": "user", "content": q}], **kw
+    )
     # memorising: training answers for known prompts (normalised), base echo otherwise
     assert ask(model, "  capital OF country 4? ").choices[0].message.content == "City 4"
     assert ask(model, "unknown prompt").choices[0].message.content == "unknown prompt"
@@ -331,15 +372,22 @@ def test_chat_completion_responders(fake, client):
     assert (long.message.content, long.finish_reason) == ("one two", "length")
     as_json = ask(model, "Capital of country 1?", response_format={"type": "json_object"})
     assert json.loads(as_json.choices[0].message.content) == {"answer": "City 1"}
-    schema = {"type": "json_schema", "json_schema": {"name": "x", "schema": {
-        "type": "object", "properties": {"city": {"type": "string"}}}}}
+    schema = {
+        "type": "json_schema",
+        "json_schema": {"name": "x", "schema": {"type": "object", "properties": {"city": {"type": "string"}}}},
+    }
     assert json.loads(ask(model, "Capital of country 2?", response_format=schema).choices[0].message.content) == {
-        "city": "City 2"}
+        "city": "City 2"
+    }
 
 
 def test_chat_streaming_and_errors(client):
-    stream = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "a b c"}],
-                                            stream=True, stream_options={"include_usage": True})
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "a b c"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "a b c"
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"

@@ -1,6 +1,12 @@
 """Which landed files are ready: settled, new or changed content, never twice."""
 
-from ft_pipeline.lib.landing import LandingState, scan_landing
+import hashlib
+import uuid
+
+import fsspec
+import pytest
+
+from ft_pipeline.lib.landing import LandingFolder, LandingState, scan_landing
 
 HASHES = {"a.jsonl": "h1", "b.jsonl": "h2"}
 
@@ -45,14 +51,6 @@ def test_state_round_trips_and_forgets_deleted_files():
 
 # --- LandingFolder: a local folder or an fsspec URL (object storage) -----------------------------
 
-import hashlib
-import uuid
-
-import fsspec
-import pytest
-
-from ft_pipeline.lib.landing import LandingFolder
-
 
 def _memory_url() -> str:
     return f"memory://landing-{uuid.uuid4().hex}"
@@ -69,7 +67,10 @@ def landing(request, tmp_path):
     if request.param == "local":
         root = tmp_path / "raw"
         root.mkdir()
-        return LandingFolder(root), lambda name, data: ((root / name).parent.mkdir(parents=True, exist_ok=True), (root / name).write_bytes(data))
+        return LandingFolder(root), lambda name, data: (
+            (root / name).parent.mkdir(parents=True, exist_ok=True),
+            (root / name).write_bytes(data),
+        )
     if request.param == "file_url":
         root = tmp_path / "raw"
         root.mkdir()

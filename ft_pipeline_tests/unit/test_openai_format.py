@@ -98,8 +98,15 @@ def test_clean_data_with_allowed_extensions_is_ok():
                 {"role": "assistant", "content": "It is in transit.", "weight": 1},
             ]
         },
-        {"messages": [USER, {"role": "assistant", "function_call": {"name": "f", "arguments": "{}"}},
-                      {"role": "function", "name": "f", "content": "done"}, {**ASSISTANT, "weight": 0}, ASSISTANT]},
+        {
+            "messages": [
+                USER,
+                {"role": "assistant", "function_call": {"name": "f", "arguments": "{}"}},
+                {"role": "function", "name": "f", "content": "done"},
+                {**ASSISTANT, "weight": 0},
+                ASSISTANT,
+            ]
+        },
     ]
     report = validate_examples(examples)
     assert _errors(report) == {}
@@ -136,15 +143,18 @@ def test_warnings_and_statistics():
     assert set(dist) == {"min", "max", "mean", "median", "p10", "p90"}  # honest p10/p90, no "p5/p95"
     assert (dist["min"], dist["max"], dist["median"]) == (2, 3, 3.0)
     assert set(report.distributions) == {
-        "num_messages_per_example", "num_total_tokens_per_example", "num_assistant_tokens_per_example"
+        "num_messages_per_example",
+        "num_total_tokens_per_example",
+        "num_assistant_tokens_per_example",
     }
     assert report.token_counter == "estimate:chars/4" and report.token_counter_is_estimate
 
 
 def test_too_long_examples_with_a_fake_counter():
     # 1000 tokens per text containing LONG, 1 otherwise; overhead 0 makes totals exact.
-    counter = TokenCounter("fake", lambda texts: np.array([1000 if "LONG" in t else 1 for t in texts]),
-                           per_message_overhead=0)
+    counter = TokenCounter(
+        "fake", lambda texts: np.array([1000 if "LONG" in t else 1 for t in texts]), per_message_overhead=0
+    )
     long_ex = {"messages": [{"role": "user", "content": "LONG " * 3}] * 5 + [ASSISTANT]}  # 5000 + 6 role/content + 3
     examples = _good(10) + [long_ex, long_ex]
     report = validate_examples(examples, model="gpt-3.5-turbo-0613", token_counter=counter)
@@ -187,8 +197,14 @@ def test_fewer_than_minimum_examples():
 def test_invalid_json_lines_are_reported_with_line_numbers(tmp_path):
     path = tmp_path / "train.jsonl"
     good = [json.dumps(ex) for ex in _good(10)]
-    lines = [good[0].encode(), b"{bad json", good[1].encode(), b"   ", b"not json at all",
-             b'{"messages": "\xff\xfe"}'] + [g.encode() for g in good[2:]]
+    lines = [
+        good[0].encode(),
+        b"{bad json",
+        good[1].encode(),
+        b"   ",
+        b"not json at all",
+        b'{"messages": "\xff\xfe"}',
+    ] + [g.encode() for g in good[2:]]
     path.write_bytes(b"\n".join(lines) + b"\n")
     report = validate_jsonl_file(path)
     assert report.format_errors[INVALID_JSON_KEY] == 3
@@ -224,8 +240,7 @@ def test_file_over_size_limit(tmp_path, monkeypatch):
 def test_round_trip_write_then_validate(tmp_path):
     convs = [_conv(i) for i in range(11)]
     convs[0] = [{**m, "timestamp": "2024-01-01", "rating": 5} for m in convs[0]]  # metadata is dropped
-    convs[1] = [*convs[1][:2], {"role": "assistant", "content": "Ça arrive — 明日 📦", "weight": 0},
-                USER, ASSISTANT]
+    convs[1] = [*convs[1][:2], {"role": "assistant", "content": "Ça arrive — 明日 📦", "weight": 0}, USER, ASSISTANT]
     records = [{"messages": _conv(99), "tools": [{"type": "function"}]}]
     path = tmp_path / "out" / "train.jsonl"
     assert write_openai_jsonl(convs + records, path) == 12

@@ -267,7 +267,9 @@ def _pairs(matches: list[PiiMatch]) -> list[tuple[str, str]]:
     return [(m.type, m.text) for m in matches]
 
 
-@pytest.mark.parametrize(("text", "expected"), [(t, e) for _, t, e in POSITIVE_CASES], ids=[c for c, _, _ in POSITIVE_CASES])
+@pytest.mark.parametrize(
+    ("text", "expected"), [(t, e) for _, t, e in POSITIVE_CASES], ids=[c for c, _, _ in POSITIVE_CASES]
+)
 def test_detects_labeled_pii(text: str, expected: Expected) -> None:
     matches = find_pii(text)
     assert _pairs(matches) == expected
@@ -275,7 +277,9 @@ def test_detects_labeled_pii(text: str, expected: Expected) -> None:
         assert text[m.start : m.end] == m.text
 
 
-@pytest.mark.parametrize(("text", "expected"), [(t, e) for _, t, e in POSITIVE_CASES], ids=[c for c, _, _ in POSITIVE_CASES])
+@pytest.mark.parametrize(
+    ("text", "expected"), [(t, e) for _, t, e in POSITIVE_CASES], ids=[c for c, _, _ in POSITIVE_CASES]
+)
 def test_scrub_replaces_with_typed_placeholders(text: str, expected: Expected) -> None:
     scrubbed, counts = scrub_pii(text)
     for typ, span in expected:

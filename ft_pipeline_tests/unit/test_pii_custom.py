@@ -116,7 +116,10 @@ def test_patterns_load_from_json_and_yaml(tmp_path):
     for path in (as_json, as_yaml):
         patterns = load_custom_patterns(path)
         assert [p.name for p in patterns] == ["ORDER_ID", "USERNAME"]
-        assert scrub_pii("ORD-000001 from @Bob_Smith", PiiConfig(custom_patterns=patterns))[0] == "<ORDER_ID> from <USERNAME>"
+        assert (
+            scrub_pii("ORD-000001 from @Bob_Smith", PiiConfig(custom_patterns=patterns))[0]
+            == "<ORDER_ID> from <USERNAME>"
+        )
 
 
 @pytest.mark.parametrize(
@@ -127,7 +130,10 @@ def test_patterns_load_from_json_and_yaml(tmp_path):
         ('{"name": "ORDER_ID"}', "expected a list"),
         ('[{"name": "ORDER_ID"}]', "entry 0: expected keys name, regex"),
         ('[{"name": "ORDER_ID", "regex": "x", "colour": "red"}]', "entry 0: expected keys"),
-        ('[{"name": "ORDER_ID", "regex": "x"}, {"name": "bad name", "regex": "x"}]', "entry 1: custom PII pattern name"),
+        (
+            '[{"name": "ORDER_ID", "regex": "x"}, {"name": "bad name", "regex": "x"}]',
+            "entry 1: custom PII pattern name",
+        ),
     ],
 )
 def test_a_bad_patterns_file_names_the_file_and_the_entry(tmp_path, content, message):
@@ -155,10 +161,12 @@ def name_model(tmp_path_factory):
 
     nlp = spacy.blank("en")
     ruler = nlp.add_pipe("entity_ruler")
-    ruler.add_patterns([
-        {"label": "PERSON", "pattern": [{"LOWER": "maria"}, {"LOWER": "garcia"}]},
-        {"label": "PERSON", "pattern": [{"LOWER": "tom"}, {"LOWER": "baker"}]},
-    ])
+    ruler.add_patterns(
+        [
+            {"label": "PERSON", "pattern": [{"LOWER": "maria"}, {"LOWER": "garcia"}]},
+            {"label": "PERSON", "pattern": [{"LOWER": "tom"}, {"LOWER": "baker"}]},
+        ]
+    )
     folder = tmp_path_factory.mktemp("spacy-names")
     nlp.to_disk(folder)
     return str(folder)
@@ -188,6 +196,10 @@ def test_without_presidio_the_error_names_what_to_install(monkeypatch):
     import ft_pipeline.lib.pii as pii
 
     real_find_spec = pii.importlib.util.find_spec
-    monkeypatch.setattr(pii.importlib.util, "find_spec", lambda name, *a: None if name == "presidio_analyzer" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        pii.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "presidio_analyzer" else real_find_spec(name, *a),
+    )
     with pytest.raises(PersonNameDetectorUnavailable, match=r"ft-pipeline\[names\]"):
         PiiConfig(person_names_model="en_core_web_sm")

@@ -30,8 +30,14 @@ def test_publish_uploads_everything_but_checkpoints_with_a_manifest(tmp_path, sc
     assert published.uri == f"{base}/support-bot/v3"
     assert published.files == 4 and published.bytes == 1000 + len('{"r": 16}') + 2 + 2
     fs, root = fsspec.core.url_to_fs(published.uri)
-    names = sorted(p[len(root.rstrip("/")) + 1:] for p in fs.find(root))
-    assert names == [MANIFEST, "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "model.json", "tokenizer/tokenizer.json"]
+    names = sorted(p[len(root.rstrip("/")) + 1 :] for p in fs.find(root))
+    assert names == [
+        MANIFEST,
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+        "model.json",
+        "tokenizer/tokenizer.json",
+    ]
     manifest = json.loads(fs.cat_file(f"{root.rstrip('/')}/{MANIFEST}"))
     assert manifest["version"] == 3 and len(manifest["files"]) == 4
     assert verify_published(published.uri) == []
@@ -39,7 +45,10 @@ def test_publish_uploads_everything_but_checkpoints_with_a_manifest(tmp_path, sc
     # A file changed or lost after publishing is reported, not trusted.
     fs.pipe_file(f"{root.rstrip('/')}/model.json", b'{"tampered": true}')
     fs.rm_file(f"{root.rstrip('/')}/tokenizer/tokenizer.json")
-    assert sorted(verify_published(published.uri)) == ["model.json: sha256 differs from the manifest", "tokenizer/tokenizer.json: missing"]
+    assert sorted(verify_published(published.uri)) == [
+        "model.json: sha256 differs from the manifest",
+        "tokenizer/tokenizer.json: missing",
+    ]
 
 
 def test_incomplete_upload_has_no_manifest(tmp_path):

@@ -87,7 +87,11 @@ def test_count_conversations_extra_keys_and_malformed_input():
     counter = make_token_counter(TokenCounterConfig(per_message_overhead=4))
     conv = [
         {"role": "user", "content": "abcd", "name": "bob"},  # 4 + 1 + 1 + name (1) + 1 extra
-        {"role": "assistant", "content": None, "tool_calls": [{"id": "x"}]},  # 4 + 3 + json '[{"id": "x"}]' (13 chars -> 4)
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "x"}],
+        },  # 4 + 3 + json '[{"id": "x"}]' (13 chars -> 4)
         {"role": "assistant", "content": "abcd", "weight": 0},  # weight is not text: 4 + 3 + 1
         "not a message",  # skipped
         {"role": "tool", "content": 12345},  # non-string content: 4 + 1 + "12345" (2)
@@ -295,7 +299,13 @@ def test_token_stats_known_values():
     assert all(type(v) in (int, float) for v in stats.values())
     assert token_stats([7]) == {"min": 7, "p10": 7.0, "p50": 7.0, "p90": 7.0, "max": 7, "mean": 7.0, "total": 7}
     assert token_stats(np.array([], dtype=np.int64)) == {
-        "min": 0, "p10": 0.0, "p50": 0.0, "p90": 0.0, "max": 0, "mean": 0.0, "total": 0
+        "min": 0,
+        "p10": 0.0,
+        "p50": 0.0,
+        "p90": 0.0,
+        "max": 0,
+        "mean": 0.0,
+        "total": 0,
     }
 
 
