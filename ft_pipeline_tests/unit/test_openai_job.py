@@ -377,7 +377,7 @@ def test_find_job_by_run_key_filters_client_side_and_pages(fake, client, data):
 
 
 def test_paused_status_is_treated_as_non_terminal(fake, data):
-    # "paused" is not in the SDK's Literal: only a loose client can see it (reference §1.2)
+    # "paused" is not in the SDK's Literal: only a loose client can see it
     loose = openai.OpenAI(base_url=fake.base_url, api_key=SECRET, max_retries=2)
     fake.config.allow_paused_status = True
     job_ids: list[str] = []

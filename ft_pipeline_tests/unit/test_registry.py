@@ -1,4 +1,4 @@
-"""Model registry (shared/reference/openai_eval_registry.md §6): registration, promotion with
+"""Model registry: registration, promotion with
 compare-and-swap and the staleness guard, rejection, rollback, routing, and two processes racing.
 
 The registry tests run on SQLite and on a real PostgreSQL (a fresh database per test, see the
