@@ -44,6 +44,8 @@ def _empty_for_none(value: Any) -> Any:
     return "" if value is None else value
 
 
+_AUTO_OR_NUMBER = ("n_epochs", "batch_size", "learning_rate_multiplier")
+
 #: class name -> SOURCES (lib objects, searched in order by field name), RENAMED (field ->
 #: (lib object, attribute[, how the Config spells the value])), NO_LIB (field -> why).
 TABLE: dict[str, dict[str, Any]] = {
@@ -66,11 +68,11 @@ TABLE: dict[str, dict[str, Any]] = {
         "SOURCES": [LoraTrainingConfig()],
         "RENAMED": {
             "backend": (None, DEFAULT_BACKEND),
+            # 'auto' or a number, typed as text in the Launchpad.
+            **{f"openai_{name}": (OpenAIFineTuneConfig(), name, _str) for name in _AUTO_OR_NUMBER},
             **{
-                f"openai_{name}": (OpenAIFineTuneConfig(), name, _str if name in ("n_epochs", "batch_size",
-                                                                                   "learning_rate_multiplier") else None)
-                for name in ("n_epochs", "batch_size", "learning_rate_multiplier", "suffix", "poll_interval_s",
-                             "max_poll_interval_s", "timeout_s")
+                f"openai_{name}": (OpenAIFineTuneConfig(), name)
+                for name in ("suffix", "poll_interval_s", "max_poll_interval_s", "timeout_s")
             },
         },
     },

@@ -58,5 +58,6 @@ def test_the_model_stages_read_the_splits_manifest(tmp_path):
     paths = {s: {"parquet": f"{s}.parquet", "jsonl": f"{s}.jsonl"} for s in ("train", "validation", "test")}
     write_manifest(tmp_path, SplitsManifest(version="s1", curated_version="c1", paths=paths))
     splits = read_splits(tmp_path)
-    assert splits.version == "s1" and splits.parquet("test") == "test.parquet" and splits.jsonl("train") == "train.jsonl"
+    assert splits.version == "s1" and splits.parquet("test") == "test.parquet"
+    assert splits.jsonl("train") == "train.jsonl"
     assert read_splits(tmp_path / "none") is None

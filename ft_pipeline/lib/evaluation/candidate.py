@@ -79,7 +79,9 @@ class CandidateEvaluation:
 
     @property
     def gate_description(self) -> str:
-        return "the candidate is already production" if self.summary.already_production else self.result.decision.description()
+        if self.summary.already_production:
+            return "the candidate is already production"
+        return self.result.decision.description()
 
 
 def evaluate_candidate(
@@ -112,7 +114,9 @@ def evaluate_candidate(
     overlap = int(sum(1 for h in test["exact_hash"] if h in train_hashes))
     test_hash = file_sha256(test_path)
 
-    version, test_dataset_id = _register_candidate(registry, record, splits, config.model_name, test_hash, len(test), run_id)
+    version, test_dataset_id = _register_candidate(
+        registry, record, splits, config.model_name, test_hash, len(test), run_id
+    )
     production = registry.resolve(config.model_name, "production")
     already_production = production is not None and production.version == version.version
 
@@ -125,7 +129,9 @@ def evaluate_candidate(
     for role, generator in generators.items():
         log(f"{role}: {generator.name}")
 
-    no_production = f"the candidate is production already (v{version.version})" if already_production else "no production model yet"
+    no_production = (
+        f"the candidate is production already (v{version.version})" if already_production else "no production model yet"
+    )
     result = run_evaluation(test, generators, gate=config.gate, config=config.evaluation, train_test_overlap=overlap,
                             no_production_reason=no_production)
     if config.compute_perplexity and record.backend == "local_lora":
@@ -206,7 +212,8 @@ def _register_candidate(
 
     def dataset(split: str, registry_split: str) -> str:
         path = splits.parquet(split)
-        return registry.record_dataset_version("curated", registry_split, file_sha256(path), pq.ParquetFile(path).metadata.num_rows)
+        rows = pq.ParquetFile(path).metadata.num_rows
+        return registry.record_dataset_version("curated", registry_split, file_sha256(path), rows)
 
     train_ds, val_ds = dataset("train", "train"), dataset("validation", "validation")
     test_ds = registry.record_dataset_version("curated", "eval", test_hash, n_test)
@@ -241,15 +248,16 @@ def _generator_for(
     if isinstance(model, ModelVersion):
         tags = model.tags or {}
         backend, base_model, remote_model_id = model.backend, model.base_model, model.remote_model_id
-        adapter_dir, base_model_path, tokenizer_dir = model.artifact_path, tags.get("base_model_path"), tags.get("tokenizer_dir")
+        adapter_dir, tokenizer_dir = model.artifact_path, tags.get("tokenizer_dir")
+        base_model_path = tags.get("base_model_path")
     else:
         backend, base_model, remote_model_id = model.backend, model.base_model, model.remote_model_id
         adapter_dir, base_model_path, tokenizer_dir = model.adapter_dir, model.base_model_path, model.tokenizer_dir
     if backend == "openai":
         return OpenAIChatGenerator(openai_client(), base_model if base else remote_model_id, generation)
     quiet_third_party_logs()  # before peft is imported: no bitsandbytes CPU-kernel warnings
-    return LocalGenerator(resolve_portable_path(base_model_path, data_dir), None if base else adapter_dir, tokenizer_dir,
-                          generation, on_progress=log)
+    base_path = resolve_portable_path(base_model_path, data_dir)
+    return LocalGenerator(base_path, None if base else adapter_dir, tokenizer_dir, generation, on_progress=log)
 
 
 def _add_validation_perplexity(result: EvaluationResult, generators: dict[str, Any], splits: SplitsManifest) -> None:
@@ -262,12 +270,17 @@ def _add_validation_perplexity(result: EvaluationResult, generators: dict[str, A
 
 
 def _add_judge_verdicts(
-    result: EvaluationResult, test: pd.DataFrame, generators: dict[str, Any], config: CandidateEvaluationConfig, client: Any,
+    result: EvaluationResult,
+    test: pd.DataFrame,
+    generators: dict[str, Any],
+    config: CandidateEvaluationConfig,
+    client: Any,
 ) -> None:
     from ft_pipeline.lib.evaluation.judge import pairwise_judge
 
     prompts = [split_prompt_reference(list(m))[0] for m in test["messages"]]
-    answers = {role: result.examples.loc[result.examples["model"] == role, "prediction"].tolist() for role in generators}
+    examples = result.examples
+    answers = {role: examples.loc[examples["model"] == role, "prediction"].tolist() for role in generators}
     result.extra["judge"] = {
         baseline: pairwise_judge(client, config.judge_model, prompts, answers["candidate"], answers[baseline],
                                  concurrency=config.generation.concurrency, seed=config.evaluation.seed).to_dict()

@@ -56,7 +56,9 @@ def promote_candidate(
     if publish_url and candidate.artifact_path:
         run_dir = Path(candidate.artifact_path).parent
         published = publish_model_dir(run_dir, publish_url, name, version)
-        registry.update_tags(name, version, {"published_uri": published.uri, "published_manifest_sha256": published.manifest_sha256})
+        registry.update_tags(
+            name, version, {"published_uri": published.uri, "published_manifest_sha256": published.manifest_sha256}
+        )
         log(f"published {published.files} files ({published.bytes} bytes) of {name} v{version} to {published.uri}")
     try:
         event = registry.promote(

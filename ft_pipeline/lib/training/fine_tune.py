@@ -44,7 +44,9 @@ class LocalRun:
     """What the trainer process reads (``pipes_entrypoint``): split files, folders, settings."""
 
 
-def prepare_local_run(splits: SplitsManifest, config: LoraTrainingConfig, models_folder: Path, base_cache_dir: Path) -> LocalRun:
+def prepare_local_run(
+    splits: SplitsManifest, config: LoraTrainingConfig, models_folder: Path, base_cache_dir: Path
+) -> LocalRun:
     key = run_key(splits.version, config, config.base_model)
     output_dir = models_folder / key
     extras = {

@@ -20,4 +20,5 @@ def quiet_peft_deprecation():
 
 def offline() -> bool:
     """Hugging Face is told to stay offline: load with ``local_files_only``."""
-    return any(os.environ.get(v, "").lower() in {"1", "true", "yes", "on"} for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    flags = (os.environ.get(v, "").lower() for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(flag in {"1", "true", "yes", "on"} for flag in flags)
