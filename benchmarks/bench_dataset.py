@@ -869,7 +869,8 @@ def run(args: argparse.Namespace, out: Path, load_start: tuple[float, float, flo
     check_wall = sum(t_curate.wall[k] for k in checks)
     print(
         f"curate without its checks ({', '.join(checks)}): {curate_wall - check_wall:.1f} s wall, "
-        f"{rate(cleaned_kept, curate_wall - check_wall) or 0:,.0f} conv/s (the figure before the checks were part of the stage)"
+        f"{rate(cleaned_kept, curate_wall - check_wall) or 0:,.0f} conv/s "
+        "(the figure before the checks were part of the stage)"
     )
 
     print("\n== Peak RSS ==")

@@ -27,7 +27,9 @@ class SplitRunConfig(dg.Config):
     first_turn_min_words: int = Field(default=_SPLIT.first_turn_min_words, description="Group conversations sharing a first user turn of at least this many words (0 = off).")
     first_turn_max_shared: int = Field(default=_SPLIT.first_turn_max_shared, description="A first turn shared by more conversations than this is boilerplate and links nothing.")
     stratify_by_tag: bool = Field(default=_SPLIT.stratify_by_tag, description="Exact per-tag proportions (a group near a cut-off may move as data grows).")
-    min_train_examples: int = Field(default=_SPLIT.min_train_examples, description="Minimum train size (OpenAI requires 10).")
+    min_train_examples: int = Field(
+        default=_SPLIT.min_train_examples, description="Minimum train size (OpenAI requires 10)."
+    )
     min_validation_examples: int = Field(default=_SPLIT.min_validation_examples, description="Minimum validation size.")
     min_test_examples: int = Field(default=_SPLIT.min_test_examples, description="Minimum test size.")
 

@@ -305,7 +305,10 @@ def scan_dataset_for_pii(path: str | Path, pii: PiiConfig = DEFAULT_PII_CONFIG, 
 def duplicates_left(path: str | Path, dedup: DedupConfig = DEFAULT_DEDUP_CONFIG) -> dict[str, int]:
     """Duplicates of each kind that dedup would still remove from the curated file at ``path``
     (empty when none): the ``no_duplicates_left`` check re-runs dedup over the output."""
-    columns = ["conversation_id", "exact_hash", "context_hash", "prefix_hashes", "minhash", "rating", "edited", "response_time_ms"]
+    columns = [
+        "conversation_id", "exact_hash", "context_hash", "prefix_hashes", "minhash",
+        "rating", "edited", "response_time_ms",
+    ]
     if not pq.ParquetFile(path).metadata.num_rows:
         return {}
     curated = pq.read_table(path, columns=columns).to_pandas()
@@ -383,13 +386,17 @@ def curate(
     with steps.step("curate"):
         result = curate_files([m.path for m in inputs.values()], folder / "conversations.parquet", config)
     if result.n_in != result.n_kept + len(result.removed):  # curation guarantees it; a bug must not pass silently
-        raise AssertionError(f"curation lost records: {result.n_in} in, {result.n_kept} kept, {len(result.removed)} removed")
+        raise AssertionError(
+            f"curation lost records: {result.n_in} in, {result.n_kept} kept, {len(result.removed)} removed"
+        )
     with steps.step("write_removed"):
         removed_path = write_parquet(result.removed, folder / "removed.parquet")
     manifest = CuratedManifest.of(version, str(result.output_path), str(removed_path), config.dedup)
     write_manifest(curated_root, manifest)
     with steps.step("data_version"):
-        hashes = pq.read_table(result.output_path, columns=["exact_hash"]).column("exact_hash").to_pylist() if result.n_kept else []
+        hashes = []
+        if result.n_kept:
+            hashes = pq.read_table(result.output_path, columns=["exact_hash"]).column("exact_hash").to_pylist()
         data_version = content_version(version, hash_values(hashes))
     with steps.step("check_no_pii_left"):
         scan = scan_dataset_for_pii(result.output_path, pii)

@@ -567,7 +567,9 @@ def ingest_log_file(
         stored_quarantine_path = write_parquet(quarantine, quarantine_path)
     write_manifest(
         parsed_folder,
-        ParsedManifest(version=version, path=str(parsed_path), quarantine_path=str(stored_quarantine_path), source=source_name),
+        ParsedManifest(
+            version=version, path=str(parsed_path), quarantine_path=str(stored_quarantine_path), source=source_name
+        ),
     )
     return IngestResult(
         version=version,

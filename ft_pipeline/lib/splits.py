@@ -79,7 +79,11 @@ class SplitConfig:
 
     def min_sizes(self) -> dict[str, int]:
         """Split name -> the minimum number of examples it must have."""
-        return {"train": self.min_train_examples, "validation": self.min_validation_examples, "test": self.min_test_examples}
+        return {
+            "train": self.min_train_examples,
+            "validation": self.min_validation_examples,
+            "test": self.min_test_examples,
+        }
 
     def __post_init__(self) -> None:
         fractions = (self.train_fraction, self.validation_fraction, self.test_fraction)
@@ -498,14 +502,18 @@ def make_splits(
     sizes = split_sizes(frames)
     dedup = curated.dedup_config()
     with steps.step("leakage_report"):
-        leakage = leakage_report(frames, config, dedup, load_texts=parquet_text_loader({n: paths[n]["parquet"] for n in SPLIT_NAMES}))
+        texts = parquet_text_loader({n: paths[n]["parquet"] for n in SPLIT_NAMES})
+        leakage = leakage_report(frames, config, dedup, load_texts=texts)
     formats = {}
     for name in ("train", "validation"):
         with steps.step("validate_jsonl_file"):
-            formats[name] = validate_jsonl_file(paths[name]["jsonl"], model=openai_model, require_min_examples=(name == "train"))
+            formats[name] = validate_jsonl_file(
+                paths[name]["jsonl"], model=openai_model, require_min_examples=(name == "train")
+            )
     with steps.step("split_stats"):
         stats = {name: _split_stats(frames[name], len(assigned), paths[name], version, name) for name in SPLIT_NAMES}
-    return SplitsResult(manifest, stats, sizes, leakage, dedup, check_min_sizes(sizes, config.min_sizes()), formats, steps)
+    size_failures = check_min_sizes(sizes, config.min_sizes())
+    return SplitsResult(manifest, stats, sizes, leakage, dedup, size_failures, formats, steps)
 
 
 def _split_stats(frame: pd.DataFrame, total: int, paths: dict[str, Any], version: str, name: str) -> SplitStats:

@@ -207,7 +207,10 @@ def test_cleaned_partitions_with_different_signature_parameters_fail_curated_cle
     instance.add_dynamic_partitions(log_files_partitions.name, names)
     for name, num_perm in zip(names, (128, 64)):
         run_config = {"ops": {"cleaned_conversations": {"config": {"minhash_num_perm": num_perm}}}}
-        assert dg.materialize(PER_FILE_ASSETS, partition_key=name, instance=instance, resources=resources, run_config=run_config).success
+        result = dg.materialize(
+            PER_FILE_ASSETS, partition_key=name, instance=instance, resources=resources, run_config=run_config
+        )
+        assert result.success
     result = _build(instance, resources)
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")

@@ -8,7 +8,14 @@ import pytest
 from ft_pipeline.lib.cleaning import CleaningConfig, PartitionNotParsed, clean_partition
 from ft_pipeline.lib.curation import CurationConfig, NothingToCurate, curate
 from ft_pipeline.lib.dedup import DedupConfig
-from ft_pipeline.lib.manifests import CleanedManifest, CuratedManifest, ManifestError, ParsedManifest, SplitsManifest, read_manifest
+from ft_pipeline.lib.manifests import (
+    CleanedManifest,
+    CuratedManifest,
+    ManifestError,
+    ParsedManifest,
+    SplitsManifest,
+    read_manifest,
+)
 from ft_pipeline.lib.openai_format import DEFAULT_OPENAI_FINE_TUNING_MODEL
 from ft_pipeline.lib.records import ingest_log_file
 from ft_pipeline.lib.sample_data import write_sample
@@ -21,7 +28,8 @@ def test_the_dataset_stages_in_lib(tmp_path):
     cleaned_folders = {}
     for path in files:
         name = path.name
-        ingested = ingest_log_file(path, name, tmp_path / "parsed" / safe_name(name), tmp_path / "quarantine" / f"{safe_name(name)}.parquet")
+        quarantine = tmp_path / "quarantine" / f"{safe_name(name)}.parquet"
+        ingested = ingest_log_file(path, name, tmp_path / "parsed" / safe_name(name), quarantine)
         assert ingested.n_records == len(ingested.records) + len(ingested.quarantine)
         assert read_manifest(tmp_path / "parsed" / safe_name(name), ParsedManifest).version == ingested.version
         cleaned = clean_partition(tmp_path / "parsed" / safe_name(name), tmp_path / "cleaned" / safe_name(name))
@@ -30,7 +38,8 @@ def test_the_dataset_stages_in_lib(tmp_path):
         cleaned_folders[name] = tmp_path / "cleaned" / safe_name(name)
 
     config = CurationConfig(dedup=DedupConfig(threshold=0.9))
-    curated = curate({**cleaned_folders, "not-cleaned.jsonl": tmp_path / "cleaned" / "nothing"}, tmp_path / "curated", config)
+    folders = {**cleaned_folders, "not-cleaned.jsonl": tmp_path / "cleaned" / "nothing"}
+    curated = curate(folders, tmp_path / "curated", config)
     assert curated.missing == ["not-cleaned.jsonl"]
     assert curated.pii_scan.total == 0 and curated.duplicates_left == {}
     manifest = read_manifest(tmp_path / "curated", CuratedManifest)
