@@ -101,7 +101,8 @@ def evaluation_report(
     metrics when the references are JSON or labels), paired-bootstrap CIs of the deltas (McNemar
     for binary metrics), per-tag slices, the regression suite, validation perplexity. Written to
     ``reports/<eval_id>/`` (report.json, report.md, examples.parquet, charts) and recorded in the
-    registry. The blocking ``promotion_gate`` check decides whether ``promoted_model`` runs."""
+    registry; ``reports/latest.json`` (an EvaluationSummary) hands the decision to ``promoted_model``.
+    The blocking ``promotion_gate`` check decides whether ``promoted_model`` runs."""
     record = read_model_record(storage.folder("models"))
     splits = read_splits(storage.folder("splits"))
     if record is None or splits is None:
