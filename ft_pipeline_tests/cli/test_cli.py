@@ -87,6 +87,7 @@ def sample_data_dir(tmp_path, capsys, monkeypatch):
     return data
 
 
+@pytest.mark.slow  # the whole graph through the CLI, training included (about 30 s)
 def test_run_materializes_the_graph_and_prints_split_paths(sample_data_dir, capsys):
     data = sample_data_dir
     # The whole graph, kept cheap: a few training steps cannot beat the base, so the gate rejects
@@ -130,6 +131,7 @@ def test_run_without_dagster_home_is_a_clear_error(tmp_path, capsys, monkeypatch
     assert "DAGSTER_HOME" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # `dg check defs` in a subprocess loads the whole project (about 5 s)
 def test_dg_check_defs(tmp_path):
     dg = Path(sys.executable).parent / "dg"
     if not dg.exists():

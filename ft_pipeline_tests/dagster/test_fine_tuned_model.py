@@ -40,6 +40,7 @@ def _train(instance, resources, config):
     )
 
 
+@pytest.mark.slow  # LoRA training through Pipes in a subprocess (about 40 s on 2 cores)
 def test_local_lora_trains_through_pipes_and_adapter_loads(built_dataset, resources, data_dir):
     result = _train(built_dataset, resources, {"backend": "local_lora", **FAST_LORA})
     assert result.success

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from ft_pipeline.cli import main as cli
 from ft_pipeline.definitions import DOWNSTREAM_ASSETS, EVALUATION_ASSETS
@@ -17,6 +18,9 @@ from ft_pipeline_tests.conftest import register_evaluated_version
 from ft_pipeline_tests.dagster.whole_graph import TRAIN, evaluate_sample
 from ft_pipeline_tests.dagster.whole_graph import check_evaluations as _checks
 from ft_pipeline_tests.dagster.whole_graph import run_assets as _run
+
+# The whole graph with training and evaluation, then registry scenarios (minutes on 2 cores).
+pytestmark = pytest.mark.slow
 
 
 def _evaluate_sample(root: Path) -> Path:

@@ -28,6 +28,9 @@ from ft_pipeline.lib.sample_data import _conversation
 from ft_pipeline_tests.dagster.test_data_safety import PLANTED_PII
 from ft_pipeline_tests.dagster.whole_graph import EVAL, TRAIN
 
+# The whole graph, training and evaluation included, through execute_job (1-2 minutes on 2 cores).
+pytestmark = pytest.mark.slow
+
 # One value of every built-in kind, as written in a raw log.
 BUILT_IN = PLANTED_PII
 # The team's own kinds, through the PII policy's patterns file.

@@ -21,6 +21,9 @@ from ft_pipeline_tests.conftest import resources_for
 from ft_pipeline_tests.dagster.whole_graph import evaluate_sample, run_assets
 from ft_pipeline_tests.postgres_server import create_database, drop_database, sqlalchemy_url
 
+# The whole graph on a PostgreSQL-backed instance (minutes on 2 cores); also marked postgres.
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "ft-pipeline-assistant"
 

@@ -20,6 +20,7 @@ from unittest import mock
 
 import dagster as dg
 import psutil
+import pytest
 import yaml
 from dagster._core.events import DagsterEvent, DagsterEventType, EngineEventData
 from dagster._core.events.log import EventLogEntry
@@ -126,6 +127,7 @@ def _started_run(tmp_path):
                     instance.report_run_canceled(current, "ended by the test")
 
 
+@pytest.mark.slow  # a real code server and run worker, killed and waited for (about 5 s)
 def test_runs_killed_with_sigkill_stay_started_forever(tmp_path):
     with _started_run(tmp_path) as (instance, context, run_id, pid, server):
         server.send_signal(signal.SIGKILL)

@@ -449,6 +449,7 @@ print("FINISHED", flush=True)
 """
 
 
+@pytest.mark.slow  # a training subprocess killed and resumed (about 10 s)
 def test_resume_after_sigkill_continues_from_the_checkpoint(trained, splits, tmp_path):
     full, _ = trained
     out = tmp_path / run_key(DATA_VERSION, FAST, FAST.base_model)

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from ft_pipeline_tests.unit.test_lora_training import _conversations
 
@@ -24,6 +25,7 @@ def _launch(extras_path: Path) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow  # trains twice in a subprocess (about 1 minute on 2 cores)
 def test_sigterm_stops_at_a_checkpoint_and_the_next_launch_resumes(tmp_path):
     train = tmp_path / "train.parquet"
     pd.DataFrame({"messages": _conversations(40, seed=1)}).to_parquet(train)

@@ -28,7 +28,7 @@ from ft_pipeline.lib.registry import (
 MODEL = "support-bot"
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def registry_url(request, tmp_path):
     """A fresh registry database: a SQLite file, or a new database on a real PostgreSQL server."""
     if request.param == "sqlite":
