@@ -325,10 +325,12 @@ def _cmd_partitions(args: argparse.Namespace) -> int:
     landing = RawLogStore(landing_dir=args.landing_dir or "", data_dir=str(data_dir))
     if landing.folder().exists(args.name):
         print(
-            f"note: {args.name} is still in the landing folder {landing.root()}; remove it, or `ft-pipeline run` registers it again"
+            f"note: {args.name} is still in the landing folder {landing.root()}; remove it, or `ft-pipeline run` "
+            "registers it again"
         )
     print(
-        "curated datasets, splits and models built before keep their copies until the next build_dataset/train_model run"
+        "curated datasets, splits and models built before keep their copies until the next build_dataset/train_model "
+        "run"
     )
     return 0
 
@@ -390,7 +392,8 @@ def _cmd_registry(args: argparse.Namespace) -> int:
                 # Promoting the holder again changes nothing; say so instead of echoing the old
                 # event (which printed "vNone -> v1") and silently dropping --reason.
                 print(
-                    f"{args.model} v{args.version} is already {args.alias}: nothing changed, the reason was not recorded"
+                    f"{args.model} v{args.version} is already {args.alias}: nothing changed, the reason was not "
+                    "recorded"
                 )
                 return 0
             event = registry.promote(

@@ -37,14 +37,16 @@ class GpuPodTrainer(dg.ConfigurableResource, dg.PipesClient):
 
     image: str = Field(
         default="",
-        description="Trainer image (the project installed with a CUDA build of torch). Empty = the image of the code location that launched the run.",
+        description="Trainer image (the project installed with a CUDA build of torch). Empty = the image of the code "
+        "location that launched the run.",
     )
     namespace: str = Field(
         default="", description="Namespace of the trainer pod. Empty = the run worker's own namespace (else 'default')."
     )
     python: str = Field(
         default="python",
-        description="Interpreter in the trainer image. Replaces the run worker's sys.executable at the head of the command, whose path need not exist in another image.",
+        description="Interpreter in the trainer image. Replaces the run worker's sys.executable at the head of the "
+        "command, whose path need not exist in another image.",
     )
     gpu_count: int = Field(
         default=1, ge=0, description="GPUs per trainer pod (limit on gpu_resource); 0 = a CPU-only pod."
@@ -58,11 +60,13 @@ class GpuPodTrainer(dg.ConfigurableResource, dg.PipesClient):
     memory_limit: str = Field(default="32Gi", description="Memory limit of the trainer container (empty = none).")
     node_selector: dict[str, str] = Field(
         default={},
-        description="Node labels the pod must match, e.g. {'nvidia.com/gpu.present': 'true'} (set by NVIDIA GPU feature discovery). The GPU limit alone already keeps it off nodes without GPUs.",
+        description="Node labels the pod must match, e.g. {'nvidia.com/gpu.present': 'true'} (set by NVIDIA GPU "
+        "feature discovery). The GPU limit alone already keeps it off nodes without GPUs.",
     )
     tolerations: list[dict[str, str]] = Field(
         default=[GPU_TAINT_TOLERATION],
-        description="Pod tolerations (string values). The default tolerates the usual nvidia.com/gpu NoSchedule taint of GPU node pools.",
+        description="Pod tolerations (string values). The default tolerates the usual nvidia.com/gpu NoSchedule "
+        "taint of GPU node pools.",
     )
     data_pvc: str = Field(
         default="ft-pipeline-data",
@@ -70,15 +74,18 @@ class GpuPodTrainer(dg.ConfigurableResource, dg.PipesClient):
     )
     data_dir: str = Field(
         default="",
-        description="Mount path of the data volume in the pod. Empty = $FT_PIPELINE_DATA_DIR of the run worker; it must be the same absolute path there and here.",
+        description="Mount path of the data volume in the pod. Empty = $FT_PIPELINE_DATA_DIR of the run worker; it "
+        "must be the same absolute path there and here.",
     )
     hf_home: str = Field(
         default="hf-cache",
-        description="HF_HOME in the pod (the Hugging Face cache with the base models); a relative path is below the data directory.",
+        description="HF_HOME in the pod (the Hugging Face cache with the base models); a relative path is below the "
+        "data directory.",
     )
     hf_offline: bool = Field(
         default=True,
-        description="Set HF_HUB_OFFLINE, HF_DATASETS_OFFLINE and TRANSFORMERS_OFFLINE: never download at training time.",
+        description="Set HF_HUB_OFFLINE, HF_DATASETS_OFFLINE and TRANSFORMERS_OFFLINE: never download at training "
+        "time.",
     )
     env: dict[str, str] = Field(default={}, description="Extra environment variables of the trainer container.")
     env_secrets: list[str] = Field(
@@ -90,7 +97,8 @@ class GpuPodTrainer(dg.ConfigurableResource, dg.PipesClient):
     image_pull_policy: str = Field(default="IfNotPresent", description="imagePullPolicy of the trainer container.")
     shm_size: str = Field(
         default="8Gi",
-        description="Size of the in-memory /dev/shm (PyTorch data loaders need more than the container default of 64Mi).",
+        description="Size of the in-memory /dev/shm (PyTorch data loaders need more than the container default of "
+        "64Mi).",
     )
     termination_grace_period_s: int = Field(
         default=120, ge=0, description="Seconds the trainer has to write a checkpoint after SIGTERM (run cancelled)."
@@ -184,7 +192,8 @@ class GpuPodTrainer(dg.ConfigurableResource, dg.PipesClient):
         )
         if not image:
             raise dg.Failure(
-                description="GpuPodTrainer has no image: set FT_PIPELINE_K8S_IMAGE (or run from a code location that reports its image)"
+                description="GpuPodTrainer has no image: set FT_PIPELINE_K8S_IMAGE (or run from a code location that "
+                "reports its image)"
             )
         return image
 

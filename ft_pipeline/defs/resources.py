@@ -160,7 +160,8 @@ class OpenAIFineTuningResource(dg.ConfigurableResource):
     )
     model: str = Field(
         default=DEFAULT_OPENAI_FINE_TUNING_MODEL,
-        description="Base model of OpenAI fine-tuning jobs; the splits' JSONL is validated against its token limit (one setting for both).",
+        description="Base model of OpenAI fine-tuning jobs; the splits' JSONL is validated against its token limit "
+        "(one setting for both).",
     )
     base_url: str = Field(default="", description="API base URL; empty = the SDK default (https://api.openai.com/v1).")
     azure_endpoint: str = Field(
@@ -203,7 +204,8 @@ class ModelRegistryResource(dg.ConfigurableResource):
     publish_url: str = Field(
         default="",
         description="Object storage (fsspec URL, e.g. s3://bucket/models) that a local model's files are published to "
-        "before it is promoted, as <publish_url>/<model>/v<version>/; empty = not published (served from the data dir).",
+        "before it is promoted, as <publish_url>/<model>/v<version>/; empty = not published (served from the data "
+        "dir).",
     )
 
     def get(self):

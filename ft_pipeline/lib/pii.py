@@ -226,7 +226,8 @@ def load_custom_patterns(path: str | Path) -> tuple[CustomPiiPattern, ...]:
     for i, entry in enumerate(data):
         if not isinstance(entry, dict) or not {"name", "regex"} <= set(entry) or set(entry) - allowed:
             raise ValueError(
-                f"custom PII patterns file {path}, entry {i}: expected keys name, regex and optionally validator, ignore_case; got {entry!r}"
+                f"custom PII patterns file {path}, entry {i}: expected keys name, regex and optionally validator, "
+                f"ignore_case; got {entry!r}"
             )
         try:
             patterns.append(CustomPiiPattern(**entry))
@@ -1045,7 +1046,8 @@ _CODE_VALUE = re.compile(
     re.DOTALL,
 )
 _PLACEHOLDER_PREFIXES = (
-    "your", "my_", "my-", "my ", "enter", "insert", "replace", "example", "placeholder", "dummy", "sample", "xxx", "...",
+    "your", "my_", "my-", "my ", "enter", "insert", "replace",
+    "example", "placeholder", "dummy", "sample", "xxx", "...",
 )  # fmt: skip
 
 

@@ -5,10 +5,11 @@ with every problem the pipeline handles planted on purpose, so a demo run shows 
 reason, filter reason, PII type and duplicate kind. The same seed always gives the same bytes.
 
 The conversations are what fine-tuning is for: a support assistant with a house style (a fixed
-opener that greets the customer by the name they signed with, a reference code ``Ref: <PRODUCT>-<INTENT>``, a signature) and facts about its fictional
-products and policies (reset buttons and times, prices, delivery times) that a pretrained base
-model cannot know. A fine-tuned model learns them from the training split; the test split asks
-the same kinds of questions with other customers' details.
+opener that greets the customer by the name they signed with, a reference code
+``Ref: <PRODUCT>-<INTENT>``, a signature) and facts about its fictional products and policies
+(reset buttons and times, prices, delivery times) that a pretrained base model cannot know. A
+fine-tuned model learns them from the training split; the test split asks the same kinds of
+questions with other customers' details.
 """
 
 from __future__ import annotations
@@ -144,10 +145,14 @@ INTENTS: dict[str, dict[str, Any]] = {
             "There are two charges for {product} Care on my card statement, can you check?",
             "Why did you bill me twice this month for the {product} subscription?",
         ],
-        "answer": "The second {product} Care charge is a temporary hold and drops off within 3 business days. If it is still there on day 4, reply with your order {order} and I refund it at once.",
+        "answer": (
+            "The second {product} Care charge is a temporary hold and drops off within 3 business days. If it "
+            "is still there on day 4, reply with your order {order} and I refund it at once."
+        ),
         "follow": (
             "Will I get an email about it?",
-            "Yes, you get an email from Nimbus Billing when the hold is released. Your order {order} needs nothing else from you.",
+            "Yes, you get an email from Nimbus Billing when the hold is released. Your order {order} needs nothing "
+            "else from you.",
         ),
     },
     "PLAN": {
@@ -157,7 +162,10 @@ INTENTS: dict[str, dict[str, Any]] = {
             "What is the price of {product} Care, and what does it add?",
             "I am thinking about the Care plan for my {product}, what does it cost?",
         ],
-        "answer": "{product} Care costs {care} per month. It adds 30 days of video history, priority support and an extended warranty of {warranty_plus} years. You can cancel it any time in the app.",
+        "answer": (
+            "{product} Care costs {care} per month. It adds 30 days of video history, priority support and an "
+            "extended warranty of {warranty_plus} years. You can cancel it any time in the app."
+        ),
         "follow": (
             "Can I switch to yearly billing?",
             "Yes, under Account > Plans > Billing cycle. Yearly billing gives you two months free on {product} Care.",
@@ -170,10 +178,14 @@ INTENTS: dict[str, dict[str, Any]] = {
             "I returned the {product} {days} days ago and I still have no refund.",
             "Where is my refund for order {order}? I returned the {product}.",
         ],
-        "answer": "Refunds are sent within 5 business days of the return scan and show as NIMBUS*RETURN on your statement. I checked order {order}: the {product} was scanned, so the refund is on its way.",
+        "answer": (
+            "Refunds are sent within 5 business days of the return scan and show as NIMBUS*RETURN on your "
+            "statement. I checked order {order}: the {product} was scanned, so the refund is on its way."
+        ),
         "follow": (
             "What if it still does not show up?",
-            "If NIMBUS*RETURN is not on your statement after 5 business days, reply here with order {order} and I escalate it to Billing the same day.",
+            "If NIMBUS*RETURN is not on your statement after 5 business days, reply here with order {order} and I "
+            "escalate it to Billing the same day.",
         ),
     },
     "LATE": {
@@ -183,7 +195,10 @@ INTENTS: dict[str, dict[str, Any]] = {
             "Order {order} for a {product} is late, tracking shows nothing new.",
             "Where is my {product}? I ordered it {days} days ago, order {order}.",
         ],
-        "answer": "Orders ship from our Leeds warehouse within 24 hours and take 2 to 4 business days. I checked order {order}: it is with the carrier, and you can follow it at nimbus.example/track.",
+        "answer": (
+            "Orders ship from our Leeds warehouse within 24 hours and take 2 to 4 business days. I checked "
+            "order {order}: it is with the carrier, and you can follow it at nimbus.example/track."
+        ),
         "follow": (
             "And if it is lost?",
             "If order {order} has not arrived after 7 business days, I send a new {product} by express at no charge.",
@@ -196,7 +211,10 @@ INTENTS: dict[str, dict[str, Any]] = {
             "My new {product} came with a cracked case, what should I do?",
             "The {product} from order {order} arrived broken.",
         ],
-        "answer": "I am sorry it arrived damaged. Send a photo under Orders > Report a problem and I ship a new {product} by express at no charge. You do not need to return the damaged one.",
+        "answer": (
+            "I am sorry it arrived damaged. Send a photo under Orders > Report a problem and I ship a new "
+            "{product} by express at no charge. You do not need to return the damaged one."
+        ),
         "follow": (
             "How fast does the replacement come?",
             "Express replacements leave the Leeds warehouse the same day and arrive in 1 to 2 business days.",
@@ -209,7 +227,10 @@ INTENTS: dict[str, dict[str, Any]] = {
             "Can I order a {product} to an address in Germany?",
             "I live in Ireland, can you deliver the {product} there?",
         ],
-        "answer": "We ship the {product} to the UK, the EU and Canada. Delivery takes 5 to 8 business days and duties are included in the price, so there is nothing to pay on arrival.",
+        "answer": (
+            "We ship the {product} to the UK, the EU and Canada. Delivery takes 5 to 8 business days and "
+            "duties are included in the price, so there is nothing to pay on arrival."
+        ),
         "follow": (
             "Does the warranty still apply abroad?",
             "Yes, the {warranty}-year {product} warranty applies in every country we ship to.",
@@ -222,10 +243,14 @@ INTENTS: dict[str, dict[str, Any]] = {
             "The {product} in our {room} keeps dropping off the network.",
             "Since yesterday the {room} {product} shows offline in the app.",
         ],
-        "answer": "The {product} only joins 2.4 GHz Wi-Fi. Hold the {button} button for {seconds} seconds until the light turns {light}, then add the {room} {product} again in the app.",
+        "answer": (
+            "The {product} only joins 2.4 GHz Wi-Fi. Hold the {button} button for {seconds} seconds until the "
+            "light turns {light}, then add the {room} {product} again in the app."
+        ),
         "follow": (
             "It is still offline, what now?",
-            "Move the {product} closer to the router for setup and try again. If the light never turns {light}, reply here and I open a replacement case.",
+            "Move the {product} closer to the router for setup and try again. If the light never turns {light}, "
+            "reply here and I open a replacement case.",
         ),
     },
     "PAIR": {
@@ -235,7 +260,10 @@ INTENTS: dict[str, dict[str, Any]] = {
             "I got a new phone, how do I add my {product} again?",
             "How do I set up the {product} for the {room}?",
         ],
-        "answer": "Open the Nimbus app, tap + and choose {product}. Scan the code on the {label} and keep the phone within 2 metres until the light turns {light}. Pairing takes about a minute.",
+        "answer": (
+            "Open the Nimbus app, tap + and choose {product}. Scan the code on the {label} and keep the phone "
+            "within 2 metres until the light turns {light}. Pairing takes about a minute."
+        ),
         "follow": (
             "Where exactly is the code?",
             "The setup code of the {product} is printed on the {label}, next to the serial number.",
@@ -248,7 +276,10 @@ INTENTS: dict[str, dict[str, Any]] = {
             "Does the {product} in the {room} need new batteries soon?",
             "What powers the {product}, and how often do I need to charge it?",
         ],
-        "answer": "The {product} {power}. The app warns you 14 days before it needs attention, under Devices > {product} > Power.",
+        "answer": (
+            "The {product} {power}. The app warns you 14 days before it needs attention, under Devices > "
+            "{product} > Power."
+        ),
         "follow": (
             "Will it warn me by email too?",
             "Yes, Nimbus also sends an email 14 days ahead, and again 3 days ahead, for the {product}.",
@@ -261,10 +292,14 @@ INTENTS: dict[str, dict[str, Any]] = {
             "The app says my password is wrong, but I just reset it.",
             "I am locked out of the Nimbus app, my {product} is still running.",
         ],
-        "answer": "Reset links are valid for 30 minutes and only the newest one works. Tap Forgot password once, use the link within 30 minutes, and sign in again. Your {product} keeps running meanwhile.",
+        "answer": (
+            "Reset links are valid for 30 minutes and only the newest one works. Tap Forgot password once, use "
+            "the link within 30 minutes, and sign in again. Your {product} keeps running meanwhile."
+        ),
         "follow": (
             "The link never arrives.",
-            "Reset emails come from Nimbus Accounts within 2 minutes. Check the spam folder, or tap Forgot password again after 5 minutes.",
+            "Reset emails come from Nimbus Accounts within 2 minutes. Check the spam folder, or tap Forgot password "
+            "again after 5 minutes.",
         ),
     },
     "SHARE": {
@@ -274,10 +309,14 @@ INTENTS: dict[str, dict[str, Any]] = {
             "Can my partner {name} also control the {product}?",
             "I want {name} to see the {product} in the app too.",
         ],
-        "answer": "Go to Settings > Household > Invite and enter {name}'s email. A home can have up to 6 members, and the invite expires after 7 days. {name} then sees the {product} in the app.",
+        "answer": (
+            "Go to Settings > Household > Invite and enter {name}'s email. A home can have up to 6 members, "
+            "and the invite expires after 7 days. {name} then sees the {product} in the app."
+        ),
         "follow": (
             "Can I limit what {name} can do?",
-            "Yes, under Settings > Household > {name} you can set the role to Guest, who can use the {product} but not change its settings.",
+            "Yes, under Settings > Household > {name} you can set the role to Guest, who can use the {product} but "
+            "not change its settings.",
         ),
     },
     "DELETE": {
@@ -287,7 +326,10 @@ INTENTS: dict[str, dict[str, Any]] = {
             "Please remove my data, including the {product} history.",
             "How do I close my Nimbus account? I no longer use the {product}.",
         ],
-        "answer": "Go to Settings > Privacy > Delete account. Your recordings and the {product} history are erased within 30 days, and we email you a confirmation when it is done.",
+        "answer": (
+            "Go to Settings > Privacy > Delete account. Your recordings and the {product} history are erased "
+            "within 30 days, and we email you a confirmation when it is done."
+        ),
         "follow": (
             "Can I keep a copy first?",
             "Yes, Settings > Privacy > Export data gives you a download link within 24 hours, valid for 7 days.",
@@ -479,7 +521,8 @@ def build_sample(seed: int = 7) -> dict[str, bytes]:
         "resumed",
     ]
     long_record["messages"][2]["content"] = "Here is the full event log you asked for. " + " ".join(
-        f"Event {k}: sensor {rng.getrandbits(32):08x} {rng.choice(events)} at {rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}."
+        f"Event {k}: sensor {rng.getrandbits(32):08x} {rng.choice(events)} at "
+        f"{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}."
         for k in range(420)
     )
     planted.append(long_record)
