@@ -1,5 +1,8 @@
 """evaluation_report (with the blocking promotion gate) and promoted_model."""
 
+from collections.abc import Iterator
+from typing import Any
+
 import dagster as dg
 from pydantic import Field
 
@@ -95,7 +98,7 @@ def evaluation_report(
     storage: PipelineStorage,
     model_registry: ModelRegistryResource,
     openai_fine_tuning: OpenAIFineTuningResource,
-):
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     """The candidate against the base model and the current production model on the frozen test
     split: greedy answers, exact match, ROUGE-1/2/L, token F1, length ratio (JSON and label
     metrics when the references are JSON or labels), paired-bootstrap CIs of the deltas (McNemar
@@ -115,7 +118,7 @@ def evaluation_report(
     )
     result, summary, paths = evaluation.result, evaluation.summary, evaluation.report_paths
     primary = config.primary_metric
-    metadata = {
+    metadata: dict[str, Any] = {
         "eval_id": summary.eval_id,
         "decision": summary.decision,
         "candidate": result.model_ids["candidate"],

@@ -73,7 +73,7 @@ _ASSET_OF = {"train": "train_split", "validation": "validation_split", "test": "
 def dataset_splits(
     context: dg.AssetExecutionContext, config: SplitRunConfig, storage: PipelineStorage,
     openai_fine_tuning: OpenAIFineTuningResource,
-):
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     """Split the curated dataset 80/10/10 (configurable) by group: one user's conversations and
     conversations sharing a context or a long first turn stay together. A group's split is a
     hash of its key and the seed, so an example keeps its split when new data arrives. Written to

@@ -2,7 +2,8 @@
 
 import sys
 import warnings
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal, cast
 
 import dagster as dg
 from pydantic import Field
@@ -35,7 +36,7 @@ class FineTuneConfig(dg.Config):
     lora_r: int = Field(default=_LORA.lora_r, description="LoRA rank.")
     lora_alpha: int = Field(default=_LORA.lora_alpha, description="LoRA alpha.")
     lora_dropout: float = Field(default=_LORA.lora_dropout, description="LoRA dropout.")
-    target_modules: str = Field(default=_LORA.target_modules, description="PEFT target modules ('all-linear' or a regex).")
+    target_modules: str = Field(default=cast(str, _LORA.target_modules), description="PEFT target modules ('all-linear' or a regex).")
     use_rslora: bool = Field(default=_LORA.use_rslora, description="Rank-stabilised LoRA scaling (alpha/sqrt(r)).")
     use_dora: bool = Field(default=_LORA.use_dora, description="Weight-decomposed LoRA (DoRA).")
     qlora: bool = Field(default=_LORA.qlora, description="4-bit NF4 base with double quantization and bf16 compute; needs CUDA (an error without).")
@@ -85,7 +86,7 @@ class FineTuneConfig(dg.Config):
     def openai(self, model: str) -> OpenAIFineTuneConfig:
         """The job's settings; ``model`` is the ``openai_fine_tuning`` resource's base model."""
 
-        def auto_or(value: str, kind):
+        def auto_or(value: str, kind: Callable[[str], Any]) -> Any:
             return "auto" if value == "auto" else kind(value)
 
         return OpenAIFineTuneConfig(
@@ -137,7 +138,13 @@ def fine_tuned_model(
     return _train_openai(context, config, storage, openai_fine_tuning, splits)
 
 
-def _train_local(context, config, storage, local_trainer, splits: SplitsManifest) -> dg.MaterializeResult:
+def _train_local(
+    context: dg.AssetExecutionContext,
+    config: FineTuneConfig,
+    storage: PipelineStorage,
+    local_trainer: dg.PipesClient,
+    splits: SplitsManifest,
+) -> dg.MaterializeResult:
     run = prepare_local_run(splits, config.lora(), storage.folder("models"), storage.folder("base_models"))
     context.log.info(f"training run {run.key} into {run.output_dir}")
     with warnings.catch_warnings():
@@ -174,7 +181,13 @@ def _train_local(context, config, storage, local_trainer, splits: SplitsManifest
     return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(summary["adapter_version"]))
 
 
-def _train_openai(context, config, storage, resource, splits: SplitsManifest) -> dg.MaterializeResult:
+def _train_openai(
+    context: dg.AssetExecutionContext,
+    config: FineTuneConfig,
+    storage: PipelineStorage,
+    resource: OpenAIFineTuningResource,
+    splits: SplitsManifest,
+) -> dg.MaterializeResult:
     client = resource.get_client()
     job_ids: list[str] = []
     metrics: list[dict] = []
@@ -192,7 +205,7 @@ def _train_openai(context, config, storage, resource, splits: SplitsManifest) ->
             context.log.warning(f"run cancelled: remote job {job_ids[-1]} is now {status}")
         raise
     final = metrics[-1] if metrics else {}
-    metadata = {
+    metadata: dict[str, Any] = {
         "backend": "openai",
         "run_key": record.run_key,
         "job_id": result.job_id,

@@ -15,7 +15,7 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -221,7 +221,7 @@ def quality_reason(row: dict[str, Any], messages: list[dict[str, str]], config: 
 
 def _quality_reason(edited: Any, rating: Any, response_time: Any, messages: list[dict[str, str]], config: CleaningConfig) -> tuple[str, str] | None:
     checked = _quality_before_repetition(edited, rating, response_time, messages, config)
-    return checked if type(checked) is tuple else _repetition_reason(checked, config)
+    return checked if isinstance(checked, tuple) else _repetition_reason(checked, config)
 
 
 def _quality_before_repetition(
@@ -356,14 +356,14 @@ def text_hash(text: str) -> int:
     return xxhash.xxh3_64_intdigest(text.encode("utf-8")) - (1 << 63)
 
 
-def first_user_turn(messages) -> str | None:
+def first_user_turn(messages: Iterable[dict[str, Any]]) -> str | None:
     for m in messages:
         if m["role"] == "user":
             return m["content"]
     return None
 
 
-def turn_columns(messages) -> tuple[int | None, int, int]:
+def turn_columns(messages: list[dict[str, Any]]) -> tuple[int | None, int, int]:
     """(hash of the lower-cased first user turn, its word count, hash of the final reply).
 
     Stored per row so the split step can group and check leakage without reading messages."""
@@ -477,7 +477,8 @@ def scrub_parsed_records(frame: pd.DataFrame, scrub: ScrubConfig = DEFAULT_SCRUB
     if total:
         for name, column in zip(columns, values):
             dtype = records[name].dtype
-            records[name] = pd.Series(column, index=records.index, dtype=None if dtype == object else dtype)
+            # A numpy dtype compared with `object` (the object dtype), not a type comparison.
+            records[name] = pd.Series(column, index=records.index, dtype=None if dtype == object else dtype)  # noqa: E721
     records[PII_SCRUBBED_COLUMN] = pd.Series(per_row, index=records.index, dtype=object)
     return ScrubResult(records, total)
 
@@ -523,7 +524,7 @@ def _clean_conversations(frame: pd.DataFrame, config: CleaningConfig) -> CleanRe
     columns = list(frame.columns)
     position = {name: k for k, name in enumerate(columns)}
     n_columns = len(columns)
-    messages_at = position.get("messages")
+    messages_at = position.get("messages", -1)  # -1: no messages column, an error once a row is read
 
     def field(name: str) -> Callable[[list[Any]], Any]:
         k = position.get(name)
@@ -542,7 +543,7 @@ def _clean_conversations(frame: pd.DataFrame, config: CleaningConfig) -> CleanRe
     deferred_texts: list[str] = []
     for row_tuple in zip(*values) if n_columns else ():
         row = list(row_tuple)
-        if messages_at is None:
+        if messages_at < 0:
             raise KeyError("messages")
         raw = row[messages_at]
         roles = [m["role"] for m in raw]
@@ -555,7 +556,7 @@ def _clean_conversations(frame: pd.DataFrame, config: CleaningConfig) -> CleanRe
             outcome.append((out.reason, out.detail))
             continue
         checked = _quality_before_repetition(edited_of(row), rating_of(row), response_of(row), messages, config)
-        if type(checked) is tuple:
+        if isinstance(checked, tuple):
             outcome.append(checked)
             continue
         outcome.append(messages)

@@ -123,8 +123,8 @@ def curate_files(
         return _curate(paths, output_path, config)
 
 
-def _curate(paths: Sequence[str | Path], output_path: str | Path, config: CurationConfig) -> CurationResult:
-    paths = [Path(p) for p in paths]
+def _curate(cleaned_paths: Sequence[str | Path], output_path: str | Path, config: CurationConfig) -> CurationResult:
+    paths = [Path(p) for p in cleaned_paths]
     output_path = Path(output_path)
     signatures = _read_signatures(paths)
     n_in = len(signatures)
@@ -137,7 +137,8 @@ def _curate(paths: Sequence[str | Path], output_path: str | Path, config: Curati
         # The next partition's messages are read in the background (pyarrow releases the GIL).
         with ThreadPoolExecutor(max_workers=1) as reader:
             pending = reader.submit(_read_messages, paths[groups[0][0]]) if groups else None
-            for k, (part, group) in enumerate(groups):
+            for k, (_part, group) in enumerate(groups):
+                assert pending is not None  # submitted for every group
                 messages = pending.result()
                 if k + 1 < len(groups):
                     pending = reader.submit(_read_messages, paths[groups[k + 1][0]])
@@ -182,7 +183,8 @@ def _curate(paths: Sequence[str | Path], output_path: str | Path, config: Curati
     pending_read = io.submit(pq.read_table, work[0][0]) if work else None
     pending_write = None
     try:
-        for k, (path, rows) in enumerate(work):
+        for k, (_path, rows) in enumerate(work):
+            assert pending_read is not None  # submitted for every item of work
             table = pending_read.result()
             pending_read = io.submit(pq.read_table, work[k + 1][0]) if k + 1 < len(work) else None
             local = keep_row[rows]
@@ -372,11 +374,11 @@ def curate(
     inputs: dict[str, CleanedManifest] = {}
     missing = []
     for name, folder in cleaned_folders.items():
-        manifest = read_manifest(folder, CleanedManifest)
-        if manifest is None:
+        cleaned = read_manifest(folder, CleanedManifest)
+        if cleaned is None:
             missing.append(name)
         else:
-            inputs[name] = manifest
+            inputs[name] = cleaned
     if not inputs:
         raise NothingToCurate("no cleaned partitions to curate: materialize cleaned_conversations first")
     num_perm, ngram = signature_params({n: (m.minhash_num_perm, m.minhash_ngram) for n, m in inputs.items()})

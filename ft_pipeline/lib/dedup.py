@@ -35,7 +35,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -497,9 +497,9 @@ def _densify(bins: np.ndarray, seed: int) -> np.ndarray:
             r_idx, j_idx, j64 = r_idx[miss], j_idx[miss], j64[miss]
         if len(r_idx):
             ranks = _probe_ranks(k, seed)
-            step = max(1, (1 << 22) // k)  # bounds the [step, k] rank temporaries
-            for lo in range(0, len(r_idx), step):
-                r, j = r_idx[lo : lo + step], j_idx[lo : lo + step]
+            rows_per_slice = max(1, (1 << 22) // k)  # bounds the [rows, k] rank temporaries
+            for lo in range(0, len(r_idx), rows_per_slice):
+                r, j = r_idx[lo : lo + rows_per_slice], j_idx[lo : lo + rows_per_slice]
                 cand = np.where(sub_empty[r], np.int32(k), ranks[j])
                 src = np.argmin(cand, axis=1)
                 filled[r, j] = original[r, src]
@@ -621,7 +621,8 @@ def _signature_slices(source: np.ndarray | Sequence[bytes], num_perm: int) -> It
             yield lo, source[lo : lo + _SIG_STEP]
         return
     for lo in range(0, len(source), _SIG_STEP):
-        yield lo, signatures_from_bytes(source[lo : lo + _SIG_STEP], num_perm, copy=False)
+        # Here ``source`` holds blobs: an object array of bytes or a list.
+        yield lo, signatures_from_bytes(cast("Sequence[bytes]", source[lo : lo + _SIG_STEP]), num_perm, copy=False)
 
 
 def _band_hash_matrix(
@@ -1135,8 +1136,9 @@ def deduplicate(
     # Object-array gathers build the per-row lists in C (1M-row list comprehensions
     # are a visible share of the whole dedup).
     kinds = np.array(_KINDS, dtype=object)[kind].tolist()
-    for code in range(1, len(_KINDS)):
-        counts[_KINDS[code]] = int(np.count_nonzero(kind == code))
+    for code, name in enumerate(_KINDS):
+        if name is not None:  # code 0: kept
+            counts[name] = int(np.count_nonzero(kind == code))
     dup_ids = ids[parent]
     dup_ids[keep] = None
     duplicate_of = dup_ids.tolist()

@@ -17,7 +17,7 @@ import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from ft_pipeline.lib.dedup import DedupConfig
 from ft_pipeline.lib.storage import LATEST, write_text
@@ -37,7 +37,16 @@ class ManifestError(ValueError):
     """A manifest that cannot be read as the kind asked for (another kind, or an older schema)."""
 
 
-M = TypeVar("M")
+class Manifest(Protocol):
+    """What write_manifest/read_manifest need of a manifest class: a dataclass with these three."""
+
+    KIND: ClassVar[str]
+    SCHEMA: ClassVar[int]
+    PRODUCED_BY: ClassVar[str]
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
+
+
+M = TypeVar("M", bound=Manifest)
 
 
 def write_manifest(folder: str | os.PathLike, manifest: Any) -> Path:

@@ -320,8 +320,7 @@ def is_log_file(path: str | Path) -> bool:
 
 
 def _iter_jsonl_lines(stream: io.BufferedIOBase) -> Iterator[tuple[int, bytes]]:
-    for line_no, line in enumerate(stream, start=1):
-        yield line_no, line
+    yield from enumerate(stream, start=1)
 
 
 def _iter_parquet_rows(path: Path) -> Iterator[tuple[int, Any]]:

@@ -36,6 +36,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import EllipsisType
 from typing import Any, Callable, Iterator, Literal, TypeVar
 
 from sqlalchemy import (
@@ -509,7 +510,7 @@ class ModelRegistry:
             created_at=now,
         )
         result = conn.execute(insert(alias_events).values(**values))
-        return _event({"event_id": result.inserted_primary_key[0], **values})  # type: ignore[arg-type]
+        return _event({"event_id": result.inserted_primary_key[0], **values})  # type: ignore[arg-type,index]
 
     # -- lineage rows --------------------------------------------------------------------------
 
@@ -784,7 +785,9 @@ class ModelRegistry:
             conn.execute(
                 update(model_versions).where(_version_is(model_name, version)).values(tags_json=_dumps({**mv.tags, **tags}))
             )
-            return self._version_row(conn, model_name, version)
+            updated = self._version_row(conn, model_name, version)
+            assert updated is not None  # the row read and updated above, in this transaction
+            return updated
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -991,7 +994,7 @@ class ModelRegistry:
 
     @staticmethod
     def _expected_baseline(
-        conn: Connection, candidate: ModelVersion, alias: str, evaluation_id: str, override: str | None
+        conn: Connection, candidate: ModelVersion, alias: str, evaluation_id: str, override: str | None | EllipsisType
     ) -> str | None:
         evaluated = conn.execute(select(evaluations.c.baseline_model_uri).where(evaluations.c.eval_id == evaluation_id)).scalar()
         if override is ...:

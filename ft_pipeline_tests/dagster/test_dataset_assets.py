@@ -43,7 +43,7 @@ def test_full_dataset_graph_on_the_sample(instance, resources, data_dir):
 
     # Counts add up per file: records in = parsed + quarantined; parsed = kept + filtered.
     total_in = total_quarantined = total_filtered = total_kept = 0
-    for name, metadata in per_file.items():
+    for metadata in per_file.values():
         raw, cleaned = metadata["raw_conversation_logs"], metadata["cleaned_conversations"]
         assert raw["records_in"].value == raw["parsed"].value + raw["quarantined"].value
         assert cleaned["conversations_in"].value == raw["parsed"].value

@@ -254,7 +254,12 @@ def _generator_for(
         backend, base_model, remote_model_id = model.backend, model.base_model, model.remote_model_id
         adapter_dir, base_model_path, tokenizer_dir = model.adapter_dir, model.base_model_path, model.tokenizer_dir
     if backend == "openai":
-        return OpenAIChatGenerator(openai_client(), base_model if base else remote_model_id, generation)
+        model_id = base_model if base else remote_model_id
+        if not model_id:
+            raise ValueError(f"an OpenAI {'base' if base else 'fine-tuned'} model without a model id: {model!r}")
+        return OpenAIChatGenerator(openai_client(), model_id, generation)
+    if not base_model_path:
+        raise ValueError(f"a local model without a base model path cannot be loaded: {model!r}")
     quiet_third_party_logs()  # before peft is imported: no bitsandbytes CPU-kernel warnings
     base_path = resolve_portable_path(base_model_path, data_dir)
     return LocalGenerator(base_path, None if base else adapter_dir, tokenizer_dir, generation, on_progress=log)

@@ -50,7 +50,7 @@ def side_by_side(examples: Any, n: int = SIDE_BY_SIDE_EXAMPLES, metric: str = "r
         if prompt in seen:  # a stock follow-up ("Thanks, that is all.") once is enough
             continue
         seen.add(prompt)
-        row = {"conversation_id": str(candidate.at[i, "conversation_id"]), "prompt": str(candidate.at[i, "prompt"]),
+        row: dict[str, Any] = {"conversation_id": str(candidate.at[i, "conversation_id"]), "prompt": str(candidate.at[i, "prompt"]),
                "reference": str(candidate.at[i, "reference"]), "answers": {}}
         for role in ROLES:
             frame = by_role.get(role)

@@ -114,7 +114,7 @@ def run_evaluation(
     examples = pd.concat(frames, ignore_index=True)
     metrics = [c for c in scores["candidate"].columns if pd.api.types.is_numeric_dtype(scores["candidate"][c])]
     summary = {role: aggregate(frame) for role, frame in scores.items()}
-    comparisons = {
+    comparisons: dict[str, dict[str, dict[str, Any]]] = {
         baseline: compare(scores["candidate"], scores[baseline], metrics, n_resamples=config.n_resamples, confidence=config.confidence, seed=config.seed)
         for baseline in ("base", "production")
         if baseline in scores

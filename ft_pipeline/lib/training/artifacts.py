@@ -160,7 +160,7 @@ def replace_dir(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
 
 
-def merge_adapter(base_ref: str, adapter_dir: Path, tokenizer, merged_dir: Path, use_bf16: bool) -> None:
+def merge_adapter(base_ref: str, adapter_dir: Path, tokenizer: Any, merged_dir: Path, use_bf16: bool) -> None:
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -179,7 +179,7 @@ def merge_adapter(base_ref: str, adapter_dir: Path, tokenizer, merged_dir: Path,
     replace_dir(tmp, merged_dir)
 
 
-def make_adapter_portable(adapter_dir: Path, tokenizer, base: ResolvedBase) -> None:
+def make_adapter_portable(adapter_dir: Path, tokenizer: Any, base: ResolvedBase) -> None:
     """Make the adapter folder load the ecosystem's way, on any machine that has the base.
 
     ``adapter_config.json`` gets the base's hub id instead of this machine's path (a published

@@ -20,7 +20,10 @@ _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 def checkpoint_step(path: Path) -> int:
     """The optimizer step of a ``checkpoint-<step>`` folder."""
-    return int(_CHECKPOINT_RE.match(path.name).group(1))
+    match = _CHECKPOINT_RE.match(path.name)
+    if match is None:
+        raise ValueError(f"{path.name!r} is not a checkpoint-<step> folder")
+    return int(match.group(1))
 
 
 

@@ -240,9 +240,9 @@ class _Scrubber:
         if isinstance(value, dict):
             return {self(k): self(v) for k, v in value.items()}  # type: ignore[return-value]
         if isinstance(value, (list, tuple)):
-            return type(value)(self(v) for v in value)  # type: ignore[return-value]
+            return type(value)(self(v) for v in value)
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            return dataclasses.replace(value, **{f.name: self(getattr(value, f.name))  # type: ignore[return-value]
+            return dataclasses.replace(value, **{f.name: self(getattr(value, f.name))
                                                  for f in dataclasses.fields(value)})
         return value
 
@@ -309,7 +309,7 @@ def _upload(client: openai.OpenAI, path: Path, *, deadline: float, sleep: Callab
 
 def _retry_after_s(err: Exception) -> float | None:
     response = getattr(err, "response", None)
-    headers = getattr(response, "headers", None) or {}
+    headers: Any = getattr(response, "headers", None) or {}  # httpx.Headers or a test's dict
     for header, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
         try:
             value = float(headers.get(header)) / divisor

@@ -18,6 +18,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from ft_pipeline.lib.training.chat_template import CHATML_TRAINING_TEMPLATE, IM_END, IM_START
 
@@ -89,7 +90,7 @@ def tiny_base_key(texts: Iterable[str], spec: TinyBaseSpec = TinyBaseSpec()) -> 
     return h.hexdigest()[:16]
 
 
-def _train_tokenizer(texts: list[str], vocab_size: int):
+def _train_tokenizer(texts: list[str], vocab_size: int) -> Any:
     """Byte-level BPE (GPT-2 style) trained on ``texts``, wrapped as a transformers fast tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast

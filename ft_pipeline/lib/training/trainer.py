@@ -160,7 +160,7 @@ def _file_digest(path: Path | None) -> str | None:
     return h.hexdigest()[:16]
 
 
-def _check_assistant_masks(tokenizer, conversations: list[list[dict[str, str]]], max_length: int, split: str) -> dict[str, int]:
+def _check_assistant_masks(tokenizer: Any, conversations: list[list[dict[str, str]]], max_length: int, split: str) -> dict[str, int]:
     """Tokenize like TRL does and fail loudly when an example would train nothing.
 
     An all-zero assistant mask (a template without working ``{% generation %}`` markers, or a
@@ -204,7 +204,7 @@ def _check_assistant_masks(tokenizer, conversations: list[list[dict[str, str]]],
 
 
 
-def _prepare_chat_template(tokenizer) -> None:
+def _prepare_chat_template(tokenizer: Any) -> None:
     """Give the tokenizer a chat template with ``{% generation %}`` markers, in place.
 
     Kept as is when it already has them. A template we ship a training variant for (SmolLM2's)
@@ -247,7 +247,7 @@ _PROBE_CONVERSATIONS = (
 )
 
 
-def _check_same_rendering(tokenizer, original: str, training: str) -> None:
+def _check_same_rendering(tokenizer: Any, original: str, training: str) -> None:
     """Refuse a training template that renders other text than the base's own template: the model
     would be trained on prompts it never sees at inference (or the other way round)."""
     for conv in _PROBE_CONVERSATIONS:
@@ -264,7 +264,7 @@ def _check_same_rendering(tokenizer, original: str, training: str) -> None:
                 )
 
 
-def _load_model(base_ref: str, *, qlora: bool, use_bf16: bool):
+def _load_model(base_ref: str, *, qlora: bool, use_bf16: bool) -> Any:
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
@@ -299,7 +299,7 @@ def _peak_memory_mb(cuda: bool) -> tuple[float, str]:
 # ----------------------------------------------------------------------------------- callback
 
 
-def _make_progress_callback(on_log: Callable[[dict], None], should_stop: Callable[[], bool]):
+def _make_progress_callback(on_log: Callable[[dict], None], should_stop: Callable[[], bool]) -> Any:
     from transformers import TrainerCallback
 
     class _ProgressCallback(TrainerCallback):
@@ -373,7 +373,7 @@ class _Setup:
     val_stats: dict[str, int] | None
 
 
-def _load_tokenizer(base_ref: str):
+def _load_tokenizer(base_ref: str) -> Any:
     """The base's tokenizer with a training-compatible chat template whose end-of-turn is trained."""
     from transformers import AutoTokenizer
     from trl.chat_template_utils import is_chat_template_stop_token_trained
@@ -553,7 +553,7 @@ def train_lora(
         "data_version": data_version,
         "base_model": config.base_model,
         "train_digest": _file_digest(Path(train_parquet)),
-        "validation_digest": _file_digest(Path(validation_parquet)) if has_val else None,
+        "validation_digest": _file_digest(Path(validation_parquet)) if has_val and validation_parquet else None,
     }
     run_path = output_dir / "run.json"
     previous = json.loads(run_path.read_text(encoding="utf-8")) if run_path.exists() else None
