@@ -64,7 +64,7 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -113,9 +113,46 @@ sometimes usually maybe perhaps probably definitely exactly almost about nearly 
 """.split()
 
 SYLLABLES = [
-    "ka", "lo", "mi", "ter", "ran", "sol", "vex", "dor", "pli", "qua", "ben", "tis", "mor", "gal",
-    "zen", "fin", "ul", "ar", "es", "on", "tri", "nox", "pel", "cor", "dan", "rix", "sup", "lem",
-    "hal", "vin", "bro", "tam", "gen", "cal", "sto", "ver", "pan", "lit", "mun", "ros",
+    "ka",
+    "lo",
+    "mi",
+    "ter",
+    "ran",
+    "sol",
+    "vex",
+    "dor",
+    "pli",
+    "qua",
+    "ben",
+    "tis",
+    "mor",
+    "gal",
+    "zen",
+    "fin",
+    "ul",
+    "ar",
+    "es",
+    "on",
+    "tri",
+    "nox",
+    "pel",
+    "cor",
+    "dan",
+    "rix",
+    "sup",
+    "lem",
+    "hal",
+    "vin",
+    "bro",
+    "tam",
+    "gen",
+    "cal",
+    "sto",
+    "ver",
+    "pan",
+    "lit",
+    "mun",
+    "ros",
 ]
 
 SYSTEM_PROMPTS = [
@@ -126,20 +163,42 @@ SYSTEM_PROMPTS = [
     "You are a technical support assistant for home network equipment.",
 ]
 USER_OPENERS = [
-    "Hi there,", "Hello,", "Hey,", "Good morning,", "Hi, I need some help.", "Quick question:",
-    "Hello, I have a problem.", "Hi support team,", "Can you help me?", "I am writing because",
-    "Hi again,", "Hello, thanks for getting back to me.", "So,", "Okay,", "One more thing:",
+    "Hi there,",
+    "Hello,",
+    "Hey,",
+    "Good morning,",
+    "Hi, I need some help.",
+    "Quick question:",
+    "Hello, I have a problem.",
+    "Hi support team,",
+    "Can you help me?",
+    "I am writing because",
+    "Hi again,",
+    "Hello, thanks for getting back to me.",
+    "So,",
+    "Okay,",
+    "One more thing:",
 ]
 ASSISTANT_OPENERS = [
-    "Thanks for reaching out about this.", "I am sorry for the trouble.", "Happy to help you sort this out.",
-    "Thank you for the details, that helps a lot.", "I understand how frustrating that is.",
-    "Good question, let me explain.", "Thanks for your patience while I checked.",
-    "Let me look into that for you.", "I can help with that.", "Sorry to hear that, let us fix it.",
+    "Thanks for reaching out about this.",
+    "I am sorry for the trouble.",
+    "Happy to help you sort this out.",
+    "Thank you for the details, that helps a lot.",
+    "I understand how frustrating that is.",
+    "Good question, let me explain.",
+    "Thanks for your patience while I checked.",
+    "Let me look into that for you.",
+    "I can help with that.",
+    "Sorry to hear that, let us fix it.",
 ]
 ASSISTANT_CLOSERS = [
-    "Is there anything else I can help you with?", "Let me know if that works for you.",
-    "Have a great day.", "Feel free to reply here if the problem comes back.",
-    "I hope this helps.", "Thanks again for your patience.", "",
+    "Is there anything else I can help you with?",
+    "Let me know if that works for you.",
+    "Have a great day.",
+    "Feel free to reply here if the problem comes back.",
+    "I hope this helps.",
+    "Thanks again for your patience.",
+    "",
 ]
 TAGS = ["billing", "shipping", "setup", "account", "returns", "warranty", "app", "wifi", "firmware", "other"]
 EMAIL_NAMES = ["john", "maria", "wei", "fatima", "lucas", "olga", "sam", "priya", "ahmed", "emma", "kenji", "sofia"]
@@ -197,7 +256,10 @@ def luhn_card(rng: np.random.Generator) -> str:
 def pii_sentence(rng: np.random.Generator) -> str:
     template = PII_TEMPLATES[int(rng.integers(len(PII_TEMPLATES)))]
     name = EMAIL_NAMES[int(rng.integers(len(EMAIL_NAMES)))]
-    email = f"{name}.{EMAIL_NAMES[int(rng.integers(len(EMAIL_NAMES)))]}{int(rng.integers(1, 999))}@{EMAIL_DOMAINS[int(rng.integers(len(EMAIL_DOMAINS)))]}"
+    email = (
+        f"{name}.{EMAIL_NAMES[int(rng.integers(len(EMAIL_NAMES)))]}{int(rng.integers(1, 999))}"
+        f"@{EMAIL_DOMAINS[int(rng.integers(len(EMAIL_DOMAINS)))]}"
+    )
     area = US_AREA_CODES[int(rng.integers(len(US_AREA_CODES)))]
     phone = f"({area}) {int(rng.integers(201, 990))}-{int(rng.integers(1000, 10000))}"
     return template.format(email=email, phone=phone, card=luhn_card(rng))
@@ -305,8 +367,15 @@ def plan_files(n: int, files: int, raw_dir: Path, seed: int) -> list[FilePlan]:
     """
     rng = np.random.default_rng([seed, 1])
     kinds = np.concatenate(
-        [np.full(int(round(share * n)), kind) for kind, share in
-         ((EXACT, SHARE_EXACT), (NEAR, SHARE_NEAR), (PREFIX, SHARE_PREFIX), (BRANCH, SHARE_BRANCH))]
+        [
+            np.full(int(round(share * n)), kind)
+            for kind, share in (
+                (EXACT, SHARE_EXACT),
+                (NEAR, SHARE_NEAR),
+                (PREFIX, SHARE_PREFIX),
+                (BRANCH, SHARE_BRANCH),
+            )
+        ]
     ).astype(np.int8)
     pool_size = len(kinds)
     home = rng.integers(0, files, size=pool_size)
@@ -330,7 +399,7 @@ def plan_files(n: int, files: int, raw_dir: Path, seed: int) -> list[FilePlan]:
                 special_slots=slots[: len(items)],
                 special_items=items,
                 special_kinds=item_kinds,
-                bad_slots=np.sort(slots[len(items):]),
+                bad_slots=np.sort(slots[len(items) :]),
                 pool_size=pool_size,
                 n_total=n,
                 seed=seed,
@@ -370,7 +439,11 @@ def generate_file(plan: FilePlan) -> dict[str, Any]:
     edited = (rng.random(n) < 0.03).tolist()
     n_tags = rng.choice([0, 1, 2], p=[0.2, 0.6, 0.2], size=n).tolist()
     tag_ids = rng.integers(len(TAGS), size=(n, 2)).tolist()
-    created = (np.datetime64("2025-01-01T00:00:00") + rng.integers(0, 180 * 86400, size=n).astype("timedelta64[s]")).astype(str).tolist()
+    created = (
+        (np.datetime64("2025-01-01T00:00:00") + rng.integers(0, 180 * 86400, size=n).astype("timedelta64[s]"))
+        .astype(str)
+        .tolist()
+    )
     ratings_list = [int(r) if ok else None for r, ok in zip(ratings.tolist(), rated.tolist())]
 
     planted = Counter()
@@ -563,7 +636,10 @@ def curate_stage(cleaned_folders: dict[str, str], out: Path) -> tuple[Any, _Step
     a dedup re-run, shown as their own steps)."""
     steps = _Steps()
     # First use in this process: the import time is part of the stage (shown as its own step).
-    steps("imports", lambda: [__import__(m) for m in ("pyarrow.parquet", "ft_pipeline.lib.curation", "ft_pipeline.lib.storage")])
+    steps(
+        "imports",
+        lambda: [__import__(m) for m in ("pyarrow.parquet", "ft_pipeline.lib.curation", "ft_pipeline.lib.storage")],
+    )
     from ft_pipeline.lib.curation import curate
 
     curated = curate(cleaned_folders, out / "curated", code_version=CURATED_CODE_VERSION)
@@ -692,7 +768,13 @@ def pass_miss(ok: bool | None) -> str:
 
 
 def table(headers: list[str], rows: list[list[Any]]) -> str:
-    cells = [[("" if c is None else c if isinstance(c, str) else f"{c:,.2f}" if isinstance(c, float) else f"{c:,}") for c in r] for r in rows]
+    cells = [
+        [
+            ("" if c is None else c if isinstance(c, str) else f"{c:,.2f}" if isinstance(c, float) else f"{c:,}")
+            for c in r
+        ]
+        for r in rows
+    ]
     widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
     line = "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths)))
     out = [line, "-" * len(line)]
@@ -719,16 +801,29 @@ def load_results(n: int) -> dict[str, Any] | None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n", type=int, default=100_000, help="conversations to generate (default 100000)")
     parser.add_argument("--workers", type=int, default=2, help="pool processes for the per-file stages (default 2)")
-    parser.add_argument("--files", type=int, default=None, help="JSONL files = partitions (default n / 50000, at least 2)")
-    parser.add_argument("--out", type=Path, default=None, help="work folder (default: a temp folder, removed afterwards unless --keep)")
+    parser.add_argument(
+        "--files", type=int, default=None, help="JSONL files = partitions (default n / 50000, at least 2)"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="work folder (default: a temp folder, removed afterwards unless --keep)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temp work folder")
     parser.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
     parser.add_argument("--skip-difflib", action="store_true", help="skip the difflib leakage-check comparison")
-    parser.add_argument("--difflib-budget", type=float, default=30.0, help="seconds spent timing difflib pairs (default 30)")
-    parser.add_argument("--difflib-sample", type=int, default=5000, help="curated conversations for the difflib comparison (default 5000)")
+    parser.add_argument(
+        "--difflib-budget", type=float, default=30.0, help="seconds spent timing difflib pairs (default 30)"
+    )
+    parser.add_argument(
+        "--difflib-sample",
+        type=int,
+        default=5000,
+        help="curated conversations for the difflib comparison (default 5000)",
+    )
     args = parser.parse_args(argv)
     if args.files is None:
         args.files = max(2, args.n // 50_000)
@@ -749,7 +844,10 @@ def main(argv: list[str] | None = None) -> int:
         (out / sub).mkdir(parents=True, exist_ok=True)
     load_start = os.getloadavg()
     print(f"bench_dataset: n={n:,} files={args.files} workers={args.workers} seed={args.seed} out={out}")
-    print(f"host: {platform.node()} {os.cpu_count()} CPUs, python {platform.python_version()}, load avg {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}")
+    print(
+        f"host: {platform.node()} {os.cpu_count()} CPUs, python {platform.python_version()}, load avg "
+        f"{load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}"
+    )
     import ft_pipeline
 
     print(f"code: {Path(ft_pipeline.__file__).parent}")
@@ -848,23 +946,62 @@ def run(args: argparse.Namespace, out: Path, load_start: tuple[float, float, flo
         f"{workers} at a time, so their wall is the sum of the task walls, not elapsed time."
     )
     rows = [
-        [f"per-file stages, pool of {workers} (elapsed)", n, pool_wall, rate(n, pool_wall), pool_cpu, rate(n, pool_cpu)],
+        [
+            f"per-file stages, pool of {workers} (elapsed)",
+            n,
+            pool_wall,
+            rate(n, pool_wall),
+            pool_cpu,
+            rate(n, pool_cpu),
+        ],
         ["  parse: raw_conversation_logs (task sum)", n, parse_task, None, parse_cpu, rate(n, parse_cpu)],
     ]
-    rows += [[f"    {k[:-4]}", None, detail[k[:-4] + "_wall"], None, v, None] for k, v in detail.items() if k.endswith("_cpu") and k[:-4] in PARSE_STEPS]
-    rows.append(["  clean: cleaned_conversations (task sum)", parsed, clean_task, None, clean_cpu, rate(parsed, clean_cpu)])
-    rows += [[f"    {k[:-4]}", None, detail[k[:-4] + "_wall"], None, v, None] for k, v in detail.items() if k.endswith("_cpu") and k[:-4] not in PARSE_STEPS]
-    rows.append(["curate (curated_dataset, checks included)", cleaned_kept, curate_wall, rate(cleaned_kept, curate_wall), curate_cpu, rate(cleaned_kept, curate_cpu)])
+    rows += [
+        [f"    {k[:-4]}", None, detail[k[:-4] + "_wall"], None, v, None]
+        for k, v in detail.items()
+        if k.endswith("_cpu") and k[:-4] in PARSE_STEPS
+    ]
+    rows.append(
+        ["  clean: cleaned_conversations (task sum)", parsed, clean_task, None, clean_cpu, rate(parsed, clean_cpu)]
+    )
+    rows += [
+        [f"    {k[:-4]}", None, detail[k[:-4] + "_wall"], None, v, None]
+        for k, v in detail.items()
+        if k.endswith("_cpu") and k[:-4] not in PARSE_STEPS
+    ]
+    rows.append(
+        [
+            "curate (curated_dataset, checks included)",
+            cleaned_kept,
+            curate_wall,
+            rate(cleaned_kept, curate_wall),
+            curate_cpu,
+            rate(cleaned_kept, curate_cpu),
+        ]
+    )
     rows += [[f"  {k}", None, v, None, t_curate.cpu[k], None] for k, v in t_curate.wall.items()]
-    rows.append(["splits (dataset_splits)", curation.n_kept, splits_wall, rate(curation.n_kept, splits_wall), splits_cpu, rate(curation.n_kept, splits_cpu)])
+    rows.append(
+        [
+            "splits (dataset_splits)",
+            curation.n_kept,
+            splits_wall,
+            rate(curation.n_kept, splits_wall),
+            splits_cpu,
+            rate(curation.n_kept, splits_cpu),
+        ]
+    )
     rows += [[f"  {k}", None, v, None, t_splits.cpu[k], None] for k, v in t_splits.wall.items()]
     rows.append(["END TO END (parse -> splits done)", n, e2e, rate(n, e2e), e2e_cpu, rate(n, e2e_cpu)])
     print(table(["stage", "rows in", "wall s", "conv/s", "CPU s", "conv/s per CPU s"], rows))
     print(
-        f"end to end: {e2e:.1f} s elapsed, {e2e_cpu:.1f} CPU s (workers {pool_cpu:.1f} incl. start-up, parent {parent_cpu:.1f}); "
+        f"end to end: {e2e:.1f} s elapsed, {e2e_cpu:.1f} CPU s (workers {pool_cpu:.1f} incl. start-up, parent "
+        f"{parent_cpu:.1f}); "
         f"{e2e_cpu / e2e:.2f} cores busy on average of {os.cpu_count()}"
     )
-    print(f"load average at start {load_start[0]:.2f}, at end {load_end[0]:.2f} ({os.cpu_count()} CPUs; other jobs on the machine slow the figures)")
+    print(
+        f"load average at start {load_start[0]:.2f}, at end {load_end[0]:.2f} ({os.cpu_count()} CPUs; other jobs on "
+        "the machine slow the figures)"
+    )
     checks = [k for k in t_curate.wall if k.startswith("check_")]
     check_wall = sum(t_curate.wall[k] for k in checks)
     print(
@@ -874,16 +1011,18 @@ def run(args: argparse.Namespace, out: Path, load_start: tuple[float, float, flo
     )
 
     print("\n== Peak RSS ==")
-    print(table(
-        ["process", "peak RSS GB"],
-        [
-            ["parent (RUSAGE_SELF)", gib(rss_self_kb)],
-            ["children (RUSAGE_CHILDREN, max over reaped children)", gib(rss_children_kb)],
-            ["  of which: largest pipeline worker (its own RUSAGE_SELF)", gib(worker_rss_kb)],
-            ["  of which: largest generator worker (not measured)", gib(gen_rss_kb)],
-            ["peak = max(parent, children)", gib(peak_kb)],
-        ],
-    ))
+    print(
+        table(
+            ["process", "peak RSS GB"],
+            [
+                ["parent (RUSAGE_SELF)", gib(rss_self_kb)],
+                ["children (RUSAGE_CHILDREN, max over reaped children)", gib(rss_children_kb)],
+                ["  of which: largest pipeline worker (its own RUSAGE_SELF)", gib(worker_rss_kb)],
+                ["  of which: largest generator worker (not measured)", gib(gen_rss_kb)],
+                ["peak = max(parent, children)", gib(peak_kb)],
+            ],
+        )
+    )
     print("parent peak RSS after each step (GB): " + ", ".join(f"{k} {v:.2f}" for k, v in PARENT_PEAK_AFTER.items()))
     if children_after_gen_kb >= rss_children_kb and gen_rss_kb > worker_rss_kb:
         print("note: RUSAGE_CHILDREN is set by a generator process; the pipeline workers peaked lower (see above)")
@@ -910,14 +1049,18 @@ def run(args: argparse.Namespace, out: Path, load_start: tuple[float, float, flo
     print(
         "planted vs found: "
         f"bad JSON {planted['bad_json']:,} / quarantined {quarantined:,}; "
-        f"exact {planted['exact']:,} / exact_duplicate {removed.get('exact_duplicate', 0):,} + duplicate_in_file {filters.get('duplicate_in_file', 0):,}; "
+        f"exact {planted['exact']:,} / exact_duplicate {removed.get('exact_duplicate', 0):,} + duplicate_in_file "
+        f"{filters.get('duplicate_in_file', 0):,}; "
         f"near {planted['near']:,} / near_duplicate {removed.get('near_duplicate', 0):,}; "
         f"prefix {planted['prefix']:,} / prefix_duplicate {removed.get('prefix_duplicate', 0):,}; "
         f"branch {planted['branch']:,} / branch_duplicate {removed.get('branch_duplicate', 0):,} "
         "(a planted pair where cleaning filtered either copy is not a duplicate any more)"
     )
     print(f"PII scrubbed in kept rows: {dict(sorted(pii.items()))}")
-    print(f"LSH candidate pairs {curation.candidate_pairs:,}, verified {curation.verified_pairs:,}; tokens ({curation.token_counter}) p50 {curation.token_stats.get('p50')}, p90 {curation.token_stats.get('p90')}")
+    print(
+        f"LSH candidate pairs {curation.candidate_pairs:,}, verified {curation.verified_pairs:,}; tokens "
+        f"({curation.token_counter}) p50 {curation.token_stats.get('p50')}, p90 {curation.token_stats.get('p90')}"
+    )
     print(
         f"leakage: shared groups {leak['shared_groups']}, exact duplicates across splits {leak['exact_duplicates']}, "
         f"near duplicates across splits {leak['near_duplicates']}, final-reply overlap {leak['final_reply_overlap']} "
@@ -935,8 +1078,13 @@ def run(args: argparse.Namespace, out: Path, load_start: tuple[float, float, flo
         "files": args.files,
         "workers": workers,
         "seed": args.seed,
-        "finished_at": datetime.now(timezone.utc).isoformat(),
-        "host": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_start": load_start, "load_end": load_end},
+        "finished_at": datetime.now(UTC).isoformat(),
+        "host": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_start": load_start,
+            "load_end": load_end,
+        },
         "generation_seconds": gen_wall,
         "raw_bytes": raw_bytes,
         "end_to_end_seconds": e2e,
@@ -960,7 +1108,13 @@ def run(args: argparse.Namespace, out: Path, load_start: tuple[float, float, flo
             "splits": {"wall": t_splits.wall, "cpu": t_splits.cpu},
         },
         "parent_peak_after_step_gb": dict(PARENT_PEAK_AFTER),
-        "rss_gb": {"parent": gib(rss_self_kb), "children": gib(rss_children_kb), "worker_max": gib(worker_rss_kb), "generator_max": gib(gen_rss_kb), "peak": gib(peak_kb)},
+        "rss_gb": {
+            "parent": gib(rss_self_kb),
+            "children": gib(rss_children_kb),
+            "worker_max": gib(worker_rss_kb),
+            "generator_max": gib(gen_rss_kb),
+            "peak": gib(peak_kb),
+        },
         "counts": {
             "records_in": records_in,
             "quarantined": dict(quarantine),
@@ -981,7 +1135,11 @@ def run(args: argparse.Namespace, out: Path, load_start: tuple[float, float, flo
     print("\n== Targets ==")
     at_scale = n >= TARGET_RATE_AT
     target_rows = [
-        [f"end to end >= {TARGET_RATE:,.0f} conv/s at 1M", f"{e2e_rate:,.0f} conv/s" + ("" if at_scale else f" (at n={n:,}; target is for 1M)"), pass_miss(e2e_rate >= TARGET_RATE)],
+        [
+            f"end to end >= {TARGET_RATE:,.0f} conv/s at 1M",
+            f"{e2e_rate:,.0f} conv/s" + ("" if at_scale else f" (at n={n:,}; target is for 1M)"),
+            pass_miss(e2e_rate >= TARGET_RATE),
+        ],
         [f"peak RSS <= {TARGET_RSS_GB:g} GB", f"{gib(peak_kb):.2f} GB", pass_miss(gib(peak_kb) <= TARGET_RSS_GB)],
     ]
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
@@ -989,10 +1147,18 @@ def run(args: argparse.Namespace, out: Path, load_start: tuple[float, float, flo
     large = results if n == SCALING_LARGE else load_results(SCALING_LARGE)
     if small and large:
         ratio = large["end_to_end_seconds"] / small["end_to_end_seconds"]
-        target_rows.append([f"time(1M) / time(100k) <= {TARGET_SCALING:g}", f"{ratio:.2f} ({large['end_to_end_seconds']:.1f} s / {small['end_to_end_seconds']:.1f} s)", pass_miss(ratio <= TARGET_SCALING)])
+        target_rows.append(
+            [
+                f"time(1M) / time(100k) <= {TARGET_SCALING:g}",
+                f"{ratio:.2f} ({large['end_to_end_seconds']:.1f} s / {small['end_to_end_seconds']:.1f} s)",
+                pass_miss(ratio <= TARGET_SCALING),
+            ]
+        )
         results["scaling_ratio"] = ratio
     else:
-        target_rows.append([f"time(1M) / time(100k) <= {TARGET_SCALING:g}", "needs both --n 100000 and --n 1000000 results", "n/a"])
+        target_rows.append(
+            [f"time(1M) / time(100k) <= {TARGET_SCALING:g}", "needs both --n 100000 and --n 1000000 results", "n/a"]
+        )
     print(table(["target", "measured", "result"], target_rows))
 
     # ---- 5. difflib comparison
@@ -1003,10 +1169,13 @@ def run(args: argparse.Namespace, out: Path, load_start: tuple[float, float, flo
         print(
             f"split {d['split_sizes']}: {d['total_pairs']:,} (validation+test) x train pairs\n"
             f"difflib SequenceMatcher(None, a, b).ratio() >= 0.8: {d['difflib_seconds_extrapolated']:,.0f} s "
-            f"(~{d['difflib_seconds_extrapolated'] / 3600:.1f} h; extrapolated from {d['timed_pairs']:,} pairs timed in {d['timed_seconds']:.1f} s, "
-            f"{d['timed_seconds'] / max(1, d['timed_pairs']) * 1000:.2f} ms/pair, {d['similar_in_timed_pairs']} similar)\n"
+            f"(~{d['difflib_seconds_extrapolated'] / 3600:.1f} h; extrapolated from {d['timed_pairs']:,} pairs timed "
+            f"in {d['timed_seconds']:.1f} s, "
+            f"{d['timed_seconds'] / max(1, d['timed_pairs']) * 1000:.2f} ms/pair, {d['similar_in_timed_pairs']} "
+            "similar)\n"
             f"leakage_report (groups + exact + MinHash LSH): {d['leakage_report_seconds']:.3f} s "
-            f"(shared groups {d['leakage_report']['shared_groups']}, exact {d['leakage_report']['exact_duplicates']}, near {d['leakage_report']['near_duplicates']})\n"
+            f"(shared groups {d['leakage_report']['shared_groups']}, exact "
+            f"{d['leakage_report']['exact_duplicates']}, near {d['leakage_report']['near_duplicates']})\n"
             f"ratio: leakage_report is ~{d['speedup']:,.0f}x faster"
         )
 

@@ -82,7 +82,9 @@ def verdict(speedup: float, target: float) -> str:
 
 
 def bench_openai(args: argparse.Namespace) -> None:
-    print(f"== OpenAI-compatible generation: {args.openai_prompts} prompts, {args.latency * 1000:.0f} ms per request ==")
+    print(
+        f"== OpenAI-compatible generation: {args.openai_prompts} prompts, {args.latency * 1000:.0f} ms per request =="
+    )
     prompts = make_prompts(args.openai_prompts)
     with FakeOpenAI(chat_latency_s=args.latency) as fake:
         fake.set_responder(MODEL, lambda messages, body: "answer to " + messages[-1]["content"])
@@ -106,8 +108,11 @@ def bench_openai(args: argparse.Namespace) -> None:
 
     speedup = t_seq / t_conc
     print(f"  sequential loop (chat.completions.create)  {t_seq:7.2f} s   {len(prompts) / t_seq:7.1f} req/s")
-    print(f"  OpenAIChatGenerator, concurrency {args.concurrency:<3}     {t_conc:7.2f} s   {len(prompts) / t_conc:7.1f} req/s"
-          f"   (peak in flight at the server: {peak})")
+    print(
+        f"  OpenAIChatGenerator, concurrency {args.concurrency:<3}     {t_conc:7.2f} s   "
+        f"{len(prompts) / t_conc:7.1f} req/s"
+        f"   (peak in flight at the server: {peak})"
+    )
     print(f"  answers identical and in order: {sequential == concurrent}")
     print(f"  speed-up {speedup:.1f}x (target >= {OPENAI_TARGET:.0f}x): {verdict(speedup, OPENAI_TARGET)}")
 
@@ -122,8 +127,10 @@ def bench_local(args: argparse.Namespace) -> None:
     hf_logging.disable_progress_bar()
     torch.set_num_threads(args.threads)
     prompts = make_prompts(args.local_prompts) if args.base == "tiny" else sample_prompts(args.local_prompts)
-    print(f"\n== Local generation, base {args.base} (CPU, {args.threads} torch thread(s)): {len(prompts)} prompts, "
-          f"max_new_tokens={args.max_new_tokens} ==")
+    print(
+        f"\n== Local generation, base {args.base} (CPU, {args.threads} torch thread(s)): {len(prompts)} prompts, "
+        f"max_new_tokens={args.max_new_tokens} =="
+    )
     with tempfile.TemporaryDirectory(prefix="bench-eval-") as tmp:
         texts = [m["content"] for p in prompts for m in p]
         base = resolve_base_model(args.base, texts, Path(tmp) if args.base == "tiny" else Path(args.base_cache)).path
@@ -132,23 +139,32 @@ def bench_local(args: argparse.Namespace) -> None:
         tok = AutoTokenizer.from_pretrained(base)
         model = AutoModelForCausalLM.from_pretrained(base).eval()
         config = model.config
-        print(f"  model: Llama, hidden {config.hidden_size}, {config.num_hidden_layers} layers, vocab {config.vocab_size}, "
-              f"{sum(p.numel() for p in model.parameters()):,} parameters")
+        print(
+            f"  model: Llama, hidden {config.hidden_size}, {config.num_hidden_layers} layers, vocab "
+            f"{config.vocab_size}, "
+            f"{sum(p.numel() for p in model.parameters()):,} parameters"
+        )
 
         def one(p: list[dict]) -> str:
             enc = tok.apply_chat_template(p, add_generation_prompt=True, return_dict=True, return_tensors="pt")
             with torch.inference_mode():
-                out = model.generate(**enc, max_new_tokens=args.max_new_tokens, do_sample=False,
-                                     pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-            return tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+                out = model.generate(
+                    **enc,
+                    max_new_tokens=args.max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=tok.pad_token_id,
+                    eos_token_id=tok.eos_token_id,
+                )
+            return tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True).strip()
 
         one(prompts[0])  # warm-up
         start = time.perf_counter()
         loop_answers = [one(p) for p in prompts]
         t_loop = time.perf_counter() - start
 
-        gen = LocalGenerator(base, config=GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size),
-                             device="cpu")
+        gen = LocalGenerator(
+            base, config=GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size), device="cpu"
+        )
         gen.generate(prompts[: args.batch_size])  # warm-up
         start = time.perf_counter()
         batched = gen.generate(prompts)
@@ -158,10 +174,15 @@ def bench_local(args: argparse.Namespace) -> None:
     speedup = t_loop / t_batch
     loop_tokens = sum(len(tok(a, add_special_tokens=False)["input_ids"]) for a in loop_answers)
     batch_tokens = sum(len(tok(a, add_special_tokens=False)["input_ids"]) for a in batched)
-    print(f"  one-by-one loop (model.generate)           {t_loop:7.2f} s   {len(prompts) / t_loop:7.2f} prompts/s"
-          f"   {loop_tokens / t_loop:7.1f} generated tokens/s")
-    print(f"  LocalGenerator, batch {args.batch_size:<3}                  {t_batch:7.2f} s   {len(prompts) / t_batch:7.2f} prompts/s"
-          f"   {batch_tokens / t_batch:7.1f} generated tokens/s")
+    print(
+        f"  one-by-one loop (model.generate)           {t_loop:7.2f} s   {len(prompts) / t_loop:7.2f} prompts/s"
+        f"   {loop_tokens / t_loop:7.1f} generated tokens/s"
+    )
+    print(
+        f"  LocalGenerator, batch {args.batch_size:<3}                  {t_batch:7.2f} s   "
+        f"{len(prompts) / t_batch:7.2f} prompts/s"
+        f"   {batch_tokens / t_batch:7.1f} generated tokens/s"
+    )
     print(f"  identical answers: {same}/{len(prompts)}")
     print(f"  speed-up {speedup:.1f}x (target >= {LOCAL_TARGET:.0f}x): {verdict(speedup, LOCAL_TARGET)}")
 
@@ -176,8 +197,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine's cores are shared)")
     parser.add_argument("--base", default="tiny", help="tiny (default), smollm2-135m-instruct, or a local HF folder")
-    parser.add_argument("--base-cache", default=str(REPO / "data" / "base_models"),
-                        help="where a catalog base is converted once (default: the demo's data/base_models)")
+    parser.add_argument(
+        "--base-cache",
+        default=str(REPO / "data" / "base_models"),
+        help="where a catalog base is converted once (default: the demo's data/base_models)",
+    )
     parser.add_argument("--skip-openai", action="store_true")
     parser.add_argument("--skip-local", action="store_true")
     args = parser.parse_args()

@@ -77,12 +77,20 @@ def _build_sft(variant: str, base: str, train: list, args: argparse.Namespace, o
     )
     if variant == "tutorial":
         # Pad every example to 512 and train on every token, as most tutorials do.
-        sft = SFTConfig(**common, packing=False, assistant_only_loss=False, completion_only_loss=False, pad_to_multiple_of=SEQ_LEN)
+        sft = SFTConfig(
+            **common, packing=False, assistant_only_loss=False, completion_only_loss=False, pad_to_multiple_of=SEQ_LEN
+        )
     else:
         sft = SFTConfig(**common, packing=True, packing_strategy="bfd", assistant_only_loss=True)
     model = AutoModelForCausalLM.from_pretrained(base, dtype="bfloat16" if bf16 else "float32")
     lora = LoraConfig(task_type="CAUSAL_LM", r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear")
-    trainer = SFTTrainer(model=model, args=sft, train_dataset=Dataset.from_dict({"messages": train}), processing_class=tokenizer, peft_config=lora)
+    trainer = SFTTrainer(
+        model=model,
+        args=sft,
+        train_dataset=Dataset.from_dict({"messages": train}),
+        processing_class=tokenizer,
+        peft_config=lora,
+    )
     trainer.remove_callback(PrinterCallback)
     return trainer
 
@@ -101,7 +109,9 @@ def run_variant(args: argparse.Namespace) -> dict:
     else:
         cache = workdir / "base" if args.base == "tiny" else Path(args.base_cache)
         base = resolve_base_model(args.base, [m["content"] for c in conversations for m in c], cache).path
-    trainer = _build_sft(args.variant, base, conversations, args, workdir / f"out-{args.variant}", bf16=cuda, use_cpu=not cuda)
+    trainer = _build_sft(
+        args.variant, base, conversations, args, workdir / f"out-{args.variant}", bf16=cuda, use_cpu=not cuda
+    )
     batches = list(trainer.get_train_dataloader())
     real_tokens = 0
     padded_tokens = 0
@@ -154,9 +164,16 @@ def build_big_base(path: Path) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(tiny)
     # Qwen2.5-0.5B-like shape (hidden 896, 24 layers, GQA 14/2, MLP 4864), Llama architecture.
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-        num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=4096,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
+        vocab_size=len(tokenizer),
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
     )
     model = LlamaForCausalLM(config)
     model.save_pretrained(path)
@@ -165,9 +182,26 @@ def build_big_base(path: Path) -> Path:
 
 
 def _spawn(variant: str, args: argparse.Namespace, workdir: Path, *, big: bool = False) -> dict:
-    command = [sys.executable, __file__, "--variant", variant, "--workdir", str(workdir), "--conversations", str(args.conversations),
-               "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--device", "cuda" if big else args.device,
-               "--base", args.base, "--base-cache", args.base_cache]
+    command = [
+        sys.executable,
+        __file__,
+        "--variant",
+        variant,
+        "--workdir",
+        str(workdir),
+        "--conversations",
+        str(args.conversations),
+        "--epochs",
+        str(args.epochs),
+        "--batch-size",
+        str(args.batch_size),
+        "--device",
+        "cuda" if big else args.device,
+        "--base",
+        args.base,
+        "--base-cache",
+        args.base_cache,
+    ]
     if big:
         command.append("--big")
     if args.gradient_checkpointing:
@@ -176,7 +210,7 @@ def _spawn(variant: str, args: argparse.Namespace, workdir: Path, *, big: bool =
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
     for line in done.stdout.splitlines():
         if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
+            return json.loads(line[len("RESULT ") :])
     raise SystemExit(f"{variant} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
 
 
@@ -185,11 +219,16 @@ def main() -> None:
     parser.add_argument("--conversations", type=int, default=600)
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--gradient-checkpointing", action="store_true", help="on for both variants (off by default: tiny model)")
+    parser.add_argument(
+        "--gradient-checkpointing", action="store_true", help="on for both variants (off by default: tiny model)"
+    )
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--base", default="tiny", help="tiny (default), smollm2-135m-instruct, or a local HF folder")
-    parser.add_argument("--base-cache", default=str(REPO / "data" / "base_models"),
-                        help="where a catalog base is converted once (default: the demo's data/base_models)")
+    parser.add_argument(
+        "--base-cache",
+        default=str(REPO / "data" / "base_models"),
+        help="where a catalog base is converted once (default: the demo's data/base_models)",
+    )
     parser.add_argument("--gpu", action="store_true", help="also run the ~0.5B bf16 model on CUDA and print MFU")
     parser.add_argument("--variant", choices=["tutorial", "ours"], help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
@@ -201,25 +240,35 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench_training_") as tmp:
         workdir = Path(tmp)
-        print(f"bench_training: base {args.base}, {args.conversations} conversations, {args.epochs:g} epoch(s), "
-              f"batch {args.batch_size}, block/pad length {SEQ_LEN}, device {args.device}, load average {os.getloadavg()[0]:.2f}")
+        print(
+            f"bench_training: base {args.base}, {args.conversations} conversations, {args.epochs:g} epoch(s), "
+            f"batch {args.batch_size}, block/pad length {SEQ_LEN}, device {args.device}, load average "
+            f"{os.getloadavg()[0]:.2f}"
+        )
         tutorial = _spawn("tutorial", args, workdir)
         ours = _spawn("ours", args, workdir)
         rows = []
         for r in (tutorial, ours):
-            rows.append({
-                "recipe": "tutorial (pad 512, all tokens, no packing)" if r["variant"] == "tutorial" else "ours (assistant-only, bfd packing)",
-                "steps": r["steps"],
-                "wall s": round(r["wall_s"], 1),
-                "real tokens": r["real_tokens"],
-                "padded tok/epoch": r["padded_tokens_per_epoch"],
-                "loss tok/epoch": r["loss_tokens_per_epoch"],
-                "real tok/s": round(r["real_tokens_per_s"], 1),
-                "peak RSS GB": round(r["peak_rss_gb"], 2),
-            })
+            rows.append(
+                {
+                    "recipe": "tutorial (pad 512, all tokens, no packing)"
+                    if r["variant"] == "tutorial"
+                    else "ours (assistant-only, bfd packing)",
+                    "steps": r["steps"],
+                    "wall s": round(r["wall_s"], 1),
+                    "real tokens": r["real_tokens"],
+                    "padded tok/epoch": r["padded_tokens_per_epoch"],
+                    "loss tok/epoch": r["loss_tokens_per_epoch"],
+                    "real tok/s": round(r["real_tokens_per_s"], 1),
+                    "peak RSS GB": round(r["peak_rss_gb"], 2),
+                }
+            )
         print(pd.DataFrame(rows).to_string(index=False))
         ratio = ours["real_tokens_per_s"] / tutorial["real_tokens_per_s"]
-        print(f"\nthroughput ratio ours/tutorial on real tokens: {ratio:.2f}x  (target >= 2x: {'PASS' if ratio >= 2 else 'MISS'})")
+        print(
+            f"\nthroughput ratio ours/tutorial on real tokens: {ratio:.2f}x  (target >= 2x: "
+            f"{'PASS' if ratio >= 2 else 'MISS'})"
+        )
         print(f"wall time ratio tutorial/ours for the same data: {tutorial['wall_s'] / ours['wall_s']:.2f}x")
 
         if args.gpu:
@@ -235,10 +284,12 @@ def main() -> None:
             # With a frozen base, the weight-gradient half of the backward pass is skipped: the
             # FLOPs actually executed are closer to 4N per token. Both are printed.
             mfu_frozen = 4 * big["params"] * big["real_tokens_per_s"] / peak if peak else float("nan")
-            print(f"\n0.5B random-weight Llama, bf16 on {name}: {big['params'] / 1e6:.0f}M params, "
-                  f"{big['real_tokens_per_s']:,.0f} tokens/s, peak CUDA memory {big['peak_cuda_gb']:.1f} GB, "
-                  f"MFU {mfu:.1%} by the 6N convention, {mfu_frozen:.1%} counting 4N for a frozen base "
-                  f"(target >= 35%: {'PASS' if mfu >= 0.35 else 'MISS'})")
+            print(
+                f"\n0.5B random-weight Llama, bf16 on {name}: {big['params'] / 1e6:.0f}M params, "
+                f"{big['real_tokens_per_s']:,.0f} tokens/s, peak CUDA memory {big['peak_cuda_gb']:.1f} GB, "
+                f"MFU {mfu:.1%} by the 6N convention, {mfu_frozen:.1%} counting 4N for a frozen base "
+                f"(target >= 35%: {'PASS' if mfu >= 0.35 else 'MISS'})"
+            )
 
 
 if __name__ == "__main__":

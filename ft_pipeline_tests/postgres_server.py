@@ -28,9 +28,9 @@ import signal
 import socket
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import quote, urlsplit, urlunsplit
 
 ENV_URL = "FT_PIPELINE_TEST_POSTGRES_URL"
@@ -100,7 +100,7 @@ def plain_url(url: str) -> str:
 
 def sqlalchemy_url(url: str) -> str:
     """The same URL for SQLAlchemy with the psycopg2 driver (what dagster-postgres installs)."""
-    return "postgresql+psycopg2" + plain_url(url)[len("postgresql"):]
+    return "postgresql+psycopg2" + plain_url(url)[len("postgresql") :]
 
 
 def with_database(url: str, db_name: str) -> str:
@@ -206,14 +206,27 @@ def throwaway_cluster(bindir: Path | None = None) -> Iterator[str]:
             runner.own(path)
         init = runner.run(
             [
-                str(bindir / "initdb"), "-D", str(data), "-U", _USER, f"--pwfile={pwfile}",
-                "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C", "--no-sync",
+                str(bindir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                _USER,
+                f"--pwfile={pwfile}",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
             ],
-            cwd=root, timeout=120,
+            cwd=root,
+            timeout=120,
         )
         pwfile.unlink()
         if init.returncode != 0:
-            raise PostgresStartFailed(f"initdb ({bindir}) failed with exit code {init.returncode}:\n{init.stdout}\n{init.stderr}")
+            raise PostgresStartFailed(
+                f"initdb ({bindir}) failed with exit code {init.returncode}:\n{init.stdout}\n{init.stderr}"
+            )
 
         port = 0
         for attempt in range(_START_ATTEMPTS):
@@ -231,7 +244,9 @@ def throwaway_cluster(bindir: Path | None = None) -> Iterator[str]:
             # postgresql.auto.conf is read last and overrides postgresql.conf.
             (data / "postgresql.auto.conf").write_text("".join(f"{k} = {v}\n" for k, v in settings.items()))
             start = runner.run(
-                [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60", "start"], cwd=root, timeout=90
+                [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60", "start"],
+                cwd=root,
+                timeout=90,
             )
             if start.returncode == 0:
                 break
@@ -246,7 +261,9 @@ def throwaway_cluster(bindir: Path | None = None) -> Iterator[str]:
         yield f"postgresql://{_USER}:{quote(password)}@127.0.0.1:{port}/postgres"
     finally:
         if (data / "postmaster.pid").exists():
-            stop = runner.run([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"], cwd=root, timeout=60)
+            stop = runner.run(
+                [str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"], cwd=root, timeout=60
+            )
             if stop.returncode != 0 and (data / "postmaster.pid").exists():
                 try:
                     os.kill(int(_read(data / "postmaster.pid").split()[0]), signal.SIGKILL)

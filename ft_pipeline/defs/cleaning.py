@@ -1,6 +1,5 @@
 """cleaned_conversations: normalize, role rules, quality filter, PII scrub, in-file dedup."""
 
-
 import dagster as dg
 from pydantic import Field
 
@@ -20,17 +19,43 @@ _DEDUP_DEFAULTS = DedupConfig()
 class CleaningRunConfig(dg.Config):
     """Quality thresholds and switches of the cleaning pass (defaults are the documented ones)."""
 
-    min_rating: float = Field(default=_DEFAULTS.min_rating, description="Filter conversations rated below this (unrated pass).")
-    max_response_time_ms: int = Field(default=_DEFAULTS.max_response_time_ms, description="Filter conversations whose response time is at or above this.")
-    min_assistant_chars: int = Field(default=_DEFAULTS.min_assistant_chars, description="Minimum characters of all assistant turns together.")
+    min_rating: float = Field(
+        default=_DEFAULTS.min_rating, description="Filter conversations rated below this (unrated pass)."
+    )
+    max_response_time_ms: int = Field(
+        default=_DEFAULTS.max_response_time_ms,
+        description="Filter conversations whose response time is at or above this.",
+    )
+    min_assistant_chars: int = Field(
+        default=_DEFAULTS.min_assistant_chars, description="Minimum characters of all assistant turns together."
+    )
     drop_edited: bool = Field(default=_DEFAULTS.drop_edited, description="Filter replies an agent edited afterwards.")
-    min_unique_word_ratio: float = Field(default=_DEFAULTS.min_unique_word_ratio, description="Assistant text below this distinct/total word ratio is 'repetitive'.")
-    repetition_min_words: int = Field(default=_DEFAULTS.repetition_min_words, description="The repetition rule applies from this many assistant words.")
-    merge_consecutive_turns: bool = Field(default=_DEFAULTS.merge_consecutive_turns, description="Join consecutive same-role messages instead of filtering.")
-    drop_leading_assistant: bool = Field(default=_DEFAULTS.drop_leading_assistant, description="Drop assistant greetings before the first user turn.")
-    trim_trailing_user: bool = Field(default=_DEFAULTS.trim_trailing_user, description="Drop unanswered user turns at the end instead of filtering.")
-    minhash_num_perm: int = Field(default=_DEDUP_DEFAULTS.num_perm, description="MinHash signature length (curated_dataset dedups with the value its partitions were cleaned with).")
-    minhash_ngram: int = Field(default=_DEDUP_DEFAULTS.ngram, description="Word shingle size of the MinHash signatures.")
+    min_unique_word_ratio: float = Field(
+        default=_DEFAULTS.min_unique_word_ratio,
+        description="Assistant text below this distinct/total word ratio is 'repetitive'.",
+    )
+    repetition_min_words: int = Field(
+        default=_DEFAULTS.repetition_min_words,
+        description="The repetition rule applies from this many assistant words.",
+    )
+    merge_consecutive_turns: bool = Field(
+        default=_DEFAULTS.merge_consecutive_turns,
+        description="Join consecutive same-role messages instead of filtering.",
+    )
+    drop_leading_assistant: bool = Field(
+        default=_DEFAULTS.drop_leading_assistant, description="Drop assistant greetings before the first user turn."
+    )
+    trim_trailing_user: bool = Field(
+        default=_DEFAULTS.trim_trailing_user, description="Drop unanswered user turns at the end instead of filtering."
+    )
+    minhash_num_perm: int = Field(
+        default=_DEDUP_DEFAULTS.num_perm,
+        description="MinHash signature length (curated_dataset dedups with the value its partitions were cleaned "
+        "with).",
+    )
+    minhash_ngram: int = Field(
+        default=_DEDUP_DEFAULTS.ngram, description="Word shingle size of the MinHash signatures."
+    )
 
     def to_lib(self, pii_policy: PiiPolicy | None = None) -> CleaningConfig:
         """The lib config; what is scrubbed comes from the pipeline's one PII policy."""
@@ -75,8 +100,14 @@ def cleaned_conversations(
             settings=(config.model_dump(), *pii_policy.version_parts()),
         )
     except PartitionNotParsed:
-        old = " (data under the old folder naming is not read: materialize it again)" if legacy_partition_folders(storage.root(), name) else ""
-        raise dg.Failure(description=f"raw_conversation_logs has not been materialized for partition {name!r}{old}") from None
+        old = (
+            " (data under the old folder naming is not read: materialize it again)"
+            if legacy_partition_folders(storage.root(), name)
+            else ""
+        )
+        raise dg.Failure(
+            description=f"raw_conversation_logs has not been materialized for partition {name!r}{old}"
+        ) from None
     cleaned, n_in = result.cleaned, result.n_in
     kept_share = len(cleaned.kept) / n_in if n_in else 0.0
     return dg.MaterializeResult(

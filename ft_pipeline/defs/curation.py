@@ -27,16 +27,26 @@ DEDUP_KINDS = {
 class CurationRunConfig(dg.Config):
     """Global dedup and length limits of the curated dataset (defaults are the documented ones)."""
 
-    near_dup_threshold: float = Field(default=_DEDUP.threshold, description="Jaccard at/above which conversations are near-duplicates.")
+    near_dup_threshold: float = Field(
+        default=_DEDUP.threshold, description="Jaccard at/above which conversations are near-duplicates."
+    )
     lsh_bands: int | None = Field(default=_DEDUP.bands, description="LSH bands; empty = chosen for the threshold.")
-    drop_prefix_duplicates: bool = Field(default=_DEDUP.drop_prefix_duplicates, description="Drop conversations that are the start of a longer kept one.")
-    drop_branch_duplicates: bool = Field(default=_DEDUP.drop_branch_duplicates, description="Keep only the best reply among conversations sharing a context.")
+    drop_prefix_duplicates: bool = Field(
+        default=_DEDUP.drop_prefix_duplicates, description="Drop conversations that are the start of a longer kept one."
+    )
+    drop_branch_duplicates: bool = Field(
+        default=_DEDUP.drop_branch_duplicates,
+        description="Keep only the best reply among conversations sharing a context.",
+    )
     tokenizer: str = Field(
         default=TokenCounterConfig().tokenizer,
         description="Token counter: 'estimate' (about 4 characters per token, labelled as an estimate), "
         "'hf:<local path>' (a local tokenizer, e.g. the training base's), or 'tiktoken:<encoding>' (only if cached).",
     )
-    max_tokens: int = Field(default=DEFAULT_CURATION_CONFIG.max_tokens, description="Conversations with more tokens are removed as too_many_tokens.")
+    max_tokens: int = Field(
+        default=DEFAULT_CURATION_CONFIG.max_tokens,
+        description="Conversations with more tokens are removed as too_many_tokens.",
+    )
 
     def to_lib(self) -> CurationConfig:
         """The lib config. MinHash num_perm/ngram are not set here: they are the ones the cleaned
@@ -47,7 +57,9 @@ class CurationRunConfig(dg.Config):
             drop_prefix_duplicates=self.drop_prefix_duplicates,
             drop_branch_duplicates=self.drop_branch_duplicates,
         )
-        return CurationConfig(dedup=dedup, tokens=TokenCounterConfig(tokenizer=self.tokenizer), max_tokens=self.max_tokens)
+        return CurationConfig(
+            dedup=dedup, tokens=TokenCounterConfig(tokenizer=self.tokenizer), max_tokens=self.max_tokens
+        )
 
 
 def _registered_partitions(context: dg.AssetExecutionContext) -> list[str]:
@@ -60,8 +72,15 @@ def _registered_partitions(context: dg.AssetExecutionContext) -> list[str]:
     code_version=CURATED_CODE_VERSION,
     kinds={"parquet"},
     check_specs=[
-        dg.AssetCheckSpec("no_pii_left", asset="curated_dataset", blocking=True, description="A fresh PII scan of every text column (messages, ids, metadata, tags) finds nothing."),
-        dg.AssetCheckSpec("no_duplicates_left", asset="curated_dataset", description="No exact, prefix or near duplicate remains."),
+        dg.AssetCheckSpec(
+            "no_pii_left",
+            asset="curated_dataset",
+            blocking=True,
+            description="A fresh PII scan of every text column (messages, ids, metadata, tags) finds nothing.",
+        ),
+        dg.AssetCheckSpec(
+            "no_duplicates_left", asset="curated_dataset", description="No exact, prefix or near duplicate remains."
+        ),
     ],
 )
 def curated_dataset(
@@ -108,14 +127,19 @@ def curated_dataset(
             "version": curated.manifest.version,
         },
         data_version=dg.DataVersion(curated.data_version),
-        check_results=[_pii_check(curated.pii_scan, pii_policy.pii_config()), _duplicates_check(curated.duplicates_left, result.n_kept)],
+        check_results=[
+            _pii_check(curated.pii_scan, pii_policy.pii_config()),
+            _duplicates_check(curated.duplicates_left, result.n_kept),
+        ],
     )
 
 
 def _warn_missing(context: dg.AssetExecutionContext, storage: PipelineStorage, missing: list[str]) -> None:
     if not missing:
         return
-    context.log.warning(f"{len(missing)} registered partition(s) have no cleaned output yet and are left out: {missing[:10]}")
+    context.log.warning(
+        f"{len(missing)} registered partition(s) have no cleaned output yet and are left out: {missing[:10]}"
+    )
     legacy = [name for name in missing if legacy_partition_folders(storage.root(), name)]
     if legacy:
         context.log.warning(
@@ -130,8 +154,13 @@ def _pii_check(scan: PiiScan, pii: PiiConfig) -> dg.AssetCheckResult:
         check_name="no_pii_left",
         passed=scan.total == 0,
         severity=dg.AssetCheckSeverity.ERROR,
-        description="no PII found by a fresh scan" if scan.total == 0 else f"{scan.total} PII matches left: {scan.found}",
-        metadata={"pii_left": dg.MetadataValue.json({t: scan.found.get(t, 0) for t in kinds}), "examples": dg.MetadataValue.json(scan.examples)},
+        description="no PII found by a fresh scan"
+        if scan.total == 0
+        else f"{scan.total} PII matches left: {scan.found}",
+        metadata={
+            "pii_left": dg.MetadataValue.json({t: scan.found.get(t, 0) for t in kinds}),
+            "examples": dg.MetadataValue.json(scan.examples),
+        },
     )
 
 

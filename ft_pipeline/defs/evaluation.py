@@ -27,29 +27,47 @@ _CANDIDATE = CandidateEvaluationConfig()
 class EvaluationRunConfig(dg.Config):
     """How the candidate is evaluated and what the promotion gate requires (defaults documented)."""
 
-    model_name: str = Field(default=_CANDIDATE.model_name, description="Registry name of the model line the candidate belongs to.")
-    primary_metric: str = Field(default=_GATE.primary_metric, description="Metric whose CI lower bound must beat base and production.")
+    model_name: str = Field(
+        default=_CANDIDATE.model_name, description="Registry name of the model line the candidate belongs to."
+    )
+    primary_metric: str = Field(
+        default=_GATE.primary_metric, description="Metric whose CI lower bound must beat base and production."
+    )
     margin: float = Field(default=_GATE.margin, description="The CI lower bound must be strictly above this.")
-    guardrail_metrics: list[str] = Field(default=list(_GATE.guardrail_metrics), description="Metrics that must not regress.")
-    guardrail_tolerance: float = Field(default=_GATE.guardrail_tolerance, description="Allowed drop of a guardrail mean.")
-    regression_suite_min_ratio: float = Field(default=_GATE.regression_suite_min_ratio, description="Share of the base's regression-suite score the candidate must keep.")
-    use_regression_suite: bool = Field(default=_EVAL.use_regression_suite, description="Run the shipped general prompts.")
+    guardrail_metrics: list[str] = Field(
+        default=list(_GATE.guardrail_metrics), description="Metrics that must not regress."
+    )
+    guardrail_tolerance: float = Field(
+        default=_GATE.guardrail_tolerance, description="Allowed drop of a guardrail mean."
+    )
+    regression_suite_min_ratio: float = Field(
+        default=_GATE.regression_suite_min_ratio,
+        description="Share of the base's regression-suite score the candidate must keep.",
+    )
+    use_regression_suite: bool = Field(
+        default=_EVAL.use_regression_suite, description="Run the shipped general prompts."
+    )
     task: str = Field(default=_EVAL.task, description="auto | generation | json | classification")
     n_resamples: int = Field(default=_EVAL.n_resamples, description="Paired-bootstrap resamples.")
     seed: int = Field(default=_EVAL.seed, description="Bootstrap and generation seed.")
     max_new_tokens: int = Field(default=_GEN.max_new_tokens, description="Longest generated answer.")
     max_test_examples: int = Field(
         default=_CANDIDATE.max_test_examples,
-        description="Evaluate a fixed subset of this many test examples (ordered by content hash; the same for every model); "
+        description="Evaluate a fixed subset of this many test examples (ordered by content hash; the same for every "
+        "model); "
         "0 = the whole test split. For quick runs on a CPU.",
     )
     batch_size: int = Field(default=_GEN.batch_size, description="Local generation batch size.")
     concurrency: int = Field(default=_GEN.concurrency, description="OpenAI-compatible requests in flight.")
-    compute_perplexity: bool = Field(default=_CANDIDATE.compute_perplexity, description="Validation perplexity for local models.")
+    compute_perplexity: bool = Field(
+        default=_CANDIDATE.compute_perplexity, description="Validation perplexity for local models."
+    )
     judge_model: str = Field(
         default=_CANDIDATE.judge_model,
-        description="Optional LLM-as-judge: an OpenAI-compatible chat model (through the openai_fine_tuning resource) that "
-        "compares candidate and baseline answers pairwise in both orders; empty = off. Informational, not part of the gate.",
+        description="Optional LLM-as-judge: an OpenAI-compatible chat model (through the openai_fine_tuning "
+        "resource) that "
+        "compares candidate and baseline answers pairwise in both orders; empty = off. Informational, not part of "
+        "the gate.",
     )
 
     def gate(self) -> PromotionGate:
@@ -62,7 +80,9 @@ class EvaluationRunConfig(dg.Config):
         )
 
     def generation(self) -> GenerationConfig:
-        return GenerationConfig(max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, seed=self.seed, concurrency=self.concurrency)
+        return GenerationConfig(
+            max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, seed=self.seed, concurrency=self.concurrency
+        )
 
     def to_lib(self) -> CandidateEvaluationConfig:
         return CandidateEvaluationConfig(
@@ -71,8 +91,12 @@ class EvaluationRunConfig(dg.Config):
             compute_perplexity=self.compute_perplexity,
             judge_model=self.judge_model,
             gate=self.gate(),
-            evaluation=EvaluationConfig(task=self.task, n_resamples=self.n_resamples, seed=self.seed,
-                                        use_regression_suite=self.use_regression_suite),
+            evaluation=EvaluationConfig(
+                task=self.task,
+                n_resamples=self.n_resamples,
+                seed=self.seed,
+                use_regression_suite=self.use_regression_suite,
+            ),
             generation=self.generation(),
         )
 
@@ -87,7 +111,8 @@ class EvaluationRunConfig(dg.Config):
             "promotion_gate",
             asset="evaluation_report",
             blocking=True,
-            description="The candidate beats base and production on the primary metric (CI lower bound above the margin), no "
+            description="The candidate beats base and production on the primary metric (CI lower bound above the "
+            "margin), no "
             "guardrail regresses, the regression suite holds, and the test split shares nothing with training.",
         )
     ],
@@ -111,10 +136,18 @@ def evaluation_report(
     if record is None or splits is None:
         raise dg.Failure(description="fine_tuned_model and the splits must be materialized first")
     evaluation = evaluate_candidate(
-        record, splits, model_registry.get(), config.to_lib(),
-        reports_folder=storage.folder("reports"), data_dir=storage.root(), openai_client=openai_fine_tuning.get_client,
-        code_version=EVALUATION_CODE_VERSION, settings=config.model_dump(), actor=f"dagster:{context.run_id}",
-        run_id=context.run_id, log=context.log.info,
+        record,
+        splits,
+        model_registry.get(),
+        config.to_lib(),
+        reports_folder=storage.folder("reports"),
+        data_dir=storage.root(),
+        openai_client=openai_fine_tuning.get_client,
+        code_version=EVALUATION_CODE_VERSION,
+        settings=config.model_dump(),
+        actor=f"dagster:{context.run_id}",
+        run_id=context.run_id,
+        log=context.log.info,
     )
     result, summary, paths = evaluation.result, evaluation.summary, evaluation.report_paths
     primary = config.primary_metric
@@ -152,7 +185,9 @@ def evaluation_report(
 
 
 @dg.asset(deps=["evaluation_report"], group_name="evaluation", code_version=EVALUATION_CODE_VERSION)
-def promoted_model(context: dg.AssetExecutionContext, storage: PipelineStorage, model_registry: ModelRegistryResource) -> dg.MaterializeResult:
+def promoted_model(
+    context: dg.AssetExecutionContext, storage: PipelineStorage, model_registry: ModelRegistryResource
+) -> dg.MaterializeResult:
     """Moves the registry's ``production`` alias to the candidate the gate passed: one transaction
     with compare-and-swap, the previous production version archived, the reason and evaluation
     stored in the append-only audit log. Fails clearly if production changed since the evaluation."""
@@ -160,8 +195,13 @@ def promoted_model(context: dg.AssetExecutionContext, storage: PipelineStorage, 
     if summary is None:
         raise dg.Failure(description="evaluation_report has not been materialized yet")
     try:
-        promotion = promote_candidate(summary, model_registry.get(), publish_url=model_registry.publish_url,
-                                      actor=f"dagster:{context.run_id}", log=context.log.info)
+        promotion = promote_candidate(
+            summary,
+            model_registry.get(),
+            publish_url=model_registry.publish_url,
+            actor=f"dagster:{context.run_id}",
+            log=context.log.info,
+        )
     except NotPromoted as err:
         raise dg.Failure(description=str(err)) from None
     data_version = dg.DataVersion(f"{promotion.model_name}:{promotion.production_version}")
@@ -181,7 +221,11 @@ def promoted_model(context: dg.AssetExecutionContext, storage: PipelineStorage, 
             "evaluation_id": promotion.evaluation_id,
             "audit_event_id": promotion.audit_event_id,
             **(
-                {"published_uri": dg.MetadataValue.url(published.uri), "published_files": published.files, "published_bytes": published.bytes}
+                {
+                    "published_uri": dg.MetadataValue.url(published.uri),
+                    "published_files": published.files,
+                    "published_bytes": published.bytes,
+                }
                 if published
                 else {}
             ),

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import dagster as dg
 import pandas as pd
@@ -22,7 +23,9 @@ def counts_table(counts: Mapping[str, int], descriptions: Mapping[str, str] | No
     return dg.MetadataValue.md("\n".join(rows))
 
 
-def sample_rows(frame: pd.DataFrame, n: int = 3, max_chars: int = 160, pii: PiiConfig = DEFAULT_PII_CONFIG) -> dg.MetadataValue:
+def sample_rows(
+    frame: pd.DataFrame, n: int = 3, max_chars: int = 160, pii: PiiConfig = DEFAULT_PII_CONFIG
+) -> dg.MetadataValue:
     """A few rows as Markdown, message contents shortened, for a quick look in the UI.
 
     Every sample the UI shows comes from here, and every piece of text in it goes through the PII
@@ -35,7 +38,10 @@ def sample_rows(frame: pd.DataFrame, n: int = 3, max_chars: int = 160, pii: PiiC
         return dg.MetadataValue.md("_no rows_")
     lines = []
     for row in frame.head(n).to_dict("records"):
-        lines.append(f"**{_scrubbed(row.get('conversation_id'), pii)}**" + (f" — {row['filter_reason']}" if row.get("filter_reason") else ""))
+        lines.append(
+            f"**{_scrubbed(row.get('conversation_id'), pii)}**"
+            + (f" — {row['filter_reason']}" if row.get("filter_reason") else "")
+        )
         messages = row.get("messages")
         for m in list(messages if messages is not None else [])[:4]:
             content = _scrubbed(m["content"], pii).replace("\n", " ")

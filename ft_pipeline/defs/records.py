@@ -1,6 +1,5 @@
 """raw_conversation_logs: parse one landed file, quarantine what cannot be used."""
 
-
 import dagster as dg
 from pydantic import Field
 
@@ -29,7 +28,10 @@ class RawLogsConfig(dg.Config):
     kinds={"parquet"},
 )
 def raw_conversation_logs(
-    context: dg.AssetExecutionContext, config: RawLogsConfig, raw_log_store: RawLogStore, storage: PipelineStorage,
+    context: dg.AssetExecutionContext,
+    config: RawLogsConfig,
+    raw_log_store: RawLogStore,
+    storage: PipelineStorage,
     pii_policy: PiiPolicy,
 ) -> dg.MaterializeResult:
     """One landed log file (JSONL, JSONL.gz or Parquet; raw, OpenAI or ShareGPT records), parsed
@@ -63,7 +65,9 @@ def raw_conversation_logs(
 
     counts = result.quarantine_counts
     if counts:
-        context.log.warning(f"{name}: quarantined {len(result.quarantine)} of {result.n_records} records: {dict(counts)}")
+        context.log.warning(
+            f"{name}: quarantined {len(result.quarantine)} of {result.n_records} records: {dict(counts)}"
+        )
     return dg.MaterializeResult(
         metadata={
             "records_in": result.n_records,

@@ -1,6 +1,5 @@
 """train_split / validation_split / test_split: grouped, hash-stable, seeded."""
 
-
 from collections.abc import Iterator
 
 import dagster as dg
@@ -24,9 +23,18 @@ class SplitRunConfig(dg.Config):
     test_fraction: float = Field(default=_SPLIT.test_fraction, description="Share of groups in test.")
     seed: int = Field(default=_SPLIT.seed, description="Salt of the split hash.")
     group_by_user: bool = Field(default=_SPLIT.group_by_user, description="Keep one user's conversations in one split.")
-    first_turn_min_words: int = Field(default=_SPLIT.first_turn_min_words, description="Group conversations sharing a first user turn of at least this many words (0 = off).")
-    first_turn_max_shared: int = Field(default=_SPLIT.first_turn_max_shared, description="A first turn shared by more conversations than this is boilerplate and links nothing.")
-    stratify_by_tag: bool = Field(default=_SPLIT.stratify_by_tag, description="Exact per-tag proportions (a group near a cut-off may move as data grows).")
+    first_turn_min_words: int = Field(
+        default=_SPLIT.first_turn_min_words,
+        description="Group conversations sharing a first user turn of at least this many words (0 = off).",
+    )
+    first_turn_max_shared: int = Field(
+        default=_SPLIT.first_turn_max_shared,
+        description="A first turn shared by more conversations than this is boilerplate and links nothing.",
+    )
+    stratify_by_tag: bool = Field(
+        default=_SPLIT.stratify_by_tag,
+        description="Exact per-tag proportions (a group near a cut-off may move as data grows).",
+    )
     min_train_examples: int = Field(
         default=_SPLIT.min_train_examples, description="Minimum train size (OpenAI requires 10)."
     )
@@ -54,24 +62,62 @@ _ASSET_OF = {"train": "train_split", "validation": "validation_split", "test": "
 
 @dg.multi_asset(
     specs=[
-        dg.AssetSpec("train_split", deps=["curated_dataset"], group_name="dataset", code_version=SPLITS_CODE_VERSION, kinds={"parquet"},
-                     description="Training conversations (Parquet + OpenAI chat JSONL)."),
-        dg.AssetSpec("validation_split", deps=["curated_dataset"], group_name="dataset", code_version=SPLITS_CODE_VERSION, kinds={"parquet"},
-                     description="Validation conversations (Parquet + OpenAI chat JSONL)."),
-        dg.AssetSpec("test_split", deps=["curated_dataset"], group_name="dataset", code_version=SPLITS_CODE_VERSION, kinds={"parquet"},
-                     description="Frozen test conversations (Parquet + OpenAI chat JSONL)."),
+        dg.AssetSpec(
+            "train_split",
+            deps=["curated_dataset"],
+            group_name="dataset",
+            code_version=SPLITS_CODE_VERSION,
+            kinds={"parquet"},
+            description="Training conversations (Parquet + OpenAI chat JSONL).",
+        ),
+        dg.AssetSpec(
+            "validation_split",
+            deps=["curated_dataset"],
+            group_name="dataset",
+            code_version=SPLITS_CODE_VERSION,
+            kinds={"parquet"},
+            description="Validation conversations (Parquet + OpenAI chat JSONL).",
+        ),
+        dg.AssetSpec(
+            "test_split",
+            deps=["curated_dataset"],
+            group_name="dataset",
+            code_version=SPLITS_CODE_VERSION,
+            kinds={"parquet"},
+            description="Frozen test conversations (Parquet + OpenAI chat JSONL).",
+        ),
     ],
     check_specs=[
-        dg.AssetCheckSpec("no_leakage", asset="train_split", blocking=True,
-                          description="No group, exact duplicate or near duplicate is shared between splits."),
-        dg.AssetCheckSpec("minimum_sizes", asset="train_split", blocking=True, description="Every split has its minimum number of examples."),
-        dg.AssetCheckSpec("openai_format", asset="train_split", blocking=True, description="train.jsonl passes the OpenAI chat fine-tuning format checks."),
-        dg.AssetCheckSpec("openai_format", asset="validation_split", description="validation.jsonl passes the OpenAI chat format checks."),
+        dg.AssetCheckSpec(
+            "no_leakage",
+            asset="train_split",
+            blocking=True,
+            description="No group, exact duplicate or near duplicate is shared between splits.",
+        ),
+        dg.AssetCheckSpec(
+            "minimum_sizes",
+            asset="train_split",
+            blocking=True,
+            description="Every split has its minimum number of examples.",
+        ),
+        dg.AssetCheckSpec(
+            "openai_format",
+            asset="train_split",
+            blocking=True,
+            description="train.jsonl passes the OpenAI chat fine-tuning format checks.",
+        ),
+        dg.AssetCheckSpec(
+            "openai_format",
+            asset="validation_split",
+            description="validation.jsonl passes the OpenAI chat format checks.",
+        ),
     ],
     name="dataset_splits",
 )
 def dataset_splits(
-    context: dg.AssetExecutionContext, config: SplitRunConfig, storage: PipelineStorage,
+    context: dg.AssetExecutionContext,
+    config: SplitRunConfig,
+    storage: PipelineStorage,
     openai_fine_tuning: OpenAIFineTuningResource,
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     """Split the curated dataset 80/10/10 (configurable) by group: one user's conversations and
@@ -128,8 +174,13 @@ def _checks(result: SplitsResult) -> Iterator[dg.AssetCheckResult]:
             check_name="openai_format",
             passed=report.ok,
             severity=dg.AssetCheckSeverity.ERROR,
-            description="format valid" if report.ok else f"format errors {report.format_errors}; warnings {report.warnings}",
-            metadata={"report": dg.MetadataValue.md(report.to_markdown()), "format_errors": dg.MetadataValue.json(report.format_errors)},
+            description="format valid"
+            if report.ok
+            else f"format errors {report.format_errors}; warnings {report.warnings}",
+            metadata={
+                "report": dg.MetadataValue.md(report.to_markdown()),
+                "format_errors": dg.MetadataValue.json(report.format_errors),
+            },
         )
 
 
@@ -139,7 +190,9 @@ def _leakage_check(leakage: LeakageReport, dedup: DedupConfig) -> dg.AssetCheckR
         check_name="no_leakage",
         passed=not leakage.leaked,
         severity=dg.AssetCheckSeverity.ERROR,
-        description="no leakage between splits" if not leakage.leaked else (
+        description="no leakage between splits"
+        if not leakage.leaked
+        else (
             f"leakage: {leakage.shared_groups} shared groups, {leakage.exact_duplicates} exact and "
             f"{leakage.near_duplicates} near duplicates across splits"
         ),

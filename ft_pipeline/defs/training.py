@@ -25,7 +25,10 @@ _OPENAI = OpenAIFineTuneConfig()
 class FineTuneConfig(dg.Config):
     """Which backend trains the model, and its hyperparameters (defaults are the documented ones)."""
 
-    backend: Literal["local_lora", "openai"] = Field(default=DEFAULT_BACKEND, description="local_lora (TRL + PEFT in a Pipes subprocess) or openai (a fine-tuning job).")
+    backend: Literal["local_lora", "openai"] = Field(
+        default=DEFAULT_BACKEND,
+        description="local_lora (TRL + PEFT in a Pipes subprocess) or openai (a fine-tuning job).",
+    )
     # local_lora
     base_model: str = Field(
         default=_LORA.base_model,
@@ -36,29 +39,54 @@ class FineTuneConfig(dg.Config):
     lora_r: int = Field(default=_LORA.lora_r, description="LoRA rank.")
     lora_alpha: int = Field(default=_LORA.lora_alpha, description="LoRA alpha.")
     lora_dropout: float = Field(default=_LORA.lora_dropout, description="LoRA dropout.")
-    target_modules: str = Field(default=cast(str, _LORA.target_modules), description="PEFT target modules ('all-linear' or a regex).")
+    target_modules: str = Field(
+        default=cast(str, _LORA.target_modules), description="PEFT target modules ('all-linear' or a regex)."
+    )
     use_rslora: bool = Field(default=_LORA.use_rslora, description="Rank-stabilised LoRA scaling (alpha/sqrt(r)).")
     use_dora: bool = Field(default=_LORA.use_dora, description="Weight-decomposed LoRA (DoRA).")
-    qlora: bool = Field(default=_LORA.qlora, description="4-bit NF4 base with double quantization and bf16 compute; needs CUDA (an error without).")
+    qlora: bool = Field(
+        default=_LORA.qlora,
+        description="4-bit NF4 base with double quantization and bf16 compute; needs CUDA (an error without).",
+    )
     learning_rate: float = Field(default=_LORA.learning_rate, description="Peak learning rate.")
-    num_train_epochs: float = Field(default=_LORA.num_train_epochs, description="Epochs (early stopping on validation loss may end sooner).")
-    max_steps: int = Field(default=_LORA.max_steps, description="Stop after this many optimizer steps (-1 = epochs decide).")
-    per_device_train_batch_size: int = Field(default=_LORA.per_device_train_batch_size, description="Batch size per device.")
-    gradient_accumulation_steps: int = Field(default=_LORA.gradient_accumulation_steps, description="Gradient accumulation steps.")
+    num_train_epochs: float = Field(
+        default=_LORA.num_train_epochs, description="Epochs (early stopping on validation loss may end sooner)."
+    )
+    max_steps: int = Field(
+        default=_LORA.max_steps, description="Stop after this many optimizer steps (-1 = epochs decide)."
+    )
+    per_device_train_batch_size: int = Field(
+        default=_LORA.per_device_train_batch_size, description="Batch size per device."
+    )
+    gradient_accumulation_steps: int = Field(
+        default=_LORA.gradient_accumulation_steps, description="Gradient accumulation steps."
+    )
     max_length: int = Field(default=_LORA.max_length, description="Tokens per packed block / truncation length.")
     packing: bool = Field(default=_LORA.packing, description="Pack conversations into blocks (bfd, padding-free).")
-    gradient_checkpointing: bool = Field(default=_LORA.gradient_checkpointing, description="Trade compute for activation memory.")
-    early_stopping_patience: int = Field(default=_LORA.early_stopping_patience, description="Epochs without validation-loss improvement before stopping.")
+    gradient_checkpointing: bool = Field(
+        default=_LORA.gradient_checkpointing, description="Trade compute for activation memory."
+    )
+    early_stopping_patience: int = Field(
+        default=_LORA.early_stopping_patience, description="Epochs without validation-loss improvement before stopping."
+    )
     seed: int = Field(default=_LORA.seed, description="Training seed.")
-    merge_full_model: bool = Field(default=_LORA.merge_full_model, description="Also save the adapter merged into the base weights.")
+    merge_full_model: bool = Field(
+        default=_LORA.merge_full_model, description="Also save the adapter merged into the base weights."
+    )
     # openai (the base model is the openai_fine_tuning resource's ``model``: one setting with the splits' check)
     openai_n_epochs: str = Field(default=str(_OPENAI.n_epochs), description="'auto' or an integer.")
     openai_batch_size: str = Field(default=str(_OPENAI.batch_size), description="'auto' or an integer.")
-    openai_learning_rate_multiplier: str = Field(default=str(_OPENAI.learning_rate_multiplier), description="'auto' or a number.")
+    openai_learning_rate_multiplier: str = Field(
+        default=str(_OPENAI.learning_rate_multiplier), description="'auto' or a number."
+    )
     openai_suffix: str = Field(default=_OPENAI.suffix, description="Suffix of the fine-tuned model name (<= 64 chars).")
-    openai_poll_interval_s: float = Field(default=_OPENAI.poll_interval_s, description="First poll delay; grows with backoff.")
+    openai_poll_interval_s: float = Field(
+        default=_OPENAI.poll_interval_s, description="First poll delay; grows with backoff."
+    )
     openai_max_poll_interval_s: float = Field(default=_OPENAI.max_poll_interval_s, description="Longest poll delay.")
-    openai_timeout_s: float = Field(default=_OPENAI.timeout_s, description="Overall limit; the remote job is cancelled after it.")
+    openai_timeout_s: float = Field(
+        default=_OPENAI.timeout_s, description="Overall limit; the remote job is cancelled after it."
+    )
 
     def lora(self) -> LoraTrainingConfig:
         return LoraTrainingConfig(
@@ -193,11 +221,18 @@ def _train_openai(
     metrics: list[dict] = []
     try:
         record, result, record_file = fine_tune_openai(
-            client, splits, config.openai(resource.model), storage.folder("models"),
-            on_log=context.log.info, on_metrics=metrics.append, on_job=job_ids.append,
+            client,
+            splits,
+            config.openai(resource.model),
+            storage.folder("models"),
+            on_log=context.log.info,
+            on_metrics=metrics.append,
+            on_job=job_ids.append,
         )
     except FineTuneError as err:
-        raise dg.Failure(description=f"OpenAI fine-tuning job failed: {err}", metadata={"job_id": job_ids[-1] if job_ids else ""}) from None
+        raise dg.Failure(
+            description=f"OpenAI fine-tuning job failed: {err}", metadata={"job_id": job_ids[-1] if job_ids else ""}
+        ) from None
     except dg.DagsterExecutionInterruptedError:
         # The Dagster run was cancelled: stop paying for the remote job too.
         if job_ids:
@@ -222,4 +257,6 @@ def _train_openai(
     for name in ("train_loss", "valid_loss", "full_valid_loss"):
         if isinstance(final.get(name), (int, float)):
             metadata[name] = float(final[name])
-    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(content_version(result.fine_tuned_model or result.job_id)))
+    return dg.MaterializeResult(
+        metadata=metadata, data_version=dg.DataVersion(content_version(result.fine_tuned_model or result.job_id))
+    )

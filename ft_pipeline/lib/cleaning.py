@@ -13,9 +13,10 @@ import json
 import re
 import unicodedata
 from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -30,13 +31,14 @@ except ImportError:  # pragma: no cover - private pandas API moved
             return value.item()
         return None if value is pd.NA else value
 
+
 from ft_pipeline.lib.dedup import (
     DEFAULT_DEDUP_CONFIG,
     DedupConfig,
     best_copy_per_group,
-    preference_signal,
     compute_signatures,
     conversation_text,
+    preference_signal,
     record_hashes,
     signatures_to_bytes,
 )
@@ -128,9 +130,7 @@ _MANY_NEWLINES = re.compile(r"\n{3,}")
 _ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 # Zero-width and control characters (except \n and \t) carry no meaning for training and
 # break exact-match dedup.
-_INVISIBLE = dict.fromkeys(
-    [c for c in range(32) if c not in (9, 10)] + [0x7F, 0x200B, 0x200C, 0x200D, 0x2060, 0xFEFF]
-)
+_INVISIBLE = dict.fromkeys([c for c in range(32) if c not in (9, 10)] + [0x7F, 0x200B, 0x200C, 0x200D, 0x2060, 0xFEFF])
 
 
 # The same characters as _ASCII_CONTROL, for bytes.translate: deleting them changes the length
@@ -180,7 +180,9 @@ def apply_role_rules(messages: list[dict[str, str]], config: CleaningConfig, rep
     return _role_rules([m["role"] for m in messages], [normalize_text(m["content"]) for m in messages], config, repairs)
 
 
-def _role_rules(roles: list[str], contents: list[str], config: CleaningConfig, repairs: Counter) -> list[dict[str, str]]:
+def _role_rules(
+    roles: list[str], contents: list[str], config: CleaningConfig, repairs: Counter
+) -> list[dict[str, str]]:
     """The role rules of :func:`apply_role_rules` over already normalized contents."""
     out: list[dict[str, str]] = []
     for i, role in enumerate(roles):
@@ -214,12 +216,16 @@ def _role_rules(roles: list[str], contents: list[str], config: CleaningConfig, r
     return out
 
 
-def quality_reason(row: dict[str, Any], messages: list[dict[str, str]], config: CleaningConfig) -> tuple[str, str] | None:
+def quality_reason(
+    row: dict[str, Any], messages: list[dict[str, str]], config: CleaningConfig
+) -> tuple[str, str] | None:
     """The first quality rule the conversation breaks, as (reason, detail), or None."""
     return _quality_reason(row.get("edited"), row.get("rating"), row.get("response_time_ms"), messages, config)
 
 
-def _quality_reason(edited: Any, rating: Any, response_time: Any, messages: list[dict[str, str]], config: CleaningConfig) -> tuple[str, str] | None:
+def _quality_reason(
+    edited: Any, rating: Any, response_time: Any, messages: list[dict[str, str]], config: CleaningConfig
+) -> tuple[str, str] | None:
     checked = _quality_before_repetition(edited, rating, response_time, messages, config)
     return checked if isinstance(checked, tuple) else _repetition_reason(checked, config)
 
@@ -314,7 +320,11 @@ def _repetition_bounds_batch(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     head = view[start] & _HEAD_MASK[short]
     tail = view[end - 8] >> _TAIL_SHIFT[short]
     # Multiplying by odd constants carries every input bit into the top bits, which pick the bucket.
-    h = head * np.uint64(0x9E3779B97F4A7C15) + tail * np.uint64(0xC2B2AE3D27D4EB4F) + size.astype(np.uint64) * np.uint64(0x165667B19E3779F9)
+    h = (
+        head * np.uint64(0x9E3779B97F4A7C15)
+        + tail * np.uint64(0xC2B2AE3D27D4EB4F)
+        + size.astype(np.uint64) * np.uint64(0x165667B19E3779F9)
+    )
     buckets = 1 << _WORD_BUCKETS_BITS
     seen = np.zeros(n_docs * buckets, dtype=bool)
     seen[doc * buckets + (h >> np.uint64(64 - _WORD_BUCKETS_BITS)).astype(np.int64)] = True
@@ -635,7 +645,9 @@ def _clean_conversations(frame: pd.DataFrame, config: CleaningConfig) -> CleanRe
         kept["n_messages"] = np.asarray([len(m) for m in conversations], dtype=np.int64)
         # The record's own preference marker (chosen/rejected, thumbs), for the global dedup's best copy.
         meta_at = position.get("metadata")
-        kept["preference"] = np.asarray([preference_signal(r[meta_at]) if meta_at is not None else 0 for r in unique_rows], dtype=np.int8)
+        kept["preference"] = np.asarray(
+            [preference_signal(r[meta_at]) if meta_at is not None else 0 for r in unique_rows], dtype=np.int8
+        )
         kept["n_chars"] = np.asarray([len(t) for t in texts], dtype=np.int64)
         turns = [turn_columns(m) for m in conversations]
         kept["first_turn_hash"] = pd.array([t[0] for t in turns], dtype="Int64")

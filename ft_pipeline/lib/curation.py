@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ft_pipeline.lib.dedup import DEFAULT_DEDUP_CONFIG, DedupConfig, conversation_text, deduplicate
-from ft_pipeline.lib.pii import DEFAULT_PII_CONFIG, PiiConfig, find_pii, may_contain_pii
 from ft_pipeline.lib.manifests import CleanedManifest, CuratedManifest, read_manifest, write_manifest
+from ft_pipeline.lib.pii import DEFAULT_PII_CONFIG, PiiConfig, find_pii, may_contain_pii
 from ft_pipeline.lib.records import gc_paused
 from ft_pipeline.lib.storage import content_version, hash_values, write_parquet
 from ft_pipeline.lib.timing import StepTimes
@@ -233,7 +233,11 @@ def _curate(cleaned_paths: Sequence[str | Path], output_path: str | Path, config
         if writer is None:
             # No rows survived: still write a valid, empty file with the cleaned schema.
             schema_source = pq.read_schema(paths[0]) if paths else None
-            empty = schema_source.empty_table() if schema_source is not None else pa.table({"conversation_id": pa.array([], pa.string())})
+            empty = (
+                schema_source.empty_table()
+                if schema_source is not None
+                else pa.table({"conversation_id": pa.array([], pa.string())})
+            )
             pq.write_table(empty, tmp_path)
         else:
             writer.close()
@@ -308,8 +312,14 @@ def duplicates_left(path: str | Path, dedup: DedupConfig = DEFAULT_DEDUP_CONFIG)
     """Duplicates of each kind that dedup would still remove from the curated file at ``path``
     (empty when none): the ``no_duplicates_left`` check re-runs dedup over the output."""
     columns = [
-        "conversation_id", "exact_hash", "context_hash", "prefix_hashes", "minhash",
-        "rating", "edited", "response_time_ms",
+        "conversation_id",
+        "exact_hash",
+        "context_hash",
+        "prefix_hashes",
+        "minhash",
+        "rating",
+        "edited",
+        "response_time_ms",
     ]
     if not pq.ParquetFile(path).metadata.num_rows:
         return {}

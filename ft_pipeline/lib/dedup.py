@@ -29,8 +29,8 @@ This module is pure Python + numpy/pandas/xxhash (no dagster).
 
 from __future__ import annotations
 
-import json
 import functools
+import json
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -625,9 +625,7 @@ def _signature_slices(source: np.ndarray | Sequence[bytes], num_perm: int) -> It
         yield lo, signatures_from_bytes(cast("Sequence[bytes]", source[lo : lo + _SIG_STEP]), num_perm, copy=False)
 
 
-def _band_hash_matrix(
-    source: np.ndarray | Sequence[bytes], n: int, config: DedupConfig
-) -> np.ndarray:
+def _band_hash_matrix(source: np.ndarray | Sequence[bytes], n: int, config: DedupConfig) -> np.ndarray:
     """uint64 [bands, n]: one hash per band and row (vectorized multiply-add + finalizer)."""
     bands, rows = config.band_params()
     rng = np.random.default_rng(_seed_constant(config.seed, "lsh-bands"))
@@ -824,11 +822,33 @@ class DedupResult:
 # Keys of a record's unknown fields (kept as JSON in ``metadata``) that say whether people
 # preferred this reply, as logs and preference datasets spell it (HH-RLHF-style chosen/rejected,
 # thumbs, accepted/regenerated). Values: booleans, or the strings below.
-_PREFERENCE_FLAGS = {"chosen": 1, "preferred": 1, "is_chosen": 1, "is_preferred": 1, "accepted": 1, "rejected": -1, "is_rejected": -1}
+_PREFERENCE_FLAGS = {
+    "chosen": 1,
+    "preferred": 1,
+    "is_chosen": 1,
+    "is_preferred": 1,
+    "accepted": 1,
+    "rejected": -1,
+    "is_rejected": -1,
+}
 _PREFERENCE_LABEL_KEYS = ("label", "preference", "thumbs", "feedback", "vote")
 _PREFERENCE_WORDS = {
-    "chosen": 1, "preferred": 1, "accepted": 1, "good": 1, "up": 1, "thumbs_up": 1, "thumbsup": 1, "positive": 1, "like": 1,
-    "rejected": -1, "bad": -1, "down": -1, "thumbs_down": -1, "thumbsdown": -1, "negative": -1, "dislike": -1,
+    "chosen": 1,
+    "preferred": 1,
+    "accepted": 1,
+    "good": 1,
+    "up": 1,
+    "thumbs_up": 1,
+    "thumbsup": 1,
+    "positive": 1,
+    "like": 1,
+    "rejected": -1,
+    "bad": -1,
+    "down": -1,
+    "thumbs_down": -1,
+    "thumbsdown": -1,
+    "negative": -1,
+    "dislike": -1,
 }
 
 
@@ -859,7 +879,7 @@ def preference_signal(metadata: str | dict | None) -> int:
 
 
 class _Ranking:
-    """"Best copy" order, every quality signal before any tie-break: higher rating (missing =
+    """ "Best copy" order, every quality signal before any tie-break: higher rating (missing =
     3.5), then preferred over unmarked over rejected (``preference``: a chosen/thumbs marker, see
     ``preference_signal``), then not edited (missing between), then faster response (missing =
     slowest); ties broken by the smaller conversation_id, then the smaller row index."""
@@ -874,7 +894,14 @@ class _Ranking:
 
     def keys(self, rows: np.ndarray) -> tuple[np.ndarray, ...]:
         """lexsort keys, least significant first."""
-        return (rows, self.ids[rows], self.response[rows], self.edited[rows], self.neg_preference[rows], self.neg_rating[rows])
+        return (
+            rows,
+            self.ids[rows],
+            self.response[rows],
+            self.edited[rows],
+            self.neg_preference[rows],
+            self.neg_rating[rows],
+        )
 
     def best_per_group(self, rows: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """For rows grouped by ``labels``, the best row of each row's group (aligned with rows)."""
@@ -960,9 +987,7 @@ def _nullable_int64(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     return arr.to_numpy(dtype=np.int64, na_value=0), present
 
 
-def _flatten_prefix_hashes(
-    column: pd.Series, rows: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _flatten_prefix_hashes(column: pd.Series, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(hash value, owner row, owner's number of prefix hashes) for ``rows``' lists."""
     cells = column.to_numpy(dtype=object)[rows].tolist()
     try:
@@ -1006,9 +1031,7 @@ def _verify_true_jaccard(
             for d in range(chi - clo):
                 sets[clo + d] = set(h_sorted[bounds[d] : bounds[d + 1]].tolist())
         pos = np.searchsorted(rows, block)
-        ok[lo : lo + len(block)] = [
-            jaccard(sets[a], sets[b]) >= threshold for a, b in pos.tolist()
-        ]
+        ok[lo : lo + len(block)] = [jaccard(sets[a], sets[b]) >= threshold for a, b in pos.tolist()]
     return ok
 
 

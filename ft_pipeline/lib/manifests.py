@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
 
@@ -55,7 +55,7 @@ def write_manifest(folder: str | os.PathLike, manifest: Any) -> Path:
     body = {
         "kind": cls.KIND,
         "schema": cls.SCHEMA,
-        "written_at": datetime.now(timezone.utc).isoformat(),
+        "written_at": datetime.now(UTC).isoformat(),
         **dataclasses.asdict(manifest),
     }
     return write_text(json.dumps(body, indent=2, default=str) + "\n", Path(folder) / LATEST)
@@ -160,7 +160,7 @@ class CuratedManifest:
     minhash_seed: int
 
     @classmethod
-    def of(cls, version: str, path: str, removed_path: str, dedup: DedupConfig) -> "CuratedManifest":
+    def of(cls, version: str, path: str, removed_path: str, dedup: DedupConfig) -> CuratedManifest:
         """The manifest of a curated version deduplicated with ``dedup``."""
         return cls(
             version=version,
@@ -176,6 +176,9 @@ class CuratedManifest:
     def dedup_config(self) -> DedupConfig:
         """The near-duplicate parameters ``curated_dataset`` ran with."""
         return DedupConfig(
-            num_perm=self.num_perm, ngram=self.ngram, threshold=self.near_dup_threshold, bands=self.lsh_bands,
+            num_perm=self.num_perm,
+            ngram=self.ngram,
+            threshold=self.near_dup_threshold,
+            bands=self.lsh_bands,
             seed=self.minhash_seed,
         )

@@ -20,10 +20,11 @@ import json
 import math
 import zlib
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import pandas as pd
 
@@ -445,9 +446,11 @@ def _read_log_file(path: str | Path, config: ReadConfig, source_name: str | None
                 for line_no, (line, size) in enumerate(_bounded_lines(stream, config.max_record_bytes), start=1):
                     last_line = line_no
                     if line_no == 1 and line.startswith(_UTF8_BOM):
-                        line = line[len(_UTF8_BOM):]  # a BOM written by an editor or a spreadsheet export
+                        line = line[len(_UTF8_BOM) :]  # a BOM written by an editor or a spreadsheet export
                     if size > config.max_record_bytes:
-                        reject(line_no, "oversize_record", f"line is {size} bytes, over {config.max_record_bytes}", line)
+                        reject(
+                            line_no, "oversize_record", f"line is {size} bytes, over {config.max_record_bytes}", line
+                        )
                         continue
                     if not line or line.isspace():  # what `not line.strip()` tests, without a copy
                         blank_lines += 1
@@ -464,7 +467,9 @@ def _read_log_file(path: str | Path, config: ReadConfig, source_name: str | None
                         continue
                     except RecursionError:
                         # One hostile line is one quarantine row; the next line is read normally.
-                        reject(line_no, "too_deeply_nested", "nesting deeper than the JSON parser's recursion limit", line)
+                        reject(
+                            line_no, "too_deeply_nested", "nesting deeper than the JSON parser's recursion limit", line
+                        )
                         continue
                     accept(line_no, record, line)
     except (OSError, EOFError, zlib.error, ValueError) as err:

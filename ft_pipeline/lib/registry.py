@@ -33,11 +33,12 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import EllipsisType
-from typing import Any, Callable, Iterator, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from sqlalchemy import (
     Connection,
@@ -181,7 +182,7 @@ def local_artifact_exists(mv: ModelVersion) -> bool:
 def route_bucket(model_name: str, request_id: str) -> float:
     """A stable number in [0, 1) for (model, request): the same request always lands the same way."""
     # A unit separator keeps ("ab", "c") and ("a", "bc") apart.
-    digest = hashlib.sha256(f"{model_name}\x1f{request_id}".encode("utf-8")).digest()
+    digest = hashlib.sha256(f"{model_name}\x1f{request_id}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
@@ -325,11 +326,13 @@ class ModelRegistry:
             raise RegistryCorrupt(f"registry database {where} is corrupt: {err.orig}") from None
         if rows != ["ok"]:
             self._engine.dispose()
-            raise RegistryCorrupt(f"registry database {where} is corrupt: {'; '.join(rows[:3])}"
-                                  + (f" (and {len(rows) - 3} more problems)" if len(rows) > 3 else ""))
+            raise RegistryCorrupt(
+                f"registry database {where} is corrupt: {'; '.join(rows[:3])}"
+                + (f" (and {len(rows) - 3} more problems)" if len(rows) > 3 else "")
+            )
 
     @classmethod
-    def for_data_dir(cls, data_dir: Path) -> "ModelRegistry":
+    def for_data_dir(cls, data_dir: Path) -> ModelRegistry:
         """The default registry: the SQLite file ``<data_dir>/registry.db``."""
         data_dir = Path(data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -339,7 +342,7 @@ class ModelRegistry:
         """Release pooled connections (the registry may still be used afterwards; it reconnects)."""
         self._engine.dispose()
 
-    def __enter__(self) -> "ModelRegistry":
+    def __enter__(self) -> ModelRegistry:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -374,7 +377,9 @@ class ModelRegistry:
 
     @staticmethod
     def _dataset_version_exists(conn: Connection, dataset_version_id: str) -> bool:
-        query = select(dataset_versions.c.dataset_version_id).where(dataset_versions.c.dataset_version_id == dataset_version_id)
+        query = select(dataset_versions.c.dataset_version_id).where(
+            dataset_versions.c.dataset_version_id == dataset_version_id
+        )
         return conn.execute(query).first() is not None
 
     def _create_tables(self) -> None:
@@ -391,11 +396,7 @@ class ModelRegistry:
 
     @staticmethod
     def _version_row(conn: Connection, model_name: str, version: int) -> ModelVersion | None:
-        row = (
-            conn.execute(select(model_versions).where(_version_is(model_name, version)))
-            .mappings()
-            .first()
-        )
+        row = conn.execute(select(model_versions).where(_version_is(model_name, version))).mappings().first()
         return _mv(row) if row else None
 
     @staticmethod
@@ -425,11 +426,14 @@ class ModelRegistry:
             # transaction, so no savepoint is needed (PostgreSQL would need one to continue).
             try:
                 conn.execute(
-                    insert(aliases).values(model_name=model_name, alias=alias, version=version, generation=1, updated_at=now)
+                    insert(aliases).values(
+                        model_name=model_name, alias=alias, version=version, generation=1, updated_at=now
+                    )
                 )
             except IntegrityError as exc:
                 raise PromotionConflict(
-                    f"{model_name}/{alias}: expected the alias to be unset (generation 0) but another writer set it first"
+                    f"{model_name}/{alias}: expected the alias to be unset (generation 0) but another writer set it "
+                    "first"
                 ) from exc
             return
         result = conn.execute(
@@ -449,9 +453,7 @@ class ModelRegistry:
     @staticmethod
     def _set_lifecycle(conn: Connection, model_name: str, version: int, lifecycle: str, **extra: Any) -> None:
         conn.execute(
-            update(model_versions)
-            .where(_version_is(model_name, version))
-            .values(lifecycle=lifecycle, **extra)
+            update(model_versions).where(_version_is(model_name, version)).values(lifecycle=lifecycle, **extra)
         )
 
     def _settle_old_holder(self, conn: Connection, old: ModelVersion) -> None:
@@ -525,6 +527,7 @@ class ModelRegistry:
             dataset_versions.c.split == split,
             dataset_versions.c.content_sha256 == content_sha256,
         )
+
         def write(conn: Connection) -> str:
             existing = conn.execute(select(dataset_versions.c.dataset_version_id).where(*key)).scalar()
             if existing is not None:
@@ -549,7 +552,9 @@ class ModelRegistry:
             return dataset_version_id
 
         # Another writer inserting the same content first (a PostgreSQL race): the retry reads it back.
-        return self._write(write, attempts=2, failure=f"could not record dataset version {name}:{split}@{content_sha256[:12]}")
+        return self._write(
+            write, attempts=2, failure=f"could not record dataset version {name}:{split}@{content_sha256[:12]}"
+        )
 
     def record_training_run(
         self,
@@ -573,6 +578,7 @@ class ModelRegistry:
         # Deterministic id: the same run key always maps to the same row, even across a lost race.
         training_run_id = "tr-" + hashlib.sha256(run_key.encode("utf-8")).hexdigest()[:20]
         finished = now if status in TERMINAL_RUN_STATUSES else None
+
         def write(conn: Connection) -> str:
             existing = conn.execute(select(training_runs).where(training_runs.c.run_key == run_key)).mappings().first()
             if existing is not None:
@@ -677,13 +683,16 @@ class ModelRegistry:
             ).first()
             if taken is not None:
                 raise RegistryError(f"training run {training_run_id} is already registered as {taken[0]} v{taken[1]}")
-            version = int(
-                conn.execute(
-                    select(func.coalesce(func.max(model_versions.c.version), 0)).where(
-                        model_versions.c.model_name == model_name
-                    )
-                ).scalar_one()
-            ) + 1
+            version = (
+                int(
+                    conn.execute(
+                        select(func.coalesce(func.max(model_versions.c.version), 0)).where(
+                            model_versions.c.model_name == model_name
+                        )
+                    ).scalar_one()
+                )
+                + 1
+            )
             values = dict(
                 model_name=model_name,
                 version=version,
@@ -707,7 +716,11 @@ class ModelRegistry:
 
         # A concurrent registration taking this version number (or this uri) is retried: the next
         # pass either finds our uri registered (idempotent return) or takes max+1.
-        return self._write(write, attempts=_REGISTER_ATTEMPTS, failure=f"could not allocate a version for {model_name} after {_REGISTER_ATTEMPTS} attempts")
+        return self._write(
+            write,
+            attempts=_REGISTER_ATTEMPTS,
+            failure=f"could not allocate a version for {model_name} after {_REGISTER_ATTEMPTS} attempts",
+        )
 
     def record_evaluation(
         self,
@@ -767,11 +780,7 @@ class ModelRegistry:
             )
             # The version points at its latest evaluation until a decision (promote or
             # reject) pins the one that decided it.
-            conn.execute(
-                update(model_versions)
-                .where(_version_is(model_name, version))
-                .values(evaluation_id=eval_id)
-            )
+            conn.execute(update(model_versions).where(_version_is(model_name, version)).values(evaluation_id=eval_id))
 
         # A concurrent writer recording the same eval_id first: the retry finds it.
         self._write(write, attempts=2, failure=f"could not record evaluation {eval_id}")
@@ -783,7 +792,9 @@ class ModelRegistry:
             if mv is None:
                 raise NotFound(f"{model_name} v{version} is not registered")
             conn.execute(
-                update(model_versions).where(_version_is(model_name, version)).values(tags_json=_dumps({**mv.tags, **tags}))
+                update(model_versions)
+                .where(_version_is(model_name, version))
+                .values(tags_json=_dumps({**mv.tags, **tags}))
             )
             updated = self._version_row(conn, model_name, version)
             assert updated is not None  # the row read and updated above, in this transaction
@@ -945,9 +956,7 @@ class ModelRegistry:
                     self._settle_old_holder(conn, old)
                 self._settle_new_holder(conn, model_name, version, alias)
                 conn.execute(
-                    update(model_versions)
-                    .where(_version_is(model_name, version))
-                    .values(evaluation_id=evaluation_id)
+                    update(model_versions).where(_version_is(model_name, version)).values(evaluation_id=evaluation_id)
                 )
                 try:
                     return self._append_event(
@@ -996,7 +1005,9 @@ class ModelRegistry:
     def _expected_baseline(
         conn: Connection, candidate: ModelVersion, alias: str, evaluation_id: str, override: str | None | EllipsisType
     ) -> str | None:
-        evaluated = conn.execute(select(evaluations.c.baseline_model_uri).where(evaluations.c.eval_id == evaluation_id)).scalar()
+        evaluated = conn.execute(
+            select(evaluations.c.baseline_model_uri).where(evaluations.c.eval_id == evaluation_id)
+        ).scalar()
         if override is ...:
             return evaluated
         if alias == "production" and override != evaluated:
@@ -1007,7 +1018,9 @@ class ModelRegistry:
             )
         return override
 
-    def reject(self, model_name: str, version: int, *, evaluation_id: str | None, reason: str, actor: str) -> AliasEvent:
+    def reject(
+        self, model_name: str, version: int, *, evaluation_id: str | None, reason: str, actor: str
+    ) -> AliasEvent:
         """Mark a version ``rejected`` (it failed its gate) and log it; aliases are not touched.
 
         The audit row has action ``reject``, alias ``production`` and from = to = the current
@@ -1024,12 +1037,16 @@ class ModelRegistry:
                 raise NotFound(f"{model_name} v{version} is not registered")
             if evaluation_id is not None:
                 ev = conn.execute(
-                    select(evaluations.c.model_name, evaluations.c.version).where(evaluations.c.eval_id == evaluation_id)
+                    select(evaluations.c.model_name, evaluations.c.version).where(
+                        evaluations.c.eval_id == evaluation_id
+                    )
                 ).first()
                 if ev is None:
                     raise NotFound(f"evaluation {evaluation_id!r} is not recorded")
                 if (ev[0], int(ev[1])) != (model_name, int(version)):
-                    raise RegistryError(f"evaluation {evaluation_id} is of {ev[0]} v{ev[1]}, not {model_name} v{version}")
+                    raise RegistryError(
+                        f"evaluation {evaluation_id} is of {ev[0]} v{ev[1]}, not {model_name} v{version}"
+                    )
             production = self._holder(conn, model_name, "production", lock=True)
             if production is not None and production.version == mv.version:
                 raise RegistryError(f"{_describe(mv)} serves production; roll it back instead of rejecting it")

@@ -142,7 +142,9 @@ evaluations = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("dagster_run_id", String(64)),
     ForeignKeyConstraint(
-        ["model_name", "version"], ["model_versions.model_name", "model_versions.version"], name="fk_evaluations_version"
+        ["model_name", "version"],
+        ["model_versions.model_name", "model_versions.version"],
+        name="fk_evaluations_version",
     ),
     CheckConstraint("decision IN ('pass', 'fail')", name="ck_evaluations_decision"),
 )
@@ -181,4 +183,3 @@ alias_events = Table(
     # (A dialect keyword: other databases ignore it and use their own sequence.)
     sqlite_autoincrement=True,
 )
-

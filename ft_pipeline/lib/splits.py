@@ -16,9 +16,10 @@ from __future__ import annotations
 import json
 import os
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -388,10 +389,15 @@ def write_split_files(
                 if name not in writers:
                     writers[name] = pq.ParquetWriter(out_dir / f".{name}.parquet.tmp", part.schema)
                 writers[name].write_table(part.cast(writers[name].schema))
-                lines = [_JSONL_ENCODER.encode(to_openai_record(messages)) for messages in part.column("messages").to_pylist()]
+                lines = [
+                    _JSONL_ENCODER.encode(to_openai_record(messages))
+                    for messages in part.column("messages").to_pylist()
+                ]
                 jsonl[name].write("\n".join(lines) + "\n")
                 rows[name] += len(part)
-        schema = parquet.schema_arrow.append(pa.field("split", pa.string())).append(pa.field("split_group", pa.string()))
+        schema = parquet.schema_arrow.append(pa.field("split", pa.string())).append(
+            pa.field("split_group", pa.string())
+        )
         for name in SPLIT_NAMES:
             if name not in writers:
                 writers[name] = pq.ParquetWriter(out_dir / f".{name}.parquet.tmp", schema)

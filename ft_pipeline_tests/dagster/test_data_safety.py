@@ -36,7 +36,10 @@ def _record(i: int, user_text: str = "My plug will not pair with the app after t
         "conversation_id": f"c-{i}",
         "messages": [
             {"role": "user", "content": user_text},
-            {"role": "assistant", "content": f"Hold the button for ten seconds until the light turns white, then pair it again ({i})."},
+            {
+                "role": "assistant",
+                "content": f"Hold the button for ten seconds until the light turns white, then pair it again ({i}).",
+            },
         ],
     }
 
@@ -67,7 +70,10 @@ def _all_metadata_text(results) -> str:
 def test_raw_pii_in_dagster_metadata(instance, resources, data_dir):
     # Finding 1: the `sample` metadata of raw_conversation_logs stored PII unscrubbed, in the
     # event log database, where deleting a partition does not reach it.
-    records = [_record(i, f"Please help with my order. My details: {value}. Thanks!") for i, value in enumerate(PLANTED_PII.values())]
+    records = [
+        _record(i, f"Please help with my order. My details: {value}. Thanks!")
+        for i, value in enumerate(PLANTED_PII.values())
+    ]
     name = "pii_probe.jsonl"
     _write_jsonl(data_dir / "raw" / name, records)
     results = _ingest(instance, resources, [name])
@@ -105,12 +111,21 @@ def test_two_file_names_one_folder(instance, resources, data_dir):
     # Finding 2, end to end: each file's records reach the curated dataset, and purging one
     # partition leaves the other's data alone.
     first, second = "team a.jsonl", "team_a.jsonl"
-    _write_jsonl(data_dir / "raw" / first, [_record(1, "The camera in the garage shows offline since Monday, what can I do?")])
-    _write_jsonl(data_dir / "raw" / second, [_record(2, "How do I share the doorbell with my partner on another phone?")])
+    _write_jsonl(
+        data_dir / "raw" / first, [_record(1, "The camera in the garage shows offline since Monday, what can I do?")]
+    )
+    _write_jsonl(
+        data_dir / "raw" / second, [_record(2, "How do I share the doorbell with my partner on another phone?")]
+    )
     _ingest(instance, resources, [first, second])
-    result = dg.materialize(ALL_ASSETS, selection=DATASET_ASSETS, instance=instance, resources=resources, raise_on_error=False)
-    curated_meta = next(e.materialization.metadata for e in result.get_asset_materialization_events()
-                        if e.asset_key.to_user_string() == "curated_dataset")
+    result = dg.materialize(
+        ALL_ASSETS, selection=DATASET_ASSETS, instance=instance, resources=resources, raise_on_error=False
+    )
+    curated_meta = next(
+        e.materialization.metadata
+        for e in result.get_asset_materialization_events()
+        if e.asset_key.to_user_string() == "curated_dataset"
+    )
     curated = pd.read_parquet(curated_meta["path"].value)
     ours = curated[curated["source_file"].isin([first, second])]
     assert sorted(ours["source_file"]) == [first, second]
@@ -201,7 +216,9 @@ def test_unknown_keys_skip_the_scrubber(tmp_path):
     assert users["c-0"] == users["c-1"] != "bob@example.com" and users["c-0"].startswith("user-")  # still groups
     assert users["c-2"] == "user-0003"  # an id without personal data is left alone
     assert "order 42" in kept.set_index("conversation_id").at["c-0", "metadata"]  # the rest of the metadata stays
-    keyed = clean_conversations(read_log_file(path).conversations, CleaningConfig(scrub=ScrubConfig(id_hash_key="secret")))
+    keyed = clean_conversations(
+        read_log_file(path).conversations, CleaningConfig(scrub=ScrubConfig(id_hash_key="secret"))
+    )
     assert dict(zip(keyed.kept["conversation_id"], keyed.kept["user_id"]))["c-0"] != users["c-0"]
 
 
@@ -210,12 +227,16 @@ def test_no_pii_left_reads_every_text_column(tmp_path):
     from ft_pipeline.lib.curation import scan_dataset_for_pii
 
     path = tmp_path / "conversations.parquet"
-    frame = pd.DataFrame({
-        "conversation_id": ["c-1"],
-        "user_id": ["user-1"],
-        "messages": [[{"role": "user", "content": "hello there"}, {"role": "assistant", "content": "hi, how can I help?"}]],
-        "metadata": [json.dumps({"notes": "mail jane.doe@example.com"})],
-    })
+    frame = pd.DataFrame(
+        {
+            "conversation_id": ["c-1"],
+            "user_id": ["user-1"],
+            "messages": [
+                [{"role": "user", "content": "hello there"}, {"role": "assistant", "content": "hi, how can I help?"}]
+            ],
+            "metadata": [json.dumps({"notes": "mail jane.doe@example.com"})],
+        }
+    )
     frame.to_parquet(path, index=False)
     scan = scan_dataset_for_pii(path)
     assert scan.found == {"EMAIL": 1} and scan.examples == [{"conversation_id": "c-1", "type": "EMAIL"}]
@@ -253,11 +274,25 @@ def test_registry_promote_of_the_production_version_prints_vnone_and_drops_the_r
 
     monkeypatch.delenv("FT_PIPELINE_REGISTRY_URL", raising=False)
     registry = ModelRegistry.for_data_dir(tmp_path)
-    version = register_evaluated_version(registry, "m", model_uri="ft:gpt-4o-mini:org::abc", backend="openai",
-                                         base_model="gpt-4o-mini", eval_id="e1")
+    version = register_evaluated_version(
+        registry, "m", model_uri="ft:gpt-4o-mini:org::abc", backend="openai", base_model="gpt-4o-mini", eval_id="e1"
+    )
     registry.promote("m", version.version, evaluation_id="e1", reason="first", actor="test")
     before = registry.history("m")
-    code = main(["registry", "--data-dir", str(tmp_path), "promote", "m", str(version.version), "--evaluation", "e1", "--reason", "again"])
+    code = main(
+        [
+            "registry",
+            "--data-dir",
+            str(tmp_path),
+            "promote",
+            "m",
+            str(version.version),
+            "--evaluation",
+            "e1",
+            "--reason",
+            "again",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "vNone" not in out and f"m v{version.version} is already production: nothing changed" in out
@@ -296,8 +331,14 @@ def test_a_corrupted_registry_db(tmp_path, capsys, monkeypatch, damage):
     assert len(err) == 1 and err[0].startswith("error: registry database ") and "is corrupt" in err[0]
 
 
-@pytest.mark.parametrize("marker", [({"chosen": True}, {"chosen": False}), ({"label": "chosen"}, {"label": "rejected"}),
-                                    ({"thumbs": "up"}, {"thumbs": "down"})])
+@pytest.mark.parametrize(
+    "marker",
+    [
+        ({"chosen": True}, {"chosen": False}),
+        ({"label": "chosen"}, {"label": "rejected"}),
+        ({"thumbs": "up"}, {"thumbs": "down"}),
+    ],
+)
 def test_branch_dedup_keeps_the_chosen_reply_only_half_the_time(tmp_path, marker):
     # Finding from the HH-RLHF check: pairs sharing every turn but the last collapsed to one, but
     # with no rating the smaller conversation_id won, ignoring the record's preference field, so
@@ -309,7 +350,11 @@ def test_branch_dedup_keeps_the_chosen_reply_only_half_the_time(tmp_path, marker
     import random
 
     rng = random.Random(5)
-    words = [f"{a}{b}" for a in ("ka", "lo", "mi", "nu", "pe", "ra", "so", "tu") for b in ("b", "d", "g", "k", "m", "n", "p", "t")]
+    words = [
+        f"{a}{b}"
+        for a in ("ka", "lo", "mi", "nu", "pe", "ra", "so", "tu")
+        for b in ("b", "d", "g", "k", "m", "n", "p", "t")
+    ]
     records = []
     for i in range(20):
         # Unrelated texts per pair (no near duplicates across pairs); the pair shares its context.
@@ -333,8 +378,14 @@ def test_branch_dedup_keeps_the_chosen_reply_only_half_the_time(tmp_path, marker
 @pytest.mark.parametrize(
     "policy, message",
     [
-        ({"patterns_file": "/nonexistent/pii_patterns.yaml"}, "custom PII patterns file /nonexistent/pii_patterns.yaml cannot be read"),
-        ({"patterns": [{"name": "ORDER_ID", "regex": "NH-("}]}, "custom PII pattern ORDER_ID: regex 'NH-(' does not compile"),
+        (
+            {"patterns_file": "/nonexistent/pii_patterns.yaml"},
+            "custom PII patterns file /nonexistent/pii_patterns.yaml cannot be read",
+        ),
+        (
+            {"patterns": [{"name": "ORDER_ID", "regex": "NH-("}]},
+            "custom PII pattern ORDER_ID: regex 'NH-(' does not compile",
+        ),
         ({"person_names_model": "en_core_web_not_installed"}, "en_core_web_not_installed"),
     ],
 )
@@ -344,8 +395,13 @@ def test_a_bad_pii_policy_fails_the_run_before_anything_is_written(instance, res
 
     name = sorted(p.name for p in (data_dir / "raw").iterdir())[0]
     instance.add_dynamic_partitions(log_files_partitions.name, [name])
-    result = dg.materialize(PER_FILE_ASSETS, partition_key=name, instance=instance, raise_on_error=False,
-                            resources={**resources, "pii_policy": PiiPolicy(**policy)})
+    result = dg.materialize(
+        PER_FILE_ASSETS,
+        partition_key=name,
+        instance=instance,
+        raise_on_error=False,
+        resources={**resources, "pii_policy": PiiPolicy(**policy)},
+    )
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     description = failure.step_failure_data.user_failure_data.description

@@ -12,27 +12,51 @@ from ft_pipeline_tests.conftest import resources_for
 
 
 def _ingest(instance, resources, names):
-    instance.add_dynamic_partitions(log_files_partitions.name, [n for n in names if n not in instance.get_dynamic_partitions(log_files_partitions.name)])
+    instance.add_dynamic_partitions(
+        log_files_partitions.name,
+        [n for n in names if n not in instance.get_dynamic_partitions(log_files_partitions.name)],
+    )
     results = {}
     for name in names:
         result = dg.materialize(PER_FILE_ASSETS, partition_key=name, instance=instance, resources=resources)
         assert result.success
-        results[name] = {e.asset_key.to_user_string(): e.materialization.metadata for e in result.get_asset_materialization_events()}
+        results[name] = {
+            e.asset_key.to_user_string(): e.materialization.metadata for e in result.get_asset_materialization_events()
+        }
     return results
 
 
 def _build(instance, resources, run_config=None):
-    return dg.materialize(ALL_ASSETS, selection=DATASET_ASSETS, instance=instance, resources=resources, run_config=run_config, raise_on_error=False)
+    return dg.materialize(
+        ALL_ASSETS,
+        selection=DATASET_ASSETS,
+        instance=instance,
+        resources=resources,
+        run_config=run_config,
+        raise_on_error=False,
+    )
 
 
 def _meta(result, key):
-    return next(e.materialization.metadata for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == key)
+    return next(
+        e.materialization.metadata
+        for e in result.get_asset_materialization_events()
+        if e.asset_key.to_user_string() == key
+    )
 
 
 def test_definitions_load_and_every_asset_documented():
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
-    assert keys >= {"raw_conversation_logs", "cleaned_conversations", "curated_dataset", "train_split", "validation_split", "test_split", "fine_tuned_model"}
+    assert keys >= {
+        "raw_conversation_logs",
+        "cleaned_conversations",
+        "curated_dataset",
+        "train_split",
+        "validation_split",
+        "test_split",
+        "fine_tuned_model",
+    }
     for key in graph.get_all_asset_keys():
         assert graph.get(key).description, f"{key} has no docstring"
 
@@ -55,8 +79,18 @@ def test_full_dataset_graph_on_the_sample(instance, resources, data_dir):
     assert total_quarantined >= 13  # every bad-input kind is planted in the sample
     quarantine = pd.concat(pd.read_parquet(p) for p in (data_dir / "quarantine").glob("*.parquet"))
     assert set(quarantine["reason"]) >= {
-        "invalid_json", "invalid_utf8", "not_an_object", "messages_missing", "messages_not_a_list", "message_not_an_object",
-        "unknown_role", "content_missing", "content_not_a_string", "wrong_field_type", "empty_conversation", "oversize_record",
+        "invalid_json",
+        "invalid_utf8",
+        "not_an_object",
+        "messages_missing",
+        "messages_not_a_list",
+        "message_not_an_object",
+        "unknown_role",
+        "content_missing",
+        "content_not_a_string",
+        "wrong_field_type",
+        "empty_conversation",
+        "oversize_record",
         "unreadable_file",
     }
     assert not quarantine["raw_text"].str.contains("jane.doe@example.com").any()
@@ -67,12 +101,22 @@ def test_full_dataset_graph_on_the_sample(instance, resources, data_dir):
     assert curated["conversations_in"].value == total_kept
     assert curated["conversations_in"].value == curated["kept"].value + curated["removed"].value
     removed = pd.read_parquet(curated["removed_path"].value)
-    assert set(removed["reason"]) >= {"exact_duplicate", "near_duplicate", "prefix_duplicate", "branch_duplicate", "too_many_tokens"}
+    assert set(removed["reason"]) >= {
+        "exact_duplicate",
+        "near_duplicate",
+        "prefix_duplicate",
+        "branch_duplicate",
+        "too_many_tokens",
+    }
     checks = {(c.asset_key.to_user_string(), c.check_name): c for c in result.get_asset_check_evaluations()}
     assert {k for k, c in checks.items() if not c.passed} == set()
     assert set(checks) == {
-        ("curated_dataset", "no_pii_left"), ("curated_dataset", "no_duplicates_left"), ("train_split", "no_leakage"),
-        ("train_split", "minimum_sizes"), ("train_split", "openai_format"), ("validation_split", "openai_format"),
+        ("curated_dataset", "no_pii_left"),
+        ("curated_dataset", "no_duplicates_left"),
+        ("train_split", "no_leakage"),
+        ("train_split", "minimum_sizes"),
+        ("train_split", "openai_format"),
+        ("validation_split", "openai_format"),
     }
 
     sizes = {k: _meta(result, k)["dagster/row_count"].value for k in ("train_split", "validation_split", "test_split")}
@@ -100,8 +144,9 @@ def test_one_more_file_keeps_every_old_example_in_its_split(instance, resources,
         for cid in pd.read_parquet(_meta(first, key)["path"].value)["conversation_id"]:
             before[cid] = split
 
-    from ft_pipeline.lib.sample_data import _conversation
     import random
+
+    from ft_pipeline.lib.sample_data import _conversation
 
     rng = random.Random(99)
     extra = [_conversation(rng, 90_000 + i) for i in range(60)]
@@ -148,7 +193,15 @@ def _planted_near_duplicate_pairs(tmp_path):
             if copy:
                 q[20] = "changed"
                 a[60] = "changed"
-            records.append({"conversation_id": f"p{i}-{copy}", "messages": [{"role": "user", "content": " ".join(q)}, {"role": "assistant", "content": " ".join(a)}]})
+            records.append(
+                {
+                    "conversation_id": f"p{i}-{copy}",
+                    "messages": [
+                        {"role": "user", "content": " ".join(q)},
+                        {"role": "assistant", "content": " ".join(a)},
+                    ],
+                }
+            )
     root = tmp_path / "planted"
     (root / "raw").mkdir(parents=True)
     (root / "raw" / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -192,8 +245,13 @@ def test_leakage_check_fails_on_planted_near_duplicates(instance, tmp_path):
     manifest = read_manifest(root / "curated", CuratedManifest)
     write_manifest(root / "curated", dataclasses.replace(manifest, near_dup_threshold=0.85))
 
-    result = dg.materialize(ALL_ASSETS, selection=["train_split", "validation_split", "test_split"], instance=instance,
-                            resources=resources, raise_on_error=False)
+    result = dg.materialize(
+        ALL_ASSETS,
+        selection=["train_split", "validation_split", "test_split"],
+        instance=instance,
+        resources=resources,
+        raise_on_error=False,
+    )
     leakage = _checks(result)[("train_split", "no_leakage")]
     assert not leakage.passed
     assert leakage.metadata["near_dup_threshold"].value == 0.85
@@ -220,5 +278,7 @@ def test_cleaned_partitions_with_different_signature_parameters_fail_curated_cle
 
 def test_missing_landed_file_fails_clearly(instance, resources, data_dir):
     instance.add_dynamic_partitions(log_files_partitions.name, ["gone.jsonl"])
-    result = dg.materialize(PER_FILE_ASSETS, partition_key="gone.jsonl", instance=instance, resources=resources, raise_on_error=False)
+    result = dg.materialize(
+        PER_FILE_ASSETS, partition_key="gone.jsonl", instance=instance, resources=resources, raise_on_error=False
+    )
     assert not result.success

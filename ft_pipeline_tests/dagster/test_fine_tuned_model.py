@@ -16,7 +16,13 @@ from ft_pipeline.defs.resources import OpenAIFineTuningResource
 from ft_pipeline.lib.sample_data import build_sample
 
 SECRET = "sk-test-SECRET-ft-pipeline-0123456789"
-FAST_LORA = {"base_model": "tiny", "max_steps": 6, "max_length": 256, "per_device_train_batch_size": 8, "num_train_epochs": 1.0}
+FAST_LORA = {
+    "base_model": "tiny",
+    "max_steps": 6,
+    "max_length": 256,
+    "per_device_train_batch_size": 8,
+    "num_train_epochs": 1.0,
+}
 
 
 @pytest.fixture
@@ -66,12 +72,19 @@ def test_local_lora_trains_through_pipes_and_adapter_loads(built_dataset, resour
     script = (
         "import sys; from transformers import AutoTokenizer; from peft import AutoPeftModelForCausalLM;"
         "m=AutoPeftModelForCausalLM.from_pretrained(sys.argv[1]); t=AutoTokenizer.from_pretrained(sys.argv[1]);"
-        "ids=t.apply_chat_template([{'role':'user','content':'hello'}], add_generation_prompt=True, return_tensors='pt', return_dict=True);"
+        "ids=t.apply_chat_template([{'role':'user','content':'hello'}], add_generation_prompt=True, "
+        "return_tensors='pt', return_dict=True);"
         "out=m.generate(**ids, max_new_tokens=4, do_sample=False); print('generated', out.shape[1])"
     )
     env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HF_HUB_CACHE": os.environ["HF_HUB_CACHE"]}
-    done = subprocess.run([sys.executable, "-c", script, str(moved_adapter)], capture_output=True, text=True, timeout=300,
-                          env=env, cwd=moved.parent)
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(moved_adapter)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=moved.parent,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "generated" in done.stdout
 
@@ -117,9 +130,17 @@ def test_openai_backend_against_the_fake_server(built_dataset, resources, data_d
         fake.register_model("judge-model")
         fake.set_responder("judge-model", lambda messages, body: "TIE")
         evaluation = dg.materialize(
-            ALL_ASSETS, selection=[a for a in ALL_ASSETS if "evaluation_report" in {k.to_user_string() for k in a.keys}],
-            instance=built_dataset, resources={**default_resources(), **resources, "openai_fine_tuning": openai_resource},
-            run_config={"ops": {"evaluation_report": {"config": {"judge_model": "judge-model", "n_resamples": 200, "concurrency": 4}}}},
+            ALL_ASSETS,
+            selection=[a for a in ALL_ASSETS if "evaluation_report" in {k.to_user_string() for k in a.keys}],
+            instance=built_dataset,
+            resources={**default_resources(), **resources, "openai_fine_tuning": openai_resource},
+            run_config={
+                "ops": {
+                    "evaluation_report": {
+                        "config": {"judge_model": "judge-model", "n_resamples": 200, "concurrency": 4}
+                    }
+                }
+            },
             raise_on_error=False,
         )
         report_meta = evaluation.get_asset_materialization_events()[0].materialization.metadata

@@ -13,8 +13,7 @@ from ft_pipeline.definitions import DOWNSTREAM_ASSETS, EVALUATION_ASSETS
 from ft_pipeline.defs.resources import ModelRegistryResource
 from ft_pipeline.lib.publish import verify_published
 from ft_pipeline.lib.registry import ModelRegistry
-from ft_pipeline_tests.conftest import resources_for
-from ft_pipeline_tests.conftest import register_evaluated_version
+from ft_pipeline_tests.conftest import register_evaluated_version, resources_for
 from ft_pipeline_tests.dagster.whole_graph import TRAIN, evaluate_sample
 from ft_pipeline_tests.dagster.whole_graph import check_evaluations as _checks
 from ft_pipeline_tests.dagster.whole_graph import run_assets as _run
@@ -67,7 +66,11 @@ def _promote_then_retrain_scenario(evaluated, instance, tmp_path, capsys):
     assert metadata["published_uri"].value == production.tags["published_uri"]
     report_pointer = json.loads((data_dir / "reports" / "latest.json").read_text())
     report = json.loads(Path(report_pointer["path"]).read_text())
-    assert report["test_split_hash"] and report["dataset_version"] and report["model_ids"]["candidate"].startswith("local:")
+    assert (
+        report["test_split_hash"]
+        and report["dataset_version"]
+        and report["model_ids"]["candidate"].startswith("local:")
+    )
     for name in ("report.md", "examples.parquet", "metrics.png", "deltas.png"):
         assert (Path(report_pointer["path"]).parent / name).exists()
 
@@ -76,7 +79,12 @@ def _promote_then_retrain_scenario(evaluated, instance, tmp_path, capsys):
     assert again.success
     assert registry.resolve("ft-pipeline-assistant").version == 1
     assert len([e for e in registry.history("ft-pipeline-assistant") if e.action == "promote"]) == 1
-    rules = {r["rule"]: r["detail"] for r in json.loads(Path(json.loads((data_dir / "reports" / "latest.json").read_text())["path"]).read_text())["decision"]["rules"]}
+    rules = {
+        r["rule"]: r["detail"]
+        for r in json.loads(Path(json.loads((data_dir / "reports" / "latest.json").read_text())["path"]).read_text())[
+            "decision"
+        ]["rules"]
+    }
     assert rules["beats_production"] == "the candidate is production already (v1)"
 
     # A second candidate (another seed) is compared with production too; whatever the gate says,
@@ -89,7 +97,20 @@ def _promote_then_retrain_scenario(evaluated, instance, tmp_path, capsys):
     if gate.passed:
         assert current.version == 2 and registry.get_version("ft-pipeline-assistant", 1).lifecycle == "archived"
         capsys.readouterr()
-        assert cli(["registry", "--data-dir", str(data_dir), "rollback", "ft-pipeline-assistant", "--reason", "test rollback"]) == 0
+        assert (
+            cli(
+                [
+                    "registry",
+                    "--data-dir",
+                    str(data_dir),
+                    "rollback",
+                    "ft-pipeline-assistant",
+                    "--reason",
+                    "test rollback",
+                ]
+            )
+            == 0
+        )
         assert "v2 -> v1" in capsys.readouterr().out
         assert registry.resolve("ft-pipeline-assistant").version == 1
     else:
@@ -110,8 +131,14 @@ def _stale_baseline_scenario(evaluated, instance, tmp_path):
     data_dir, resources = _copy(evaluated, tmp_path)
     # Meanwhile another version reaches production by its own (passing) evaluation.
     registry = ModelRegistry.for_data_dir(data_dir)
-    other = register_evaluated_version(registry, "ft-pipeline-assistant", model_uri="lora://elsewhere#1", backend="local_lora",
-                                       base_model="tiny", eval_id="manual-eval")
+    other = register_evaluated_version(
+        registry,
+        "ft-pipeline-assistant",
+        model_uri="lora://elsewhere#1",
+        backend="local_lora",
+        base_model="tiny",
+        eval_id="manual-eval",
+    )
     registry.promote("ft-pipeline-assistant", other.version, evaluation_id="manual-eval", reason="hotfix", actor="test")
 
     result = _run(instance, resources, [DOWNSTREAM_ASSETS[-1]])

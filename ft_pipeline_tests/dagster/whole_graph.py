@@ -10,7 +10,13 @@ from ft_pipeline.defs.partitions import log_files_partitions
 from ft_pipeline.lib.sample_data import build_sample, write_sample
 
 # The tiny random-weight base keeps the whole graph a CPU-minute; the demo trains SmolLM2.
-TRAIN = {"base_model": "tiny", "learning_rate": 0.004, "max_length": 512, "per_device_train_batch_size": 8, "num_train_epochs": 3.0}
+TRAIN = {
+    "base_model": "tiny",
+    "learning_rate": 0.004,
+    "max_length": 512,
+    "per_device_train_batch_size": 8,
+    "num_train_epochs": 3.0,
+}
 EVAL = {"max_new_tokens": 32, "n_resamples": 500}
 
 
@@ -23,7 +29,14 @@ def run_assets(instance, resources, selection, train=None, evaluation=None):
         ops["fine_tuned_model"] = {"config": train or TRAIN}
     if "evaluation_report" in keys:
         ops["evaluation_report"] = {"config": evaluation or EVAL}
-    return dg.materialize(ALL_ASSETS, selection=selection, instance=instance, resources=resources, raise_on_error=False, run_config={"ops": ops})
+    return dg.materialize(
+        ALL_ASSETS,
+        selection=selection,
+        instance=instance,
+        resources=resources,
+        raise_on_error=False,
+        run_config={"ops": ops},
+    )
 
 
 def check_evaluations(result):

@@ -52,8 +52,8 @@ from ft_pipeline.lib.training.chat_template import (
     SMOLLM2_CHAT_TEMPLATE,
     SMOLLM2_TRAINING_TEMPLATE,
 )
-from ft_pipeline.lib.training.trainer import _prepare_chat_template
 from ft_pipeline.lib.training.tiny_base import build_tiny_base
+from ft_pipeline.lib.training.trainer import _prepare_chat_template
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -208,8 +208,15 @@ def test_converted_model_computes_the_source_logits(n_head_kv, tiny_source, tiny
 
     source_config = json.loads((source / "config.json").read_text(encoding="utf-8"))
     config = json.loads((out / "config.json").read_text(encoding="utf-8"))
-    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                "num_key_value_heads", "max_position_embeddings"):
+    for key in (
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "max_position_embeddings",
+    ):
         assert config[key] == source_config[key], key
     assert config["rms_norm_eps"] == pytest.approx(source_config["rms_norm_eps"])  # stored as float32
 

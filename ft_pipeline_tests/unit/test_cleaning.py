@@ -12,7 +12,10 @@ REPLY = "To reset the hub, hold the button on the back for ten seconds until the
 def _row(cid, messages=None, **fields):
     row = {c: None for c in CONVERSATION_COLUMNS}
     row.update(conversation_id=cid, tags=[], source_format="raw", source_file="f.jsonl", source_line=1)
-    row["messages"] = messages or [{"role": "user", "content": f"How do I reset my hub {cid}?"}, {"role": "assistant", "content": REPLY + f" ({cid})"}]
+    row["messages"] = messages or [
+        {"role": "user", "content": f"How do I reset my hub {cid}?"},
+        {"role": "assistant", "content": REPLY + f" ({cid})"},
+    ]
     row.update(fields)
     return row
 
@@ -34,10 +37,29 @@ def test_normalize_text_nfc_whitespace_invisible():
         ("low_rating", _row("r", rating=3.0)),
         ("slow_response", _row("s", response_time_ms=5000)),
         ("edited_reply", _row("e", edited=True)),
-        ("short_assistant_reply", _row("x", [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Sure thing."}])),
-        ("repetitive", _row("p", [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "try again " * 30}])),
-        ("system_not_first", _row("y", [{"role": "user", "content": "hi"}, {"role": "system", "content": "x"}, {"role": "assistant", "content": REPLY}])),
-        ("missing_user_or_assistant", _row("m", [{"role": "system", "content": "x"}, {"role": "user", "content": "anyone?"}])),
+        (
+            "short_assistant_reply",
+            _row("x", [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Sure thing."}]),
+        ),
+        (
+            "repetitive",
+            _row("p", [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "try again " * 30}]),
+        ),
+        (
+            "system_not_first",
+            _row(
+                "y",
+                [
+                    {"role": "user", "content": "hi"},
+                    {"role": "system", "content": "x"},
+                    {"role": "assistant", "content": REPLY},
+                ],
+            ),
+        ),
+        (
+            "missing_user_or_assistant",
+            _row("m", [{"role": "system", "content": "x"}, {"role": "user", "content": "anyone?"}]),
+        ),
     ],
 )
 def test_quality_rules_filter_with_reason(reason, row):
@@ -70,14 +92,21 @@ def test_role_repairs():
 
 
 def test_strict_role_switches_filter_instead_of_repairing():
-    merged = [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}, {"role": "assistant", "content": REPLY}]
+    merged = [
+        {"role": "user", "content": "a"},
+        {"role": "user", "content": "b"},
+        {"role": "assistant", "content": REPLY},
+    ]
     tail = [{"role": "user", "content": "a"}, {"role": "assistant", "content": REPLY}, {"role": "user", "content": "?"}]
     result = _clean([_row("m", merged), _row("t", tail)], merge_consecutive_turns=False, trim_trailing_user=False)
     assert result.filtered["filter_reason"].tolist() == ["roles_not_alternating", "last_message_not_assistant"]
 
 
 def test_pii_is_scrubbed_in_kept_and_filtered_rows():
-    pii = [{"role": "user", "content": "Mail me at jane.doe@example.com please"}, {"role": "assistant", "content": REPLY}]
+    pii = [
+        {"role": "user", "content": "Mail me at jane.doe@example.com please"},
+        {"role": "assistant", "content": REPLY},
+    ]
     result = _clean([_row("k", pii), _row("f", pii, rating=1.0)])
     assert result.kept["messages"].iloc[0][0]["content"] == "Mail me at <EMAIL> please"
     assert result.filtered["messages"].iloc[0][0]["content"] == "Mail me at <EMAIL> please"
@@ -90,7 +119,11 @@ def test_in_file_exact_duplicates_keep_best_copy():
     result = _clean(rows)
     assert sorted(result.kept["conversation_id"]) == ["high", "other"]
     dup = result.filtered.iloc[0]
-    assert dup["conversation_id"] == "low" and dup["filter_reason"] == "duplicate_in_file" and "high" in dup["filter_detail"]
+    assert (
+        dup["conversation_id"] == "low"
+        and dup["filter_reason"] == "duplicate_in_file"
+        and "high" in dup["filter_detail"]
+    )
 
 
 def test_counts_add_up_and_signatures_present():

@@ -13,7 +13,8 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import dagster as dg
 import pytest
@@ -149,8 +150,14 @@ def _normalized(value: Any) -> Any:
 def test_every_config_class_has_a_row():
     assert set(CONFIG_CLASSES) - set(TABLE) == set(), "a new dg.Config in ft_pipeline/defs needs a row in TABLE"
     # The dataset engineer's classes are covered too (a rename would silently drop them otherwise).
-    assert {"RawLogsConfig", "CleaningRunConfig", "CurationRunConfig", "SplitRunConfig", "FineTuneConfig",
-            "EvaluationRunConfig"} <= set(CONFIG_CLASSES)
+    assert {
+        "RawLogsConfig",
+        "CleaningRunConfig",
+        "CurationRunConfig",
+        "SplitRunConfig",
+        "FineTuneConfig",
+        "EvaluationRunConfig",
+    } <= set(CONFIG_CLASSES)
 
 
 @pytest.mark.parametrize("class_name, field_name", _fields())

@@ -444,7 +444,11 @@ def test_same_result_from_parquet_and_loosely_typed_columns(tmp_path):
     records = [
         {"conversation_id": "p", "messages": long_conv[:2]},
         {"conversation_id": "long", "messages": long_conv},
-        {"conversation_id": "b1", "messages": context + [{"role": "assistant", "content": words(rng, 100)}], "rating": 5},
+        {
+            "conversation_id": "b1",
+            "messages": context + [{"role": "assistant", "content": words(rng, 100)}],
+            "rating": 5,
+        },
         {"conversation_id": "b2", "messages": context + [{"role": "assistant", "content": words(rng, 100)}]},
         {"conversation_id": "x", "messages": base, "edited": True},
         {"conversation_id": "y", "messages": base},

@@ -32,8 +32,8 @@ from ft_pipeline.lib.evaluation.generation import (
     ScriptedGenerator,
     split_prompt_reference,
 )
-from ft_pipeline.lib.training.chat_template import CHATML_TRAINING_TEMPLATE
 from ft_pipeline.lib.training.base_models import resolve_base_model
+from ft_pipeline.lib.training.chat_template import CHATML_TRAINING_TEMPLATE
 from ft_pipeline_tests.fakes.openai_server import FakeOpenAI
 
 MODEL = "gpt-4o-mini"
@@ -81,14 +81,23 @@ def test_split_prompt_reference_single_and_multi_turn():
     prompt[0]["content"] = "changed"
     assert convo[0]["content"] == "Be brief."  # the example is not aliased
 
-    prompt, reference = split_prompt_reference([{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}])
+    prompt, reference = split_prompt_reference(
+        [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]
+    )
     assert prompt == [{"role": "user", "content": "Q"}] and reference == "A"
 
 
 @pytest.mark.parametrize(
     "messages, match",
     [
-        ([{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}, {"role": "user", "content": "Q2"}], "last message"),
+        (
+            [
+                {"role": "user", "content": "Q"},
+                {"role": "assistant", "content": "A"},
+                {"role": "user", "content": "Q2"},
+            ],
+            "last message",
+        ),
         ([{"role": "system", "content": "S"}], "last message"),
         ([], "empty"),
         ([{"role": "assistant", "content": "A"}], "no prompt"),
@@ -104,7 +113,13 @@ def test_generation_config_defaults_and_validation():
     cfg = GenerationConfig()
     assert (cfg.max_new_tokens, cfg.batch_size, cfg.seed, cfg.temperature, cfg.concurrency) == (128, 16, 0, 0.0, 16)
     assert (cfg.request_timeout_s, cfg.max_retries) == (60.0, 4)
-    for bad in ({"max_new_tokens": 0}, {"batch_size": 0}, {"concurrency": 0}, {"temperature": -1.0}, {"max_retries": -1}):
+    for bad in (
+        {"max_new_tokens": 0},
+        {"batch_size": 0},
+        {"concurrency": 0},
+        {"temperature": -1.0},
+        {"max_retries": -1},
+    ):
         with pytest.raises(ValueError):
             GenerationConfig(**bad)
 
@@ -118,7 +133,10 @@ def test_scripted_generator():
         return f"{len(messages) - 1}:{messages[-2]['content']}"
 
     gen = ScriptedGenerator(fn, name="dry-run")
-    prompts = [[{"role": "user", "content": "a"}], [{"role": "system", "content": "s"}, {"role": "user", "content": "b"}]]
+    prompts = [
+        [{"role": "user", "content": "a"}],
+        [{"role": "system", "content": "s"}, {"role": "user", "content": "b"}],
+    ]
     assert gen.generate(prompts) == ["1:a", "2:b"]
     assert prompts[0] == [{"role": "user", "content": "a"}]
     assert gen.name == "dry-run" and isinstance(gen, Generator)
@@ -158,7 +176,9 @@ def tiny(tmp_path_factory):
 
 
 def _local(base, adapter=None, **cfg) -> LocalGenerator:
-    return LocalGenerator(base, adapter_dir=str(adapter) if adapter else None, config=GenerationConfig(**cfg), device="cpu")
+    return LocalGenerator(
+        base, adapter_dir=str(adapter) if adapter else None, config=GenerationConfig(**cfg), device="cpu"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -234,11 +254,14 @@ def test_local_stops_at_the_tokenizers_eos(tiny, tmp_path):
     prompt = _prompts(1)[0]
     tok = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base)
-    ids = tok(tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True), return_tensors="pt",
-              add_special_tokens=False)
+    ids = tok(
+        tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True),
+        return_tensors="pt",
+        add_special_tokens=False,
+    )
     with torch.inference_mode():
         out = model.generate(**ids, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
-    new = out[0, ids["input_ids"].shape[1]:].tolist()
+    new = out[0, ids["input_ids"].shape[1] :].tolist()
     eos = tok.convert_tokens_to_ids("<|im_end|>")
     assert tok.eos_token_id == eos and eos not in new
     # The first position k >= 3 whose token did not occur before (so the swap cannot change earlier steps).
@@ -366,8 +389,14 @@ def test_openai_failure_after_retries_names_the_example(fake):
 
 def test_openai_errors_never_contain_the_api_key(fake):
     # A provider that echoes the key back in its error message (a proxy, a misconfigured gateway).
-    body = {"error": {"message": f"bad request from key {SECRET_KEY}", "type": "invalid_request_error",
-                      "param": None, "code": None}}
+    body = {
+        "error": {
+            "message": f"bad request from key {SECRET_KEY}",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": None,
+        }
+    }
     fake.inject("POST", r"/chat/completions$", times=1, status=400, body=body)
     gen = OpenAIChatGenerator(_client(fake), MODEL, GenerationConfig(concurrency=1, max_retries=0))
     with pytest.raises(GenerationError) as err:

@@ -133,9 +133,9 @@ def test_json_validity():
     assert json_validity('{"a": 1}') == 1.0
     assert json_validity("[1, 2]") == 1.0
     assert json_validity('"just a string"') == 1.0  # valid JSON text
-    assert json_validity("```json\n{\"a\": [1, 2]}\n```") == 1.0
-    assert json_validity("  ```JSON\n{\"a\": 1}\n```  ") == 1.0
-    assert json_validity("```\n{\"a\": 1}\n```") == 1.0
+    assert json_validity('```json\n{"a": [1, 2]}\n```') == 1.0
+    assert json_validity('  ```JSON\n{"a": 1}\n```  ') == 1.0
+    assert json_validity('```\n{"a": 1}\n```') == 1.0
     assert json_validity("{'a': 1}") == 0.0  # Python literal, not JSON
     assert json_validity('{"a": 1,}') == 0.0
     assert json_validity('{"a": NaN}') == 0.0  # Python's json would accept it; JSON does not
@@ -258,7 +258,7 @@ def test_looks_like_label():
 def test_auto_task_detection():
     labels = ["spam", "ham", "ham", "spam", "ham", "ham"]
     assert detect_task(labels) == "classification"
-    assert detect_task(['{"a": 1}', "```json\n{\"b\": 2}\n```"]) == "json"
+    assert detect_task(['{"a": 1}', '```json\n{"b": 2}\n```']) == "json"
     assert detect_task(["The capital is Paris.", "It opened in 1889."]) == "generation"
     assert detect_task(["anything"], json_schema={"type": "object"}) == "json"
 

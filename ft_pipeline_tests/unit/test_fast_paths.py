@@ -53,8 +53,13 @@ def test_may_contain_pii_over_a_joined_conversation_clears_every_message():
         [],
         [{"role": "user", "content": "hi"}],
         [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
-        [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"},
-         {"role": "user", "content": "q2"}, {"role": "assistant", "content": "a2 ü \ud800"}],
+        [
+            {"role": "system", "content": "s"},
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": "a"},
+            {"role": "user", "content": "q2"},
+            {"role": "assistant", "content": "a2 ü \ud800"},
+        ],
         [{"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}],
         [{"role": None, "content": "x"}, {"role": "assistant", "content": None}, {"role": "assistant"}],
         [{"role": "user", "content": 5}, {"role": "assistant", "content": "ok", "name": "n"}],
@@ -70,8 +75,27 @@ def test_record_hashes_equal_the_three_functions(messages):
 
 def test_repetition_bounds_count_words_exactly_and_bound_distinct_words():
     rng = random.Random(1)
-    pieces = ["a", "B", " ", "  ", "\t", "\n", "\x0b", "\x0c", "\r", "\x1c", "\x1f", "\x00", "\x01", "Hello", "hello",
-              "abcdefghij", "abcdefghiJ", "x" * 9, "."]
+    pieces = [
+        "a",
+        "B",
+        " ",
+        "  ",
+        "\t",
+        "\n",
+        "\x0b",
+        "\x0c",
+        "\r",
+        "\x1c",
+        "\x1f",
+        "\x00",
+        "\x01",
+        "Hello",
+        "hello",
+        "abcdefghij",
+        "abcdefghiJ",
+        "x" * 9,
+        ".",
+    ]
     texts = ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 60))) for _ in range(3000)]
     texts += ["", " ", "word " * 500, " ".join(f"w{i}" for i in range(6000))]
     n_words, bound = repetition_bounds(texts)

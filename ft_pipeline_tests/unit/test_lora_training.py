@@ -30,6 +30,7 @@ import pytest
 import torch
 
 from ft_pipeline.lib.training import trainer
+from ft_pipeline.lib.training.base_models import resolve_base_model
 from ft_pipeline.lib.training.chat_template import CHATML_TRAINING_TEMPLATE
 from ft_pipeline.lib.training.lora import (
     LoraTrainingConfig,
@@ -41,7 +42,6 @@ from ft_pipeline.lib.training.lora import (
     run_key,
     train_lora,
 )
-from ft_pipeline.lib.training.base_models import resolve_base_model
 from ft_pipeline.lib.training.tiny_base import TinyBaseSpec, build_tiny_base
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -77,7 +77,13 @@ def _conversations(n: int, seed: int) -> list[list[dict]]:
             {"role": "system", "content": "You are Nimbus, a support assistant."},
             # An extra key on some messages: Parquet stores the union of keys, with None elsewhere.
             {"role": "user", "content": f"My {product} {issue}. What should I do?", "name": "customer"},
-            {"role": "assistant", "content": f"Sorry about your {product}. Unplug the {product}, wait ten seconds, plug it back in and open the app."},
+            {
+                "role": "assistant",
+                "content": (
+                    f"Sorry about your {product}. Unplug the {product}, wait ten seconds, plug it back in and "
+                    "open the app."
+                ),
+            },
         ]
         if i % 3 == 0:
             msgs += [
@@ -170,7 +176,9 @@ def test_read_conversations_keeps_exactly_role_and_content(tmp_path):
     )
     assert read_conversations(path) == [[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]]
 
-    bad_role = _write_split(tmp_path / "r.parquet", [[{"role": "tool", "content": "x"}, {"role": "assistant", "content": "y"}]])
+    bad_role = _write_split(
+        tmp_path / "r.parquet", [[{"role": "tool", "content": "x"}, {"role": "assistant", "content": "y"}]]
+    )
     with pytest.raises(TrainingDataError, match="role 'tool'"):
         read_conversations(bad_role)
     no_reply = _write_split(tmp_path / "n.parquet", [[{"role": "user", "content": "x"}]])
@@ -294,8 +302,17 @@ def test_training_reduces_loss_and_writes_outputs(trained):
     assert all({"step", "loss", "learning_rate", "epoch"} <= r.keys() for r in history if "loss" in r)
 
     m = result.metrics
-    for key in ("train_loss", "eval_loss", "epochs", "global_step", "train_runtime_s", "train_tokens",
-                "tokens_per_second", "peak_memory_mb", "resumed_from_step"):
+    for key in (
+        "train_loss",
+        "eval_loss",
+        "epochs",
+        "global_step",
+        "train_runtime_s",
+        "train_tokens",
+        "tokens_per_second",
+        "peak_memory_mb",
+        "resumed_from_step",
+    ):
         assert key in m, key
     assert m["global_step"] == 21 and m["epochs"] == 3.0 and m["resumed_from_step"] is None
     assert m["eval_loss"] == min(eval_losses) and m["train_tokens"] > 0 and m["tokens_per_second"] > 0
@@ -363,7 +380,11 @@ def test_saved_adapter_loads_and_generates_in_a_fresh_process(trained, tmp_path)
     )
     proc = subprocess.run(
         [sys.executable, str(script), str(result.adapter_dir), str(result.merged_dir)],
-        capture_output=True, text=True, timeout=240, env=_env(), cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=_env(),
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -375,8 +396,9 @@ def test_saved_adapter_loads_and_generates_in_a_fresh_process(trained, tmp_path)
 
 def test_completed_run_is_returned_not_retrained_and_foreign_config_refused(trained, splits):
     result, _ = trained
-    again = train_lora(*splits, result.output_dir, FAST, data_version=DATA_VERSION,
-                       on_log=lambda d: pytest.fail("retrained"))
+    again = train_lora(
+        *splits, result.output_dir, FAST, data_version=DATA_VERSION, on_log=lambda d: pytest.fail("retrained")
+    )
     assert again.metrics == result.metrics and again.loss_history == result.loss_history
     with pytest.raises(RunMismatchError, match="config_hash"):
         train_lora(*splits, result.output_dir, dataclasses.replace(FAST, lora_r=4), data_version=DATA_VERSION)
@@ -386,28 +408,44 @@ def test_completed_run_is_returned_not_retrained_and_foreign_config_refused(trai
 
 def test_early_stopping_keeps_the_best_epoch(tmp_path):
     # Validation replies contradict the training replies, so eval_loss rises once training fits them.
-    train = _write_split(tmp_path / "train.parquet", [
-        [{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": "Yes yes yes yes yes."}]
-        for i in range(24)
-    ])
-    validation = _write_split(tmp_path / "validation.parquet", [
-        [{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": "No, never; absolutely not."}]
-        for i in range(6)
-    ])
-    cfg = dataclasses.replace(FAST, num_train_epochs=8, early_stopping_patience=1, learning_rate=1e-2,
-                              max_length=128, merge_full_model=False)
+    train = _write_split(
+        tmp_path / "train.parquet",
+        [
+            [{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": "Yes yes yes yes yes."}]
+            for i in range(24)
+        ],
+    )
+    validation = _write_split(
+        tmp_path / "validation.parquet",
+        [
+            [
+                {"role": "user", "content": f"Question {i}?"},
+                {"role": "assistant", "content": "No, never; absolutely not."},
+            ]
+            for i in range(6)
+        ],
+    )
+    cfg = dataclasses.replace(
+        FAST, num_train_epochs=8, early_stopping_patience=1, learning_rate=1e-2, max_length=128, merge_full_model=False
+    )
     result = train_lora(train, validation, tmp_path / "run", cfg)
     evals = [r["eval_loss"] for r in result.loss_history if "eval_loss" in r]
     assert result.metrics["early_stopped"] and result.metrics["global_step"] < result.metrics["max_steps"]
     # patience=1: training stopped at the first evaluation that did not improve on the best one.
     assert evals[-1] > min(evals[:-1]) and result.metrics["eval_loss"] == min(evals)
     best_step = next(r["step"] for r in result.loss_history if r.get("eval_loss") == min(evals))
-    assert result.metrics["best_checkpoint"].endswith(f"checkpoint-{best_step}") and best_step < result.metrics["global_step"]
+    assert (
+        result.metrics["best_checkpoint"].endswith(f"checkpoint-{best_step}")
+        and best_step < result.metrics["global_step"]
+    )
     # The saved adapter is the best epoch's, not the last one's.
     from safetensors.torch import load_file
 
     best = Path(result.metrics["best_checkpoint"])
-    saved, at_best = load_file(result.adapter_dir / "adapter_model.safetensors"), load_file(best / "adapter_model.safetensors")
+    saved, at_best = (
+        load_file(result.adapter_dir / "adapter_model.safetensors"),
+        load_file(best / "adapter_model.safetensors"),
+    )
     assert saved.keys() == at_best.keys() and all(torch.equal(saved[k], at_best[k]) for k in saved)
 
 
@@ -456,8 +494,20 @@ def test_resume_after_sigkill_continues_from_the_checkpoint(trained, splits, tmp
     script = tmp_path / "killable.py"
     script.write_text(_KILLABLE_TRAINER)
     proc = subprocess.Popen(
-        [sys.executable, str(script), str(splits[0]), str(splits[1]), str(out), json.dumps(FAST.to_dict()), DATA_VERSION],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=tmp_path,
+        [
+            sys.executable,
+            str(script),
+            str(splits[0]),
+            str(splits[1]),
+            str(out),
+            json.dumps(FAST.to_dict()),
+            DATA_VERSION,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+        cwd=tmp_path,
     )
     try:
         deadline = time.monotonic() + 240
@@ -483,7 +533,9 @@ def test_resume_after_sigkill_continues_from_the_checkpoint(trained, splits, tmp
     assert min(d["step"] for d in logs if d["kind"] == "train") == 8  # continues, does not restart
     assert resumed.metrics["global_step"] == full.metrics["global_step"] == 21
     # The history before the kill comes back from the checkpoint, so the curve is whole.
-    assert [r["step"] for r in resumed.loss_history if "loss" in r] == [r["step"] for r in full.loss_history if "loss" in r]
+    assert [r["step"] for r in resumed.loss_history if "loss" in r] == [
+        r["step"] for r in full.loss_history if "loss" in r
+    ]
     assert resumed.metrics["train_tokens"] == full.metrics["train_tokens"]
     # Optimizer, scheduler, RNG and data order are restored: the resumed run ends where the
     # uninterrupted one did.

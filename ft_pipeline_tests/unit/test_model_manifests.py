@@ -13,9 +13,18 @@ from ft_pipeline.lib.training.record import ModelRecord, read_model_record, reco
 
 def _record(models, backend="local_lora"):
     return ModelRecord(
-        version="abc", path=record_path(models, "abc"), backend=backend, run_key="abc", base_model="tiny",
-        data_version="d1", split_paths={"train": {"parquet": "t.parquet", "jsonl": "t.jsonl"}}, config={"seed": 7},
-        config_hash="h", metrics={"train_loss": 1.0}, adapter_dir=str(models / "abc" / "adapter"), adapter_version="v9",
+        version="abc",
+        path=record_path(models, "abc"),
+        backend=backend,
+        run_key="abc",
+        base_model="tiny",
+        data_version="d1",
+        split_paths={"train": {"parquet": "t.parquet", "jsonl": "t.jsonl"}},
+        config={"seed": 7},
+        config_hash="h",
+        metrics={"train_loss": 1.0},
+        adapter_dir=str(models / "abc" / "adapter"),
+        adapter_version="v9",
         remote_model_id="ft:x" if backend == "openai" else None,
     )
 
@@ -42,9 +51,16 @@ def test_a_model_pointer_of_an_older_pipeline_is_a_clear_error(tmp_path):
 
 def test_evaluation_summary_round_trips(tmp_path):
     summary = EvaluationSummary(
-        version="e1", path=str(tmp_path / "e1" / "report.json"), model_name="m", candidate_version=2,
-        candidate_uri="lora://x#1", production_version=1, production_uri="lora://y#1", already_production=False,
-        passed=False, rules=[{"rule": "primary", "passed": False, "detail": "worse"}],
+        version="e1",
+        path=str(tmp_path / "e1" / "report.json"),
+        model_name="m",
+        candidate_version=2,
+        candidate_uri="lora://x#1",
+        production_version=1,
+        production_uri="lora://y#1",
+        already_production=False,
+        passed=False,
+        rules=[{"rule": "primary", "passed": False, "detail": "worse"}],
     )
     write_evaluation_summary(tmp_path, summary)
     again = read_evaluation_summary(tmp_path)

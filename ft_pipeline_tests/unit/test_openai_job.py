@@ -45,8 +45,9 @@ def fake(monkeypatch):
 
 @pytest.fixture
 def client(fake):
-    return openai.OpenAI(base_url=fake.base_url, api_key=SECRET, _strict_response_validation=True, max_retries=2,
-                         timeout=5)
+    return openai.OpenAI(
+        base_url=fake.base_url, api_key=SECRET, _strict_response_validation=True, max_retries=2, timeout=5
+    )
 
 
 @pytest.fixture
@@ -68,8 +69,13 @@ class Capture:
         self.jobs: list[str] = []
 
     def kwargs(self, **extra):
-        return {"on_log": self.logs.append, "on_metrics": self.metrics.append, "on_job": self.jobs.append,
-                **NO_SLEEP, **extra}
+        return {
+            "on_log": self.logs.append,
+            "on_metrics": self.metrics.append,
+            "on_job": self.jobs.append,
+            **NO_SLEEP,
+            **extra,
+        }
 
 
 def _event_lines(fake, job_id):
@@ -120,8 +126,12 @@ def test_success_end_to_end(fake, client, data):
     assert len(fake.requests_matching("POST", r"/files$")) == 2
     (create,) = fake.requests_matching("POST", CREATE_PATH)
     body = create.json
-    assert body["method"] == {"type": "supervised", "supervised": {"hyperparameters": {
-        "n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto"}}}
+    assert body["method"] == {
+        "type": "supervised",
+        "supervised": {
+            "hyperparameters": {"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto"}
+        },
+    }
     assert body["metadata"] == {"run_key": "ds1:cfg1"} and body["seed"] == 42 and body["suffix"] == "ft-pipeline"
     assert "hyperparameters" not in body  # deprecated top-level form
     lookup = fake.requests_matching("GET", CREATE_PATH)[0]
@@ -129,8 +139,9 @@ def test_success_end_to_end(fake, client, data):
     assert fake.requests.index(lookup) < fake.requests.index(create)  # looked up before creating
 
     # the model is usable: the fake's fine-tuned responder has memorised the training data
-    reply = client.chat.completions.create(model=result.fine_tuned_model,
-                                           messages=[{"role": "user", "content": "What is 5 + 5?"}])
+    reply = client.chat.completions.create(
+        model=result.fine_tuned_model, messages=[{"role": "user", "content": "What is 5 + 5?"}]
+    )
     assert reply.choices[0].message.content == "10"
 
 
@@ -212,8 +223,9 @@ def test_job_cancelled_elsewhere_raises_cancelled(fake, client, data):
 
     job_ids: list[str] = []
     with pytest.raises(FineTuneCancelled, match="was cancelled"):
-        run_fine_tune(client, *data, "cancelled-elsewhere", on_job=job_ids.append, on_metrics=cancel_elsewhere,
-                      **NO_SLEEP)
+        run_fine_tune(
+            client, *data, "cancelled-elsewhere", on_job=job_ids.append, on_metrics=cancel_elsewhere, **NO_SLEEP
+        )
     assert fake.jobs[job_ids[0]]["status"] == "cancelled"
 
 
@@ -318,7 +330,10 @@ def test_second_run_with_same_run_key_reattaches(fake, client, data):
     second = run_fine_tune(client, *data, "same-key", **cap.kwargs())
     assert second.reattached and cap.jobs == [first.job_id]
     assert (second.job_id, second.fine_tuned_model, second.result_metrics) == (
-        first.job_id, first.fine_tuned_model, first.result_metrics)
+        first.job_id,
+        first.fine_tuned_model,
+        first.result_metrics,
+    )
     assert second.metrics == first.metrics  # the job's whole history is replayed on re-attach
     assert len(fake.requests_matching("POST", r"/files$")) == uploads
     assert len(fake.requests_matching("POST", CREATE_PATH)) == creates
@@ -397,8 +412,9 @@ def test_paused_status_is_treated_as_non_terminal(fake, data):
         return False
 
     logs: list[str] = []
-    result = run_fine_tune(loose, *data, "paused", on_job=job_ids.append, on_log=logs.append,
-                           should_stop=should_stop, **NO_SLEEP)
+    result = run_fine_tune(
+        loose, *data, "paused", on_job=job_ids.append, on_log=logs.append, should_stop=should_stop, **NO_SLEEP
+    )
     assert result.status == "succeeded"
     assert "[info] Fine-tuning job paused" in logs and "[info] Fine-tuning job resumed" in logs
 
@@ -406,11 +422,23 @@ def test_paused_status_is_treated_as_non_terminal(fake, data):
 # ---------------------------------------------------------------------------- arguments
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"suffix": "x" * 65}, {"n_epochs": 0}, {"n_epochs": 51}, {"n_epochs": "many"}, {"batch_size": 257},
-    {"learning_rate_multiplier": 0}, {"learning_rate_multiplier": True}, {"poll_interval_s": 0},
-    {"poll_interval_s": 10, "max_poll_interval_s": 5}, {"timeout_s": 0}, {"create_attempts": 0}, {"model": ""},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"suffix": "x" * 65},
+        {"n_epochs": 0},
+        {"n_epochs": 51},
+        {"n_epochs": "many"},
+        {"batch_size": 257},
+        {"learning_rate_multiplier": 0},
+        {"learning_rate_multiplier": True},
+        {"poll_interval_s": 0},
+        {"poll_interval_s": 10, "max_poll_interval_s": 5},
+        {"timeout_s": 0},
+        {"create_attempts": 0},
+        {"model": ""},
+    ],
+)
 def test_config_validation(kwargs):
     with pytest.raises(ValueError):
         OpenAIFineTuneConfig(**kwargs)
@@ -421,7 +449,11 @@ def test_config_defaults_and_valid_values():
     assert config.hyperparameters() == {"n_epochs": 3, "batch_size": 8, "learning_rate_multiplier": 0.5}
     default = OpenAIFineTuneConfig()
     assert (default.model, default.seed, default.timeout_s, default.create_attempts) == (
-        "gpt-4o-mini-2024-07-18", 42, 21600, 3)
+        "gpt-4o-mini-2024-07-18",
+        42,
+        21600,
+        3,
+    )
 
 
 def test_bad_run_key_and_missing_file(fake, client, data, tmp_path):
@@ -463,9 +495,20 @@ def _scenario(name, fake, client, data, tmp_path, sink):
         config = OpenAIFineTuneConfig(timeout_s=30)
     elif name == "create_rejected_echoing_key":
         # a server that echoes the key in an error message: our message must still not carry it
-        fake.inject("POST", CREATE_PATH, 1, status=400, body={"error": {
-            "message": f"Incorrect API key provided: {SECRET}", "type": "invalid_request_error",
-            "param": None, "code": "invalid_api_key"}})
+        fake.inject(
+            "POST",
+            CREATE_PATH,
+            1,
+            status=400,
+            body={
+                "error": {
+                    "message": f"Incorrect API key provided: {SECRET}",
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": "invalid_api_key",
+                }
+            },
+        )
     elif name == "api_echoes_key":
         # events and the failure itself carry the key: everything we hand out must be scrubbed
         def on_job(job_id):
@@ -485,8 +528,19 @@ def _scenario(name, fake, client, data, tmp_path, sink):
     sink.extend(cap.jobs)
 
 
-@pytest.mark.parametrize("name", ["success", "invalid_file", "training_failure", "should_stop", "timeout",
-                                  "create_rejected_echoing_key", "api_echoes_key", "reattach"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "success",
+        "invalid_file",
+        "training_failure",
+        "should_stop",
+        "timeout",
+        "create_rejected_echoing_key",
+        "api_echoes_key",
+        "reattach",
+    ],
+)
 def test_api_key_never_leaks(fake, client, data, tmp_path, caplog, name):
     caplog.set_level("DEBUG", logger="ft_pipeline")
     sink: list[str] = []

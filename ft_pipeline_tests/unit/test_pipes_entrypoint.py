@@ -18,10 +18,20 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _launch(extras_path: Path) -> subprocess.Popen:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
     return subprocess.Popen(
         [sys.executable, "-m", "ft_pipeline.lib.training.pipes_entrypoint", "--extras", str(extras_path)],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -29,8 +39,21 @@ def _launch(extras_path: Path) -> subprocess.Popen:
 def test_sigterm_stops_at_a_checkpoint_and_the_next_launch_resumes(tmp_path):
     train = tmp_path / "train.parquet"
     pd.DataFrame({"messages": _conversations(40, seed=1)}).to_parquet(train)
-    config = {"max_steps": 400, "max_length": 256, "per_device_train_batch_size": 2, "gradient_checkpointing": False, "lora_r": 4, "lora_alpha": 8}
-    extras = {"train_parquet": str(train), "validation_parquet": None, "output_dir": str(tmp_path / "run"), "data_version": "v1", "config": config}
+    config = {
+        "max_steps": 400,
+        "max_length": 256,
+        "per_device_train_batch_size": 2,
+        "gradient_checkpointing": False,
+        "lora_r": 4,
+        "lora_alpha": 8,
+    }
+    extras = {
+        "train_parquet": str(train),
+        "validation_parquet": None,
+        "output_dir": str(tmp_path / "run"),
+        "data_version": "v1",
+        "config": config,
+    }
     extras_path = tmp_path / "extras.json"
     extras_path.write_text(json.dumps(extras))
 

@@ -18,14 +18,27 @@ def _test_split(n=60, seed=0):
     for i in range(n):
         question = f"question {i}: " + " ".join(rng.choice(WORDS) for _ in range(8))
         answer = " ".join(rng.choice(WORDS) for _ in range(20)) + f" ticket {i}"
-        rows.append({"conversation_id": f"t{i}", "tags": ["billing" if i % 2 else "setup"],
-                     "messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]})
+        rows.append(
+            {
+                "conversation_id": f"t{i}",
+                "tags": ["billing" if i % 2 else "setup"],
+                "messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
+            }
+        )
     return pd.DataFrame(rows)
 
 
 TEST = _test_split()
 ANSWERS = {m[0]["content"]: m[-1]["content"] for m in TEST["messages"]}
-SUITE = [{"messages": [{"role": "user", "content": f"general {i}"}, {"role": "assistant", "content": f"general answer number {i}"}]} for i in range(5)]
+SUITE = [
+    {
+        "messages": [
+            {"role": "user", "content": f"general {i}"},
+            {"role": "assistant", "content": f"general answer number {i}"},
+        ]
+    }
+    for i in range(5)
+]
 SUITE_ANSWERS = {ex["messages"][0]["content"]: ex["messages"][1]["content"] for ex in SUITE}
 
 
@@ -49,7 +62,9 @@ CONFIG = EvaluationConfig(n_resamples=1000)
 
 
 def _decide(generators, gate=PromotionGate(), config=CONFIG, overlap=0):
-    return run_evaluation(TEST, generators, gate=gate, config=config, regression_suite=SUITE, train_test_overlap=overlap)
+    return run_evaluation(
+        TEST, generators, gate=gate, config=config, regression_suite=SUITE, train_test_overlap=overlap
+    )
 
 
 def test_clearly_better_candidate_is_promoted():
@@ -75,14 +90,22 @@ def test_worse_candidate_is_not_promoted_and_guardrails_fail():
 
 
 def test_better_than_base_but_worse_than_production_is_not_promoted():
-    result = _decide({"candidate": keep_fraction(0.7, "cand"), "base": keep_fraction(0.3, "base"), "production": keep_fraction(0.95, "prod")})
+    result = _decide(
+        {
+            "candidate": keep_fraction(0.7, "cand"),
+            "base": keep_fraction(0.3, "base"),
+            "production": keep_fraction(0.95, "prod"),
+        }
+    )
     failed = {r.rule for r in result.decision.failed_rules}
     assert "beats_production" in failed and "beats_base" not in failed
     assert "production" in result.comparisons
 
 
 def test_regression_suite_and_overlap_rules():
-    forgetful = ScriptedGenerator(lambda p: "" if p[-1]["content"].startswith("general") else _reference(p), name="forgetful")
+    forgetful = ScriptedGenerator(
+        lambda p: "" if p[-1]["content"].startswith("general") else _reference(p), name="forgetful"
+    )
     result = _decide({"candidate": forgetful, "base": keep_fraction(0.5, "base")}, overlap=2)
     failed = {r.rule: r for r in result.decision.failed_rules}
     assert "regression_suite" in failed and "0.0%" in failed["regression_suite"].detail
@@ -107,8 +130,17 @@ def test_margin_makes_a_small_win_insufficient():
 
 
 def test_gate_rules_on_numbers_directly():
-    comparisons = {"rougeL": {"delta": 0.1, "ci_low": 0.05, "ci_high": 0.15}, "token_f1": {"delta": -0.05, "ci_low": -0.1, "ci_high": 0.0}}
-    decision = evaluate_gate(PromotionGate(), versus_base=comparisons, versus_production=None, regression_scores={"candidate": 0.5, "base": 0.5}, train_test_overlap=0)
+    comparisons = {
+        "rougeL": {"delta": 0.1, "ci_low": 0.05, "ci_high": 0.15},
+        "token_f1": {"delta": -0.05, "ci_low": -0.1, "ci_high": 0.0},
+    }
+    decision = evaluate_gate(
+        PromotionGate(),
+        versus_base=comparisons,
+        versus_production=None,
+        regression_scores={"candidate": 0.5, "base": 0.5},
+        train_test_overlap=0,
+    )
     assert not decision.passed
     assert [r.rule for r in decision.failed_rules] == ["guardrails"]
     assert "token_f1 vs base -0.0500" in decision.description()

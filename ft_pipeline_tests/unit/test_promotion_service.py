@@ -12,9 +12,16 @@ MODEL = "bot"
 
 def _summary(version, eval_id, *, passed=True, production_uri=None, already=False):
     return EvaluationSummary(
-        version=eval_id, path="report.json", model_name=MODEL, candidate_version=version.version,
-        candidate_uri=version.model_uri, production_version=None, production_uri=production_uri,
-        already_production=already, passed=passed, rules=[{"rule": "primary", "passed": passed, "detail": "better"}],
+        version=eval_id,
+        path="report.json",
+        model_name=MODEL,
+        candidate_version=version.version,
+        candidate_uri=version.model_uri,
+        production_version=None,
+        production_uri=production_uri,
+        already_production=already,
+        passed=passed,
+        rules=[{"rule": "primary", "passed": passed, "detail": "better"}],
     )
 
 
@@ -24,8 +31,9 @@ def registry(tmp_path):
 
 
 def _version(registry, n):
-    return register_evaluated_version(registry, MODEL, model_uri=f"ft:v{n}", backend="openai", base_model="b",
-                                      eval_id=f"e{n}", run_key=f"run{n}")
+    return register_evaluated_version(
+        registry, MODEL, model_uri=f"ft:v{n}", backend="openai", base_model="b", eval_id=f"e{n}", run_key=f"run{n}"
+    )
 
 
 def test_a_passing_candidate_is_promoted_and_audited(registry):

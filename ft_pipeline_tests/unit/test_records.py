@@ -12,7 +12,11 @@ GOOD = {
     "conversation_id": "c1",
     "user_id": "u1",
     "created_at": "2024-05-01T10:00:00Z",
-    "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}],
+    "messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+    ],
     "rating": 5,
     "response_time_ms": 1200,
     "edited": False,
@@ -42,7 +46,14 @@ def test_raw_record_parses_with_unknown_keys_in_metadata(tmp_path):
 def test_openai_and_sharegpt_lines(tmp_path):
     lines = [
         {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]},
-        {"id": "sg-1", "conversations": [{"from": "system", "value": "s"}, {"from": "human", "value": "q"}, {"from": "gpt", "value": "r"}]},
+        {
+            "id": "sg-1",
+            "conversations": [
+                {"from": "system", "value": "s"},
+                {"from": "human", "value": "q"},
+                {"from": "gpt", "value": "r"},
+            ],
+        },
     ]
     result = read_log_file(_write(tmp_path, lines, "mixed.jsonl.gz"))
     assert list(result.conversations["source_format"]) == ["openai", "sharegpt"]

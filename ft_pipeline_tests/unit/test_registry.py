@@ -53,7 +53,9 @@ def _candidate(reg: ModelRegistry, n: int, model: str = MODEL, artifact_path=Non
     train = reg.record_dataset_version("support", "train", _sha(f"train-{n}"), 800)
     val = reg.record_dataset_version("support", "validation", _sha(f"val-{n}"), 100)
     run_key = f"rk-{model}-{n}"
-    run_id = reg.record_training_run(run_key, backend, "tiny-llama", train, val, {"type": "supervised", "lr": 2e-4}, seed=n)
+    run_id = reg.record_training_run(
+        run_key, backend, "tiny-llama", train, val, {"type": "supervised", "lr": 2e-4}, seed=n
+    )
     return reg.register_model_version(
         model,
         training_run_id=run_id,
@@ -128,25 +130,52 @@ def test_lineage_rows_are_idempotent_and_checked(reg):
         reg.record_dataset_version("support", "holdout", "f" * 64, 10)
     run = reg.record_training_run("rk", "openai", "gpt-4o-mini", a, None, {"type": "supervised"}, 1, status="running")
     # A re-run of the same step returns the same row and moves its status on.
-    assert reg.record_training_run("rk", "openai", "gpt-4o-mini", a, None, {}, 1, external_job_id="ftjob-1", status="succeeded") == run
+    assert (
+        reg.record_training_run(
+            "rk", "openai", "gpt-4o-mini", a, None, {}, 1, external_job_id="ftjob-1", status="succeeded"
+        )
+        == run
+    )
     with pytest.raises(NotFound, match="dataset version"):
         reg.record_training_run("rk2", "openai", "gpt-4o-mini", "missing@0", None, {}, 1)
     with pytest.raises(RegistryError, match="backend"):
         reg.record_training_run("rk3", "vertex", "x", a, None, {}, 1)
     with pytest.raises(NotFound, match="training run"):
         reg.register_model_version(
-            MODEL, training_run_id="tr-nope", model_uri="ft:x", backend="openai", base_model="gpt-4o-mini",
-            run_key="rk", dataset_version=a, config_hash="c", metrics={},
+            MODEL,
+            training_run_id="tr-nope",
+            model_uri="ft:x",
+            backend="openai",
+            base_model="gpt-4o-mini",
+            run_key="rk",
+            dataset_version=a,
+            config_hash="c",
+            metrics={},
         )
     mv = reg.register_model_version(
-        MODEL, training_run_id=run, model_uri="ft:gpt-4o-mini:org::abc", backend="openai", base_model="gpt-4o-mini",
-        run_key="rk", dataset_version=a, config_hash="c", metrics={}, remote_model_id="ft:gpt-4o-mini:org::abc",
+        MODEL,
+        training_run_id=run,
+        model_uri="ft:gpt-4o-mini:org::abc",
+        backend="openai",
+        base_model="gpt-4o-mini",
+        run_key="rk",
+        dataset_version=a,
+        config_hash="c",
+        metrics={},
+        remote_model_id="ft:gpt-4o-mini:org::abc",
     )
     # One training run yields one model version.
     with pytest.raises(RegistryError, match="already"):
         reg.register_model_version(
-            MODEL, training_run_id=run, model_uri="ft:gpt-4o-mini:org::other", backend="openai", base_model="gpt-4o-mini",
-            run_key="rk", dataset_version=a, config_hash="c", metrics={},
+            MODEL,
+            training_run_id=run,
+            model_uri="ft:gpt-4o-mini:org::other",
+            backend="openai",
+            base_model="gpt-4o-mini",
+            run_key="rk",
+            dataset_version=a,
+            config_hash="c",
+            metrics={},
         )
     eval_id = _evaluate(reg, mv)
     assert reg.get_version(MODEL, mv.version).evaluation_id == eval_id
@@ -186,7 +215,13 @@ def test_promote_first_version(reg):
     eval_id = _evaluate(reg, v1)
     assert reg.evaluation(eval_id)["baseline_model_uri"] is None
     ev = _promote(reg, v1, eval_id, expected_generation=0)
-    assert (ev.action, ev.alias, ev.from_version, ev.to_version, ev.evaluation_id) == ("promote", "production", None, 1, eval_id)
+    assert (ev.action, ev.alias, ev.from_version, ev.to_version, ev.evaluation_id) == (
+        "promote",
+        "production",
+        None,
+        1,
+        eval_id,
+    )
     assert reg.resolve(MODEL).version == 1
     assert reg.get_version(MODEL, 1).lifecycle == "production"
     assert reg.alias_generation(MODEL, "production") == 1
@@ -203,7 +238,10 @@ def test_promote_second_archives_the_old_holder(reg):
     assert [reg.get_version(MODEL, v).lifecycle for v in (1, 2)] == ["archived", "production"]
     assert reg.alias_generation(MODEL, "production") == 2
     log = reg.history(MODEL, "production")
-    assert [(e.action, e.from_version, e.to_version, e.actor) for e in log] == [("promote", None, 1, "test"), ("promote", 1, 2, "test")]
+    assert [(e.action, e.from_version, e.to_version, e.actor) for e in log] == [
+        ("promote", None, 1, "test"),
+        ("promote", 1, 2, "test"),
+    ]
     assert log[0].event_id < log[1].event_id
 
 
@@ -302,7 +340,13 @@ def test_reject_leaves_production_untouched(reg):
     _promote(reg, v1, _evaluate(reg, v1))
     failed = _evaluate(reg, v2, decision="fail")
     ev = reg.reject(MODEL, 2, evaluation_id=failed, reason="worse on refunds", actor="dagster:run-1")
-    assert (ev.action, ev.alias, ev.from_version, ev.to_version, ev.evaluation_id) == ("reject", "production", 1, 1, failed)
+    assert (ev.action, ev.alias, ev.from_version, ev.to_version, ev.evaluation_id) == (
+        "reject",
+        "production",
+        1,
+        1,
+        failed,
+    )
     assert reg.resolve(MODEL).version == 1 and reg.alias_generation(MODEL, "production") == 1
     rejected = reg.get_version(MODEL, 2)
     assert rejected.lifecycle == "rejected" and rejected.tags["rejected_reason"] == "worse on refunds"
@@ -428,8 +472,13 @@ def _race_worker(url: str, jobs: list[tuple], barrier, results) -> None:
         barrier.wait(timeout=60)
         try:
             ev = reg.promote(
-                model, version, alias=alias, evaluation_id=eval_id, expected_generation=expected,
-                reason="race", actor=f"pid:{os.getpid()}",
+                model,
+                version,
+                alias=alias,
+                evaluation_id=eval_id,
+                expected_generation=expected,
+                reason="race",
+                actor=f"pid:{os.getpid()}",
             )
             results.put((model, version, "won", ev.event_id))
         except (PromotionConflict, StaleBaseline) as exc:
@@ -491,7 +540,9 @@ def test_two_processes_promoting_at_once_exactly_one_wins(registry_url):
         assert lost in expected_losses, pair
         assert reg.resolve(model, alias).version == winner
         assert reg.alias_generation(model, alias) == gen + 1
-        moves = [e for e in reg.history(model, alias) if e.action == "promote" and e.to_version in (a.version, b.version)]
+        moves = [
+            e for e in reg.history(model, alias) if e.action == "promote" and e.to_version in (a.version, b.version)
+        ]
         assert len(moves) == 1 and (moves[0].from_version, moves[0].to_version) == (previous, winner)
         assert reg.get_version(model, loser).lifecycle == "candidate"
         assert reg.get_version(model, winner).lifecycle == alias

@@ -8,7 +8,10 @@ from ft_pipeline.lib.cleaning import CleaningConfig, clean_conversations
 from ft_pipeline.lib.records import CONVERSATION_COLUMNS
 from ft_pipeline.lib.splits import SplitConfig, assign_splits, check_min_sizes, group_keys, leakage_report
 
-WORDS = "hub camera doorbell thermostat wifi router battery refund invoice shipping tracking parcel setup reset light app phone account password email".split()
+WORDS = (
+    "hub camera doorbell thermostat wifi router battery refund invoice shipping tracking "
+    "parcel setup reset light app phone account password email"
+).split()
 
 
 def _conversation(rng, i, user=None, first=None, tags=None):
@@ -16,14 +19,21 @@ def _conversation(rng, i, user=None, first=None, tags=None):
     answer = " ".join(rng.choice(WORDS) for _ in range(60)) + f" ticket {i}."
     row = {c: None for c in CONVERSATION_COLUMNS}
     row.update(
-        conversation_id=f"c{i:05d}", user_id=user, tags=tags or [], source_format="raw", source_file="f", source_line=i,
+        conversation_id=f"c{i:05d}",
+        user_id=user,
+        tags=tags or [],
+        source_format="raw",
+        source_file="f",
+        source_line=i,
         messages=[{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
     )
     return row
 
 
 def _curated(rows):
-    return clean_conversations(pd.DataFrame(rows, columns=CONVERSATION_COLUMNS), CleaningConfig(min_unique_word_ratio=0.0)).kept
+    return clean_conversations(
+        pd.DataFrame(rows, columns=CONVERSATION_COLUMNS), CleaningConfig(min_unique_word_ratio=0.0)
+    ).kept
 
 
 def _dataset(n, seed=0, users=40):
@@ -37,7 +47,11 @@ def test_proportions_and_determinism():
     b = assign_splits(curated)
     assert a["split"].tolist() == b["split"].tolist()
     shares = a["split"].value_counts(normalize=True)
-    assert abs(shares["train"] - 0.8) < 0.05 and abs(shares["validation"] - 0.1) < 0.04 and abs(shares["test"] - 0.1) < 0.04
+    assert (
+        abs(shares["train"] - 0.8) < 0.05
+        and abs(shares["validation"] - 0.1) < 0.04
+        and abs(shares["test"] - 0.1) < 0.04
+    )
     other_seed = assign_splits(curated, SplitConfig(seed=7))
     assert other_seed["split"].tolist() != a["split"].tolist()
 
@@ -73,7 +87,9 @@ def test_stratified_split_gives_per_tag_proportions():
 
 def test_leakage_report_clean_and_planted():
     assigned = assign_splits(_curated(_dataset(800, seed=4)))
-    frames = {name: assigned[assigned["split"] == name].reset_index(drop=True) for name in ("train", "validation", "test")}
+    frames = {
+        name: assigned[assigned["split"] == name].reset_index(drop=True) for name in ("train", "validation", "test")
+    }
     report = leakage_report(frames)
     assert not report.leaked, report.to_dict()
     # Plant: a train conversation copied into test (exact + near duplicate), and a user in two splits.

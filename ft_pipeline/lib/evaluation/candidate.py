@@ -10,9 +10,10 @@ as the :class:`EvaluationSummary` manifest.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -132,8 +133,14 @@ def evaluate_candidate(
     no_production = (
         f"the candidate is production already (v{version.version})" if already_production else "no production model yet"
     )
-    result = run_evaluation(test, generators, gate=config.gate, config=config.evaluation, train_test_overlap=overlap,
-                            no_production_reason=no_production)
+    result = run_evaluation(
+        test,
+        generators,
+        gate=config.gate,
+        config=config.evaluation,
+        train_test_overlap=overlap,
+        no_production_reason=no_production,
+    )
     if config.compute_perplexity and record.backend == "local_lora":
         _add_validation_perplexity(result, generators, splits)
     if config.judge_model:
@@ -187,10 +194,17 @@ def evaluate_candidate(
         dagster_run_id=run_id,
     )
     if not result.decision.passed and not already_production:
-        registry.reject(config.model_name, version.version, evaluation_id=eval_id, reason=result.decision.description(),
-                        actor=actor)
-    return CandidateEvaluation(summary=summary, result=result, report_paths=paths, n_examples=len(test),
-                               test_split_hash=test_hash, dataset_version=record.data_version)
+        registry.reject(
+            config.model_name, version.version, evaluation_id=eval_id, reason=result.decision.description(), actor=actor
+        )
+    return CandidateEvaluation(
+        summary=summary,
+        result=result,
+        report_paths=paths,
+        n_examples=len(test),
+        test_split_hash=test_hash,
+        dataset_version=record.data_version,
+    )
 
 
 def _test_examples(splits: SplitsManifest, max_examples: int, log: Callable[[str], None]) -> pd.DataFrame:
@@ -204,8 +218,13 @@ def _test_examples(splits: SplitsManifest, max_examples: int, log: Callable[[str
 
 
 def _register_candidate(
-    registry: ModelRegistry, record: ModelRecord, splits: SplitsManifest, model_name: str, test_hash: str,
-    n_test: int, run_id: str | None,
+    registry: ModelRegistry,
+    record: ModelRecord,
+    splits: SplitsManifest,
+    model_name: str,
+    test_hash: str,
+    n_test: int,
+    run_id: str | None,
 ) -> tuple[ModelVersion, str]:
     """The candidate's lineage rows and its new (or existing, same run key) version; and the id of
     the evaluated test set."""
@@ -218,8 +237,16 @@ def _register_candidate(
     train_ds, val_ds = dataset("train", "train"), dataset("validation", "validation")
     test_ds = registry.record_dataset_version("curated", "eval", test_hash, n_test)
     run_id_in_registry = registry.record_training_run(
-        record.run_key, record.backend, record.base_model, train_ds, val_ds, record.config, record.seed,
-        external_job_id=record.job_id, trained_tokens=record.trained_tokens, dagster_run_id=run_id,
+        record.run_key,
+        record.backend,
+        record.base_model,
+        train_ds,
+        val_ds,
+        record.config,
+        record.seed,
+        external_job_id=record.job_id,
+        trained_tokens=record.trained_tokens,
+        dagster_run_id=run_id,
     )
     version = registry.register_model_version(
         model_name,
@@ -239,8 +266,13 @@ def _register_candidate(
 
 
 def _generator_for(
-    model: ModelRecord | ModelVersion, generation: GenerationConfig, openai_client: Callable[[], Any], data_dir: Path,
-    *, base: bool = False, log: Callable[[str], None] | None = None,
+    model: ModelRecord | ModelVersion,
+    generation: GenerationConfig,
+    openai_client: Callable[[], Any],
+    data_dir: Path,
+    *,
+    base: bool = False,
+    log: Callable[[str], None] | None = None,
 ) -> Generator:
     """A generator for a training run's record or a registered version (or, ``base``, for the
     base model under it). A base path recorded relative to the data directory is resolved
@@ -287,8 +319,15 @@ def _add_judge_verdicts(
     examples = result.examples
     answers = {role: examples.loc[examples["model"] == role, "prediction"].tolist() for role in generators}
     result.extra["judge"] = {
-        baseline: pairwise_judge(client, config.judge_model, prompts, answers["candidate"], answers[baseline],
-                                 concurrency=config.generation.concurrency, seed=config.evaluation.seed).to_dict()
+        baseline: pairwise_judge(
+            client,
+            config.judge_model,
+            prompts,
+            answers["candidate"],
+            answers[baseline],
+            concurrency=config.generation.concurrency,
+            seed=config.evaluation.seed,
+        ).to_dict()
         for baseline in ("base", "production")
         if baseline in answers
     }

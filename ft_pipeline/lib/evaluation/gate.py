@@ -53,7 +53,9 @@ class GateDecision:
     def to_dict(self) -> dict[str, Any]:
         return {
             "passed": self.passed,
-            "rules": [{"rule": r.rule, "passed": r.passed, "detail": r.detail, "numbers": r.numbers} for r in self.rules],
+            "rules": [
+                {"rule": r.rule, "passed": r.passed, "detail": r.detail, "numbers": r.numbers} for r in self.rules
+            ],
         }
 
 
@@ -62,10 +64,13 @@ def _improvement_rule(name: str, comparison: dict[str, Any], gate: PromotionGate
     delta = float(comparison["delta"])
     passed = ci_low > gate.margin
     detail = (
-        f"{gate.primary_metric} candidate − {name} = {delta:+.4f}, 95% CI [{ci_low:+.4f}, {float(comparison['ci_high']):+.4f}]"
+        f"{gate.primary_metric} candidate − {name} = {delta:+.4f}, 95% CI [{ci_low:+.4f}, "
+        f"{float(comparison['ci_high']):+.4f}]"
         f" {'>' if passed else '≤'} margin {gate.margin:g} at the lower bound"
     )
-    return RuleResult(f"beats_{name}", passed, detail, {"delta": delta, "ci_low": ci_low, "ci_high": float(comparison["ci_high"])})
+    return RuleResult(
+        f"beats_{name}", passed, detail, {"delta": delta, "ci_low": ci_low, "ci_high": float(comparison["ci_high"])}
+    )
 
 
 def evaluate_gate(

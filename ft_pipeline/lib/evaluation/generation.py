@@ -155,7 +155,9 @@ class ScriptedGenerator:
 
 
 def _offline() -> bool:
-    return any(os.environ.get(v, "").lower() in {"1", "true", "yes", "on"} for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(v, "").lower() in {"1", "true", "yes", "on"} for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def adapter_digest(adapter_dir: str | Path) -> str:
@@ -327,8 +329,10 @@ class LocalGenerator:
                 if self.on_progress is not None:
                     generated += int((new_tokens != gen_config.pad_token_id).sum())
                     elapsed = time.perf_counter() - started
-                    self.on_progress(f"{self.name}: {min(start + bs, len(order))}/{len(order)} answers, "
-                                     f"{generated} new tokens, {generated / max(elapsed, 1e-9):.1f} tokens/s")
+                    self.on_progress(
+                        f"{self.name}: {min(start + bs, len(order))}/{len(order)} answers, "
+                        f"{generated} new tokens, {generated / max(elapsed, 1e-9):.1f} tokens/s"
+                    )
         return [a if a is not None else "" for a in answers]
 
     # ------------------------------------------------------------------------------ mean_nll
@@ -389,7 +393,10 @@ class LocalGenerator:
                 shift_logits = logits[:, :-1, :].float()
                 shift_labels = labels[:, 1:].to(self.device)
                 total_nll += F.cross_entropy(
-                    shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=-100, reduction="sum"
+                    shift_logits.reshape(-1, shift_logits.shape[-1]),
+                    shift_labels.reshape(-1),
+                    ignore_index=-100,
+                    reduction="sum",
                 ).item()
                 total_tokens += int((shift_labels != -100).sum().item())
         if total_tokens == 0:

@@ -8,9 +8,10 @@ OpenAI-compatible chat model, called through the real client with bounded concur
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 JUDGE_PROMPT = """You compare two answers of an assistant to the same conversation.
 
@@ -23,7 +24,7 @@ Answer A:
 Answer B:
 {answer_b}
 
-Which answer is more helpful, correct and appropriate for the last user message? Reply with exactly one of: A, B, TIE."""
+Which answer is more helpful, correct and appropriate for the last user message? Reply with exactly one of: A, B, TIE."""  # noqa: E501 (the prompt's own line)
 
 _VERDICT = re.compile(r"\b(A|B|TIE)\b")
 
@@ -52,8 +53,14 @@ class JudgeResult:
         return self.wins / len(self.per_example) if self.per_example else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"judge_model": self.judge_model, "wins": self.wins, "losses": self.losses, "ties": self.ties,
-                "win_rate": self.win_rate, "n": len(self.per_example)}
+        return {
+            "judge_model": self.judge_model,
+            "wins": self.wins,
+            "losses": self.losses,
+            "ties": self.ties,
+            "win_rate": self.win_rate,
+            "n": len(self.per_example),
+        }
 
 
 def pairwise_judge(
@@ -73,7 +80,12 @@ def pairwise_judge(
     def ask(conversation: str, answer_a: str, answer_b: str) -> str:
         response = client.chat.completions.create(
             model=judge_model,
-            messages=[{"role": "user", "content": JUDGE_PROMPT.format(conversation=conversation, answer_a=answer_a, answer_b=answer_b)}],
+            messages=[
+                {
+                    "role": "user",
+                    "content": JUDGE_PROMPT.format(conversation=conversation, answer_a=answer_a, answer_b=answer_b),
+                }
+            ],
             temperature=0,
             seed=seed,
             max_completion_tokens=4,

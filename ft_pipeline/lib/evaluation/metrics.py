@@ -27,9 +27,10 @@ import re
 import string
 import unicodedata
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from functools import lru_cache
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -210,8 +211,7 @@ _JSON_TYPES: dict[str, Any] = {
     # bool is an int subclass in Python but not a number in JSON.
     "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
     # JSON Schema (draft 6+) counts 1.0 as an integer: it is the mathematical value that matters.
-    "integer": lambda v: (isinstance(v, int) and not isinstance(v, bool))
-    or (isinstance(v, float) and v.is_integer()),
+    "integer": lambda v: (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, float) and v.is_integer()),
     "boolean": lambda v: isinstance(v, bool),
     "null": lambda v: v is None,
 }
@@ -375,8 +375,9 @@ def classification_report(
         "labels": [canonical[k] for k in keys],
     }
     if n == 0:
-        report.update(accuracy=float("nan"), macro_f1=float("nan"), confusion_matrix=[], confusion_labels=[],
-                      per_label={})
+        report.update(
+            accuracy=float("nan"), macro_f1=float("nan"), confusion_matrix=[], confusion_labels=[], per_label={}
+        )
         return report
 
     matrix_keys = keys + ([INVALID_LABEL] if n_invalid else [])
@@ -441,9 +442,7 @@ class ExampleScores:
     def to_dict(self) -> dict[str, np.ndarray]:
         """``{column: array}`` for the metric columns that apply (``task`` is not a column)."""
         return {
-            f.name: value
-            for f in fields(self)
-            if f.name != "task" and (value := getattr(self, f.name)) is not None
+            f.name: value for f in fields(self) if f.name != "task" and (value := getattr(self, f.name)) is not None
         }
 
     def to_frame(self) -> pd.DataFrame:
@@ -487,9 +486,7 @@ def example_scores(
                 [json_schema_compliance(p, json_schema) for p in predictions], dtype=np.float64
             )
     elif task == "classification":
-        scores.correct = np.array(
-            [float(normalize_label(p) == normalize_label(r)) for p, r in pairs], dtype=np.float64
-        )
+        scores.correct = np.array([float(normalize_label(p) == normalize_label(r)) for p, r in pairs], dtype=np.float64)
     return scores
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from ft_pipeline.lib.evaluation.summary import EvaluationSummary
 from ft_pipeline.lib.publish import PublishedModel, publish_model_dir
@@ -33,7 +33,11 @@ class Promotion:
 
 
 def promote_candidate(
-    summary: EvaluationSummary, registry: ModelRegistry, *, publish_url: str, actor: str,
+    summary: EvaluationSummary,
+    registry: ModelRegistry,
+    *,
+    publish_url: str,
+    actor: str,
     log: Callable[[str], None] = lambda message: None,
 ) -> Promotion:
     """Move the registry's ``production`` alias to ``summary``'s candidate: one transaction with
@@ -73,5 +77,13 @@ def promote_candidate(
     except StaleBaseline as err:
         raise NotPromoted(f"not promoted: {err}") from None
     promoted = registry.get_version(name, version)
-    return Promotion("promoted", name, version, summary.eval_id, previous_version=event.from_version,
-                     model_uri=promoted.model_uri, audit_event_id=event.event_id, published=published)
+    return Promotion(
+        "promoted",
+        name,
+        version,
+        summary.eval_id,
+        previous_version=event.from_version,
+        model_uri=promoted.model_uri,
+        audit_event_id=event.event_id,
+        published=published,
+    )

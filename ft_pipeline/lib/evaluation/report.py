@@ -50,13 +50,20 @@ def side_by_side(examples: Any, n: int = SIDE_BY_SIDE_EXAMPLES, metric: str = "r
         if prompt in seen:  # a stock follow-up ("Thanks, that is all.") once is enough
             continue
         seen.add(prompt)
-        row: dict[str, Any] = {"conversation_id": str(candidate.at[i, "conversation_id"]), "prompt": str(candidate.at[i, "prompt"]),
-               "reference": str(candidate.at[i, "reference"]), "answers": {}}
+        row: dict[str, Any] = {
+            "conversation_id": str(candidate.at[i, "conversation_id"]),
+            "prompt": str(candidate.at[i, "prompt"]),
+            "reference": str(candidate.at[i, "reference"]),
+            "answers": {},
+        }
         for role in ROLES:
             frame = by_role.get(role)
             if frame is not None and i < len(frame):
                 score = frame.at[i, metric] if metric in frame else None
-                row["answers"][role] = {"text": str(frame.at[i, "prediction"]), metric: None if score is None else float(score)}
+                row["answers"][role] = {
+                    "text": str(frame.at[i, "prediction"]),
+                    metric: None if score is None else float(score),
+                }
         rows.append(row)
     return rows
 
@@ -91,53 +98,104 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += ["", "## Models", ""]
     for role in roles:
         lines.append(f"- {role}: `{report['model_ids'][role]}`")
-    lines += ["", f"Test split: {report['n_examples']} examples, dataset version `{report.get('dataset_version', '')}`, "
-              f"test split hash `{report.get('test_split_hash', '')}`.", "", "## Metrics (mean)", ""]
+    lines += [
+        "",
+        f"Test split: {report['n_examples']} examples, dataset version `{report.get('dataset_version', '')}`, "
+        f"test split hash `{report.get('test_split_hash', '')}`.",
+        "",
+        "## Metrics (mean)",
+        "",
+    ]
     lines.append("| metric | " + " | ".join(roles) + " |")
     lines.append("|---|" + "---:|" * len(roles))
     for metric in report["metrics"]:
-        lines.append(f"| {metric} | " + " | ".join(f"{report['summary'][r].get(metric, float('nan')):.4f}" for r in roles) + " |")
+        lines.append(
+            f"| {metric} | " + " | ".join(f"{report['summary'][r].get(metric, float('nan')):.4f}" for r in roles) + " |"
+        )
     for baseline, comparisons in report["comparisons"].items():
-        lines += ["", f"## Candidate − {baseline} (paired bootstrap, 95% CI)", "", "| metric | delta | CI low | CI high | McNemar p |", "|---|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            f"## Candidate − {baseline} (paired bootstrap, 95% CI)",
+            "",
+            "| metric | delta | CI low | CI high | McNemar p |",
+            "|---|---:|---:|---:|---:|",
+        ]
         for metric, c in comparisons.items():
             p = c.get("p_value")
-            lines.append(f"| {metric} | {c['delta']:+.4f} | {c['ci_low']:+.4f} | {c['ci_high']:+.4f} | {'' if p is None else f'{p:.3g}'} |")
+            lines.append(
+                f"| {metric} | {c['delta']:+.4f} | {c['ci_low']:+.4f} | {c['ci_high']:+.4f} | "
+                f"{'' if p is None else f'{p:.3g}'} |"
+            )
     judge = (report.get("extra") or {}).get("judge")
     if judge:
-        lines += ["", "## LLM judge (pairwise, both orders must agree)", "", "| vs | judge | wins | losses | ties | n |", "|---|---|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            "## LLM judge (pairwise, both orders must agree)",
+            "",
+            "| vs | judge | wins | losses | ties | n |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
         for baseline, j in judge.items():
-            lines.append(f"| {baseline} | `{j['judge_model']}` | {j['wins']} | {j['losses']} | {j['ties']} | {j['n']} |")
+            lines.append(
+                f"| {baseline} | `{j['judge_model']}` | {j['wins']} | {j['losses']} | {j['ties']} | {j['n']} |"
+            )
     perplexity = (report.get("extra") or {}).get("validation_perplexity")
     if perplexity:
-        lines += ["", "## Validation perplexity", "", " · ".join(f"{role} {value:.2f}" for role, value in perplexity.items())]
+        lines += [
+            "",
+            "## Validation perplexity",
+            "",
+            " · ".join(f"{role} {value:.2f}" for role, value in perplexity.items()),
+        ]
     if report.get("side_by_side"):
         primary = report.get("primary_metric", "rougeL")
         lines += ["", "## Answers side by side (first test prompts)", ""]
         for k, row in enumerate(report["side_by_side"], 1):
-            lines += [f"### {k}. `{row['conversation_id']}`", "", f"**User:** {_md_quote(row['prompt'])}", "",
-                      f"**Reference:** {_md_quote(row['reference'])}", ""]
+            lines += [
+                f"### {k}. `{row['conversation_id']}`",
+                "",
+                f"**User:** {_md_quote(row['prompt'])}",
+                "",
+                f"**Reference:** {_md_quote(row['reference'])}",
+                "",
+            ]
             for role in ("base", "candidate", "production"):
                 answer = row["answers"].get(role)
                 if answer is not None:
                     score = answer.get(primary)
-                    lines.append(f"**{role}** ({primary} {'n/a' if score is None else f'{score:.3f}'}): {_md_quote(answer['text'])}")
+                    lines.append(
+                        f"**{role}** ({primary} {'n/a' if score is None else f'{score:.3f}'}): "
+                        f"{_md_quote(answer['text'])}"
+                    )
                     lines.append("")
     if report.get("regression_suite"):
         rs = report["regression_suite"]
         lines += ["", f"## Regression suite\n\ncandidate {rs['candidate']:.4f}, base {rs['base']:.4f}"]
     if report.get("slices"):
-        lines += ["", "## By tag (primary metric)", "", "| tag | n | " + " | ".join(roles) + " |", "|---|---:|" + "---:|" * len(roles)]
+        lines += [
+            "",
+            "## By tag (primary metric)",
+            "",
+            "| tag | n | " + " | ".join(roles) + " |",
+            "|---|---:|" + "---:|" * len(roles),
+        ]
         primary = report.get("primary_metric", "rougeL")
         for tag, by_role in report["slices"].items():
             n = int(by_role.get("n", {}).get("examples", 0))
-            lines.append(f"| {tag} | {n} | " + " | ".join(f"{by_role[r].get(primary, float('nan')):.4f}" for r in roles if r in by_role) + " |")
+            lines.append(
+                f"| {tag} | {n} | "
+                + " | ".join(f"{by_role[r].get(primary, float('nan')):.4f}" for r in roles if r in by_role)
+                + " |"
+            )
     return "\n".join(lines) + "\n"
 
 
 def _md_quote(text: str) -> str:
     """One line of Markdown that shows model output as written (no headings, lists or HTML)."""
     flat = " ".join(str(text).split())
-    return (flat.replace("\\", "\\\\").replace("<", "&lt;").replace("*", "\\*").replace("_", "\\_").replace("#", "\\#")) or "_(empty)_"
+    return (
+        flat.replace("\\", "\\\\").replace("<", "&lt;").replace("*", "\\*").replace("_", "\\_").replace("#", "\\#")
+    ) or "_(empty)_"
 
 
 def write_charts(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
@@ -153,7 +211,12 @@ def write_charts(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     try:
         width = 0.8 / max(1, len(roles))
         for k, role in enumerate(roles):
-            ax.bar([i + k * width for i in range(len(metrics))], [report["summary"][role].get(m, 0) for m in metrics], width, label=role)
+            ax.bar(
+                [i + k * width for i in range(len(metrics))],
+                [report["summary"][role].get(m, 0) for m in metrics],
+                width,
+                label=role,
+            )
         ax.set_xticks([i + width * (len(roles) - 1) / 2 for i in range(len(metrics))], metrics, rotation=20)
         ax.set_ylabel("mean score")
         ax.legend()
@@ -190,7 +253,11 @@ def write_report(result: EvaluationResult, out_dir: str | Path, context: dict[st
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = report_dict(result, context)
-    paths = {"json": out_dir / "report.json", "markdown": out_dir / "report.md", "examples": out_dir / "examples.parquet"}
+    paths = {
+        "json": out_dir / "report.json",
+        "markdown": out_dir / "report.md",
+        "examples": out_dir / "examples.parquet",
+    }
     paths["json"].write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     paths["markdown"].write_text(render_markdown(report), encoding="utf-8")
     result.examples.to_parquet(paths["examples"], index=False)

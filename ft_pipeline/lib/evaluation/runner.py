@@ -4,9 +4,10 @@ per-tag slices, the regression suite, and the promotion gate's decision."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -61,7 +62,9 @@ class EvaluationResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _score(generator: Generator, prompts: Sequence[list[dict]], references: Sequence[str], config: EvaluationConfig) -> tuple[list[str], pd.DataFrame]:
+def _score(
+    generator: Generator, prompts: Sequence[list[dict]], references: Sequence[str], config: EvaluationConfig
+) -> tuple[list[str], pd.DataFrame]:
     predictions = generator.generate(prompts)
     if len(predictions) != len(prompts):
         raise RuntimeError(f"{generator.name} returned {len(predictions)} answers for {len(prompts)} prompts")
@@ -115,7 +118,14 @@ def run_evaluation(
     metrics = [c for c in scores["candidate"].columns if pd.api.types.is_numeric_dtype(scores["candidate"][c])]
     summary = {role: aggregate(frame) for role, frame in scores.items()}
     comparisons: dict[str, dict[str, dict[str, Any]]] = {
-        baseline: compare(scores["candidate"], scores[baseline], metrics, n_resamples=config.n_resamples, confidence=config.confidence, seed=config.seed)
+        baseline: compare(
+            scores["candidate"],
+            scores[baseline],
+            metrics,
+            n_resamples=config.n_resamples,
+            confidence=config.confidence,
+            seed=config.seed,
+        )
         for baseline in ("base", "production")
         if baseline in scores
     }

@@ -14,8 +14,9 @@ difference is much smaller than two independent per-model intervals would sugges
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd

@@ -28,7 +28,6 @@ __all__ = [
 ]
 
 
-
 def loss_history(log_history: list[dict]) -> list[dict]:
     """Trainer's log_history as one record per logged step; eval_loss joins the step's record."""
     by_step: dict[int, dict] = {}
@@ -36,7 +35,11 @@ def loss_history(log_history: list[dict]) -> list[dict]:
         step = int(entry.get("step", 0))
         if "loss" in entry:
             rec = by_step.setdefault(step, {"step": step})
-            rec.update(loss=float(entry["loss"]), learning_rate=float(entry.get("learning_rate", float("nan"))), epoch=entry.get("epoch"))
+            rec.update(
+                loss=float(entry["loss"]),
+                learning_rate=float(entry.get("learning_rate", float("nan"))),
+                epoch=entry.get("epoch"),
+            )
         elif "eval_loss" in entry:
             rec = by_step.setdefault(step, {"step": step, "epoch": entry.get("epoch")})
             rec["eval_loss"] = float(entry["eval_loss"])
@@ -92,7 +95,17 @@ def write_loss_plot(history: Sequence[dict], path: Path) -> Path:
 # ------------------------------------------------------------------------------- model card
 
 
-def write_model_card(path: Path, *, base_ref: str, base_hub_id: str | None, base_name: str, data_version: str, config: LoraTrainingConfig, metrics: dict, merged: bool) -> Path:
+def write_model_card(
+    path: Path,
+    *,
+    base_ref: str,
+    base_hub_id: str | None,
+    base_name: str,
+    data_version: str,
+    config: LoraTrainingConfig,
+    metrics: dict,
+    merged: bool,
+) -> Path:
     tiny_note = (
         "\n> **Demo base.** The base model is the locally built tiny model: random weights, not a language "
         "model. This adapter demonstrates the training mechanics only; its outputs are not meaningful text.\n"
@@ -202,4 +215,3 @@ def write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str), encoding="utf-8")
     os.replace(tmp, path)
-

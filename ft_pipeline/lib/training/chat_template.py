@@ -22,7 +22,14 @@ slip cannot leak a literal "None" into training data.
 
 from __future__ import annotations
 
-__all__ = ["CHATML_TRAINING_TEMPLATE", "IM_START", "IM_END", "SMOLLM2_CHAT_TEMPLATE", "SMOLLM2_TRAINING_TEMPLATE", "TRAINING_VARIANTS"]
+__all__ = [
+    "CHATML_TRAINING_TEMPLATE",
+    "IM_START",
+    "IM_END",
+    "SMOLLM2_CHAT_TEMPLATE",
+    "SMOLLM2_TRAINING_TEMPLATE",
+    "TRAINING_VARIANTS",
+]
 
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
@@ -62,7 +69,8 @@ SMOLLM2_TRAINING_TEMPLATE: str = CHATML_TRAINING_TEMPLATE.replace(
     "{%- for message in messages %}\n",
     "{%- for message in messages %}\n"
     "    {%- if loop.first and messages[0]['role'] != 'system' %}\n"
-    "        {{- '<|im_start|>system\\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\\n' }}\n"
+    "        {{- '<|im_start|>system\\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
+    "Face<|im_end|>\\n' }}\n"
     "    {%- endif %}\n",
     1,
 )

@@ -26,7 +26,6 @@ def checkpoint_step(path: Path) -> int:
     return int(match.group(1))
 
 
-
 def _safetensors_complete(path: Path) -> bool:
     """True when the file's header parses and the file is as long as the header says."""
     try:
@@ -103,4 +102,3 @@ def drop_incomplete_checkpoints_after(checkpoints_dir: Path, keep: Path | None) 
         if m and child.is_dir() and int(m.group(1)) > keep_step:
             logger.warning("removing incomplete checkpoint %s", child)
             shutil.rmtree(child, ignore_errors=True)
-

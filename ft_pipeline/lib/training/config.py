@@ -130,4 +130,3 @@ def run_key(data_version: str, config: LoraTrainingConfig, base_model_ref: str) 
     """
     payload = {"data": data_version, "config": config.config_hash(), "base": str(base_model_ref)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-

@@ -9,9 +9,10 @@ turns the trainer's summary into the :class:`ModelRecord`. OpenAI: :func:`fine_t
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ft_pipeline.lib.manifests import SplitsManifest, read_manifest
 from ft_pipeline.lib.storage import content_version, portable_path
@@ -60,8 +61,9 @@ def prepare_local_run(
     return LocalRun(key=key, output_dir=output_dir, config=config, extras=extras)
 
 
-def record_local_run(run: LocalRun, splits: SplitsManifest, trainer_summary: dict[str, Any], models_folder: Path,
-                     data_dir: Path) -> tuple[ModelRecord, Path]:
+def record_local_run(
+    run: LocalRun, splits: SplitsManifest, trainer_summary: dict[str, Any], models_folder: Path, data_dir: Path
+) -> tuple[ModelRecord, Path]:
     """The record of a finished local run (from the trainer's last Pipes message), written."""
     record = ModelRecord(
         version=run.key,
@@ -91,14 +93,28 @@ def openai_run_key(splits: SplitsManifest, config: OpenAIFineTuneConfig) -> str:
 
 
 def fine_tune_openai(
-    client: Any, splits: SplitsManifest, config: OpenAIFineTuneConfig, models_folder: Path, *,
-    on_log: Callable[[str], None], on_metrics: Callable[[dict], None], on_job: Callable[[str], None],
+    client: Any,
+    splits: SplitsManifest,
+    config: OpenAIFineTuneConfig,
+    models_folder: Path,
+    *,
+    on_log: Callable[[str], None],
+    on_metrics: Callable[[dict], None],
+    on_job: Callable[[str], None],
 ) -> tuple[ModelRecord, OpenAIFineTuneResult, Path]:
     """Run (or re-attach to) the OpenAI fine-tuning job of these splits and settings and write its
     record. Raises what :func:`run_fine_tune` raises (``FineTuneError`` and its kinds)."""
     key = openai_run_key(splits, config)
-    result = run_fine_tune(client, Path(splits.jsonl("train")), Path(splits.jsonl("validation")), key, config,
-                           on_log=on_log, on_metrics=on_metrics, on_job=on_job)
+    result = run_fine_tune(
+        client,
+        Path(splits.jsonl("train")),
+        Path(splits.jsonl("validation")),
+        key,
+        config,
+        on_log=on_log,
+        on_metrics=on_metrics,
+        on_job=on_job,
+    )
     record = ModelRecord(
         version=key,
         path=record_path(models_folder, key),

@@ -135,8 +135,9 @@ class OpenAIFineTuneConfig:
             raise ValueError("model must be a non-empty string")
         _check_auto_or_number("n_epochs", self.n_epochs, integer=True, low=1, high=50)
         _check_auto_or_number("batch_size", self.batch_size, integer=True, low=1, high=256)
-        _check_auto_or_number("learning_rate_multiplier", self.learning_rate_multiplier, integer=False, low=0,
-                              high=None)
+        _check_auto_or_number(
+            "learning_rate_multiplier", self.learning_rate_multiplier, integer=False, low=0, high=None
+        )
         if not isinstance(self.suffix, str) or len(self.suffix) > MAX_SUFFIX_CHARS:
             raise ValueError(f"suffix must be a string of at most {MAX_SUFFIX_CHARS} characters")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
@@ -150,8 +151,11 @@ class OpenAIFineTuneConfig:
 
     def hyperparameters(self) -> dict[str, int | float | str]:
         """The supervised hyperparameters as sent to the API."""
-        return {"n_epochs": self.n_epochs, "batch_size": self.batch_size,
-                "learning_rate_multiplier": self.learning_rate_multiplier}
+        return {
+            "n_epochs": self.n_epochs,
+            "batch_size": self.batch_size,
+            "learning_rate_multiplier": self.learning_rate_multiplier,
+        }
 
 
 @dataclass
@@ -201,8 +205,15 @@ class FineTuneFailed(FineTuneError):
     """The job ended ``failed``; the message carries the API's error code and message,
     also available as ``code``, ``api_message`` and ``param``."""
 
-    def __init__(self, message: str, *, job_id: str | None = None, code: str | None = None,
-                 api_message: str | None = None, param: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        job_id: str | None = None,
+        code: str | None = None,
+        api_message: str | None = None,
+        param: str | None = None,
+    ) -> None:
         super().__init__(message, job_id=job_id)
         self.code = code
         self.api_message = api_message
@@ -242,8 +253,9 @@ class _Scrubber:
         if isinstance(value, (list, tuple)):
             return type(value)(self(v) for v in value)
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            return dataclasses.replace(value, **{f.name: self(getattr(value, f.name))
-                                                 for f in dataclasses.fields(value)})
+            return dataclasses.replace(
+                value, **{f.name: self(getattr(value, f.name)) for f in dataclasses.fields(value)}
+            )
         return value
 
 
@@ -252,8 +264,9 @@ def _status(job: Any) -> str:
     return str(job.status)
 
 
-def find_job_by_run_key(client: openai.OpenAI, run_key: str, *,
-                        page_size: int = LIST_PAGE_SIZE) -> FineTuningJob | None:
+def find_job_by_run_key(
+    client: openai.OpenAI, run_key: str, *, page_size: int = LIST_PAGE_SIZE
+) -> FineTuningJob | None:
     """The newest job whose ``metadata.run_key`` equals ``run_key`` and whose status is not
     failed/cancelled, or None.
 
@@ -290,8 +303,15 @@ def _validate_run_key(run_key: str) -> None:
         raise ValueError(f"run_key must be at most {MAX_METADATA_VALUE_CHARS} characters (an API metadata value)")
 
 
-def _upload(client: openai.OpenAI, path: Path, *, deadline: float, sleep: Callable[[float], None],
-            clock: Callable[[], float], scrub: _Scrubber) -> str:
+def _upload(
+    client: openai.OpenAI,
+    path: Path,
+    *,
+    deadline: float,
+    sleep: Callable[[float], None],
+    clock: Callable[[], float],
+    scrub: _Scrubber,
+) -> str:
     """Upload one JSONL file for fine-tuning and wait until the API has processed it."""
     uploaded = client.files.create(file=path, purpose="fine-tune")
     interval = 1.0
@@ -320,8 +340,16 @@ def _retry_after_s(err: Exception) -> float | None:
     return None
 
 
-def _create_job(client: openai.OpenAI, config: OpenAIFineTuneConfig, run_key: str, training_file_id: str,
-                validation_file_id: str | None, *, sleep: Callable[[float], None], scrub: _Scrubber) -> FineTuningJob:
+def _create_job(
+    client: openai.OpenAI,
+    config: OpenAIFineTuneConfig,
+    run_key: str,
+    training_file_id: str,
+    validation_file_id: str | None,
+    *,
+    sleep: Callable[[float], None],
+    scrub: _Scrubber,
+) -> FineTuningJob:
     """Create the job at most ``config.create_attempts`` times, reconciling by run key after
     every ambiguous failure so that a lost response never leads to a second job."""
     params: dict[str, Any] = {
@@ -345,11 +373,15 @@ def _create_job(client: openai.OpenAI, config: OpenAIFineTuneConfig, run_key: st
             logger.info("created fine-tuning job %s (attempt %d)", job.id, attempt)
             return job
         except openai.APIStatusError as err:
-            retryable = (err.status_code in _RETRYABLE_STATUSES or err.status_code >= 500) and \
-                err.response.headers.get("x-should-retry") != "false"
+            retryable = (err.status_code in _RETRYABLE_STATUSES or err.status_code >= 500) and err.response.headers.get(
+                "x-should-retry"
+            ) != "false"
             if not retryable:
-                raise FineTuneError(scrub(f"fine-tuning job creation was rejected: HTTP {err.status_code} "
-                                          f"{err.code or ''}: {err.message}")) from err
+                raise FineTuneError(
+                    scrub(
+                        f"fine-tuning job creation was rejected: HTTP {err.status_code} {err.code or ''}: {err.message}"
+                    )
+                ) from err
             last_error = err
         except openai.APIConnectionError as err:  # includes APITimeoutError
             last_error = err
@@ -360,15 +392,18 @@ def _create_job(client: openai.OpenAI, config: OpenAIFineTuneConfig, run_key: st
             return found
         if attempt < config.create_attempts:
             sleep(_retry_after_s(last_error) or min(2.0 ** (attempt - 1), 30.0))
-    raise FineTuneError(f"could not create the fine-tuning job after {config.create_attempts} attempt(s); "
-                        f"last error: {type(last_error).__name__}") from last_error
+    raise FineTuneError(
+        f"could not create the fine-tuning job after {config.create_attempts} attempt(s); "
+        f"last error: {type(last_error).__name__}"
+    ) from last_error
 
 
 class _EventTail:
     """Emits each job event once, oldest first, however the polls interleave."""
 
-    def __init__(self, job_id: str, on_log: Callable[[str], None], on_metrics: Callable[[dict], None],
-                 scrub: _Scrubber) -> None:
+    def __init__(
+        self, job_id: str, on_log: Callable[[str], None], on_metrics: Callable[[dict], None], scrub: _Scrubber
+    ) -> None:
         self.job_id = job_id
         self.on_log = on_log
         self.on_metrics = on_metrics
@@ -403,9 +438,18 @@ def _stop(client: openai.OpenAI, job_id: str, error: type[FineTuneError], reason
     raise error(scrub(f"fine-tuning job {job_id} {reason}; {outcome}"), job_id=job_id)
 
 
-def _watch(client: openai.OpenAI, job: FineTuningJob, config: OpenAIFineTuneConfig, tail: _EventTail, *,
-           should_stop: Callable[[], bool], sleep: Callable[[float], None], clock: Callable[[], float],
-           deadline: float, scrub: _Scrubber) -> FineTuningJob:
+def _watch(
+    client: openai.OpenAI,
+    job: FineTuningJob,
+    config: OpenAIFineTuneConfig,
+    tail: _EventTail,
+    *,
+    should_stop: Callable[[], bool],
+    sleep: Callable[[float], None],
+    clock: Callable[[], float],
+    deadline: float,
+    scrub: _Scrubber,
+) -> FineTuningJob:
     """Poll until the job is terminal; cancel and raise on ``should_stop`` or the deadline."""
     interval = config.poll_interval_s
     errors = 0
@@ -420,9 +464,12 @@ def _watch(client: openai.OpenAI, job: FineTuningJob, config: OpenAIFineTuneConf
             errors += 1
             logger.warning("polling job %s failed (%s), %d in a row", job.id, type(err).__name__, errors)
             if errors > config.max_consecutive_poll_errors:
-                raise FineTuneError(f"lost contact with fine-tuning job {job.id} after {errors} failed polls "
-                                    f"({type(err).__name__}); it was not cancelled, rerun with the same run key "
-                                    f"to re-attach", job_id=job.id) from err
+                raise FineTuneError(
+                    f"lost contact with fine-tuning job {job.id} after {errors} failed polls "
+                    f"({type(err).__name__}); it was not cancelled, rerun with the same run key "
+                    f"to re-attach",
+                    job_id=job.id,
+                ) from err
         else:
             if _status(job) in TERMINAL_STATUSES:
                 return job
@@ -475,9 +522,15 @@ def _result_metrics(client: openai.OpenAI, job: FineTuningJob) -> dict:
 
 
 def _checkpoints(client: openai.OpenAI, job_id: str) -> list[dict]:
-    rows = [{"id": c.id, "step_number": c.step_number, "fine_tuned_model_checkpoint": c.fine_tuned_model_checkpoint,
-             "metrics": c.metrics.model_dump(exclude_none=True) if c.metrics is not None else {}}
-            for c in client.fine_tuning.jobs.checkpoints.list(job_id, limit=LIST_PAGE_SIZE)]
+    rows = [
+        {
+            "id": c.id,
+            "step_number": c.step_number,
+            "fine_tuned_model_checkpoint": c.fine_tuned_model_checkpoint,
+            "metrics": c.metrics.model_dump(exclude_none=True) if c.metrics is not None else {},
+        }
+        for c in client.fine_tuning.jobs.checkpoints.list(job_id, limit=LIST_PAGE_SIZE)
+    ]
     return sorted(rows, key=lambda row: row["step_number"])
 
 
@@ -490,14 +543,20 @@ def _noop(*_: Any) -> None:
     return None
 
 
-def run_fine_tune(client: openai.OpenAI, train_jsonl: Path, validation_jsonl: Path | None, run_key: str,
-                  config: OpenAIFineTuneConfig = OpenAIFineTuneConfig(), *,
-                  on_log: Callable[[str], None] = _noop,
-                  on_metrics: Callable[[dict], None] = _noop,
-                  on_job: Callable[[str], None] = _noop,
-                  should_stop: Callable[[], bool] = lambda: False,
-                  sleep: Callable[[float], None] = time.sleep,
-                  clock: Callable[[], float] = time.monotonic) -> OpenAIFineTuneResult:
+def run_fine_tune(
+    client: openai.OpenAI,
+    train_jsonl: Path,
+    validation_jsonl: Path | None,
+    run_key: str,
+    config: OpenAIFineTuneConfig = OpenAIFineTuneConfig(),
+    *,
+    on_log: Callable[[str], None] = _noop,
+    on_metrics: Callable[[dict], None] = _noop,
+    on_job: Callable[[str], None] = _noop,
+    should_stop: Callable[[], bool] = lambda: False,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> OpenAIFineTuneResult:
     """Run (or re-attach to) the fine-tuning job for ``run_key`` and wait for its end.
 
     Args:
@@ -544,8 +603,11 @@ def run_fine_tune(client: openai.OpenAI, train_jsonl: Path, validation_jsonl: Pa
         logger.info("re-attaching to fine-tuning job %s (status %s) for the run key", job.id, _status(job))
     else:
         training_file_id = _upload(client, train_jsonl, deadline=deadline, sleep=sleep, clock=clock, scrub=scrub)
-        validation_file_id = (_upload(client, validation_jsonl, deadline=deadline, sleep=sleep, clock=clock,
-                                      scrub=scrub) if validation_jsonl is not None else None)
+        validation_file_id = (
+            _upload(client, validation_jsonl, deadline=deadline, sleep=sleep, clock=clock, scrub=scrub)
+            if validation_jsonl is not None
+            else None
+        )
         # why check again: uploads can take long; never start a billable job only to cancel it
         if should_stop():
             raise FineTuneCancelled("stop requested before a fine-tuning job was created")
@@ -555,29 +617,37 @@ def run_fine_tune(client: openai.OpenAI, train_jsonl: Path, validation_jsonl: Pa
     on_job(job.id)
 
     tail = _EventTail(job.id, on_log, on_metrics, scrub)
-    job = _watch(client, job, config, tail, should_stop=should_stop, sleep=sleep, clock=clock, deadline=deadline,
-                 scrub=scrub)
+    job = _watch(
+        client, job, config, tail, should_stop=should_stop, sleep=sleep, clock=clock, deadline=deadline, scrub=scrub
+    )
     status = _status(job)
     if status == "failed":
         error = job.error
         # why not `job.error is not None`: real responses carry "error": {} on non-failed jobs
         code = error.code if error and error.code else "unknown_error"
         message = error.message if error and error.message else "no error message from the API"
-        raise FineTuneFailed(scrub(f"fine-tuning job {job.id} failed: {code}: {message}"), job_id=job.id,
-                             code=scrub(code), api_message=scrub(message), param=scrub(error.param if error else None))
+        raise FineTuneFailed(
+            scrub(f"fine-tuning job {job.id} failed: {code}: {message}"),
+            job_id=job.id,
+            code=scrub(code),
+            api_message=scrub(message),
+            param=scrub(error.param if error else None),
+        )
     if status == "cancelled":
         raise FineTuneCancelled(f"fine-tuning job {job.id} was cancelled", job_id=job.id)
 
-    return scrub(OpenAIFineTuneResult(
-        job_id=job.id,
-        status=status,
-        fine_tuned_model=job.fine_tuned_model,
-        trained_tokens=job.trained_tokens,
-        training_file_id=job.training_file,
-        validation_file_id=job.validation_file,
-        checkpoints=_checkpoints(client, job.id),
-        metrics=tail.metrics,
-        result_metrics=_result_metrics(client, job),
-        reattached=reattached,
-        hyperparameters=_hyperparameters(job),
-    ))
+    return scrub(
+        OpenAIFineTuneResult(
+            job_id=job.id,
+            status=status,
+            fine_tuned_model=job.fine_tuned_model,
+            trained_tokens=job.trained_tokens,
+            training_file_id=job.training_file,
+            validation_file_id=job.validation_file,
+            checkpoints=_checkpoints(client, job.id),
+            metrics=tail.metrics,
+            result_metrics=_result_metrics(client, job),
+            reattached=reattached,
+            hyperparameters=_hyperparameters(job),
+        )
+    )

@@ -5,8 +5,8 @@
 Launched by ``fine_tuned_model`` through ``PipesSubprocessClient`` (or a Kubernetes Pipes client
 on a GPU node): a crash or an out-of-memory kill takes down this process, not the Dagster run
 worker, and the GPU memory is released when it exits. Only ``dagster_pipes`` (a small protocol
-package without Dagster itself) is imported. When not launched by Dagster, Pipes is not used and the extras come from ``--extras FILE.json`` instead, so the same entry point runs
-standalone.
+package without Dagster itself) is imported. When not launched by Dagster, Pipes is not used and
+the extras come from ``--extras FILE.json`` instead, so the same entry point runs standalone.
 """
 
 from __future__ import annotations

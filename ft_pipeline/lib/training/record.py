@@ -15,8 +15,15 @@ from typing import Any, ClassVar, Literal
 from ft_pipeline.lib.manifests import read_manifest, write_manifest
 from ft_pipeline.lib.storage import write_text
 
-__all__ = ["BACKENDS", "DEFAULT_BACKEND", "MODEL_RECORD_FILE", "ModelRecord", "read_model_record", "record_path",
-           "write_model_record"]
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_BACKEND",
+    "MODEL_RECORD_FILE",
+    "ModelRecord",
+    "read_model_record",
+    "record_path",
+    "write_model_record",
+]
 
 Backend = Literal["local_lora", "openai"]
 #: ``local_lora``: TRL + PEFT on a local (or pod) GPU/CPU; ``openai``: an OpenAI fine-tuning job.
@@ -97,4 +104,3 @@ def read_model_record(models_folder: str | os.PathLike) -> ModelRecord | None:
 def record_path(models_folder: str | os.PathLike, run_key: str) -> str:
     """Where the record of ``run_key`` lives in its run folder."""
     return str(Path(models_folder) / run_key / MODEL_RECORD_FILE)
-

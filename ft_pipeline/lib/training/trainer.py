@@ -51,7 +51,11 @@ from ft_pipeline.lib.training.artifacts import (
     write_model_card,
 )
 from ft_pipeline.lib.training.base_models import resolve_base_model
-from ft_pipeline.lib.training.checkpoints import checkpoint_step, drop_incomplete_checkpoints_after, newest_complete_checkpoint
+from ft_pipeline.lib.training.checkpoints import (
+    checkpoint_step,
+    drop_incomplete_checkpoints_after,
+    newest_complete_checkpoint,
+)
 from ft_pipeline.lib.training.config import LoraTrainingConfig
 from ft_pipeline.lib.training.hf_runtime import offline, quiet_peft_deprecation
 
@@ -84,7 +88,6 @@ class TrainingDataError(ValueError):
 
 class RunMismatchError(ValueError):
     """``output_dir`` holds a run with a different config or different data: refusing to resume it."""
-
 
 
 @dataclass
@@ -138,7 +141,9 @@ def read_conversations(path: Path) -> list[list[dict[str, str]]]:
             role = msg.get("role") if isinstance(msg, dict) else None
             content = msg.get("content") if isinstance(msg, dict) else None
             if role not in _ROLES:
-                raise TrainingDataError(f"{path}: row {i} message {j} has role {role!r}; expected one of {sorted(_ROLES)}")
+                raise TrainingDataError(
+                    f"{path}: row {i} message {j} has role {role!r}; expected one of {sorted(_ROLES)}"
+                )
             if content is None:
                 content = ""
             if not isinstance(content, str):
@@ -160,7 +165,9 @@ def _file_digest(path: Path | None) -> str | None:
     return h.hexdigest()[:16]
 
 
-def _check_assistant_masks(tokenizer: Any, conversations: list[list[dict[str, str]]], max_length: int, split: str) -> dict[str, int]:
+def _check_assistant_masks(
+    tokenizer: Any, conversations: list[list[dict[str, str]]], max_length: int, split: str
+) -> dict[str, int]:
     """Tokenize like TRL does and fail loudly when an example would train nothing.
 
     An all-zero assistant mask (a template without working ``{% generation %}`` markers, or a
@@ -199,9 +206,13 @@ def _check_assistant_masks(tokenizer: Any, conversations: list[list[dict[str, st
             "or filter conversations by token length upstream."
         )
     if stats["truncated"]:
-        logger.warning("%s: %d example(s) are longer than max_length=%d and will be truncated", split, stats["truncated"], max_length)
+        logger.warning(
+            "%s: %d example(s) are longer than max_length=%d and will be truncated",
+            split,
+            stats["truncated"],
+            max_length,
+        )
     return stats
-
 
 
 def _prepare_chat_template(tokenizer: Any) -> None:
@@ -242,8 +253,13 @@ def _prepare_chat_template(tokenizer: Any) -> None:
 
 _PROBE_CONVERSATIONS = (
     [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}],
-    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"},
-     {"role": "user", "content": "Q2"}, {"role": "assistant", "content": "A2"}],
+    [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Q1"},
+        {"role": "assistant", "content": "A1"},
+        {"role": "user", "content": "Q2"},
+        {"role": "assistant", "content": "A2"},
+    ],
 )
 
 
@@ -253,8 +269,12 @@ def _check_same_rendering(tokenizer: Any, original: str, training: str) -> None:
     for conv in _PROBE_CONVERSATIONS:
         for generation_prompt in (False, True):
             rendered = [
-                tokenizer.apply_chat_template(conv[:-1] if generation_prompt else conv, chat_template=t, tokenize=False,
-                                              add_generation_prompt=generation_prompt)
+                tokenizer.apply_chat_template(
+                    conv[:-1] if generation_prompt else conv,
+                    chat_template=t,
+                    tokenize=False,
+                    add_generation_prompt=generation_prompt,
+                )
                 for t in (original, training)
             ]
             if rendered[0] != rendered[1]:
@@ -324,7 +344,9 @@ def _make_progress_callback(on_log: Callable[[dict], None], should_stop: Callabl
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             logs = logs or {}
-            record: dict[str, Any] = {k: v for k, v in logs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            record: dict[str, Any] = {
+                k: v for k, v in logs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+            }
             record["step"] = state.global_step
             record["epoch"] = logs.get("epoch", state.epoch)
             elapsed = max(time.monotonic() - self._t0, 1e-9)
@@ -338,8 +360,6 @@ def _make_progress_callback(on_log: Callable[[dict], None], should_stop: Callabl
                 control.should_save = True
 
     return _ProgressCallback()
-
-
 
 
 def _result_from_disk(output_dir: Path, run: dict) -> TrainingResult:
@@ -358,8 +378,6 @@ def _result_from_disk(output_dir: Path, run: dict) -> TrainingResult:
         base_model_ref=run.get("base_model_ref"),
         base_model_hub_id=run.get("base_model_hub_id"),
     )
-
-
 
 
 # ------------------------------------------------------------------------------------- train
@@ -564,7 +582,11 @@ def train_lora(
                 f"{output_dir} holds a run with different inputs {diff} (previous, now); refusing to resume it. "
                 "Name output_dir by run_key(data_version, config, base_model), or delete the folder."
             )
-        if previous.get("status") == "complete" and (output_dir / "metrics.json").exists() and (output_dir / "adapter").is_dir():
+        if (
+            previous.get("status") == "complete"
+            and (output_dir / "metrics.json").exists()
+            and (output_dir / "adapter").is_dir()
+        ):
             result = _result_from_disk(output_dir, previous)
             if config.merge_full_model and result.merged_dir is None:
                 from transformers import AutoTokenizer
@@ -578,13 +600,20 @@ def train_lora(
 
     # ---- base model, tokenizer, trainer
     texts = [m["content"] for conv in train_convs for m in conv]
-    base = resolve_base_model(config.base_model, texts, Path(base_cache_dir) if base_cache_dir else output_dir / "base", on_progress=on_progress)
+    base = resolve_base_model(
+        config.base_model,
+        texts,
+        Path(base_cache_dir) if base_cache_dir else output_dir / "base",
+        on_progress=on_progress,
+    )
     base_ref = base.path
     on_progress(f"base model {config.base_model}: loading {base_ref}")
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     progress = _make_progress_callback(on_log, should_stop)
-    setup = _build_trainer(train_convs, val_convs, base_ref, config, checkpoints_dir, callbacks=[progress], cuda=cuda, use_bf16=use_bf16)
+    setup = _build_trainer(
+        train_convs, val_convs, base_ref, config, checkpoints_dir, callbacks=[progress], cuda=cuda, use_bf16=use_bf16
+    )
     trainer, tokenizer, train_stats, val_stats = setup.trainer, setup.tokenizer, setup.train_stats, setup.val_stats
 
     resume = newest_complete_checkpoint(checkpoints_dir)
@@ -597,6 +626,7 @@ def train_lora(
 
     # ---- outputs (the best epoch's weights when there is a validation split)
     adapter_dir, tokenizer_dir = output_dir / "adapter", output_dir / "tokenizer"
+
     def save_adapter(folder: str) -> None:
         trainer.model.save_pretrained(folder)
         make_adapter_portable(Path(folder), tokenizer, base)
@@ -627,7 +657,9 @@ def train_lora(
     expected_steps = state.max_steps
     metrics: dict[str, Any] = {
         "train_loss": train_loss,
-        "eval_loss": float(state.best_metric) if state.best_metric is not None else (eval_losses[-1] if eval_losses else None),
+        "eval_loss": float(state.best_metric)
+        if state.best_metric is not None
+        else (eval_losses[-1] if eval_losses else None),
         "epochs": float(state.epoch or 0.0),
         "global_step": int(state.global_step),
         "train_runtime_s": runtime,
@@ -673,8 +705,15 @@ def train_lora(
     status = "stopped" if progress.stop_requested else "complete"
     write_json(
         run_path,
-        {**identity, "status": status, "config": config.to_dict(), "base_model_ref": base_ref, "base_model_hub_id": base.hub_id,
-         "base_model_sha256": base.source_sha256, "resumed_from": str(resume) if resume else None},
+        {
+            **identity,
+            "status": status,
+            "config": config.to_dict(),
+            "base_model_ref": base_ref,
+            "base_model_hub_id": base.hub_id,
+            "base_model_sha256": base.source_sha256,
+            "resumed_from": str(resume) if resume else None,
+        },
     )
     return TrainingResult(
         output_dir=output_dir,
