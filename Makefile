@@ -29,7 +29,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export DAGSTER_DISABLE_TELEMETRY := 1
 
-.PHONY: install demo test test-fast test-e2e lint format dev check-defs bench clean sample-data
+.PHONY: install demo test test-fast test-e2e lint format docs dev check-defs bench clean sample-data
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -85,6 +85,10 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+# README's configuration reference, generated from the Config and resource classes (a test checks it).
+docs: $(STAMP)
+	$(PY) -m ft_pipeline.config_reference --write README.md
 
 # Only the end-to-end UI test (a few minutes).
 test-e2e: $(STAMP)
