@@ -406,10 +406,24 @@ def _scrub_value(value: Any, scrub: ScrubConfig, pii_counts: Counter) -> Any:
     return value
 
 
+def _other_fields_text(row: list[Any], positions: dict[str, int]) -> str:
+    parts = [
+        row[k]
+        for k in (positions.get(n) for n in ("user_id", "conversation_id", "metadata"))
+        if k is not None and isinstance(row[k], str)
+    ]
+    k = positions.get("tags")
+    if k is not None and row[k] is not None and len(row[k]):
+        parts.extend(map(str, row[k]))
+    return "\n".join(parts)
+
+
 def _scrub_other_fields(row: list[Any], positions: dict[str, int], scrub: ScrubConfig, pii_counts: Counter) -> None:
     """Personal data outside the messages: the ids (pseudonymised, so they still group), the
     record's unknown keys kept as JSON in ``metadata`` (scrubbed string by string) and the tags."""
-    if not scrub.enabled:
+    # One pre-screen over all of these fields together clears most rows (no detector can fire on
+    # any part of the joined text); only the others are checked field by field.
+    if not scrub.enabled or not may_contain_pii(_other_fields_text(row, positions), scrub.pii):
         return
     for name in ("user_id", "conversation_id"):
         k = positions.get(name)
