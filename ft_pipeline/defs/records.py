@@ -12,7 +12,7 @@ from ft_pipeline.lib.storage import safe_name
 RAW_CODE_VERSION = "3"  # 3: parsed records are stored scrubbed
 
 
-class RawLogsConfig(dg.Config):
+class RawLogsRunConfig(dg.Config):
     """Parsing limits for landed files."""
 
     max_record_bytes: int = Field(
@@ -29,7 +29,7 @@ class RawLogsConfig(dg.Config):
 )
 def raw_conversation_logs(
     context: dg.AssetExecutionContext,
-    config: RawLogsConfig,
+    config: RawLogsRunConfig,
     raw_log_store: RawLogStore,
     storage: PipelineStorage,
     pii_policy: PiiPolicy,

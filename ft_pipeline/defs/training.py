@@ -22,7 +22,7 @@ _LORA = LoraTrainingConfig()
 _OPENAI = OpenAIFineTuneConfig()
 
 
-class FineTuneConfig(dg.Config):
+class FineTuneRunConfig(dg.Config):
     """Which backend trains the model, and its hyperparameters (defaults are the documented ones)."""
 
     backend: Literal["local_lora", "openai"] = Field(
@@ -146,7 +146,7 @@ def _splits(storage: PipelineStorage) -> SplitsManifest:
 )
 def fine_tuned_model(
     context: dg.AssetExecutionContext,
-    config: FineTuneConfig,
+    config: FineTuneRunConfig,
     storage: PipelineStorage,
     # Any Pipes client with run(command=, context=, extras=): PipesSubprocessClient locally,
     # GpuPodTrainer (a pod on a GPU node) in production. ResourceParam because PipesClient itself
@@ -168,7 +168,7 @@ def fine_tuned_model(
 
 def _train_local(
     context: dg.AssetExecutionContext,
-    config: FineTuneConfig,
+    config: FineTuneRunConfig,
     storage: PipelineStorage,
     local_trainer: dg.PipesClient,
     splits: SplitsManifest,
@@ -211,7 +211,7 @@ def _train_local(
 
 def _train_openai(
     context: dg.AssetExecutionContext,
-    config: FineTuneConfig,
+    config: FineTuneRunConfig,
     storage: PipelineStorage,
     resource: OpenAIFineTuningResource,
     splits: SplitsManifest,

@@ -1,10 +1,10 @@
 """Typed manifests: what each stage hands to the next.
 
 A stage writes its manifest as ``latest.json`` beside its versioned outputs (the ``latest``
-pointer of DESIGN.md §3, for people and scripts too); the next stage reads it back as the same
-frozen dataclass. Each manifest class carries a ``SCHEMA`` number, written into the file with the
-class's ``KIND``; reading a file of another kind or schema (one written by an older ft-pipeline)
-raises :class:`ManifestError` naming the file and the asset to materialize again, instead of a
+pointer, for people and scripts too); the next stage reads it back as the same frozen dataclass.
+Each manifest class carries a ``SCHEMA`` number, written into the file with the class's
+``KIND``; reading a file of another kind or schema (one written by an older ft-pipeline) raises
+:class:`ManifestError` naming the file and the asset to materialize again, instead of a
 ``KeyError`` somewhere downstream.
 
 One function writes (:func:`write_manifest`) and one reads (:func:`read_manifest`) every kind.

@@ -1,6 +1,6 @@
 """Conversation records and the readers that turn landed log files into them.
 
-Three line formats are accepted (DESIGN.md §3): our raw log schema, bare OpenAI fine-tuning
+Three line formats are accepted: our raw log schema, bare OpenAI fine-tuning
 lines (``{"messages": [...]}``) and ShareGPT (``{"conversations": [{"from", "value"}]}``).
 Files may be JSONL, gzip-compressed JSONL or Parquet.
 

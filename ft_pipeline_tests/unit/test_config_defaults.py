@@ -50,7 +50,7 @@ _AUTO_OR_NUMBER = ("n_epochs", "batch_size", "learning_rate_multiplier")
 #: class name -> SOURCES (lib objects, searched in order by field name), RENAMED (field ->
 #: (lib object, attribute[, how the Config spells the value])), NO_LIB (field -> why).
 TABLE: dict[str, dict[str, Any]] = {
-    "RawLogsConfig": {"SOURCES": [ReadConfig()]},
+    "RawLogsRunConfig": {"SOURCES": [ReadConfig()]},
     "CleaningRunConfig": {
         "SOURCES": [CleaningConfig()],
         "RENAMED": {"minhash_num_perm": (DedupConfig(), "num_perm"), "minhash_ngram": (DedupConfig(), "ngram")},
@@ -65,7 +65,7 @@ TABLE: dict[str, dict[str, Any]] = {
         },
     },
     "SplitRunConfig": {"SOURCES": [SplitConfig()]},
-    "FineTuneConfig": {
+    "FineTuneRunConfig": {
         "SOURCES": [LoraTrainingConfig()],
         "RENAMED": {
             "backend": (None, DEFAULT_BACKEND),
@@ -151,11 +151,11 @@ def test_every_config_class_has_a_row():
     assert set(CONFIG_CLASSES) - set(TABLE) == set(), "a new dg.Config in ft_pipeline/defs needs a row in TABLE"
     # The dataset engineer's classes are covered too (a rename would silently drop them otherwise).
     assert {
-        "RawLogsConfig",
+        "RawLogsRunConfig",
         "CleaningRunConfig",
         "CurationRunConfig",
         "SplitRunConfig",
-        "FineTuneConfig",
+        "FineTuneRunConfig",
         "EvaluationRunConfig",
     } <= set(CONFIG_CLASSES)
 
@@ -174,8 +174,8 @@ def test_seeds_of_evaluation_agree_in_lib():
 
 def test_openai_base_model_is_one_resource_setting():
     from ft_pipeline.defs.resources import OpenAIFineTuningResource
-    from ft_pipeline.defs.training import FineTuneConfig
+    from ft_pipeline.defs.training import FineTuneRunConfig
 
     assert OpenAIFineTuningResource.model_fields["model"].default == DEFAULT_OPENAI_FINE_TUNING_MODEL
     assert OpenAIFineTuneConfig().model == DEFAULT_OPENAI_FINE_TUNING_MODEL
-    assert "openai_model" not in FineTuneConfig.model_fields
+    assert "openai_model" not in FineTuneRunConfig.model_fields

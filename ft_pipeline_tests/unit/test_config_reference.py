@@ -33,3 +33,11 @@ def test_an_out_of_date_reference_is_reported(tmp_path, capsys):
     assert config_reference.main(["--write", str(stale)]) == 0
     assert config_reference.main(["--check", str(stale)]) == 0
     assert stale.read_text(encoding="utf-8").startswith("# x\n\n")
+
+
+def test_run_config_classes_follow_one_naming_rule():
+    # Dagster run config (the Launchpad) is <Stage>RunConfig; lib settings are <Thing>Config.
+    from ft_pipeline.definitions import ALL_ASSETS
+
+    names = [cls.__name__ for cls in map(config_reference._config_class, ALL_ASSETS) if cls is not None]
+    assert names and all(name.endswith("RunConfig") for name in names), names
