@@ -53,9 +53,8 @@ class EvaluationRunConfig(dg.Config):
     max_new_tokens: int = Field(default=_GEN.max_new_tokens, description="Longest generated answer.")
     max_test_examples: int = Field(
         default=_CANDIDATE.max_test_examples,
-        description="Evaluate a fixed subset of this many test examples (ordered by content hash; the same for every "
-        "model); "
-        "0 = the whole test split. For quick runs on a CPU.",
+        description="Evaluate a fixed subset of this many test examples (ordered by content hash; the same for "
+        "every model); 0 = the whole test split. For quick runs on a CPU.",
     )
     batch_size: int = Field(default=_GEN.batch_size, description="Local generation batch size.")
     concurrency: int = Field(default=_GEN.concurrency, description="OpenAI-compatible requests in flight.")
@@ -65,9 +64,8 @@ class EvaluationRunConfig(dg.Config):
     judge_model: str = Field(
         default=_CANDIDATE.judge_model,
         description="Optional LLM-as-judge: an OpenAI-compatible chat model (through the openai_fine_tuning "
-        "resource) that "
-        "compares candidate and baseline answers pairwise in both orders; empty = off. Informational, not part of "
-        "the gate.",
+        "resource) that compares candidate and baseline answers pairwise in both orders; empty = off. "
+        "Informational, not part of the gate.",
     )
 
     def gate(self) -> PromotionGate:
@@ -112,8 +110,8 @@ class EvaluationRunConfig(dg.Config):
             asset="evaluation_report",
             blocking=True,
             description="The candidate beats base and production on the primary metric (CI lower bound above the "
-            "margin), no "
-            "guardrail regresses, the regression suite holds, and the test split shares nothing with training.",
+            "margin), no guardrail regresses, the regression suite holds, and the test split shares nothing with "
+            "training.",
         )
     ],
 )
