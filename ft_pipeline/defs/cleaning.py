@@ -91,13 +91,14 @@ def cleaned_conversations(
     signatures for the global dedup. Kept rows go to ``cleaned/<partition>/<version>.parquet``,
     filtered rows (with a reason code) beside it in ``<version>.filtered.parquet``."""
     name = context.partition_key
+    lib_config = config.to_lib(pii_policy)
     try:
         result = clean_partition(
             storage.folder("parsed") / safe_name(name),
             storage.folder("cleaned") / safe_name(name),
-            config.to_lib(pii_policy),
+            lib_config,
             code_version=CLEANED_CODE_VERSION,
-            settings=(config.model_dump(), *pii_policy.version_parts()),
+            settings=(config.model_dump(), *lib_config.scrub.version_parts()),
         )
     except PartitionNotParsed:
         old = (

@@ -57,7 +57,7 @@ def raw_conversation_logs(
             read_config=ReadConfig(max_record_bytes=config.max_record_bytes),
             scrub=scrub,
             code_version=RAW_CODE_VERSION,
-            policy_version=pii_policy.version_parts(),
+            policy_version=scrub.version_parts(),
         )
     finally:
         if landing.remote:

@@ -140,13 +140,6 @@ class PiiPolicy(dg.ConfigurableResource):
         """The scrubbing the stages apply (the pseudonym key read from the environment)."""
         return ScrubConfig(enabled=self.scrub, pii=self.pii_config(), id_hash_key=os.environ.get(ID_HASH_KEY_ENV, ""))
 
-    def version_parts(self) -> list[str]:
-        """What of the policy changes the scrubbed data, for the assets' version hashes: empty for
-        the default policy, so the versions of data scrubbed with it stay as they were."""
-        if self == PiiPolicy():
-            return []
-        return [repr(self.scrub_config().pii), str(self.scrub)]
-
 
 class OpenAIFineTuningResource(dg.ConfigurableResource):
     """The OpenAI fine-tuning API (or an OpenAI-compatible service, or Azure OpenAI) through the

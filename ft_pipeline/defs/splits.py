@@ -58,34 +58,20 @@ class SplitRunConfig(dg.Config):
 
 
 _ASSET_OF = {"train": "train_split", "validation": "validation_split", "test": "test_split"}
+_DESCRIBED = {"train": "Training", "validation": "Validation", "test": "Frozen test"}
 
 
 @dg.multi_asset(
     specs=[
         dg.AssetSpec(
-            "train_split",
+            asset,
             deps=["curated_dataset"],
             group_name="dataset",
             code_version=SPLITS_CODE_VERSION,
             kinds={"parquet"},
-            description="Training conversations (Parquet + OpenAI chat JSONL).",
-        ),
-        dg.AssetSpec(
-            "validation_split",
-            deps=["curated_dataset"],
-            group_name="dataset",
-            code_version=SPLITS_CODE_VERSION,
-            kinds={"parquet"},
-            description="Validation conversations (Parquet + OpenAI chat JSONL).",
-        ),
-        dg.AssetSpec(
-            "test_split",
-            deps=["curated_dataset"],
-            group_name="dataset",
-            code_version=SPLITS_CODE_VERSION,
-            kinds={"parquet"},
-            description="Frozen test conversations (Parquet + OpenAI chat JSONL).",
-        ),
+            description=f"{_DESCRIBED[split]} conversations (Parquet + OpenAI chat JSONL).",
+        )
+        for split, asset in _ASSET_OF.items()
     ],
     check_specs=[
         dg.AssetCheckSpec(

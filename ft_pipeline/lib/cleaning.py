@@ -14,7 +14,7 @@ import re
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +87,14 @@ class ScrubConfig:
     data (an email, a phone number): ``user-<hash>`` / ``conv-<hash>``, the same for the same id, so
     grouping by user still works. Empty (the default) uses a fixed public key, which keeps the id
     out of the data but lets someone who guesses an email check it; set a secret to prevent that."""
+
+    def version_parts(self) -> list[str]:
+        """What of the policy changes the scrubbed data, for the stages' version hashes: empty for
+        the default policy, so data scrubbed with it keeps its versions. The pseudonym key is a
+        secret and stays out of the hash."""
+        if replace(self, id_hash_key="") == DEFAULT_SCRUB_CONFIG:
+            return []
+        return [repr(self.pii), str(self.enabled)]
 
 
 DEFAULT_SCRUB_CONFIG = ScrubConfig()

@@ -203,3 +203,16 @@ def test_without_presidio_the_error_names_what_to_install(monkeypatch):
     )
     with pytest.raises(PersonNameDetectorUnavailable, match=r"ft-pipeline\[names\]"):
         PiiConfig(person_names_model="en_core_web_sm")
+
+
+def test_only_a_changed_policy_changes_the_data_versions():
+    from ft_pipeline.lib.cleaning import ScrubConfig
+
+    assert ScrubConfig().version_parts() == []
+    assert ScrubConfig(id_hash_key="secret").version_parts() == []  # a secret never enters a hash
+    assert ScrubConfig(pii=TEAM).version_parts() != []
+    assert (
+        ScrubConfig(pii=TEAM).version_parts()
+        == ScrubConfig(pii=PiiConfig(custom_patterns=(ORDER_ID, USERNAME))).version_parts()
+    )
+    assert ScrubConfig(enabled=False).version_parts() != []
