@@ -1,66 +1,163 @@
-"""Helpers that turn lib results into Dagster metadata values."""
+"""Helpers that turn lib results into Dagster metadata values.
+
+What the UI shows without a click (Dagster 1.13, the asset's Overview page and each event's
+detail): numbers and text inline; tables (``MetadataValue.table``) inline at any size; Markdown and
+JSON inline only when under 1,000 characters, otherwise behind "[Show Markdown]"/"[Show JSON]". So
+headline figures are plain ints and floats (which Dagster also plots across materializations),
+lists of things are tables, and charts are SVG images small enough to stay inline."""
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import pandas as pd
+import pyarrow.parquet as pq
 
+from ft_pipeline.lib.column_docs import COLUMN_DESCRIPTIONS
 from ft_pipeline.lib.pii import DEFAULT_PII_CONFIG, PiiConfig, scrub_pii
+
+#: Owners of every asset (Dagster shows them in the catalog and on each asset's page).
+ASSET_OWNERS = ["team:ml-platform"]
+
+#: The UI renders a Markdown value inline only below this many characters.
+INLINE_MARKDOWN_LIMIT = 1000
+
+
+def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[dg.TableColumn]) -> dg.MetadataValue:
+    """Rows as a table the UI shows inline. Values are kept as str, int, float, bool or None."""
+    names = [c.name for c in columns]
+    records = [dg.TableRecord({n: _cell(row.get(n)) for n in names}) for row in rows]
+    return dg.MetadataValue.table(records=records, schema=dg.TableSchema(columns=list(columns)))
+
+
+def _cell(value: Any) -> str | int | float | bool | None:
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    return str(value)
 
 
 def counts_table(counts: Mapping[str, int], descriptions: Mapping[str, str] | None = None) -> dg.MetadataValue:
-    """A Markdown table of reason -> count (with its description when known)."""
-    if not counts:
-        return dg.MetadataValue.md("_none_")
-    rows = ["| reason | count | meaning |", "|---|---:|---|"]
-    for reason, count in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
-        rows.append(f"| `{reason}` | {count} | {(descriptions or {}).get(reason, '')} |")
-    return dg.MetadataValue.md("\n".join(rows))
+    """Reason -> count (with its description when known), largest first."""
+    rows = [
+        {"reason": reason, "count": int(count), "meaning": (descriptions or {}).get(reason, "")}
+        for reason, count in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    ]
+    return table(
+        rows,
+        [
+            dg.TableColumn("reason", "string"),
+            dg.TableColumn("count", "int"),
+            dg.TableColumn("meaning", "string"),
+        ],
+    )
+
+
+def key_value_table(values: Mapping[str, Any], key: str = "name", value: str = "value") -> dg.MetadataValue:
+    """A flat mapping as a two-column table (instead of a JSON dump)."""
+    return table(
+        [{key: k, value: v} for k, v in values.items()],
+        [dg.TableColumn(key, "string"), dg.TableColumn(value, "string")],
+    )
 
 
 def sample_rows(
-    frame: pd.DataFrame, n: int = 3, max_chars: int = 160, pii: PiiConfig = DEFAULT_PII_CONFIG
+    frame: pd.DataFrame | None, n: int = 3, max_chars: int = 160, pii: PiiConfig = DEFAULT_PII_CONFIG
 ) -> dg.MetadataValue:
-    """A few rows as Markdown, message contents shortened, for a quick look in the UI.
+    """The first ``n`` conversations as a table (one row per turn, up to four turns each, contents
+    shortened), for a quick look in the UI.
 
-    Every sample the UI shows comes from here, and every piece of text in it goes through the PII
-    scrubber first (then is shortened, so a cut can never leave half a card number unscrubbed):
-    metadata lands in the event log database, which deleting a partition does not reach, so raw
-    logs' personal data must never get there. ``pii`` is the pipeline's policy (custom patterns
-    and person names included) where the frame holds raw text.
+    Every sample the UI shows comes from here or :func:`quarantine_sample`, and every piece of text
+    in it goes through the PII scrubber first (then is shortened, so a cut can never leave half a
+    card number unscrubbed): metadata lands in the event log database, which deleting a partition
+    does not reach, so raw logs' personal data must never get there. ``pii`` is the pipeline's
+    policy (custom patterns and person names included) where the frame holds raw text.
     """
-    if frame is None or not len(frame):
-        return dg.MetadataValue.md("_no rows_")
-    lines = []
-    for row in frame.head(n).to_dict("records"):
-        lines.append(
-            f"**{_scrubbed(row.get('conversation_id'), pii)}**"
-            + (f" — {row['filter_reason']}" if row.get("filter_reason") else "")
-        )
-        messages = row.get("messages")
-        for m in list(messages if messages is not None else [])[:4]:
-            content = _scrubbed(m["content"], pii).replace("\n", " ")
-            if len(content) > max_chars:
-                content = content[: max_chars - 1] + "…"
-            lines.append(f"- *{m['role']}*: {content}")
-        lines.append("")
-    return dg.MetadataValue.md("\n".join(lines))
+    rows: list[dict[str, Any]] = []
+    with_reason = frame is not None and "filter_reason" in frame.columns
+    for record in ([] if frame is None else frame.head(n).to_dict("records")):
+        messages = record.get("messages")
+        for turn, m in enumerate(list(messages if messages is not None else [])[:4]):
+            rows.append(
+                {
+                    "conversation_id": _scrubbed(record.get("conversation_id"), pii),
+                    "turn": turn,
+                    "role": str(m["role"]),
+                    "content": _shortened(_scrubbed(m["content"], pii), max_chars),
+                    "filter_reason": record.get("filter_reason") or "",
+                }
+            )
+    columns = [
+        dg.TableColumn("conversation_id", "string"),
+        dg.TableColumn("turn", "int"),
+        dg.TableColumn("role", "string"),
+        dg.TableColumn("content", "string", description="PII scrubbed, shortened"),
+    ]
+    if with_reason:
+        columns.append(dg.TableColumn("filter_reason", "string"))
+    return table(rows, columns)
+
+
+def quarantine_sample(
+    frame: pd.DataFrame | None, n: int = 5, max_chars: int = 160, pii: PiiConfig = DEFAULT_PII_CONFIG
+) -> dg.MetadataValue:
+    """The first ``n`` quarantined records: where, why, and the record itself, PII scrubbed and
+    shortened (see :func:`sample_rows` for why scrubbing comes first)."""
+    rows = [
+        {
+            "source_line": record.get("source_line"),
+            "reason": str(record.get("reason", "")),
+            "detail": _shortened(_scrubbed(record.get("detail", ""), pii), max_chars),
+            "raw_text": _shortened(_scrubbed(record.get("raw_text", ""), pii), max_chars),
+        }
+        for record in ([] if frame is None else frame.head(n).to_dict("records"))
+    ]
+    return table(
+        rows,
+        [
+            dg.TableColumn("source_line", "int"),
+            dg.TableColumn("reason", "string"),
+            dg.TableColumn("detail", "string"),
+            dg.TableColumn("raw_text", "string", description="PII scrubbed, shortened"),
+        ],
+    )
 
 
 def _scrubbed(value: Any, pii: PiiConfig) -> str:
-    return scrub_pii(str(value), pii)[0]
+    return scrub_pii("" if value is None else str(value), pii)[0]
 
 
-def json_value(value: Any) -> dg.MetadataValue:
-    return dg.MetadataValue.json(value)
+def _shortened(text: str, max_chars: int) -> str:
+    text = text.replace("\n", " ")
+    return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
+
+
+def column_schema(parquet_path: str | Path) -> dg.TableSchema:
+    """The columns of a Parquet file as Dagster's ``dagster/column_schema`` (Arrow types, and what
+    each column holds)."""
+    schema = pq.read_schema(parquet_path)
+    return dg.TableSchema(
+        columns=[
+            dg.TableColumn(field.name, str(field.type), description=COLUMN_DESCRIPTIONS.get(field.name))
+            for field in schema
+        ]
+    )
+
+
+def svg_markdown(svg: str, title: str) -> dg.MetadataValue:
+    """An SVG chart as a Markdown image with a data URI: no file server needed, and when the whole
+    value stays under :data:`INLINE_MARKDOWN_LIMIT` characters the UI shows the chart inline."""
+    encoded = base64.b64encode(svg.encode("utf-8")).decode("ascii")
+    return dg.MetadataValue.md(f"![{title}](data:image/svg+xml;base64,{encoded})")
 
 
 def png_markdown(path: str | Path, title: str) -> dg.MetadataValue:
-    """A PNG chart as Markdown: the UI renders it inline, and a data URI needs no file server."""
+    """A PNG chart as Markdown with a data URI (full size; too large for the UI to show inline,
+    it opens with one click)."""
     encoded = base64.b64encode(Path(path).read_bytes()).decode("ascii")
     return dg.MetadataValue.md(f"![{title}](data:image/png;base64,{encoded})")
