@@ -22,6 +22,10 @@ from ft_pipeline.lib.pii import DEFAULT_PII_CONFIG, PiiConfig, scrub_pii
 
 #: Owners of every asset (Dagster shows them in the catalog and on each asset's page).
 ASSET_OWNERS = ["team:ml-platform"]
+#: Tags of assets that store conversation text (all of it PII scrubbed before it is written).
+CONVERSATION_DATA_TAGS = {"domain": "conversations", "pii": "scrubbed"}
+#: Tags of the model, its evaluation and its promotion.
+MODEL_TAGS = {"domain": "model"}
 
 #: The UI renders a Markdown value inline only below this many characters.
 INLINE_MARKDOWN_LIMIT = 1000
