@@ -21,7 +21,7 @@ What it measures
    * the fan-in ``curated_dataset`` = ``curation.curate``: global dedup over every cleaned file,
      removed.parquet, manifest, data version and the asset's checks (a PII re-scan and a dedup
      re-run, shown as their own steps);
-   * ``dataset_splits`` = ``splits.make_splits``: only ``SPLIT_INPUT_COLUMNS`` of the curated file
+   * ``train_validation_test_split`` = ``splits.make_splits``: only ``SPLIT_INPUT_COLUMNS`` of the curated file
      are read, ``assign_splits``, ``write_split_files`` (streams split Parquet + OpenAI JSONL),
      ``leakage_report`` with the curated dataset's dedup parameters, minimum sizes,
      ``validate_jsonl_file`` (train, validation) and the per-split metadata figures.
@@ -657,7 +657,7 @@ def note_peak(step: str) -> None:
 
 
 def splits_stage(curated_manifest: Any, out: Path) -> tuple[dict[str, Any], _Steps]:
-    """dataset_splits (defs/splits.py): the stage service ``make_splits`` (only
+    """train_validation_test_split (defs/splits.py): the stage service ``make_splits`` (only
     SPLIT_INPUT_COLUMNS are read, ``assign_splits``, split Parquet + OpenAI JSONL streamed,
     manifest, ``leakage_report`` with the curated dataset's dedup parameters, minimum sizes,
     ``validate_jsonl_file`` for train and validation, and the per-split figures of the metadata)."""
@@ -982,7 +982,7 @@ def run(args: argparse.Namespace, out: Path, load_start: tuple[float, float, flo
     rows += [[f"  {k}", None, v, None, t_curate.cpu[k], None] for k, v in t_curate.wall.items()]
     rows.append(
         [
-            "splits (dataset_splits)",
+            "splits (train_validation_test_split)",
             curation.n_kept,
             splits_wall,
             rate(curation.n_kept, splits_wall),

@@ -23,11 +23,11 @@ from ft_pipeline.defs.resources import (
     PipelineStorage,
     RawLogStore,
 )
-from ft_pipeline.defs.splits import dataset_splits
+from ft_pipeline.defs.splits import train_validation_test_split
 from ft_pipeline.defs.training import fine_tuned_model
 
 PER_FILE_ASSETS = [raw_conversation_logs, cleaned_conversations]
-DATASET_ASSETS = [curated_dataset, dataset_splits]
+DATASET_ASSETS = [curated_dataset, train_validation_test_split]
 TRAINING_ASSETS = [fine_tuned_model]
 EVALUATION_ASSETS = [evaluation_report, promoted_model]
 DOWNSTREAM_ASSETS = [*DATASET_ASSETS, *TRAINING_ASSETS, *EVALUATION_ASSETS]

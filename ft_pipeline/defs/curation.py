@@ -3,7 +3,14 @@
 import dagster as dg
 from pydantic import Field
 
-from ft_pipeline.defs.metadata import counts_table, sample_rows
+from ft_pipeline.defs.metadata import (
+    ASSET_OWNERS,
+    CONVERSATION_DATA_TAGS,
+    column_schema,
+    counts_table,
+    sample_rows,
+    table,
+)
 from ft_pipeline.defs.partitions import log_files_partitions
 from ft_pipeline.defs.resources import PiiPolicy, PipelineStorage
 from ft_pipeline.lib.curation import DEFAULT_CURATION_CONFIG, CurationConfig, NothingToCurate, PiiScan, curate
@@ -71,6 +78,8 @@ def _registered_partitions(context: dg.AssetExecutionContext) -> list[str]:
     group_name="dataset",
     code_version=CURATED_CODE_VERSION,
     kinds={"parquet"},
+    owners=ASSET_OWNERS,
+    tags=CONVERSATION_DATA_TAGS,
     check_specs=[
         dg.AssetCheckSpec(
             "no_pii_left",
@@ -106,27 +115,27 @@ def curated_dataset(
         raise dg.Failure(description=str(exc)) from exc
     _warn_missing(context, storage, curated.missing)
     result = curated.curation
+    tokens = result.token_stats
     return dg.MaterializeResult(
         metadata={
-            "partitions": len(curated.partitions),
-            "partitions_not_cleaned": len(curated.missing),
             "conversations_in": result.n_in,
             "kept": result.n_kept,
             "removed": len(result.removed),
             "removed_by_kind": counts_table(result.removed_counts, DEDUP_KINDS),
+            "partitions": len(curated.partitions),
+            "partitions_not_cleaned": len(curated.missing),
             "lsh_candidate_pairs": result.candidate_pairs,
             "lsh_verified_pairs": result.verified_pairs,
             "token_counter": result.token_counter,
-            "token_stats": dg.MetadataValue.json(result.token_stats),
-            "tokens_p50": float(result.token_stats.get("p50", 0)),
-            "tokens_p90": float(result.token_stats.get("p90", 0)),
+            **{f"tokens_{name}": float(tokens.get(name, 0)) for name in ("p50", "p90", "max", "mean", "total")},
+            "sample": sample_rows(result.sample),
             "path": dg.MetadataValue.path(curated.manifest.path),
             "removed_path": dg.MetadataValue.path(curated.manifest.removed_path),
-            "sample": sample_rows(result.sample),
             "dagster/row_count": result.n_kept,
-            "version": curated.manifest.version,
+            "dagster/column_schema": column_schema(curated.manifest.path),
         },
-        data_version=dg.DataVersion(curated.data_version),
+        # The folder's name: curated/<version>/conversations.parquet.
+        data_version=dg.DataVersion(curated.version),
         check_results=[
             _pii_check(curated.pii_scan, pii_policy.pii_config()),
             _duplicates_check(curated.duplicates_left, result.n_kept),
@@ -158,8 +167,10 @@ def _pii_check(scan: PiiScan, pii: PiiConfig) -> dg.AssetCheckResult:
         if scan.total == 0
         else f"{scan.total} PII matches left: {scan.found}",
         metadata={
-            "pii_left": dg.MetadataValue.json({t: scan.found.get(t, 0) for t in kinds}),
-            "examples": dg.MetadataValue.json(scan.examples),
+            "pii_left": counts_table({t: scan.found.get(t, 0) for t in kinds}),
+            "examples": table(
+                scan.examples, [dg.TableColumn("conversation_id", "string"), dg.TableColumn("type", "string")]
+            ),
         },
     )
 
@@ -172,5 +183,5 @@ def _duplicates_check(left: dict[str, int], n_kept: int) -> dg.AssetCheckResult:
         passed=not left,
         severity=dg.AssetCheckSeverity.ERROR,
         description="no duplicates left" if not left else f"duplicates left: {left}",
-        metadata={"duplicates_left": dg.MetadataValue.json(left)},
+        metadata={"duplicates_left": counts_table(left, DEDUP_KINDS)},
     )

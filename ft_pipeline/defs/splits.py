@@ -5,11 +5,19 @@ from collections.abc import Iterator
 import dagster as dg
 from pydantic import Field
 
-from ft_pipeline.defs.metadata import sample_rows
+from ft_pipeline.defs.metadata import (
+    ASSET_OWNERS,
+    CONVERSATION_DATA_TAGS,
+    column_schema,
+    counts_table,
+    key_value_table,
+    sample_rows,
+    table,
+)
 from ft_pipeline.defs.resources import OpenAIFineTuningResource, PipelineStorage
 from ft_pipeline.lib.dedup import DedupConfig
 from ft_pipeline.lib.manifests import CuratedManifest, read_manifest
-from ft_pipeline.lib.splits import LeakageReport, SplitConfig, SplitsResult, make_splits
+from ft_pipeline.lib.splits import LeakageReport, SplitConfig, SplitsResult, check_min_sizes, make_splits
 
 SPLITS_CODE_VERSION = "2"
 _SPLIT = SplitConfig()
@@ -58,7 +66,15 @@ class SplitRunConfig(dg.Config):
 
 
 _ASSET_OF = {"train": "train_split", "validation": "validation_split", "test": "test_split"}
-_DESCRIBED = {"train": "Training", "validation": "Validation", "test": "Frozen test"}
+_DESCRIBED = {
+    "train": "Training conversations",
+    "validation": "Validation conversations (early stopping and perplexity)",
+    "test": "Frozen test conversations (the evaluation's)",
+}
+#: The step that writes the three split assets: the Launchpad shows their config under this name.
+SPLITS_STEP = "train_validation_test_split"
+# A split too small to train on or to evaluate with stops its consumers; validation only warns them.
+_SIZE_CHECK_BLOCKS = {"train": True, "validation": False, "test": True}
 
 
 @dg.multi_asset(
@@ -69,22 +85,32 @@ _DESCRIBED = {"train": "Training", "validation": "Validation", "test": "Frozen t
             group_name="dataset",
             code_version=SPLITS_CODE_VERSION,
             kinds={"parquet"},
-            description=f"{_DESCRIBED[split]} conversations (Parquet + OpenAI chat JSONL).",
+            owners=ASSET_OWNERS,
+            tags=CONVERSATION_DATA_TAGS,
+            description=f"{_DESCRIBED[split]}: splits/<version>/{split}.parquet and {split}.jsonl (OpenAI chat "
+            f"format). All three splits are written by one step, configured in the Launchpad under "
+            f"`{SPLITS_STEP}` (SplitRunConfig).",
         )
         for split, asset in _ASSET_OF.items()
     ],
     check_specs=[
-        dg.AssetCheckSpec(
-            "no_leakage",
-            asset="train_split",
-            blocking=True,
-            description="No group, exact duplicate or near duplicate is shared between splits.",
+        *(
+            dg.AssetCheckSpec(
+                "no_leakage",
+                asset=_ASSET_OF[split],
+                blocking=True,
+                description="No group, exact duplicate or near duplicate is shared between splits.",
+            )
+            for split in ("train", "test")
         ),
-        dg.AssetCheckSpec(
-            "minimum_sizes",
-            asset="train_split",
-            blocking=True,
-            description="Every split has its minimum number of examples.",
+        *(
+            dg.AssetCheckSpec(
+                "minimum_size",
+                asset=asset,
+                blocking=_SIZE_CHECK_BLOCKS[split],
+                description=f"The {split} split has at least its configured minimum number of examples.",
+            )
+            for split, asset in _ASSET_OF.items()
         ),
         dg.AssetCheckSpec(
             "openai_format",
@@ -98,9 +124,9 @@ _DESCRIBED = {"train": "Training", "validation": "Validation", "test": "Frozen t
             description="validation.jsonl passes the OpenAI chat format checks.",
         ),
     ],
-    name="dataset_splits",
+    name=SPLITS_STEP,
 )
-def dataset_splits(
+def train_validation_test_split(
     context: dg.AssetExecutionContext,
     config: SplitRunConfig,
     storage: PipelineStorage,
@@ -109,9 +135,9 @@ def dataset_splits(
     """Split the curated dataset 80/10/10 (configurable) by group: one user's conversations and
     conversations sharing a context or a long first turn stay together. A group's split is a
     hash of its key and the seed, so an example keeps its split when new data arrives. Written to
-    ``splits/<version>/{train,validation,test}.{parquet,jsonl}``. The leakage check uses the
-    near-duplicate parameters curated_dataset ran with; the JSONL is validated against the token
-    limit of ``openai_fine_tuning.model``."""
+    ``splits/<version>/{train,validation,test}.{parquet,jsonl}``; the three assets' DataVersion is
+    that folder's version. The leakage check uses the near-duplicate parameters curated_dataset ran
+    with; the JSONL is validated against the token limit of ``openai_fine_tuning.model``."""
     curated_manifest = read_manifest(storage.folder("curated"), CuratedManifest)
     if curated_manifest is None:
         raise dg.Failure(description="curated_dataset has not been materialized yet")
@@ -123,7 +149,8 @@ def dataset_splits(
         code_version=SPLITS_CODE_VERSION,
         settings=(config.model_dump(),),
     )
-    context.log.info(f"splits written to {storage.folder('splits') / result.manifest.version}: {result.sizes}")
+    version = result.manifest.version
+    context.log.info(f"splits written to {storage.folder('splits') / version}: {result.sizes}")
     for name, split in result.splits.items():
         yield dg.MaterializeResult(
             asset_key=_ASSET_OF[name],
@@ -132,28 +159,34 @@ def dataset_splits(
                 "share": split.share,
                 "groups": split.groups,
                 "largest_group": split.largest_group,
-                "tags": dg.MetadataValue.json(split.tags),
+                "tags": counts_table(split.tags),
+                "sample": sample_rows(split.sample, n=2),
                 "path": dg.MetadataValue.path(split.parquet_path),
                 "jsonl_path": dg.MetadataValue.path(split.jsonl_path),
-                "sample": sample_rows(split.sample, n=2),
-                "version": result.manifest.version,
                 "curated_version": curated_manifest.version,
+                "dagster/column_schema": column_schema(split.parquet_path),
             },
-            data_version=dg.DataVersion(split.data_version),
+            # One version for the folder and its three files.
+            data_version=dg.DataVersion(version),
         )
     yield from _checks(result)
 
 
 def _checks(result: SplitsResult) -> Iterator[dg.AssetCheckResult]:
-    yield _leakage_check(result.leakage, result.leakage_dedup)
-    yield dg.AssetCheckResult(
-        asset_key="train_split",
-        check_name="minimum_sizes",
-        passed=not result.size_failures,
-        severity=dg.AssetCheckSeverity.ERROR,
-        description="; ".join(result.size_failures) or f"sizes {result.sizes}",
-        metadata={"sizes": dg.MetadataValue.json(result.sizes)},
-    )
+    for split in ("train", "test"):
+        yield _leakage_check(_ASSET_OF[split], result.leakage, result.leakage_dedup)
+    for name, asset in _ASSET_OF.items():
+        size, minimum = result.sizes.get(name, 0), result.minimum_sizes[name]
+        yield dg.AssetCheckResult(
+            asset_key=asset,
+            check_name="minimum_size",
+            passed=size >= minimum,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description=f"{size} examples (minimum {minimum})"
+            if size >= minimum
+            else check_min_sizes({name: size}, {name: minimum})[0],
+            metadata={"examples": size, "minimum": minimum},
+        )
     for name, report in result.formats.items():
         yield dg.AssetCheckResult(
             asset_key=_ASSET_OF[name],
@@ -165,14 +198,14 @@ def _checks(result: SplitsResult) -> Iterator[dg.AssetCheckResult]:
             else f"format errors {report.format_errors}; warnings {report.warnings}",
             metadata={
                 "report": dg.MetadataValue.md(report.to_markdown()),
-                "format_errors": dg.MetadataValue.json(report.format_errors),
+                "format_errors": counts_table(report.format_errors),
             },
         )
 
 
-def _leakage_check(leakage: LeakageReport, dedup: DedupConfig) -> dg.AssetCheckResult:
+def _leakage_check(asset: str, leakage: LeakageReport, dedup: DedupConfig) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
-        asset_key="train_split",
+        asset_key=asset,
         check_name="no_leakage",
         passed=not leakage.leaked,
         severity=dg.AssetCheckSeverity.ERROR,
@@ -186,8 +219,20 @@ def _leakage_check(leakage: LeakageReport, dedup: DedupConfig) -> dg.AssetCheckR
             "shared_groups": leakage.shared_groups,
             "exact_duplicates_across_splits": leakage.exact_duplicates,
             "near_duplicates_across_splits": leakage.near_duplicates,
-            "near_duplicate_examples": dg.MetadataValue.json(leakage.near_duplicate_examples),
-            "final_reply_overlap_informational": dg.MetadataValue.json(leakage.final_reply_overlap),
+            "near_duplicate_examples": table(
+                [
+                    {
+                        "conversations": " / ".join(f"{k}: {v}" for k, v in example.items() if k != "jaccard"),
+                        "jaccard": example.get("jaccard"),
+                    }
+                    for example in leakage.near_duplicate_examples
+                ],
+                [dg.TableColumn("conversations", "string"), dg.TableColumn("jaccard", "float")],
+            ),
+            # Informational: share of validation/test final replies found verbatim in train.
+            "final_reply_overlap_informational": key_value_table(
+                leakage.final_reply_overlap, key="split", value="share"
+            ),
             # The parameters of curated_dataset's dedup, read from its manifest.
             "near_dup_threshold": dedup.threshold,
             "minhash_num_perm": dedup.num_perm,

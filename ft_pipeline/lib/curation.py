@@ -24,7 +24,7 @@ from ft_pipeline.lib.dedup import DEFAULT_DEDUP_CONFIG, DedupConfig, conversatio
 from ft_pipeline.lib.manifests import CleanedManifest, CuratedManifest, read_manifest, write_manifest
 from ft_pipeline.lib.pii import DEFAULT_PII_CONFIG, PiiConfig, find_pii, may_contain_pii
 from ft_pipeline.lib.records import gc_paused
-from ft_pipeline.lib.storage import content_version, hash_values, write_parquet
+from ft_pipeline.lib.storage import content_version, write_parquet
 from ft_pipeline.lib.timing import StepTimes
 from ft_pipeline.lib.tokens import TokenCounterConfig, make_token_counter, token_stats
 
@@ -351,9 +351,14 @@ class CuratedDatasetResult:
     """A fresh scan of the written dataset with the pipeline's PII policy (``no_pii_left``)."""
     duplicates_left: dict[str, int]
     """What dedup would still remove from the written dataset (``no_duplicates_left``)."""
-    data_version: str
-    """The version plus a hash of the kept rows' exact hashes."""
     steps: StepTimes
+
+    @property
+    def version(self) -> str:
+        """The dataset's one version: its folder name, the manifest's and the asset's DataVersion.
+        It is a hash of the inputs' versions, code version and settings, and curation is
+        deterministic, so it names the content too."""
+        return self.manifest.version
 
 
 def curate(
@@ -405,13 +410,8 @@ def curate(
         removed_path = write_parquet(result.removed, folder / "removed.parquet")
     manifest = CuratedManifest.of(version, str(result.output_path), str(removed_path), config.dedup)
     write_manifest(curated_root, manifest)
-    with steps.step("data_version"):
-        hashes = []
-        if result.n_kept:
-            hashes = pq.read_table(result.output_path, columns=["exact_hash"]).column("exact_hash").to_pylist()
-        data_version = content_version(version, hash_values(hashes))
     with steps.step("check_no_pii_left"):
         scan = scan_dataset_for_pii(result.output_path, pii)
     with steps.step("check_no_duplicates_left"):
         left = duplicates_left(result.output_path, config.dedup)
-    return CuratedDatasetResult(manifest, result, list(inputs), missing, scan, left, data_version, steps)
+    return CuratedDatasetResult(manifest, result, list(inputs), missing, scan, left, steps)

@@ -89,11 +89,11 @@ def read_manifest(folder: str | os.PathLike, cls: type[M]) -> M | None:
 
 @dataclasses.dataclass(frozen=True)
 class SplitsManifest:
-    """What ``dataset_splits`` wrote: the split files of one version, and what they came from."""
+    """What ``train_validation_test_split`` wrote: the split files of one version, and what they came from."""
 
     KIND: ClassVar[str] = "splits"
     SCHEMA: ClassVar[int] = 1
-    PRODUCED_BY: ClassVar[str] = "the dataset_splits assets (train_split, validation_split, test_split)"
+    PRODUCED_BY: ClassVar[str] = "the train_validation_test_split step (train_split, validation_split, test_split)"
 
     version: str
     curated_version: str

@@ -45,7 +45,7 @@ from ft_pipeline.lib.openai_format import (
     to_openai_record,
     validate_jsonl_file,
 )
-from ft_pipeline.lib.storage import content_version, hash_values
+from ft_pipeline.lib.storage import content_version
 from ft_pipeline.lib.timing import StepTimes
 
 SPLIT_NAMES = ("train", "validation", "test")
@@ -459,7 +459,6 @@ class SplitStats:
     jsonl_path: str
     sample: pd.DataFrame | None
     """The first two rows of the written Parquet file (``None`` for an empty split)."""
-    data_version: str
 
 
 @dataclass
@@ -472,6 +471,8 @@ class SplitsResult:
     leakage: LeakageReport
     leakage_dedup: DedupConfig
     """The near-duplicate parameters the leakage check used: the curated dataset's."""
+    minimum_sizes: dict[str, int]
+    """Split name -> the minimum number of examples it must have (the config's)."""
     size_failures: list[str]
     """Human-readable failures of the minimum sizes (empty when all hold)."""
     formats: dict[str, FormatReport]
@@ -488,7 +489,7 @@ def make_splits(
     code_version: str = "",
     settings: Sequence[Any] = (),
 ) -> SplitsResult:
-    """The ``dataset_splits`` stage: assign the curated conversations to splits by group, stream
+    """The ``train_validation_test_split`` stage: assign the curated conversations to splits by group, stream
     them into ``splits_root/<version>/{train,validation,test}.{parquet,jsonl}``, write a
     :class:`SplitsManifest` in ``splits_root``, and run the checks: leakage (with the
     near-duplicate parameters ``curated`` was deduplicated with), minimum sizes, and the OpenAI
@@ -519,12 +520,12 @@ def make_splits(
                 paths[name]["jsonl"], model=openai_model, require_min_examples=(name == "train")
             )
     with steps.step("split_stats"):
-        stats = {name: _split_stats(frames[name], len(assigned), paths[name], version, name) for name in SPLIT_NAMES}
+        stats = {name: _split_stats(frames[name], len(assigned), paths[name]) for name in SPLIT_NAMES}
     size_failures = check_min_sizes(sizes, config.min_sizes())
-    return SplitsResult(manifest, stats, sizes, leakage, dedup, size_failures, formats, steps)
+    return SplitsResult(manifest, stats, sizes, leakage, dedup, config.min_sizes(), size_failures, formats, steps)
 
 
-def _split_stats(frame: pd.DataFrame, total: int, paths: dict[str, Any], version: str, name: str) -> SplitStats:
+def _split_stats(frame: pd.DataFrame, total: int, paths: dict[str, Any]) -> SplitStats:
     empty = not len(frame)
     return SplitStats(
         rows=len(frame),
@@ -535,5 +536,4 @@ def _split_stats(frame: pd.DataFrame, total: int, paths: dict[str, Any], version
         parquet_path=paths["parquet"],
         jsonl_path=paths["jsonl"],
         sample=None if empty else pq.ParquetFile(paths["parquet"]).read_row_group(0).slice(0, 2).to_pandas(),
-        data_version=content_version(version, name, hash_values(frame["exact_hash"])),
     )

@@ -1,6 +1,7 @@
 """In-process materializations of the dataset assets and their checks on the sample logs."""
 
 import json
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
@@ -114,7 +115,10 @@ def test_full_dataset_graph_on_the_sample(instance, resources, data_dir):
         ("curated_dataset", "no_pii_left"),
         ("curated_dataset", "no_duplicates_left"),
         ("train_split", "no_leakage"),
-        ("train_split", "minimum_sizes"),
+        ("test_split", "no_leakage"),
+        ("train_split", "minimum_size"),
+        ("validation_split", "minimum_size"),
+        ("test_split", "minimum_size"),
         ("train_split", "openai_format"),
         ("validation_split", "openai_format"),
     }
@@ -129,9 +133,25 @@ def test_full_dataset_graph_on_the_sample(instance, resources, data_dir):
     # No PII survives anywhere in the curated output.
     text = " ".join(m["content"] for ms in train["messages"] for m in ms)
     assert "jane.doe@example.com" not in text and "4111 1111 1111 1111" not in text
-    # Data versions are recorded on every materialization.
+    # One version per artifact: the DataVersion Dagster shows is the folder's name, and the
+    # splits record the curated dataset's DataVersion as their input.
+    versions = {
+        e.asset_key.to_user_string(): e.materialization.tags["dagster/data_version"]
+        for e in result.get_asset_materialization_events()
+    }
+    assert Path(curated["path"].value).parent.name == versions["curated_dataset"]
+    assert "version" not in curated
+    for split in ("train_split", "validation_split", "test_split"):
+        meta = _meta(result, split)
+        assert Path(meta["path"].value).parent.name == versions[split]
+        assert meta["curated_version"].value == versions["curated_dataset"]
+        columns = {c.name: c for c in meta["dagster/column_schema"].schema.columns}
+        assert {"messages", "split", "split_group"} <= set(columns) and columns["messages"].description
+    assert {c.name for c in curated["dagster/column_schema"].schema.columns} >= {"messages", "n_tokens"}
+    # Headlines are plain values and tables, never JSON dumps behind a click.
     for event in result.get_asset_materialization_events():
-        assert event.materialization.tags.get("dagster/data_version")
+        for key, value in event.materialization.metadata.items():
+            assert not isinstance(value, dg.JsonMetadataValue), (event.asset_key, key)
 
 
 def test_one_more_file_keeps_every_old_example_in_its_split(instance, resources, data_dir, tmp_path):
@@ -170,11 +190,13 @@ def test_one_more_file_keeps_every_old_example_in_its_split(instance, resources,
 
 def test_minimum_sizes_check_reports_numbers(instance, resources, data_dir):
     _ingest(instance, resources, sorted(build_sample()))
-    run_config = {"ops": {"dataset_splits": {"config": {"min_train_examples": 100_000}}}}
+    run_config = {"ops": {"train_validation_test_split": {"config": {"min_train_examples": 100_000}}}}
     result = _build(instance, resources, run_config)
     checks = {(c.asset_key.to_user_string(), c.check_name): c for c in result.get_asset_check_evaluations()}
-    failed = checks[("train_split", "minimum_sizes")]
+    failed = checks[("train_split", "minimum_size")]
     assert not failed.passed and "fewer than the minimum 100000" in failed.description
+    assert failed.metadata["minimum"].value == 100_000
+    assert checks[("test_split", "minimum_size")].passed
 
 
 def _planted_near_duplicate_pairs(tmp_path):
