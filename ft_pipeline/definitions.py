@@ -71,14 +71,11 @@ def local_trainer_from_env() -> dg.PipesClient:
 
 def default_resources() -> dict[str, object]:
     """Resources for local use: the data directory from $FT_PIPELINE_DATA_DIR (default ./data)."""
-    # The key stays an EnvVar reference (resolved when a run starts, never shown in the UI). It is
-    # only referenced when set, so local_lora runs work on machines without a key.
-    openai_key = dg.EnvVar("OPENAI_API_KEY") if os.environ.get("OPENAI_API_KEY") else ""
     return {
         "local_trainer": local_trainer_from_env(),
         "failure_notifier": FailureNotifier(webhook_url=os.environ.get("FT_PIPELINE_FAILURE_WEBHOOK", "")),
+        # The API key is read from $OPENAI_API_KEY when a client is made (never part of run config).
         "openai_fine_tuning": OpenAIFineTuningResource(
-            api_key=openai_key,
             base_url=os.environ.get("OPENAI_BASE_URL", ""),
             azure_endpoint=os.environ.get("AZURE_OPENAI_ENDPOINT", ""),
         ),

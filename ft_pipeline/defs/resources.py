@@ -143,13 +143,17 @@ class PiiPolicy(dg.ConfigurableResource):
 
 class OpenAIFineTuningResource(dg.ConfigurableResource):
     """The OpenAI fine-tuning API (or an OpenAI-compatible service, or Azure OpenAI) through the
-    real ``openai`` SDK. The key comes from ``OPENAI_API_KEY`` and is never logged or stored in
-    metadata; ``base_url`` points at another OpenAI-compatible server."""
+    real ``openai`` SDK; ``base_url`` points at another OpenAI-compatible server.
 
-    api_key: str = Field(
-        default="",
-        description="API key; set through EnvVar('OPENAI_API_KEY').",
-        json_schema_extra={"dagster__is_secret": True},
+    The API key is never a config value: the resource names the environment variable that holds
+    it (``api_key_env``, default ``OPENAI_API_KEY``) and reads it when a client is made, so the
+    Launchpad and the stored run config show the variable's name, never the key, and runs that
+    do not call OpenAI work without one. The key is never logged or stored in metadata."""
+
+    api_key_env: str = Field(
+        default="OPENAI_API_KEY",
+        description="Name of the environment variable (of the code location's process) that holds the API key; "
+        "the key itself never enters run config.",
     )
     model: str = Field(
         default=DEFAULT_OPENAI_FINE_TUNING_MODEL,
@@ -168,18 +172,19 @@ class OpenAIFineTuningResource(dg.ConfigurableResource):
     def get_client(self):
         import openai
 
-        if not self.api_key:
-            raise dg.Failure(description="OPENAI_API_KEY is not set: the openai backend needs an API key")
+        api_key = os.environ.get(self.api_key_env, "")
+        if not api_key:
+            raise dg.Failure(description=f"{self.api_key_env} is not set: the openai backend needs an API key")
         if self.azure_endpoint:
             return openai.AzureOpenAI(
-                api_key=self.api_key,
+                api_key=api_key,
                 azure_endpoint=self.azure_endpoint,
                 api_version=self.azure_api_version,
                 max_retries=self.max_retries,
                 timeout=self.timeout_s,
             )
         return openai.OpenAI(
-            api_key=self.api_key,
+            api_key=api_key,
             base_url=self.base_url or None,
             organization=self.organization or None,
             max_retries=self.max_retries,
