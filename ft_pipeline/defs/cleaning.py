@@ -3,10 +3,17 @@
 import dagster as dg
 from pydantic import Field
 
-from ft_pipeline.defs.metadata import counts_table, sample_rows
+from ft_pipeline.defs.metadata import ASSET_OWNERS, CONVERSATION_DATA_TAGS, column_schema, counts_table, sample_rows
 from ft_pipeline.defs.partitions import log_files_partitions
 from ft_pipeline.defs.resources import PiiPolicy, PipelineStorage
-from ft_pipeline.lib.cleaning import FILTER_REASONS, CleaningConfig, PartitionNotParsed, clean_partition
+from ft_pipeline.lib.cleaning import (
+    FILTER_REASONS,
+    REPAIRS,
+    CleaningConfig,
+    CleanPartitionResult,
+    PartitionNotParsed,
+    clean_partition,
+)
 from ft_pipeline.lib.dedup import DedupConfig
 from ft_pipeline.lib.pii import PII_TYPES
 from ft_pipeline.lib.storage import legacy_partition_folders, safe_name
@@ -80,7 +87,18 @@ class CleaningRunConfig(dg.Config):
     deps=["raw_conversation_logs"],
     group_name="dataset",
     code_version=CLEANED_CODE_VERSION,
-    kinds={"parquet"},
+    kinds={"parquet", "pandas"},
+    owners=ASSET_OWNERS,
+    tags=CONVERSATION_DATA_TAGS,
+    check_specs=[
+        dg.AssetCheckSpec(
+            "counts_add_up",
+            asset="cleaned_conversations",
+            blocking=True,
+            description="Conversations in = rows of the partition's parsed file = rows kept + rows filtered: "
+            "no conversation lost.",
+        )
+    ],
 )
 def cleaned_conversations(
     context: dg.AssetExecutionContext, config: CleaningRunConfig, storage: PipelineStorage, pii_policy: PiiPolicy
@@ -89,7 +107,8 @@ def cleaned_conversations(
     role rules, the quality filter (rating, response time, reply length, edits, repetition),
     PII replaced by typed placeholders, in-file exact duplicates dropped, and per-record dedup
     signatures for the global dedup. Kept rows go to ``cleaned/<partition>/<version>.parquet``,
-    filtered rows (with a reason code) beside it in ``<version>.filtered.parquet``."""
+    filtered rows (with a reason code) beside it in ``<version>.filtered.parquet``; ``<version>``
+    is the data version Dagster shows. Check, per file: ``counts_add_up`` (blocking)."""
     name = context.partition_key
     lib_config = config.to_lib(pii_policy)
     try:
@@ -111,6 +130,7 @@ def cleaned_conversations(
         ) from None
     cleaned, n_in = result.cleaned, result.n_in
     kept_share = len(cleaned.kept) / n_in if n_in else 0.0
+    pii = lib_config.scrub.pii  # the samples are scrubbed with the pipeline's policy even when storage is not
     return dg.MaterializeResult(
         metadata={
             "conversations_in": n_in,
@@ -118,15 +138,39 @@ def cleaned_conversations(
             "filtered": len(cleaned.filtered),
             "kept_share": round(kept_share, 4),
             "filter_reasons": counts_table(cleaned.filter_counts, FILTER_REASONS),
-            "pii_found": dg.MetadataValue.json({**{t: 0 for t in PII_TYPES}, **cleaned.pii_counts}),
+            "pii_found": counts_table({**{t: 0 for t in PII_TYPES}, **cleaned.pii_counts}),
             "pii_total": sum(cleaned.pii_counts.values()),
-            "repairs": dg.MetadataValue.json(cleaned.repairs),
+            "repairs": counts_table({**{r: 0 for r in REPAIRS}, **cleaned.repairs}, REPAIRS),
+            "repairs_total": sum(cleaned.repairs.values()),
             "path": dg.MetadataValue.path(result.manifest.path),
             "filtered_path": dg.MetadataValue.path(result.manifest.filtered_path),
-            "sample": sample_rows(cleaned.kept),
-            "filtered_sample": sample_rows(cleaned.filtered),
+            "sample": sample_rows(cleaned.kept, pii=pii),
+            "filtered_sample": sample_rows(cleaned.filtered, pii=pii),
             "dagster/row_count": len(cleaned.kept),
-            "version": result.manifest.version,
+            "dagster/column_schema": column_schema(result.manifest.path),
         },
-        data_version=dg.DataVersion(result.data_version),
+        # The kept file's name: cleaned/<partition>/<version>.parquet.
+        data_version=dg.DataVersion(result.version),
+        check_results=[_counts_check(result)],
+    )
+
+
+def _counts_check(result: CleanPartitionResult) -> dg.AssetCheckResult:
+    figures = (
+        f"{result.n_in} conversations in ({result.n_parsed} in the parsed file), "
+        f"{result.stored_kept} kept + {result.stored_filtered} filtered"
+    )
+    return dg.AssetCheckResult(
+        check_name="counts_add_up",
+        passed=result.counts_add_up,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=f"{figures}: every conversation accounted for"
+        if result.counts_add_up
+        else f"{figures}: the counts differ, conversations were lost",
+        metadata={
+            "conversations_in": result.n_in,
+            "parsed": result.n_parsed,
+            "kept": result.stored_kept,
+            "filtered": result.stored_filtered,
+        },
     )

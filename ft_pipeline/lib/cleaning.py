@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import xxhash
 
 try:  # what DataFrame.to_dict("records") applies to object / extension columns
@@ -45,7 +46,7 @@ from ft_pipeline.lib.dedup import (
 from ft_pipeline.lib.manifests import CleanedManifest, ParsedManifest, read_manifest, write_manifest
 from ft_pipeline.lib.pii import DEFAULT_PII_CONFIG, PiiConfig, find_pii, may_contain_pii, scrub_pii
 from ft_pipeline.lib.records import gc_paused
-from ft_pipeline.lib.storage import content_version, hash_values, write_parquet
+from ft_pipeline.lib.storage import content_version, write_parquet
 from ft_pipeline.lib.timing import StepTimes
 
 # Filter reason codes (records that parse but should not be trained on), with the sentence
@@ -63,13 +64,14 @@ FILTER_REASONS: dict[str, str] = {
     "duplicate_in_file": "an exact duplicate of a better copy in the same file",
 }
 
-# Repairs that keep a record but change it; counted so the UI shows what was touched.
-REPAIRS = (
-    "merged_consecutive_turns",
-    "dropped_leading_assistant",
-    "trimmed_trailing_user",
-    "dropped_empty_message",
-)
+# Repairs that keep a record but change it, with the sentence shown to people; counted (per
+# message touched) so the UI shows what was changed.
+REPAIRS: dict[str, str] = {
+    "merged_consecutive_turns": "a message joined to the one before it (same role, sent twice in a row)",
+    "dropped_leading_assistant": "an assistant message before the first user turn dropped (it answers nothing)",
+    "trimmed_trailing_user": "a user message after the last assistant reply dropped (never answered)",
+    "dropped_empty_message": "an empty message dropped",
+}
 
 
 @dataclass(frozen=True)
@@ -700,9 +702,26 @@ class CleanPartitionResult:
     cleaned: CleanResult
     n_in: int
     """Parsed records read (= kept + filtered)."""
-    data_version: str
-    """The version plus a hash of the kept rows' exact hashes: equal output, equal data version."""
     steps: StepTimes
+    n_parsed: int
+    """Rows the partition's parsed file holds (its Parquet footer): what raw_conversation_logs stored."""
+    stored_kept: int
+    """Rows the written kept file holds (read back from its Parquet footer)."""
+    stored_filtered: int
+    """Rows the written filtered file holds (read back from its Parquet footer)."""
+
+    @property
+    def version(self) -> str:
+        """The partition's one version: the name of its files (``<version>.parquet``), the
+        manifest's and the asset's DataVersion. It is a hash of the parsed version, code version
+        and settings, and cleaning is deterministic, so it names the content too."""
+        return self.manifest.version
+
+    @property
+    def counts_add_up(self) -> bool:
+        """Every parsed record is in exactly one written file: records read = rows of the parsed
+        file = rows of the kept file + rows of the filtered file (the ``counts_add_up`` check)."""
+        return self.n_in == self.n_parsed == self.stored_kept + self.stored_filtered
 
 
 def clean_partition(
@@ -751,6 +770,16 @@ def clean_partition(
         minhash_ngram=config.dedup.ngram,
     )
     write_manifest(folder, manifest)
-    with steps.step("data_version"):
-        data_version = content_version(version, hash_values(cleaned.kept["exact_hash"]) if len(cleaned.kept) else "")
-    return CleanPartitionResult(manifest, cleaned, len(parsed), data_version, steps)
+    with steps.step("count_stored"):
+        n_parsed = pq.ParquetFile(parsed_manifest.path).metadata.num_rows
+        stored_kept = pq.ParquetFile(kept_path).metadata.num_rows
+        stored_filtered = pq.ParquetFile(filtered_path).metadata.num_rows
+    return CleanPartitionResult(
+        manifest,
+        cleaned,
+        len(parsed),
+        steps,
+        n_parsed=n_parsed,
+        stored_kept=stored_kept,
+        stored_filtered=stored_filtered,
+    )

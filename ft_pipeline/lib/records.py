@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow.parquet as pq
 
 from ft_pipeline.lib.manifests import ParsedManifest, write_manifest
 from ft_pipeline.lib.pii import scrub_pii
@@ -64,6 +65,13 @@ QUARANTINE_REASONS: dict[str, str] = {
     "empty_conversation": "the conversation has no messages",
     "oversize_record": "the record is larger than the configured maximum",
     "unreadable_file": "the rest of the file could not be read (corrupt or truncated)",
+}
+
+# Source formats a record can be read as (the ``source_format`` column), each with its sentence.
+SOURCE_FORMATS: dict[str, str] = {
+    "raw": "our raw log schema (messages plus known fields such as rating and tags)",
+    "openai": "a bare OpenAI fine-tuning line: only 'messages'",
+    "sharegpt": "ShareGPT: 'conversations' of {from, value}",
 }
 
 KNOWN_FIELDS = (
@@ -116,6 +124,21 @@ class ReadConfig:
 
 
 DEFAULT_READ_CONFIG = ReadConfig()
+
+
+@dataclass(frozen=True)
+class IngestCheckConfig:
+    """The ceilings of ``raw_conversation_logs``' checks."""
+
+    max_quarantine_rate: float = 0.05
+    """Quarantined records / records in above this is worth a look (a warning, not an error: the
+    file's good records are still used). A healthy export quarantines next to nothing; 5% means a
+    systematic problem (a changed export format, a truncated upload, an encoding bug) rather than
+    the odd bad line, and still lets a small file lose one line in twenty without a warning. The
+    shipped sample plants bad records on purpose, so two of its files are over it."""
+
+
+DEFAULT_INGEST_CHECK_CONFIG = IngestCheckConfig()
 
 
 class RecordError(Exception):
@@ -325,8 +348,6 @@ def _iter_jsonl_lines(stream: io.BufferedIOBase) -> Iterator[tuple[int, bytes]]:
 
 
 def _iter_parquet_rows(path: Path) -> Iterator[tuple[int, Any]]:
-    import pyarrow.parquet as pq
-
     parquet = pq.ParquetFile(path)
     line_no = 0
     for batch in parquet.iter_batches(batch_size=4096):
@@ -525,6 +546,21 @@ class IngestResult:
     """PII replaced in the parsed records, per type."""
     steps: StepTimes
     """Seconds per step (read, hash, scrub, write), for the benchmark."""
+    stored_parsed: int
+    """Rows the written parsed file holds (read back from its Parquet footer)."""
+    stored_quarantined: int
+    """Rows the written quarantine file holds (read back from its Parquet footer)."""
+
+    @property
+    def counts_add_up(self) -> bool:
+        """Every record read is in exactly one of the written files: records in = rows of the parsed
+        file + rows of the quarantine file (the ``counts_add_up`` check)."""
+        return self.n_records == self.stored_parsed + self.stored_quarantined
+
+    @property
+    def quarantine_rate(self) -> float:
+        """Quarantined records / records in (0.0 for a file with no records)."""
+        return len(self.quarantine) / self.n_records if self.n_records else 0.0
 
 
 def ingest_log_file(
@@ -569,6 +605,9 @@ def ingest_log_file(
             for column in ("raw_text", "detail"):
                 quarantine[column] = [scrub_pii(str(text), scrub.pii)[0] for text in quarantine[column]]
         stored_quarantine_path = write_parquet(quarantine, quarantine_path)
+    with steps.step("count_stored"):
+        stored_parsed = pq.ParquetFile(parsed_path).metadata.num_rows
+        stored_quarantined = pq.ParquetFile(stored_quarantine_path).metadata.num_rows
     write_manifest(
         parsed_folder,
         ParsedManifest(
@@ -588,4 +627,6 @@ def ingest_log_file(
         source_formats=dict(Counter(result.conversations["source_format"])),
         pii_counts=dict(sorted(scrubbed.pii_counts.items())),
         steps=steps,
+        stored_parsed=stored_parsed,
+        stored_quarantined=stored_quarantined,
     )

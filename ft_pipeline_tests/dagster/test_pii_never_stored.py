@@ -153,7 +153,7 @@ def test_planted_pii_reaches_nothing_the_pipeline_writes(tmp_path, monkeypatch, 
             assert ingest.success
             raw_meta = ingest.asset_materializations_for_node("raw_conversation_logs")[0].metadata
             assert raw_meta["quarantined"].value == 2  # the bad date and the broken line
-            found = raw_meta["pii_found"].value
+            found = {r.data["reason"]: r.data["count"] for r in raw_meta["pii_found"].records}
             assert all(found.get(kind, 0) > 0 for kind in PLANTED), found
         run_config = {"ops": {"fine_tuned_model": {"config": TRAIN}, "evaluation_report": {"config": EVAL}}}
         with dg.execute_job(dg.reconstructable(train_model_job), instance, run_config=run_config) as train:

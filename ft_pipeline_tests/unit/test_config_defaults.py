@@ -29,7 +29,7 @@ from ft_pipeline.lib.evaluation.generation import GenerationConfig
 from ft_pipeline.lib.evaluation.runner import EvaluationConfig
 from ft_pipeline.lib.openai_format import DEFAULT_OPENAI_FINE_TUNING_MODEL
 from ft_pipeline.lib.pii import CustomPiiPattern
-from ft_pipeline.lib.records import ReadConfig
+from ft_pipeline.lib.records import IngestCheckConfig, ReadConfig
 from ft_pipeline.lib.splits import SplitConfig
 from ft_pipeline.lib.tokens import TokenCounterConfig
 from ft_pipeline.lib.training.lora import LoraTrainingConfig
@@ -50,7 +50,7 @@ _AUTO_OR_NUMBER = ("n_epochs", "batch_size", "learning_rate_multiplier")
 #: class name -> SOURCES (lib objects, searched in order by field name), RENAMED (field ->
 #: (lib object, attribute[, how the Config spells the value])), NO_LIB (field -> why).
 TABLE: dict[str, dict[str, Any]] = {
-    "RawLogsRunConfig": {"SOURCES": [ReadConfig()]},
+    "RawLogsRunConfig": {"SOURCES": [ReadConfig(), IngestCheckConfig()]},
     "CleaningRunConfig": {
         "SOURCES": [CleaningConfig()],
         "RENAMED": {"minhash_num_perm": (DedupConfig(), "num_perm"), "minhash_ngram": (DedupConfig(), "ngram")},
