@@ -1,11 +1,5 @@
-"""``ft-pipeline``: the pipeline for people outside the UI.
-
-commands:
-    ft-pipeline run [--data-dir DIR] [--backend B] [--until ASSET]   register landed files, materialize the graph
-    ft-pipeline validate FILE [--strict]               format + quality report for any JSONL/Parquet log
-    ft-pipeline sample-data DIR                        write the deterministic sample logs
-    ft-pipeline registry list|show|promote|rollback|history   the model registry
-"""
+"""The ``ft-pipeline`` command line: run the pipeline, validate log files, manage the log_files
+partitions and the model registry. ``ft-pipeline --help`` lists the commands."""
 
 from __future__ import annotations
 
@@ -14,6 +8,7 @@ import json
 import os
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,7 +18,7 @@ from ft_pipeline.lib.openai_format import DEFAULT_OPENAI_FINE_TUNING_MODEL
 if TYPE_CHECKING:  # the CLI imports dagster and the registry only in the commands that need them
     import dagster as dg
 
-    from ft_pipeline.lib.registry import ModelRegistry, ModelVersion
+    from ft_pipeline.lib.registry import ModelVersion
 
 STAGES = [
     "raw_conversation_logs",
@@ -34,6 +29,29 @@ STAGES = [
     "evaluation_report",
     "promoted_model",
 ]
+
+#: The code location that serves ft_pipeline.definitions in workspace.yaml. Runs launched by
+#: ``ft-pipeline run`` carry it in their repository tag, so the UI lists them on the job's page.
+CODE_LOCATION = "ft_pipeline"
+#: The repository name Dagster gives the one ``Definitions`` object of a code location.
+REPOSITORY_NAME = "__repository__"
+#: Tag of every run ``ft-pipeline run`` launches (to find them among the runs of the instance).
+CLI_RUN_TAG = "ft_pipeline/cli"
+
+DESCRIPTION = "Run the fine-tuning pipeline, validate log files, and manage partitions and the model registry."
+
+EPILOG = """\
+environment:
+  DAGSTER_HOME              the Dagster instance used by run and partitions (make demo and make dev set it)
+  FT_PIPELINE_DATA_DIR      the data directory when --data-dir is not given (default: ./data)
+  FT_PIPELINE_LANDING_DIR   the landing folder or URL when --landing-dir is not given (default: <data dir>/raw)
+  FT_PIPELINE_REGISTRY_URL  the model registry's SQLAlchemy URL when --url is not given
+                            (default: <data dir>/registry.db)
+
+Run 'ft-pipeline COMMAND --help' for the options of a command."""
+
+REGISTRY_URL_ENV = "FT_PIPELINE_REGISTRY_URL"
+LANDING_DIR_ENV = "FT_PIPELINE_LANDING_DIR"
 
 
 def _cmd_sample_data(args: argparse.Namespace) -> int:
@@ -115,21 +133,19 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    import dagster as dg
-
-    from ft_pipeline.definitions import ALL_ASSETS, DOWNSTREAM_ASSETS, PER_FILE_ASSETS, default_resources
+    from ft_pipeline.definitions import default_resources
     from ft_pipeline.defs.partitions import LOG_FILES_PARTITION
     from ft_pipeline.defs.resources import ModelRegistryResource, PipelineStorage, RawLogStore
-    from ft_pipeline.lib.storage import read_latest, resolve_data_dir
+    from ft_pipeline.lib.storage import resolve_data_dir
 
     data_dir = resolve_data_dir(args.data_dir).resolve()
-    raw_log_store = RawLogStore(landing_dir=args.landing_dir or "", data_dir=str(data_dir))
+    raw_log_store = RawLogStore(landing_dir=_landing_dir(args), data_dir=str(data_dir))
     resources = {
         **default_resources(),
         "storage": PipelineStorage(data_dir=str(data_dir)),
         "raw_log_store": raw_log_store,
         "model_registry": ModelRegistryResource(
-            url=os.environ.get("FT_PIPELINE_REGISTRY_URL", ""),
+            url=os.environ.get(REGISTRY_URL_ENV, ""),
             data_dir=str(data_dir),
             publish_url=os.environ.get("FT_PIPELINE_PUBLISH_URL", ""),
         ),
@@ -142,6 +158,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 2
     until = STAGES.index(args.until)
     run_config = _run_config(args, until)  # a malformed --set fails before any work
+    import dagster as dg
+
     instance = dg.DagsterInstance.get()
     files = raw_log_store.list_files()
     if not files:
@@ -155,25 +173,31 @@ def _cmd_run(args: argparse.Namespace) -> int:
         instance.add_dynamic_partitions(LOG_FILES_PARTITION, new)
     print(f"{len(files)} log file(s) in {raw_log_store.root()} ({len(new)} newly registered)")
 
-    per_file = PER_FILE_ASSETS[: until + 1]
+    # The named jobs of ft_pipeline.definitions, so each run shows on its job's page in the UI
+    # (dg.materialize would run them as __ephemeral_asset_job__).
+    plan = _job_plan(resources, until)
+    tags = _run_tags()
+    ingest, ingest_selection = plan[0]
     for name in files:
-        result = dg.materialize(
-            per_file, partition_key=name, instance=instance, resources=resources, tags={"ft_pipeline/cli": "run"}
+        result = ingest.execute_in_process(
+            instance=instance,
+            partition_key=name,
+            asset_selection=ingest_selection,
+            tags=tags,
+            raise_on_error=False,
         )
         if not result.success:
             print(f"failed on {name}", file=sys.stderr)
+            _print_failures(result)
             return 1
         print(f"  {name}: " + ", ".join(_summary(e) for e in result.get_asset_materialization_events()))
-    if until >= 2:
-        selection = DOWNSTREAM_ASSETS[: until - 1]
-        result = dg.materialize(
-            ALL_ASSETS,
-            selection=selection,
+    for job, selection in plan[1:]:
+        result = job.execute_in_process(
             instance=instance,
-            resources=resources,
-            raise_on_error=False,
             run_config=run_config,
-            tags={"ft_pipeline/cli": "run"},
+            asset_selection=selection,
+            tags=tags,
+            raise_on_error=False,
         )
         for event in result.get_asset_materialization_events():
             print(f"  {event.asset_key.to_user_string() if event.asset_key else '?'}: {_summary(event)}")
@@ -191,45 +215,106 @@ def _cmd_run(args: argparse.Namespace) -> int:
             )
             failed_steps = {e.step_key for e in result.get_step_failure_events()}
             if not (gate_failed and failed_steps <= {"evaluation_report"}):
-                print("the run failed", file=sys.stderr)
+                print(f"the {job.name} run failed", file=sys.stderr)
+                _print_failures(result)
                 return 1
+    _print_outputs(data_dir, until)
+    return 0
+
+
+def _job_plan(resources: dict[str, object], until: int) -> list[tuple[dg.JobDefinition, Sequence[dg.AssetKey] | None]]:
+    """The runs that materialize the stages up to ``STAGES[until]``: ``ingest_log_file`` (once per
+    partition), then the smallest named job holding the downstream stages asked for
+    (``build_dataset`` or ``train_model``), each with the asset subset to run (``None``: all of it)."""
+    import dagster as dg
+
+    from ft_pipeline.definitions import (
+        ALL_ASSETS,
+        DOWNSTREAM_ASSETS,
+        PER_FILE_ASSETS,
+        build_dataset_job,
+        ingest_log_file_job,
+        train_model_job,
+    )
+
+    defs = dg.Definitions(
+        assets=ALL_ASSETS, jobs=[ingest_log_file_job, build_dataset_job, train_model_job], resources=resources
+    )
+
+    def planned(job_name: str, assets: list) -> tuple[dg.JobDefinition, Sequence[dg.AssetKey] | None]:
+        job = defs.resolve_job_def(job_name)
+        keys = {key for asset in assets for key in asset.keys}
+        whole = set(job.asset_layer.selected_asset_keys)
+        if not keys <= whole:
+            raise RuntimeError(
+                f"job {job_name} does not materialize {sorted(k.to_user_string() for k in keys - whole)}"
+            )
+        return job, None if keys == whole else sorted(keys)
+
+    plan = [planned(ingest_log_file_job.name, PER_FILE_ASSETS[: until + 1])]
+    if until >= 2:
+        downstream = DOWNSTREAM_ASSETS[: until - 1]
+        dataset_keys = set(defs.resolve_job_def(build_dataset_job.name).asset_layer.selected_asset_keys)
+        in_dataset_job = all(set(asset.keys) <= dataset_keys for asset in downstream)
+        plan.append(planned(build_dataset_job.name if in_dataset_job else train_model_job.name, downstream))
+    return plan
+
+
+def _run_tags() -> dict[str, str]:
+    """Tags of every run ``ft-pipeline run`` launches. The repository tag is what the UI's job
+    pages filter runs by; runs executed in process do not get it by themselves."""
+    from dagster._core.storage.tags import REPOSITORY_LABEL_TAG
+
+    return {CLI_RUN_TAG: "run", REPOSITORY_LABEL_TAG: f"{REPOSITORY_NAME}@{CODE_LOCATION}"}
+
+
+def _print_failures(result: dg.ExecuteInProcessResult) -> None:
+    """One line per failed step: the step and the innermost error's first line."""
+    for event in result.get_step_failure_events():
+        error = event.step_failure_data.error
+        while error is not None and error.cause is not None:
+            error = error.cause
+        message = error.message.strip().splitlines()[0] if error is not None and error.message.strip() else "failed"
+        print(f"  {event.step_key}: {message}", file=sys.stderr)
+
+
+def _print_outputs(data_dir: Path, until: int) -> None:
+    """Where the latest outputs are, read from the stages' typed manifests; the decision, its rules
+    and the first answers side by side when the evaluation ran."""
+    from ft_pipeline.lib.evaluation.summary import read_evaluation_summary
+    from ft_pipeline.lib.manifests import CuratedManifest, ManifestError, SplitsManifest, read_manifest
+    from ft_pipeline.lib.training.record import read_model_record
 
     print("\noutputs:")
-    for stage in ("cleaned", "curated", "splits", "models", "reports"):
-        if stage == "cleaned":
-            print(f"  cleaned partitions: {data_dir / 'cleaned'}")
-            continue
-        pointer = read_latest(data_dir / stage)
-        if pointer is None:
-            continue
-        if stage == "reports":
-            if until >= 5:
-                report = json.loads(Path(pointer["path"]).read_text())
-                decision = report["decision"]
-                verdict = (
-                    "already production"
-                    if report.get("already_production")
-                    else ("PROMOTE" if decision["passed"] else "DO NOT PROMOTE")
-                )
-                print(f"  report     {Path(pointer['path']).with_name('report.md')}")
-                print(f"\ndecision: {verdict}")
-                for rule in decision["rules"]:
-                    print(f"  [{'pass' if rule['passed'] else 'FAIL'}] {rule['rule']}: {rule['detail']}")
-                _print_side_by_side(report)
-            continue
-        if stage == "models":
-            if until >= 4:
-                record = json.loads(Path(pointer["path"]).read_text())
-                where = record.get("adapter_dir") or record.get("remote_model_id")
-                print(f"  model      {where} ({record['backend']}, run key {record['run_key']})")
-            continue
-        if stage == "splits":
-            for split, paths in pointer["paths"].items():
-                print(f"  {split:<10} {paths['parquet']}\n  {'':<10} {paths['jsonl']}")
-        else:
-            print(f"  curated    {pointer['path']}")
+    print(f"  cleaned partitions: {data_dir / 'cleaned'}")
+    try:
+        curated = read_manifest(data_dir / "curated", CuratedManifest)
+        if curated is not None:
+            print(f"  curated    {curated.path}")
+        splits = read_manifest(data_dir / "splits", SplitsManifest)
+        if splits is not None:
+            for split in splits.paths:
+                print(f"  {split:<10} {splits.parquet(split)}\n  {'':<10} {splits.jsonl(split)}")
+        record = read_model_record(data_dir / "models") if until >= 4 else None
+        if record is not None:
+            where = record.adapter_dir or record.remote_model_id
+            print(f"  model      {where} ({record.backend}, run key {record.run_key})")
+        summary = read_evaluation_summary(data_dir / "reports") if until >= 5 else None
+    except ManifestError as err:  # an output written by an older ft-pipeline, not rebuilt by this run
+        print(f"  {err}")
+        summary = None
+    if summary is not None:
+        print(f"  report     {Path(summary.path).with_name('report.md')}")
     print(f"  quarantine {data_dir / 'quarantine'}")
-    return 0
+    if summary is None:
+        return
+    verdict = (
+        "already production" if summary.already_production else ("PROMOTE" if summary.passed else "DO NOT PROMOTE")
+    )
+    print(f"\ndecision: {verdict}")
+    for rule in summary.rules:
+        print(f"  [{'pass' if rule['passed'] else 'FAIL'}] {rule['rule']}: {rule['detail']}")
+    _print_side_by_side(json.loads(Path(summary.path).read_text(encoding="utf-8")))
 
 
 def _print_side_by_side(report: dict) -> None:
@@ -256,35 +341,116 @@ def _one_line(text: str, width: int = 400) -> str:
 
 
 def _run_config(args: argparse.Namespace, until: int) -> dict | None:
-    """Run config from --backend and every --set ASSET.FIELD=VALUE (VALUE parsed as JSON when it can be)."""
+    """Run config from --backend and every --set ASSET.FIELD=VALUE (VALUE parsed as JSON when it can be).
+
+    ASSET is an asset (``train_split``), ``splits`` for the three splits, or the step that
+    materializes it (the name the Launchpad shows its config under)."""
+    from ft_pipeline.definitions import ALL_ASSETS
+
+    step_of = {key.to_user_string(): asset.op.name for asset in ALL_ASSETS for key in asset.keys}
+    step_of["splits"] = step_of["train_split"]
+    steps = set(step_of.values())
     ops: dict[str, dict] = {}
     if until >= 4:
-        ops.setdefault("fine_tuned_model", {})["backend"] = args.backend
+        ops.setdefault(step_of["fine_tuned_model"], {})["backend"] = args.backend
     for item in args.set or []:
         key, sep, raw = item.partition("=")
         asset, dot, field = key.partition(".")
         if not sep or not dot:
             raise SystemExit(f"--set expects ASSET.FIELD=VALUE, got {item!r}")
+        op = step_of.get(asset, asset)
+        if op not in steps:
+            raise SystemExit(
+                f"--set {item!r}: {asset!r} is not an asset of the pipeline ({', '.join(sorted(step_of))})"
+            )
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:
             value = raw
-        op = "dataset_splits" if asset in ("splits", "train_split", "validation_split", "test_split") else asset
         ops.setdefault(op, {})[field] = value
     return {"ops": {op: {"config": fields} for op, fields in ops.items()}} if ops else None
 
 
-def _registry(args: argparse.Namespace) -> ModelRegistry:
-    from ft_pipeline.lib.registry import ModelRegistry
+def _landing_dir(args: argparse.Namespace) -> str:
+    return args.landing_dir or os.environ.get(LANDING_DIR_ENV, "")
+
+
+def _data_dir_origin(args: argparse.Namespace) -> str:
+    """Where the data directory came from, for error messages."""
+    from ft_pipeline.lib.storage import DATA_DIR_ENV
+
+    if args.data_dir:
+        return "from --data-dir"
+    if os.environ.get(DATA_DIR_ENV):
+        return f"from ${DATA_DIR_ENV}"
+    return "the default: data/ in the current directory"
+
+
+_DATA_DIR_FIX = (
+    "Pass --data-dir DIR or set FT_PIPELINE_DATA_DIR to the data directory of a pipeline, or create one with "
+    "`make demo` or `ft-pipeline run`"
+)
+_REGISTRY_FIX = (
+    "Pass --data-dir DIR or --url URL, or set FT_PIPELINE_DATA_DIR or FT_PIPELINE_REGISTRY_URL; a new data "
+    "directory gets its registry from `make demo` or `ft-pipeline run`"
+)
+
+
+def _missing_data_dir(args: argparse.Namespace, *, looked_for: str = "", fix: str = _DATA_DIR_FIX) -> str | None:
+    """Why the data directory cannot be used (``None``: it exists)."""
     from ft_pipeline.lib.storage import resolve_data_dir
 
-    url = args.url or os.environ.get("FT_PIPELINE_REGISTRY_URL")
-    return ModelRegistry(url) if url else ModelRegistry.for_data_dir(resolve_data_dir(args.data_dir).resolve())
+    data_dir = resolve_data_dir(args.data_dir).resolve()
+    if data_dir.is_dir():
+        return None
+    return f"data directory {data_dir} does not exist ({_data_dir_origin(args)}{looked_for}). {fix}"
 
 
-def _version_row(v: ModelVersion) -> str:
-    where = v.remote_model_id or v.artifact_path or v.model_uri
-    return f"{v.model_name:<24} v{v.version:<4} {v.lifecycle:<10} {v.backend:<10} {where}"
+def _missing_registry(args: argparse.Namespace) -> str | None:
+    """Why the registry the options name does not exist (``None``: it does, or it is on a database
+    server, which the registry itself connects to). Opening a registry creates it; a typo in
+    --data-dir must not create an empty one."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    from ft_pipeline.lib.storage import resolve_data_dir
+
+    fix = _REGISTRY_FIX
+    url = args.url or os.environ.get(REGISTRY_URL_ENV)
+    if url:
+        origin = "--url" if args.url else f"${REGISTRY_URL_ENV}"
+        try:
+            parsed = make_url(url)
+        except ArgumentError:
+            return f"{origin} is not a SQLAlchemy URL (e.g. sqlite:///data/registry.db or postgresql+psycopg2://…)"
+        if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:") or parsed.query:
+            return None
+        path = Path(parsed.database).resolve()
+        return None if path.is_file() else f"no registry at {path} (from {origin} {url}). {fix}"
+    data_dir = resolve_data_dir(args.data_dir).resolve()
+    looked = data_dir / "registry.db"
+    missing_dir = _missing_data_dir(args, looked_for=f"; looked for the registry at {looked}", fix=fix)
+    if missing_dir is not None:
+        return missing_dir
+    return None if looked.is_file() else f"no registry at {looked} (data directory {_data_dir_origin(args)}). {fix}"
+
+
+def _print_table(columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """A plain-text table: a header, then one line per row, columns aligned."""
+    cells = [list(columns), *[["-" if value is None else str(value) for value in row] for row in rows]]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    for line in cells:
+        print("  ".join(value.ljust(width) for value, width in zip(line, widths)).rstrip())
+
+
+def _when(timestamp: object) -> str:
+    if isinstance(timestamp, (int, float)):
+        return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
+    return str(timestamp)
+
+
+def _location(v: ModelVersion) -> str:
+    return v.remote_model_id or v.artifact_path or v.model_uri
 
 
 def _cmd_partitions(args: argparse.Namespace) -> int:
@@ -294,7 +460,7 @@ def _cmd_partitions(args: argparse.Namespace) -> int:
 
     from ft_pipeline.defs.partitions import LOG_FILES_PARTITION
     from ft_pipeline.defs.resources import RawLogStore
-    from ft_pipeline.lib.storage import partition_artifacts, resolve_data_dir
+    from ft_pipeline.lib.storage import layout, partition_artifacts, resolve_data_dir, safe_name
 
     if not os.environ.get("DAGSTER_HOME"):
         print(
@@ -302,14 +468,33 @@ def _cmd_partitions(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    missing = _missing_data_dir(args)
+    if missing is not None:
+        print(f"error: {missing}", file=sys.stderr)
+        return 2
+    data_dir = resolve_data_dir(args.data_dir).resolve()
+    landing = RawLogStore(landing_dir=_landing_dir(args), data_dir=str(data_dir))
     instance = dg.DagsterInstance.get()
     known = sorted(instance.get_dynamic_partitions(LOG_FILES_PARTITION))
     if args.action == "list":
-        for key in known:
-            print(key)
-        print(f"{len(known)} partition(s) of {LOG_FILES_PARTITION}", file=sys.stderr)
+        if not known:
+            print(
+                f"no {LOG_FILES_PARTITION} partitions registered; `ft-pipeline run` or the new_log_files sensor "
+                "registers one per landed file"
+            )
+            return 0
+        folders = layout(data_dir)
+        landed = set(landing.list_files())
+
+        def done(stage: str, key: str) -> str:
+            return "yes" if (folders[stage] / safe_name(key) / "latest.json").exists() else "no"
+
+        _print_table(
+            ["PARTITION", "LANDED", "PARSED", "CLEANED"],
+            [[key, "yes" if key in landed else "no", done("parsed", key), done("cleaned", key)] for key in known],
+        )
+        print(f"{len(known)} partition(s) of {LOG_FILES_PARTITION}; landing folder {landing.root()}", file=sys.stderr)
         return 0
-    data_dir = resolve_data_dir(args.data_dir).resolve()
     if args.name not in known:
         print(
             f"error: {args.name!r} is not a partition of {LOG_FILES_PARTITION} ({len(known)} registered)",
@@ -322,7 +507,6 @@ def _cmd_partitions(args: argparse.Namespace) -> int:
         for path in partition_artifacts(data_dir, args.name):
             shutil.rmtree(path) if path.is_dir() else path.unlink()
             print(f"  removed {path}")
-    landing = RawLogStore(landing_dir=args.landing_dir or "", data_dir=str(data_dir))
     if landing.folder().exists(args.name):
         print(
             f"note: {args.name} is still in the landing folder {landing.root()}; remove it, or `ft-pipeline run` "
@@ -336,25 +520,17 @@ def _cmd_partitions(args: argparse.Namespace) -> int:
 
 
 def _cmd_registry(args: argparse.Namespace) -> int:
-    from ft_pipeline.lib.registry import RegistryError, local_artifact_exists
+    from ft_pipeline.lib.registry import ModelRegistry, RegistryError, local_artifact_exists
     from ft_pipeline.lib.storage import resolve_data_dir
 
-    if not (args.url or os.environ.get("FT_PIPELINE_REGISTRY_URL")):
-        # Never create a registry (or a data directory) as a side effect of the wrong --data-dir.
-        data_dir = resolve_data_dir(args.data_dir).resolve()
-        if not (data_dir / "registry.db").exists():
-            where = (
-                f"data directory {data_dir} does not exist"
-                if not data_dir.is_dir()
-                else f"no registry at {data_dir / 'registry.db'}"
-            )
-            print(
-                f"error: {where}; pass --data-dir (or set FT_PIPELINE_DATA_DIR / FT_PIPELINE_REGISTRY_URL)",
-                file=sys.stderr,
-            )
-            return 2
+    # Never create a registry (or a data directory) as a side effect of a wrong --data-dir or --url.
+    missing = _missing_registry(args)
+    if missing is not None:
+        print(f"error: {missing}", file=sys.stderr)
+        return 2
+    url = args.url or os.environ.get(REGISTRY_URL_ENV)
     try:
-        registry = _registry(args)
+        registry = ModelRegistry(url) if url else ModelRegistry.for_data_dir(resolve_data_dir(args.data_dir).resolve())
     except RegistryError as err:  # a corrupt database: one line, not a SQLAlchemy traceback
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -362,9 +538,23 @@ def _cmd_registry(args: argparse.Namespace) -> int:
         if args.action == "list":
             versions = registry.list_versions(args.model)
             if not versions:
-                print("no model versions registered")
-            for v in versions:
-                print(_version_row(v))
+                print("no model versions registered" + (f" for {args.model}" if args.model else ""))
+                return 0
+            _print_table(
+                ["MODEL", "VERSION", "LIFECYCLE", "BACKEND", "CREATED", "EVALUATION", "LOCATION"],
+                [
+                    [
+                        v.model_name,
+                        v.version,
+                        v.lifecycle,
+                        v.backend,
+                        _when(v.created_at),
+                        v.evaluation_id,
+                        _location(v),
+                    ]
+                    for v in versions
+                ],
+            )
         elif args.action == "show":
             version = (
                 registry.resolve(args.model, args.alias)
@@ -376,16 +566,26 @@ def _cmd_registry(args: argparse.Namespace) -> int:
                 return 1
             print(json.dumps(version.__dict__, indent=2, default=str))
         elif args.action == "history":
-            for e in registry.history(args.model):
-                when = (
-                    datetime.fromtimestamp(e.created_at, UTC).isoformat(timespec="seconds")
-                    if isinstance(e.created_at, (int, float))
-                    else e.created_at
-                )
-                print(
-                    f"#{e.event_id:<4} {when}  {e.action:<9} {e.alias:<11} v{e.from_version} -> v{e.to_version}  "
-                    f"by {e.actor}  eval {e.evaluation_id or '-'}  {e.reason or ''}"
-                )
+            events = registry.history(args.model)
+            if not events:
+                print(f"no alias moves recorded for {args.model}")
+                return 0
+            _print_table(
+                ["EVENT", "WHEN", "ACTION", "ALIAS", "CHANGE", "BY", "EVALUATION", "REASON"],
+                [
+                    [
+                        f"#{e.event_id}",
+                        _when(e.created_at),
+                        e.action,
+                        e.alias,
+                        f"v{e.from_version} -> v{e.to_version}",
+                        e.actor,
+                        e.evaluation_id,
+                        e.reason,
+                    ]
+                    for e in events
+                ],
+            )
         elif args.action == "promote":
             current = registry.resolve(args.model, args.alias)
             if current is not None and current.version == args.version:
@@ -419,6 +619,8 @@ def _cmd_registry(args: argparse.Namespace) -> int:
     except RegistryError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    finally:
+        registry.close()
     return 0
 
 
@@ -451,27 +653,105 @@ def _summary(event: dg.DagsterEvent) -> str:
     return " ".join(parts) or (event.asset_key.to_user_string() if event.asset_key else "")
 
 
+def _installed_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ft-pipeline")
+    except PackageNotFoundError:
+        return "unknown (the package is not installed)"
+
+
+def _add_location_options(
+    parser: argparse.ArgumentParser, *, landing: bool = False, url: bool = False, repeated: bool = False
+) -> None:
+    """--data-dir (and --landing-dir, --url) on ``parser``. The copies on a command's subcommands
+    (``repeated``) default to SUPPRESS, so ``registry --data-dir X history`` and ``registry history
+    --data-dir X`` both work: an option left out below does not overwrite the value given above."""
+    default = argparse.SUPPRESS if repeated else None
+    parser.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        default=default,
+        help="data directory (default: $FT_PIPELINE_DATA_DIR, else ./data)",
+    )
+    if landing:
+        parser.add_argument(
+            "--landing-dir",
+            metavar="DIR|URL",
+            default=default,
+            help="folder or fsspec URL where log files land (default: $FT_PIPELINE_LANDING_DIR, else <data dir>/raw)",
+        )
+    if url:
+        parser.add_argument(
+            "--url",
+            default=default,
+            help="SQLAlchemy URL of the registry, instead of <data dir>/registry.db "
+            "(default: $FT_PIPELINE_REGISTRY_URL)",
+        )
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Options and commands in a column wide enough for the longest (``sample-data``) beside their
+    help; the commands listed under their title without a line for the COMMAND placeholder."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=30)
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if isinstance(action, argparse._SubParsersAction):
+            return "".join(self._format_action(command) for command in action._get_subactions())
+        return super()._format_action(action)
+
+
+class _TopHelpFormatter(argparse.RawDescriptionHelpFormatter, _HelpFormatter):
+    """The top-level help: its epilog (the environment variables) laid out as written."""
+
+
+def _add_command(
+    sub: argparse._SubParsersAction, name: str, summary: str, description: str = ""
+) -> argparse.ArgumentParser:
+    """A subcommand whose one-line ``summary`` is listed in its parent's help and opens its own."""
+    return sub.add_parser(
+        name,
+        help=summary,
+        formatter_class=_HelpFormatter,
+        description=f"{summary[0].upper()}{summary[1:]}." + (f" {description}" if description else ""),
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        # The module docstring is the description; its "commands:" line at column 0 keeps the command
-        # lines indented (formatters dedent a docstring to its least-indented line).
         prog="ft-pipeline",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=_TopHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_installed_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
 
-    run = sub.add_parser("run", help="register landed files and materialize the graph in process")
-    run.add_argument("--data-dir", default=None, help="data directory (default $FT_PIPELINE_DATA_DIR or ./data)")
-    run.add_argument("--landing-dir", default=None, help="landing folder (default <data dir>/raw)")
+    run = _add_command(
+        sub,
+        "run",
+        "register the landed log files and run the pipeline's jobs in process",
+        "One log_files partition per landed file; an ingest_log_file run for each, then a train_model run "
+        "(build_dataset when --until stops at the dataset), against the Dagster instance in $DAGSTER_HOME. "
+        "What make demo runs.",
+    )
+    _add_location_options(run, landing=True)
     run.add_argument(
-        "--until", choices=STAGES, default=STAGES[-1], help=f"last stage to materialize (default: {STAGES[-1]})"
+        "--until",
+        choices=STAGES,
+        default=STAGES[-1],
+        metavar="STAGE",
+        help=f"last stage to materialize: {', '.join(STAGES)} (default: {STAGES[-1]})",
     )
     run.add_argument(
         "--backend",
         choices=["local_lora", "openai"],
         default="local_lora",
-        help="training backend (default: local_lora on the built-in tiny base)",
+        metavar="BACKEND",
+        help="training backend: local_lora or openai (default: local_lora, on the built-in tiny base)",
     )
     run.add_argument(
         "--set",
@@ -481,8 +761,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=_cmd_run)
 
-    validate = sub.add_parser("validate", help="format and quality report for a log file; non-zero exit on errors")
-    validate.add_argument("file")
+    validate = _add_command(
+        sub,
+        "validate",
+        "format and quality report for a JSONL or Parquet log file",
+        "The pipeline's parsing, quality, PII and OpenAI-format checks. Exit code 1 on errors.",
+    )
+    validate.add_argument("file", help="the log file")
     validate.add_argument(
         "--model", default=DEFAULT_OPENAI_FINE_TUNING_MODEL, help="OpenAI model whose token limit applies"
     )
@@ -492,47 +777,59 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--strict", action="store_true", help="also fail when records would be filtered")
     validate.set_defaults(func=_cmd_validate)
 
-    registry = sub.add_parser("registry", help="model registry: list, show, promote, rollback, history")
-    registry.add_argument(
-        "--data-dir", default=None, help="data directory holding registry.db (default $FT_PIPELINE_DATA_DIR or ./data)"
-    )
-    registry.add_argument("--url", default=None, help="SQLAlchemy URL instead (default $FT_PIPELINE_REGISTRY_URL)")
-    actions = registry.add_subparsers(dest="action", required=True)
-    list_cmd = actions.add_parser("list", help="every registered version")
-    list_cmd.add_argument("model", nargs="?", default=None)
-    show = actions.add_parser("show", help="one version (default: the one behind --alias)")
-    show.add_argument("model")
-    show.add_argument("version", nargs="?", type=int, default=None)
-    show.add_argument("--alias", default="production")
-    history = actions.add_parser("history", help="the append-only audit log of alias moves")
-    history.add_argument("model")
-    promote = actions.add_parser("promote", help="move an alias to a version that passed its evaluation")
-    promote.add_argument("model")
-    promote.add_argument("version", type=int)
-    promote.add_argument("--evaluation", required=True, help="id of the passing evaluation")
-    promote.add_argument("--alias", default="production")
-    promote.add_argument("--reason", required=True)
-    rollback = actions.add_parser("rollback", help="point the alias back to the previous version (no retraining)")
-    rollback.add_argument("model")
-    rollback.add_argument("--to", type=int, default=None, help="a specific earlier version")
-    rollback.add_argument("--alias", default="production")
-    rollback.add_argument("--reason", required=True)
-    registry.set_defaults(func=_cmd_registry)
+    sample = _add_command(sub, "sample-data", "write the deterministic sample logs into DIR")
+    sample.add_argument("directory", metavar="DIR")
+    sample.add_argument("--seed", type=int, default=7, help="random seed (default: 7)")
+    sample.set_defaults(func=_cmd_sample_data)
 
-    partitions = sub.add_parser("partitions", help="list or delete log_files partitions (one per landed file)")
-    partitions.add_argument("--data-dir", default=None, help="data directory (default $FT_PIPELINE_DATA_DIR or ./data)")
-    partitions.add_argument("--landing-dir", default=None, help="landing folder (default <data dir>/raw)")
-    part_actions = partitions.add_subparsers(dest="action", required=True)
-    part_actions.add_parser("list", help="every registered partition")
-    delete = part_actions.add_parser("delete", help="unregister one partition, so the next dataset build leaves it out")
+    partitions = _add_command(
+        sub,
+        "partitions",
+        "list or delete log_files partitions (one per landed file)",
+        "Uses the Dagster instance in $DAGSTER_HOME.",
+    )
+    _add_location_options(partitions, landing=True)
+    part_actions = partitions.add_subparsers(dest="action", required=True, title="subcommands", metavar="SUBCOMMAND")
+    part_list = _add_command(
+        part_actions, "list", "every registered partition, and whether it is landed, parsed and cleaned"
+    )
+    _add_location_options(part_list, landing=True, repeated=True)
+    delete = _add_command(part_actions, "delete", "unregister one partition, so the next dataset build leaves it out")
+    _add_location_options(delete, landing=True, repeated=True)
     delete.add_argument("name", help="the partition key (the file name relative to the landing folder)")
     delete.add_argument("--purge", action="store_true", help="also delete its parsed, cleaned and quarantined data")
     partitions.set_defaults(func=_cmd_partitions)
 
-    sample = sub.add_parser("sample-data", help="write the deterministic sample logs into DIR")
-    sample.add_argument("directory")
-    sample.add_argument("--seed", type=int, default=7)
-    sample.set_defaults(func=_cmd_sample_data)
+    registry = _add_command(
+        sub,
+        "registry",
+        "the model registry: list, show, promote, roll back, history",
+        "The registry is <data dir>/registry.db unless --url (or $FT_PIPELINE_REGISTRY_URL) names another.",
+    )
+    _add_location_options(registry, url=True)
+    actions = registry.add_subparsers(dest="action", required=True, title="subcommands", metavar="SUBCOMMAND")
+    list_cmd = _add_command(actions, "list", "every registered version")
+    list_cmd.add_argument("model", nargs="?", default=None, help="only this model's versions")
+    show = _add_command(actions, "show", "one version as JSON (default: the one behind --alias)")
+    show.add_argument("model")
+    show.add_argument("version", nargs="?", type=int, default=None)
+    show.add_argument("--alias", default="production", help="default: production")
+    history = _add_command(actions, "history", "the append-only audit log of alias moves")
+    history.add_argument("model")
+    promote = _add_command(actions, "promote", "move an alias to a version that passed its evaluation")
+    promote.add_argument("model")
+    promote.add_argument("version", type=int)
+    promote.add_argument("--evaluation", required=True, help="id of the passing evaluation")
+    promote.add_argument("--alias", default="production", help="default: production")
+    promote.add_argument("--reason", required=True, help="why, for the audit log")
+    rollback = _add_command(actions, "rollback", "point the alias back to the previous version (no retraining)")
+    rollback.add_argument("model")
+    rollback.add_argument("--to", type=int, default=None, help="a specific earlier version")
+    rollback.add_argument("--alias", default="production", help="default: production")
+    rollback.add_argument("--reason", required=True, help="why, for the audit log")
+    for action in (list_cmd, show, history, promote, rollback):
+        _add_location_options(action, url=True, repeated=True)
+    registry.set_defaults(func=_cmd_registry)
     return parser
 
 

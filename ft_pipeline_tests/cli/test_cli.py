@@ -1,12 +1,15 @@
-"""The ft-pipeline command line: sample-data, validate, run; and `dg check defs`."""
+"""The ft-pipeline command line: sample-data, validate, run, partitions; and `dg check defs`."""
 
 import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
+import dagster as dg
 import pytest
+from dagster._core.storage.tags import PARTITION_NAME_TAG, REPOSITORY_LABEL_TAG
 
 from ft_pipeline.cli import main
 from ft_pipeline.lib.sample_data import build_sample
@@ -113,9 +116,36 @@ def test_run_materializes_the_graph_and_prints_split_paths(sample_data_dir, caps
     assert "report.md" in out and "decision: " in out and "beats_base" in out
     pointer = json.loads((data / "splits" / "latest.json").read_text())
     assert Path(pointer["paths"]["train"]["parquet"]).exists()
+    # The named jobs ran (not __ephemeral_asset_job__), so the UI's job pages show them: one
+    # ingest_log_file run per landed file, then one train_model run of the whole job.
+    runs = _cli_runs()
+    assert Counter(run.job_name for run in runs) == {"ingest_log_file": len(build_sample()), "train_model": 1}
+    assert Counter(run.tags.get(PARTITION_NAME_TAG) for run in runs if run.job_name == "ingest_log_file") == {
+        name: 1 for name in build_sample()
+    }
+    train = next(run for run in runs if run.job_name == "train_model")
+    assert not train.asset_selection and PARTITION_NAME_TAG not in train.tags
     # A second run registers nothing new and succeeds again (same versions).
     assert main(["run", "--data-dir", str(data), "--until", "splits"]) == 0
     assert "(0 newly registered)" in capsys.readouterr().out
+    assert Counter(run.job_name for run in _cli_runs()) == {
+        "ingest_log_file": 2 * len(build_sample()),
+        "train_model": 1,
+        "build_dataset": 1,
+    }
+
+
+def _cli_runs() -> list[dg.DagsterRun]:
+    """The runs in the test's instance, each checked for what the UI's job pages need: the
+    repository tag of the code location, and (ingest_log_file) the partition it ingested."""
+    with dg.DagsterInstance.get() as instance:
+        runs = [record.dagster_run for record in instance.get_run_records()]
+    for run in runs:
+        assert run.tags[REPOSITORY_LABEL_TAG] == "__repository__@ft_pipeline", run.job_name
+        assert run.tags["ft_pipeline/cli"] == "run"
+        if run.job_name == "ingest_log_file":
+            assert run.tags[PARTITION_NAME_TAG] in build_sample()
+    return runs
 
 
 def test_run_rejects_a_malformed_set(tmp_path, monkeypatch):
@@ -123,6 +153,14 @@ def test_run_rejects_a_malformed_set(tmp_path, monkeypatch):
     main(["sample-data", str(tmp_path / "data" / "raw")])
     with pytest.raises(SystemExit, match="ASSET.FIELD=VALUE"):
         main(["run", "--data-dir", str(tmp_path / "data"), "--set", "learning_rate=0.1"])
+
+
+def test_run_rejects_a_set_of_an_unknown_asset(tmp_path, monkeypatch):
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    main(["sample-data", str(tmp_path / "data" / "raw")])
+    with pytest.raises(SystemExit, match="'fine_tune' is not an asset of the pipeline"):
+        main(["run", "--data-dir", str(tmp_path / "data"), "--set", "fine_tune.learning_rate=0.1"])
+    assert not (tmp_path / "data" / "parsed").exists()
 
 
 def test_run_without_dagster_home_is_a_clear_error(tmp_path, capsys, monkeypatch):
@@ -142,14 +180,25 @@ def test_dg_check_defs(tmp_path):
     assert "All definitions loaded successfully" in result.stdout + result.stderr
 
 
+def _table(out: str) -> list[list[str]]:
+    """The rows of a table the CLI printed, header first (cells split on runs of spaces)."""
+    return [line.split() for line in out.strip().splitlines()]
+
+
 def test_partitions_list_and_delete_with_purge(sample_data_dir, capsys):
     data = sample_data_dir
     assert main(["run", "--data-dir", str(data), "--until", "cleaned_conversations"]) == 0
     capsys.readouterr()
-    assert main(["partitions", "--data-dir", str(data), "list"]) == 0
-    listed = capsys.readouterr().out.split()
+    runs = _cli_runs()
+    assert {run.job_name for run in runs} == {"ingest_log_file"} and not any(run.asset_selection for run in runs)
+    assert sorted(run.tags[PARTITION_NAME_TAG] for run in runs) == sorted(build_sample())
+    # The options of `partitions` are accepted after the subcommand too.
+    assert main(["partitions", "list", "--data-dir", str(data)]) == 0
+    header, *rows = _table(capsys.readouterr().out)
+    assert header == ["PARTITION", "LANDED", "PARSED", "CLEANED"]
+    assert sorted(row[0] for row in rows) == sorted(build_sample())
+    assert all(row[1:] == ["yes", "yes", "yes"] for row in rows)
     gone = "support_2024-05-01.jsonl"
-    assert gone in listed and len(listed) == 5
 
     assert main(["partitions", "--data-dir", str(data), "delete", "no-such.jsonl"]) == 1
     assert "not a partition" in capsys.readouterr().err
@@ -170,5 +219,29 @@ def test_partitions_list_and_delete_with_purge(sample_data_dir, capsys):
     (data / "raw" / gone).unlink()
     assert main(["run", "--data-dir", str(data), "--until", "curated_dataset"]) == 0
     assert "4 log file(s)" in capsys.readouterr().out
+    # Only curated_dataset of the build_dataset job: a subset run of the named job.
+    (dataset_run,) = [run for run in _cli_runs() if run.job_name == "build_dataset"]
+    assert dataset_run.asset_selection == {dg.AssetKey("curated_dataset")}
     assert main(["partitions", "--data-dir", str(data), "list"]) == 0
     assert gone not in capsys.readouterr().out.split()
+
+
+def test_partitions_list_marks_what_is_not_landed_or_ingested(sample_data_dir, capsys):
+    data = sample_data_dir
+    with dg.DagsterInstance.get() as instance:
+        instance.add_dynamic_partitions("log_files", ["gone.jsonl", "support_2024-05-01.jsonl"])
+    assert main(["partitions", "--data-dir", str(data), "list", "--landing-dir", str(data / "raw")]) == 0
+    assert _table(capsys.readouterr().out) == [
+        ["PARTITION", "LANDED", "PARSED", "CLEANED"],
+        ["gone.jsonl", "no", "no", "no"],
+        ["support_2024-05-01.jsonl", "yes", "no", "no"],
+    ]
+
+
+def test_partitions_with_a_missing_data_dir_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    missing = tmp_path / "nowhere"
+    assert main(["partitions", "list", "--data-dir", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert f"data directory {missing} does not exist (from --data-dir)" in err and "FT_PIPELINE_DATA_DIR" in err
+    assert not missing.exists()
