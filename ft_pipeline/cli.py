@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from ft_pipeline.lib.openai_format import DEFAULT_OPENAI_FINE_TUNING_MODEL
 
@@ -177,12 +177,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # (dg.materialize would run them as __ephemeral_asset_job__).
     plan = _job_plan(resources, until)
     tags = _run_tags()
-    ingest, ingest_selection = plan[0]
+    ingest = plan[0]
     for name in files:
-        result = ingest.execute_in_process(
+        result = ingest.job.execute_in_process(
             instance=instance,
             partition_key=name,
-            asset_selection=ingest_selection,
+            run_config=ingest.config(run_config),
+            asset_selection=ingest.selection,
             tags=tags,
             raise_on_error=False,
         )
@@ -191,11 +192,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
             _print_failures(result)
             return 1
         print(f"  {name}: " + ", ".join(_summary(e) for e in result.get_asset_materialization_events()))
-    for job, selection in plan[1:]:
-        result = job.execute_in_process(
+    for planned in plan[1:]:
+        result = planned.job.execute_in_process(
             instance=instance,
-            run_config=run_config,
-            asset_selection=selection,
+            run_config=planned.config(run_config),
+            asset_selection=planned.selection,
             tags=tags,
             raise_on_error=False,
         )
@@ -215,17 +216,31 @@ def _cmd_run(args: argparse.Namespace) -> int:
             )
             failed_steps = {e.step_key for e in result.get_step_failure_events()}
             if not (gate_failed and failed_steps <= {"evaluation_report"}):
-                print(f"the {job.name} run failed", file=sys.stderr)
+                print(f"the {planned.job.name} run failed", file=sys.stderr)
                 _print_failures(result)
                 return 1
     _print_outputs(data_dir, until)
     return 0
 
 
-def _job_plan(resources: dict[str, object], until: int) -> list[tuple[dg.JobDefinition, Sequence[dg.AssetKey] | None]]:
+class _PlannedRun(NamedTuple):
+    """One run of a named job: the job, the assets to materialize (``None``: all of the job's) and
+    the steps that materialize them."""
+
+    job: dg.JobDefinition
+    selection: Sequence[dg.AssetKey] | None
+    steps: frozenset[str]
+
+    def config(self, run_config: dict | None) -> dict | None:
+        """The part of the run config (from --set and --backend) for this run's steps."""
+        ops = {op: config for op, config in (run_config or {}).get("ops", {}).items() if op in self.steps}
+        return {"ops": ops} if ops else None
+
+
+def _job_plan(resources: dict[str, object], until: int) -> list[_PlannedRun]:
     """The runs that materialize the stages up to ``STAGES[until]``: ``ingest_log_file`` (once per
     partition), then the smallest named job holding the downstream stages asked for
-    (``build_dataset`` or ``train_model``), each with the asset subset to run (``None``: all of it)."""
+    (``build_dataset`` or ``train_model``), each with the asset subset to run."""
     import dagster as dg
 
     from ft_pipeline.definitions import (
@@ -241,7 +256,7 @@ def _job_plan(resources: dict[str, object], until: int) -> list[tuple[dg.JobDefi
         assets=ALL_ASSETS, jobs=[ingest_log_file_job, build_dataset_job, train_model_job], resources=resources
     )
 
-    def planned(job_name: str, assets: list) -> tuple[dg.JobDefinition, Sequence[dg.AssetKey] | None]:
+    def planned(job_name: str, assets: list[dg.AssetsDefinition]) -> _PlannedRun:
         job = defs.resolve_job_def(job_name)
         keys = {key for asset in assets for key in asset.keys}
         whole = set(job.asset_layer.selected_asset_keys)
@@ -249,7 +264,7 @@ def _job_plan(resources: dict[str, object], until: int) -> list[tuple[dg.JobDefi
             raise RuntimeError(
                 f"job {job_name} does not materialize {sorted(k.to_user_string() for k in keys - whole)}"
             )
-        return job, None if keys == whole else sorted(keys)
+        return _PlannedRun(job, None if keys == whole else sorted(keys), frozenset(asset.op.name for asset in assets))
 
     plan = [planned(ingest_log_file_job.name, PER_FILE_ASSETS[: until + 1])]
     if until >= 2:

@@ -187,11 +187,20 @@ def _table(out: str) -> list[list[str]]:
 
 def test_partitions_list_and_delete_with_purge(sample_data_dir, capsys):
     data = sample_data_dir
-    assert main(["run", "--data-dir", str(data), "--until", "cleaned_conversations"]) == 0
+    # --set reaches the per-file runs too (their steps' part of the run config only).
+    limit = [
+        "--set",
+        "raw_conversation_logs.max_record_bytes=200000",
+        "--set",
+        "curated_dataset.near_dup_threshold=0.9",
+    ]
+    assert main(["run", "--data-dir", str(data), "--until", "cleaned_conversations", *limit]) == 0
     capsys.readouterr()
     runs = _cli_runs()
     assert {run.job_name for run in runs} == {"ingest_log_file"} and not any(run.asset_selection for run in runs)
     assert sorted(run.tags[PARTITION_NAME_TAG] for run in runs) == sorted(build_sample())
+    for run in runs:
+        assert run.run_config == {"ops": {"raw_conversation_logs": {"config": {"max_record_bytes": 200000}}}}
     # The options of `partitions` are accepted after the subcommand too.
     assert main(["partitions", "list", "--data-dir", str(data)]) == 0
     header, *rows = _table(capsys.readouterr().out)
