@@ -1,19 +1,24 @@
 """evaluation_report (with the blocking promotion gate) and promoted_model."""
 
-from collections.abc import Iterator
+import os
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import dagster as dg
 from pydantic import Field
 
-from ft_pipeline.defs.metadata import png_markdown
-from ft_pipeline.defs.resources import ModelRegistryResource, OpenAIFineTuningResource, PipelineStorage
-from ft_pipeline.lib.evaluation.candidate import CandidateEvaluationConfig, evaluate_candidate
+from ft_pipeline.defs.metadata import ASSET_OWNERS, MODEL_TAGS, png_markdown, svg_markdown, table
+from ft_pipeline.defs.resources import ModelRegistryResource, OpenAIFineTuningResource, PiiPolicy, PipelineStorage
+from ft_pipeline.defs.training import model_kinds
+from ft_pipeline.lib.evaluation.candidate import CandidateEvaluation, CandidateEvaluationConfig, evaluate_candidate
 from ft_pipeline.lib.evaluation.gate import PromotionGate
 from ft_pipeline.lib.evaluation.generation import GenerationConfig
 from ft_pipeline.lib.evaluation.promotion import NotPromoted, promote_candidate
+from ft_pipeline.lib.evaluation.report import EXAMPLE_TEXT_CHARS, EXAMPLES_SHOWN, example_rows
 from ft_pipeline.lib.evaluation.runner import EvaluationConfig
-from ft_pipeline.lib.evaluation.summary import read_evaluation_summary
+from ft_pipeline.lib.evaluation.summary import EvaluationSummary, read_evaluation_summary
+from ft_pipeline.lib.inline_charts import metric_means_svg
+from ft_pipeline.lib.pii import PiiConfig
 from ft_pipeline.lib.training.fine_tune import read_splits
 from ft_pipeline.lib.training.record import read_model_record
 
@@ -61,6 +66,12 @@ class EvaluationRunConfig(dg.Config):
     compute_perplexity: bool = Field(
         default=_CANDIDATE.compute_perplexity, description="Validation perplexity for local models."
     )
+    examples_shown: int = Field(
+        default=EXAMPLES_SHOWN,
+        description="Test prompts shown in evaluation_report's `examples` table (the last user turn, the reference, "
+        "the candidate's and the base's answers and their scores on the primary metric; PII scrubbed, shortened "
+        f"to {EXAMPLE_TEXT_CHARS} characters); 0 = no table. Every answer is in examples.parquet either way.",
+    )
     judge_model: str = Field(
         default=_CANDIDATE.judge_model,
         description="Optional LLM-as-judge: an OpenAI-compatible chat model (through the openai_fine_tuning "
@@ -99,11 +110,22 @@ class EvaluationRunConfig(dg.Config):
         )
 
 
+def registry_kinds(environ: Mapping[str, str] = os.environ) -> set[str]:
+    """The registry's store as a Dagster kind: ``sqlite`` by default, ``postgres`` when
+    ``FT_PIPELINE_REGISTRY_URL`` is a PostgreSQL URL (else the URL's SQLAlchemy dialect). Kinds
+    belong to the definitions, so they follow the deployment's environment (as its resources do)."""
+    url = environ.get("FT_PIPELINE_REGISTRY_URL", "")
+    dialect = url.split(":", 1)[0].split("+", 1)[0].lower() if url else "sqlite"
+    return {"postgres" if dialect in ("postgresql", "postgres") else dialect}
+
+
 @dg.asset(
     deps=["fine_tuned_model", "test_split"],
     group_name="evaluation",
     code_version=EVALUATION_CODE_VERSION,
-    kinds={"pytorch"},
+    kinds=model_kinds(),
+    owners=ASSET_OWNERS,
+    tags=MODEL_TAGS,
     check_specs=[
         dg.AssetCheckSpec(
             "promotion_gate",
@@ -121,6 +143,7 @@ def evaluation_report(
     storage: PipelineStorage,
     model_registry: ModelRegistryResource,
     openai_fine_tuning: OpenAIFineTuningResource,
+    pii_policy: PiiPolicy,
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     """The candidate against the base model and the current production model on the frozen test
     split: greedy answers, exact match, ROUGE-1/2/L, token F1, length ratio (JSON and label
@@ -128,11 +151,17 @@ def evaluation_report(
     for binary metrics), per-tag slices, the regression suite, validation perplexity. Written to
     ``reports/<eval_id>/`` (report.json, report.md, examples.parquet, charts) and recorded in the
     registry; ``reports/latest.json`` (an EvaluationSummary) hands the decision to ``promoted_model``.
-    The blocking ``promotion_gate`` check decides whether ``promoted_model`` runs."""
+    The blocking ``promotion_gate`` check decides whether ``promoted_model`` runs.
+
+    On the asset's page, without a click: the decision, the primary metric's means and deltas
+    with their 95% CI bounds, a chart of them, the first test prompts with the reference and both
+    answers (``examples``, PII scrubbed) and the gate's rules; the full report and charts open
+    with one click."""
     record = read_model_record(storage.folder("models"))
     splits = read_splits(storage.folder("splits"))
     if record is None or splits is None:
         raise dg.Failure(description="fine_tuned_model and the splits must be materialized first")
+    pii = pii_policy.pii_config()  # before the evaluation: a bad policy fails in seconds, not after generation
     evaluation = evaluate_candidate(
         record,
         splits,
@@ -147,42 +176,126 @@ def evaluation_report(
         run_id=context.run_id,
         log=context.log.info,
     )
-    result, summary, paths = evaluation.result, evaluation.summary, evaluation.report_paths
+    summary = evaluation.summary
+    yield dg.MaterializeResult(
+        metadata=_report_metadata(evaluation, config, pii), data_version=dg.DataVersion(summary.eval_id)
+    )
     primary = config.primary_metric
-    metadata: dict[str, Any] = {
-        "eval_id": summary.eval_id,
-        "decision": summary.decision,
-        "candidate": result.model_ids["candidate"],
-        "base": result.model_ids["base"],
-        "production": result.model_ids.get("production", "none"),
-        "candidate_version": summary.candidate_version,
-        "n_examples": evaluation.n_examples,
-        f"candidate_{primary}": float(result.summary["candidate"][primary]),
-        f"base_{primary}": float(result.summary["base"][primary]),
-        f"delta_vs_base_{primary}": float(result.comparisons["base"][primary]["delta"]),
-        "summary": dg.MetadataValue.md(paths["markdown"].read_text(encoding="utf-8")),
-        "metrics_chart": png_markdown(paths["metrics"], "metric means per model"),
-        "deltas_chart": png_markdown(paths["deltas"], "candidate minus baselines, 95% CI"),
-        "report_path": dg.MetadataValue.path(str(paths["json"])),
-        "examples_path": dg.MetadataValue.path(str(paths["examples"])),
-        "dataset_version": evaluation.dataset_version,
-        "test_split_hash": evaluation.test_split_hash,
-    }
-    if "judge" in result.extra:
-        metadata["llm_judge"] = dg.MetadataValue.json(result.extra["judge"])
-    if "validation_perplexity" in result.extra:
-        metadata["candidate_validation_perplexity"] = float(result.extra["validation_perplexity"]["candidate"])
-    yield dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(summary.eval_id))
     yield dg.AssetCheckResult(
         check_name="promotion_gate",
         passed=evaluation.gate_passed,
         severity=dg.AssetCheckSeverity.ERROR,
         description=evaluation.gate_description,
-        metadata={"rules": dg.MetadataValue.json(summary.rules)},
+        metadata={
+            "decision": summary.decision,
+            f"delta_vs_base_{primary}_ci_low": float(evaluation.result.comparisons["base"][primary]["ci_low"]),
+            "gate_rules": _gate_rules(summary),
+        },
     )
 
 
-@dg.asset(deps=["evaluation_report"], group_name="evaluation", code_version=EVALUATION_CODE_VERSION)
+def _report_metadata(evaluation: CandidateEvaluation, config: EvaluationRunConfig, pii: PiiConfig) -> dict[str, Any]:
+    """What the asset's page shows: headline numbers as floats (plotted across evaluations),
+    tables for the examples, the rules and the judge, a chart small enough to show inline; the
+    full report and the PNG charts (too large to inline) open with one click."""
+    result, summary, paths = evaluation.result, evaluation.summary, evaluation.report_paths
+    primary = config.primary_metric
+    means = {role: float(result.summary[role][primary]) for role in result.summary if primary in result.summary[role]}
+    metadata: dict[str, Any] = {"decision": summary.decision, "primary_metric": primary}
+    for role, mean in means.items():
+        metadata[f"{role}_{primary}"] = mean
+    for baseline, comparisons in result.comparisons.items():
+        comparison = comparisons[primary]
+        metadata[f"delta_vs_{baseline}_{primary}"] = float(comparison["delta"])
+        metadata[f"delta_vs_{baseline}_{primary}_ci_low"] = float(comparison["ci_low"])
+        metadata[f"delta_vs_{baseline}_{primary}_ci_high"] = float(comparison["ci_high"])
+    metadata["chart"] = svg_markdown(
+        metric_means_svg(
+            primary,
+            means,
+            result.comparisons["base"][primary],
+            result.comparisons.get("production", {}).get(primary),
+        ),
+        "primary metric by model",
+    )
+    if config.examples_shown > 0:
+        metadata["examples"] = _examples_table(evaluation, config, pii)
+    metadata["gate_rules"] = _gate_rules(summary)
+    if "judge" in result.extra:
+        metadata["llm_judge"] = _judge_table(result.extra["judge"])
+    metadata["n_examples"] = evaluation.n_examples
+    perplexity = result.extra.get("validation_perplexity") or {}
+    for role, value in perplexity.items():
+        metadata[f"{role}_validation_perplexity"] = float(value)
+    metadata.update(
+        {
+            "eval_id": summary.eval_id,
+            "candidate": result.model_ids["candidate"],
+            "base": result.model_ids["base"],
+            "production": result.model_ids.get("production", "none"),
+            "candidate_version": summary.candidate_version,
+            "summary": dg.MetadataValue.md(paths["markdown"].read_text(encoding="utf-8")),
+            "metrics_chart": png_markdown(paths["metrics"], "metric means per model"),
+            "deltas_chart": png_markdown(paths["deltas"], "candidate minus baselines, 95% CI"),
+            "report_path": dg.MetadataValue.path(str(paths["json"])),
+            "examples_path": dg.MetadataValue.path(str(paths["examples"])),
+            "dataset_version": evaluation.dataset_version,
+            "test_split_hash": evaluation.test_split_hash,
+        }
+    )
+    return metadata
+
+
+def _examples_table(evaluation: CandidateEvaluation, config: EvaluationRunConfig, pii: PiiConfig) -> dg.MetadataValue:
+    primary = config.primary_metric
+    rows = example_rows(evaluation.result.examples, config.examples_shown, primary, pii=pii)
+    return table(
+        rows,
+        [
+            dg.TableColumn("prompt", "string", description="The last user turn (PII scrubbed, shortened)."),
+            dg.TableColumn("reference", "string", description="The test split's final assistant turn."),
+            dg.TableColumn("candidate", "string", description="The fine-tuned model's answer."),
+            dg.TableColumn("base", "string", description="The base model's answer."),
+            dg.TableColumn(f"candidate_{primary}", "float", description="The candidate's score on this example."),
+            dg.TableColumn(f"base_{primary}", "float", description="The base's score on this example."),
+        ],
+    )
+
+
+def _gate_rules(summary: EvaluationSummary) -> dg.MetadataValue:
+    return table(
+        summary.rules,
+        [
+            dg.TableColumn("rule", "string"),
+            dg.TableColumn("passed", "bool"),
+            dg.TableColumn("detail", "string", description="The numbers the rule compared."),
+        ],
+    )
+
+
+def _judge_table(judge: Mapping[str, Mapping[str, Any]]) -> dg.MetadataValue:
+    return table(
+        [{"versus": baseline, **verdict} for baseline, verdict in judge.items()],
+        [
+            dg.TableColumn("versus", "string", description="The baseline the candidate was compared with."),
+            dg.TableColumn("judge_model", "string"),
+            dg.TableColumn("wins", "int", description="Examples where the candidate won in both orders."),
+            dg.TableColumn("losses", "int"),
+            dg.TableColumn("ties", "int", description="Ties and order-dependent verdicts."),
+            dg.TableColumn("n", "int"),
+            dg.TableColumn("win_rate", "float"),
+        ],
+    )
+
+
+@dg.asset(
+    deps=["evaluation_report"],
+    group_name="evaluation",
+    code_version=EVALUATION_CODE_VERSION,
+    kinds=registry_kinds(),
+    owners=ASSET_OWNERS,
+    tags=MODEL_TAGS,
+)
 def promoted_model(
     context: dg.AssetExecutionContext, storage: PipelineStorage, model_registry: ModelRegistryResource
 ) -> dg.MaterializeResult:
@@ -203,30 +316,25 @@ def promoted_model(
     except NotPromoted as err:
         raise dg.Failure(description=str(err)) from None
     data_version = dg.DataVersion(f"{promotion.model_name}:{promotion.production_version}")
+    metadata: dict[str, Any] = {
+        "decision": promotion.decision,
+        "model_name": promotion.model_name,
+        "production_version": promotion.production_version,
+        "evaluation_id": promotion.evaluation_id,
+    }
     if promotion.decision == "already production":
-        return dg.MaterializeResult(
-            metadata={"decision": promotion.decision, "production_version": promotion.production_version},
-            data_version=data_version,
-        )
+        return dg.MaterializeResult(metadata=metadata, data_version=data_version)
     published = promotion.published
-    return dg.MaterializeResult(
-        metadata={
-            "decision": promotion.decision,
-            "model_name": promotion.model_name,
-            "production_version": promotion.production_version,
-            "previous_version": promotion.previous_version if promotion.previous_version is not None else "none",
-            "model_uri": promotion.model_uri,
-            "evaluation_id": promotion.evaluation_id,
-            "audit_event_id": promotion.audit_event_id,
-            **(
-                {
-                    "published_uri": dg.MetadataValue.url(published.uri),
-                    "published_files": published.files,
-                    "published_bytes": published.bytes,
-                }
-                if published
-                else {}
-            ),
-        },
-        data_version=data_version,
-    )
+    metadata["previous_version"] = promotion.previous_version if promotion.previous_version is not None else "none"
+    metadata["model_uri"] = promotion.model_uri or ""
+    if promotion.audit_event_id is not None:
+        metadata["audit_event_id"] = promotion.audit_event_id
+    if published:
+        metadata.update(
+            {
+                "published_uri": dg.MetadataValue.url(published.uri),
+                "published_files": published.files,
+                "published_bytes": published.bytes,
+            }
+        )
+    return dg.MaterializeResult(metadata=metadata, data_version=data_version)

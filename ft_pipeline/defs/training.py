@@ -1,17 +1,18 @@
 """fine_tuned_model: local LoRA/QLoRA through Dagster Pipes, or an OpenAI fine-tuning job."""
 
+import os
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, cast
 
 import dagster as dg
 from pydantic import Field
 
-from ft_pipeline.defs.metadata import png_markdown
+from ft_pipeline.defs.metadata import ASSET_OWNERS, MODEL_TAGS, key_value_table, png_markdown, svg_markdown, table
 from ft_pipeline.defs.resources import OpenAIFineTuningResource, PipelineStorage
+from ft_pipeline.lib.inline_charts import Point, loss_sparkline_svg, series
 from ft_pipeline.lib.manifests import SplitsManifest
-from ft_pipeline.lib.storage import content_version
 from ft_pipeline.lib.training.fine_tune import fine_tune_openai, prepare_local_run, read_splits, record_local_run
 from ft_pipeline.lib.training.lora import LoraTrainingConfig
 from ft_pipeline.lib.training.openai_job import FineTuneError, OpenAIFineTuneConfig, cancel_job
@@ -20,6 +21,41 @@ from ft_pipeline.lib.training.record import DEFAULT_BACKEND
 TRAINING_CODE_VERSION = "2"
 _LORA = LoraTrainingConfig()
 _OPENAI = OpenAIFineTuneConfig()
+
+#: Any one of these set in the environment configures the OpenAI (or compatible, or Azure) client.
+OPENAI_CLIENT_ENV = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "AZURE_OPENAI_ENDPOINT")
+
+
+def model_kinds(environ: Mapping[str, str] = os.environ) -> set[str]:
+    """The model assets' kinds for what this deployment can run. Kinds belong to the definitions
+    (not to a run), so they say which backends are possible here: ``pytorch`` and ``huggingface``
+    for ``local_lora`` (the default backend, always available), plus ``openai`` only when an
+    OpenAI client is configured (see :data:`OPENAI_CLIENT_ENV`). The backend a run actually used
+    is its materialization's ``backend`` row."""
+    kinds = {"pytorch", "huggingface"}
+    if any(environ.get(name) for name in OPENAI_CLIENT_ENV):
+        kinds.add("openai")
+    return kinds
+
+
+#: The trainer's metrics shown as their own rows (plotted across runs), with their types; the
+#: others go into the ``training_details`` table.
+_HEADLINE_METRICS: dict[str, type] = {
+    "train_loss": float,
+    "eval_loss": float,
+    "global_step": int,
+    "max_steps": int,
+    "epochs": float,
+    "train_tokens": int,
+    "tokens_per_second": float,
+    "train_runtime_s": float,
+    "peak_memory_mb": float,
+    "train_examples": int,
+    "validation_examples": int,
+    "trainable_parameters": int,
+    "early_stopped": bool,
+    "device": str,
+}
 
 
 class FineTuneRunConfig(dg.Config):
@@ -142,7 +178,9 @@ def _splits(storage: PipelineStorage) -> SplitsManifest:
     group_name="training",
     code_version=TRAINING_CODE_VERSION,
     pool="gpu",
-    kinds={"pytorch", "openai"},
+    kinds=model_kinds(),
+    owners=ASSET_OWNERS,
+    tags=MODEL_TAGS,
 )
 def fine_tuned_model(
     context: dg.AssetExecutionContext,
@@ -159,7 +197,12 @@ def fine_tuned_model(
     early stopping on validation loss, checkpoints per run key (a retry resumes). ``openai``: an
     idempotent OpenAI fine-tuning job (re-attached by run key), polled with backoff, events
     streamed into the log. Writes ``models/<run_key>/model.json`` (a ModelRecord, also
-    ``models/latest.json``) describing how to load or call it."""
+    ``models/latest.json``) describing how to load or call it.
+
+    Its data version is the run key (the ``models/<run_key>/`` folder); ``train_split_version``
+    names the splits it was trained on. On the asset's page: the backend, the losses and other
+    headline numbers, a loss sparkline (train and validation loss over steps), the settings and
+    the remaining training figures as tables; the full-size loss plot opens with one click."""
     splits = _splits(storage)
     if config.backend == "local_lora":
         return _train_local(context, config, storage, local_trainer, splits)
@@ -190,23 +233,41 @@ def _train_local(
     summary = messages[-1]
     record, record_file = record_local_run(run, splits, summary, storage.folder("models"), storage.root())
     metrics = record.metrics
-    metadata = {
+    metadata: dict[str, Any] = {
         "backend": "local_lora",
-        "run_key": run.key,
         "base_model": record.base_model,
-        "data_version": record.data_version,
-        "config_hash": record.config_hash,
-        "adapter_dir": dg.MetadataValue.path(summary["adapter_dir"]),
-        "model_record": dg.MetadataValue.path(str(record_file)),
-        "model_card": dg.MetadataValue.path(summary["model_card"]),
-        "resumed_from": summary["resumed_from"] or "",
-        "metrics": dg.MetadataValue.json(metrics),
-        "loss_curve": png_markdown(summary["loss_plot"], "training and validation loss"),
+        "train_split_version": record.data_version,
+        "adapter_digest": record.adapter_version or "",
     }
-    for name in ("train_loss", "eval_loss", "tokens_per_second", "train_runtime_s", "global_step"):
-        if isinstance(metrics.get(name), (int, float)):
-            metadata[name] = float(metrics[name])
-    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(summary["adapter_version"]))
+    for name, kind in _HEADLINE_METRICS.items():
+        value = metrics.get(name)
+        if value is not None and not isinstance(value, dict | list):
+            metadata[name] = kind(value)
+    history = summary.get("loss_history") or []
+    metadata.update(_loss_chart(series(history, "loss"), series(history, "eval_loss")))
+    metadata["training_details"] = key_value_table(
+        {name: value for name, value in metrics.items() if name not in _HEADLINE_METRICS}
+    )
+    metadata["settings"] = key_value_table(record.config, key="setting")
+    metadata.update(
+        {
+            "config_hash": record.config_hash,
+            "resumed_from": summary["resumed_from"] or "",
+            "loss_curve": png_markdown(summary["loss_plot"], "training and validation loss"),
+            "adapter_dir": dg.MetadataValue.path(summary["adapter_dir"]),
+            "model_record": dg.MetadataValue.path(str(record_file)),
+            "model_card": dg.MetadataValue.path(summary["model_card"]),
+        }
+    )
+    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(record.version))
+
+
+def _loss_chart(train: Sequence[Point], validation: Sequence[Point]) -> dict[str, dg.MetadataValue]:
+    """``loss_chart``: the loss sparkline, small enough for the UI to show inline (none without a
+    logged loss)."""
+    if not train and not validation:
+        return {}
+    return {"loss_chart": svg_markdown(loss_sparkline_svg(train, validation), "train and validation loss")}
 
 
 def _train_openai(
@@ -242,21 +303,45 @@ def _train_openai(
     final = metrics[-1] if metrics else {}
     metadata: dict[str, Any] = {
         "backend": "openai",
-        "run_key": record.run_key,
-        "job_id": result.job_id,
+        "base_model": record.base_model,
+        "train_split_version": record.data_version,
         "fine_tuned_model": result.fine_tuned_model or "",
+        "job_id": result.job_id,
         "reattached": result.reattached,
         "trained_tokens": result.trained_tokens or 0,
-        "checkpoints": dg.MetadataValue.json(result.checkpoints),
-        "result_metrics": dg.MetadataValue.json(result.result_metrics),
-        "hyperparameters": dg.MetadataValue.json(result.hyperparameters),
-        "metrics_events": len(metrics),
-        "model_record": dg.MetadataValue.path(str(record_file)),
-        "data_version": record.data_version,
     }
     for name in ("train_loss", "valid_loss", "full_valid_loss"):
-        if isinstance(final.get(name), (int, float)):
+        if isinstance(final.get(name), int | float):
             metadata[name] = float(final[name])
-    return dg.MaterializeResult(
-        metadata=metadata, data_version=dg.DataVersion(content_version(result.fine_tuned_model or result.job_id))
+    validation = series(metrics, "full_valid_loss") or series(metrics, "valid_loss")
+    metadata.update(_loss_chart(series(metrics, "train_loss"), validation))
+    metadata.update(
+        {
+            "metrics_events": len(metrics),
+            "checkpoints": _checkpoints_table(result.checkpoints),
+            "result_metrics": key_value_table(result.result_metrics, key="metric"),
+            "hyperparameters": key_value_table(result.hyperparameters, key="setting"),
+            "model_record": dg.MetadataValue.path(str(record_file)),
+        }
+    )
+    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(record.version))
+
+
+def _checkpoints_table(checkpoints: Sequence[Mapping[str, Any]]) -> dg.MetadataValue:
+    """The job's checkpoints (the API keeps the last few), one row each, with their losses."""
+    losses = ("train_loss", "valid_loss", "full_valid_loss")
+    return table(
+        [
+            {
+                "step": c.get("step_number"),
+                "checkpoint_model": c.get("fine_tuned_model_checkpoint"),
+                **{name: (c.get("metrics") or {}).get(name) for name in losses},
+            }
+            for c in checkpoints
+        ],
+        [
+            dg.TableColumn("step", "int"),
+            dg.TableColumn("checkpoint_model", "string", description="Model id to call this checkpoint."),
+            *(dg.TableColumn(name, "float") for name in losses),
+        ],
     )

@@ -11,8 +11,11 @@ import dagster as dg
 import pytest
 
 from ft_pipeline.definitions import ALL_ASSETS, DATASET_ASSETS, PER_FILE_ASSETS, TRAINING_ASSETS, default_resources
+from ft_pipeline.defs.evaluation import registry_kinds
+from ft_pipeline.defs.metadata import ASSET_OWNERS, INLINE_MARKDOWN_LIMIT, MODEL_TAGS
 from ft_pipeline.defs.partitions import log_files_partitions
 from ft_pipeline.defs.resources import OpenAIFineTuningResource
+from ft_pipeline.defs.training import model_kinds
 from ft_pipeline.lib.sample_data import build_sample
 
 SECRET = "sk-test-SECRET-ft-pipeline-0123456789"
@@ -35,6 +38,44 @@ def built_dataset(instance, resources):
     return instance
 
 
+def _spec(key):
+    return next(spec for asset in ALL_ASSETS for spec in asset.specs if spec.key.to_user_string() == key)
+
+
+def test_model_assets_kinds_follow_what_the_deployment_can_run():
+    assert model_kinds({}) == {"pytorch", "huggingface"}
+    for variable in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "AZURE_OPENAI_ENDPOINT"):
+        assert model_kinds({variable: "x"}) == {"pytorch", "huggingface", "openai"}
+    assert model_kinds({"OPENAI_API_KEY": ""}) == {"pytorch", "huggingface"}
+    assert registry_kinds({}) == {"sqlite"}
+    assert registry_kinds({"FT_PIPELINE_REGISTRY_URL": "postgresql+psycopg2://u@h/db"}) == {"postgres"}
+    assert registry_kinds({"FT_PIPELINE_REGISTRY_URL": "sqlite:////tmp/r.db"}) == {"sqlite"}
+    # The definitions use them, with owners and the model tags.
+    assert set(_spec("fine_tuned_model").kinds) == model_kinds()
+    assert set(_spec("promoted_model").kinds) == registry_kinds()
+    for key in ("fine_tuned_model", "evaluation_report", "promoted_model"):
+        spec = _spec(key)
+        assert list(spec.owners) == ASSET_OWNERS
+        assert MODEL_TAGS.items() <= spec.tags.items()
+
+
+def assert_model_metadata(materialization, backend):
+    """A fine_tuned_model AssetMaterialization: the run key as the one version, the training
+    input's version, headline numbers as plain values, an inline-sized loss chart, no JSON dumps."""
+    metadata = materialization.metadata
+    record = json.loads(Path(metadata["model_record"].value).read_text())
+    assert materialization.tags["dagster/data_version"] == record["version"] == Path(record["path"]).parent.name
+    assert metadata["backend"].value == backend
+    assert metadata["train_split_version"].value == record["data_version"]
+    assert "metrics" not in metadata and "data_version" not in metadata and "version" not in metadata
+    assert not [k for k, v in metadata.items() if isinstance(v, dg.JsonMetadataValue)]
+    assert isinstance(metadata["train_loss"], dg.FloatMetadataValue)
+    chart = metadata["loss_chart"].value
+    assert chart.startswith("![train and validation loss](data:image/svg+xml;base64,")
+    assert len(chart) < INLINE_MARKDOWN_LIMIT
+    return metadata, record
+
+
 def _train(instance, resources, config):
     return dg.materialize(
         ALL_ASSETS,
@@ -51,10 +92,11 @@ def test_local_lora_trains_through_pipes_and_adapter_loads(built_dataset, resour
     result = _train(built_dataset, resources, {"backend": "local_lora", **FAST_LORA})
     assert result.success
     event = result.get_asset_materialization_events()[0]
-    metadata = event.materialization.metadata
-    assert metadata["backend"].value == "local_lora"
-    assert event.materialization.tags.get("dagster/data_version")
-    record = json.loads(Path(metadata["model_record"].value).read_text())
+    metadata, record = assert_model_metadata(event.materialization, "local_lora")
+    assert metadata["adapter_digest"].value == record["adapter_version"]
+    assert metadata["global_step"].value == record["metrics"]["global_step"] == 6
+    details = {r.data["name"] for r in metadata["training_details"].value.records}
+    assert "total_parameters" in details and "train_loss" not in details
     adapter = Path(record["adapter_dir"])
     assert (adapter / "adapter_config.json").exists()
     assert "data:image/png;base64," in metadata["loss_curve"].value
@@ -105,13 +147,21 @@ def test_qlora_without_cuda_fails_clearly(built_dataset, resources):
 def test_openai_backend_against_the_fake_server(built_dataset, resources, data_dir, monkeypatch):
     from ft_pipeline_tests.fakes.openai_server import FakeOpenAI
 
+    monkeypatch.setenv("FT_TEST_OPENAI_KEY", SECRET)
     with FakeOpenAI() as fake:
-        openai_resource = OpenAIFineTuningResource(api_key=SECRET, base_url=fake.base_url, max_retries=2)
+        # The key comes from the variable the resource names; the run config only holds that name.
+        openai_resource = OpenAIFineTuningResource(
+            api_key_env="FT_TEST_OPENAI_KEY", base_url=fake.base_url, max_retries=2
+        )
         config = {"backend": "openai", "openai_poll_interval_s": 0.01, "openai_max_poll_interval_s": 0.02}
         result = _train(built_dataset, {**resources, "openai_fine_tuning": openai_resource}, config)
         assert result.success
-        metadata = result.get_asset_materialization_events()[0].materialization.metadata
+        metadata, record_data = assert_model_metadata(
+            result.get_asset_materialization_events()[0].materialization, "openai"
+        )
         assert metadata["fine_tuned_model"].value.startswith("ft:")
+        assert record_data["remote_model_id"] == metadata["fine_tuned_model"].value
+        assert metadata["checkpoints"].value.records[-1].data["step"] > 0
         assert metadata["trained_tokens"].value > 0
         assert len(fake.jobs) == 1
         # A second materialization with the same data and config re-attaches: still one job.
@@ -146,8 +196,10 @@ def test_openai_backend_against_the_fake_server(built_dataset, resources, data_d
         report_meta = evaluation.get_asset_materialization_events()[0].materialization.metadata
         assert report_meta["candidate"].value.startswith("openai:ft:")
         assert report_meta["base"].value == "openai:gpt-4o-mini-2024-07-18"
-        judge = report_meta["llm_judge"].value["base"]
+        judge = next(r.data for r in report_meta["llm_judge"].value.records if r.data["versus"] == "base")
+        assert judge["judge_model"] == "judge-model"
         assert judge["ties"] == judge["n"] > 0
+        assert not [k for k, v in report_meta.items() if isinstance(v, dg.JsonMetadataValue)]
         gate = next(c for c in evaluation.get_asset_check_evaluations() if c.check_name == "promotion_gate")
         # The fake's fine-tuned model recalls training answers (the sample repeats follow-up
         # questions), its base echoes: the gate compares them with numbers either way.

@@ -6,14 +6,17 @@ import shutil
 from pathlib import Path
 
 import dagster as dg
+import pandas as pd
 import pytest
 
 from ft_pipeline.cli import main as cli
 from ft_pipeline.definitions import DOWNSTREAM_ASSETS, EVALUATION_ASSETS
+from ft_pipeline.defs.metadata import INLINE_MARKDOWN_LIMIT
 from ft_pipeline.defs.resources import ModelRegistryResource
 from ft_pipeline.lib.publish import verify_published
 from ft_pipeline.lib.registry import ModelRegistry
 from ft_pipeline_tests.conftest import register_evaluated_version, resources_for
+from ft_pipeline_tests.dagster.test_fine_tuned_model import assert_model_metadata
 from ft_pipeline_tests.dagster.whole_graph import TRAIN, evaluate_sample
 from ft_pipeline_tests.dagster.whole_graph import check_evaluations as _checks
 from ft_pipeline_tests.dagster.whole_graph import run_assets as _run
@@ -31,7 +34,57 @@ def _evaluate_sample(root: Path) -> Path:
     home.mkdir(parents=True)
     with dg.instance_for_test(temp_dir=str(home)) as instance:
         evaluate_sample(instance, data_dir, resources_for(data_dir))
+        _assert_model_and_report_metadata(instance)
     return data_dir
+
+
+def _latest(instance, key):
+    return instance.get_latest_materialization_event(dg.AssetKey(key))
+
+
+def _assert_model_and_report_metadata(instance):
+    """What the UI shows on the model's and the evaluation's pages, without a click."""
+    _, record = assert_model_metadata(_latest(instance, "fine_tuned_model").asset_materialization, "local_lora")
+    # The input's version as Dagster shows it on train_split.
+    train_split = _latest(instance, "train_split").asset_materialization
+    assert record["data_version"] == train_split.tags["dagster/data_version"]
+
+    report = _latest(instance, "evaluation_report").asset_materialization.metadata
+    assert report["decision"].value == "promote"
+    means = {role: report[f"{role}_rougeL"].value for role in ("candidate", "base")}
+    delta = report["delta_vs_base_rougeL"].value
+    assert delta == pytest.approx(means["candidate"] - means["base"])
+    assert report["delta_vs_base_rougeL_ci_low"].value <= delta <= report["delta_vs_base_rougeL_ci_high"].value
+    assert "production_rougeL" not in report  # no production model yet
+    assert not [k for k, v in report.items() if isinstance(v, dg.JsonMetadataValue)]
+    chart = report["chart"].value
+    assert chart.startswith("![primary metric by model](data:image/svg+xml;base64,")
+    assert len(chart) < INLINE_MARKDOWN_LIMIT
+    # The first test prompts with reference, both answers and their scores.
+    examples = report["examples"].value
+    assert [c.name for c in examples.schema.columns] == [
+        "prompt",
+        "reference",
+        "candidate",
+        "base",
+        "candidate_rougeL",
+        "base_rougeL",
+    ]
+    stored = pd.read_parquet(report["examples_path"].value)
+    candidate_rows = stored[stored["model"] == "candidate"]
+    assert len(examples.records) == min(10, candidate_rows["prompt"].nunique())
+    first = examples.records[0].data
+    assert first["prompt"] == " ".join(candidate_rows["prompt"].iloc[0].split())[:200]
+    assert first["candidate_rougeL"] == pytest.approx(candidate_rows["rougeL"].iloc[0])
+    assert all(len(r.data["candidate"]) <= 200 for r in examples.records)
+    # The gate's rules as a table, on the materialization and on the check.
+    rules = {r.data["rule"]: r.data for r in report["gate_rules"].value.records}
+    assert rules["beats_base"]["passed"] is True and "95% CI" in rules["beats_base"]["detail"]
+    check = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+        [dg.AssetCheckKey(dg.AssetKey("evaluation_report"), "promotion_gate")]
+    )
+    evaluation = next(iter(check.values())).evaluation
+    assert {r.data["rule"] for r in evaluation.metadata["gate_rules"].value.records} == set(rules)
 
 
 def _copy(evaluated, tmp_path):
@@ -91,6 +144,8 @@ def _promote_then_retrain_scenario(evaluated, instance, tmp_path, capsys):
     # the registry stays consistent: promoted -> v2 in production, rejected -> v1 untouched.
     second = _run(instance, resources, DOWNSTREAM_ASSETS[2:], train={**TRAIN, "seed": 7})
     gate = _checks(second)[("evaluation_report", "promotion_gate")]
+    versus_production = second.asset_materializations_for_node("evaluation_report")[0].metadata
+    assert {"production_rougeL", "delta_vs_production_rougeL_ci_low"} <= set(versus_production)
     report = json.loads(Path(json.loads((data_dir / "reports" / "latest.json").read_text())["path"]).read_text())
     assert report["production_version"] == 1 and "production" in report["comparisons"]
     current = registry.resolve("ft-pipeline-assistant")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ft_pipeline.lib.evaluation.runner import EvaluationResult
+from ft_pipeline.lib.pii import DEFAULT_PII_CONFIG, PiiConfig, scrub_pii
 
 ROLES = ("candidate", "base", "production")
 
@@ -64,6 +65,48 @@ def side_by_side(examples: Any, n: int = SIDE_BY_SIDE_EXAMPLES, metric: str = "r
                     "text": str(frame.at[i, "prediction"]),
                     metric: None if score is None else float(score),
                 }
+        rows.append(row)
+    return rows
+
+
+#: Test prompts shown in ``evaluation_report``'s ``examples`` table (the Dagster UI shows it inline).
+EXAMPLES_SHOWN = 10
+#: Longest text in a cell of that table.
+EXAMPLE_TEXT_CHARS = 200
+
+
+def example_rows(
+    examples: Any,
+    n: int = EXAMPLES_SHOWN,
+    metric: str = "rougeL",
+    *,
+    max_chars: int = EXAMPLE_TEXT_CHARS,
+    pii: PiiConfig = DEFAULT_PII_CONFIG,
+) -> list[dict[str, Any]]:
+    """The first ``n`` distinct test prompts (as :func:`side_by_side` picks them) as flat rows:
+    ``prompt`` (the last user turn), ``reference``, the ``candidate`` and ``base`` answers, and
+    ``candidate_<metric>`` / ``base_<metric>`` (the per-example score, ``None`` when missing).
+
+    Every text goes through the PII scrubber (``pii``: the pipeline's policy) before it is cut to
+    ``max_chars`` (so a cut never leaves half an address unscrubbed): model output can contain
+    anything, and these rows end up in Dagster's event log.
+    """
+    if n <= 0:
+        return []
+
+    def text(value: Any) -> str:
+        flat = " ".join(scrub_pii(str(value), pii)[0].split())
+        return flat if len(flat) <= max_chars else flat[: max_chars - 1] + "…"
+
+    rows = []
+    for example in side_by_side(examples, n=n, metric=metric):
+        answers = example["answers"]
+        row: dict[str, Any] = {"prompt": text(example["prompt"]), "reference": text(example["reference"])}
+        for role in ("candidate", "base"):
+            answer = answers.get(role) or {}
+            row[role] = text(answer.get("text", ""))
+            score = answer.get(metric)
+            row[f"{role}_{metric}"] = score if score is not None and math.isfinite(score) else None
         rows.append(row)
     return rows
 
