@@ -84,7 +84,7 @@ def sample_rows(
     """
     rows: list[dict[str, Any]] = []
     with_reason = frame is not None and "filter_reason" in frame.columns
-    for record in ([] if frame is None else frame.head(n).to_dict("records")):
+    for record in [] if frame is None else frame.head(n).to_dict("records"):
         messages = record.get("messages")
         for turn, m in enumerate(list(messages if messages is not None else [])[:4]):
             rows.append(
