@@ -202,13 +202,14 @@ def _report_metadata(evaluation: CandidateEvaluation, config: EvaluationRunConfi
     primary = config.primary_metric
     means = {role: float(result.summary[role][primary]) for role in result.summary if primary in result.summary[role]}
     metadata: dict[str, Any] = {"decision": summary.decision, "primary_metric": primary}
+    # Four decimals: readable at a glance, and far finer than any CI this evaluates.
     for role, mean in means.items():
-        metadata[f"{role}_{primary}"] = mean
+        metadata[f"{role}_{primary}"] = round(mean, 4)
     for baseline, comparisons in result.comparisons.items():
         comparison = comparisons[primary]
-        metadata[f"delta_vs_{baseline}_{primary}"] = float(comparison["delta"])
-        metadata[f"delta_vs_{baseline}_{primary}_ci_low"] = float(comparison["ci_low"])
-        metadata[f"delta_vs_{baseline}_{primary}_ci_high"] = float(comparison["ci_high"])
+        metadata[f"delta_vs_{baseline}_{primary}"] = round(float(comparison["delta"]), 4)
+        metadata[f"delta_vs_{baseline}_{primary}_ci_low"] = round(float(comparison["ci_low"]), 4)
+        metadata[f"delta_vs_{baseline}_{primary}_ci_high"] = round(float(comparison["ci_high"]), 4)
     metadata["chart"] = svg_markdown(
         metric_means_svg(
             primary,

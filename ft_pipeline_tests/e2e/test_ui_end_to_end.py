@@ -90,6 +90,21 @@ query($runId: ID!) {
     }
   }
 }"""
+LATEST_VERSION = """
+query($path: [String!]!) {
+  assetOrError(assetKey: {path: $path}) {
+    ... on Asset {
+      assetMaterializations(limit: 1) {
+        tags { key value }
+        metadataEntries {
+          label
+          ... on PathMetadataEntry { path }
+          ... on TextMetadataEntry { text }
+        }
+      }
+    }
+  }
+}"""
 LAST_MATERIALIZATION = """
 query($path: [String!]!) {
   assetOrError(assetKey: {path: $path}) {
@@ -219,7 +234,23 @@ class BrowserUnavailable(Exception):
     """No Chromium or no playwright: the browser part is skipped (with this reason), nothing else."""
 
 
-def _screenshots(server: DagsterDev) -> list[Path]:
+def _check_evaluation_report_page(page) -> None:
+    """The results are on the page without a click: the decision, the inline chart (an SVG data
+    URI image) and the table of test prompts with reference, candidate and base answers."""
+    page.get_by_text("decision", exact=True).first.wait_for(state="visible", timeout=30_000)
+    chart = page.locator("img[src^='data:image/svg+xml']").first
+    chart.wait_for(state="visible", timeout=30_000)
+    assert chart.bounding_box()["width"] > 100, chart.bounding_box()
+    for header in ("prompt", "reference", "candidate", "base"):
+        page.get_by_role("columnheader", name=header, exact=True).first.wait_for(state="visible", timeout=30_000)
+
+
+def _check_job_page(page, run_id: str) -> None:
+    """train_model's runs page lists the training run (the UI filters job runs by repository tag)."""
+    page.get_by_text(run_id[:8]).first.wait_for(state="visible", timeout=30_000)
+
+
+def _screenshots(server: DagsterDev, train_run_id: str) -> list[Path]:
     if not CHROMIUM.exists():
         raise BrowserUnavailable(f"{CHROMIUM} not found (apt-get install chromium)")
     try:
@@ -228,12 +259,26 @@ def _screenshots(server: DagsterDev) -> list[Path]:
         raise BrowserUnavailable(f"playwright does not import ({exc})") from exc
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    base = server.base_url
+    # name -> (url, text that shows the page has loaded, check of what must be visible, whole page?)
     pages = {
         # The global asset lineage: the three groups dataset -> training -> evaluation ...
-        "asset_lineage.png": (f"{server.base_url}/asset-groups", "Global asset lineage"),
+        "asset_lineage.png": (f"{base}/asset-groups", "Global asset lineage", None, False),
         # ... and the `dataset` group close up (partition fill, check results per asset).
-        "asset_graph.png": (f"{server.base_url}/locations/{LOCATION}/asset-groups/dataset", "curated_dataset"),
-        "evaluation_report.png": (f"{server.base_url}/assets/evaluation_report", "Latest materialization"),
+        "asset_graph.png": (f"{base}/locations/{LOCATION}/asset-groups/dataset", "curated_dataset", None, False),
+        "evaluation_report.png": (
+            f"{base}/assets/evaluation_report",
+            "Latest materialization",
+            _check_evaluation_report_page,
+            True,
+        ),
+        "curated_dataset.png": (f"{base}/assets/curated_dataset", "Latest materialization", None, True),
+        "train_model_runs.png": (
+            f"{base}/locations/{LOCATION}/jobs/train_model/runs",
+            "train_model",
+            lambda page: _check_job_page(page, train_run_id),
+            False,
+        ),
     }
     for name in pages:
         (ARTIFACTS / name).unlink(missing_ok=True)  # never assert on a stale screenshot
@@ -252,7 +297,9 @@ def _screenshots(server: DagsterDev) -> list[Path]:
                 ),
             )
             page = context.new_page()
-            for name, (url, text) in pages.items():
+            for name, (url, text, check, full_page) in pages.items():
+                # The UI scrolls inside its own panes, so a "full page" screenshot needs a tall window.
+                page.set_viewport_size({"width": 1600, "height": 4000 if full_page else 1000})
                 page.goto(url, wait_until="domcontentloaded", timeout=60_000)
                 page.get_by_text(text).first.wait_for(state="visible", timeout=60_000)
                 _dismiss_community_dialog(page)
@@ -262,11 +309,30 @@ def _screenshots(server: DagsterDev) -> list[Path]:
                     pass
                 page.wait_for_timeout(1500)
                 path = ARTIFACTS / name
-                page.screenshot(path=str(path), full_page=False)
+                page.screenshot(path=str(path))
                 written.append(path)
+                if check is not None:
+                    check(page)
         finally:
             browser.close()
     return written
+
+
+def _assert_one_version_per_artifact(server: DagsterDev) -> None:
+    """curated_dataset's DataVersion is its folder's name; each split's is the splits folder's;
+    the model records the train split's DataVersion as its input."""
+    latest = {}
+    for asset in ("curated_dataset", "train_split", "fine_tuned_model"):
+        data = server.gql(LATEST_VERSION, {"path": [asset]})["assetOrError"]["assetMaterializations"][0]
+        tags = {t["key"]: t["value"] for t in data["tags"]}
+        meta = {m["label"]: m for m in data["metadataEntries"]}
+        latest[asset] = (tags["dagster/data_version"], meta)
+    curated_version, curated_meta = latest["curated_dataset"]
+    assert Path(curated_meta["path"]["path"]).parent.name == curated_version
+    split_version, split_meta = latest["train_split"]
+    assert Path(split_meta["path"]["path"]).parent.name == split_version
+    assert split_meta["curated_version"]["text"] == curated_version
+    assert latest["fine_tuned_model"][1]["train_split_version"]["text"] == split_version
 
 
 @pytest.mark.e2e
@@ -307,6 +373,7 @@ def test_ui_end_to_end(dagster_dev):
     for asset in ("fine_tuned_model", "evaluation_report"):
         mats = server.gql(LAST_MATERIALIZATION, {"path": [asset]})["assetOrError"]["assetMaterializations"]
         assert mats and mats[0]["runId"] == train, (asset, mats)
+    _assert_one_version_per_artifact(server)
     print(f"train_model {status} after {time.monotonic() - started:.0f}s")
 
     # 3. The new-file sensor: one run per new file, and only one.
@@ -368,7 +435,7 @@ def test_ui_end_to_end(dagster_dev):
     browser_skip = None
     shots: list[Path] = []
     try:
-        shots = _screenshots(server)
+        shots = _screenshots(server, train)
     except BrowserUnavailable as exc:
         browser_skip = str(exc)
     for path in shots:
