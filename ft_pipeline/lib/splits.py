@@ -74,7 +74,7 @@ class SplitConfig:
     "untagged") and cut at the configured fractions, so each tag gets exact proportions. This
     trades some stability: a group near a stratum's cut-off can move when data is added."""
     min_train_examples: int = MIN_TRAINING_EXAMPLES
-    """The ``minimum_sizes`` check fails below this many train examples (OpenAI requires 10)."""
+    """The train split's ``minimum_size`` check fails below this many examples (OpenAI requires 10)."""
     min_validation_examples: int = 1
     min_test_examples: int = 1
 
