@@ -8,8 +8,22 @@ import tempfile
 # the hub cache by the tests go to a throwaway folder, not the user's ~/.cache/huggingface.
 os.environ.setdefault("HF_HUB_CACHE", tempfile.mkdtemp(prefix="ft-pipeline-test-hf-cache-"))
 
+import sys  # noqa: E402
+
 import dagster as dg  # noqa: E402
 import pytest
+
+try:  # absl comes with rouge-score
+    import absl.logging
+except ImportError:  # pragma: no cover
+    pass
+else:
+    # absl's log handler keeps the sys.stderr of the moment it was created: under pytest, a capture
+    # file. Dagster applies an instance's python_logs settings with logging.config.dictConfig, which
+    # closes every existing handler, and absl's closes its stream unless it is the process's own
+    # stderr/stdout, so a later test failed with "I/O operation on closed file". Point it at the
+    # real stderr, which absl never closes.
+    absl.logging.get_absl_handler().python_handler.stream = sys.__stderr__
 
 # Tests never reach a model or dataset hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
