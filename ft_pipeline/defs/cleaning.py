@@ -3,7 +3,14 @@
 import dagster as dg
 from pydantic import Field
 
-from ft_pipeline.defs.metadata import ASSET_OWNERS, CONVERSATION_DATA_TAGS, column_schema, counts_table, sample_rows
+from ft_pipeline.defs.metadata import (
+    ASSET_OWNERS,
+    CONVERSATION_DATA_TAGS,
+    column_schema,
+    counts_table,
+    data_path,
+    sample_rows,
+)
 from ft_pipeline.defs.partitions import log_files_partitions
 from ft_pipeline.defs.resources import PiiPolicy, PipelineStorage
 from ft_pipeline.lib.cleaning import (
@@ -142,8 +149,8 @@ def cleaned_conversations(
             "pii_total": sum(cleaned.pii_counts.values()),
             "repairs": counts_table({**{r: 0 for r in REPAIRS}, **cleaned.repairs}, REPAIRS),
             "repairs_total": sum(cleaned.repairs.values()),
-            "path": dg.MetadataValue.path(result.manifest.path),
-            "filtered_path": dg.MetadataValue.path(result.manifest.filtered_path),
+            "path": data_path(result.manifest.path, storage.root()),
+            "filtered_path": data_path(result.manifest.filtered_path, storage.root()),
             "sample": sample_rows(cleaned.kept, pii=pii),
             "filtered_sample": sample_rows(cleaned.filtered, pii=pii),
             "dagster/row_count": len(cleaned.kept),

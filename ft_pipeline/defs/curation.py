@@ -8,6 +8,7 @@ from ft_pipeline.defs.metadata import (
     CONVERSATION_DATA_TAGS,
     column_schema,
     counts_table,
+    data_path,
     sample_rows,
     table,
 )
@@ -129,8 +130,8 @@ def curated_dataset(
             "token_counter": result.token_counter,
             **{f"tokens_{name}": float(tokens.get(name, 0)) for name in ("p50", "p90", "max", "mean", "total")},
             "sample": sample_rows(result.sample),
-            "path": dg.MetadataValue.path(curated.manifest.path),
-            "removed_path": dg.MetadataValue.path(curated.manifest.removed_path),
+            "path": data_path(curated.manifest.path, storage.root()),
+            "removed_path": data_path(curated.manifest.removed_path, storage.root()),
             "dagster/row_count": result.n_kept,
             "dagster/column_schema": column_schema(curated.manifest.path),
         },

@@ -2,12 +2,21 @@
 
 import os
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
 from pydantic import Field
 
-from ft_pipeline.defs.metadata import ASSET_OWNERS, MODEL_TAGS, png_markdown, svg_markdown, table
+from ft_pipeline.defs.metadata import (
+    ASSET_OWNERS,
+    MODEL_TAGS,
+    data_path,
+    png_markdown,
+    svg_markdown,
+    table,
+    within_data_dir,
+)
 from ft_pipeline.defs.resources import ModelRegistryResource, OpenAIFineTuningResource, PiiPolicy, PipelineStorage
 from ft_pipeline.defs.training import model_kinds
 from ft_pipeline.lib.evaluation.candidate import CandidateEvaluation, CandidateEvaluationConfig, evaluate_candidate
@@ -178,7 +187,7 @@ def evaluation_report(
     )
     summary = evaluation.summary
     yield dg.MaterializeResult(
-        metadata=_report_metadata(evaluation, config, pii), data_version=dg.DataVersion(summary.eval_id)
+        metadata=_report_metadata(evaluation, config, pii, storage.root()), data_version=dg.DataVersion(summary.eval_id)
     )
     primary = config.primary_metric
     yield dg.AssetCheckResult(
@@ -194,7 +203,9 @@ def evaluation_report(
     )
 
 
-def _report_metadata(evaluation: CandidateEvaluation, config: EvaluationRunConfig, pii: PiiConfig) -> dict[str, Any]:
+def _report_metadata(
+    evaluation: CandidateEvaluation, config: EvaluationRunConfig, pii: PiiConfig, data_dir: Path
+) -> dict[str, Any]:
     """What the asset's page shows: headline numbers as floats (plotted across evaluations),
     tables for the examples, the rules and the judge, a chart small enough to show inline; the
     full report and the PNG charts (too large to inline) open with one click."""
@@ -219,9 +230,9 @@ def _report_metadata(evaluation: CandidateEvaluation, config: EvaluationRunConfi
         ),
         "primary metric by model",
     )
+    metadata["gate_rules"] = _gate_rules(summary)
     if config.examples_shown > 0:
         metadata["examples"] = _examples_table(evaluation, config, pii)
-    metadata["gate_rules"] = _gate_rules(summary)
     if "judge" in result.extra:
         metadata["llm_judge"] = _judge_table(result.extra["judge"])
     metadata["n_examples"] = evaluation.n_examples
@@ -231,15 +242,15 @@ def _report_metadata(evaluation: CandidateEvaluation, config: EvaluationRunConfi
     metadata.update(
         {
             "eval_id": summary.eval_id,
-            "candidate": result.model_ids["candidate"],
-            "base": result.model_ids["base"],
-            "production": result.model_ids.get("production", "none"),
+            "candidate": within_data_dir(result.model_ids["candidate"], data_dir),
+            "base": within_data_dir(result.model_ids["base"], data_dir),
+            "production": within_data_dir(result.model_ids.get("production", "none"), data_dir),
             "candidate_version": summary.candidate_version,
             "summary": dg.MetadataValue.md(paths["markdown"].read_text(encoding="utf-8")),
             "metrics_chart": png_markdown(paths["metrics"], "metric means per model"),
             "deltas_chart": png_markdown(paths["deltas"], "candidate minus baselines, 95% CI"),
-            "report_path": dg.MetadataValue.path(str(paths["json"])),
-            "examples_path": dg.MetadataValue.path(str(paths["examples"])),
+            "report_path": data_path(paths["json"], data_dir),
+            "examples_path": data_path(paths["examples"], data_dir),
             "dataset_version": evaluation.dataset_version,
             "test_split_hash": evaluation.test_split_hash,
         }
@@ -248,17 +259,29 @@ def _report_metadata(evaluation: CandidateEvaluation, config: EvaluationRunConfi
 
 
 def _examples_table(evaluation: CandidateEvaluation, config: EvaluationRunConfig, pii: PiiConfig) -> dg.MetadataValue:
+    """One row per text: the prompt, the reference, then each model's answer with its score. Long
+    rather than wide, so the text column gets the width of the metadata pane and reads like the
+    CLI's side-by-side printout."""
     primary = config.primary_metric
-    rows = example_rows(evaluation.result.examples, config.examples_shown, primary, pii=pii)
+    rows = []
+    for number, example in enumerate(example_rows(evaluation.result.examples, config.examples_shown, primary, pii=pii)):
+        for part in ("prompt", "reference", "candidate", "base"):
+            score = example.get(f"{part}_{primary}")
+            rows.append({"example": number + 1, "part": part, primary: score, "text": example[part]})
     return table(
         rows,
         [
-            dg.TableColumn("prompt", "string", description="The last user turn (PII scrubbed, shortened)."),
-            dg.TableColumn("reference", "string", description="The test split's final assistant turn."),
-            dg.TableColumn("candidate", "string", description="The fine-tuned model's answer."),
-            dg.TableColumn("base", "string", description="The base model's answer."),
-            dg.TableColumn(f"candidate_{primary}", "float", description="The candidate's score on this example."),
-            dg.TableColumn(f"base_{primary}", "float", description="The base's score on this example."),
+            dg.TableColumn("example", "int", description="Test prompt number."),
+            dg.TableColumn(
+                "part",
+                "string",
+                description="prompt (the last user turn), reference (the test split's answer), or the candidate's or "
+                "the base's answer.",
+            ),
+            dg.TableColumn(primary, "float", description="The answer's score on this example."),
+            dg.TableColumn(
+                "text", "string", description=f"PII scrubbed, shortened to {EXAMPLE_TEXT_CHARS} characters."
+            ),
         ],
     )
 
@@ -327,7 +350,7 @@ def promoted_model(
         return dg.MaterializeResult(metadata=metadata, data_version=data_version)
     published = promotion.published
     metadata["previous_version"] = promotion.previous_version if promotion.previous_version is not None else "none"
-    metadata["model_uri"] = promotion.model_uri or ""
+    metadata["model_uri"] = within_data_dir(promotion.model_uri or "", storage.root())
     if promotion.audit_event_id is not None:
         metadata["audit_event_id"] = promotion.audit_event_id
     if published:

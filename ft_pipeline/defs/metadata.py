@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from ft_pipeline.lib.column_docs import COLUMN_DESCRIPTIONS
 from ft_pipeline.lib.pii import DEFAULT_PII_CONFIG, PiiConfig, scrub_pii
+from ft_pipeline.lib.storage import portable_path
 
 #: Owners of every asset (Dagster shows them in the catalog and on each asset's page).
 ASSET_OWNERS = ["team:ml-platform"]
@@ -151,6 +152,19 @@ def column_schema(parquet_path: str | Path) -> dg.TableSchema:
             for field in schema
         ]
     )
+
+
+def data_path(path: str | Path, data_dir: Path) -> dg.MetadataValue:
+    """A file or folder of the data directory, shown relative to it (``curated/<version>/…``).
+    The metadata pane is narrow, and one long absolute path (it cannot wrap) widens the whole
+    value column, pushing the right side of every table out of view."""
+    return dg.MetadataValue.path(portable_path(path, data_dir))
+
+
+def within_data_dir(text: str, data_dir: Path) -> str:
+    """``text`` (a model id or URI that names a path) with the data directory's prefix removed,
+    for the same reason as :func:`data_path`."""
+    return text.replace(f"{Path(data_dir).resolve().as_posix()}/", "")
 
 
 def svg_markdown(svg: str, title: str) -> dg.MetadataValue:

@@ -8,6 +8,7 @@ from ft_pipeline.defs.metadata import (
     CONVERSATION_DATA_TAGS,
     column_schema,
     counts_table,
+    data_path,
     quarantine_sample,
     sample_rows,
 )
@@ -118,8 +119,8 @@ def raw_conversation_logs(
             "source_formats": counts_table(result.source_formats, SOURCE_FORMATS),
             "pii_found": counts_table({**{t: 0 for t in PII_TYPES}, **result.pii_counts}),
             "pii_total": sum(result.pii_counts.values()),
-            "path": dg.MetadataValue.path(str(result.parsed_path)),
-            "quarantine_path": dg.MetadataValue.path(str(result.quarantine_path)),
+            "path": data_path(result.parsed_path, storage.root()),
+            "quarantine_path": data_path(result.quarantine_path, storage.root()),
             "sample": sample_rows(result.records, pii=scrub.pii),
             "dagster/row_count": len(result.records),
             "dagster/column_schema": column_schema(result.parsed_path),

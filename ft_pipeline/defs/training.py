@@ -9,7 +9,15 @@ from typing import Any, Literal, cast
 import dagster as dg
 from pydantic import Field
 
-from ft_pipeline.defs.metadata import ASSET_OWNERS, MODEL_TAGS, key_value_table, png_markdown, svg_markdown, table
+from ft_pipeline.defs.metadata import (
+    ASSET_OWNERS,
+    MODEL_TAGS,
+    data_path,
+    key_value_table,
+    png_markdown,
+    svg_markdown,
+    table,
+)
 from ft_pipeline.defs.resources import OpenAIFineTuningResource, PipelineStorage
 from ft_pipeline.lib.inline_charts import Point, loss_sparkline_svg, series
 from ft_pipeline.lib.manifests import SplitsManifest
@@ -254,9 +262,9 @@ def _train_local(
             "config_hash": record.config_hash,
             "resumed_from": summary["resumed_from"] or "",
             "loss_curve": png_markdown(summary["loss_plot"], "training and validation loss"),
-            "adapter_dir": dg.MetadataValue.path(summary["adapter_dir"]),
-            "model_record": dg.MetadataValue.path(str(record_file)),
-            "model_card": dg.MetadataValue.path(summary["model_card"]),
+            "adapter_dir": data_path(summary["adapter_dir"], storage.root()),
+            "model_record": data_path(record_file, storage.root()),
+            "model_card": data_path(summary["model_card"], storage.root()),
         }
     )
     return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(record.version))
@@ -321,7 +329,7 @@ def _train_openai(
             "checkpoints": _checkpoints_table(result.checkpoints),
             "result_metrics": key_value_table(result.result_metrics, key="metric"),
             "hyperparameters": key_value_table(result.hyperparameters, key="setting"),
-            "model_record": dg.MetadataValue.path(str(record_file)),
+            "model_record": data_path(record_file, storage.root()),
         }
     )
     return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(record.version))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 from xml.sax.saxutils import escape
 
@@ -25,7 +25,17 @@ __all__ = ["MAX_SVG_BYTES", "Point", "loss_sparkline_svg", "metric_means_svg", "
 MAX_SVG_BYTES = 696
 
 _BLUE, _ORANGE, _GREY = "#4c78a8", "#f58518", "#9aa5b1"
-_HEAD = '<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="10">'
+_HEAD = (
+    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" width="{sw}" height="{sh}" font-family="sans-serif"'
+    ' font-size="10">'
+)
+#: Drawn in small integer coordinates (short to write), shown this many times larger (readable).
+_SCALE = 1.6
+
+
+def _head(width: int, height: int) -> str:
+    return _HEAD.format(w=width, h=height, sw=round(width * _SCALE), sh=round(height * _SCALE))
+
 
 Point = tuple[float, float]
 
@@ -76,7 +86,7 @@ def _sparkline(train: list[Point], validation: list[Point], full_train: list[Poi
         y = bottom - (point[1] - y_lo) / (y_hi - y_lo) * (bottom - top) if y_hi > y_lo else (top + bottom) / 2
         return round(x), round(y)
 
-    parts = [_HEAD.format(w=width, h=66)]
+    parts = [_head(width, 66)]
     if train:
         parts.append(f'<path d="{_path(xy(p) for p in train)}" fill="none" stroke="{_BLUE}"/>')
     if validation:
@@ -121,7 +131,7 @@ def metric_means_svg(
         whisker = (base + float(delta_vs_base["ci_low"]), base + float(delta_vs_base["ci_high"]))
     values = [float(means[r]) for r in roles] + list(whisker or ()) + [0.0]
     v_lo, v_hi = min(values), max(values)
-    left, right, row = 96, 254, 15
+    left, right = 96, 254
 
     def x(value: float) -> int:
         return round(left + (value - v_lo) / (v_hi - v_lo) * (right - left)) if v_hi > v_lo else left
@@ -131,8 +141,27 @@ def metric_means_svg(
         for name, d in (("Δ vs base", delta_vs_base), ("Δ vs prod", delta_vs_production))
         if d and all(_finite(d.get(k)) for k in ("delta", "ci_low", "ci_high"))
     ]
+    # Captions repeat numbers the page shows anyway: with extreme values, the last ones are left
+    # out rather than the chart growing past the inline limit.
+    while True:
+        svg = _means_chart(metric, roles, means, base, whisker, captions, x)
+        if len(svg.encode("utf-8")) <= MAX_SVG_BYTES or not captions:
+            return _checked(svg)
+        captions = captions[:-1]
+
+
+def _means_chart(
+    metric: str,
+    roles: list[str],
+    means: Mapping[str, float],
+    base: float | None,
+    whisker: tuple[float, float] | None,
+    captions: list[str],
+    x: Callable[[float], int],
+) -> str:
+    row = 15
     height = 14 + row * len(roles) + 12 * len(captions)
-    parts = [_HEAD.format(w=260, h=height), f'<text x="2" y="10">{escape(metric[:30])}, mean per model</text>']
+    parts = [_head(260, height), f'<text x="2" y="10">{escape(metric[:30])}, mean per model</text>']
     bars: dict[str, list[str]] = {_BLUE: [], _GREY: []}
     for i, role in enumerate(roles):
         top, value = 14 + row * i, float(means[role])
@@ -150,7 +179,7 @@ def metric_means_svg(
     for k, caption in enumerate(captions):
         parts.append(f'<text x="2" y="{14 + row * len(roles) + 10 + 12 * k}">{caption}</text>')
     parts.append("</svg>")
-    return _checked("".join(parts))
+    return "".join(parts)
 
 
 def _downsample(points: list[Point], n: int) -> list[Point]:

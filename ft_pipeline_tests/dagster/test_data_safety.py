@@ -126,7 +126,7 @@ def test_two_file_names_one_folder(instance, resources, data_dir):
         for e in result.get_asset_materialization_events()
         if e.asset_key.to_user_string() == "curated_dataset"
     )
-    curated = pd.read_parquet(curated_meta["path"].value)
+    curated = pd.read_parquet(data_dir / curated_meta["path"].value)
     ours = curated[curated["source_file"].isin([first, second])]
     assert sorted(ours["source_file"]) == [first, second]
     assert sorted(ours["conversation_id"]) == ["c-1", "c-2"]

@@ -101,7 +101,7 @@ def test_full_dataset_graph_on_the_sample(instance, resources, data_dir):
     curated = _meta(result, "curated_dataset")
     assert curated["conversations_in"].value == total_kept
     assert curated["conversations_in"].value == curated["kept"].value + curated["removed"].value
-    removed = pd.read_parquet(curated["removed_path"].value)
+    removed = pd.read_parquet(data_dir / curated["removed_path"].value)
     assert set(removed["reason"]) >= {
         "exact_duplicate",
         "near_duplicate",
@@ -125,9 +125,9 @@ def test_full_dataset_graph_on_the_sample(instance, resources, data_dir):
 
     sizes = {k: _meta(result, k)["dagster/row_count"].value for k in ("train_split", "validation_split", "test_split")}
     assert sum(sizes.values()) == curated["kept"].value
-    train = pd.read_parquet(_meta(result, "train_split")["path"].value)
+    train = pd.read_parquet(data_dir / _meta(result, "train_split")["path"].value)
     assert len(train) == sizes["train_split"]
-    with open(_meta(result, "train_split")["jsonl_path"].value) as f:
+    with open(data_dir / _meta(result, "train_split")["jsonl_path"].value) as f:
         lines = [json.loads(line) for line in f]
     assert len(lines) == len(train) and set(lines[0]) == {"messages"}
     # No PII survives anywhere in the curated output.
@@ -139,7 +139,8 @@ def test_full_dataset_graph_on_the_sample(instance, resources, data_dir):
         e.asset_key.to_user_string(): e.materialization.tags["dagster/data_version"]
         for e in result.get_asset_materialization_events()
     }
-    assert Path(curated["path"].value).parent.name == versions["curated_dataset"]
+    # Paths relative to the data directory (an absolute one widens the UI's metadata pane).
+    assert curated["path"].value == f"curated/{versions['curated_dataset']}/conversations.parquet"
     assert "version" not in curated
     for split in ("train_split", "validation_split", "test_split"):
         meta = _meta(result, split)
@@ -161,7 +162,7 @@ def test_one_more_file_keeps_every_old_example_in_its_split(instance, resources,
     assert first.success
     before = {}
     for key, split in (("train_split", "train"), ("validation_split", "validation"), ("test_split", "test")):
-        for cid in pd.read_parquet(_meta(first, key)["path"].value)["conversation_id"]:
+        for cid in pd.read_parquet(data_dir / _meta(first, key)["path"].value)["conversation_id"]:
             before[cid] = split
 
     import random
@@ -177,7 +178,7 @@ def test_one_more_file_keeps_every_old_example_in_its_split(instance, resources,
     assert second.success
     after = {}
     for key, split in (("train_split", "train"), ("validation_split", "validation"), ("test_split", "test")):
-        for cid in pd.read_parquet(_meta(second, key)["path"].value)["conversation_id"]:
+        for cid in pd.read_parquet(data_dir / _meta(second, key)["path"].value)["conversation_id"]:
             after[cid] = split
     assert len(after) > len(before)
     # A new conversation may legitimately replace an old one as the better copy of a duplicate;

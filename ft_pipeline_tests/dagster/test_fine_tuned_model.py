@@ -59,11 +59,13 @@ def test_model_assets_kinds_follow_what_the_deployment_can_run():
         assert MODEL_TAGS.items() <= spec.tags.items()
 
 
-def assert_model_metadata(materialization, backend):
+def assert_model_metadata(materialization, backend, data_dir):
     """A fine_tuned_model AssetMaterialization: the run key as the one version, the training
-    input's version, headline numbers as plain values, an inline-sized loss chart, no JSON dumps."""
+    input's version, headline numbers as plain values, an inline-sized loss chart, no JSON dumps;
+    file paths relative to the data directory."""
     metadata = materialization.metadata
-    record = json.loads(Path(metadata["model_record"].value).read_text())
+    assert not Path(metadata["model_record"].value).is_absolute()
+    record = json.loads((data_dir / metadata["model_record"].value).read_text())
     assert materialization.tags["dagster/data_version"] == record["version"] == Path(record["path"]).parent.name
     assert metadata["backend"].value == backend
     assert metadata["train_split_version"].value == record["data_version"]
@@ -92,7 +94,7 @@ def test_local_lora_trains_through_pipes_and_adapter_loads(built_dataset, resour
     result = _train(built_dataset, resources, {"backend": "local_lora", **FAST_LORA})
     assert result.success
     event = result.get_asset_materialization_events()[0]
-    metadata, record = assert_model_metadata(event.materialization, "local_lora")
+    metadata, record = assert_model_metadata(event.materialization, "local_lora", data_dir)
     assert metadata["adapter_digest"].value == record["adapter_version"]
     assert metadata["global_step"].value == record["metrics"]["global_step"] == 6
     details = {r.data["name"] for r in metadata["training_details"].value.records}
@@ -157,7 +159,7 @@ def test_openai_backend_against_the_fake_server(built_dataset, resources, data_d
         result = _train(built_dataset, {**resources, "openai_fine_tuning": openai_resource}, config)
         assert result.success
         metadata, record_data = assert_model_metadata(
-            result.get_asset_materialization_events()[0].materialization, "openai"
+            result.get_asset_materialization_events()[0].materialization, "openai", data_dir
         )
         assert metadata["fine_tuned_model"].value.startswith("ft:")
         assert record_data["remote_model_id"] == metadata["fine_tuned_model"].value
@@ -173,7 +175,7 @@ def test_openai_backend_against_the_fake_server(built_dataset, resources, data_d
             for entry in built_dataset.all_logs(run.run_id):
                 assert SECRET not in (entry.message or "")
                 assert SECRET not in str(entry.dagster_event or "")
-        record = Path(metadata["model_record"].value).read_text()
+        record = (data_dir / metadata["model_record"].value).read_text()
         assert SECRET not in record
 
         # Evaluate the OpenAI model through the same client, with an LLM judge that always says TIE.

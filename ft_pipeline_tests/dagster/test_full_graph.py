@@ -34,7 +34,7 @@ def _evaluate_sample(root: Path) -> Path:
     home.mkdir(parents=True)
     with dg.instance_for_test(temp_dir=str(home)) as instance:
         evaluate_sample(instance, data_dir, resources_for(data_dir))
-        _assert_model_and_report_metadata(instance)
+        _assert_model_and_report_metadata(instance, data_dir)
     return data_dir
 
 
@@ -42,9 +42,10 @@ def _latest(instance, key):
     return instance.get_latest_materialization_event(dg.AssetKey(key))
 
 
-def _assert_model_and_report_metadata(instance):
+def _assert_model_and_report_metadata(instance, data_dir):
     """What the UI shows on the model's and the evaluation's pages, without a click."""
-    _, record = assert_model_metadata(_latest(instance, "fine_tuned_model").asset_materialization, "local_lora")
+    model = _latest(instance, "fine_tuned_model").asset_materialization
+    _, record = assert_model_metadata(model, "local_lora", data_dir)
     # The input's version as Dagster shows it on train_split.
     train_split = _latest(instance, "train_split").asset_materialization
     assert record["data_version"] == train_split.tags["dagster/data_version"]
@@ -62,21 +63,18 @@ def _assert_model_and_report_metadata(instance):
     assert len(chart) < INLINE_MARKDOWN_LIMIT
     # The first test prompts with reference, both answers and their scores.
     examples = report["examples"].value
-    assert [c.name for c in examples.schema.columns] == [
-        "prompt",
-        "reference",
-        "candidate",
-        "base",
-        "candidate_rougeL",
-        "base_rougeL",
-    ]
-    stored = pd.read_parquet(report["examples_path"].value)
+    assert [c.name for c in examples.schema.columns] == ["example", "part", "rougeL", "text"]
+    stored = pd.read_parquet(data_dir / report["examples_path"].value)
     candidate_rows = stored[stored["model"] == "candidate"]
-    assert len(examples.records) == min(10, candidate_rows["prompt"].nunique())
-    first = examples.records[0].data
-    assert first["prompt"] == " ".join(candidate_rows["prompt"].iloc[0].split())[:200]
-    assert first["candidate_rougeL"] == pytest.approx(candidate_rows["rougeL"].iloc[0])
-    assert all(len(r.data["candidate"]) <= 200 for r in examples.records)
+    n_shown = min(10, candidate_rows["prompt"].nunique())
+    records = [r.data for r in examples.records]
+    assert len(records) == 4 * n_shown
+    assert [r["part"] for r in records[:4]] == ["prompt", "reference", "candidate", "base"]
+    assert {r["example"] for r in records} == set(range(1, n_shown + 1))
+    assert records[0]["text"] == " ".join(candidate_rows["prompt"].iloc[0].split())[:200]
+    assert records[0]["rougeL"] is None and records[1]["rougeL"] is None
+    assert records[2]["rougeL"] == pytest.approx(candidate_rows["rougeL"].iloc[0])
+    assert all(len(r["text"]) <= 200 for r in records)
     # The gate's rules as a table, on the materialization and on the check.
     rules = {r.data["rule"]: r.data for r in report["gate_rules"].value.records}
     assert rules["beats_base"]["passed"] is True and "95% CI" in rules["beats_base"]["detail"]

@@ -211,13 +211,13 @@ def test_samples_are_scrubbed_even_where_storage_is_not(probe):
 
 
 def test_column_schema_of_the_written_files(probe):
-    instance, resources, _ = probe
+    instance, resources, data_dir = probe
     events = _events(_materialize(instance, resources))
     for asset in (RAW, CLEANED):
         metadata = events[asset].metadata
         schema = metadata["dagster/column_schema"].value
         assert isinstance(schema, dg.TableSchema)
-        written = pq.read_schema(metadata["path"].value)
+        written = pq.read_schema(data_dir / metadata["path"].value)
         assert [c.name for c in schema.columns] == written.names
         undocumented = [c.name for c in schema.columns if not c.description]
         assert undocumented == [], f"{asset}: columns without a description {undocumented}"

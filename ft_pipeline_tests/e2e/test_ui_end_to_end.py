@@ -236,13 +236,15 @@ class BrowserUnavailable(Exception):
 
 def _check_evaluation_report_page(page) -> None:
     """The results are on the page without a click: the decision, the inline chart (an SVG data
-    URI image) and the table of test prompts with reference, candidate and base answers."""
+    URI image) and the table of test prompts with the reference and both models' answers."""
     page.get_by_text("decision", exact=True).first.wait_for(state="visible", timeout=30_000)
     chart = page.locator("img[src^='data:image/svg+xml']").first
     chart.wait_for(state="visible", timeout=30_000)
     assert chart.bounding_box()["width"] > 100, chart.bounding_box()
-    for header in ("prompt", "reference", "candidate", "base"):
+    for header in ("example", "part", "text"):
         page.get_by_role("columnheader", name=header, exact=True).first.wait_for(state="visible", timeout=30_000)
+    for part in ("prompt", "reference", "candidate", "base"):
+        page.get_by_role("cell", name=part, exact=True).first.wait_for(state="visible", timeout=30_000)
 
 
 def _check_job_page(page, run_id: str) -> None:

@@ -151,3 +151,14 @@ def test_example_rows_are_scrubbed_then_shortened_with_per_example_scores():
     assert rows[2]["candidate_rougeL"] is None  # NaN is no number to show
     assert len(example_rows(examples, 2, "rougeL")) == 2
     assert example_rows(examples, 0, "rougeL") == []
+
+
+def test_extreme_values_drop_captions_instead_of_growing_past_the_limit():
+    extreme = {"delta": -123.456, "ci_low": -999.999, "ci_high": -100.123}
+    means = {"candidate": -999.123, "base": -888.888, "production": -777.777}
+    svg = metric_means_svg("x" * 40, means, extreme, extreme)
+    assert len(svg.encode("utf-8")) <= MAX_SVG_BYTES
+    ET.fromstring(svg)
+    # The bars and their values stay; a caption the page shows as numbers anyway gave way.
+    assert "candidate -999.123" in svg and "production -777.777" in svg
+    assert "Δ vs prod" not in svg
