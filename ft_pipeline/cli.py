@@ -33,6 +33,8 @@ STAGES = [
 #: The code location that serves ft_pipeline.definitions in workspace.yaml. Runs launched by
 #: ``ft-pipeline run`` carry it in their repository tag, so the UI lists them on the job's page.
 CODE_LOCATION = "ft_pipeline"
+#: Another location name for that tag, e.g. the Helm deployment's (``ft-pipeline``).
+CODE_LOCATION_ENV = "FT_PIPELINE_CODE_LOCATION"
 #: The repository name Dagster gives the one ``Definitions`` object of a code location.
 REPOSITORY_NAME = "__repository__"
 #: Tag of every run ``ft-pipeline run`` launches (to find them among the runs of the instance).
@@ -280,7 +282,8 @@ def _run_tags() -> dict[str, str]:
     pages filter runs by; runs executed in process do not get it by themselves."""
     from dagster._core.storage.tags import REPOSITORY_LABEL_TAG
 
-    return {CLI_RUN_TAG: "run", REPOSITORY_LABEL_TAG: f"{REPOSITORY_NAME}@{CODE_LOCATION}"}
+    location = os.environ.get(CODE_LOCATION_ENV) or CODE_LOCATION
+    return {CLI_RUN_TAG: "run", REPOSITORY_LABEL_TAG: f"{REPOSITORY_NAME}@{location}"}
 
 
 def _print_failures(result: dg.ExecuteInProcessResult) -> None:

@@ -246,6 +246,18 @@ def test_code_location_is_the_workspace_one():
     assert entry["python_module"]["module_name"] == "ft_pipeline.definitions"
 
 
+def test_another_code_location_name_for_the_repository_tag(monkeypatch):
+    from dagster._core.storage.tags import REPOSITORY_LABEL_TAG
+
+    from ft_pipeline.cli import CODE_LOCATION_ENV, _run_tags
+
+    monkeypatch.delenv(CODE_LOCATION_ENV, raising=False)
+    assert _run_tags()[REPOSITORY_LABEL_TAG] == "__repository__@ft_pipeline"
+    # The Helm chart serves the same definitions as the location `ft-pipeline`.
+    monkeypatch.setenv(CODE_LOCATION_ENV, "ft-pipeline")
+    assert _run_tags()[REPOSITORY_LABEL_TAG] == "__repository__@ft-pipeline"
+
+
 def test_set_names_an_asset_or_its_step():
     from ft_pipeline.cli import _run_config
     from ft_pipeline.defs.splits import SPLITS_STEP
