@@ -252,7 +252,8 @@ def _report_metadata(
             "report_path": data_path(paths["json"], data_dir),
             "examples_path": data_path(paths["examples"], data_dir),
             "dataset_version": evaluation.dataset_version,
-            "test_split_hash": evaluation.test_split_hash,
+            # A fingerprint: its first 16 hex digits (the full hash is in report.json and the registry).
+            "test_split_hash": evaluation.test_split_hash[:16],
         }
     )
     return metadata
@@ -267,7 +268,8 @@ def _examples_table(evaluation: CandidateEvaluation, config: EvaluationRunConfig
     for number, example in enumerate(example_rows(evaluation.result.examples, config.examples_shown, primary, pii=pii)):
         for part in ("prompt", "reference", "candidate", "base"):
             score = example.get(f"{part}_{primary}")
-            rows.append({"example": number + 1, "part": part, primary: score, "text": example[part]})
+            shown = None if score is None else round(score, 4)
+            rows.append({"example": number + 1, "part": part, primary: shown, "text": example[part]})
     return table(
         rows,
         [

@@ -17,6 +17,7 @@ from ft_pipeline.defs.metadata import (
     png_markdown,
     svg_markdown,
     table,
+    within_data_dir,
 )
 from ft_pipeline.defs.resources import OpenAIFineTuningResource, PipelineStorage
 from ft_pipeline.lib.inline_charts import Point, loss_sparkline_svg, series
@@ -254,7 +255,11 @@ def _train_local(
     history = summary.get("loss_history") or []
     metadata.update(_loss_chart(series(history, "loss"), series(history, "eval_loss")))
     metadata["training_details"] = key_value_table(
-        {name: value for name, value in metrics.items() if name not in _HEADLINE_METRICS}
+        {
+            name: within_data_dir(value, storage.root()) if isinstance(value, str) else value
+            for name, value in metrics.items()
+            if name not in _HEADLINE_METRICS
+        }
     )
     metadata["settings"] = key_value_table(record.config, key="setting")
     metadata.update(
