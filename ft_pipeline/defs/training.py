@@ -251,7 +251,8 @@ def _train_local(
     for name, kind in _HEADLINE_METRICS.items():
         value = metrics.get(name)
         if value is not None and not isinstance(value, dict | list):
-            metadata[name] = kind(value)
+            # Floats to 4 decimals: readable at a glance (the record keeps every digit).
+            metadata[name] = round(float(value), 4) if kind is float else kind(value)
     history = summary.get("loss_history") or []
     metadata.update(_loss_chart(series(history, "loss"), series(history, "eval_loss")))
     metadata["training_details"] = key_value_table(
