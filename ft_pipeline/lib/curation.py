@@ -123,8 +123,26 @@ def curate_files(
         return _curate(paths, output_path, config)
 
 
+def _column_types(paths: Sequence[Path]) -> dict[str, pa.DataType]:
+    """Each column's type across all partitions: a column that is all null in one file (e.g.
+    ``metadata`` where no record had extra keys) takes the type it has in the others."""
+    if not paths:
+        return {}
+    unified = pa.unify_schemas([pq.read_schema(p) for p in paths], promote_options="permissive")
+    return {field.name: field.type for field in unified}
+
+
+def _with_types(table: pa.Table, column_types: Mapping[str, pa.DataType]) -> pa.Table:
+    target = pa.schema(
+        [field.with_type(column_types.get(field.name, field.type)) for field in table.schema],
+        metadata=table.schema.metadata,
+    )
+    return table if target.equals(table.schema) else table.cast(target)
+
+
 def _curate(cleaned_paths: Sequence[str | Path], output_path: str | Path, config: CurationConfig) -> CurationResult:
     paths = [Path(p) for p in cleaned_paths]
+    column_types = _column_types(paths)
     output_path = Path(output_path)
     signatures = _read_signatures(paths)
     n_in = len(signatures)
@@ -216,7 +234,7 @@ def _curate(cleaned_paths: Sequence[str | Path], output_path: str | Path, config
             all_tokens.append(frame["n_tokens"].to_numpy())
             if sample is None:
                 sample = frame.head(5)
-            table = pa.Table.from_pandas(frame, preserve_index=False)
+            table = _with_types(pa.Table.from_pandas(frame, preserve_index=False), column_types)
             n_kept += len(frame)
             del frame
             if writer is None:

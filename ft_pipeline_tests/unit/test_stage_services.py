@@ -75,3 +75,36 @@ def test_curate_names_partitions_cleaned_with_different_signature_parameters(tmp
     with pytest.raises(ValueError, match="num_perm=64") as error:
         curate(folders, tmp_path / "curated")
     assert files[0].name in str(error.value) and files[1].name in str(error.value)
+
+
+def test_a_column_null_in_one_file_and_text_in_another_curates(tmp_path):
+    """A file whose records carry extra keys (kept as ``metadata`` text) beside files whose
+    records carry none (an all-null ``metadata`` column): the curated file takes the text type
+    instead of failing to cast text to null."""
+    (tmp_path / "raw").mkdir()
+    folders = {}
+    for name, extra in (("a.jsonl", {}), ("b.jsonl", {"thumbs": "up", "channel": "web"})):
+        lines = []
+        for i in range(6):
+            # Distinct letter-only words per conversation, so dedup keeps every one.
+            words = ["".join("abcdefghijklmnopqrstuvwxyz"[(7 * k + n) % 26] for n in range(5)) for k in range(12)]
+            words = [w + "abcdefghijkl"[i] + name[0] for w in words]
+            record = {
+                "conversation_id": f"{name}-{i}",
+                "messages": [
+                    {"role": "user", "content": "Tell me about " + " ".join(words[:6]) + "?"},
+                    {"role": "assistant", "content": "Here it is: " + " ".join(words[6:]) + "."},
+                ],
+                **extra,
+            }
+            lines.append(json.dumps(record))
+        (tmp_path / "raw" / name).write_text("\n".join(lines) + "\n")
+        ingest_log_file(tmp_path / "raw" / name, name, tmp_path / "parsed" / name, tmp_path / "q" / f"{name}.parquet")
+        clean_partition(tmp_path / "parsed" / name, tmp_path / "cleaned" / name)
+        folders[name] = tmp_path / "cleaned" / name
+    curated = curate(folders, tmp_path / "curated")
+    assert curated.curation.n_kept == 12
+    import pandas as pd
+
+    metadata = pd.read_parquet(curated.manifest.path)["metadata"].dropna().tolist()
+    assert len(metadata) == 6 and all("thumbs" in m for m in metadata)
