@@ -249,6 +249,7 @@ def _job_plan(resources: dict[str, object], until: int) -> list[_PlannedRun]:
         ALL_ASSETS,
         DOWNSTREAM_ASSETS,
         PER_FILE_ASSETS,
+        PREFERENCE_ASSETS,
         build_dataset_job,
         ingest_log_file_job,
         train_model_job,
@@ -271,6 +272,9 @@ def _job_plan(resources: dict[str, object], until: int) -> list[_PlannedRun]:
     plan = [planned(ingest_log_file_job.name, PER_FILE_ASSETS[: until + 1])]
     if until >= 2:
         downstream = DOWNSTREAM_ASSETS[: until - 1]
+        if until >= STAGES.index("splits"):
+            # The preference data is built from the cleaned partitions against the SFT splits.
+            downstream = [*downstream, *PREFERENCE_ASSETS]
         dataset_keys = set(defs.resolve_job_def(build_dataset_job.name).asset_layer.selected_asset_keys)
         in_dataset_job = all(set(asset.keys) <= dataset_keys for asset in downstream)
         plan.append(planned(build_dataset_job.name if in_dataset_job else train_model_job.name, downstream))
@@ -652,6 +656,9 @@ def _summary(event: dg.DagsterEvent) -> str:
         "kept",
         "filtered",
         "removed",
+        "pairs",
+        "kto_examples",
+        "dropped",
         "dagster/row_count",
         "backend",
         "train_loss",

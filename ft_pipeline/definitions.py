@@ -14,6 +14,7 @@ from ft_pipeline.defs.automation import (
 from ft_pipeline.defs.cleaning import cleaned_conversations
 from ft_pipeline.defs.curation import curated_dataset
 from ft_pipeline.defs.evaluation import evaluation_report, promoted_model
+from ft_pipeline.defs.preferences import preference_dataset
 from ft_pipeline.defs.records import raw_conversation_logs
 from ft_pipeline.defs.resources import (
     FailureNotifier,
@@ -31,7 +32,9 @@ DATASET_ASSETS = [curated_dataset, train_validation_test_split]
 TRAINING_ASSETS = [fine_tuned_model]
 EVALUATION_ASSETS = [evaluation_report, promoted_model]
 DOWNSTREAM_ASSETS = [*DATASET_ASSETS, *TRAINING_ASSETS, *EVALUATION_ASSETS]
-ALL_ASSETS = [*PER_FILE_ASSETS, *DOWNSTREAM_ASSETS]
+# Preference data (DPO pairs, KTO examples): beside the SFT dataset, built in the same jobs.
+PREFERENCE_ASSETS = [preference_dataset]
+ALL_ASSETS = [*PER_FILE_ASSETS, *DOWNSTREAM_ASSETS, *PREFERENCE_ASSETS]
 
 # Per landed file: parse and clean (one run per partition, as the new-file sensor will launch).
 ingest_log_file_job = dg.define_asset_job(
@@ -42,13 +45,13 @@ ingest_log_file_job = dg.define_asset_job(
 # Fan-in: everything downstream of the per-file assets.
 build_dataset_job = dg.define_asset_job(
     name="build_dataset",
-    selection=dg.AssetSelection.assets(*DATASET_ASSETS),
-    description="Global dedup of all cleaned files, then the train/validation/test splits.",
+    selection=dg.AssetSelection.assets(*DATASET_ASSETS, *PREFERENCE_ASSETS),
+    description="Global dedup of all cleaned files, then the train/validation/test splits and the preference data.",
 )
 train_model_job = dg.define_asset_job(
     name="train_model",
-    selection=dg.AssetSelection.assets(*DOWNSTREAM_ASSETS),
-    description="Curated dataset, splits, fine-tuned model, evaluation and promotion.",
+    selection=dg.AssetSelection.assets(*DOWNSTREAM_ASSETS, *PREFERENCE_ASSETS),
+    description="Curated dataset, splits, preference data, fine-tuned model, evaluation and promotion.",
 )
 
 

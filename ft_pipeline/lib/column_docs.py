@@ -41,7 +41,18 @@ COLUMN_DESCRIPTIONS: dict[str, str] = {
     "n_tokens": "Tokens in the conversation (the curated dataset's token counter).",
     "n_assistant_tokens": "Tokens in the assistant turns (what training learns from).",
     "duplicate_of": "conversation_id of the copy that was kept instead.",
+    # preference_dataset.
+    "pair_id": "Stable id of the DPO pair (its conversations and rule).",
+    "rule": "The signal that made the example: edit, regeneration, rating or thumbs.",
+    "prompt": "Every message before the final assistant turn (PII scrubbed).",
+    "chosen": "The preferred reply.",
+    "rejected": "The reply the preferred one won against.",
+    "chosen_conversation_id": "Conversation of the preferred reply.",
+    "rejected_conversation_id": "Conversation of the rejected reply (the same one for an edit).",
+    "example_id": "Stable id of the KTO example.",
+    "completion": "The reply a KTO example labels.",
+    "label": "True: a desirable reply; False: an undesirable one.",
     # Splits.
-    "split": "train, validation or test.",
+    "split": "train, validation or test (preferences: or excluded, touching the SFT test split and another).",
     "split_group": "Key of the group (user, shared context, shared first turn) that decided the split.",
 }

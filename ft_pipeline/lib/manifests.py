@@ -27,6 +27,7 @@ __all__ = [
     "CuratedManifest",
     "ManifestError",
     "ParsedManifest",
+    "PreferenceManifest",
     "SplitsManifest",
     "read_manifest",
     "write_manifest",
@@ -105,6 +106,22 @@ class SplitsManifest:
 
     def jsonl(self, split: str) -> str:
         return self.paths[split]["jsonl"]
+
+
+@dataclasses.dataclass(frozen=True)
+class PreferenceManifest:
+    """What ``preference_dataset`` wrote: DPO pairs, KTO examples and dropped rows of one version,
+    split against the SFT splits of ``splits_version``."""
+
+    KIND: ClassVar[str] = "preferences"
+    SCHEMA: ClassVar[int] = 1
+    PRODUCED_BY: ClassVar[str] = "preference_dataset"
+
+    version: str
+    splits_version: str
+    paths: dict[str, dict[str, str]]
+    """``all`` -> ``{"pairs", "kto", "dropped"}`` Parquet paths; each split name -> ``{"dpo", "openai",
+    "kto"}`` JSONL paths (TRL DPO, OpenAI/Azure DPO, TRL KTO)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -176,6 +176,7 @@ def layout(data_dir: Path) -> dict[str, Path]:
         "cleaned": data_dir / "cleaned",
         "curated": data_dir / "curated",
         "splits": data_dir / "splits",
+        "preferences": data_dir / "preferences",
         "models": data_dir / "models",
         "reports": data_dir / "reports",
         # Base models converted or built once and reused by every run (keyed by their source hash).

@@ -30,6 +30,8 @@ from ft_pipeline.lib.evaluation.report import EXAMPLES_SHOWN
 from ft_pipeline.lib.evaluation.runner import EvaluationConfig
 from ft_pipeline.lib.openai_format import DEFAULT_OPENAI_FINE_TUNING_MODEL
 from ft_pipeline.lib.pii import CustomPiiPattern
+from ft_pipeline.lib.preference_dataset import PreferenceDatasetConfig
+from ft_pipeline.lib.preferences import PreferenceConfig
 from ft_pipeline.lib.records import IngestCheckConfig, ReadConfig
 from ft_pipeline.lib.splits import SplitConfig
 from ft_pipeline.lib.tokens import TokenCounterConfig
@@ -66,6 +68,7 @@ TABLE: dict[str, dict[str, Any]] = {
         },
     },
     "SplitRunConfig": {"SOURCES": [SplitConfig()]},
+    "PreferenceRunConfig": {"SOURCES": [PreferenceConfig(), PreferenceDatasetConfig()]},
     "FineTuneRunConfig": {
         "SOURCES": [LoraTrainingConfig()],
         "RENAMED": {
