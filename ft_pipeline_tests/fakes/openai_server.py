@@ -19,6 +19,16 @@ What it implements (all under ``/v1``):
   ``GET …/events`` (newest first), ``GET …/checkpoints`` (newest first);
 * ``POST /chat/completions`` (also ``stream=true``), ``GET /models``, ``GET/DELETE /models/{id}``.
 
+Methods: ``supervised`` (chat JSONL: ``{"messages": [...]}`` per line) and ``dpo`` (preference
+JSONL: ``{"input": {"messages": [...]}, "preferred_output": [one assistant message],
+"non_preferred_output": [one assistant message]}`` per line, the input ending in a user turn);
+the job object echoes the ``method`` it was created with (DPO hyperparameters include
+``beta``, resolved to ``config.default_dpo_beta`` once running). A training or validation file
+whose first line is in the *other* method's format (chat lines for a DPO job, preference lines
+for a supervised one) is rejected at create with a 400 ``invalid_training_file`` /
+``invalid_validation_file`` [I: the real API may instead fail the job while validating files];
+every other format error fails the job in ``validating_files``, line by line, as below.
+
 Job state machine (one *tick* per ``retrieve`` or ``list_events`` call for that job,
 applied before responding; see :meth:`FakeOpenAI.advance` to tick by hand)::
 
@@ -70,7 +80,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.fine_tuning import FineTuningJob, FineTuningJobEvent
 from openai.types.fine_tuning.jobs import FineTuningJobCheckpoint
 
-__all__ = ["FakeConfig", "FakeOpenAI", "RecordedRequest", "Responder"]
+__all__ = ["FakeConfig", "FakeOpenAI", "RecordedRequest", "Responder", "examples_jsonl", "preference_jsonl"]
 
 #: A scripted chat responder: ``fn(messages, request_body) -> assistant content``.
 Responder = Callable[[list[dict], dict], str]
@@ -81,6 +91,14 @@ OUTCOMES = {"succeed", "fail_validation", "fail_training", "stall"}
 CHAT_ROLES = {"system", "user", "assistant", "tool", "function", "developer"}
 TRAINING_ROLES = {"system", "user", "assistant", "tool", "function"}
 TRAINING_MESSAGE_KEYS = {"role", "content", "name", "function_call", "tool_calls", "tool_call_id", "weight"}
+#: Top-level keys of a DPO (preference) training line, and the keys its ``input`` may hold.
+PREFERENCE_KEYS = ("input", "preferred_output", "non_preferred_output")
+PREFERENCE_INPUT_KEYS = {"messages", "tools", "parallel_tool_calls"}
+#: What each method's lines look like, for error messages.
+METHOD_LINE_FORMATS = {
+    "supervised": "a 'messages' list (the chat format)",
+    "dpo": "'input' (with 'messages'), 'preferred_output' and 'non_preferred_output' (the preference format)",
+}
 BASE_MODELS = (
     "gpt-4o-mini-2024-07-18",
     "gpt-4o-mini",
@@ -119,6 +137,8 @@ class FakeConfig:
         min_training_examples: validation minimum for the training file. Default 10.
         default_n_epochs / default_batch_size / default_learning_rate_multiplier: what "auto"
             resolves to once a job starts running. Defaults 3 / 1 / 1.8.
+        default_dpo_beta: what a DPO job's ``beta="auto"`` resolves to once running. Default
+            0.1 [I].
         org_slug: the org part of fine-tuned model names. Default "fake-org".
         organization_id: ``organization_id`` of jobs and ``owned_by`` of fine-tuned models.
             Default "org-fake".
@@ -140,6 +160,7 @@ class FakeConfig:
     default_n_epochs: int = 3
     default_batch_size: int = 1
     default_learning_rate_multiplier: float = 1.8
+    default_dpo_beta: float = 0.1
     org_slug: str = "fake-org"
     organization_id: str = "org-fake"
     self_validate: bool = True
@@ -296,8 +317,24 @@ def _count_tokens(text: str) -> int:
     return len(text.split())
 
 
+def _example_messages(example: dict) -> list[dict]:
+    """Every message of a validated example: a chat line's ``messages``, or a preference line's
+    input messages followed by both outputs."""
+    if "messages" in example:
+        return list(example["messages"])
+    return [*example["input"]["messages"], *example["preferred_output"], *example["non_preferred_output"]]
+
+
+def _learned_conversation(example: dict) -> list[dict]:
+    """The conversation a fine-tuned model learns to continue: a chat line's messages, or a
+    preference line's input followed by its preferred output."""
+    if "messages" in example:
+        return list(example["messages"])
+    return [*example["input"]["messages"], *example["preferred_output"]]
+
+
 def _example_tokens(example: dict) -> int:
-    return sum(_count_tokens(_content_text(m.get("content"))) for m in example["messages"])
+    return sum(_count_tokens(_content_text(m.get("content"))) for m in _example_messages(example))
 
 
 def _last_user_text(messages: list[dict]) -> str:
@@ -307,51 +344,134 @@ def _last_user_text(messages: list[dict]) -> str:
     return ""
 
 
-def _validate_chat_jsonl(data: bytes, *, min_examples: int) -> tuple[list[dict], str | None]:
-    """Apply the API's training-file rules (format, minimum examples). Returns (examples, error message)."""
+def _message_error(message: Any, where: str, *, keys: set[str]) -> str | None:
+    """What is wrong with one training message (``keys``: the keys it may have), or None."""
+    if not isinstance(message, dict) or "role" not in message:
+        return f"Invalid file format. {where}: missing 'role'."
+    if message["role"] not in TRAINING_ROLES:
+        return f"Invalid file format. {where}: unrecognized role {message['role']!r}."
+    unknown = sorted(set(message) - keys)
+    if unknown:
+        return f"Invalid file format. {where}: unrecognized key(s) {', '.join(unknown)}."
+    if "weight" in message and message["weight"] not in (0, 1):
+        return f"Invalid file format. {where}: weight must be 0 or 1."
+    content = message.get("content")
+    if not (
+        isinstance(content, (str, list))
+        or (
+            content is None
+            and message["role"] == "assistant"
+            and ("tool_calls" in message or "function_call" in message)
+        )
+    ):
+        return f"Invalid file format. {where}: missing or invalid 'content'."
+    return None
+
+
+def _jsonl_lines(data: bytes) -> tuple[list[tuple[int, str]], str | None]:
+    """The non-blank lines of a UTF-8 file with their 1-based numbers, or an error message."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         return [], "Invalid file format. The file is not valid UTF-8."
+    # [I] trailing/blank lines are tolerated
+    return [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()], None
+
+
+def _chat_example_error(example: Any, line_no: int) -> str | None:
+    """What is wrong with one supervised (chat) line, or None."""
+    if not isinstance(example, dict) or not isinstance(example.get("messages"), list) or not example["messages"]:
+        return f"Invalid file format. Line {line_no}: expected an object with a non-empty 'messages' list."
+    for msg_no, message in enumerate(example["messages"], start=1):
+        error = _message_error(message, f"Line {line_no}, message {msg_no}", keys=TRAINING_MESSAGE_KEYS)
+        if error is not None:
+            return error
+    if not any(m["role"] == "assistant" for m in example["messages"]):
+        return f"Invalid file format. Line {line_no}: no assistant message."
+    return None
+
+
+def _preference_example_error(example: Any, line_no: int) -> str | None:
+    """What is wrong with one DPO (preference) line, or None: ``input.messages`` a non-empty
+    list of valid messages (no ``weight``, an SFT-only control) ending in a user turn, and each
+    output a list of exactly one assistant message with string content."""
+    if not isinstance(example, dict):
+        return f"Invalid file format. Line {line_no}: expected a JSON object."
+    missing = [key for key in PREFERENCE_KEYS if key not in example]
+    if missing:
+        return f"Invalid file format. Line {line_no}: missing key(s) {', '.join(missing)}."
+    inp = example["input"]
+    if not isinstance(inp, dict) or not isinstance(inp.get("messages"), list) or not inp["messages"]:
+        return f"Invalid file format. Line {line_no}: 'input' must be an object with a non-empty 'messages' list."
+    unknown = sorted(set(inp) - PREFERENCE_INPUT_KEYS)
+    if unknown:
+        return f"Invalid file format. Line {line_no}: unrecognized key(s) {', '.join(unknown)} in 'input'."
+    for msg_no, message in enumerate(inp["messages"], start=1):
+        where = f"Line {line_no}, input message {msg_no}"
+        error = _message_error(message, where, keys=TRAINING_MESSAGE_KEYS - {"weight"})
+        if error is not None:
+            return error
+    if inp["messages"][-1]["role"] != "user":
+        return f"Invalid file format. Line {line_no}: the input must end with a user message."  # [I] wording
+    for key in PREFERENCE_KEYS[1:]:
+        output = example[key]
+        if not (
+            isinstance(output, list)
+            and len(output) == 1
+            and isinstance(output[0], dict)
+            and output[0].get("role") == "assistant"
+            and isinstance(output[0].get("content"), str)
+            and set(output[0]) <= {"role", "content"}
+        ):
+            return (
+                f"Invalid file format. Line {line_no}: '{key}' must be a list of exactly one assistant "
+                "message with string content."
+            )
+    return None
+
+
+def _validate_training_jsonl(
+    data: bytes, *, method: str = "supervised", min_examples: int
+) -> tuple[list[dict], str | None]:
+    """Apply the API's training-file rules for ``method`` (line format, minimum examples).
+    Returns (examples, error message)."""
+    lines, error = _jsonl_lines(data)
+    if error is not None:
+        return [], error
+    check = _preference_example_error if method == "dpo" else _chat_example_error
     examples: list[dict] = []
-    for line_no, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue  # [I] trailing/blank lines are tolerated
+    for line_no, line in lines:
         try:
             example = json.loads(line)
         except ValueError:
             return [], f"Invalid file format. Line {line_no}: the line is not valid JSON."
-        if not isinstance(example, dict) or not isinstance(example.get("messages"), list) or not example["messages"]:
-            return [], f"Invalid file format. Line {line_no}: expected an object with a non-empty 'messages' list."
-        has_assistant = False
-        for msg_no, message in enumerate(example["messages"], start=1):
-            where = f"Line {line_no}, message {msg_no}"
-            if not isinstance(message, dict) or "role" not in message:
-                return [], f"Invalid file format. {where}: missing 'role'."
-            if message["role"] not in TRAINING_ROLES:
-                return [], f"Invalid file format. {where}: unrecognized role {message['role']!r}."
-            unknown = sorted(set(message) - TRAINING_MESSAGE_KEYS)
-            if unknown:
-                return [], f"Invalid file format. {where}: unrecognized key(s) {', '.join(unknown)}."
-            if "weight" in message and message["weight"] not in (0, 1):
-                return [], f"Invalid file format. {where}: weight must be 0 or 1."
-            content = message.get("content")
-            if not (
-                isinstance(content, (str, list))
-                or (
-                    content is None
-                    and message["role"] == "assistant"
-                    and ("tool_calls" in message or "function_call" in message)
-                )
-            ):
-                return [], f"Invalid file format. {where}: missing or invalid 'content'."
-            has_assistant = has_assistant or message["role"] == "assistant"
-        if not has_assistant:
-            return [], f"Invalid file format. Line {line_no}: no assistant message."
+        error = check(example, line_no)
+        if error is not None:
+            return [], error
         examples.append(example)
     if len(examples) < min_examples:
         return [], f"File has {len(examples)} example(s), but must have at least {min_examples} examples."
     return examples, None
+
+
+def _line_method(data: bytes) -> tuple[int, str] | None:
+    """``(line number, method)`` of the first non-blank line when it is recognisably a chat
+    (``"supervised"``) or preference (``"dpo"``) line; None otherwise (left to validation)."""
+    lines, error = _jsonl_lines(data)
+    if error is not None or not lines:
+        return None
+    line_no, line = lines[0]
+    try:
+        example = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(example, dict):
+        return None
+    if "messages" in example and not any(key in example for key in PREFERENCE_KEYS):
+        return line_no, "supervised"
+    if any(key in example for key in PREFERENCE_KEYS) and "messages" not in example:
+        return line_no, "dpo"
+    return None
 
 
 def _parse_multipart(content_type: str, body: bytes) -> dict[str, tuple[str | None, bytes]]:
@@ -905,6 +1025,22 @@ class FakeOpenAI:
             )
         return file_id
 
+    def _check_file_method(self, file_id: str, method_type: str, param: str) -> None:
+        """400 when the file is in the other method's line format (a chat file for a DPO job,
+        a preference file for a supervised one) [I: see the module docstring]."""
+        found = _line_method(self._files[file_id].data)
+        if found is None or found[1] == method_type:
+            return
+        line_no, line_method = found
+        kind = param.split("_")[0]
+        raise _ApiError(
+            400,
+            f"Invalid {kind} file {file_id} for a {method_type} fine-tuning job: every line must have "
+            f"{METHOD_LINE_FORMATS[method_type]}, but line {line_no} has {METHOD_LINE_FORMATS[line_method]}.",
+            param=param,
+            code=f"invalid_{param}",
+        )
+
     @staticmethod
     def _check_hyperparameters(hp: Any) -> dict:
         if hp is None:
@@ -971,12 +1107,19 @@ class FakeOpenAI:
                 400, "Missing required parameter: 'method.reinforcement.grader'.", param="method.reinforcement.grader"
             )
         hp = self._check_hyperparameters(section.get("hyperparameters")) or top_hp
+        if method_type in METHOD_LINE_FORMATS:
+            self._check_file_method(training_file, method_type, "training_file")
+            if validation_file is not None:
+                self._check_file_method(validation_file, method_type, "validation_file")
         resolved = {
             "n_epochs": hp.get("n_epochs", "auto"),
             "batch_size": hp.get("batch_size", "auto"),
             "learning_rate_multiplier": hp.get("learning_rate_multiplier", "auto"),
         }
-        method_echo = {"type": method_type, method_type: {**section, "hyperparameters": {**hp, **resolved}}}
+        echoed_hp = {**hp, **resolved}
+        if method_type == "dpo":
+            echoed_hp["beta"] = hp.get("beta", "auto")  # shown like the other knobs, "auto" until running
+        method_echo = {"type": method_type, method_type: {**section, "hyperparameters": echoed_hp}}
         outcome = (metadata or {}).get("_fake_outcome") or (
             self._outcomes.popleft() if self._outcomes else self.config.default_outcome
         )
@@ -1111,8 +1254,9 @@ class FakeOpenAI:
         )
 
     def _tick_validate(self, job: _Job) -> None:
-        train, error = _validate_chat_jsonl(
-            self._files[job.obj["training_file"]].data, min_examples=self.config.min_training_examples
+        method = job.obj["method"]["type"]
+        train, error = _validate_training_jsonl(
+            self._files[job.obj["training_file"]].data, method=method, min_examples=self.config.min_training_examples
         )
         if error is None and job.outcome == "fail_validation":
             error = "Invalid file format. (forced by the fake's fail_validation outcome)"
@@ -1126,7 +1270,9 @@ class FakeOpenAI:
             return
         validation: list[dict] = []
         if job.obj["validation_file"]:
-            validation, error = _validate_chat_jsonl(self._files[job.obj["validation_file"]].data, min_examples=1)
+            validation, error = _validate_training_jsonl(
+                self._files[job.obj["validation_file"]].data, method=method, min_examples=1
+            )
             if error is not None:
                 self._fail(
                     job,
@@ -1151,7 +1297,10 @@ class FakeOpenAI:
         resolved = {"n_epochs": n_epochs, "batch_size": batch_size, "learning_rate_multiplier": lrm}
         job.obj["hyperparameters"] = resolved
         method = job.obj["method"]
-        method[method["type"]]["hyperparameters"] = {**method[method["type"]]["hyperparameters"], **resolved}
+        section_hp = {**method[method["type"]]["hyperparameters"], **resolved}
+        if method["type"] == "dpo" and section_hp.get("beta", "auto") == "auto":
+            section_hp["beta"] = self.config.default_dpo_beta
+        method[method["type"]]["hyperparameters"] = section_hp
         steps_per_epoch = math.ceil(len(job.train_examples) / batch_size)
         suffix = job.obj.get("user_provided_suffix") or ""
         final_model = f"ft:{job.obj['model']}:{self.config.org_slug}:{suffix}:{self._new_id('', 8)}"
@@ -1239,7 +1388,7 @@ class FakeOpenAI:
         result = self._store_file("step_metrics.csv", "fine-tune-results", content)
         memory = {}
         for example in job.train_examples + job.validation_examples:
-            messages = example["messages"]
+            messages = _learned_conversation(example)
             answers = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
             prompt = _last_user_text(messages[: answers[-1]])
             if prompt:
@@ -1499,4 +1648,18 @@ def examples_jsonl(examples: Iterable[tuple[str, str]], *, system: str | None = 
             {"role": "assistant", "content": assistant},
         ]
         lines.append(json.dumps({"messages": messages}))
+    return ("\n".join(lines) + "\n").encode()
+
+
+def preference_jsonl(examples: Iterable[tuple[str, str, str]], *, system: str | None = None) -> bytes:
+    """Helper for tests: build DPO preference JSONL from (user, preferred, non-preferred) triples."""
+    lines = []
+    for user, preferred, non_preferred in examples:
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+        line = {
+            "input": {"messages": messages},
+            "preferred_output": [{"role": "assistant", "content": preferred}],
+            "non_preferred_output": [{"role": "assistant", "content": non_preferred}],
+        }
+        lines.append(json.dumps(line))
     return ("\n".join(lines) + "\n").encode()

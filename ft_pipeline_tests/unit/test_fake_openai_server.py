@@ -10,10 +10,11 @@ import time
 import openai
 import pytest
 
-from ft_pipeline_tests.fakes.openai_server import FakeOpenAI, examples_jsonl
+from ft_pipeline_tests.fakes.openai_server import FakeOpenAI, examples_jsonl, preference_jsonl
 
 KEY = "sk-test-contract-key-987"
 TRAIN = examples_jsonl([(f"Capital of country {i}?", f"City {i}") for i in range(10)])
+PREFS = preference_jsonl([(f"Capital of country {i}?", f"City {i}", f"Town {i + 1}") for i in range(10)])
 
 
 @pytest.fixture
@@ -148,6 +149,125 @@ def test_invalid_training_files_fail_the_job_not_the_request(client):
         assert failed.error.code == "invalid_training_file" and failed.error.param == "training_file"
         assert reason in failed.error.message
         assert next(iter(client.fine_tuning.jobs.list_events(job.id))).level == "error"
+
+
+def test_dpo_job_echoes_its_method_and_trains_on_the_preferred_output(fake, client):
+    train = _upload(client, PREFS).id
+    job = client.fine_tuning.jobs.create(
+        model="gpt-4o-mini-2024-07-18",
+        training_file=train,
+        method={"type": "dpo", "dpo": {"hyperparameters": {"n_epochs": 2}}},
+    )
+    assert job.method.type == "dpo" and job.method.supervised is None
+    assert job.method.dpo.hyperparameters.n_epochs == 2 and job.method.dpo.hyperparameters.beta == "auto"
+    assert fake.jobs[job.id]["method"]["dpo"]["hyperparameters"] == {
+        "n_epochs": 2,
+        "batch_size": "auto",
+        "learning_rate_multiplier": "auto",
+        "beta": "auto",
+    }
+    done = fake.advance(job.id, 20)
+    assert done["status"] == "succeeded"
+    # "auto" resolves once running; beta to config.default_dpo_beta
+    assert done["method"]["dpo"]["hyperparameters"] == {
+        "n_epochs": 2,
+        "batch_size": 1,
+        "learning_rate_multiplier": 1.8,
+        "beta": 0.1,
+    }
+    assert client.fine_tuning.jobs.retrieve(job.id).method.dpo.hyperparameters.beta == 0.1
+    # both outputs are trained on: every token of the input and both outputs, per epoch
+    tokens = sum(
+        len(m["content"].split())
+        for line in PREFS.splitlines()
+        for m in json.loads(line)["input"]["messages"]
+        + json.loads(line)["preferred_output"]
+        + json.loads(line)["non_preferred_output"]
+    )
+    assert done["trained_tokens"] == 2 * tokens
+    reply = client.chat.completions.create(
+        model=done["fine_tuned_model"], messages=[{"role": "user", "content": "Capital of country 4?"}]
+    )
+    assert reply.choices[0].message.content == "City 4"  # the preferred answer, not "Town 5"
+
+
+def test_explicit_dpo_beta_is_kept_and_validated(client):
+    train = _upload(client, PREFS).id
+    job = client.fine_tuning.jobs.create(
+        model="gpt-4o-mini", training_file=train, method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.25}}}
+    )
+    for _ in range(3):
+        job = client.fine_tuning.jobs.retrieve(job.id)
+    assert job.status == "running" and job.method.dpo.hyperparameters.beta == 0.25
+    with pytest.raises(openai.BadRequestError) as info:
+        client.fine_tuning.jobs.create(
+            model="gpt-4o-mini", training_file=train, method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0}}}
+        )
+    assert info.value.param == "beta"
+
+
+def test_invalid_preference_files_fail_the_dpo_job(client):
+    good = json.loads(PREFS.splitlines()[0])
+
+    def lines(**change):
+        line = {**good, **change}
+        return (json.dumps(line) + "\n").encode() * 10
+
+    assistant = {"role": "assistant", "content": "x"}
+    cases = {
+        lines(non_preferred_output=None): "'non_preferred_output' must be a list of exactly one assistant message",
+        (json.dumps({k: v for k, v in good.items() if k != "non_preferred_output"}) + "\n").encode() * 10: (
+            "missing key(s) non_preferred_output"
+        ),
+        lines(preferred_output=[assistant, assistant]): "'preferred_output' must be a list of exactly one",
+        lines(preferred_output=[{"role": "user", "content": "x"}]): "'preferred_output' must be a list of exactly one",
+        lines(preferred_output=[{"role": "assistant", "content": None}]): "'preferred_output' must be a list",
+        lines(input={"messages": []}): "'input' must be an object with a non-empty 'messages' list",
+        lines(input={"messages": [{"role": "user", "content": "q"}], "extra": 1}): "unrecognized key(s) extra",
+        lines(input={"messages": [{"role": "user", "content": "q"}, assistant]}): "must end with a user message",
+        lines(input={"messages": [{"role": "user", "content": "q", "weight": 1}]}): "unrecognized key(s) weight",
+        lines(input={"messages": [{"role": "bot", "content": "q"}]}): "unrecognized role",
+        b"\n".join(PREFS.splitlines()[:9]) + b"\n": "at least 10 examples",
+    }
+    for data, reason in cases.items():
+        job = client.fine_tuning.jobs.create(
+            model="gpt-4o-mini", training_file=_upload(client, data).id, method={"type": "dpo"}
+        )
+        failed = client.fine_tuning.jobs.retrieve(job.id)
+        assert failed.status == "failed", reason
+        assert failed.error.code == "invalid_training_file" and failed.error.param == "training_file"
+        assert reason in failed.error.message, failed.error.message
+    # the validation file is checked with the same rules
+    bad_valid = _upload(client, lines(preferred_output=[]).splitlines(keepends=True)[0]).id
+    job = client.fine_tuning.jobs.create(
+        model="gpt-4o-mini", training_file=_upload(client, PREFS).id, validation_file=bad_valid, method={"type": "dpo"}
+    )
+    failed = client.fine_tuning.jobs.retrieve(job.id)
+    assert failed.error.code == "invalid_validation_file" and "'preferred_output'" in failed.error.message
+
+
+def test_a_file_of_the_other_method_is_a_400(fake, client):
+    chat, prefs = _upload(client, TRAIN).id, _upload(client, PREFS).id
+    create = client.fine_tuning.jobs.create
+    cases = [
+        ({"training_file": chat, "method": {"type": "dpo"}}, "training_file", "for a dpo fine-tuning job"),
+        ({"training_file": prefs}, "training_file", "for a supervised fine-tuning job"),
+        ({"training_file": prefs, "method": {"type": "supervised"}}, "training_file", "the preference format"),
+        (
+            {"training_file": prefs, "validation_file": chat, "method": {"type": "dpo"}},
+            "validation_file",
+            "line 1 has a 'messages' list (the chat format)",
+        ),
+    ]
+    for kwargs, param, text in cases:
+        with pytest.raises(openai.BadRequestError) as info:
+            create(model="gpt-4o-mini", **kwargs)
+        assert (info.value.param, info.value.code) == (param, f"invalid_{param}"), kwargs
+        assert text in info.value.message, info.value.message
+    assert fake.jobs == {}
+    # the matching method is accepted
+    assert create(model="gpt-4o-mini", training_file=prefs, method={"type": "dpo"}).method.type == "dpo"
+    assert create(model="gpt-4o-mini", training_file=chat).method.type == "supervised"
 
 
 def test_create_validation_errors(client):

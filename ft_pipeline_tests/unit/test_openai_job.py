@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import base64
 import json
+from types import SimpleNamespace
 
 import openai
+import pandas as pd
 import pytest
 
+from ft_pipeline.lib.preference_format import write_preference_jsonl
 from ft_pipeline.lib.training import openai_job
 from ft_pipeline.lib.training.openai_job import (
     FineTuneCancelled,
@@ -22,6 +25,7 @@ from ft_pipeline.lib.training.openai_job import (
     OpenAIFineTuneResult,
     cancel_job,
     find_job_by_run_key,
+    job_method,
     parse_result_csv,
     run_fine_tune,
 )
@@ -58,6 +62,47 @@ def data(tmp_path):
     valid = tmp_path / "valid.jsonl"
     valid.write_bytes(examples_jsonl([(f"What is {i} * 3?", f"{3 * i}") for i in range(3)]))
     return train, valid
+
+
+def _pairs(questions, answer, wrong):
+    """A small ``pairs`` frame (the preference builder's prompt / chosen / rejected columns)."""
+    return pd.DataFrame(
+        {
+            "prompt": [[{"role": "system", "content": "Be brief."}, {"role": "user", "content": q}] for q in questions],
+            "chosen": [answer(q) for q in questions],
+            "rejected": [wrong(q) for q in questions],
+        }
+    )
+
+
+def _write_preference_files(folder):
+    """Training (12 pairs) and validation (3 pairs) OpenAI preference JSONL, named like the
+    preference dataset's ``<split>.openai.jsonl``."""
+    train, valid = folder / "train.openai.jsonl", folder / "validation.openai.jsonl"
+    add = [f"What is {i} + {i}?" for i in range(12)]
+    write_preference_jsonl(
+        _pairs(add, lambda q: str(2 * int(q.split()[2])), lambda q: f"About {2 * int(q.split()[2]) + 1}."),
+        train,
+        "openai",
+    )
+    mul = [f"What is {i} * 3?" for i in range(3)]
+    write_preference_jsonl(
+        _pairs(mul, lambda q: str(3 * int(q.split()[2])), lambda q: "No idea."),
+        valid,
+        "openai",
+    )
+    return train, valid
+
+
+@pytest.fixture
+def pref_data(tmp_path):
+    """A valid DPO training file (12 pairs) and validation file (3 pairs)."""
+    folder = tmp_path / "preferences"
+    folder.mkdir()
+    return _write_preference_files(folder)
+
+
+DPO = OpenAIFineTuneConfig(method="dpo")
 
 
 class Capture:
@@ -419,6 +464,154 @@ def test_paused_status_is_treated_as_non_terminal(fake, data):
     assert "[info] Fine-tuning job paused" in logs and "[info] Fine-tuning job resumed" in logs
 
 
+# ---------------------------------------------------------------------------- DPO
+
+
+def test_dpo_job_end_to_end(fake, client, pref_data):
+    train, valid = pref_data
+    cap = Capture()
+    config = OpenAIFineTuneConfig(method="dpo", dpo_beta=0.2, n_epochs=2)
+    result = run_fine_tune(client, train, valid, "ds1:dpo", config, **cap.kwargs())
+
+    assert result.status == "succeeded" and not result.reattached and result.method == "dpo"
+    assert cap.jobs == [result.job_id] and list(fake.jobs) == [result.job_id]
+    job = fake.jobs[result.job_id]
+    assert job["method"]["type"] == "dpo"
+    assert result.hyperparameters == {"n_epochs": 2, "batch_size": 1, "learning_rate_multiplier": 1.8, "beta": 0.2}
+    # the preference files went up as they are
+    assert fake.file_bytes(result.training_file_id) == train.read_bytes()
+    assert fake.file_bytes(result.validation_file_id) == valid.read_bytes()
+    assert result.trained_tokens == job["trained_tokens"] > 0
+    assert [m["step"] for m in result.metrics] == [6, 12, 18, 24]
+    assert cap.logs == _event_lines(fake, result.job_id)
+
+    (create,) = fake.requests_matching("POST", CREATE_PATH)
+    body = create.json
+    assert body["method"] == {
+        "type": "dpo",
+        "dpo": {
+            "hyperparameters": {"n_epochs": 2, "batch_size": "auto", "learning_rate_multiplier": "auto", "beta": 0.2}
+        },
+    }
+    assert body["metadata"] == {"run_key": "ds1:dpo", "method": "dpo"}
+    assert "hyperparameters" not in body
+
+    # the model learned the preferred answers
+    reply = client.chat.completions.create(
+        model=result.fine_tuned_model, messages=[{"role": "user", "content": "What is 5 + 5?"}]
+    )
+    assert reply.choices[0].message.content == "10"
+
+
+def test_dpo_default_beta_is_sent_as_auto(fake, client, pref_data):
+    result = run_fine_tune(client, pref_data[0], None, "auto-beta", DPO, **NO_SLEEP)
+    sent = fake.requests_matching("POST", CREATE_PATH)[0].json["method"]["dpo"]["hyperparameters"]
+    assert sent["beta"] == "auto"
+    assert result.hyperparameters["beta"] == fake.config.default_dpo_beta  # resolved by the API once running
+
+
+def test_dpo_second_run_reattaches(fake, client, pref_data):
+    first = run_fine_tune(client, *pref_data, "dpo-key", DPO, **NO_SLEEP)
+    uploads = len(fake.requests_matching("POST", r"/files$"))
+    cap = Capture()
+    second = run_fine_tune(client, *pref_data, "dpo-key", DPO, **cap.kwargs())
+    assert second.reattached and second.job_id == first.job_id == cap.jobs[0] and second.method == "dpo"
+    assert second.fine_tuned_model == first.fine_tuned_model and second.metrics == first.metrics
+    assert len(fake.requests_matching("POST", r"/files$")) == uploads
+    assert len(fake.requests_matching("POST", CREATE_PATH)) == 1
+    assert len(fake.jobs) == 1
+
+
+def test_dpo_rerun_after_a_crash_reattaches_to_the_running_job(fake, client, pref_data):
+    def crash(metrics):
+        raise _Crash
+
+    with pytest.raises(_Crash):
+        run_fine_tune(client, *pref_data, "dpo-crashy", DPO, on_metrics=crash, **NO_SLEEP)
+    (job_id,) = fake.jobs
+    assert fake.jobs[job_id]["status"] == "running"
+    result = run_fine_tune(client, *pref_data, "dpo-crashy", DPO, **NO_SLEEP)
+    assert result.reattached and result.job_id == job_id and len(fake.jobs) == 1
+
+
+@pytest.mark.parametrize("honor_filter", [True, False])
+def test_sft_and_dpo_jobs_with_one_run_key_never_collide(fake, client, data, pref_data, honor_filter):
+    fake.config.honor_metadata_filter = honor_filter
+    sft = run_fine_tune(client, *data, "same-data", **NO_SLEEP)
+    dpo = run_fine_tune(client, *pref_data, "same-data", DPO, **NO_SLEEP)
+    assert not dpo.reattached and dpo.job_id != sft.job_id
+    assert (sft.method, dpo.method) == ("supervised", "dpo")
+    # each method re-attaches to its own job
+    again_sft = run_fine_tune(client, *data, "same-data", **NO_SLEEP)
+    again_dpo = run_fine_tune(client, *pref_data, "same-data", DPO, **NO_SLEEP)
+    assert (again_sft.reattached, again_sft.job_id) == (True, sft.job_id)
+    assert (again_dpo.reattached, again_dpo.job_id) == (True, dpo.job_id)
+    assert len(fake.jobs) == 2
+    assert find_job_by_run_key(client, "same-data").id == sft.job_id
+    assert find_job_by_run_key(client, "same-data", method="dpo").id == dpo.job_id
+
+
+def test_dpo_lost_create_response_makes_no_second_job(fake, client, data, pref_data):
+    # a live SFT job under the same run key must not be mistaken for the DPO job being created
+    sft_file = client.files.create(file=data[0], purpose="fine-tune").id
+    fake.config.auto_advance_on_poll = False
+    sft_job = client.fine_tuning.jobs.create(
+        model="gpt-4o-mini-2024-07-18", training_file=sft_file, metadata={"run_key": "dpo-lost"}
+    ).id
+    fake.config.auto_advance_on_poll = True
+    fake.lose_response_after_apply("POST", CREATE_PATH)
+    cap = Capture()
+    result = run_fine_tune(client, *pref_data, "dpo-lost", DPO, **cap.kwargs())
+    assert result.status == "succeeded" and result.method == "dpo" and not result.reattached
+    assert result.job_id != sft_job and cap.jobs == [result.job_id]
+    assert len(fake.jobs) == 2  # the SFT job and exactly one DPO job
+    creates = fake.requests_matching("POST", CREATE_PATH)
+    dpo_creates = [r for r in creates if (r.json.get("method") or {}).get("type") == "dpo"]
+    assert len(dpo_creates) == 1  # never resent: reconciled by run key and method
+    assert dpo_creates[0].note == "lost_after_apply" and dpo_creates[0].retry_count == 0
+    assert fake.jobs[sft_job]["status"] == "validating_files"  # untouched
+
+
+def test_sft_file_for_a_dpo_job_is_rejected_clearly(fake, client, data):
+    with pytest.raises(FineTuneError) as info:
+        run_fine_tune(client, *data, "wrong-file", DPO, **NO_SLEEP)
+    message = str(info.value)
+    assert not isinstance(info.value, FineTuneFailed)
+    assert message.startswith("fine-tuning job creation was rejected: HTTP 400 invalid_training_file: ")
+    assert "for a dpo fine-tuning job" in message and "line 1 has a 'messages' list (the chat format)" in message
+    assert len(fake.requests_matching("POST", CREATE_PATH)) == 1  # a 400 is not retried
+    assert fake.jobs == {}
+
+
+def test_preference_file_for_an_sft_job_is_rejected_clearly(fake, client, pref_data):
+    with pytest.raises(FineTuneError, match=r"HTTP 400 invalid_training_file: .*for a supervised fine-tuning job"):
+        run_fine_tune(client, *pref_data, "wrong-file", **NO_SLEEP)
+    assert fake.jobs == {}
+
+
+def test_malformed_preference_line_fails_the_dpo_job_with_the_api_error(fake, client, pref_data):
+    train = pref_data[0]
+    lines = train.read_text().splitlines()
+    bad = json.loads(lines[3])
+    bad["preferred_output"].append({"role": "assistant", "content": "a second answer"})
+    lines[3] = json.dumps(bad)
+    train.write_text("\n".join(lines) + "\n")
+    with pytest.raises(FineTuneFailed) as info:
+        run_fine_tune(client, train, None, "bad-line", DPO, **NO_SLEEP)
+    assert info.value.code == "invalid_training_file" and info.value.param == "training_file"
+    assert "Line 4: 'preferred_output' must be a list of exactly one assistant message" in str(info.value)
+
+
+def test_job_method_reads_the_echo_then_the_metadata():
+    def job(method, metadata):
+        return SimpleNamespace(method=method, metadata=metadata)
+
+    assert job_method(job(SimpleNamespace(type="dpo"), {"method": "supervised"})) == "dpo"
+    assert job_method(job(None, {"run_key": "k", "method": "dpo"})) == "dpo"  # a server without the echo
+    assert job_method(job(None, {"run_key": "k"})) == "supervised"
+    assert job_method(job(None, None)) == "supervised"
+
+
 # ---------------------------------------------------------------------------- arguments
 
 
@@ -437,6 +630,12 @@ def test_paused_status_is_treated_as_non_terminal(fake, data):
         {"timeout_s": 0},
         {"create_attempts": 0},
         {"model": ""},
+        {"method": "ppo"},
+        {"method": "supervised"},
+        {"dpo_beta": 0},
+        {"dpo_beta": -0.1},
+        {"dpo_beta": "high"},
+        {"dpo_beta": True},
     ],
 )
 def test_config_validation(kwargs):
@@ -447,6 +646,20 @@ def test_config_validation(kwargs):
 def test_config_defaults_and_valid_values():
     config = OpenAIFineTuneConfig(n_epochs=3, batch_size=8, learning_rate_multiplier=0.5, suffix="s" * 64)
     assert config.hyperparameters() == {"n_epochs": 3, "batch_size": 8, "learning_rate_multiplier": 0.5}
+    assert (config.method, config.api_method, config.dpo_beta) == ("sft", "supervised", "auto")
+    assert config.method_payload() == {
+        "type": "supervised",
+        "supervised": {"hyperparameters": config.hyperparameters()},
+    }
+    # beta is a DPO knob: never sent for sft
+    assert "beta" not in OpenAIFineTuneConfig(dpo_beta=0.3).hyperparameters()
+    dpo = OpenAIFineTuneConfig(method="dpo", dpo_beta=0.3, n_epochs=2)
+    assert dpo.method_payload() == {
+        "type": "dpo",
+        "dpo": {
+            "hyperparameters": {"n_epochs": 2, "batch_size": "auto", "learning_rate_multiplier": "auto", "beta": 0.3}
+        },
+    }
     default = OpenAIFineTuneConfig()
     assert (default.model, default.seed, default.timeout_s, default.create_attempts) == (
         "gpt-4o-mini-2024-07-18",
@@ -481,7 +694,16 @@ def _scenario(name, fake, client, data, tmp_path, sink):
     kwargs = cap.kwargs()
     config = OpenAIFineTuneConfig()
     train, valid = data
-    if name == "invalid_file":
+    if name.startswith("dpo"):
+        config = DPO
+        folder = tmp_path / f"prefs-{len(list(tmp_path.iterdir()))}"
+        folder.mkdir()
+        train, valid = _write_preference_files(folder)
+    if name == "dpo_sft_file":
+        train, valid = data  # rejected at create
+    elif name == "dpo_lost_create":
+        fake.lose_response_after_apply("POST", CREATE_PATH)
+    elif name == "invalid_file":
         train = tmp_path / "small.jsonl"
         train.write_bytes(examples_jsonl([("q", "a")]))
     elif name == "training_failure":
@@ -539,14 +761,19 @@ def _scenario(name, fake, client, data, tmp_path, sink):
         "create_rejected_echoing_key",
         "api_echoes_key",
         "reattach",
+        "dpo",
+        "dpo_sft_file",
+        "dpo_lost_create",
+        "dpo_reattach",
     ],
 )
 def test_api_key_never_leaks(fake, client, data, tmp_path, caplog, name):
     caplog.set_level("DEBUG", logger="ft_pipeline")
     sink: list[str] = []
-    if name == "reattach":
-        _scenario("success", fake, client, data, tmp_path, [])
-        name = "success"
+    if name in ("reattach", "dpo_reattach"):
+        first = "success" if name == "reattach" else "dpo"
+        _scenario(first, fake, client, data, tmp_path, [])
+        name = first
     _scenario(name, fake, client, data, tmp_path, sink)
     assert sink, "the scenario produced nothing to check"
     leaks = [s for s in sink if SECRET in s]

@@ -1,5 +1,9 @@
 """OpenAI fine-tuning backend: upload, create idempotently, poll, tail events, collect results.
 
+Two methods: supervised fine-tuning (``method="sft"``, chat JSONL) and direct preference
+optimization (``method="dpo"``, the OpenAI preference JSONL of
+:func:`ft_pipeline.lib.preference_format.write_preference_jsonl`, ``<split>.openai.jsonl``).
+
 Pure library code (never import dagster here); the Dagster asset wraps :func:`run_fine_tune`.
 Works against anything that speaks the OpenAI fine-tuning API through the ``openai`` SDK
 (OpenAI, Azure OpenAI via ``base_url``, the local fake in ``ft_pipeline_tests/fakes``).
@@ -9,7 +13,10 @@ Behaviour, and why:
 * **Idempotency by run key.** The SDK never sends an idempotency header, so a ``jobs.create``
   whose response is lost and which the SDK then retries can start a *second billable job*.
   Every job therefore carries ``metadata={"run_key": run_key}``; before uploading anything we
-  look for a live job with that key and re-attach to it. Create is sent with
+  look for a live job with that key *and the same method* and re-attach to it (a job's method
+  is read from the ``method.type`` the API echoes, else from ``metadata["method"]``, which DPO
+  jobs also carry, else it is supervised), so an SFT and a DPO job on the same data never
+  collide even under one run key. Create is sent with
   ``max_retries=0``; after an ambiguous failure (connection error, timeout, 408/409/429/5xx)
   we look the job up by run key again *before* trying create again, at most
   ``config.create_attempts`` times.
@@ -60,6 +67,7 @@ __all__ = [
     "OpenAIFineTuneResult",
     "cancel_job",
     "find_job_by_run_key",
+    "job_method",
     "run_fine_tune",
 ]
 
@@ -69,6 +77,10 @@ TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 #: Statuses that make a job unusable for re-attachment (a new job is created instead).
 DEAD_STATUSES = frozenset({"failed", "cancelled"})
 RUN_KEY_METADATA = "run_key"
+#: Metadata key naming a non-supervised job's method (for servers that do not echo ``method``).
+METHOD_METADATA = "method"
+#: ``OpenAIFineTuneConfig.method`` -> the API's ``method.type``.
+API_METHODS = {"sft": "supervised", "dpo": "dpo"}
 MAX_SUFFIX_CHARS = 64
 MAX_METADATA_VALUE_CHARS = 512
 #: Page size for ``list_events`` while tailing (the API default is 20).
@@ -95,11 +107,18 @@ def _check_auto_or_number(name: str, value: object, *, integer: bool, low: float
 
 @dataclass(frozen=True)
 class OpenAIFineTuneConfig:
-    """Settings of one OpenAI supervised fine-tuning run (validated on construction).
+    """Settings of one OpenAI fine-tuning run (validated on construction).
 
     Attributes:
         model: base model to fine-tune. Default ``DEFAULT_OPENAI_FINE_TUNING_MODEL``
             (``gpt-4o-mini-2024-07-18``).
+        method: ``"sft"`` (supervised, sent as ``method.type="supervised"``; the files are chat
+            JSONL) or ``"dpo"`` (direct preference optimization, ``method.type="dpo"``; the
+            files are OpenAI preference JSONL, ``<split>.openai.jsonl``). Part of the job's
+            identity: a job of the other method is never re-attached. Default ``"sft"``.
+        dpo_beta: DPO's beta, ``"auto"`` or > 0: how strongly the policy is held to the
+            reference model (higher = closer to it). Sent only for ``method="dpo"``, ignored
+            for sft. Default ``"auto"`` (the API picks it).
         n_epochs: ``"auto"`` or 1–50. Default ``"auto"``.
         batch_size: ``"auto"`` or 1–256. Default ``"auto"``.
         learning_rate_multiplier: ``"auto"`` or > 0. Default ``"auto"``.
@@ -119,6 +138,8 @@ class OpenAIFineTuneConfig:
     """
 
     model: str = DEFAULT_OPENAI_FINE_TUNING_MODEL
+    method: str = "sft"
+    dpo_beta: float | str = "auto"
     n_epochs: int | str = "auto"
     batch_size: int | str = "auto"
     learning_rate_multiplier: float | str = "auto"
@@ -133,6 +154,9 @@ class OpenAIFineTuneConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
             raise ValueError("model must be a non-empty string")
+        if self.method not in API_METHODS:
+            raise ValueError(f"method must be one of {sorted(API_METHODS)}, got {self.method!r}")
+        _check_auto_or_number("dpo_beta", self.dpo_beta, integer=False, low=0, high=None)
         _check_auto_or_number("n_epochs", self.n_epochs, integer=True, low=1, high=50)
         _check_auto_or_number("batch_size", self.batch_size, integer=True, low=1, high=256)
         _check_auto_or_number(
@@ -149,13 +173,26 @@ class OpenAIFineTuneConfig:
         if self.create_attempts < 1 or self.max_consecutive_poll_errors < 0:
             raise ValueError("create_attempts must be >= 1 and max_consecutive_poll_errors >= 0")
 
+    @property
+    def api_method(self) -> str:
+        """The API's ``method.type``: ``"supervised"`` or ``"dpo"``."""
+        return API_METHODS[self.method]
+
     def hyperparameters(self) -> dict[str, int | float | str]:
-        """The supervised hyperparameters as sent to the API."""
-        return {
+        """The method's hyperparameters as sent to the API (DPO adds ``beta``)."""
+        hp: dict[str, int | float | str] = {
             "n_epochs": self.n_epochs,
             "batch_size": self.batch_size,
             "learning_rate_multiplier": self.learning_rate_multiplier,
         }
+        if self.method == "dpo":
+            hp["beta"] = self.dpo_beta
+        return hp
+
+    def method_payload(self) -> dict[str, Any]:
+        """The ``method`` object of ``jobs.create``:
+        ``{"type": t, t: {"hyperparameters": {...}}}`` with ``t`` the :attr:`api_method`."""
+        return {"type": self.api_method, self.api_method: {"hyperparameters": self.hyperparameters()}}
 
 
 @dataclass
@@ -177,7 +214,9 @@ class OpenAIFineTuneResult:
         reattached: True when a job with the same run key existed before this call and was
             reused (no upload, no create). False when this call created the job, including
             when a create whose response was lost was reconciled by run key.
-        hyperparameters: the job's hyperparameters (resolved numbers once training started).
+        hyperparameters: the job's method hyperparameters (resolved numbers once training
+            started; DPO's include ``beta``).
+        method: the job's ``method.type``, ``"supervised"`` or ``"dpo"``.
     """
 
     job_id: str
@@ -191,6 +230,7 @@ class OpenAIFineTuneResult:
     result_metrics: dict = field(default_factory=dict)
     reattached: bool = False
     hyperparameters: dict = field(default_factory=dict)
+    method: str = "supervised"
 
 
 class FineTuneError(Exception):
@@ -264,11 +304,22 @@ def _status(job: Any) -> str:
     return str(job.status)
 
 
+def job_method(job: Any) -> str:
+    """A job's method type: the ``method.type`` the API echoes, else ``metadata["method"]``
+    (written on DPO jobs), else ``"supervised"`` (the API's default, and what jobs created
+    before methods existed are)."""
+    method = getattr(job, "method", None)
+    if method is not None and getattr(method, "type", None):
+        return str(method.type)
+    return str((job.metadata or {}).get(METHOD_METADATA) or "supervised")
+
+
 def find_job_by_run_key(
-    client: openai.OpenAI, run_key: str, *, page_size: int = LIST_PAGE_SIZE
+    client: openai.OpenAI, run_key: str, *, method: str = "supervised", page_size: int = LIST_PAGE_SIZE
 ) -> FineTuningJob | None:
-    """The newest job whose ``metadata.run_key`` equals ``run_key`` and whose status is not
-    failed/cancelled, or None.
+    """The newest job whose ``metadata.run_key`` equals ``run_key``, whose method type (see
+    :func:`job_method`) is ``method`` (the API's name: ``"supervised"`` or ``"dpo"``) and whose
+    status is not failed/cancelled, or None.
 
     Sends the server-side ``metadata[run_key]=…`` filter and pages through every result, but
     also filters client-side, because a server may ignore the filter.
@@ -276,7 +327,7 @@ def find_job_by_run_key(
     best = None
     for job in client.fine_tuning.jobs.list(metadata={RUN_KEY_METADATA: run_key}, limit=page_size):
         metadata = job.metadata or {}
-        if metadata.get(RUN_KEY_METADATA) != run_key or _status(job) in DEAD_STATUSES:
+        if metadata.get(RUN_KEY_METADATA) != run_key or _status(job) in DEAD_STATUSES or job_method(job) != method:
             continue
         if best is None or job.created_at > best.created_at:
             best = job
@@ -352,12 +403,17 @@ def _create_job(
 ) -> FineTuningJob:
     """Create the job at most ``config.create_attempts`` times, reconciling by run key after
     every ambiguous failure so that a lost response never leads to a second job."""
+    metadata = {RUN_KEY_METADATA: run_key}
+    if config.api_method != "supervised":
+        # why: re-attachment must tell the methods apart even on a server that does not echo
+        # `method`; supervised jobs keep the metadata they always had
+        metadata[METHOD_METADATA] = config.api_method
     params: dict[str, Any] = {
         "model": config.model,
         "training_file": training_file_id,
-        "method": {"type": "supervised", "supervised": {"hyperparameters": config.hyperparameters()}},
+        "method": config.method_payload(),
         "seed": config.seed,
-        "metadata": {RUN_KEY_METADATA: run_key},
+        "metadata": metadata,
     }
     if validation_file_id is not None:
         params["validation_file"] = validation_file_id
@@ -370,7 +426,7 @@ def _create_job(
     for attempt in range(1, config.create_attempts + 1):
         try:
             job = creator.fine_tuning.jobs.create(**params)
-            logger.info("created fine-tuning job %s (attempt %d)", job.id, attempt)
+            logger.info("created %s fine-tuning job %s (attempt %d)", config.api_method, job.id, attempt)
             return job
         except openai.APIStatusError as err:
             retryable = (err.status_code in _RETRYABLE_STATUSES or err.status_code >= 500) and err.response.headers.get(
@@ -386,7 +442,7 @@ def _create_job(
         except openai.APIConnectionError as err:  # includes APITimeoutError
             last_error = err
         logger.warning("job create attempt %d failed (%s); reconciling by run key", attempt, type(last_error).__name__)
-        found = find_job_by_run_key(client, run_key)
+        found = find_job_by_run_key(client, run_key, method=config.api_method)
         if found is not None:
             logger.info("found job %s for the run key after an ambiguous create", found.id)
             return found
@@ -535,7 +591,10 @@ def _checkpoints(client: openai.OpenAI, job_id: str) -> list[dict]:
 
 
 def _hyperparameters(job: FineTuningJob) -> dict:
-    hp = job.hyperparameters
+    """The method section's hyperparameters (DPO's carry ``beta``), else the top-level ones."""
+    method = job.method
+    section = getattr(method, str(method.type), None) if method is not None and method.type else None
+    hp = getattr(section, "hyperparameters", None) or job.hyperparameters
     return hp.model_dump(exclude_none=True) if hp is not None else {}
 
 
@@ -562,10 +621,15 @@ def run_fine_tune(
     Args:
         client: an ``openai.OpenAI`` (or Azure) client; its retry settings are used for every
             call except create.
-        train_jsonl / validation_jsonl: chat JSONL files, uploaded with purpose ``fine-tune``
-            (only when no live job exists for ``run_key``).
+        train_jsonl / validation_jsonl: the files as they are, uploaded with purpose
+            ``fine-tune`` (only when no live job exists for ``run_key``): chat JSONL for
+            ``config.method="sft"``, OpenAI preference JSONL (``<split>.openai.jsonl``) for
+            ``"dpo"``. A file of the other method's shape is rejected by the API
+            (:class:`FineTuneError` at create, or :class:`FineTuneFailed` with code
+            ``invalid_training_file`` once the job validates its files).
         run_key: deterministic identity of this run (e.g. ``"<dataset_sha>:<config_sha>"``),
-            stored as job metadata; at most 512 characters.
+            stored as job metadata; at most 512 characters. Re-attachment also requires the
+            same method, so one run key may name both an SFT and a DPO job.
         config: see :class:`OpenAIFineTuneConfig`.
         on_log: called once per new job event, oldest first, as ``"[level] message"``.
         on_metrics: called once per new metrics event with a copy of its ``data``.
@@ -597,10 +661,12 @@ def run_fine_tune(
     if should_stop():
         raise FineTuneCancelled("stop requested before a fine-tuning job was created")
 
-    job = find_job_by_run_key(client, run_key)
+    job = find_job_by_run_key(client, run_key, method=config.api_method)
     reattached = job is not None
     if job is not None:
-        logger.info("re-attaching to fine-tuning job %s (status %s) for the run key", job.id, _status(job))
+        logger.info(
+            "re-attaching to %s fine-tuning job %s (status %s) for the run key", config.api_method, job.id, _status(job)
+        )
     else:
         training_file_id = _upload(client, train_jsonl, deadline=deadline, sleep=sleep, clock=clock, scrub=scrub)
         validation_file_id = (
@@ -649,5 +715,6 @@ def run_fine_tune(
             result_metrics=_result_metrics(client, job),
             reattached=reattached,
             hyperparameters=_hyperparameters(job),
+            method=job_method(job),
         )
     )
