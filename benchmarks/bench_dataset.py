@@ -1,4 +1,4 @@
-"""Dataset pipeline benchmark: raw JSONL logs -> cleaned -> curated -> splits, at 100k / 1M conversations.
+"""Dataset pipeline benchmark: raw JSONL logs -> cleaned -> curated -> splits, preferences, at 100k / 1M conversations.
 
 What it measures
 ----------------
@@ -9,7 +9,12 @@ What it measures
    shingles and near-duplicate detection has real candidates to reject. Planted problems: ~1 %
    exact duplicates (in another file), ~1 % near duplicates (a few words changed), ~0.5 % prefix
    duplicates, ~0.3 % branch duplicates (regenerated last reply), ~2 % of messages with PII
-   (emails, phone numbers, card numbers) and ~0.5 % lines of broken JSON.
+   (emails, phone numbers, card numbers) and ~0.5 % lines of broken JSON. Preference signals, as
+   extra raw keys on the records that carry them (drawn from their own random stream, so the other
+   draws stay the same): ~5 % ``thumbs`` ("up"/"down", mostly agreeing with the rating), ~2 %
+   ``regenerated: true`` with the accepted reply to the same context in the next line (those
+   replace fresh conversations, so curate finds them as branch duplicates), and ~1 % (a third of
+   the ~3 % ``edited`` records) with the model's ``original_content``.
 2. Runs the dataset stages through the stage services the Dagster assets call (one lib entry
    point per stage; only Dagster's bookkeeping, metadata values and events, is left out):
    * per file = per partition, in a ``spawn`` multiprocessing Pool of ``--workers`` processes
@@ -24,13 +29,20 @@ What it measures
    * ``train_validation_test_split`` = ``splits.make_splits``: only ``SPLIT_INPUT_COLUMNS`` of the curated file
      are read, ``assign_splits``, ``write_split_files`` (streams split Parquet + OpenAI JSONL),
      ``leakage_report`` with the curated dataset's dedup parameters, minimum sizes,
-     ``validate_jsonl_file`` (train, validation) and the per-split metadata figures.
+     ``validate_jsonl_file`` (train, validation) and the per-split metadata figures;
+   * ``preference_dataset`` = ``preference_dataset.build_preference_dataset``, after the figures
+     above are taken and in a spawned process of its own (its peak RSS is its own; not part of
+     END TO END): every cleaned partition's kept and filtered rows (``read_cleaned_for_preferences``),
+     the pair/KTO/drop rules (``build_preferences``), the split against the splits manifest the
+     splits stage wrote, Parquet + TRL DPO/KTO + OpenAI JSONL, and its checks (no_leakage,
+     no_pii_left, OpenAI format), each step timed. ``--skip-preferences`` leaves it out.
 3. Prints per stage and step: wall seconds and CPU seconds (CPU of the processes doing the work,
    all threads), conversations per second of each; END TO END conversations/second (pool start ->
    splits done, over the N input records) in wall time and per CPU second; peak RSS (parent
    ``RUSAGE_SELF``, ``RUSAGE_CHILDREN``, and each worker's own peak); the record accounting (in,
    quarantined, filtered by reason, removed by dedup kind, kept, split sizes, leakage), which is
-   asserted to add up.
+   asserted to add up; for the preference stage, conversations/s per step, its peak RSS (VmHWM)
+   and its pairs by rule, KTO labels and drops by reason (asserted to add up to its input).
 4. Compares our leakage check with the tutorial one (difflib ``SequenceMatcher.ratio() >= 0.8``
    between every validation/test and every train conversation) on 5,000 curated conversations;
    the pairwise run is timed on a random sample of pairs within a time budget and extrapolated.
@@ -84,6 +96,13 @@ SCALING_SMALL, SCALING_LARGE = 100_000, 1_000_000
 SHARE_EXACT, SHARE_NEAR, SHARE_PREFIX, SHARE_BRANCH = 0.01, 0.01, 0.005, 0.003
 SHARE_PII_MESSAGES = 0.02
 SHARE_BAD_JSON = 0.005
+# Preference signals, as shares of N, written as raw record keys only on the records that carry
+# them (they land in the parsed records' ``metadata``). Drawn from their own random stream, so the
+# draws of the existing stages' data stay the same.
+SHARE_THUMBS = 0.05  # a "thumbs": "up" / "down" key
+SHARE_REGENERATED = 0.02  # "regenerated": true, plus the accepted reply in the next line (same context)
+SHARE_EDIT_ORIGINAL = 0.01  # of the ~3 % edited records: an "original_content" (the reply before the edit)
+SHARE_EDITED = 0.03  # edited=true (drawn as before; the cleaning stage filters these as edited_reply)
 
 # Kinds of planted slots in a file.
 ORIGINAL, EXACT, NEAR, PREFIX, BRANCH = range(5)
@@ -330,6 +349,15 @@ class ConversationFactory:
             out[i]["content"] = " ".join(t)
         return out
 
+    def edit_original(self, rng: np.random.Generator, reply: str) -> str:
+        """What the model said before an agent edited ``reply``: about 5 % of its words different."""
+        tokens = reply.split(" ")
+        n_changes = max(1, int(round(len(tokens) * rng.uniform(0.03, 0.08))))
+        for r in self.words(rng, n_changes):
+            tokens[int(rng.integers(len(tokens)))] = r
+        original = " ".join(tokens)
+        return original if original != reply else original + " " + self.words(rng, 1)[0]
+
     def regenerate_last_reply(self, rng: np.random.Generator, messages: list[dict[str, str]]) -> list[dict[str, str]]:
         body = self.words(rng, int(np.clip(rng.normal(120, 35), 15, 300)))
         reply = ASSISTANT_OPENERS[int(rng.integers(len(ASSISTANT_OPENERS)))] + " " + " ".join(body)
@@ -436,7 +464,7 @@ def generate_file(plan: FilePlan) -> dict[str, Any]:
     ratings = rng.choice([1, 2, 3, 4, 5], p=[0.02, 0.03, 0.07, 0.33, 0.55], size=n)
     rated = rng.random(n) >= 0.05
     response = np.round(rng.lognormal(np.log(1200), 0.6, size=n)).astype(np.int64).tolist()
-    edited = (rng.random(n) < 0.03).tolist()
+    edited = (rng.random(n) < SHARE_EDITED).tolist()
     n_tags = rng.choice([0, 1, 2], p=[0.2, 0.6, 0.2], size=n).tolist()
     tag_ids = rng.integers(len(TAGS), size=(n, 2)).tolist()
     created = (
@@ -445,6 +473,9 @@ def generate_file(plan: FilePlan) -> dict[str, Any]:
         .tolist()
     )
     ratings_list = [int(r) if ok else None for r, ok in zip(ratings.tolist(), rated.tolist())]
+    thumbs, regenerated, with_original = preference_signals(plan, ratings_list, edited, special, bad)
+    sig_rng = np.random.default_rng([plan.seed, 300 + plan.index])  # replies for regenerations and edits
+    previous: list[dict[str, str]] = []
 
     planted = Counter()
     chunk = 10_000
@@ -469,6 +500,11 @@ def generate_file(plan: FilePlan) -> dict[str, Any]:
                     else:
                         messages = factory.regenerate_last_reply(rng, source)
                     planted[DUP_KIND_NAMES.get(kind, "original")] += 1
+                elif slot - 1 in regenerated:
+                    # The reply the user accepted after regenerating away from the previous line's.
+                    messages = factory.regenerate_last_reply(sig_rng, previous)
+                    planted["regeneration_accepted"] += 1
+                previous = messages
                 tags = [TAGS[t] for t in tag_ids[slot][: n_tags[slot]]]
                 record = {
                     "conversation_id": f"c{plan.index:04d}-{slot:07d}",
@@ -480,6 +516,15 @@ def generate_file(plan: FilePlan) -> dict[str, Any]:
                     "edited": edited[slot],
                     "tags": tags,
                 }
+                if slot in thumbs:
+                    record["thumbs"] = thumbs[slot]
+                    planted[f"thumbs_{thumbs[slot]}"] += 1
+                if slot in regenerated:
+                    record["regenerated"] = True
+                    planted["regenerated"] += 1
+                if slot in with_original:
+                    record["original_content"] = factory.edit_original(sig_rng, messages[-1]["content"])
+                    planted["edited_with_original"] += 1
                 line = json.dumps(record)
                 if slot in bad:
                     # Half a line (a truncated write) or a Python repr: neither is JSON.
@@ -499,6 +544,34 @@ def generate_file(plan: FilePlan) -> dict[str, Any]:
     }
 
 
+def preference_signals(
+    plan: FilePlan, ratings: list[int | None], edited: list[bool], special: dict[int, Any], bad: set[int]
+) -> tuple[dict[int, str], set[int], set[int]]:
+    """Which slots of a file carry which preference signal: slot -> thumbs ("up" / "down", mostly
+    agreeing with the rating), the slots regenerated away from (the next slot, neither planted nor
+    broken, holds the accepted reply to the same context), and the edited slots that keep the
+    model's ``original_content``. Drawn from their own stream: the other draws stay as they were."""
+    rng = np.random.default_rng([plan.seed, 200 + plan.index])
+    n = plan.n_lines
+    has_thumbs = rng.random(n) < SHARE_THUMBS
+    u = rng.random(n)
+    thumbs = {}
+    for slot in np.flatnonzero(has_thumbs).tolist():
+        rating = ratings[slot]
+        p_up = 0.7 if rating is None else 0.9 if rating >= 4 else 0.15 if rating <= 2 else 0.5
+        thumbs[slot] = "up" if u[slot] < p_up else "down"
+    regenerated: set[int] = set()
+    blocked = set(special) | bad
+    for slot in np.flatnonzero(rng.random(n) < SHARE_REGENERATED).tolist():
+        pair = {slot, slot + 1}
+        if slot + 1 < n and not pair & blocked:
+            regenerated.add(slot)
+            blocked |= pair | {slot - 1}  # no chains: the accepted line is not regenerated itself
+    keep_original = rng.random(n) < SHARE_EDIT_ORIGINAL / SHARE_EDITED
+    with_original = {slot for slot in range(n) if edited[slot] and keep_original[slot] and slot - 1 not in regenerated}
+    return thumbs, regenerated, with_original
+
+
 # ======================================================================= per-file stages
 
 # The steps of ingest_log_file (raw_conversation_logs); the rest of a task's steps are clean_partition's.
@@ -510,6 +583,7 @@ RAW_CODE_VERSION = "3"
 CLEANED_CODE_VERSION = "3"
 CURATED_CODE_VERSION = "3"
 SPLITS_CODE_VERSION = "2"
+PREFERENCES_CODE_VERSION = "1"  # defs/preferences.py
 OPENAI_MODEL = DEFAULT_OPENAI_FINE_TUNING_MODEL  # openai_fine_tuning.model's default
 
 
@@ -686,6 +760,71 @@ def splits_stage(curated_manifest: Any, out: Path) -> tuple[dict[str, Any], _Ste
     return info, steps
 
 
+def own_peak_kb() -> int:
+    """This process's own peak RSS in KB: ``VmHWM`` of /proc/self/status (its address space only).
+    ``ru_maxrss`` is not used here: Linux carries it over an exec, so a spawned process starts with
+    the RSS its parent had when it forked. Falls back to ``ru_maxrss`` where /proc is missing."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def preference_stage(args: tuple[dict[str, str], str]) -> dict[str, Any]:
+    """preference_dataset (defs/preferences.py), in a process of its own so its peak RSS is its
+    own: the stage service ``build_preference_dataset`` over every cleaned partition (kept and
+    filtered rows: ``read_cleaned_for_preferences``, then ``build_preferences``), split against the
+    SFT splits manifest the splits stage wrote, Parquet + TRL DPO / KTO + OpenAI JSONL written, and
+    its checks (no_leakage, no_pii_left, the OpenAI format of train and validation) as their own steps."""
+    cleaned_folders, out_dir = args
+    out = Path(out_dir)
+    w0, c0 = time.perf_counter(), time.process_time()
+    from dataclasses import asdict
+
+    from ft_pipeline.lib.manifests import SplitsManifest, read_manifest
+    from ft_pipeline.lib.preference_dataset import PreferenceDatasetConfig, build_preference_dataset
+
+    w1, c1 = time.perf_counter(), time.process_time()
+    rss_imports_kb = own_peak_kb()
+    splits = read_manifest(out / "splits", SplitsManifest)
+    assert splits is not None, "the splits stage wrote no manifest"
+    config = PreferenceDatasetConfig()
+    result = build_preference_dataset(
+        cleaned_folders,
+        splits,
+        out / "preferences",
+        config,
+        openai_model=OPENAI_MODEL,
+        code_version=PREFERENCES_CODE_VERSION,
+        settings=(asdict(config),),  # stand-in for PreferenceRunConfig().model_dump() (version hash only)
+    )
+    w2, c2 = time.perf_counter(), time.process_time()
+    build = result.build
+    assert build.counts_add_up, f"preferences: {build.conversations_accounted} accounted != {build.n_in} read"
+    return {
+        "n_in": build.n_in,
+        "partitions": len(result.partitions),
+        "imports_wall": w1 - w0,
+        "imports_cpu": c1 - c0,
+        "wall": w2 - w1,
+        "cpu": c2 - c1,
+        "steps": {"wall": dict(result.steps.wall), "cpu": dict(result.steps.cpu)},
+        "pairs": build.pair_counts,
+        "kto": build.kto_counts,
+        "dropped": build.dropped_counts,
+        "split_counts": result.split_counts,
+        "leakage": result.leakage,
+        "pii_found": result.pii_scan.found,
+        "openai_format_ok": {name: bool(getattr(r, "ok", False)) for name, r in result.formats.items()},
+        "rss_after_imports_kb": rss_imports_kb,
+        "maxrss_kb": own_peak_kb(),
+        "ru_maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    }
+
+
 def read_sample(curated_path: Path, size: int, seed: int):
     """``size`` random curated rows with their messages (for the difflib comparison), read batch
     by batch so the whole file is never in memory. Not part of the measured path."""
@@ -759,6 +898,89 @@ def difflib_comparison(sample, seed: int, budget_s: float) -> dict[str, Any]:
 # ============================================================================ reporting
 
 
+def print_preferences(pref: dict[str, Any], planted: Counter, e2e: float) -> None:
+    """The preference_dataset section: timings per step, peak RSS, and what the rules made."""
+    n_in = pref["n_in"]
+    print(f"\n== preference_dataset (own process, after the splits; {pref['partitions']} cleaned partitions) ==")
+    rows = [
+        ["imports (first use in the process)", None, pref["imports_wall"], None, pref["imports_cpu"], None],
+        [
+            "build_preference_dataset (checks included)",
+            n_in,
+            pref["wall"],
+            rate(n_in, pref["wall"]),
+            pref["cpu"],
+            rate(n_in, pref["cpu"]),
+        ],
+    ]
+    steps = pref["steps"]
+    for key, wall in steps["wall"].items():
+        cpu = steps["cpu"][key]
+        parts = key in ("read_cleaned", "build_preferences")
+        rows.append([f"  {key}", n_in if parts else None, wall, rate(n_in, wall) if parts else None, cpu, None])
+    rows.append(
+        [
+            "process (spawn + imports + stage)",
+            n_in,
+            pref["process_wall"],
+            rate(n_in, pref["process_wall"]),
+            pref["process_cpu"],
+            rate(n_in, pref["process_cpu"]),
+        ]
+    )
+    print(table(["step", "rows in", "wall s", "conv/s", "CPU s", "conv/s per CPU s"], rows))
+    print(
+        "rows in: the cleaned partitions' kept + filtered rows (read_cleaned = read_cleaned_for_preferences, "
+        f"build_preferences = the pair/KTO rules). Load average {pref['load_start']:.2f} at start, "
+        f"{pref['load_end']:.2f} at end."
+    )
+    print(
+        f"SFT path + preference_dataset: {e2e + pref['process_wall']:.1f} s elapsed "
+        f"({e2e:.1f} s end to end above + {pref['process_wall']:.1f} s)"
+    )
+    print(
+        f"peak RSS of the preference process: {gib(pref['maxrss_kb']):.2f} GB (VmHWM; after its imports "
+        f"{gib(pref['rss_after_imports_kb']):.2f} GB; its ru_maxrss {gib(pref['ru_maxrss_kb']):.2f} GB starts at "
+        "the parent's RSS when it was spawned)"
+    )
+    n_pairs = sum(pref["pairs"].values())
+    n_kto = sum(pref["kto"].values())
+    n_dropped = sum(pref["dropped"].values())
+    n_edit = pref["pairs"].get("edit", 0)
+    print(
+        table(
+            ["preference count", "n"],
+            [
+                ["conversations in", n_in],
+                ["DPO pairs", n_pairs],
+                *[[f"  {k}", v] for k, v in pref["pairs"].items()],
+                ["KTO examples", n_kto],
+                *[[f"  {k}", v] for k, v in pref["kto"].items()],
+                ["dropped", n_dropped],
+                *[[f"  {k}", v] for k, v in pref["dropped"].items()],
+            ],
+        )
+    )
+    print(
+        f"accounting: {n_in:,} = 2 x {n_pairs - n_edit:,} two-reply pairs + {n_edit:,} edit pairs + {n_kto:,} KTO + "
+        f"{n_dropped:,} dropped -> OK (asserted)"
+    )
+    print(
+        "planted signals: "
+        f"thumbs up {planted.get('thumbs_up', 0):,} / down {planted.get('thumbs_down', 0):,}; regenerated "
+        f"{planted.get('regenerated', 0):,} (accepted replies {planted.get('regeneration_accepted', 0):,}) / "
+        f"regeneration pairs {pref['pairs'].get('regeneration', 0):,}; edited with original_content "
+        f"{planted.get('edited_with_original', 0):,} / edit pairs {n_edit:,} "
+        "(broken JSON lines, contradicting ratings and planted duplicates take some)"
+    )
+    print(
+        "splits (pairs / KTO): "
+        + ", ".join(f"{k} {v['pairs']:,} / {v['kto']:,}" for k, v in pref["split_counts"].items())
+        + f"; leakage {pref['leakage'] or 'none'}; PII found {pref['pii_found'] or 'none'}; "
+        f"OpenAI format ok {pref['openai_format_ok']}"
+    )
+
+
 def gib(kb: float) -> float:
     return kb / (1024 * 1024)
 
@@ -816,6 +1038,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
     parser.add_argument("--skip-difflib", action="store_true", help="skip the difflib leakage-check comparison")
     parser.add_argument(
+        "--skip-preferences", action="store_true", help="skip the preference_dataset stage (measured after splits)"
+    )
+    parser.add_argument(
         "--difflib-budget", type=float, default=30.0, help="seconds spent timing difflib pairs (default 30)"
     )
     parser.add_argument(
@@ -840,7 +1065,7 @@ def main(argv: list[str] | None = None) -> int:
     if not temp and out.exists() and any(out.iterdir()):
         print(f"--out {out} is not empty; give an empty or new folder", file=sys.stderr)
         return 2
-    for sub in ("raw", "parsed", "quarantine", "cleaned", "curated", "splits"):
+    for sub in ("raw", "parsed", "quarantine", "cleaned", "curated", "splits", "preferences"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     load_start = os.getloadavg()
     print(f"bench_dataset: n={n:,} files={args.files} workers={args.workers} seed={args.seed} out={out}")
@@ -902,6 +1127,14 @@ def run(args: argparse.Namespace, out: Path, load_start: tuple[float, float, flo
     rss_children_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     worker_rss_kb = max(r["maxrss_kb"] for r in per_file)
     peak_kb = max(rss_self_kb, rss_children_kb)
+    # preference_dataset: after the figures above are taken (it is not part of END TO END, whose
+    # target is the SFT path), in its own process; it reuses the cleaned partitions and the splits manifest.
+    pref = None
+    if not args.skip_preferences:
+        pref_load_start = os.getloadavg()[0]
+        (pref,), pref_process_wall, pref_process_cpu = run_pool(preference_stage, [(cleaned_folders, str(out))], 1)
+        pref.update(process_wall=pref_process_wall, process_cpu=pref_process_cpu, load_start=pref_load_start)
+        pref["load_end"] = os.getloadavg()[0]
     # Outside the measured path: a sample with messages for the difflib comparison.
     sample = None if args.skip_difflib else read_sample(curation.output_path, args.difflib_sample, args.seed)
 
@@ -1053,7 +1286,8 @@ def run(args: argparse.Namespace, out: Path, load_start: tuple[float, float, flo
         f"{filters.get('duplicate_in_file', 0):,}; "
         f"near {planted['near']:,} / near_duplicate {removed.get('near_duplicate', 0):,}; "
         f"prefix {planted['prefix']:,} / prefix_duplicate {removed.get('prefix_duplicate', 0):,}; "
-        f"branch {planted['branch']:,} / branch_duplicate {removed.get('branch_duplicate', 0):,} "
+        f"branch {planted['branch']:,} + accepted regenerations {planted.get('regeneration_accepted', 0):,} / "
+        f"branch_duplicate {removed.get('branch_duplicate', 0):,} "
         "(a planted pair where cleaning filtered either copy is not a duplicate any more)"
     )
     print(f"PII scrubbed in kept rows: {dict(sorted(pii.items()))}")
@@ -1070,6 +1304,9 @@ def run(args: argparse.Namespace, out: Path, load_start: tuple[float, float, flo
         print(f"OpenAI format, {name}: " + "; ".join(problems))
     for failure in split_info["size_failures"]:
         print(f"minimum sizes: {failure}")
+
+    if pref is not None:
+        print_preferences(pref, planted, e2e)
 
     # ---- 4. targets
     e2e_rate = n / e2e
@@ -1131,6 +1368,8 @@ def run(args: argparse.Namespace, out: Path, load_start: tuple[float, float, flo
         },
         "leakage": leak,
     }
+    if pref is not None:
+        results["preferences"] = pref
 
     print("\n== Targets ==")
     at_scale = n >= TARGET_RATE_AT
