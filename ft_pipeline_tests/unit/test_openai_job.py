@@ -802,3 +802,17 @@ def test_stop_requested_during_upload_creates_no_job(fake, client, data):
     with pytest.raises(FineTuneCancelled, match="before a fine-tuning job was created"):
         run_fine_tune(client, *data, "stop-after-upload", should_stop=should_stop, **NO_SLEEP)
     assert len(fake.files) == 2 and fake.jobs == {}
+
+
+def test_sft_run_keys_do_not_change_with_the_preference_settings():
+    """Keys of SFT jobs made before ``method``/``dpo_beta`` existed still find their jobs."""
+    from ft_pipeline.lib.manifests import SplitsManifest
+    from ft_pipeline.lib.storage import content_version
+    from ft_pipeline.lib.training.fine_tune import openai_run_key
+
+    splits = SplitsManifest(version="v1", curated_version="c1", paths={})
+    sft = OpenAIFineTuneConfig(model="gpt-4o-mini-2024-07-18")
+    before = {k: v for k, v in sft.__dict__.items() if k not in ("method", "dpo_beta")}
+    assert openai_run_key(splits, sft) == content_version("openai", "v1", before)
+    dpo = OpenAIFineTuneConfig(model="gpt-4o-mini-2024-07-18", method="dpo")
+    assert openai_run_key(splits, dpo) != openai_run_key(splits, sft)

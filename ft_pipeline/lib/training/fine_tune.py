@@ -88,8 +88,15 @@ def record_local_run(
 
 
 def openai_run_key(splits: SplitsManifest, config: OpenAIFineTuneConfig) -> str:
-    """The OpenAI job's idempotency key: a rerun with the same data and settings re-attaches."""
-    return content_version("openai", splits.version, config.__dict__)
+    """The OpenAI job's idempotency key: a rerun with the same data and settings re-attaches.
+
+    An SFT job's key leaves out the preference settings (``method``, ``dpo_beta``), so keys made
+    before they existed still find their running jobs after an upgrade."""
+    settings = dict(config.__dict__)
+    if settings.get("method", "sft") == "sft":
+        settings.pop("method", None)
+        settings.pop("dpo_beta", None)
+    return content_version("openai", splits.version, settings)
 
 
 def fine_tune_openai(
