@@ -262,7 +262,11 @@ def _train_local(
             if name not in _HEADLINE_METRICS
         }
     )
-    metadata["settings"] = key_value_table(record.config, key="setting")
+    # Long values (a target_modules regex) shortened: one unbreakable string widens the whole
+    # metadata pane; the full settings are in the model record and the model card.
+    metadata["settings"] = key_value_table(
+        {name: _shortened(value) for name, value in record.config.items()}, key="setting"
+    )
     metadata.update(
         {
             "config_hash": record.config_hash,
@@ -274,6 +278,11 @@ def _train_local(
         }
     )
     return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(record.version))
+
+
+def _shortened(value: Any, max_chars: int = 48) -> Any:
+    text = str(value)
+    return value if len(text) <= max_chars else text[: max_chars - 1] + "…"
 
 
 def _loss_chart(train: Sequence[Point], validation: Sequence[Point]) -> dict[str, dg.MetadataValue]:
