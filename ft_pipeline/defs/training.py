@@ -21,8 +21,14 @@ from ft_pipeline.defs.metadata import (
 )
 from ft_pipeline.defs.resources import OpenAIFineTuningResource, PipelineStorage
 from ft_pipeline.lib.inline_charts import Point, loss_sparkline_svg, series
-from ft_pipeline.lib.manifests import SplitsManifest
-from ft_pipeline.lib.training.fine_tune import fine_tune_openai, prepare_local_run, read_splits, record_local_run
+from ft_pipeline.lib.manifests import PreferenceManifest, SplitsManifest, read_manifest
+from ft_pipeline.lib.training.fine_tune import (
+    NoPreferenceData,
+    fine_tune_openai,
+    prepare_local_run,
+    read_splits,
+    record_local_run,
+)
 from ft_pipeline.lib.training.lora import LoraTrainingConfig
 from ft_pipeline.lib.training.openai_job import FineTuneError, OpenAIFineTuneConfig, cancel_job
 from ft_pipeline.lib.training.record import DEFAULT_BACKEND
@@ -118,7 +124,15 @@ class FineTuneRunConfig(dg.Config):
     merge_full_model: bool = Field(
         default=_LORA.merge_full_model, description="Also save the adapter merged into the base weights."
     )
+    method: Literal["sft", "dpo"] = Field(
+        default="sft",
+        description="sft: supervised on the SFT splits. dpo: Direct Preference Optimization on preference_dataset's "
+        "pairs (backend openai only for now; local DPO/KTO training is not available yet).",
+    )
     # openai (the base model is the openai_fine_tuning resource's ``model``: one setting with the splits' check)
+    openai_dpo_beta: str = Field(
+        default=str(_OPENAI.dpo_beta), description="DPO only: 'auto' or a number > 0 (how far from the base)."
+    )
     openai_n_epochs: str = Field(default=str(_OPENAI.n_epochs), description="'auto' or an integer.")
     openai_batch_size: str = Field(default=str(_OPENAI.batch_size), description="'auto' or an integer.")
     openai_learning_rate_multiplier: str = Field(
@@ -168,6 +182,8 @@ class FineTuneRunConfig(dg.Config):
             batch_size=auto_or(self.openai_batch_size, int),
             learning_rate_multiplier=auto_or(self.openai_learning_rate_multiplier, float),
             suffix=self.openai_suffix,
+            method=self.method,
+            dpo_beta=auto_or(self.openai_dpo_beta, float),
             seed=self.seed,
             poll_interval_s=self.openai_poll_interval_s,
             max_poll_interval_s=self.openai_max_poll_interval_s,
@@ -214,6 +230,11 @@ def fine_tuned_model(
     the remaining training figures as tables; the full-size loss plot opens with one click."""
     splits = _splits(storage)
     if config.backend == "local_lora":
+        if config.method != "sft":
+            raise dg.Failure(
+                description=f"method {config.method!r} is not available with backend local_lora yet: use method sft, "
+                "or backend openai for DPO"
+            )
         return _train_local(context, config, storage, local_trainer, splits)
     return _train_openai(context, config, storage, openai_fine_tuning, splits)
 
@@ -312,7 +333,10 @@ def _train_openai(
             on_log=context.log.info,
             on_metrics=metrics.append,
             on_job=job_ids.append,
+            preferences=read_manifest(storage.folder("preferences"), PreferenceManifest),
         )
+    except NoPreferenceData as err:
+        raise dg.Failure(description=str(err)) from None
     except FineTuneError as err:
         raise dg.Failure(
             description=f"OpenAI fine-tuning job failed: {err}", metadata={"job_id": job_ids[-1] if job_ids else ""}
@@ -326,8 +350,10 @@ def _train_openai(
     final = metrics[-1] if metrics else {}
     metadata: dict[str, Any] = {
         "backend": "openai",
+        "method": config.method,
         "base_model": record.base_model,
-        "train_split_version": record.data_version,
+        # The version of what the job trained on: the SFT splits, or preference_dataset for dpo.
+        "train_split_version" if config.method == "sft" else "preference_version": record.data_version,
         "fine_tuned_model": result.fine_tuned_model or "",
         "job_id": result.job_id,
         "reattached": result.reattached,

@@ -107,10 +107,9 @@ def _signal_records() -> list[dict]:
     ]
 
 
-@pytest.fixture
-def built(instance, resources, data_dir):
+def _build(instance, resources, data_dir, records):
     with open(data_dir / "raw" / SIGNALS, "w", encoding="utf-8") as f:
-        for record in _signal_records():
+        for record in records:
             f.write(json.dumps(record) + "\n")
     names = sorted(p.name for p in (data_dir / "raw").iterdir())
     instance.add_dynamic_partitions(log_files_partitions.name, names)
@@ -127,6 +126,11 @@ def built(instance, resources, data_dir):
         c.check_name: c for c in result.get_asset_check_evaluations() if c.asset_key.path == ["preference_dataset"]
     }
     return event, checks, data_dir
+
+
+@pytest.fixture
+def built(instance, resources, data_dir):
+    return _build(instance, resources, data_dir, _signal_records())
 
 
 def test_preference_dataset_on_the_sample_with_every_signal(built):
@@ -177,3 +181,71 @@ def test_preference_jsonl_loads_as_trl_expects(built):
         json.loads(line) for p in sorted(folder.glob("*.openai.jsonl")) for line in p.read_text().splitlines()
     ]
     assert openai_lines and set(openai_lines[0]) == {"input", "preferred_output", "non_preferred_output"}
+
+
+_PRODUCTS = ["Lamp", "Cam", "Plug", "Hub", "Thermostat", "Doorbell", "Sensor", "Speaker"]
+_TOPICS = ["firmware update", "night mode", "guest access", "energy report", "schedule", "battery saver"]
+
+
+def _regeneration_pairs(n: int) -> list[dict]:
+    """``n`` prompts, each answered twice: a reply the user regenerated away from, then the accepted one."""
+    records = []
+    for i in range(n):
+        product, topic = _PRODUCTS[i % len(_PRODUCTS)], _TOPICS[(i // len(_PRODUCTS)) % len(_TOPICS)]
+        question = f"How do I turn on the {topic} of my Nimbus {product} number {i} from the app?"
+        records.append(
+            _conversation(
+                f"regen-{i}-a", f"user-regen-{i}", question, "I do not know, try again later.", regenerated=True
+            )
+        )
+        records.append(
+            _conversation(
+                f"regen-{i}-b",
+                f"user-regen-{i}",
+                question,
+                f"Open Devices > Nimbus {product} > Settings and switch on {topic.title()}; it takes effect at once.",
+            )
+        )
+    return records
+
+
+def test_a_dpo_job_from_the_preference_pairs_against_the_fake(instance, data_dir, monkeypatch):
+    """fine_tuned_model with method dpo trains a hosted DPO job on preference_dataset's pairs through the
+    real openai client, re-attaches on a second run, and local DPO says clearly that it is not there yet."""
+    from ft_pipeline.defs.resources import OpenAIFineTuningResource
+    from ft_pipeline_tests.conftest import resources_for
+    from ft_pipeline_tests.fakes.openai_server import FakeOpenAI
+
+    resources = resources_for(data_dir)
+    event, checks, _ = _build(instance, resources, data_dir, _regeneration_pairs(30))
+    assert all(c.passed for c in checks.values()), {n: c.description for n, c in checks.items()}
+    preference_version = event.materialization.tags["dagster/data_version"]
+    monkeypatch.setenv("FT_TEST_OPENAI_KEY", "sk-test-dpo-0123456789")
+    dpo = {"backend": "openai", "method": "dpo", "openai_poll_interval_s": 0.01, "openai_max_poll_interval_s": 0.02}
+    with FakeOpenAI() as fake:
+        openai_resource = OpenAIFineTuningResource(api_key_env="FT_TEST_OPENAI_KEY", base_url=fake.base_url)
+
+        def train(config):
+            return dg.materialize(
+                ALL_ASSETS,
+                selection=["fine_tuned_model"],
+                instance=instance,
+                resources={**resources, "openai_fine_tuning": openai_resource},
+                run_config={"ops": {"fine_tuned_model": {"config": config}}},
+                raise_on_error=False,
+            )
+
+        result = train(dpo)
+        assert result.success
+        metadata = result.get_asset_materialization_events()[0].materialization.metadata
+        assert metadata["method"].value == "dpo" and metadata["preference_version"].value == preference_version
+        assert len(fake.jobs) == 1
+        (job,) = fake.jobs.values()
+        assert job["method"]["type"] == "dpo"
+        again = train(dpo)
+        assert again.success and len(fake.jobs) == 1
+        assert again.get_asset_materialization_events()[0].materialization.metadata["reattached"].value is True
+        local = train({"backend": "local_lora", "method": "dpo"})
+        assert not local.success
+        error = local.get_step_failure_events()[0].step_failure_data.error
+        assert "not available with backend local_lora yet" in str(error.to_string())

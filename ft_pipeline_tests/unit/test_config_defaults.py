@@ -48,7 +48,7 @@ def _empty_for_none(value: Any) -> Any:
     return "" if value is None else value
 
 
-_AUTO_OR_NUMBER = ("n_epochs", "batch_size", "learning_rate_multiplier")
+_AUTO_OR_NUMBER = ("n_epochs", "batch_size", "learning_rate_multiplier", "dpo_beta")
 
 #: class name -> SOURCES (lib objects, searched in order by field name), RENAMED (field ->
 #: (lib object, attribute[, how the Config spells the value])), NO_LIB (field -> why).
@@ -73,6 +73,8 @@ TABLE: dict[str, dict[str, Any]] = {
         "SOURCES": [LoraTrainingConfig()],
         "RENAMED": {
             "backend": (None, DEFAULT_BACKEND),
+            # The training objective; the lib's is the OpenAI job's (local training is SFT only for now).
+            "method": (OpenAIFineTuneConfig(), "method"),
             # 'auto' or a number, typed as text in the Launchpad.
             **{f"openai_{name}": (OpenAIFineTuneConfig(), name, _str) for name in _AUTO_OR_NUMBER},
             **{

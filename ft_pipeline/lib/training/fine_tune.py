@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ft_pipeline.lib.manifests import SplitsManifest, read_manifest
+from ft_pipeline.lib.manifests import PreferenceManifest, SplitsManifest, read_manifest
 from ft_pipeline.lib.storage import content_version, portable_path
 from ft_pipeline.lib.training.lora import LoraTrainingConfig, run_key
 from ft_pipeline.lib.training.openai_job import OpenAIFineTuneConfig, OpenAIFineTuneResult, run_fine_tune
 from ft_pipeline.lib.training.record import ModelRecord, record_path, write_model_record
 
-__all__ = ["LocalRun", "fine_tune_openai", "prepare_local_run", "read_splits", "record_local_run"]
+__all__ = ["LocalRun", "NoPreferenceData", "fine_tune_openai", "prepare_local_run", "read_splits", "record_local_run"]
 
 
 def read_splits(splits_folder: str | os.PathLike) -> SplitsManifest | None:
@@ -87,8 +87,10 @@ def record_local_run(
     return record, write_model_record(models_folder, record)
 
 
-def openai_run_key(splits: SplitsManifest, config: OpenAIFineTuneConfig) -> str:
+def openai_run_key(splits: SplitsManifest, config: OpenAIFineTuneConfig, data_version: str | None = None) -> str:
     """The OpenAI job's idempotency key: a rerun with the same data and settings re-attaches.
+    ``data_version``: the data the job trains on when it is not the SFT splits (a DPO job's
+    preference data).
 
     An SFT job's key leaves out the preference settings (``method``, ``dpo_beta``), so keys made
     before they existed still find their running jobs after an upgrade."""
@@ -96,7 +98,11 @@ def openai_run_key(splits: SplitsManifest, config: OpenAIFineTuneConfig) -> str:
     if settings.get("method", "sft") == "sft":
         settings.pop("method", None)
         settings.pop("dpo_beta", None)
-    return content_version("openai", splits.version, settings)
+    return content_version("openai", data_version or splits.version, settings)
+
+
+class NoPreferenceData(ValueError):
+    """A DPO job was asked for, but there are no preference pairs to train on."""
 
 
 def fine_tune_openai(
@@ -108,14 +114,31 @@ def fine_tune_openai(
     on_log: Callable[[str], None],
     on_metrics: Callable[[dict], None],
     on_job: Callable[[str], None],
+    preferences: PreferenceManifest | None = None,
 ) -> tuple[ModelRecord, OpenAIFineTuneResult, Path]:
     """Run (or re-attach to) the OpenAI fine-tuning job of these splits and settings and write its
-    record. Raises what :func:`run_fine_tune` raises (``FineTuneError`` and its kinds)."""
-    key = openai_run_key(splits, config)
+    record. ``config.method == "dpo"`` trains on ``preferences`` (the OpenAI preference JSONL of its
+    train and validation splits) instead of the SFT splits. Raises what :func:`run_fine_tune`
+    raises (``FineTuneError`` and its kinds), and :class:`NoPreferenceData` for a DPO job without
+    pairs."""
+    if config.method == "dpo":
+        if preferences is None:
+            raise NoPreferenceData("a DPO job needs preference_dataset: materialize it first")
+        train = Path(preferences.paths["train"]["openai"])
+        validation: Path | None = Path(preferences.paths["validation"]["openai"])
+        if not train.exists() or not train.stat().st_size:
+            raise NoPreferenceData(f"{train} holds no preference pairs: the logs gave none for training")
+        if validation is not None and (not validation.exists() or not validation.stat().st_size):
+            validation = None
+        data_version, split_paths = preferences.version, preferences.paths
+    else:
+        train, validation = Path(splits.jsonl("train")), Path(splits.jsonl("validation"))
+        data_version, split_paths = splits.version, splits.paths
+    key = openai_run_key(splits, config, data_version)
     result = run_fine_tune(
         client,
-        Path(splits.jsonl("train")),
-        Path(splits.jsonl("validation")),
+        train,
+        validation,
         key,
         config,
         on_log=on_log,
@@ -128,8 +151,8 @@ def fine_tune_openai(
         backend="openai",
         run_key=key,
         base_model=config.model,
-        data_version=splits.version,
-        split_paths=splits.paths,
+        data_version=data_version,
+        split_paths=split_paths,
         config=dict(config.__dict__),
         config_hash=content_version(config.__dict__),
         metrics=result.result_metrics or {},
