@@ -7,6 +7,7 @@ from ft_pipeline.defs.metadata import (
     ASSET_OWNERS,
     CONVERSATION_DATA_TAGS,
     column_schema,
+    counts_check,
     counts_table,
     data_path,
     sample_rows,
@@ -163,18 +164,13 @@ def cleaned_conversations(
 
 
 def _counts_check(result: CleanPartitionResult) -> dg.AssetCheckResult:
-    figures = (
+    return counts_check(
+        result.counts_add_up,
         f"{result.n_in} conversations in ({result.n_parsed} in the parsed file), "
-        f"{result.stored_kept} kept + {result.stored_filtered} filtered"
-    )
-    return dg.AssetCheckResult(
-        check_name="counts_add_up",
-        passed=result.counts_add_up,
-        severity=dg.AssetCheckSeverity.ERROR,
-        description=f"{figures}: every conversation accounted for"
-        if result.counts_add_up
-        else f"{figures}: the counts differ, conversations were lost",
-        metadata={
+        f"{result.stored_kept} kept + {result.stored_filtered} filtered",
+        accounted="every conversation accounted for",
+        lost="the counts differ, conversations were lost",
+        numbers={
             "conversations_in": result.n_in,
             "parsed": result.n_parsed,
             "kept": result.stored_kept,

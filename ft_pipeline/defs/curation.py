@@ -9,14 +9,13 @@ from ft_pipeline.defs.metadata import (
     column_schema,
     counts_table,
     data_path,
+    pii_check,
     sample_rows,
-    table,
 )
 from ft_pipeline.defs.partitions import log_files_partitions
 from ft_pipeline.defs.resources import PiiPolicy, PipelineStorage
-from ft_pipeline.lib.curation import DEFAULT_CURATION_CONFIG, CurationConfig, NothingToCurate, PiiScan, curate
+from ft_pipeline.lib.curation import DEFAULT_CURATION_CONFIG, CurationConfig, NothingToCurate, curate
 from ft_pipeline.lib.dedup import DedupConfig
-from ft_pipeline.lib.pii import PERSON, PII_TYPES, PiiConfig
 from ft_pipeline.lib.storage import legacy_partition_folders, safe_name
 from ft_pipeline.lib.tokens import TokenCounterConfig
 
@@ -138,7 +137,7 @@ def curated_dataset(
         # The folder's name: curated/<version>/conversations.parquet.
         data_version=dg.DataVersion(curated.version),
         check_results=[
-            _pii_check(curated.pii_scan, pii_policy.pii_config()),
+            pii_check(curated.pii_scan, pii_policy.pii_config()),
             _duplicates_check(curated.duplicates_left, result.n_kept),
         ],
     )
@@ -156,24 +155,6 @@ def _warn_missing(context: dg.AssetExecutionContext, storage: PipelineStorage, m
             f"{len(legacy)} of them have data under the old folder naming (two file names could share a folder), "
             f"which is not read: materialize ingest_log_file for them again (`ft-pipeline run` does): {legacy[:10]}"
         )
-
-
-def _pii_check(scan: PiiScan, pii: PiiConfig) -> dg.AssetCheckResult:
-    kinds = [*PII_TYPES, *(p.name for p in pii.custom_patterns), *([PERSON] if pii.person_names_model else [])]
-    return dg.AssetCheckResult(
-        check_name="no_pii_left",
-        passed=scan.total == 0,
-        severity=dg.AssetCheckSeverity.ERROR,
-        description="no PII found by a fresh scan"
-        if scan.total == 0
-        else f"{scan.total} PII matches left: {scan.found}",
-        metadata={
-            "pii_left": counts_table({t: scan.found.get(t, 0) for t in kinds}),
-            "examples": table(
-                scan.examples, [dg.TableColumn("conversation_id", "string"), dg.TableColumn("type", "string")]
-            ),
-        },
-    )
 
 
 def _duplicates_check(left: dict[str, int], n_kept: int) -> dg.AssetCheckResult:

@@ -18,7 +18,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from ft_pipeline.lib.column_docs import COLUMN_DESCRIPTIONS
-from ft_pipeline.lib.pii import DEFAULT_PII_CONFIG, PiiConfig, scrub_pii
+from ft_pipeline.lib.curation import PiiScan
+from ft_pipeline.lib.pii import DEFAULT_PII_CONFIG, PERSON, PII_TYPES, PiiConfig, scrub_pii
 from ft_pipeline.lib.storage import portable_path
 
 #: Owners of every asset (Dagster shows them in the catalog and on each asset's page).
@@ -179,3 +180,37 @@ def png_markdown(path: str | Path, title: str) -> dg.MetadataValue:
     it opens with one click)."""
     encoded = base64.b64encode(Path(path).read_bytes()).decode("ascii")
     return dg.MetadataValue.md(f"![{title}](data:image/png;base64,{encoded})")
+
+
+def pii_check(scan: PiiScan, pii: PiiConfig) -> dg.AssetCheckResult:
+    """``no_pii_left``: a fresh scan's matches per kind (every kind the policy detects, zeros
+    included) and the first few places (ids and kinds only, never the matched text)."""
+    kinds = [*PII_TYPES, *(p.name for p in pii.custom_patterns), *([PERSON] if pii.person_names_model else [])]
+    return dg.AssetCheckResult(
+        check_name="no_pii_left",
+        passed=scan.total == 0,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description="no PII found by a fresh scan"
+        if scan.total == 0
+        else f"{scan.total} PII matches left: {scan.found}",
+        metadata={
+            "pii_left": counts_table({t: scan.found.get(t, 0) for t in kinds}),
+            "examples": table(
+                scan.examples, [dg.TableColumn("conversation_id", "string"), dg.TableColumn("type", "string")]
+            ),
+        },
+    )
+
+
+def counts_check(
+    passed: bool, figures: str, *, accounted: str, lost: str, numbers: Mapping[str, int]
+) -> dg.AssetCheckResult:
+    """``counts_add_up``: what came in and where it went, in one line (``figures``), then
+    ``accounted`` or ``lost``; the numbers as metadata."""
+    return dg.AssetCheckResult(
+        check_name="counts_add_up",
+        passed=passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=f"{figures}: {accounted if passed else lost}",
+        metadata=dict(numbers),
+    )

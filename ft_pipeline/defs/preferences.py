@@ -11,17 +11,17 @@ from ft_pipeline.defs.metadata import (
     ASSET_OWNERS,
     CONVERSATION_DATA_TAGS,
     column_schema,
+    counts_check,
     counts_table,
     data_path,
+    pii_check,
     table,
 )
 from ft_pipeline.defs.partitions import log_files_partitions
 from ft_pipeline.defs.resources import OpenAIFineTuningResource, PiiPolicy, PipelineStorage
 from ft_pipeline.lib.manifests import SplitsManifest, read_manifest
-from ft_pipeline.lib.pii import PERSON, PII_TYPES, PiiConfig
 from ft_pipeline.lib.preference_dataset import (
     EXCLUDED,
-    PiiFound,
     PreferenceDatasetConfig,
     PreferenceDatasetResult,
     build_preference_dataset,
@@ -182,7 +182,7 @@ def preference_dataset(
         # The folder's name: preferences/<version>/.
         data_version=dg.DataVersion(result.version),
         check_results=[
-            _pii_check(result.pii_scan, pii),
+            pii_check(result.pii_scan, pii),
             _leakage_check(result.leakage, result.split_counts),
             _counts_check(result),
             _format_check(result),
@@ -198,20 +198,6 @@ def _split_table(split_counts: Mapping[str, Mapping[str, int]]) -> dg.MetadataVa
             dg.TableColumn("pairs", "int"),
             dg.TableColumn("kto", "int"),
         ],
-    )
-
-
-def _pii_check(scan: PiiFound, pii: PiiConfig) -> dg.AssetCheckResult:
-    kinds = [*PII_TYPES, *(p.name for p in pii.custom_patterns), *([PERSON] if pii.person_names_model else [])]
-    return dg.AssetCheckResult(
-        check_name="no_pii_left",
-        passed=scan.total == 0,
-        severity=dg.AssetCheckSeverity.ERROR,
-        description="no PII found by a fresh scan" if scan.total == 0 else f"{scan.total} PII matches left",
-        metadata={
-            "pii_left": counts_table({t: scan.found.get(t, 0) for t in kinds}),
-            "examples": table(scan.examples, [dg.TableColumn("id", "string"), dg.TableColumn("type", "string")]),
-        },
     )
 
 
@@ -235,16 +221,13 @@ def _leakage_check(leakage: Mapping[str, int], split_counts: Mapping[str, Mappin
 def _counts_check(result: PreferenceDatasetResult) -> dg.AssetCheckResult:
     build = result.build
     accounted = build.conversations_accounted
-    figures = (
+    return counts_check(
+        accounted == build.n_in,
         f"{build.n_in} conversations in: {len(build.pairs)} pairs, {len(build.kto)} KTO examples, "
-        f"{len(build.dropped)} dropped ({accounted} accounted for)"
-    )
-    return dg.AssetCheckResult(
-        check_name="counts_add_up",
-        passed=accounted == build.n_in,
-        severity=dg.AssetCheckSeverity.ERROR,
-        description=figures,
-        metadata={"conversations_in": build.n_in, "accounted_for": accounted},
+        f"{len(build.dropped)} dropped ({accounted} accounted for)",
+        accounted="every conversation in exactly one place",
+        lost=f"{build.n_in - accounted} conversations unaccounted for",
+        numbers={"conversations_in": build.n_in, "accounted_for": accounted},
     )
 
 

@@ -7,6 +7,7 @@ from ft_pipeline.defs.metadata import (
     ASSET_OWNERS,
     CONVERSATION_DATA_TAGS,
     column_schema,
+    counts_check,
     counts_table,
     data_path,
     quarantine_sample,
@@ -134,15 +135,12 @@ def raw_conversation_logs(
 
 
 def _counts_check(result: IngestResult) -> dg.AssetCheckResult:
-    figures = f"{result.n_records} records in, {result.stored_parsed} parsed + {result.stored_quarantined} quarantined"
-    return dg.AssetCheckResult(
-        check_name="counts_add_up",
-        passed=result.counts_add_up,
-        severity=dg.AssetCheckSeverity.ERROR,
-        description=f"{figures}: every record accounted for"
-        if result.counts_add_up
-        else f"{figures}: {result.n_records - result.stored_parsed - result.stored_quarantined} records lost",
-        metadata={
+    return counts_check(
+        result.counts_add_up,
+        f"{result.n_records} records in, {result.stored_parsed} parsed + {result.stored_quarantined} quarantined",
+        accounted="every record accounted for",
+        lost=f"{result.n_records - result.stored_parsed - result.stored_quarantined} records lost",
+        numbers={
             "records_in": result.n_records,
             "parsed": result.stored_parsed,
             "quarantined": result.stored_quarantined,

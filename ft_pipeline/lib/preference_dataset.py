@@ -32,6 +32,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import xxhash
 
+from ft_pipeline.lib.curation import PiiScan
 from ft_pipeline.lib.manifests import CleanedManifest, PreferenceManifest, SplitsManifest, read_manifest, write_manifest
 from ft_pipeline.lib.openai_format import DEFAULT_OPENAI_FINE_TUNING_MODEL
 from ft_pipeline.lib.pii import DEFAULT_PII_CONFIG, PiiConfig, find_pii, may_contain_pii
@@ -154,27 +155,16 @@ def preference_leakage(frames: Mapping[str, pd.DataFrame], index: SftSplitIndex)
     return dict(leaked)
 
 
-@dataclass
-class PiiFound:
-    """What a fresh scan found: matches per type and the first few (example id and type only)."""
-
-    found: dict[str, int]
-    examples: list[dict[str, str]]
-
-    @property
-    def total(self) -> int:
-        return sum(self.found.values())
-
-
 def scan_preferences_for_pii(
     pairs: pd.DataFrame, kto: pd.DataFrame, pii: PiiConfig = DEFAULT_PII_CONFIG, max_examples: int = 5
-) -> PiiFound:
-    """Every text of the pairs and KTO examples (prompt turns, replies, ids, tags) through ``pii``."""
+) -> PiiScan:
+    """Every text of the pairs and KTO examples (prompt turns, replies, ids, tags) through ``pii``;
+    the places found are named by conversation id (a pair's: the chosen reply's)."""
     found: Counter[str] = Counter()
     examples: list[dict[str, str]] = []
     for frame, id_column, reply_columns in (
-        (pairs, "pair_id", ("chosen", "rejected", "chosen_conversation_id", "rejected_conversation_id")),
-        (kto, "example_id", ("completion", "conversation_id")),
+        (pairs, "chosen_conversation_id", ("chosen", "rejected", "chosen_conversation_id", "rejected_conversation_id")),
+        (kto, "conversation_id", ("completion", "conversation_id")),
     ):
         for row in frame.to_dict("records"):
             texts = [m["content"] for m in row["prompt"]] + [str(row.get(c) or "") for c in reply_columns]
@@ -186,8 +176,8 @@ def scan_preferences_for_pii(
                 for match in find_pii(text, pii):
                     found[match.type] += 1
                     if len(examples) < max_examples:
-                        examples.append({"id": str(row[id_column]), "type": match.type})
-    return PiiFound(dict(found), examples)
+                        examples.append({"conversation_id": str(row[id_column]), "type": match.type})
+    return PiiScan(dict(found), examples)
 
 
 @dataclass
@@ -202,7 +192,7 @@ class PreferenceDatasetResult:
     split_counts: dict[str, dict[str, int]]
     """Split (train, validation, test, excluded) -> {"pairs": n, "kto": n}."""
     leakage: dict[str, int]
-    pii_scan: PiiFound
+    pii_scan: PiiScan
     formats: dict[str, Any]
     """``train`` and ``validation`` OpenAI preference JSONL -> the validator's report."""
     steps: StepTimes
