@@ -124,10 +124,15 @@ class FineTuneRunConfig(dg.Config):
     merge_full_model: bool = Field(
         default=_LORA.merge_full_model, description="Also save the adapter merged into the base weights."
     )
-    method: Literal["sft", "dpo"] = Field(
+    method: Literal["sft", "dpo", "kto"] = Field(
         default="sft",
         description="sft: supervised on the SFT splits. dpo: Direct Preference Optimization on preference_dataset's "
-        "pairs (backend openai only for now; local DPO/KTO training is not available yet).",
+        "pairs (local_lora: TRL DPOTrainer; openai: a DPO job). kto: TRL KTOTrainer on preference_dataset's "
+        "labelled single replies (local_lora only).",
+    )
+    dpo_beta: float = Field(
+        default=_LORA.dpo_beta,
+        description="local_lora dpo/kto: how strongly the model is kept near the base (TRL beta; higher = closer).",
     )
     # openai (the base model is the openai_fine_tuning resource's ``model``: one setting with the splits' check)
     openai_dpo_beta: str = Field(
@@ -168,6 +173,8 @@ class FineTuneRunConfig(dg.Config):
             early_stopping_patience=self.early_stopping_patience,
             seed=self.seed,
             merge_full_model=self.merge_full_model,
+            method=self.method,
+            dpo_beta=self.dpo_beta,
         )
 
     def openai(self, model: str) -> OpenAIFineTuneConfig:
@@ -219,7 +226,9 @@ def fine_tuned_model(
 ) -> dg.MaterializeResult:
     """The fine-tuned model and its lineage. ``local_lora`` (default): TRL SFT with PEFT LoRA
     (QLoRA 4-bit on CUDA) in its own process through Dagster Pipes, assistant-only loss, packing,
-    early stopping on validation loss, checkpoints per run key (a retry resumes). ``openai``: an
+    early stopping on validation loss, checkpoints per run key (a retry resumes); with method
+    ``dpo``/``kto`` TRL's DPOTrainer/KTOTrainer on preference_dataset's JSONL instead, same
+    process, checkpoints and adapter, rewards/* streamed to the log. ``openai``: an
     idempotent OpenAI fine-tuning job (re-attached by run key), polled with backoff, events
     streamed into the log. Writes ``models/<run_key>/model.json`` (a ModelRecord, also
     ``models/latest.json``) describing how to load or call it.
@@ -230,12 +239,9 @@ def fine_tuned_model(
     the remaining training figures as tables; the full-size loss plot opens with one click."""
     splits = _splits(storage)
     if config.backend == "local_lora":
-        if config.method != "sft":
-            raise dg.Failure(
-                description=f"method {config.method!r} is not available with backend local_lora yet: use method sft, "
-                "or backend openai for DPO"
-            )
         return _train_local(context, config, storage, local_trainer, splits)
+    if config.method == "kto":
+        raise dg.Failure(description="method 'kto' is trained locally only: use backend local_lora, or method dpo")
     return _train_openai(context, config, storage, openai_fine_tuning, splits)
 
 
@@ -246,7 +252,13 @@ def _train_local(
     local_trainer: dg.PipesClient,
     splits: SplitsManifest,
 ) -> dg.MaterializeResult:
-    run = prepare_local_run(splits, config.lora(), storage.folder("models"), storage.folder("base_models"))
+    preferences = read_manifest(storage.folder("preferences"), PreferenceManifest) if config.method != "sft" else None
+    try:
+        run = prepare_local_run(
+            splits, config.lora(), storage.folder("models"), storage.folder("base_models"), preferences
+        )
+    except NoPreferenceData as err:
+        raise dg.Failure(description=str(err)) from None
     context.log.info(f"training run {run.key} into {run.output_dir}")
     with warnings.catch_warnings():
         # Dagster's own Pipes session reads a preview property of its reader and warns about it on
@@ -266,7 +278,9 @@ def _train_local(
     metadata: dict[str, Any] = {
         "backend": "local_lora",
         "base_model": record.base_model,
-        "train_split_version": record.data_version,
+        "method": config.method,
+        # The version of what it trained on: the SFT splits, or preference_dataset for dpo/kto.
+        "train_split_version" if config.method == "sft" else "preference_version": record.data_version,
         "adapter_digest": record.adapter_version or "",
     }
     for name, kind in _HEADLINE_METRICS.items():

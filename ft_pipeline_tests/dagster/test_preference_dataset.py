@@ -211,7 +211,7 @@ def _regeneration_pairs(n: int) -> list[dict]:
 
 def test_a_dpo_job_from_the_preference_pairs_against_the_fake(instance, data_dir, monkeypatch):
     """fine_tuned_model with method dpo trains a hosted DPO job on preference_dataset's pairs through the
-    real openai client, re-attaches on a second run, and local DPO says clearly that it is not there yet."""
+    real openai client and re-attaches on a second run; local DPO trains the tiny base on the same pairs."""
     from ft_pipeline.defs.resources import OpenAIFineTuningResource
     from ft_pipeline_tests.conftest import resources_for
     from ft_pipeline_tests.fakes.openai_server import FakeOpenAI
@@ -245,7 +245,16 @@ def test_a_dpo_job_from_the_preference_pairs_against_the_fake(instance, data_dir
         again = train(dpo)
         assert again.success and len(fake.jobs) == 1
         assert again.get_asset_materialization_events()[0].materialization.metadata["reattached"].value is True
-        local = train({"backend": "local_lora", "method": "dpo"})
-        assert not local.success
-        error = local.get_step_failure_events()[0].step_failure_data.error
-        assert "not available with backend local_lora yet" in str(error.to_string())
+        # Local DPO: TRL DPOTrainer on the same pairs (TRL JSONL) in the Pipes trainer process.
+        tiny = {"base_model": "tiny", "num_train_epochs": 1, "max_length": 128, "gradient_checkpointing": False}
+        local = train({"backend": "local_lora", "method": "dpo", **tiny})
+        assert local.success
+        metadata = local.get_asset_materialization_events()[0].materialization.metadata
+        assert metadata["backend"].value == "local_lora" and metadata["method"].value == "dpo"
+        assert metadata["preference_version"].value == preference_version
+        details = {row.data["name"] for row in metadata["training_details"].value.records}
+        assert {"rewards/margins", "rewards/accuracies"} <= details
+        kto = train({"backend": "openai", "method": "kto"})
+        assert not kto.success
+        error = kto.get_step_failure_events()[0].step_failure_data.error
+        assert "trained locally only" in str(error.to_string())

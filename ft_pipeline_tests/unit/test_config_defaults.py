@@ -73,7 +73,7 @@ TABLE: dict[str, dict[str, Any]] = {
         "SOURCES": [LoraTrainingConfig()],
         "RENAMED": {
             "backend": (None, DEFAULT_BACKEND),
-            # The training objective; the lib's is the OpenAI job's (local training is SFT only for now).
+            # The training objective, shared by both backends (LoraTrainingConfig's default is the same).
             "method": (OpenAIFineTuneConfig(), "method"),
             # 'auto' or a number, typed as text in the Launchpad.
             **{f"openai_{name}": (OpenAIFineTuneConfig(), name, _str) for name in _AUTO_OR_NUMBER},

@@ -13,11 +13,18 @@ from typing import Any
 
 from ft_pipeline.lib.training.base_models import DEFAULT_BASE_MODEL
 
-__all__ = ["LoraTrainingConfig", "run_key"]
+__all__ = ["METHODS", "LoraTrainingConfig", "run_key"]
 
 # Fields that only change what is written after training, not the trained weights: a run that
 # differs only in these keeps its run key, so turning on the merge later reuses the trained run.
 _OUTPUT_ONLY_FIELDS = frozenset({"merge_full_model", "save_total_limit"})
+
+METHODS = frozenset({"sft", "dpo", "kto"})
+"""Training methods: supervised fine-tuning and the two preference methods."""
+
+# Fields added for preference training: left out of an SFT run's hash, so SFT run keys (and the
+# checkpoints named by them) made before these fields existed stay the same.
+_PREFERENCE_FIELDS = ("method", "dpo_beta")
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,14 @@ class LoraTrainingConfig:
     bf16 or fp32 for the merge -- never into a 4-bit base, whose rounding changes the outputs."""
     save_total_limit: int = 2
     """Checkpoints kept in ``checkpoints/`` (the best one is always kept)."""
+    method: str = "sft"
+    """``"sft"`` (default): supervised on the assistant turns of the SFT splits (``train_lora``).
+    ``"dpo"``: TRL ``DPOTrainer`` on preference pairs; ``"kto"``: TRL ``KTOTrainer`` on single
+    completions labelled desirable/undesirable (``train_preferences``). For dpo/kto the reference
+    model is the base itself (the adapter disabled), and ``packing`` and ``early_stopping_patience``
+    do not apply."""
+    dpo_beta: float = 0.1
+    """dpo/kto: how strongly the policy is kept near the base (TRL's ``beta``; higher = closer)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.target_modules, list):
@@ -102,6 +117,10 @@ class LoraTrainingConfig:
             raise ValueError(f"max_length must be >= 16, got {self.max_length}")
         if self.early_stopping_patience < 0:
             raise ValueError(f"early_stopping_patience must be >= 0, got {self.early_stopping_patience}")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {sorted(METHODS)}, got {self.method!r}")
+        if self.dpo_beta <= 0:
+            raise ValueError(f"dpo_beta must be > 0, got {self.dpo_beta}")
         if self.save_total_limit < 1:
             raise ValueError(f"save_total_limit must be >= 1, got {self.save_total_limit}")
 
@@ -116,9 +135,13 @@ class LoraTrainingConfig:
         """Short stable hash of the fields that determine the trained weights.
 
         ``merge_full_model`` and ``save_total_limit`` only affect what is written around the
-        adapter, so they are left out: changing them keeps the run (and its checkpoints).
+        adapter, so they are left out: changing them keeps the run (and its checkpoints). An SFT
+        run also leaves out ``method`` and ``dpo_beta``, so its hash is what it was before them.
         """
         payload = {k: v for k, v in self.to_dict().items() if k not in _OUTPUT_ONLY_FIELDS}
+        if self.method == "sft":
+            for name in _PREFERENCE_FIELDS:
+                payload.pop(name)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -43,22 +43,52 @@ class LocalRun:
     config: LoraTrainingConfig
     extras: dict[str, Any]
     """What the trainer process reads (``pipes_entrypoint``): split files, folders, settings."""
+    data_version: str = ""
+    """The version of what it trains on: the SFT splits, or preference_dataset for dpo/kto."""
+    data_paths: dict[str, Any] | None = None
+    """The files of that version (the splits' or the preference data's manifest paths)."""
 
 
 def prepare_local_run(
-    splits: SplitsManifest, config: LoraTrainingConfig, models_folder: Path, base_cache_dir: Path
+    splits: SplitsManifest,
+    config: LoraTrainingConfig,
+    models_folder: Path,
+    base_cache_dir: Path,
+    preferences: PreferenceManifest | None = None,
 ) -> LocalRun:
-    key = run_key(splits.version, config, config.base_model)
+    """The run of ``config``: SFT on the splits, or (``config.method`` dpo/kto) the method's TRL
+    JSONL of ``preferences``, keyed by the preference data's version. Raises
+    :class:`NoPreferenceData` for dpo/kto without preference examples to train on."""
+    if config.method == "sft":
+        data_version, data_paths = splits.version, splits.paths
+        files: dict[str, Any] = {
+            "train_parquet": splits.parquet("train"),
+            "validation_parquet": splits.parquet("validation"),
+        }
+    else:
+        if preferences is None:
+            raise NoPreferenceData(f"local {config.method} training needs preference_dataset: materialize it first")
+        train = Path(preferences.paths["train"][config.method])
+        validation = Path(preferences.paths["validation"][config.method])
+        if not train.exists() or not train.stat().st_size:
+            raise NoPreferenceData(f"{train} holds no {config.method} examples: the logs gave none for training")
+        data_version, data_paths = preferences.version, preferences.paths
+        files = {
+            "train_jsonl": str(train),
+            "validation_jsonl": str(validation) if validation.exists() and validation.stat().st_size else None,
+        }
+    key = run_key(data_version, config, config.base_model)
     output_dir = models_folder / key
     extras = {
-        "train_parquet": splits.parquet("train"),
-        "validation_parquet": splits.parquet("validation"),
+        **files,
         "output_dir": str(output_dir),
         "base_cache_dir": str(base_cache_dir),
-        "data_version": splits.version,
+        "data_version": data_version,
         "config": dict(config.__dict__),
     }
-    return LocalRun(key=key, output_dir=output_dir, config=config, extras=extras)
+    return LocalRun(
+        key=key, output_dir=output_dir, config=config, extras=extras, data_version=data_version, data_paths=data_paths
+    )
 
 
 def record_local_run(
@@ -71,8 +101,8 @@ def record_local_run(
         backend="local_lora",
         run_key=run.key,
         base_model=run.config.base_model,
-        data_version=splits.version,
-        split_paths=splits.paths,
+        data_version=run.data_version or splits.version,
+        split_paths=run.data_paths if run.data_paths is not None else splits.paths,
         config=run.extras["config"],
         config_hash=run.config.config_hash(),
         metrics=trainer_summary["metrics"],

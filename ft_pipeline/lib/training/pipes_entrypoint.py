@@ -1,4 +1,4 @@
-"""The local LoRA trainer as its own process, speaking Dagster Pipes.
+"""The local LoRA trainer (SFT, or DPO/KTO by ``config.method``) as its own process, speaking Dagster Pipes.
 
     python -m ft_pipeline.lib.training.pipes_entrypoint
 
@@ -23,6 +23,7 @@ import json  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -30,7 +31,8 @@ from dagster_pipes import PipesContext, PipesEnvVarParamsLoader, open_dagster_pi
 
 from ft_pipeline.lib.evaluation.generation import adapter_digest  # noqa: E402
 from ft_pipeline.lib.quiet_logs import quiet_third_party_logs  # noqa: E402
-from ft_pipeline.lib.training.lora import LoraTrainingConfig, train_lora  # noqa: E402
+from ft_pipeline.lib.training.lora import LoraTrainingConfig, TrainingResult, train_lora  # noqa: E402
+from ft_pipeline.lib.training.preference_trainer import train_preferences  # noqa: E402
 
 
 def _config_from_extras(values: dict[str, Any]) -> LoraTrainingConfig:
@@ -60,9 +62,15 @@ def run(extras: dict[str, Any], pipes: PipesContext | None) -> dict[str, Any]:
         pipes.log.info("train " + " ".join(parts))
 
     config = _config_from_extras(extras.get("config", {}))
-    result = train_lora(
-        Path(extras["train_parquet"]),
-        Path(extras["validation_parquet"]) if extras.get("validation_parquet") else None,
+    train_fn: Callable[..., TrainingResult]
+    if config.method == "sft":
+        train, validation, train_fn = "train_parquet", "validation_parquet", train_lora
+    else:
+        # dpo / kto: the preference JSONL of the method, same run folder layout and guarantees.
+        train, validation, train_fn = "train_jsonl", "validation_jsonl", train_preferences
+    result = train_fn(
+        Path(extras[train]),
+        Path(extras[validation]) if extras.get(validation) else None,
         Path(extras["output_dir"]),
         config,
         data_version=extras.get("data_version", ""),

@@ -1,0 +1,371 @@
+"""``train_preferences``: local LoRA preference training with TRL's ``DPOTrainer`` / ``KTOTrainer``.
+
+The preference counterpart of :func:`~ft_pipeline.lib.training.trainer.train_lora`, with the same
+run folder, the same guarantees and the same helpers (base model, tokenizer and chat template,
+progress callback, checkpoints, portable adapter, model card)::
+
+    <output_dir>/run.json, checkpoints/, adapter/, tokenizer/, [merged/], metrics.json,
+    loss_history.json, loss.png, README.md
+
+so the adapter loads like an SFT one and evaluation needs nothing new. The data is
+``preference_dataset``'s TRL JSONL: ``dpo`` (conversational ``prompt`` / ``chosen`` /
+``rejected``) or ``kto`` (``prompt`` / ``completion`` / ``label``). The reference model is the base
+itself: with a PEFT model TRL computes the reference log-probabilities with the adapter disabled,
+so no second copy of the weights is loaded.
+
+Every Trainer log reaches ``on_log`` as it happens, with TRL's ``rewards/chosen``,
+``rewards/rejected``, ``rewards/margins`` and (DPO) ``rewards/accuracies``; ``loss_history.json``
+keeps them per logged step. ``should_stop`` saves a checkpoint and stops; a later call on the same
+``output_dir`` resumes from the newest complete checkpoint, and ``run.json`` refuses a folder of
+another config or other data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ft_pipeline.lib.training.artifacts import (
+    loss_history,
+    make_adapter_portable,
+    mean_logged_loss,
+    merge_adapter,
+    replace_dir,
+    write_json,
+    write_loss_plot,
+    write_model_card,
+)
+from ft_pipeline.lib.training.base_models import resolve_base_model
+from ft_pipeline.lib.training.checkpoints import (
+    checkpoint_step,
+    drop_incomplete_checkpoints_after,
+    newest_complete_checkpoint,
+)
+from ft_pipeline.lib.training.config import LoraTrainingConfig
+from ft_pipeline.lib.training.hf_runtime import quiet_peft_deprecation
+from ft_pipeline.lib.training.trainer import (
+    _LOGGING_RATIO,
+    QLoRAUnavailable,
+    RunMismatchError,
+    TrainingDataError,
+    TrainingResult,
+    _file_digest,
+    _load_model,
+    _load_tokenizer,
+    _make_progress_callback,
+    _peak_memory_mb,
+    _result_from_disk,
+)
+
+__all__ = ["PREFERENCE_METHODS", "REWARD_METRICS", "read_preference_jsonl", "train_preferences"]
+
+logger = logging.getLogger(__name__)
+
+PREFERENCE_METHODS = frozenset({"dpo", "kto"})
+
+REWARD_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
+"""TRL's reward metrics kept per logged step in ``loss_history`` (KTO logs no accuracies)."""
+
+_KEYS = {"dpo": ("prompt", "chosen", "rejected"), "kto": ("prompt", "completion", "label")}
+
+
+def _messages(value: Any, where: str) -> list[dict[str, str]]:
+    if not isinstance(value, list) or not value:
+        raise TrainingDataError(f"{where} is not a non-empty list of messages")
+    out = []
+    for msg in value:
+        if not isinstance(msg, dict) or not isinstance(msg.get("content"), str) or not msg.get("role"):
+            raise TrainingDataError(f"{where} has a message without a role and text content")
+        out.append({"role": str(msg["role"]), "content": msg["content"]})
+    return out
+
+
+def read_preference_jsonl(path: Path, method: str) -> list[dict[str, Any]]:
+    """The records of one TRL preference JSONL file, each exactly the keys ``method`` trains on
+    (messages reduced to {role, content}). Raises ``TrainingDataError`` on a malformed line."""
+    keys = _KEYS[method]
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            raw = json.loads(line)
+            missing = [k for k in keys if k not in raw]
+            if missing:
+                raise TrainingDataError(f"{path}:{n} lacks {missing} (a {method} file has {list(keys)})")
+            record: dict[str, Any] = {}
+            for key in keys:
+                if key == "label":
+                    if not isinstance(raw[key], bool):
+                        raise TrainingDataError(f"{path}:{n} label is not true/false")
+                    record[key] = raw[key]
+                else:
+                    record[key] = _messages(raw[key], f"{path}:{n} {key}")
+            records.append(record)
+    return records
+
+
+def _history(log_history: list[dict]) -> list[dict]:
+    """``loss_history`` with the reward metrics of each logged train step."""
+    history = loss_history(log_history)
+    by_step = {r["step"]: r for r in history}
+    for entry in log_history:
+        record = by_step.get(int(entry.get("step", 0)))
+        if record is not None and "loss" in entry:
+            record.update({k: float(entry[k]) for k in REWARD_METRICS if k in entry})
+    return history
+
+
+def _build_trainer(
+    method: str,
+    train: list[dict[str, Any]],
+    validation: list[dict[str, Any]],
+    base_ref: str,
+    config: LoraTrainingConfig,
+    checkpoints_dir: Path,
+    callbacks: list[Any],
+    *,
+    cuda: bool,
+    use_bf16: bool,
+) -> tuple[Any, Any]:
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import PrinterCallback
+    from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer
+
+    tokenizer = _load_tokenizer(base_ref)
+    model = _load_model(base_ref, qlora=config.qlora, use_bf16=use_bf16)
+    target_modules = list(config.target_modules) if isinstance(config.target_modules, tuple) else config.target_modules
+    lora_config = LoraConfig(
+        task_type="CAUSAL_LM",
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=target_modules,
+        use_rslora=config.use_rslora,
+        use_dora=config.use_dora,
+        bias="none",
+    )
+    has_val = bool(validation)
+    config_class, trainer_class = (DPOConfig, DPOTrainer) if method == "dpo" else (KTOConfig, KTOTrainer)
+    args = config_class(
+        output_dir=str(checkpoints_dir),
+        beta=config.dpo_beta,
+        max_length=config.max_length,
+        eval_strategy="epoch" if has_val else "no",
+        save_strategy="epoch",
+        load_best_model_at_end=has_val,
+        metric_for_best_model="eval_loss" if has_val else None,
+        greater_is_better=False if has_val else None,
+        save_total_limit=config.save_total_limit,
+        report_to="none",
+        use_cpu=not cuda,
+        seed=config.seed,
+        data_seed=config.seed,
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.num_train_epochs,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        per_device_eval_batch_size=config.per_device_train_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        warmup_steps=config.warmup_ratio,
+        lr_scheduler_type=config.lr_scheduler_type,
+        activation_checkpointing=config.gradient_checkpointing,
+        bf16=use_bf16,
+        fp16=False,
+        logging_strategy="steps",
+        logging_steps=_LOGGING_RATIO,
+        logging_first_step=True,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    with quiet_peft_deprecation():
+        trainer = trainer_class(
+            model=model,
+            args=args,
+            train_dataset=Dataset.from_list(train),
+            eval_dataset=Dataset.from_list(validation) if has_val else None,
+            processing_class=tokenizer,
+            peft_config=lora_config,
+            callbacks=callbacks,
+        )
+    trainer.remove_callback(PrinterCallback)
+    return trainer, tokenizer
+
+
+def train_preferences(
+    train_jsonl: Path,
+    validation_jsonl: Path | None,
+    output_dir: Path,
+    config: LoraTrainingConfig,
+    *,
+    data_version: str = "",
+    on_log: Callable[[dict], None] = lambda d: None,
+    should_stop: Callable[[], bool] = lambda: False,
+    base_cache_dir: Path | None = None,
+    on_progress: Callable[[str], None] = logger.info,
+) -> TrainingResult:
+    """Train a LoRA adapter with ``config.method`` ("dpo" or "kto") on a TRL preference JSONL file.
+
+    Arguments, outputs, resume and stopping as in ``train_lora``; ``validation_jsonl`` may be None
+    or empty (no evaluation). ``metrics`` adds the last logged reward metrics (``rewards/...``).
+
+    Raises:
+        ValueError: ``config.method`` is not a preference method.
+        QLoRAUnavailable, TrainingDataError, RunMismatchError: as ``train_lora``.
+    """
+    import torch
+
+    method = config.method
+    if method not in PREFERENCE_METHODS:
+        raise ValueError(f"train_preferences trains {sorted(PREFERENCE_METHODS)}, not method {method!r}")
+    cuda = torch.cuda.is_available()
+    if config.qlora and not cuda:
+        raise QLoRAUnavailable("QLoRA needs a CUDA GPU; set qlora=False to train a regular LoRA adapter on CPU.")
+    use_bf16 = config.bf16 if config.bf16 is not None else bool(cuda and torch.cuda.is_bf16_supported())
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    checkpoints_dir = output_dir / "checkpoints"
+    train = read_preference_jsonl(Path(train_jsonl), method)
+    if not train:
+        raise TrainingDataError(f"{train_jsonl}: no {method} examples to train on")
+    has_val = validation_jsonl is not None and Path(validation_jsonl).exists()
+    validation = read_preference_jsonl(Path(validation_jsonl), method) if has_val and validation_jsonl else []
+    has_val = bool(validation)
+
+    identity = {
+        "config_hash": config.config_hash(),
+        "data_version": data_version,
+        "base_model": config.base_model,
+        "train_digest": _file_digest(Path(train_jsonl)),
+        "validation_digest": _file_digest(Path(validation_jsonl)) if has_val and validation_jsonl else None,
+    }
+    run_path = output_dir / "run.json"
+    previous = json.loads(run_path.read_text(encoding="utf-8")) if run_path.exists() else None
+    if previous is not None:
+        diff = {k: (previous.get(k), v) for k, v in identity.items() if previous.get(k) != v}
+        if diff:
+            raise RunMismatchError(
+                f"{output_dir} holds a run with different inputs {diff} (previous, now); refusing to resume it."
+            )
+        if previous.get("status") == "complete" and (output_dir / "metrics.json").exists():
+            logger.info("%s is already trained; returning the stored result", output_dir)
+            return _result_from_disk(output_dir, previous)
+    write_json(run_path, {**identity, "status": "running", "config": config.to_dict()})
+
+    texts = [
+        m["content"] for r in train for key in ("prompt", "chosen", "rejected", "completion") for m in r.get(key, [])
+    ]
+    cache_dir = Path(base_cache_dir) if base_cache_dir else output_dir / "base"
+    base = resolve_base_model(config.base_model, texts, cache_dir, on_progress=on_progress)
+    on_progress(f"base model {config.base_model}: loading {base.path} for {method.upper()}")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    progress = _make_progress_callback(on_log, should_stop)
+    trainer, tokenizer = _build_trainer(
+        method, train, validation, base.path, config, checkpoints_dir, [progress], cuda=cuda, use_bf16=use_bf16
+    )
+
+    resume = newest_complete_checkpoint(checkpoints_dir)
+    drop_incomplete_checkpoints_after(checkpoints_dir, resume)
+    if resume is not None:
+        on_progress(f"resuming from {resume}")
+    train_output = trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+    state = trainer.state
+    resumed_step = checkpoint_step(resume) if resume is not None else None
+
+    adapter_dir, tokenizer_dir = output_dir / "adapter", output_dir / "tokenizer"
+
+    def save_adapter(folder: str) -> None:
+        trainer.model.save_pretrained(folder)
+        make_adapter_portable(Path(folder), tokenizer, base)
+
+    for final, save in ((adapter_dir, save_adapter), (tokenizer_dir, tokenizer.save_pretrained)):
+        tmp = final.with_name(f".{final.name}.tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        save(str(tmp))
+        replace_dir(tmp, final)
+    on_progress(f"adapter saved to {adapter_dir}")
+
+    history = _history(state.log_history)
+    eval_losses = [r["eval_loss"] for r in history if "eval_loss" in r]
+    last_rewards: dict[str, Any] = next((r for r in reversed(history) if "rewards/chosen" in r), {})
+    peak_mb, peak_kind = _peak_memory_mb(cuda)
+    trainable, total = trainer.model.get_nb_trainable_parameters()
+    metrics: dict[str, Any] = {
+        "method": method,
+        # Trainer's training_loss covers only this process's steps; the logged losses cover the whole run.
+        "train_loss": float(train_output.training_loss)
+        if resumed_step is None
+        else mean_logged_loss(history, state.global_step),
+        "eval_loss": float(state.best_metric)
+        if state.best_metric is not None
+        else (eval_losses[-1] if eval_losses else None),
+        **{k: last_rewards[k] for k in REWARD_METRICS if k in last_rewards},
+        "epochs": float(state.epoch or 0.0),
+        "global_step": int(state.global_step),
+        "train_runtime_s": float(train_output.metrics.get("train_runtime", 0.0)),
+        "peak_memory_mb": round(peak_mb, 1),
+        "peak_memory_kind": peak_kind,
+        "resumed_from_step": resumed_step,
+        "max_steps": int(state.max_steps),
+        "stop_requested": progress.stop_requested,
+        "best_checkpoint": state.best_model_checkpoint,
+        "train_examples": len(train),
+        "validation_examples": len(validation),
+        "dpo_beta": config.dpo_beta,
+        "trainable_parameters": int(trainable),
+        "total_parameters": int(total),
+        "device": "cuda" if cuda else "cpu",
+        "bf16": use_bf16,
+        "qlora": config.qlora,
+    }
+
+    merged_dir = None
+    if config.merge_full_model:
+        merged_dir = output_dir / "merged"
+        merge_adapter(base.path, adapter_dir, tokenizer, merged_dir, use_bf16)
+    write_json(output_dir / "metrics.json", metrics)
+    write_json(output_dir / "loss_history.json", history)
+    loss_plot = write_loss_plot(history, output_dir / "loss.png")
+    card = write_model_card(
+        output_dir / "README.md",
+        base_ref=base.path,
+        base_hub_id=base.hub_id,
+        base_name=config.base_model,
+        data_version=data_version,
+        config=config,
+        metrics=metrics,
+        merged=merged_dir is not None,
+    )
+    write_json(
+        run_path,
+        {
+            **identity,
+            "status": "stopped" if progress.stop_requested else "complete",
+            "config": config.to_dict(),
+            "base_model_ref": base.path,
+            "base_model_hub_id": base.hub_id,
+            "base_model_sha256": base.source_sha256,
+            "resumed_from": str(resume) if resume else None,
+        },
+    )
+    return TrainingResult(
+        output_dir=output_dir,
+        adapter_dir=adapter_dir,
+        tokenizer_dir=tokenizer_dir,
+        merged_dir=merged_dir,
+        metrics=metrics,
+        loss_history=history,
+        loss_plot=loss_plot,
+        model_card=card,
+        resumed_from=resume,
+        base_model_ref=base.path,
+        base_model_hub_id=base.hub_id,
+    )
