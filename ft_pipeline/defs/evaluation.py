@@ -157,7 +157,9 @@ def evaluation_report(
     """The candidate against the base model and the current production model on the frozen test
     split: greedy answers, exact match, ROUGE-1/2/L, token F1, length ratio (JSON and label
     metrics when the references are JSON or labels), paired-bootstrap CIs of the deltas (McNemar
-    for binary metrics), per-tag slices, the regression suite, validation perplexity. Written to
+    for binary metrics), per-tag slices, the regression suite, validation perplexity, and for a
+    candidate trained with dpo/kto the preference accuracy of candidate and base on the held-out
+    preference pairs (local models; a paired-bootstrap CI of the difference). Written to
     ``reports/<eval_id>/`` (report.json, report.md, examples.parquet, charts) and recorded in the
     registry; ``reports/latest.json`` (an EvaluationSummary) hands the decision to ``promoted_model``.
     The blocking ``promotion_gate`` check decides whether ``promoted_model`` runs.
@@ -239,6 +241,7 @@ def _report_metadata(
     perplexity = result.extra.get("validation_perplexity") or {}
     for role, value in perplexity.items():
         metadata[f"{role}_validation_perplexity"] = float(value)
+    metadata.update(_preference_metadata(result.extra.get("preference_accuracy")))
     metadata.update(
         {
             "eval_id": summary.eval_id,
@@ -257,6 +260,23 @@ def _report_metadata(
         }
     )
     return metadata
+
+
+def _preference_metadata(preference: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Preference accuracy (a candidate trained with dpo/kto) as plain floats when measured, else
+    one short line saying why there is no number; nothing for an SFT candidate."""
+    if not preference:
+        return {}
+    if preference["status"] != "measured":
+        return {"preference_accuracy": f"{preference['status'].replace('_', ' ')}: {preference['reason']}"}
+    return {
+        "candidate_preference_accuracy": round(float(preference["candidate"]), 4),
+        "base_preference_accuracy": round(float(preference["base"]), 4),
+        "preference_accuracy_delta": round(float(preference["delta"]), 4),
+        "preference_accuracy_delta_ci_low": round(float(preference["ci_low"]), 4),
+        "preference_accuracy_delta_ci_high": round(float(preference["ci_high"]), 4),
+        "preference_pairs": int(preference["n_pairs"]),
+    }
 
 
 def _examples_table(evaluation: CandidateEvaluation, config: EvaluationRunConfig, pii: PiiConfig) -> dg.MetadataValue:

@@ -26,6 +26,7 @@ from ft_pipeline.lib.evaluation.generation import (
     OpenAIChatGenerator,
     split_prompt_reference,
 )
+from ft_pipeline.lib.evaluation.preference_accuracy import PREFERENCE_METHODS, evaluate_preference_accuracy
 from ft_pipeline.lib.evaluation.report import write_report
 from ft_pipeline.lib.evaluation.runner import EvaluationConfig, EvaluationResult, run_evaluation
 from ft_pipeline.lib.evaluation.summary import EvaluationSummary, write_evaluation_summary
@@ -143,6 +144,10 @@ def evaluate_candidate(
     )
     if config.compute_perplexity and record.backend == "local_lora":
         _add_validation_perplexity(result, generators, splits)
+    if str(record.config.get("method", "sft")) in PREFERENCE_METHODS:
+        _add_preference_accuracy(result, record, generators, config.evaluation, data_dir)
+        preference = result.extra["preference_accuracy"]
+        log(f"preference accuracy: {preference['status']}: {preference['reason']}")
     if config.judge_model:
         _add_judge_verdicts(result, test, generators, config, openai_client())
         log(f"LLM judge {config.judge_model}: {result.extra['judge']}")
@@ -304,6 +309,27 @@ def _add_validation_perplexity(result: EvaluationResult, generators: dict[str, A
         result.extra["validation_perplexity"] = {
             role: math.exp(min(50.0, generators[role].mean_nll(conversations))) for role in ("candidate", "base")
         }
+
+
+def _add_preference_accuracy(
+    result: EvaluationResult,
+    record: ModelRecord,
+    generators: dict[str, Any],
+    evaluation: EvaluationConfig,
+    data_dir: Path,
+) -> None:
+    """Preference accuracy of candidate and base on the held-out pairs of the preference data the
+    candidate was trained on (its record's ``split_paths``: that version's ``test.dpo.jsonl``)."""
+    path = (record.split_paths.get("test") or {}).get("dpo")
+    accuracy = evaluate_preference_accuracy(
+        record.backend,
+        resolve_portable_path(str(path), data_dir) if path else None,
+        generators,
+        n_resamples=evaluation.n_resamples,
+        confidence=evaluation.confidence,
+        seed=evaluation.seed,
+    )
+    result.extra["preference_accuracy"] = accuracy.to_dict()
 
 
 def _add_judge_verdicts(

@@ -190,6 +190,20 @@ def render_markdown(report: dict[str, Any]) -> str:
             "",
             " · ".join(f"{role} {value:.2f}" for role, value in perplexity.items()),
         ]
+    preference = (report.get("extra") or {}).get("preference_accuracy")
+    if preference:
+        lines += ["", "## Preference accuracy (held-out preference pairs)", ""]
+        if preference["status"] == "measured":
+            lines.append(
+                f"Share of the {preference['n_pairs']} test pairs where the model gives the chosen reply a higher "
+                "mean log-probability per token than the rejected one: "
+                f"candidate {preference['candidate']:.4f} · base {preference['base']:.4f} · delta "
+                f"{preference['delta']:+.4f} ({preference['confidence']:.0%} CI {preference['ci_low']:+.4f} to "
+                f"{preference['ci_high']:+.4f}, paired bootstrap; McNemar p {preference['p_value']:.3g})."
+            )
+        else:
+            label = "Not measured" if preference["status"] == "not_measured" else "No number"
+            lines.append(f"{label}: {preference['reason']}.")
     if report.get("side_by_side"):
         primary = report.get("primary_metric", "rougeL")
         lines += ["", "## Answers side by side (first test prompts)", ""]
