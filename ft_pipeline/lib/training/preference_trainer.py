@@ -48,7 +48,6 @@ from ft_pipeline.lib.training.checkpoints import (
 from ft_pipeline.lib.training.config import LoraTrainingConfig
 from ft_pipeline.lib.training.hf_runtime import quiet_peft_deprecation
 from ft_pipeline.lib.training.trainer import (
-    _LOGGING_RATIO,
     QLoRAUnavailable,
     RunMismatchError,
     TrainingDataError,
@@ -59,6 +58,8 @@ from ft_pipeline.lib.training.trainer import (
     _make_progress_callback,
     _peak_memory_mb,
     _result_from_disk,
+    lora_config_of,
+    shared_training_args,
 )
 
 __all__ = ["PREFERENCE_METHODS", "REWARD_METRICS", "read_preference_jsonl", "train_preferences"]
@@ -133,55 +134,17 @@ def _build_trainer(
     use_bf16: bool,
 ) -> tuple[Any, Any]:
     from datasets import Dataset
-    from peft import LoraConfig
     from transformers import PrinterCallback
     from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer
 
     tokenizer = _load_tokenizer(base_ref)
     model = _load_model(base_ref, qlora=config.qlora, use_bf16=use_bf16)
-    target_modules = list(config.target_modules) if isinstance(config.target_modules, tuple) else config.target_modules
-    lora_config = LoraConfig(
-        task_type="CAUSAL_LM",
-        r=config.lora_r,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
-        target_modules=target_modules,
-        use_rslora=config.use_rslora,
-        use_dora=config.use_dora,
-        bias="none",
-    )
+    lora_config = lora_config_of(config)
     has_val = bool(validation)
     config_class, trainer_class = (DPOConfig, DPOTrainer) if method == "dpo" else (KTOConfig, KTOTrainer)
     args = config_class(
-        output_dir=str(checkpoints_dir),
+        **shared_training_args(config, checkpoints_dir, has_val=has_val, cuda=cuda, use_bf16=use_bf16),
         beta=config.dpo_beta,
-        max_length=config.max_length,
-        eval_strategy="epoch" if has_val else "no",
-        save_strategy="epoch",
-        load_best_model_at_end=has_val,
-        metric_for_best_model="eval_loss" if has_val else None,
-        greater_is_better=False if has_val else None,
-        save_total_limit=config.save_total_limit,
-        report_to="none",
-        use_cpu=not cuda,
-        seed=config.seed,
-        data_seed=config.seed,
-        learning_rate=config.learning_rate,
-        num_train_epochs=config.num_train_epochs,
-        max_steps=config.max_steps,
-        per_device_train_batch_size=config.per_device_train_batch_size,
-        per_device_eval_batch_size=config.per_device_train_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        warmup_steps=config.warmup_ratio,
-        lr_scheduler_type=config.lr_scheduler_type,
-        activation_checkpointing=config.gradient_checkpointing,
-        bf16=use_bf16,
-        fp16=False,
-        logging_strategy="steps",
-        logging_steps=_LOGGING_RATIO,
-        logging_first_step=True,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
     )
     with quiet_peft_deprecation():
         trainer = trainer_class(

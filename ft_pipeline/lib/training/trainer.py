@@ -407,36 +407,12 @@ def _load_tokenizer(base_ref: str) -> Any:
     return tokenizer
 
 
-def _build_trainer(
-    train_convs: list[list[dict[str, str]]],
-    val_convs: list[list[dict[str, str]]],
-    base_ref: str,
-    config: LoraTrainingConfig,
-    checkpoints_dir: Path,
-    *,
-    callbacks: Sequence[Any] = (),
-    cuda: bool,
-    use_bf16: bool,
-) -> _Setup:
-    """Tokenizer checks, base model, LoRA config, ``SFTConfig`` and the ``SFTTrainer`` (not yet trained)."""
-    from datasets import Dataset
+def lora_config_of(config: LoraTrainingConfig) -> Any:
+    """The PEFT LoRA settings of a run (SFT and preference training alike)."""
     from peft import LoraConfig
-    from transformers import EarlyStoppingCallback, PrinterCallback
-    from trl import SFTConfig, SFTTrainer
 
-    has_val = bool(val_convs)
-    tokenizer = _load_tokenizer(base_ref)
-    train_stats = _check_assistant_masks(tokenizer, train_convs, config.max_length, "train")
-    val_stats = _check_assistant_masks(tokenizer, val_convs, config.max_length, "validation") if has_val else None
-
-    # Built from plain {role, content} dicts (read_conversations), so datasets infers a
-    # struct<role, content> with no None-filled extra keys to leak into the template.
-    train_ds = Dataset.from_dict({"messages": train_convs})
-    val_ds = Dataset.from_dict({"messages": val_convs}) if has_val else None
-
-    model = _load_model(base_ref, qlora=config.qlora, use_bf16=use_bf16)
     target_modules = list(config.target_modules) if isinstance(config.target_modules, tuple) else config.target_modules
-    lora_config = LoraConfig(
+    return LoraConfig(
         task_type="CAUSAL_LM",
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
@@ -446,11 +422,15 @@ def _build_trainer(
         use_dora=config.use_dora,
         bias="none",
     )
-    args = SFTConfig(
+
+
+def shared_training_args(
+    config: LoraTrainingConfig, checkpoints_dir: Path, *, has_val: bool, cuda: bool, use_bf16: bool
+) -> dict[str, Any]:
+    """The trainer arguments SFT, DPO and KTO share: checkpoints per epoch (the best by validation
+    loss kept when there is a validation split), seeds, schedule, logging."""
+    return dict(
         output_dir=str(checkpoints_dir),
-        assistant_only_loss=True,
-        packing=config.packing,
-        packing_strategy="bfd",
         max_length=config.max_length,
         eval_strategy="epoch" if has_val else "no",
         save_strategy="epoch",
@@ -478,10 +458,46 @@ def _build_trainer(
         logging_strategy="steps",
         logging_steps=_LOGGING_RATIO,
         logging_first_step=True,
-        # Stored in trainer_state.json, so the token count survives a resume.
-        include_num_input_tokens_seen="non_padding",
         disable_tqdm=True,
         dataloader_num_workers=0,
+    )
+
+
+def _build_trainer(
+    train_convs: list[list[dict[str, str]]],
+    val_convs: list[list[dict[str, str]]],
+    base_ref: str,
+    config: LoraTrainingConfig,
+    checkpoints_dir: Path,
+    *,
+    callbacks: Sequence[Any] = (),
+    cuda: bool,
+    use_bf16: bool,
+) -> _Setup:
+    """Tokenizer checks, base model, LoRA config, ``SFTConfig`` and the ``SFTTrainer`` (not yet trained)."""
+    from datasets import Dataset
+    from transformers import EarlyStoppingCallback, PrinterCallback
+    from trl import SFTConfig, SFTTrainer
+
+    has_val = bool(val_convs)
+    tokenizer = _load_tokenizer(base_ref)
+    train_stats = _check_assistant_masks(tokenizer, train_convs, config.max_length, "train")
+    val_stats = _check_assistant_masks(tokenizer, val_convs, config.max_length, "validation") if has_val else None
+
+    # Built from plain {role, content} dicts (read_conversations), so datasets infers a
+    # struct<role, content> with no None-filled extra keys to leak into the template.
+    train_ds = Dataset.from_dict({"messages": train_convs})
+    val_ds = Dataset.from_dict({"messages": val_convs}) if has_val else None
+
+    model = _load_model(base_ref, qlora=config.qlora, use_bf16=use_bf16)
+    lora_config = lora_config_of(config)
+    args = SFTConfig(
+        **shared_training_args(config, checkpoints_dir, has_val=has_val, cuda=cuda, use_bf16=use_bf16),
+        assistant_only_loss=True,
+        packing=config.packing,
+        packing_strategy="bfd",
+        # Stored in trainer_state.json, so the token count survives a resume.
+        include_num_input_tokens_seen="non_padding",
     )
     all_callbacks = list(callbacks)
     if has_val and config.early_stopping_patience > 0:
