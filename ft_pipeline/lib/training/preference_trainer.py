@@ -24,32 +24,24 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ft_pipeline.lib.training.artifacts import (
     loss_history,
-    make_adapter_portable,
     mean_logged_loss,
     merge_adapter,
-    replace_dir,
     write_json,
     write_loss_plot,
     write_model_card,
 )
 from ft_pipeline.lib.training.base_models import resolve_base_model
-from ft_pipeline.lib.training.checkpoints import (
-    checkpoint_step,
-    drop_incomplete_checkpoints_after,
-    newest_complete_checkpoint,
-)
+from ft_pipeline.lib.training.checkpoints import checkpoint_step
 from ft_pipeline.lib.training.config import LoraTrainingConfig
 from ft_pipeline.lib.training.hf_runtime import quiet_peft_deprecation
 from ft_pipeline.lib.training.trainer import (
     QLoRAUnavailable,
-    RunMismatchError,
     TrainingDataError,
     TrainingResult,
     _file_digest,
@@ -59,7 +51,10 @@ from ft_pipeline.lib.training.trainer import (
     _peak_memory_mb,
     _result_from_disk,
     lora_config_of,
+    previous_run,
+    save_adapter_and_tokenizer,
     shared_training_args,
+    train_resuming,
 )
 
 __all__ = ["PREFERENCE_METHODS", "REWARD_METRICS", "read_preference_jsonl", "train_preferences"]
@@ -209,13 +204,8 @@ def train_preferences(
         "validation_digest": _file_digest(Path(validation_jsonl)) if has_val and validation_jsonl else None,
     }
     run_path = output_dir / "run.json"
-    previous = json.loads(run_path.read_text(encoding="utf-8")) if run_path.exists() else None
+    previous = previous_run(output_dir, identity)
     if previous is not None:
-        diff = {k: (previous.get(k), v) for k, v in identity.items() if previous.get(k) != v}
-        if diff:
-            raise RunMismatchError(
-                f"{output_dir} holds a run with different inputs {diff} (previous, now); refusing to resume it."
-            )
         if previous.get("status") == "complete" and (output_dir / "metrics.json").exists():
             logger.info("%s is already trained; returning the stored result", output_dir)
             return _result_from_disk(output_dir, previous)
@@ -234,26 +224,10 @@ def train_preferences(
         method, train, validation, base.path, config, checkpoints_dir, [progress], cuda=cuda, use_bf16=use_bf16
     )
 
-    resume = newest_complete_checkpoint(checkpoints_dir)
-    drop_incomplete_checkpoints_after(checkpoints_dir, resume)
-    if resume is not None:
-        on_progress(f"resuming from {resume}")
-    train_output = trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+    train_output, resume = train_resuming(trainer, checkpoints_dir, on_progress)
     state = trainer.state
     resumed_step = checkpoint_step(resume) if resume is not None else None
-
-    adapter_dir, tokenizer_dir = output_dir / "adapter", output_dir / "tokenizer"
-
-    def save_adapter(folder: str) -> None:
-        trainer.model.save_pretrained(folder)
-        make_adapter_portable(Path(folder), tokenizer, base)
-
-    for final, save in ((adapter_dir, save_adapter), (tokenizer_dir, tokenizer.save_pretrained)):
-        tmp = final.with_name(f".{final.name}.tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        save(str(tmp))
-        replace_dir(tmp, final)
+    adapter_dir, tokenizer_dir = save_adapter_and_tokenizer(trainer, tokenizer, base, output_dir)
     on_progress(f"adapter saved to {adapter_dir}")
 
     history = _history(state.log_history)

@@ -519,6 +519,53 @@ def _build_trainer(
     return _Setup(trainer=trainer, tokenizer=tokenizer, train_stats=train_stats, val_stats=val_stats)
 
 
+def previous_run(output_dir: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``run.json`` of an earlier attempt in ``output_dir`` (``None`` for a new folder).
+
+    Raises:
+        RunMismatchError: the folder holds a run with other inputs; its checkpoints are never resumed.
+    """
+    run_path = output_dir / "run.json"
+    previous = json.loads(run_path.read_text(encoding="utf-8")) if run_path.exists() else None
+    if previous is not None:
+        diff = {k: (previous.get(k), v) for k, v in identity.items() if previous.get(k) != v}
+        if diff:
+            raise RunMismatchError(
+                f"{output_dir} holds a run with different inputs {diff} (previous, now); refusing to resume it. "
+                "Name output_dir by run_key(data_version, config, base_model), or delete the folder."
+            )
+    return previous
+
+
+def train_resuming(trainer: Any, checkpoints_dir: Path, on_progress: Callable[[str], None]) -> tuple[Any, Path | None]:
+    """Train from the newest complete checkpoint (incomplete ones after it dropped); the train
+    output and the checkpoint resumed from (``None`` for a fresh start)."""
+    resume = newest_complete_checkpoint(checkpoints_dir)
+    drop_incomplete_checkpoints_after(checkpoints_dir, resume)
+    if resume is not None:
+        on_progress(f"resuming from {resume}")
+    train_output = trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+    return train_output, resume
+
+
+def save_adapter_and_tokenizer(trainer: Any, tokenizer: Any, base: Any, output_dir: Path) -> tuple[Path, Path]:
+    """Write ``output_dir/adapter`` (portable: it names its base by content) and
+    ``output_dir/tokenizer``, each through a temporary folder swapped in whole."""
+    adapter_dir, tokenizer_dir = output_dir / "adapter", output_dir / "tokenizer"
+
+    def save_adapter(folder: str) -> None:
+        trainer.model.save_pretrained(folder)
+        make_adapter_portable(Path(folder), tokenizer, base)
+
+    for final, save in ((adapter_dir, save_adapter), (tokenizer_dir, tokenizer.save_pretrained)):
+        tmp = final.with_name(f".{final.name}.tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        save(str(tmp))
+        replace_dir(tmp, final)
+    return adapter_dir, tokenizer_dir
+
+
 def train_lora(
     train_parquet: Path,
     validation_parquet: Path | None,
@@ -590,14 +637,8 @@ def train_lora(
         "validation_digest": _file_digest(Path(validation_parquet)) if has_val and validation_parquet else None,
     }
     run_path = output_dir / "run.json"
-    previous = json.loads(run_path.read_text(encoding="utf-8")) if run_path.exists() else None
+    previous = previous_run(output_dir, identity)
     if previous is not None:
-        diff = {k: (previous.get(k), v) for k, v in identity.items() if previous.get(k) != v}
-        if diff:
-            raise RunMismatchError(
-                f"{output_dir} holds a run with different inputs {diff} (previous, now); refusing to resume it. "
-                "Name output_dir by run_key(data_version, config, base_model), or delete the folder."
-            )
         if (
             previous.get("status") == "complete"
             and (output_dir / "metrics.json").exists()
@@ -632,27 +673,11 @@ def train_lora(
     )
     trainer, tokenizer, train_stats, val_stats = setup.trainer, setup.tokenizer, setup.train_stats, setup.val_stats
 
-    resume = newest_complete_checkpoint(checkpoints_dir)
-    drop_incomplete_checkpoints_after(checkpoints_dir, resume)
-    if resume is not None:
-        logger.info("resuming from %s", resume)
-    train_output = trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+    train_output, resume = train_resuming(trainer, checkpoints_dir, lambda text: logger.info("%s", text))
     state = trainer.state
     resumed_step = checkpoint_step(resume) if resume is not None else None
-
     # ---- outputs (the best epoch's weights when there is a validation split)
-    adapter_dir, tokenizer_dir = output_dir / "adapter", output_dir / "tokenizer"
-
-    def save_adapter(folder: str) -> None:
-        trainer.model.save_pretrained(folder)
-        make_adapter_portable(Path(folder), tokenizer, base)
-
-    for final, save in ((adapter_dir, save_adapter), (tokenizer_dir, tokenizer.save_pretrained)):
-        tmp = final.with_name(f".{final.name}.tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        save(str(tmp))
-        replace_dir(tmp, final)
+    adapter_dir, tokenizer_dir = save_adapter_and_tokenizer(trainer, tokenizer, base, output_dir)
     on_progress(f"adapter saved to {adapter_dir}")
 
     history = loss_history(state.log_history)
