@@ -263,20 +263,12 @@ def build_preference_dataset(
         name: {"pairs": int((pairs["split"] == name).sum()), "kto": int((kto["split"] == name).sum())}
         for name in (*SPLIT_NAMES, EXCLUDED)
     }
+    # The checks read back what was written (one read of each file serves both).
+    written = {"pairs": pd.read_parquet(paths["all"]["pairs"]), "kto": pd.read_parquet(paths["all"]["kto"])}
     with steps.step("check_no_leakage"):
-        written = {
-            "pairs": pd.read_parquet(
-                paths["all"]["pairs"], columns=["split", "user_id", "context_hash", "first_turn_hash"]
-            ),
-            "kto": pd.read_parquet(
-                paths["all"]["kto"], columns=["split", "user_id", "context_hash", "first_turn_hash"]
-            ),
-        }
         leakage = preference_leakage(written, index)
     with steps.step("check_no_pii_left"):
-        scan = scan_preferences_for_pii(
-            pd.read_parquet(paths["all"]["pairs"]), pd.read_parquet(paths["all"]["kto"]), pii
-        )
+        scan = scan_preferences_for_pii(written["pairs"], written["kto"], pii)
     formats = {}
     for name in ("train", "validation"):
         with steps.step("validate_jsonl"):
