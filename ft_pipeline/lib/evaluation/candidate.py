@@ -167,6 +167,7 @@ def evaluate_candidate(
         "train_test_overlap": overlap,
         "primary_metric": config.gate.primary_metric,
         "gate_config": config.gate.__dict__,
+        "generation": dict(config.generation.__dict__),
     }
     paths = write_report(result, reports_folder / eval_id, context_info)
     summary = EvaluationSummary(
