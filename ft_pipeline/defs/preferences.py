@@ -162,9 +162,9 @@ def preference_dataset(
     return dg.MaterializeResult(
         metadata={
             "conversations_in": build.n_in,
-            "pairs": len(build.pairs),
-            "kto_examples": len(build.kto),
-            "dropped": len(build.dropped),
+            "pairs": build.n_pairs,
+            "kto_examples": build.n_kto,
+            "dropped": build.n_dropped,
             "pairs_by_rule": counts_table(build.pair_counts, PAIR_RULES),
             "kto_by_label": counts_table(build.kto_counts),
             "dropped_by_reason": counts_table(build.dropped_counts, DROP_REASONS),
@@ -176,7 +176,7 @@ def preference_dataset(
             "train_dpo_jsonl": data_path(paths["train"]["dpo"], root),
             "train_openai_jsonl": data_path(paths["train"]["openai"], root),
             "train_kto_jsonl": data_path(paths["train"]["kto"], root),
-            "dagster/row_count": len(build.pairs) + len(build.kto),
+            "dagster/row_count": build.n_pairs + build.n_kto,
             "dagster/column_schema": column_schema(paths["all"]["pairs"]),
         },
         # The folder's name: preferences/<version>/.
@@ -223,8 +223,8 @@ def _counts_check(result: PreferenceDatasetResult) -> dg.AssetCheckResult:
     accounted = build.conversations_accounted
     return counts_check(
         accounted == build.n_in,
-        f"{build.n_in} conversations in: {len(build.pairs)} pairs, {len(build.kto)} KTO examples, "
-        f"{len(build.dropped)} dropped ({accounted} accounted for)",
+        f"{build.n_in} conversations in: {build.n_pairs} pairs, {build.n_kto} KTO examples, "
+        f"{build.n_dropped} dropped ({accounted} accounted for)",
         accounted="every conversation in exactly one place",
         lost=f"{build.n_in - accounted} conversations unaccounted for",
         numbers={"conversations_in": build.n_in, "accounted_for": accounted},

@@ -51,7 +51,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -169,6 +169,43 @@ INPUT_COLUMNS = [
 ]
 
 
+@dataclass(frozen=True)
+class PreferenceCounts:
+    """Where ``n_in`` conversations ended: pairs by rule, KTO examples by label, drops by reason."""
+
+    n_in: int
+    """Conversations read (kept + filtered rows of the cleaned partitions)."""
+    pair_counts: dict[str, int]
+    """Rule -> pairs made by it (every rule of :data:`PAIR_RULES`, zeros included)."""
+    kto_counts: dict[str, int]
+    """``{"desirable": n, "undesirable": n}``."""
+    dropped_counts: dict[str, int]
+    """Reason -> conversations dropped for it (every reason of :data:`DROP_REASONS`, zeros included)."""
+
+    @property
+    def n_pairs(self) -> int:
+        return sum(self.pair_counts.values())
+
+    @property
+    def n_kto(self) -> int:
+        return sum(self.kto_counts.values())
+
+    @property
+    def n_dropped(self) -> int:
+        return sum(self.dropped_counts.values())
+
+    @property
+    def conversations_accounted(self) -> int:
+        """Conversations that ended somewhere: two per pair (one per ``edit`` pair), one per KTO
+        example, one per dropped row. Equals ``n_in``."""
+        return 2 * self.n_pairs - self.pair_counts.get("edit", 0) + self.n_kto + self.n_dropped
+
+    @property
+    def counts_add_up(self) -> bool:
+        """Every conversation read ended in exactly one place."""
+        return self.conversations_accounted == self.n_in
+
+
 @dataclass
 class PreferenceBuild:
     """What :func:`build_preferences` made of ``n_in`` conversations."""
@@ -211,6 +248,10 @@ class PreferenceBuild:
     def counts_add_up(self) -> bool:
         """Every conversation read ended in exactly one place."""
         return self.conversations_accounted == self.n_in
+
+    def counts(self) -> PreferenceCounts:
+        """The counts alone (what the stage reports)."""
+        return PreferenceCounts(self.n_in, self.pair_counts, self.kto_counts, self.dropped_counts)
 
 
 # --- signals -----------------------------------------------------------------------------------
@@ -293,17 +334,34 @@ class _Row:
         return (self.conversation_id, self.source_file, self.source_line)
 
 
+#: Where an output record goes in the order :func:`build_preferences` writes it: records built from
+#: a part of the conversations (one shard of context groups) sort into the order the whole input
+#: would give them by this key (see :func:`_place`).
+SortKey = tuple[Any, ...]
+
+
 @dataclass
 class _Outcome:
     pairs: list[dict[str, Any]] = field(default_factory=list)
     kto: list[dict[str, Any]] = field(default_factory=list)
     dropped: list[dict[str, Any]] = field(default_factory=list)
+    pair_keys: list[SortKey] = field(default_factory=list)
+    kto_keys: list[SortKey] = field(default_factory=list)
+    dropped_keys: list[SortKey] = field(default_factory=list)
     placed: Counter = field(default_factory=Counter)
 
     def drop(
-        self, index: int, conversation_id: Any, source_file: Any, source_line: Any, reason: str, detail: str
+        self,
+        index: int,
+        conversation_id: Any,
+        source_file: Any,
+        source_line: Any,
+        reason: str,
+        detail: str,
+        key: SortKey,
     ) -> None:
         self.placed[index] += 1
+        self.dropped_keys.append(key)
         self.dropped.append(
             {
                 "conversation_id": conversation_id,
@@ -314,11 +372,12 @@ class _Outcome:
             }
         )
 
-    def drop_row(self, row: _Row, reason: str, detail: str = "") -> None:
-        self.drop(row.index, row.conversation_id, row.source_file, row.source_line, reason, detail)
+    def drop_row(self, row: _Row, reason: str, detail: str, key: SortKey) -> None:
+        self.drop(row.index, row.conversation_id, row.source_file, row.source_line, reason, detail, key)
 
-    def pair(self, rule: str, chosen: _Row, rejected: _Row) -> None:
+    def pair(self, rule: str, chosen: _Row, rejected: _Row, key: SortKey) -> None:
         self.placed[chosen.index] += 1
+        self.pair_keys.append(key)
         if rejected is not chosen:
             self.placed[rejected.index] += 1
         rejected_text = rejected.original if rule == "edit" else rejected.reply
@@ -341,6 +400,7 @@ class _Outcome:
 
     def example(self, row: _Row, rule: str, label: bool) -> None:
         self.placed[row.index] += 1
+        self.kto_keys.append(_position(row))
         self.kto.append(
             {
                 "example_id": _stable_id("kto", *row.location()),
@@ -374,45 +434,46 @@ def _missing_scalar(value: Any) -> bool:
     return np.ndim(value) == 0 and _missing(value)
 
 
-def _usable_rows(conversations: pd.DataFrame, config: PreferenceConfig, out: _Outcome) -> list[_Row]:
-    """Rule 1 (structural drops) and the signals of every other row."""
+def _usable_rows(conversations: pd.DataFrame, config: PreferenceConfig, out: _Outcome, offset: int = 0) -> list[_Row]:
+    """Rule 1 (structural drops) and the signals of every other row. The rows of ``conversations``
+    are numbered from ``offset`` (their place in the whole input when it is read in batches)."""
     columns = {name: _column(conversations, name) for name in INPUT_COLUMNS}
     rows: list[_Row] = []
-    for i in range(len(conversations)):
+    for j in range(len(conversations)):
+        i = offset + j
         conversation_id, source_file, source_line = (
-            columns["conversation_id"][i],
-            columns["source_file"][i],
-            columns["source_line"][i],
+            columns["conversation_id"][j],
+            columns["source_file"][j],
+            columns["source_line"][j],
         )
-        reason = columns["filter_reason"][i]
+        reason = columns["filter_reason"][j]
         reason = "" if _missing_scalar(reason) else str(reason)
         if reason == DUPLICATE_FILTER_REASON:
-            detail = columns["filter_detail"][i]
-            out.drop(
-                i, conversation_id, source_file, source_line, "duplicate_reply", "" if _missing(detail) else detail
-            )
+            detail = columns["filter_detail"][j]
+            detail = "" if _missing(detail) else detail
+            out.drop(i, conversation_id, source_file, source_line, "duplicate_reply", detail, (0, i))
             continue
         if reason and reason not in USABLE_FILTER_REASONS:
-            out.drop(i, conversation_id, source_file, source_line, "not_usable", reason)
+            out.drop(i, conversation_id, source_file, source_line, "not_usable", reason, (0, i))
             continue
-        raw = [{"role": m["role"], "content": m["content"]} for m in columns["messages"][i]]
+        raw = [{"role": m["role"], "content": m["content"]} for m in columns["messages"][j]]
         if reason:  # stored normalized but not repaired: the role rules, as the cleaning pass ran them
             try:
                 messages = apply_role_rules(raw, DEFAULT_CLEANING_CONFIG, Counter())
             except FilteredOut as failed:
-                out.drop(i, conversation_id, source_file, source_line, "not_usable", failed.reason)
+                out.drop(i, conversation_id, source_file, source_line, "not_usable", failed.reason, (0, i))
                 continue
         else:  # kept rows are stored as the cleaning pass left them
             messages = raw
         _, context, _ = record_hashes(messages)
         if context is None:  # role rules leave an assistant reply last; kept for type safety
-            out.drop(i, conversation_id, source_file, source_line, "not_usable", "no final assistant reply")
+            out.drop(i, conversation_id, source_file, source_line, "not_usable", "no final assistant reply", (0, i))
             continue
         reply = messages[-1]["content"]
-        metadata = _metadata(columns["metadata"][i])
-        rating = columns["rating"][i]
+        metadata = _metadata(columns["metadata"][j])
+        rating = columns["rating"][j]
         original = None
-        if config.use_edits and _is_true(columns["edited"][i]):
+        if config.use_edits and _is_true(columns["edited"][j]):
             text = metadata.get("original_content")
             text = normalize_text(text) if isinstance(text, str) else ""
             original = text if text and text != reply else None
@@ -422,8 +483,8 @@ def _usable_rows(conversations: pd.DataFrame, config: PreferenceConfig, out: _Ou
                 conversation_id=conversation_id,
                 source_file=source_file,
                 source_line=None if _missing(source_line) else source_line,
-                user_id=None if _missing(columns["user_id"][i]) else columns["user_id"][i],
-                tags=_tags(columns["tags"][i]),
+                user_id=None if _missing(columns["user_id"][j]) else columns["user_id"][j],
+                tags=_tags(columns["tags"][j]),
                 prompt=messages[:-1],
                 reply=reply,
                 context_hash=context,
@@ -439,6 +500,11 @@ def _usable_rows(conversations: pd.DataFrame, config: PreferenceConfig, out: _Ou
 
 def _order_key(row: _Row) -> tuple[str, str, str]:
     return (str(row.conversation_id), str(row.source_file), str(row.source_line))
+
+
+def _position(row: _Row) -> tuple[str, str, str, int]:
+    """The order the rules visit rows in: :func:`_order_key`, ties in input order."""
+    return (*_order_key(row), row.index)
 
 
 def _rank(row: _Row, neutral: float) -> tuple[float, int]:
@@ -497,17 +563,88 @@ def _kto(row: _Row, config: PreferenceConfig, out: _Outcome) -> None:
         elif row.rating <= config.kto_bad_rating:
             by_rating = False
     by_thumbs = None if row.thumbs == 0 else row.thumbs > 0
+    key = (3, _position(row))
     if by_rating is not None:
         if by_thumbs is not None and by_thumbs != by_rating:
-            out.drop_row(row, "contradictory", f"rating {row.rating:g} but thumbs {'up' if by_thumbs else 'down'}")
+            detail = f"rating {row.rating:g} but thumbs {'up' if by_thumbs else 'down'}"
+            out.drop_row(row, "contradictory", detail, key)
         else:
             out.example(row, "rating", by_rating)
     elif by_thumbs is not None:
         out.example(row, "thumbs", by_thumbs)
     elif row.rating is not None:
-        out.drop_row(row, "neutral_rating", f"rating {row.rating:g}")
+        out.drop_row(row, "neutral_rating", f"rating {row.rating:g}", key)
     else:
-        out.drop_row(row, "no_signal")
+        out.drop_row(row, "no_signal", "", key)
+
+
+def _place(rows: list[_Row], config: PreferenceConfig, out: _Outcome) -> None:
+    """Rules 2-5 for usable rows (rule 1 has run). ``rows`` may be a part of the input as long as
+    it holds every row of each context it touches (a shard of context groups): rules 2-5 only
+    relate rows with the same context. Every record gets a sort key (``out.*_keys``) that orders
+    the records of all parts as the whole input gives them: the outcome lists of one call are in
+    that order already, so the parts' outputs merge by key.
+
+    Keys, by output: a pair is ``(0, position)`` for an edit pair (rule 3, in row order), ``(1,
+    position of the group's first row)`` for a context-group pair (rule 4, in group order); a KTO
+    example is its row's position (rule 5, in row order); a dropped row is ``(0, input index)``
+    (rule 1, by :func:`_usable_rows`), ``(1, position of the copies' first row, position)`` (rule
+    2), ``(2, position of the group's first row, place in the group)`` (rule 4) or ``(3,
+    position)`` (rule 5). A position is :func:`_position`.
+    """
+    rows = sorted(rows, key=_position)
+
+    # Rule 2: exact copies (same context, reply and edit original) are one conversation.
+    copies: dict[tuple[int, int, int | None], list[_Row]] = {}
+    for row in rows:
+        key = (row.context_hash, text_hash(row.reply), None if row.original is None else text_hash(row.original))
+        copies.setdefault(key, []).append(row)
+    unique: list[_Row] = []
+    for same in copies.values():
+        keep = min(same, key=lambda r: (-r.n_signals, _order_key(r)))
+        unique.append(keep)
+        first = _position(same[0])
+        for row in same:
+            if row is not keep:
+                detail = f"same prompt and reply as {keep.conversation_id}"
+                out.drop_row(row, "duplicate_reply", detail, (1, first, _position(row)))
+    unique.sort(key=_position)
+
+    # Rule 3: edit pairs.
+    grouped: dict[int, list[_Row]] = {}
+    for row in unique:
+        if row.original is not None:
+            out.pair("edit", row, row, (0, _position(row)))
+        else:
+            grouped.setdefault(row.context_hash, []).append(row)
+
+    # Rule 4: context groups; rule 5 for singletons and the members a pair leaves out.
+    singles: list[_Row] = []
+    for group in grouped.values():
+        if len(group) == 1:
+            singles.extend(group)
+            continue
+        first = _position(group[0])
+        picked = _pick_pair(group, config)
+        if picked is None:
+            for place, row in enumerate(group):
+                out.drop_row(row, "tie", f"{len(group)} replies to one prompt, none ordered", (2, first, place))
+            continue
+        rule, chosen, rejected = picked
+        disagreement = _disagreement(chosen, rejected, config)
+        if disagreement:
+            out.drop_row(chosen, "contradictory", f"{rule} pair: {disagreement}", (2, first, 0))
+            out.drop_row(rejected, "contradictory", f"{rule} pair: {disagreement}", (2, first, 1))
+        else:
+            out.pair(rule, chosen, rejected, (1, first))
+        singles.extend(r for r in group if r is not chosen and r is not rejected)
+    for row in sorted(singles, key=_position):
+        _kto(row, config, out)
+
+
+def _misplaced(out: _Outcome) -> int:
+    """Conversations ``out`` placed more than once (the rules guarantee none)."""
+    return sum(1 for n in out.placed.values() if n != 1)
 
 
 def build_preferences(
@@ -521,64 +658,19 @@ def build_preferences(
     """
     conversations = conversations.reset_index(drop=True)
     out = _Outcome()
-    rows = sorted(_usable_rows(conversations, config, out), key=_order_key)
-
-    # Rule 2: exact copies (same context, reply and edit original) are one conversation.
-    copies: dict[tuple[int, int, int | None], list[_Row]] = {}
-    for row in rows:
-        key = (row.context_hash, text_hash(row.reply), None if row.original is None else text_hash(row.original))
-        copies.setdefault(key, []).append(row)
-    unique: list[_Row] = []
-    for same in copies.values():
-        keep = min(same, key=lambda r: (-r.n_signals, _order_key(r)))
-        unique.append(keep)
-        for row in same:
-            if row is not keep:
-                out.drop_row(row, "duplicate_reply", f"same prompt and reply as {keep.conversation_id}")
-    unique.sort(key=_order_key)
-
-    # Rule 3: edit pairs.
-    grouped: dict[int, list[_Row]] = {}
-    for row in unique:
-        if row.original is not None:
-            out.pair("edit", row, row)
-        else:
-            grouped.setdefault(row.context_hash, []).append(row)
-
-    # Rule 4: context groups; rule 5 for singletons and the members a pair leaves out.
-    singles: list[_Row] = []
-    for group in grouped.values():
-        if len(group) == 1:
-            singles.extend(group)
-            continue
-        picked = _pick_pair(group, config)
-        if picked is None:
-            for row in group:
-                out.drop_row(row, "tie", f"{len(group)} replies to one prompt, none ordered")
-            continue
-        rule, chosen, rejected = picked
-        disagreement = _disagreement(chosen, rejected, config)
-        if disagreement:
-            out.drop_row(chosen, "contradictory", f"{rule} pair: {disagreement}")
-            out.drop_row(rejected, "contradictory", f"{rule} pair: {disagreement}")
-        else:
-            out.pair(rule, chosen, rejected)
-        singles.extend(r for r in group if r is not chosen and r is not rejected)
-    for row in sorted(singles, key=_order_key):
-        _kto(row, config, out)
-
+    _place(_usable_rows(conversations, config, out), config, out)
     build = PreferenceBuild(
         pairs=_frame(out.pairs, PAIR_COLUMNS),
         kto=_frame(out.kto, KTO_COLUMNS),
         dropped=_frame(out.dropped, DROPPED_COLUMNS),
         n_in=len(conversations),
     )
-    misplaced = {i: n for i, n in out.placed.items() if n != 1}
+    misplaced = _misplaced(out)
     unplaced = len(conversations) - len(out.placed)
     if misplaced or unplaced or not build.counts_add_up:  # the rules guarantee it; a bug must not pass silently
         raise AssertionError(
             f"preference accounting: {build.n_in} in, {build.conversations_accounted} accounted, "
-            f"{unplaced} placed nowhere, {len(misplaced)} placed more than once"
+            f"{unplaced} placed nowhere, {misplaced} placed more than once"
         )
     ids = [*build.pairs["pair_id"], *build.kto["example_id"]]
     if len(set(ids)) != len(ids):
@@ -599,15 +691,29 @@ def _frame(records: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
 # --- reading the cleaned partitions --------------------------------------------------------------
 
 
-def read_cleaned_for_preferences(cleaned_folders: Mapping[str, Path]) -> tuple[pd.DataFrame, list[str]]:
-    """The kept and filtered rows of every cleaned partition (partition -> folder holding its
-    :class:`CleanedManifest`), with the columns :data:`INPUT_COLUMNS` (``filter_reason`` and
-    ``filter_detail`` empty for kept rows), and the partitions that have no manifest yet (skipped).
+#: Rows per batch when the cleaned files are read batch by batch.
+READ_BATCH_ROWS = 10_000
+
+
+@dataclass(frozen=True)
+class CleanedSource:
+    """One Parquet file of a cleaned partition: its kept rows or its filtered rows."""
+
+    partition: str
+    path: Path
+    kept: bool
+    rows: int
+
+
+def cleaned_sources(cleaned_folders: Mapping[str, Path]) -> tuple[list[CleanedSource], list[str]]:
+    """The kept and filtered files of every cleaned partition (partition -> folder holding its
+    :class:`CleanedManifest`), partitions in sorted order, kept before filtered, and the
+    partitions that have no manifest yet (skipped). Reads only the manifests and Parquet footers.
 
     Raises:
         ManifestError: a partition's manifest is of another kind or an older schema.
     """
-    frames: list[pd.DataFrame] = []
+    sources: list[CleanedSource] = []
     missing: list[str] = []
     for partition in sorted(cleaned_folders):
         manifest = read_manifest(cleaned_folders[partition], CleanedManifest)
@@ -615,16 +721,47 @@ def read_cleaned_for_preferences(cleaned_folders: Mapping[str, Path]) -> tuple[p
             missing.append(partition)
             continue
         for path, kept in ((manifest.path, True), (manifest.filtered_path, False)):
-            present = set(pq.read_schema(path).names)
-            frame = pd.read_parquet(path, columns=[c for c in INPUT_COLUMNS if c in present])
-            if kept:
+            rows = pq.ParquetFile(path).metadata.num_rows
+            sources.append(CleanedSource(partition, Path(path), kept, rows))
+    return sources, missing
+
+
+def iter_cleaned_for_preferences(
+    sources: Sequence[CleanedSource], batch_rows: int = READ_BATCH_ROWS
+) -> Iterator[pd.DataFrame]:
+    """The rows of ``sources`` in batches of at most ``batch_rows``, in order, with the columns
+    :data:`INPUT_COLUMNS` (``filter_reason`` and ``filter_detail`` empty for kept rows); only
+    those columns are read, one batch at a time."""
+    for source in sources:
+        if not source.rows:
+            continue
+        parquet = pq.ParquetFile(source.path)
+        present = set(parquet.schema_arrow.names)
+        columns = [c for c in INPUT_COLUMNS if c in present]
+        for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns):
+            frame = batch.to_pandas()
+            if source.kept:
                 frame["filter_reason"] = ""
                 frame["filter_detail"] = ""
             for name in INPUT_COLUMNS:
                 if name not in frame.columns:
                     frame[name] = None
             if len(frame):
-                frames.append(frame[INPUT_COLUMNS])
+                yield frame[INPUT_COLUMNS]
+
+
+def read_cleaned_for_preferences(cleaned_folders: Mapping[str, Path]) -> tuple[pd.DataFrame, list[str]]:
+    """The kept and filtered rows of every cleaned partition (partition -> folder holding its
+    :class:`CleanedManifest`) in one frame, with the columns :data:`INPUT_COLUMNS` (``filter_reason``
+    and ``filter_detail`` empty for kept rows), and the partitions that have no manifest yet
+    (skipped). The whole input in memory: the stage itself reads it batch by batch
+    (:func:`iter_cleaned_for_preferences`).
+
+    Raises:
+        ManifestError: a partition's manifest is of another kind or an older schema.
+    """
+    sources, missing = cleaned_sources(cleaned_folders)
+    frames = list(iter_cleaned_for_preferences(sources))
     if not frames:
         return pd.DataFrame(columns=INPUT_COLUMNS), missing
     return pd.concat(frames, ignore_index=True), missing
