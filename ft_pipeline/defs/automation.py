@@ -67,16 +67,26 @@ def make_new_log_files_sensor(job: UnresolvedAssetJobDefinition) -> dg.SensorDef
     return new_log_files
 
 
+#: Training methods the nightly schedule may use (``FT_PIPELINE_RETRAIN_METHOD``).
+RETRAIN_METHODS = ("sft", "dpo", "kto", "sft_then_dpo")
+
+
 def make_nightly_retrain_schedule(job: UnresolvedAssetJobDefinition) -> dg.ScheduleDefinition:
     """Curated dataset -> splits -> model -> evaluation -> promotion, once a night (STOPPED until
-    someone turns it on). Cron and timezone come from FT_PIPELINE_RETRAIN_CRON / _TIMEZONE."""
+    someone turns it on). Cron and timezone come from FT_PIPELINE_RETRAIN_CRON / _TIMEZONE, the
+    training method (``fine_tuned_model.method``) from FT_PIPELINE_RETRAIN_METHOD (default sft)."""
+    method = os.environ.get("FT_PIPELINE_RETRAIN_METHOD", "sft").strip() or "sft"
+    if method not in RETRAIN_METHODS:
+        raise ValueError(f"FT_PIPELINE_RETRAIN_METHOD must be one of {', '.join(RETRAIN_METHODS)}, not {method!r}")
     return dg.ScheduleDefinition(
         name="nightly_retrain",
         job=job,
         cron_schedule=os.environ.get("FT_PIPELINE_RETRAIN_CRON", "0 2 * * *"),
         execution_timezone=os.environ.get("FT_PIPELINE_RETRAIN_TIMEZONE", "UTC"),
         default_status=dg.DefaultScheduleStatus.STOPPED,
-        description="Retrain, evaluate and (if the gate passes) promote on all ingested data.",
+        # Only a non-default method is set, so the default schedule's runs carry no run config.
+        run_config={"ops": {"fine_tuned_model": {"config": {"method": method}}}} if method != "sft" else None,
+        description=f"Retrain ({method}), evaluate and (if the gate passes) promote on all ingested data.",
     )
 
 

@@ -124,15 +124,26 @@ class FineTuneRunConfig(dg.Config):
     merge_full_model: bool = Field(
         default=_LORA.merge_full_model, description="Also save the adapter merged into the base weights."
     )
-    method: Literal["sft", "dpo", "kto"] = Field(
+    method: Literal["sft", "dpo", "kto", "sft_then_dpo"] = Field(
         default="sft",
         description="sft: supervised on the SFT splits. dpo: Direct Preference Optimization on preference_dataset's "
         "pairs (local_lora: TRL DPOTrainer; openai: a DPO job). kto: TRL KTOTrainer on preference_dataset's "
-        "labelled single replies (local_lora only).",
+        "labelled single replies (local_lora only). sft_then_dpo: SFT, then DPO continuing the SFT model "
+        "(local_lora: from the SFT adapter, with the SFT model as DPO's reference; openai: an SFT job, then a DPO "
+        "job on its model).",
     )
     dpo_beta: float = Field(
         default=_LORA.dpo_beta,
-        description="local_lora dpo/kto: how strongly the model is kept near the base (TRL beta; higher = closer).",
+        description="local_lora dpo/kto/sft_then_dpo: how strongly the model is kept near the reference model "
+        "(TRL beta; higher = closer).",
+    )
+    kto_desirable_weight: float | None = Field(
+        default=_LORA.kto_desirable_weight,
+        description="local_lora kto: loss weight of the good examples; null = balanced from the label counts.",
+    )
+    kto_undesirable_weight: float | None = Field(
+        default=_LORA.kto_undesirable_weight,
+        description="local_lora kto: loss weight of the bad examples; null = balanced from the label counts.",
     )
     # openai (the base model is the openai_fine_tuning resource's ``model``: one setting with the splits' check)
     openai_dpo_beta: str = Field(
@@ -175,6 +186,8 @@ class FineTuneRunConfig(dg.Config):
             merge_full_model=self.merge_full_model,
             method=self.method,
             dpo_beta=self.dpo_beta,
+            kto_desirable_weight=self.kto_desirable_weight,
+            kto_undesirable_weight=self.kto_undesirable_weight,
         )
 
     def openai(self, model: str) -> OpenAIFineTuneConfig:
@@ -206,7 +219,8 @@ def _splits(storage: PipelineStorage) -> SplitsManifest:
 
 
 @dg.asset(
-    deps=["train_split", "validation_split"],
+    # preference_dataset: what dpo, kto and sft_then_dpo train on (sft does not read it).
+    deps=["train_split", "validation_split", "preference_dataset"],
     group_name="training",
     code_version=TRAINING_CODE_VERSION,
     pool="gpu",
@@ -228,7 +242,8 @@ def fine_tuned_model(
     (QLoRA 4-bit on CUDA) in its own process through Dagster Pipes, assistant-only loss, packing,
     early stopping on validation loss, checkpoints per run key (a retry resumes); with method
     ``dpo``/``kto`` TRL's DPOTrainer/KTOTrainer on preference_dataset's JSONL instead, same
-    process, checkpoints and adapter, rewards/* streamed to the log. ``openai``: an
+    process, checkpoints and adapter, rewards/* streamed to the log; ``sft_then_dpo`` both, DPO
+    continuing the SFT adapter. ``openai``: an
     idempotent OpenAI fine-tuning job (re-attached by run key), polled with backoff, events
     streamed into the log. Writes ``models/<run_key>/model.json`` (a ModelRecord, also
     ``models/latest.json``) describing how to load or call it.
@@ -279,8 +294,7 @@ def _train_local(
         "backend": "local_lora",
         "base_model": record.base_model,
         "method": config.method,
-        # The version of what it trained on: the SFT splits, or preference_dataset for dpo/kto.
-        "train_split_version" if config.method == "sft" else "preference_version": record.data_version,
+        **_trained_on(config.method, splits, record.data_version),
         "adapter_digest": record.adapter_version or "",
     }
     for name, kind in _HEADLINE_METRICS.items():
@@ -313,6 +327,16 @@ def _train_local(
         }
     )
     return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(record.version))
+
+
+def _trained_on(method: str, splits: SplitsManifest, data_version: str) -> dict[str, str]:
+    """The versions of what a run trained on, as Dagster shows them for those assets: the SFT
+    splits (sft), preference_dataset (dpo, kto), or both (sft_then_dpo)."""
+    if method == "sft":
+        return {"train_split_version": data_version}
+    if method == "sft_then_dpo":
+        return {"train_split_version": splits.version, "preference_version": data_version}
+    return {"preference_version": data_version}
 
 
 def _shortened(value: Any, max_chars: int = 48) -> Any:
@@ -366,8 +390,7 @@ def _train_openai(
         "backend": "openai",
         "method": config.method,
         "base_model": record.base_model,
-        # The version of what the job trained on: the SFT splits, or preference_dataset for dpo.
-        "train_split_version" if config.method == "sft" else "preference_version": record.data_version,
+        **_trained_on(config.method, splits, record.data_version),
         "fine_tuned_model": result.fine_tuned_model or "",
         "job_id": result.job_id,
         "reattached": result.reattached,

@@ -4,6 +4,7 @@ import json
 from datetime import UTC
 
 import dagster as dg
+import pytest
 
 from ft_pipeline.definitions import defs, new_log_files_sensor, nightly_retrain_schedule, record_run_failures
 from ft_pipeline.defs.partitions import log_files_partitions
@@ -88,6 +89,24 @@ def test_nightly_schedule_defaults_and_next_tick():
     context = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 1, 2, 2, 0, tzinfo=UTC))
     requests = nightly_retrain_schedule.evaluate_tick(context).run_requests
     assert len(requests) == 1
+
+
+def test_nightly_schedule_method_comes_from_the_environment(monkeypatch):
+    from datetime import datetime
+
+    from ft_pipeline.defs.automation import make_nightly_retrain_schedule
+
+    job = dg.define_asset_job("retrain_for_test", selection=["fine_tuned_model"])
+    context = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 1, 2, 2, 0, tzinfo=UTC))
+    monkeypatch.setenv("FT_PIPELINE_RETRAIN_METHOD", "sft_then_dpo")
+    (request,) = make_nightly_retrain_schedule(job).evaluate_tick(context).run_requests
+    assert request.run_config == {"ops": {"fine_tuned_model": {"config": {"method": "sft_then_dpo"}}}}
+    monkeypatch.setenv("FT_PIPELINE_RETRAIN_METHOD", "sft")
+    (request,) = make_nightly_retrain_schedule(job).evaluate_tick(context).run_requests
+    assert not request.run_config  # the default: the asset's own default config
+    monkeypatch.setenv("FT_PIPELINE_RETRAIN_METHOD", "ppo")
+    with pytest.raises(ValueError, match="FT_PIPELINE_RETRAIN_METHOD must be one of sft, dpo, kto, sft_then_dpo"):
+        make_nightly_retrain_schedule(job)
 
 
 def test_run_failure_sensor_records_the_failure(instance, tmp_path):

@@ -254,6 +254,29 @@ def test_a_dpo_job_from_the_preference_pairs_against_the_fake(instance, data_dir
         assert metadata["preference_version"].value == preference_version
         details = {row.data["name"] for row in metadata["training_details"].value.records}
         assert {"rewards/margins", "rewards/accuracies"} <= details
+        # sft_then_dpo, hosted: an SFT job on the splits, then a DPO job on the SFT job's model;
+        # a rerun re-attaches to both (no new job).
+        both = {**dpo, "method": "sft_then_dpo"}
+        staged = train(both)
+        assert staged.success and len(fake.jobs) == 3
+        sft_job, dpo_job = sorted(
+            (j for j in fake.jobs.values() if j["id"] != job["id"]), key=lambda j: j["method"]["type"] == "dpo"
+        )
+        assert sft_job["method"]["type"] == "supervised" and dpo_job["method"]["type"] == "dpo"
+        assert dpo_job["model"] == sft_job["fine_tuned_model"]
+        metadata = staged.get_asset_materialization_events()[0].materialization.metadata
+        assert metadata["method"].value == "sft_then_dpo" and metadata["preference_version"].value == preference_version
+        assert (
+            metadata["train_split_version"].value and metadata["fine_tuned_model"].value == dpo_job["fine_tuned_model"]
+        )
+        assert train(both).success and len(fake.jobs) == 3
+        # sft_then_dpo, local: SFT on the splits, then DPO from that adapter, in one trainer process.
+        local_staged = train({"backend": "local_lora", "method": "sft_then_dpo", **tiny})
+        assert local_staged.success
+        metadata = local_staged.get_asset_materialization_events()[0].materialization.metadata
+        assert metadata["method"].value == "sft_then_dpo"
+        details = {row.data["name"] for row in metadata["training_details"].value.records}
+        assert {"rewards/margins", "sft_train_loss", "sft_global_step"} <= details
         kto = train({"backend": "openai", "method": "kto"})
         assert not kto.success
         error = kto.get_step_failure_events()[0].step_failure_data.error

@@ -182,3 +182,97 @@ def test_kto_trains_and_logs_rewards(tmp_path):
 def test_sft_method_is_refused(tmp_path):
     with pytest.raises(ValueError, match="not method 'sft'"):
         train_preferences(_dpo_file(tmp_path / "t.jsonl", 2), None, tmp_path / "run", LoraTrainingConfig())
+
+
+SFT_THEN_DPO = dataclasses.replace(DPO, method="sft_then_dpo", num_train_epochs=1, lora_dropout=0.0)
+
+
+@pytest.fixture(scope="module")
+def sft_then_dpo_inputs(tmp_path_factory):
+    from ft_pipeline_tests.unit.test_lora_training import _conversations, _write_split
+
+    root = tmp_path_factory.mktemp("sft_then_dpo")
+    return (
+        _write_split(root / "train.parquet", _conversations(12, seed=0)),
+        _write_split(root / "validation.parquet", _conversations(4, seed=1)),
+        _dpo_file(root / "train.jsonl", 8),
+        _dpo_file(root / "validation.jsonl", 2),
+    )
+
+
+def test_sft_then_dpo_continues_the_sft_adapter_against_the_sft_model(sft_then_dpo_inputs, tmp_path):
+    from ft_pipeline.lib.evaluation.generation import adapter_digest
+    from ft_pipeline.lib.training.preference_trainer import train_sft_then_dpo
+
+    train_parquet, validation_parquet, train_jsonl, validation_jsonl = sft_then_dpo_inputs
+    out = tmp_path / "run"
+    logs: list[dict] = []
+    result = train_sft_then_dpo(
+        train_parquet,
+        validation_parquet,
+        train_jsonl,
+        validation_jsonl,
+        out,
+        SFT_THEN_DPO,
+        sft_data_version="splits-v1",
+        data_version=VERSION,
+        on_log=logs.append,
+    )
+    # Stage 1 is a complete SFT run of its own; stage 2 the DPO run that is the model.
+    sft_run = json.loads((out / "sft" / "run.json").read_text())
+    assert sft_run["status"] == "complete" and sft_run["data_version"] == "splits-v1"
+    dpo_run = json.loads((out / "run.json").read_text())
+    assert dpo_run["init_adapter_digest"] == adapter_digest(out / "sft" / "adapter")
+    assert result.adapter_dir == out / "adapter" and result.metrics["method"] == "sft_then_dpo"
+    assert result.metrics["sft_global_step"] > 0 and result.metrics["sft_train_loss"] > 0
+    assert {d["stage"] for d in logs} == {"sft", "dpo"}
+    # Only the trained adapter is saved, not the frozen reference copy TRL adds.
+    assert not (result.adapter_dir / "ref").exists()
+    # The reference model is the SFT model: at the first step policy == reference, so the
+    # margin is 0 and the DPO loss is ln 2. (Against the raw base it would not be: SFT moved it.)
+    first = next(d for d in logs if d["stage"] == "dpo" and d["kind"] == "train")
+    assert first["loss"] == pytest.approx(0.6931, abs=0.01)
+    assert abs(first["rewards/margins"]) < 0.02
+    # The DPO stage changed the SFT adapter.
+    assert adapter_digest(result.adapter_dir) != adapter_digest(out / "sft" / "adapter")
+
+
+def test_sft_then_dpo_resumes_after_a_stop_in_the_dpo_stage(sft_then_dpo_inputs, tmp_path):
+    from ft_pipeline.lib.training.preference_trainer import train_sft_then_dpo
+
+    out = tmp_path / "run"
+    config = dataclasses.replace(SFT_THEN_DPO, num_train_epochs=2)  # a checkpoint per epoch: stop after the first
+
+    def stop_once_dpo_has_a_checkpoint() -> bool:
+        return newest_complete_checkpoint(out / "checkpoints") is not None
+
+    kwargs = {"sft_data_version": "splits-v1", "data_version": VERSION}
+    stopped = train_sft_then_dpo(
+        *sft_then_dpo_inputs, out, config, should_stop=stop_once_dpo_has_a_checkpoint, **kwargs
+    )
+    assert stopped.metrics["stop_requested"] and stopped.metrics["global_step"] < 8
+    logs: list[dict] = []
+    resumed = train_sft_then_dpo(*sft_then_dpo_inputs, out, config, on_log=logs.append, **kwargs)
+    # The SFT stage is complete and reused (nothing logged), DPO resumes from its checkpoint.
+    assert {d["stage"] for d in logs} == {"dpo"}
+    assert resumed.metrics["resumed_from_step"] == stopped.metrics["global_step"]
+    assert resumed.metrics["global_step"] == 8
+    assert json.loads((out / "run.json").read_text())["status"] == "complete"
+
+
+def test_kto_weights_balance_the_labels_unless_set():
+    from ft_pipeline.lib.training.preference_trainer import kto_weights
+
+    records = [{"label": True}] * 6 + [{"label": False}] * 2
+    assert kto_weights(records, KTO) == (1.0, 3.0)
+    assert kto_weights([{"label": False}] * 3 + [{"label": True}], KTO) == (3.0, 1.0)
+    assert kto_weights(records, dataclasses.replace(KTO, kto_desirable_weight=1.0, kto_undesirable_weight=1.33)) == (
+        1.0,
+        1.33,
+    )
+    assert kto_weights([{"label": True}] * 3, KTO) == (1.0, 1.0)  # one label only: nothing to balance
+    with pytest.raises(ValueError, match="kto_undesirable_weight"):
+        dataclasses.replace(KTO, kto_undesirable_weight=0.0)
+    # Only KTO's run key depends on the weights.
+    assert dataclasses.replace(DPO, kto_desirable_weight=2.0).config_hash() == DPO.config_hash()
+    assert dataclasses.replace(KTO, kto_desirable_weight=2.0).config_hash() != KTO.config_hash()

@@ -19,12 +19,13 @@ __all__ = ["METHODS", "LoraTrainingConfig", "run_key"]
 # differs only in these keeps its run key, so turning on the merge later reuses the trained run.
 _OUTPUT_ONLY_FIELDS = frozenset({"merge_full_model", "save_total_limit"})
 
-METHODS = frozenset({"sft", "dpo", "kto"})
-"""Training methods: supervised fine-tuning and the two preference methods."""
+METHODS = frozenset({"sft", "dpo", "kto", "sft_then_dpo"})
+"""Training methods: supervised fine-tuning, the two preference methods, and SFT followed by DPO
+from the SFT adapter."""
 
 # Fields added for preference training: left out of an SFT run's hash, so SFT run keys (and the
 # checkpoints named by them) made before these fields existed stay the same.
-_PREFERENCE_FIELDS = ("method", "dpo_beta")
+_PREFERENCE_FIELDS = ("method", "dpo_beta", "kto_desirable_weight", "kto_undesirable_weight")
 
 
 @dataclass(frozen=True)
@@ -93,9 +94,17 @@ class LoraTrainingConfig:
     ``"dpo"``: TRL ``DPOTrainer`` on preference pairs; ``"kto"``: TRL ``KTOTrainer`` on single
     completions labelled desirable/undesirable (``train_preferences``). For dpo/kto the reference
     model is the base itself (the adapter disabled), and ``packing`` and ``early_stopping_patience``
-    do not apply."""
+    do not apply. ``"sft_then_dpo"``: SFT first (as ``"sft"``, into ``<run>/sft``), then DPO that
+    continues the SFT adapter with a frozen copy of it as the reference model (the usual recipe:
+    DPO keeps the policy near the SFT model, not near the raw base)."""
     dpo_beta: float = 0.1
-    """dpo/kto: how strongly the policy is kept near the base (TRL's ``beta``; higher = closer)."""
+    """dpo/kto/sft_then_dpo: how strongly the policy is kept near the reference model (TRL's
+    ``beta``; higher = closer)."""
+    kto_desirable_weight: float | None = None
+    """kto: weight of the desirable (good) examples' loss; None = balanced from the label counts so
+    that weight x count is the same for both labels (TRL advises a ratio within [1, 4/3])."""
+    kto_undesirable_weight: float | None = None
+    """kto: weight of the undesirable (bad) examples' loss; None = balanced as above."""
 
     def __post_init__(self) -> None:
         if isinstance(self.target_modules, list):
@@ -121,6 +130,10 @@ class LoraTrainingConfig:
             raise ValueError(f"method must be one of {sorted(METHODS)}, got {self.method!r}")
         if self.dpo_beta <= 0:
             raise ValueError(f"dpo_beta must be > 0, got {self.dpo_beta}")
+        for name in ("kto_desirable_weight", "kto_undesirable_weight"):
+            weight = getattr(self, name)
+            if weight is not None and weight <= 0:
+                raise ValueError(f"{name} must be > 0 (or None for balanced), got {weight}")
         if self.save_total_limit < 1:
             raise ValueError(f"save_total_limit must be >= 1, got {self.save_total_limit}")
 
@@ -142,6 +155,10 @@ class LoraTrainingConfig:
         if self.method == "sft":
             for name in _PREFERENCE_FIELDS:
                 payload.pop(name)
+        elif self.method != "kto":
+            # Only KTO reads its weights: leaving them out keeps DPO run keys as they were.
+            payload.pop("kto_desirable_weight")
+            payload.pop("kto_undesirable_weight")
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -8,6 +8,7 @@ turns the trainer's summary into the :class:`ModelRecord`. OpenAI: :func:`fine_t
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +18,13 @@ from typing import Any
 from ft_pipeline.lib.manifests import PreferenceManifest, SplitsManifest, read_manifest
 from ft_pipeline.lib.storage import content_version, portable_path
 from ft_pipeline.lib.training.lora import LoraTrainingConfig, run_key
-from ft_pipeline.lib.training.openai_job import OpenAIFineTuneConfig, OpenAIFineTuneResult, run_fine_tune
+from ft_pipeline.lib.training.openai_job import (
+    FineTuneError,
+    OpenAIFineTuneConfig,
+    OpenAIFineTuneResult,
+    run_fine_tune,
+)
+from ft_pipeline.lib.training.preference_trainer import trl_method
 from ft_pipeline.lib.training.record import ModelRecord, record_path, write_model_record
 
 __all__ = ["LocalRun", "NoPreferenceData", "fine_tune_openai", "prepare_local_run", "read_splits", "record_local_run"]
@@ -57,26 +64,41 @@ def prepare_local_run(
     preferences: PreferenceManifest | None = None,
 ) -> LocalRun:
     """The run of ``config``: SFT on the splits, or (``config.method`` dpo/kto) the method's TRL
-    JSONL of ``preferences``, keyed by the preference data's version. Raises
-    :class:`NoPreferenceData` for dpo/kto without preference examples to train on."""
-    if config.method == "sft":
+    JSONL of ``preferences``, keyed by the preference data's version, or (sft_then_dpo) both: the
+    SFT splits, then the DPO pairs, keyed by the preference data's version (which names the splits
+    it was split against). Raises :class:`NoPreferenceData` for a preference method without
+    preference examples to train on, or with preference data split against other SFT splits."""
+    files: dict[str, Any] = {}
+    if config.method in ("sft", "sft_then_dpo"):
         data_version, data_paths = splits.version, splits.paths
-        files: dict[str, Any] = {
-            "train_parquet": splits.parquet("train"),
-            "validation_parquet": splits.parquet("validation"),
-        }
-    else:
+        files.update(
+            {
+                "train_parquet": splits.parquet("train"),
+                "validation_parquet": splits.parquet("validation"),
+                "sft_data_version": splits.version,
+            }
+        )
+    if config.method != "sft":
+        trains_on = trl_method(config.method)
         if preferences is None:
             raise NoPreferenceData(f"local {config.method} training needs preference_dataset: materialize it first")
-        train = Path(preferences.paths["train"][config.method])
-        validation = Path(preferences.paths["validation"][config.method])
+        if config.method == "sft_then_dpo" and preferences.splits_version != splits.version:
+            # The DPO stage must not see pairs placed against other splits than the SFT stage's.
+            raise NoPreferenceData(
+                f"preference_dataset {preferences.version} was split against splits {preferences.splits_version}, "
+                f"not the current splits {splits.version}: materialize preference_dataset again"
+            )
+        train = Path(preferences.paths["train"][trains_on])
+        validation = Path(preferences.paths["validation"][trains_on])
         if not train.exists() or not train.stat().st_size:
-            raise NoPreferenceData(f"{train} holds no {config.method} examples: the logs gave none for training")
+            raise NoPreferenceData(f"{train} holds no {trains_on} examples: the logs gave none for training")
         data_version, data_paths = preferences.version, preferences.paths
-        files = {
-            "train_jsonl": str(train),
-            "validation_jsonl": str(validation) if validation.exists() and validation.stat().st_size else None,
-        }
+        files.update(
+            {
+                "train_jsonl": str(train),
+                "validation_jsonl": str(validation) if validation.exists() and validation.stat().st_size else None,
+            }
+        )
     key = run_key(data_version, config, config.base_model)
     output_dir = models_folder / key
     extras = {
@@ -135,6 +157,19 @@ class NoPreferenceData(ValueError):
     """A DPO job was asked for, but there are no preference pairs to train on."""
 
 
+def _openai_preference_files(preferences: PreferenceManifest | None, method: str) -> tuple[Path, Path | None]:
+    """The OpenAI preference JSONL (train, validation or None when empty) of a DPO job."""
+    if preferences is None:
+        raise NoPreferenceData(f"a {method} job needs preference_dataset: materialize it first")
+    train = Path(preferences.paths["train"]["openai"])
+    validation: Path | None = Path(preferences.paths["validation"]["openai"])
+    if not train.exists() or not train.stat().st_size:
+        raise NoPreferenceData(f"{train} holds no preference pairs: the logs gave none for training")
+    if validation is not None and (not validation.exists() or not validation.stat().st_size):
+        validation = None
+    return train, validation
+
+
 def fine_tune_openai(
     client: Any,
     splits: SplitsManifest,
@@ -148,33 +183,43 @@ def fine_tune_openai(
 ) -> tuple[ModelRecord, OpenAIFineTuneResult, Path]:
     """Run (or re-attach to) the OpenAI fine-tuning job of these splits and settings and write its
     record. ``config.method == "dpo"`` trains on ``preferences`` (the OpenAI preference JSONL of its
-    train and validation splits) instead of the SFT splits. Raises what :func:`run_fine_tune`
-    raises (``FineTuneError`` and its kinds), and :class:`NoPreferenceData` for a DPO job without
-    pairs."""
-    if config.method == "dpo":
-        if preferences is None:
-            raise NoPreferenceData("a DPO job needs preference_dataset: materialize it first")
-        train = Path(preferences.paths["train"]["openai"])
-        validation: Path | None = Path(preferences.paths["validation"]["openai"])
-        if not train.exists() or not train.stat().st_size:
-            raise NoPreferenceData(f"{train} holds no preference pairs: the logs gave none for training")
-        if validation is not None and (not validation.exists() or not validation.stat().st_size):
-            validation = None
-        data_version, split_paths = preferences.version, preferences.paths
-    else:
+    train and validation splits) instead of the SFT splits; ``"sft_then_dpo"`` runs the SFT job of
+    the splits, then a DPO job on the SFT job's model, and records the DPO model over the original
+    base (``config.model``), so the evaluation compares it with that base. Raises what
+    :func:`run_fine_tune` raises (``FineTuneError`` and its kinds), and :class:`NoPreferenceData`
+    for a DPO job without pairs."""
+    hooks: dict[str, Any] = {"on_log": on_log, "on_metrics": on_metrics, "on_job": on_job}
+    earlier_tokens = 0  # sft_then_dpo: the SFT job's trained tokens (both jobs are billed)
+    if config.method == "sft":
         train, validation = Path(splits.jsonl("train")), Path(splits.jsonl("validation"))
         data_version, split_paths = splits.version, splits.paths
-    key = openai_run_key(splits, config, data_version)
-    result = run_fine_tune(
-        client,
-        train,
-        validation,
-        key,
-        config,
-        on_log=on_log,
-        on_metrics=on_metrics,
-        on_job=on_job,
-    )
+        key = openai_run_key(splits, config, data_version)
+        result = run_fine_tune(client, train, validation, key, config, **hooks)
+    else:
+        preference_files = _openai_preference_files(preferences, config.method)
+        data_version, split_paths = preferences.version, preferences.paths  # type: ignore[union-attr]
+        dpo_config = dataclasses.replace(config, method="dpo")
+        if config.method == "sft_then_dpo":
+            # The SFT job is exactly the plain SFT run of these splits (same run key): a rerun, or an
+            # earlier `method=sft` run, re-attaches to it instead of paying for it again.
+            sft_config = dataclasses.replace(config, method="sft")
+            on_log(f"sft_then_dpo: SFT job on the splits {splits.version}")
+            sft = run_fine_tune(
+                client,
+                Path(splits.jsonl("train")),
+                Path(splits.jsonl("validation")),
+                openai_run_key(splits, sft_config),
+                sft_config,
+                **hooks,
+            )
+            if not sft.fine_tuned_model:
+                raise FineTuneError(f"the SFT job {sft.job_id} succeeded without a fine-tuned model id")
+            on_log(f"sft_then_dpo: DPO job on {sft.fine_tuned_model}")
+            earlier_tokens = sft.trained_tokens or 0
+            dpo_config = dataclasses.replace(dpo_config, model=sft.fine_tuned_model)
+        key = openai_run_key(splits, dpo_config, data_version)
+        result = run_fine_tune(client, *preference_files, key, dpo_config, **hooks)
+        key = openai_run_key(splits, config, data_version)
     record = ModelRecord(
         version=key,
         path=record_path(models_folder, key),
@@ -188,7 +233,9 @@ def fine_tune_openai(
         metrics=result.result_metrics or {},
         remote_model_id=result.fine_tuned_model,
         job_id=result.job_id,
-        trained_tokens=result.trained_tokens,
+        trained_tokens=(result.trained_tokens or 0) + earlier_tokens
+        if result.trained_tokens is not None or earlier_tokens
+        else None,
         checkpoints=result.checkpoints,
         hyperparameters=result.hyperparameters,
     )

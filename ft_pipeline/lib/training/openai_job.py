@@ -81,6 +81,9 @@ RUN_KEY_METADATA = "run_key"
 METHOD_METADATA = "method"
 #: ``OpenAIFineTuneConfig.method`` -> the API's ``method.type``.
 API_METHODS = {"sft": "supervised", "dpo": "dpo"}
+#: Methods a hosted run can have: one job of an API method, or ``sft_then_dpo``: an SFT job, then
+#: a DPO job that fine-tunes the SFT job's model (``ft_pipeline.lib.training.fine_tune``).
+HOSTED_METHODS = frozenset({*API_METHODS, "sft_then_dpo"})
 MAX_SUFFIX_CHARS = 64
 MAX_METADATA_VALUE_CHARS = 512
 #: Page size for ``list_events`` while tailing (the API default is 20).
@@ -115,7 +118,9 @@ class OpenAIFineTuneConfig:
         method: ``"sft"`` (supervised, sent as ``method.type="supervised"``; the files are chat
             JSONL) or ``"dpo"`` (direct preference optimization, ``method.type="dpo"``; the
             files are OpenAI preference JSONL, ``<split>.openai.jsonl``). Part of the job's
-            identity: a job of the other method is never re-attached. Default ``"sft"``.
+            identity: a job of the other method is never re-attached. ``"sft_then_dpo"``: an SFT
+            job, then a DPO job on the SFT job's model (``fine_tune_openai`` runs both; one
+            :func:`run_fine_tune` call runs one job of an API method). Default ``"sft"``.
         dpo_beta: DPO's beta, ``"auto"`` or > 0: how strongly the policy is held to the
             reference model (higher = closer to it). Sent only for ``method="dpo"``, ignored
             for sft. Default ``"auto"`` (the API picks it).
@@ -154,8 +159,8 @@ class OpenAIFineTuneConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
             raise ValueError("model must be a non-empty string")
-        if self.method not in API_METHODS:
-            raise ValueError(f"method must be one of {sorted(API_METHODS)}, got {self.method!r}")
+        if self.method not in HOSTED_METHODS:
+            raise ValueError(f"method must be one of {sorted(HOSTED_METHODS)}, got {self.method!r}")
         _check_auto_or_number("dpo_beta", self.dpo_beta, integer=False, low=0, high=None)
         _check_auto_or_number("n_epochs", self.n_epochs, integer=True, low=1, high=50)
         _check_auto_or_number("batch_size", self.batch_size, integer=True, low=1, high=256)
@@ -175,7 +180,10 @@ class OpenAIFineTuneConfig:
 
     @property
     def api_method(self) -> str:
-        """The API's ``method.type``: ``"supervised"`` or ``"dpo"``."""
+        """The API's ``method.type``: ``"supervised"`` or ``"dpo"`` (``sft_then_dpo`` is two jobs,
+        one of each, and has none)."""
+        if self.method not in API_METHODS:
+            raise ValueError(f"method {self.method!r} is two jobs (sft, then dpo), not one API method")
         return API_METHODS[self.method]
 
     def hyperparameters(self) -> dict[str, int | float | str]:

@@ -31,8 +31,8 @@ from dagster_pipes import PipesContext, PipesEnvVarParamsLoader, open_dagster_pi
 
 from ft_pipeline.lib.evaluation.generation import adapter_digest  # noqa: E402
 from ft_pipeline.lib.quiet_logs import quiet_third_party_logs  # noqa: E402
-from ft_pipeline.lib.training.lora import LoraTrainingConfig, TrainingResult, train_lora  # noqa: E402
-from ft_pipeline.lib.training.preference_trainer import train_preferences  # noqa: E402
+from ft_pipeline.lib.training.lora import LoraTrainingConfig, train_lora  # noqa: E402
+from ft_pipeline.lib.training.preference_trainer import train_preferences, train_sft_then_dpo  # noqa: E402
 
 
 def _config_from_extras(values: dict[str, Any]) -> LoraTrainingConfig:
@@ -62,23 +62,50 @@ def run(extras: dict[str, Any], pipes: PipesContext | None) -> dict[str, Any]:
         pipes.log.info("train " + " ".join(parts))
 
     config = _config_from_extras(extras.get("config", {}))
-    train_fn: Callable[..., TrainingResult]
+    on_progress: Callable[[str], None] = (lambda line: print(line, flush=True)) if pipes is None else pipes.log.info
+    common: dict[str, Any] = {
+        "on_progress": on_progress,
+        "should_stop": stop.is_set,
+        "base_cache_dir": Path(extras["base_cache_dir"]) if extras.get("base_cache_dir") else None,
+    }
+
+    def optional(name: str) -> Path | None:
+        return Path(extras[name]) if extras.get(name) else None
+
     if config.method == "sft":
-        train, validation, train_fn = "train_parquet", "validation_parquet", train_lora
+        result = train_lora(
+            Path(extras["train_parquet"]),
+            optional("validation_parquet"),
+            Path(extras["output_dir"]),
+            config,
+            data_version=extras.get("data_version", ""),
+            on_log=on_log,
+            **common,
+        )
+    elif config.method == "sft_then_dpo":
+        result = train_sft_then_dpo(
+            Path(extras["train_parquet"]),
+            optional("validation_parquet"),
+            Path(extras["train_jsonl"]),
+            optional("validation_jsonl"),
+            Path(extras["output_dir"]),
+            config,
+            sft_data_version=extras.get("sft_data_version", ""),
+            data_version=extras.get("data_version", ""),
+            on_log=on_log,
+            **common,
+        )
     else:
         # dpo / kto: the preference JSONL of the method, same run folder layout and guarantees.
-        train, validation, train_fn = "train_jsonl", "validation_jsonl", train_preferences
-    result = train_fn(
-        Path(extras[train]),
-        Path(extras[validation]) if extras.get(validation) else None,
-        Path(extras["output_dir"]),
-        config,
-        data_version=extras.get("data_version", ""),
-        on_log=on_log,
-        should_stop=stop.is_set,
-        base_cache_dir=Path(extras["base_cache_dir"]) if extras.get("base_cache_dir") else None,
-        on_progress=(lambda line: print(line, flush=True)) if pipes is None else pipes.log.info,
-    )
+        result = train_preferences(
+            Path(extras["train_jsonl"]),
+            optional("validation_jsonl"),
+            Path(extras["output_dir"]),
+            config,
+            data_version=extras.get("data_version", ""),
+            on_log=on_log,
+            **common,
+        )
     if stop.is_set():
         raise SystemExit("training was cancelled")
     return {

@@ -22,12 +22,14 @@ another config or other data.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ft_pipeline.lib.evaluation.generation import adapter_digest
 from ft_pipeline.lib.training.artifacts import (
     loss_history,
     mean_logged_loss,
@@ -52,16 +54,33 @@ from ft_pipeline.lib.training.trainer import (
     _result_from_disk,
     lora_config_of,
     previous_run,
+    read_conversations,
     save_adapter_and_tokenizer,
     shared_training_args,
+    train_lora,
     train_resuming,
 )
 
-__all__ = ["PREFERENCE_METHODS", "REWARD_METRICS", "read_preference_jsonl", "train_preferences"]
+__all__ = [
+    "PREFERENCE_METHODS",
+    "REWARD_METRICS",
+    "kto_weights",
+    "read_preference_jsonl",
+    "train_preferences",
+    "train_sft_then_dpo",
+    "trl_method",
+]
 
 logger = logging.getLogger(__name__)
 
-PREFERENCE_METHODS = frozenset({"dpo", "kto"})
+PREFERENCE_METHODS = frozenset({"dpo", "kto", "sft_then_dpo"})
+"""Methods that train on preference_dataset (and so are evaluated on its held-out pairs)."""
+
+
+def trl_method(method: str) -> str:
+    """The TRL trainer a preference method runs: ``sft_then_dpo``'s second stage is DPO."""
+    return "dpo" if method == "sft_then_dpo" else method
+
 
 REWARD_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
 """TRL's reward metrics kept per logged step in ``loss_history`` (KTO logs no accuracies)."""
@@ -127,6 +146,7 @@ def _build_trainer(
     *,
     cuda: bool,
     use_bf16: bool,
+    init_adapter_dir: Path | None = None,
 ) -> tuple[Any, Any]:
     from datasets import Dataset
     from transformers import PrinterCallback
@@ -135,11 +155,24 @@ def _build_trainer(
     tokenizer = _load_tokenizer(base_ref)
     model = _load_model(base_ref, qlora=config.qlora, use_bf16=use_bf16)
     lora_config = lora_config_of(config)
+    if init_adapter_dir is not None:
+        from peft import PeftModel
+
+        # Continue a trained adapter (sft_then_dpo). Given a PeftModel and no peft_config, TRL's
+        # DPOTrainer adds a frozen copy of this adapter as "ref": the reference model is the SFT
+        # model, as in the DPO paper's recipe, not the raw base.
+        with quiet_peft_deprecation():
+            model = PeftModel.from_pretrained(model, str(init_adapter_dir), is_trainable=True)
+        lora_config = None
     has_val = bool(validation)
-    config_class, trainer_class = (DPOConfig, DPOTrainer) if method == "dpo" else (KTOConfig, KTOTrainer)
+    extra: dict[str, Any] = {"beta": config.dpo_beta}
+    if method == "dpo":
+        config_class, trainer_class = DPOConfig, DPOTrainer
+    else:
+        config_class, trainer_class = KTOConfig, KTOTrainer
+        extra["desirable_weight"], extra["undesirable_weight"] = kto_weights(train, config)
     args = config_class(
-        **shared_training_args(config, checkpoints_dir, has_val=has_val, cuda=cuda, use_bf16=use_bf16),
-        beta=config.dpo_beta,
+        **shared_training_args(config, checkpoints_dir, has_val=has_val, cuda=cuda, use_bf16=use_bf16), **extra
     )
     with quiet_peft_deprecation():
         trainer = trainer_class(
@@ -155,6 +188,20 @@ def _build_trainer(
     return trainer, tokenizer
 
 
+def kto_weights(train: list[dict[str, Any]], config: LoraTrainingConfig) -> tuple[float, float]:
+    """KTO's (desirable_weight, undesirable_weight): the configured ones, or (None) balanced so
+    that weight x count is equal for both labels -- the logs hold many more thumbs-up than
+    thumbs-down, and unbalanced KTO then learns mostly from the majority label."""
+    n_good = sum(1 for r in train if r.get("label") is True)
+    n_bad = len(train) - n_good
+    desirable, undesirable = config.kto_desirable_weight, config.kto_undesirable_weight
+    if desirable is None:
+        desirable = 1.0 if n_good == 0 or n_bad == 0 or n_good >= n_bad else n_bad / n_good
+    if undesirable is None:
+        undesirable = 1.0 if n_good == 0 or n_bad == 0 or n_bad >= n_good else n_good / n_bad
+    return float(desirable), float(undesirable)
+
+
 def train_preferences(
     train_jsonl: Path,
     validation_jsonl: Path | None,
@@ -166,11 +213,18 @@ def train_preferences(
     should_stop: Callable[[], bool] = lambda: False,
     base_cache_dir: Path | None = None,
     on_progress: Callable[[str], None] = logger.info,
+    init_adapter_dir: Path | None = None,
+    base_texts: Sequence[str] | None = None,
 ) -> TrainingResult:
-    """Train a LoRA adapter with ``config.method`` ("dpo" or "kto") on a TRL preference JSONL file.
+    """Train a LoRA adapter with ``config.method`` ("dpo", "kto", or "sft_then_dpo"'s DPO stage)
+    on a TRL preference JSONL file.
 
     Arguments, outputs, resume and stopping as in ``train_lora``; ``validation_jsonl`` may be None
     or empty (no evaluation). ``metrics`` adds the last logged reward metrics (``rewards/...``).
+    ``init_adapter_dir``: an adapter to continue (sft_then_dpo: the SFT stage's), whose frozen copy
+    is then the reference model; its digest is part of the run's identity. ``base_texts``: the texts
+    a ``tiny`` base is built from, when it must be the one an earlier stage built (sft_then_dpo:
+    the SFT stage's training texts); default the preference records' own texts.
 
     Raises:
         ValueError: ``config.method`` is not a preference method.
@@ -178,9 +232,9 @@ def train_preferences(
     """
     import torch
 
-    method = config.method
-    if method not in PREFERENCE_METHODS:
-        raise ValueError(f"train_preferences trains {sorted(PREFERENCE_METHODS)}, not method {method!r}")
+    if config.method not in PREFERENCE_METHODS:
+        raise ValueError(f"train_preferences trains {sorted(PREFERENCE_METHODS)}, not method {config.method!r}")
+    method = trl_method(config.method)
     cuda = torch.cuda.is_available()
     if config.qlora and not cuda:
         raise QLoRAUnavailable("QLoRA needs a CUDA GPU; set qlora=False to train a regular LoRA adapter on CPU.")
@@ -202,6 +256,7 @@ def train_preferences(
         "base_model": config.base_model,
         "train_digest": _file_digest(Path(train_jsonl)),
         "validation_digest": _file_digest(Path(validation_jsonl)) if has_val and validation_jsonl else None,
+        "init_adapter_digest": adapter_digest(init_adapter_dir) if init_adapter_dir is not None else None,
     }
     run_path = output_dir / "run.json"
     previous = previous_run(output_dir, identity)
@@ -211,9 +266,16 @@ def train_preferences(
             return _result_from_disk(output_dir, previous)
     write_json(run_path, {**identity, "status": "running", "config": config.to_dict()})
 
-    texts = [
-        m["content"] for r in train for key in ("prompt", "chosen", "rejected", "completion") for m in r.get(key, [])
-    ]
+    texts = (
+        list(base_texts)
+        if base_texts is not None
+        else [
+            m["content"]
+            for r in train
+            for key in ("prompt", "chosen", "rejected", "completion")
+            for m in r.get(key, [])
+        ]
+    )
     cache_dir = Path(base_cache_dir) if base_cache_dir else output_dir / "base"
     base = resolve_base_model(config.base_model, texts, cache_dir, on_progress=on_progress)
     on_progress(f"base model {config.base_model}: loading {base.path} for {method.upper()}")
@@ -221,7 +283,16 @@ def train_preferences(
         torch.cuda.reset_peak_memory_stats()
     progress = _make_progress_callback(on_log, should_stop)
     trainer, tokenizer = _build_trainer(
-        method, train, validation, base.path, config, checkpoints_dir, [progress], cuda=cuda, use_bf16=use_bf16
+        method,
+        train,
+        validation,
+        base.path,
+        config,
+        checkpoints_dir,
+        [progress],
+        cuda=cuda,
+        use_bf16=use_bf16,
+        init_adapter_dir=init_adapter_dir,
     )
 
     train_output, resume = train_resuming(trainer, checkpoints_dir, on_progress)
@@ -236,7 +307,7 @@ def train_preferences(
     peak_mb, peak_kind = _peak_memory_mb(cuda)
     trainable, total = trainer.model.get_nb_trainable_parameters()
     metrics: dict[str, Any] = {
-        "method": method,
+        "method": config.method,
         # Trainer's training_loss covers only this process's steps; the logged losses cover the whole run.
         "train_loss": float(train_output.training_loss)
         if resumed_step is None
@@ -257,6 +328,11 @@ def train_preferences(
         "train_examples": len(train),
         "validation_examples": len(validation),
         "dpo_beta": config.dpo_beta,
+        **(
+            dict(zip(("kto_desirable_weight", "kto_undesirable_weight"), kto_weights(train, config), strict=True))
+            if method == "kto"
+            else {}
+        ),
         "trainable_parameters": int(trainable),
         "total_parameters": int(total),
         "device": "cuda" if cuda else "cpu",
@@ -306,3 +382,64 @@ def train_preferences(
         base_model_ref=base.path,
         base_model_hub_id=base.hub_id,
     )
+
+
+def train_sft_then_dpo(
+    train_parquet: Path,
+    validation_parquet: Path | None,
+    train_jsonl: Path,
+    validation_jsonl: Path | None,
+    output_dir: Path,
+    config: LoraTrainingConfig,
+    *,
+    sft_data_version: str = "",
+    data_version: str = "",
+    on_log: Callable[[dict], None] = lambda d: None,
+    should_stop: Callable[[], bool] = lambda: False,
+    base_cache_dir: Path | None = None,
+    on_progress: Callable[[str], None] = logger.info,
+) -> TrainingResult:
+    """``method="sft_then_dpo"``: SFT on the split Parquet files into ``output_dir/sft`` (an SFT run
+    like any other: resumed, or reused when complete), then DPO on the TRL DPO JSONL into
+    ``output_dir``, continuing the SFT adapter with a frozen copy of it as the reference model.
+
+    Returns the DPO stage's result (``output_dir/adapter`` is the model), with the SFT stage's
+    losses added as ``sft_*`` metrics; a stop during SFT returns the SFT result (``stop_requested``).
+    Each logged record carries ``stage`` ("sft" or "dpo").
+    """
+    if config.method != "sft_then_dpo":
+        raise ValueError(f"train_sft_then_dpo trains method 'sft_then_dpo', not {config.method!r}")
+    output_dir = Path(output_dir)
+
+    def staged(stage: str) -> Callable[[dict], None]:
+        return lambda record: on_log({"stage": stage, **record})
+
+    common: dict[str, Any] = {"should_stop": should_stop, "base_cache_dir": base_cache_dir, "on_progress": on_progress}
+    sft = train_lora(
+        train_parquet,
+        validation_parquet,
+        output_dir / "sft",
+        dataclasses.replace(config, method="sft"),
+        data_version=sft_data_version,
+        on_log=staged("sft"),
+        **common,
+    )
+    if sft.metrics.get("stop_requested"):
+        return sft
+    on_progress(f"SFT stage done ({sft.adapter_dir}); DPO continues its adapter")
+    result = train_preferences(
+        train_jsonl,
+        validation_jsonl,
+        output_dir,
+        config,
+        data_version=data_version,
+        on_log=staged("dpo"),
+        init_adapter_dir=sft.adapter_dir,
+        # The base the SFT adapter was trained on (a `tiny` base is built from its texts).
+        base_texts=[m["content"] for conv in read_conversations(Path(train_parquet)) for m in conv],
+        **common,
+    )
+    for name in ("train_loss", "eval_loss", "global_step", "train_runtime_s"):
+        if sft.metrics.get(name) is not None:
+            result.metrics[f"sft_{name}"] = sft.metrics[name]
+    return result

@@ -554,7 +554,10 @@ def save_adapter_and_tokenizer(trainer: Any, tokenizer: Any, base: Any, output_d
     adapter_dir, tokenizer_dir = output_dir / "adapter", output_dir / "tokenizer"
 
     def save_adapter(folder: str) -> None:
-        trainer.model.save_pretrained(folder)
+        # Only the trained adapter: DPO from an existing adapter (sft_then_dpo) also holds its
+        # frozen reference copy ("ref"), which is not part of the model.
+        adapters = list(getattr(trainer.model, "peft_config", {}) or {})
+        trainer.model.save_pretrained(folder, **({"selected_adapters": ["default"]} if len(adapters) > 1 else {}))
         make_adapter_portable(Path(folder), tokenizer, base)
 
     for final, save in ((adapter_dir, save_adapter), (tokenizer_dir, tokenizer.save_pretrained)):
