@@ -22,6 +22,7 @@ from ft_pipeline.defs.training import model_kinds
 from ft_pipeline.lib.evaluation.candidate import CandidateEvaluation, CandidateEvaluationConfig, evaluate_candidate
 from ft_pipeline.lib.evaluation.gate import PromotionGate
 from ft_pipeline.lib.evaluation.generation import GenerationConfig
+from ft_pipeline.lib.evaluation.latency import LATENCY_COLUMNS, LatencyConfig
 from ft_pipeline.lib.evaluation.promotion import NotPromoted, promote_candidate
 from ft_pipeline.lib.evaluation.report import EXAMPLE_TEXT_CHARS, EXAMPLES_SHOWN, example_rows
 from ft_pipeline.lib.evaluation.runner import EvaluationConfig
@@ -36,6 +37,7 @@ _GATE = PromotionGate()
 _EVAL = EvaluationConfig()
 _GEN = GenerationConfig()
 _CANDIDATE = CandidateEvaluationConfig()
+_LATENCY = LatencyConfig()
 
 
 class EvaluationRunConfig(dg.Config):
@@ -87,6 +89,25 @@ class EvaluationRunConfig(dg.Config):
         "resource) that compares candidate and baseline answers pairwise in both orders; empty = off. "
         "Informational, not part of the gate.",
     )
+    measure_latency: bool = Field(
+        default=_LATENCY.enabled,
+        description="Measure the candidate's and the base's latency (p50/p95 per request) and throughput "
+        "(requests/s, new tokens/s) at each of latency_batch_sizes through the evaluation's generators; shown in "
+        "report.md and the asset's `latency` table. Informational, not part of the gate.",
+    )
+    latency_prompts: int = Field(
+        default=_LATENCY.n_prompts,
+        description="Test prompts (a seeded sample) for the latency runs; each batch size sends at least this many "
+        "requests, a multiple of the batch size.",
+    )
+    latency_batch_sizes: list[int] = Field(
+        default=list(_LATENCY.batch_sizes),
+        description="Batch sizes of the latency runs (local models; requests in flight for OpenAI-compatible ones).",
+    )
+    latency_max_new_tokens: int = Field(
+        default=_LATENCY.max_new_tokens,
+        description="Longest answer in the latency runs (shorter than max_new_tokens, to keep their cost small).",
+    )
 
     def gate(self) -> PromotionGate:
         return PromotionGate(
@@ -116,6 +137,13 @@ class EvaluationRunConfig(dg.Config):
                 use_regression_suite=self.use_regression_suite,
             ),
             generation=self.generation(),
+            latency=LatencyConfig(
+                enabled=self.measure_latency,
+                n_prompts=self.latency_prompts,
+                batch_sizes=tuple(self.latency_batch_sizes),
+                max_new_tokens=self.latency_max_new_tokens,
+                seed=self.seed,
+            ),
         )
 
 
@@ -159,7 +187,8 @@ def evaluation_report(
     metrics when the references are JSON or labels), paired-bootstrap CIs of the deltas (McNemar
     for binary metrics), per-tag slices, the regression suite, validation perplexity, and for a
     candidate trained with dpo/kto the preference accuracy of candidate and base on the held-out
-    preference pairs (local models; a paired-bootstrap CI of the difference). Written to
+    preference pairs (local models; a paired-bootstrap CI of the difference), and the latency
+    (p50/p95) and throughput of candidate and base at several batch sizes. Written to
     ``reports/<eval_id>/`` (report.json, report.md, examples.parquet, charts) and recorded in the
     registry; ``reports/latest.json`` (an EvaluationSummary) hands the decision to ``promoted_model``.
     The blocking ``promotion_gate`` check decides whether ``promoted_model`` runs.
@@ -242,6 +271,7 @@ def _report_metadata(
     for role, value in perplexity.items():
         metadata[f"{role}_validation_perplexity"] = float(value)
     metadata.update(_preference_metadata(result.extra.get("preference_accuracy")))
+    metadata.update(_latency_metadata(result.extra.get("latency")))
     metadata.update(
         {
             "eval_id": summary.eval_id,
@@ -277,6 +307,45 @@ def _preference_metadata(preference: Mapping[str, Any] | None) -> dict[str, Any]
         "preference_accuracy_delta_ci_high": round(float(preference["ci_high"]), 4),
         "preference_pairs": int(preference["n_pairs"]),
     }
+
+
+def _latency_metadata(latency: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The latency runs as a table (one row per model and batch size), and two headline floats
+    plotted across evaluations: the candidate's p50 latency at the smallest batch and its
+    requests/s at the largest."""
+    if not latency or not latency.get("rows"):
+        return {}
+    rows = latency["rows"]
+    candidate = sorted((r for r in rows if r["model"] == "candidate"), key=lambda r: r["batch_size"])
+    metadata: dict[str, Any] = {
+        "latency": table(
+            [
+                {
+                    "model": r["model"],
+                    "batch_size": int(r["batch_size"]),
+                    "requests": int(r["requests"]),
+                    **{c: round(float(r[c]), 4) for c in LATENCY_COLUMNS},
+                }
+                for r in rows
+            ],
+            [
+                dg.TableColumn("model", "string"),
+                dg.TableColumn(
+                    "batch_size", "int", description="Prompts per batch (local) or requests in flight (OpenAI)."
+                ),
+                dg.TableColumn("requests", "int"),
+                dg.TableColumn("p50_latency_s", "float", description="Median seconds per request."),
+                dg.TableColumn("p95_latency_s", "float"),
+                dg.TableColumn("requests_per_s", "float"),
+                dg.TableColumn("new_tokens_per_s", "float", description="Generated tokens per second."),
+            ],
+        )
+    }
+    if candidate:
+        first, last = candidate[0], candidate[-1]
+        metadata[f"candidate_p50_latency_s_batch_{first['batch_size']}"] = round(float(first["p50_latency_s"]), 4)
+        metadata[f"candidate_requests_per_s_batch_{last['batch_size']}"] = round(float(last["requests_per_s"]), 4)
+    return metadata
 
 
 def _examples_table(evaluation: CandidateEvaluation, config: EvaluationRunConfig, pii: PiiConfig) -> dg.MetadataValue:

@@ -26,6 +26,7 @@ from ft_pipeline.lib.dedup import DedupConfig
 from ft_pipeline.lib.evaluation.candidate import CandidateEvaluationConfig
 from ft_pipeline.lib.evaluation.gate import PromotionGate
 from ft_pipeline.lib.evaluation.generation import GenerationConfig
+from ft_pipeline.lib.evaluation.latency import LatencyConfig
 from ft_pipeline.lib.evaluation.report import EXAMPLES_SHOWN
 from ft_pipeline.lib.evaluation.runner import EvaluationConfig
 from ft_pipeline.lib.openai_format import DEFAULT_OPENAI_FINE_TUNING_MODEL
@@ -87,7 +88,13 @@ TABLE: dict[str, dict[str, Any]] = {
         # seed is both the bootstrap's and the generation's; their lib defaults agree (checked below).
         "SOURCES": [CandidateEvaluationConfig(), PromotionGate(), EvaluationConfig(), GenerationConfig()],
         # How many test prompts the asset's metadata shows (lib/evaluation/report.py builds the rows).
-        "RENAMED": {"examples_shown": (None, EXAMPLES_SHOWN)},
+        "RENAMED": {
+            "examples_shown": (None, EXAMPLES_SHOWN),
+            "measure_latency": (LatencyConfig(), "enabled"),
+            "latency_prompts": (LatencyConfig(), "n_prompts"),
+            "latency_batch_sizes": (LatencyConfig(), "batch_sizes", list),
+            "latency_max_new_tokens": (LatencyConfig(), "max_new_tokens"),
+        },
     },
     "CustomPiiPatternConfig": {
         "SOURCES": [],

@@ -26,6 +26,7 @@ from ft_pipeline.lib.evaluation.generation import (
     OpenAIChatGenerator,
     split_prompt_reference,
 )
+from ft_pipeline.lib.evaluation.latency import LatencyConfig, add_latency
 from ft_pipeline.lib.evaluation.preference_accuracy import PREFERENCE_METHODS, evaluate_preference_accuracy
 from ft_pipeline.lib.evaluation.report import write_report
 from ft_pipeline.lib.evaluation.runner import EvaluationConfig, EvaluationResult, run_evaluation
@@ -59,6 +60,8 @@ class CandidateEvaluationConfig:
     gate: PromotionGate = field(default_factory=PromotionGate)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
+    latency: LatencyConfig = field(default_factory=LatencyConfig)
+    """Latency and throughput of candidate and base (lib/evaluation/latency.py)."""
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,13 @@ def evaluate_candidate(
         config=config.evaluation,
         train_test_overlap=overlap,
         no_production_reason=no_production,
+    )
+    add_latency(
+        result.extra,
+        generators,
+        [split_prompt_reference(list(m))[0] for m in test["messages"]],
+        config.latency,
+        log=log,
     )
     if config.compute_perplexity and record.backend == "local_lora":
         _add_validation_perplexity(result, generators, splits)

@@ -204,6 +204,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         else:
             label = "Not measured" if preference["status"] == "not_measured" else "No number"
             lines.append(f"{label}: {preference['reason']}.")
+    lines += _latency_markdown((report.get("extra") or {}).get("latency"))
     if report.get("side_by_side"):
         primary = report.get("primary_metric", "rougeL")
         lines += ["", "## Answers side by side (first test prompts)", ""]
@@ -245,6 +246,30 @@ def render_markdown(report: dict[str, Any]) -> str:
                 + " |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _latency_markdown(latency: dict[str, Any] | None) -> list[str]:
+    """The "Latency and throughput" section: one row per model and batch size."""
+    if not latency or not latency.get("rows"):
+        return []
+    settings = latency.get("settings", {})
+    lines = [
+        "",
+        "## Latency and throughput",
+        "",
+        f"{settings.get('n_prompts')} test prompts, at most {settings.get('max_new_tokens')} new tokens per answer, "
+        "through the evaluation's generators (a local model answers a batch at once; an OpenAI-compatible one "
+        "has that many requests in flight). Latency is per request.",
+        "",
+        "| model | batch | requests | p50 latency (s) | p95 latency (s) | requests/s | new tokens/s |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in latency["rows"]:
+        lines.append(
+            f"| {row['model']} | {row['batch_size']} | {row['requests']} | {row['p50_latency_s']:.3f} | "
+            f"{row['p95_latency_s']:.3f} | {row['requests_per_s']:.2f} | {row['new_tokens_per_s']:.1f} |"
+        )
+    return lines
 
 
 def _md_quote(text: str) -> str:
