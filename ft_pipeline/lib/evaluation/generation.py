@@ -31,6 +31,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from collections.abc import Generator as Stream
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -334,6 +335,67 @@ class LocalGenerator:
                         f"{generated} new tokens, {generated / max(elapsed, 1e-9):.1f} tokens/s"
                     )
         return [a if a is not None else "" for a in answers]
+
+    def generate_stream(self, prompt: list[dict], stop: threading.Event | None = None) -> Stream[str, None, list[int]]:
+        """Answer one prompt in pieces of text as they are generated (``ft-pipeline serve``). The
+        same rendering, generation config and seeding as :meth:`generate` with a batch of one, so
+        ``"".join(pieces) == generate([prompt])[0]`` (leading whitespace is dropped and trailing
+        whitespace held back, as ``generate`` strips). Returns (``StopIteration.value``, or
+        ``yield from``) the generated token ids, end-of-turn token included. Setting ``stop`` (or
+        closing the iterator) ends generation at the next token."""
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        stopped = stop or threading.Event()
+        new_ids: list[int] = []
+
+        class _Stop(StoppingCriteria):
+            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+                return torch.full((input_ids.shape[0],), stopped.is_set(), dtype=torch.bool, device=input_ids.device)
+
+        class _Streamer(TextIteratorStreamer):
+            def put(self, value: Any) -> None:
+                if not self.next_tokens_are_prompt:  # the prompt comes first, then one token per step
+                    new_ids.extend(int(t) for t in value.reshape(-1).tolist())
+                super().put(value)
+
+        enc = self.tokenizer(self._render([prompt]), add_special_tokens=False, return_tensors="pt").to(self.device)
+        streamer = _Streamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        failed: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                with torch.inference_mode(), self._seeded():
+                    torch.manual_seed(self.config.seed)
+                    self.model.generate(
+                        **enc,
+                        generation_config=self._generation_config(),
+                        streamer=streamer,
+                        stopping_criteria=StoppingCriteriaList([_Stop()]),
+                    )
+            except BaseException as err:  # noqa: BLE001 - re-raised in the consuming thread
+                failed.append(err)
+                streamer.end()
+
+        worker = threading.Thread(target=run, name="local-generate-stream", daemon=True)
+        worker.start()
+        held, started = "", False
+        try:
+            for piece in streamer:
+                text = held + piece
+                if not started:
+                    text = text.lstrip()
+                    started = bool(text)
+                body = text.rstrip()
+                held = text[len(body) :]
+                if body:
+                    yield body
+        finally:
+            stopped.set()
+            worker.join()
+        if failed:
+            raise failed[0]
+        return new_ids
 
     # ------------------------------------------------------------------------------ mean_nll
     def mean_nll(self, conversations: Sequence[list[dict]]) -> float:
