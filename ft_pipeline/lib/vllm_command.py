@@ -52,9 +52,12 @@ __all__ = [
     "VllmPlan",
     "VllmSettings",
     "adapter_rank",
+    "add_vllm_arguments",
     "fetch_published",
     "plan_vllm",
     "render_manifests",
+    "run_vllm_engine",
+    "vllm_available",
     "vllm_manifests",
 ]
 
@@ -433,6 +436,97 @@ def render_manifests(manifests: Sequence[dict[str, Any]], header: str = "") -> s
     return lines + body
 
 
+# -------------------------------------------------------------------------------------------- CLI
+
+
+def add_vllm_arguments(parser: Any) -> None:
+    """``--engine`` (unless the parser has it already), ``--print-command``, ``--print-manifest``
+    and the images, for ``ft-pipeline serve`` (an ``argparse`` parser)."""
+    if "--engine" not in parser._option_string_actions:
+        parser.add_argument(
+            "--engine",
+            choices=("transformers", "vllm"),
+            default="transformers",
+            help="transformers: this process answers (default); vllm: vLLM on a GPU serves the production and "
+            "staging adapters (needs the vllm package; see --print-command / --print-manifest)",
+        )
+    parser.add_argument(
+        "--print-command",
+        action="store_true",
+        help="with --engine vllm: print the `vllm serve` command for the registry's adapters and exit",
+    )
+    parser.add_argument(
+        "--print-manifest",
+        action="store_true",
+        help="with --engine vllm: print a Kubernetes Deployment + Service (YAML) for it and exit",
+    )
+    parser.add_argument("--vllm-image", default=DEFAULT_VLLM_IMAGE, help="the vLLM image of the manifest")
+    parser.add_argument(
+        "--fetch-image",
+        default="IMAGE",
+        help="the project image the manifest's init container fetches published adapters with",
+    )
+
+
+def vllm_available() -> bool:
+    """The vllm package and its ``vllm`` command are installed here."""
+    import importlib.util
+    import shutil
+
+    return importlib.util.find_spec("vllm") is not None and shutil.which("vllm") is not None
+
+
+def run_vllm_engine(
+    registry: ModelRegistry,
+    model_name: str,
+    data_dir: Path,
+    settings: VllmSettings = VllmSettings(),
+    *,
+    print_command: bool = False,
+    print_manifest: bool = False,
+    image: str = DEFAULT_VLLM_IMAGE,
+    fetch_image: str = "IMAGE",
+    out: Any = None,
+    err: Any = None,
+) -> int:
+    """``ft-pipeline serve --engine vllm``: print the command or the manifest, or (where vLLM is
+    installed) fetch what must be fetched and replace this process with vLLM. Returns the exit
+    status; never starts anything on a machine without vLLM."""
+    import os
+
+    out = out or sys.stdout
+    err = err or sys.stderr
+    try:
+        plan = plan_vllm(registry, model_name, data_dir, settings)
+        if print_manifest:
+            versions = ", ".join(f"{a.alias} v{a.version}" for a in plan.adapters)
+            header = f"vLLM serving {model_name} ({versions}); render again after a promotion or rollback."
+            print(
+                render_manifests(vllm_manifests(plan.in_pod(data_dir), image=image, fetch_image=fetch_image), header),
+                end="",
+                file=out,
+            )
+            return 0
+    except (LookupError, ValueError, OSError) as error:
+        print(f"error: {error}", file=err)
+        return 1
+    if print_command:
+        print(plan.shell(), file=out)
+        return 0
+    if not vllm_available():
+        print(
+            "error: --engine vllm needs the vllm package and a CUDA GPU, and vllm is not installed here; "
+            "print the command to run on a GPU machine (--print-command) or a Kubernetes manifest "
+            "(--print-manifest), or serve here with --engine transformers",
+            file=err,
+        )
+        return 2
+    for adapter in plan.adapters:
+        if adapter.fetch_uri:
+            fetch_published(adapter.fetch_uri, _fetch_root(adapter))
+    os.execvp("vllm", plan.command())  # pragma: no cover - replaces the process
+
+
 # ------------------------------------------------------------------------------------------ fetch
 
 
@@ -463,17 +557,57 @@ def fetch_published(uri: str, dest: str | Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m ft_pipeline.lib.vllm_command fetch <uri> <dest>`` (the manifest's init container)."""
+    """``python -m ft_pipeline.lib.vllm_command``:
+
+    * ``command`` / ``manifest``: what ``ft-pipeline serve --engine vllm --print-command`` /
+      ``--print-manifest`` print, from the registry of ``--data-dir`` (default: the pipeline's);
+    * ``fetch <uri> <dest>``: copy a published model folder, checked against its manifest (the
+      manifest's init container runs this).
+    """
     import argparse
+
+    from ft_pipeline.lib.storage import resolve_data_dir
 
     parser = argparse.ArgumentParser(prog="python -m ft_pipeline.lib.vllm_command")
     sub = parser.add_subparsers(dest="command", required=True)
+    for name, what in (("command", "the `vllm serve` command"), ("manifest", "a Kubernetes Deployment + Service")):
+        p = sub.add_parser(name, help=f"print {what} for the registry's production and staging adapters")
+        p.add_argument("--data-dir", default=None, help="the data directory (default: $FT_PIPELINE_DATA_DIR or data/)")
+        p.add_argument(
+            "--registry-url",
+            default=None,
+            help="the registry (default: $FT_PIPELINE_REGISTRY_URL, else the data dir's)",
+        )
+        p.add_argument("--model-name", default="ft-pipeline-assistant")
+        p.add_argument("--port", type=int, default=VllmSettings.port)
+        if name == "manifest":
+            p.add_argument("--vllm-image", default=DEFAULT_VLLM_IMAGE)
+            p.add_argument("--fetch-image", default="IMAGE")
     fetch = sub.add_parser(
         "fetch", help="copy a published model folder to a local folder, checked against its manifest"
     )
     fetch.add_argument("uri")
     fetch.add_argument("dest")
     args = parser.parse_args(argv)
+    if args.command in ("command", "manifest"):
+        import os
+
+        data_dir = resolve_data_dir(args.data_dir).resolve()
+        url = args.registry_url or os.environ.get("FT_PIPELINE_REGISTRY_URL")
+        if not url and not (data_dir / "registry.db").is_file():
+            print(f"error: no registry at {data_dir / 'registry.db'}", file=sys.stderr)
+            return 1
+        with ModelRegistry(url) if url else ModelRegistry.for_data_dir(data_dir) as registry:
+            return run_vllm_engine(
+                registry,
+                args.model_name,
+                data_dir,
+                VllmSettings(port=args.port),
+                print_command=args.command == "command",
+                print_manifest=args.command == "manifest",
+                image=getattr(args, "vllm_image", DEFAULT_VLLM_IMAGE),
+                fetch_image=getattr(args, "fetch_image", "IMAGE"),
+            )
     try:
         dest = fetch_published(args.uri, args.dest)
     except (RuntimeError, OSError) as err:

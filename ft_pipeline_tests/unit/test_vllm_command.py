@@ -22,10 +22,12 @@ from ft_pipeline.lib.vllm_command import (
     VllmPlan,
     VllmSettings,
     adapter_rank,
+    add_vllm_arguments,
     fetch_published,
     main,
     plan_vllm,
     render_manifests,
+    run_vllm_engine,
     vllm_manifests,
 )
 
@@ -314,6 +316,47 @@ def test_fetch_checks_the_publication_before_copying(data_dir, tmp_path, capsys)
     assert main(["fetch", published.uri, str(dest)]) == 1
     assert "sha256 differs" in capsys.readouterr().err
     assert not dest.exists()
+
+
+def test_cli_prints_the_command_and_the_manifest_and_never_starts_vllm_without_it(
+    registry, data_dir, capsys, monkeypatch
+):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_vllm_arguments(parser)
+    args = parser.parse_args(["--engine", "vllm", "--print-command"])
+    assert (args.engine, args.print_command, args.print_manifest) == ("vllm", True, False)
+    with_engine = argparse.ArgumentParser()
+    with_engine.add_argument("--engine", choices=("transformers", "vllm", "other"))
+    add_vllm_arguments(with_engine)  # the serve parser's own --engine is kept
+
+    assert run_vllm_engine(registry, MODEL, data_dir, print_command=True) == 1
+    assert "no production version" in capsys.readouterr().err
+    _register(registry, data_dir, "run-a", 8, alias="production")
+
+    assert run_vllm_engine(registry, MODEL, data_dir, print_command=True) == 0
+    assert shlex.split(capsys.readouterr().out) == plan_vllm(registry, MODEL, data_dir).command()
+
+    assert run_vllm_engine(registry, MODEL, data_dir, print_manifest=True, image="vllm/vllm-openai:v1") == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"# vLLM serving {MODEL} (production v1)")
+    deployment, service = yaml.safe_load_all(text)
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == "vllm/vllm-openai:v1"
+    assert f"{MODEL}=/data/models/run-a/adapter" in deployment["spec"]["template"]["spec"]["containers"][0]["command"]
+
+    # The same through `python -m ft_pipeline.lib.vllm_command command|manifest`.
+    assert main(["command", "--data-dir", str(data_dir), "--port", "8001"]) == 0
+    assert _option(shlex.split(capsys.readouterr().out), "--port") == ["8001"]
+    assert main(["manifest", "--data-dir", str(data_dir), "--fetch-image", "x"]) == 0
+    assert len(list(yaml.safe_load_all(capsys.readouterr().out))) == 2
+    assert main(["command", "--data-dir", str(data_dir / "nowhere")]) == 1
+    assert "no registry at" in capsys.readouterr().err
+
+    monkeypatch.setattr("ft_pipeline.lib.vllm_command.vllm_available", lambda: False)
+    monkeypatch.setattr("os.execvp", lambda *a: pytest.fail("vLLM must not be started"))
+    assert run_vllm_engine(registry, MODEL, data_dir) == 2
+    assert "vllm is not installed here" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------------------- gpu
