@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # the CLI imports dagster and the registry only in the comman
     import dagster as dg
 
     from ft_pipeline.lib.registry import ModelVersion
+    from ft_pipeline.lib.serving.config import ServeConfig
 
 STAGES = [
     "raw_conversation_logs",
@@ -646,6 +647,64 @@ def _cmd_registry(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    """``ft-pipeline serve``: the OpenAI-compatible server (ft_pipeline/lib/serving) in the foreground."""
+    if args.engine != "transformers":
+        print(
+            f"error: --engine {args.engine} is not available yet; use --engine transformers (the default)",
+            file=sys.stderr,
+        )
+        return 2
+    import logging
+
+    from ft_pipeline.lib.registry import ModelRegistry, RegistryError
+    from ft_pipeline.lib.serving import DEFAULT_ASSIGNMENT_LOG, ServeConfig
+    from ft_pipeline.lib.serving.server import build_server, serve
+    from ft_pipeline.lib.storage import resolve_data_dir
+
+    missing = _missing_registry(args)  # never create an empty registry from a wrong --data-dir
+    if missing is not None:
+        print(f"error: {missing}", file=sys.stderr)
+        return 2
+    data_dir = resolve_data_dir(args.data_dir).resolve()
+    try:
+        config = ServeConfig(
+            model_name=args.model,
+            host=args.host,
+            port=args.port,
+            poll_interval_s=args.poll_interval,
+            challenger_alias=args.challenger_alias,
+            challenger_share=args.challenger_share,
+            assignment_log=args.assignment_log or str(data_dir / DEFAULT_ASSIGNMENT_LOG),
+            max_tokens_limit=args.max_tokens_limit,
+            max_context_tokens=args.max_context_tokens,
+            device=args.device,
+        )
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    url = args.url or os.environ.get(REGISTRY_URL_ENV)
+    try:
+        registry = ModelRegistry(url) if url else ModelRegistry.for_data_dir(data_dir)
+        server = build_server(registry, config, data_dir=data_dir)
+    except RegistryError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    production = server.pool.holder("production")
+    if production is None:
+        if server.pool.last_error:
+            server.stop()
+            print(f"error: {server.pool.last_error}", file=sys.stderr)
+            return 1
+        print(f"{config.model_name} has no production version yet; serving starts when one is promoted")
+    else:
+        print(f"serving {config.model_name} v{production.version} (production)")
+    print(f"OpenAI-compatible API on http://{config.host}:{config.port}/v1 (health: /health, metrics: /metrics)")
+    serve(server, config)
+    return 0
+
+
 def _summary(event: dg.DagsterEvent) -> str:
     metadata = event.materialization.metadata
     keys = [
@@ -855,7 +914,80 @@ def build_parser() -> argparse.ArgumentParser:
     for action in (list_cmd, show, history, promote, rollback):
         _add_location_options(action, url=True, repeated=True)
     registry.set_defaults(func=_cmd_registry)
+
+    serve_cmd = _add_command(
+        sub,
+        "serve",
+        "serve the registry's production model over an OpenAI-compatible API",
+        "POST /v1/chat/completions (streaming too), GET /v1/models, /health and /metrics. A request's model "
+        "names the registered model (production), <name>@staging or <name>:v<N>. Local versions answer with the "
+        "evaluation's generator and generation settings; hosted (openai) versions are proxied. A promotion or "
+        "rollback is picked up within --poll-interval seconds.",
+    )
+    _add_location_options(serve_cmd, url=True)
+    serve_defaults = _serve_defaults()
+    serve_cmd.add_argument(
+        "--engine",
+        choices=["transformers", "vllm"],
+        default="transformers",
+        help="transformers: this process answers (default); vllm: for GPU clusters",
+    )
+    serve_cmd.add_argument(
+        "--model", default=serve_defaults.model_name, help=f"registered model (default: {serve_defaults.model_name})"
+    )
+    serve_cmd.add_argument("--host", default=serve_defaults.host, help=f"default: {serve_defaults.host}")
+    serve_cmd.add_argument("--port", type=int, default=serve_defaults.port, help=f"default: {serve_defaults.port}")
+    serve_cmd.add_argument(
+        "--poll-interval",
+        type=float,
+        default=serve_defaults.poll_interval_s,
+        metavar="SECONDS",
+        help="how often the aliases are checked for a promotion or rollback "
+        f"(default: {serve_defaults.poll_interval_s})",
+    )
+    serve_cmd.add_argument(
+        "--challenger-share",
+        type=float,
+        default=serve_defaults.challenger_share,
+        metavar="SHARE",
+        help="A/B: share of the bare-name requests (by X-Request-Id) the challenger answers (default: 0, off)",
+    )
+    serve_cmd.add_argument(
+        "--challenger-alias",
+        default=serve_defaults.challenger_alias,
+        metavar="ALIAS",
+        help=f"A/B: the challenger alias (default: {serve_defaults.challenger_alias})",
+    )
+    serve_cmd.add_argument(
+        "--assignment-log",
+        default="",
+        metavar="FILE",
+        help="A/B: JSON lines of the assignments (default: <data dir>/serving/assignments.jsonl)",
+    )
+    serve_cmd.add_argument(
+        "--max-tokens-limit",
+        type=int,
+        default=serve_defaults.max_tokens_limit,
+        metavar="N",
+        help=f"largest max_tokens a request may ask for (default: {serve_defaults.max_tokens_limit})",
+    )
+    serve_cmd.add_argument(
+        "--max-context-tokens",
+        type=int,
+        default=serve_defaults.max_context_tokens,
+        metavar="N",
+        help=f"largest prompt plus max_tokens (default: {serve_defaults.max_context_tokens})",
+    )
+    serve_cmd.add_argument("--device", default="", help="torch device (default: cuda when available, else cpu)")
+    serve_cmd.set_defaults(func=_cmd_serve)
     return parser
+
+
+def _serve_defaults() -> ServeConfig:
+    """The server's documented defaults, which the serve options show (a light import)."""
+    from ft_pipeline.lib.serving.config import ServeConfig
+
+    return ServeConfig()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -491,6 +491,12 @@ class ModelPool:
                 self._generations[alias] = generation
                 self._evict()
             changed.append(alias)
+            logger.info(
+                "%s@%s now serves %s",
+                self.name,
+                alias,
+                f"v{holder.version}" if holder is not None else "nothing (unset)",
+            )
             if self.on_swap is not None:
                 self.on_swap(alias, holder)
         return changed
