@@ -100,8 +100,9 @@ __all__ = [
 EXCLUDED = "excluded"
 _DEFAULT_SPLIT = SplitConfig()
 #: Conversations per shard: the stage cuts its input into ``ceil(n / shard_rows)`` shards of context
-#: groups and holds one at a time (about 0.6 GB per 50,000 conversations of the benchmark's size).
-DEFAULT_SHARD_ROWS = 50_000
+#: groups and holds one at a time (up to 100,000: about 0.8 GB of the benchmark's conversations);
+#: an input of one shard is not spilled to disk at all.
+DEFAULT_SHARD_ROWS = 100_000
 #: Records per pickled chunk of a spill file, and rows per Parquet row group of the output.
 _SPILL_CHUNK = 1_000
 _WRITE_ROWS = 10_000
@@ -248,16 +249,12 @@ def _scan_rows(
     examples: list[dict[str, str]],
     max_examples: int,
 ) -> None:
-    """Add the PII found in ``rows`` (records of the ``name`` output) to ``found`` and ``examples``.
-    One pre-screen of a row's texts joined clears them all (:func:`may_contain_pii` is False only
-    when no substring can hold PII); a row it flags is scanned text by text."""
+    """Add the PII found in ``rows`` (records of the ``name`` output) to ``found`` and ``examples``."""
     id_column, reply_columns = _PII_COLUMNS[name]
     for row in rows:
         texts = [m["content"] for m in row["prompt"]] + [str(row.get(c) or "") for c in reply_columns]
         tags = row.get("tags")
         texts += [str(row.get("user_id") or ""), json.dumps([str(t) for t in (tags if tags is not None else [])])]
-        if not may_contain_pii("\n".join(texts), pii):
-            continue
         for text in texts:
             if not text or not may_contain_pii(text, pii):
                 continue
@@ -294,28 +291,38 @@ class PreferenceDatasetResult:
 
 
 class _Spill:
-    """Items appended to a temporary file in pickled chunks and read back in the same order."""
+    """Items appended to a temporary file in pickled chunks and read back in the same order; or,
+    ``in_memory`` (a single shard: the whole input is one shard's worth), kept in a list."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, in_memory: bool = False) -> None:
         self.path = path
+        self.in_memory = in_memory
         self._buffer: list[Any] = []
 
     def append(self, item: Any) -> None:
         self._buffer.append(item)
-        if len(self._buffer) >= _SPILL_CHUNK:
+        if len(self._buffer) >= _SPILL_CHUNK and not self.in_memory:
             self.flush()
 
     def extend(self, items: Iterable[Any]) -> None:
         for item in items:
             self.append(item)
 
+    def release(self) -> None:
+        """Forget the items (the file is removed, the list emptied)."""
+        self._buffer = []
+        self.path.unlink(missing_ok=True)
+
     def flush(self) -> None:
-        if self._buffer:
+        if self._buffer and not self.in_memory:
             with open(self.path, "ab") as f:
                 pickle.dump(self._buffer, f, protocol=pickle.HIGHEST_PROTOCOL)
             self._buffer = []
 
     def __iter__(self) -> Iterator[Any]:
+        if self.in_memory:
+            yield from self._buffer
+            return
         self.flush()
         if not self.path.exists():
             return
@@ -453,7 +460,7 @@ def build_preference_dataset(
             n_in, dropped_first, shards = _read_into_shards(sources, config.preferences, spill, n_shards)
         with steps.step("assign_splits"):
             index = SftSplitIndex.from_splits(splits, config.first_turn_min_words)
-        outputs = [_ShardOutput(spill, k) for k in range(n_shards)]
+        outputs = [_ShardOutput(spill, k, in_memory=n_shards == 1) for k in range(n_shards)]
         for shard, output in zip(shards, outputs):
             _build_shard(shard, output, index, config, steps)
         with steps.step("write"):
@@ -497,8 +504,8 @@ def _read_into_shards(
     """Pass 1: rule 1 and the signals, batch by batch; the dropped rows (sort key, record) spilled
     in input order, the usable rows spilled to the shard of their context hash. Returns the
     number of rows read."""
-    dropped = _Spill(spill / "dropped-rule1.pkl")
-    shards = [_Spill(spill / f"rows-{k}.pkl") for k in range(n_shards)]
+    dropped = _Spill(spill / "dropped-rule1.pkl", in_memory=n_shards == 1)
+    shards = [_Spill(spill / f"rows-{k}.pkl", in_memory=n_shards == 1) for k in range(n_shards)]
     n_in = 0
     for frame in iter_cleaned_for_preferences(sources):
         out = _Outcome()
@@ -518,10 +525,10 @@ def _read_into_shards(
 class _ShardOutput:
     """One shard's pairs, KTO examples and dropped rows, each spilled as (sort key, record) in key order."""
 
-    def __init__(self, spill: Path, k: int) -> None:
-        self.pairs = _Spill(spill / f"pairs-{k}.pkl")
-        self.kto = _Spill(spill / f"kto-{k}.pkl")
-        self.dropped = _Spill(spill / f"dropped-{k}.pkl")
+    def __init__(self, spill: Path, k: int, in_memory: bool) -> None:
+        self.pairs = _Spill(spill / f"pairs-{k}.pkl", in_memory)
+        self.kto = _Spill(spill / f"kto-{k}.pkl", in_memory)
+        self.dropped = _Spill(spill / f"dropped-{k}.pkl", in_memory)
 
 
 def _build_shard(
@@ -530,7 +537,7 @@ def _build_shard(
     """Pass 2 for one shard: rules 2-5 and the splits; the shard's input file is removed after."""
     with steps.step("build_preferences"):
         rows: list[_Row] = list(shard)
-        shard.path.unlink(missing_ok=True)
+        shard.release()
         out = _Outcome()
         _place(rows, config.preferences, out)
         if _misplaced(out) or len(out.placed) != len(rows):
