@@ -29,6 +29,7 @@ from ft_pipeline.lib.evaluation.runner import EvaluationConfig
 from ft_pipeline.lib.evaluation.summary import EvaluationSummary, read_evaluation_summary
 from ft_pipeline.lib.inline_charts import metric_means_svg
 from ft_pipeline.lib.pii import PiiConfig
+from ft_pipeline.lib.serving.snippets import curl_snippet, openai_snippet
 from ft_pipeline.lib.training.fine_tune import read_splits
 from ft_pipeline.lib.training.record import read_model_record
 
@@ -436,6 +437,9 @@ def promoted_model(
         "model_name": promotion.model_name,
         "production_version": promotion.production_version,
         "evaluation_id": promotion.evaluation_id,
+        # How to call it once `make serve` runs (ft-pipeline serve on its default address).
+        "call_with_curl": dg.MetadataValue.md(curl_snippet(promotion.model_name)),
+        "call_with_openai": dg.MetadataValue.md(openai_snippet(promotion.model_name)),
     }
     if promotion.decision == "already production":
         return dg.MaterializeResult(metadata=metadata, data_version=data_version)

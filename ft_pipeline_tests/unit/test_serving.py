@@ -89,14 +89,14 @@ def tiny(tmp_path_factory):
     return data_dir, base, adapters
 
 
-def _register(registry, data_dir, base, adapter, n, *, baseline_uri=None, backend="local_lora", remote=None):
+def _register(registry, data_dir, base, adapter, n, *, baseline_uri=None, backend="local_lora", remote=None, name=NAME):
     """Version n of NAME with a passing evaluation whose report.json records EVAL_GENERATION and
     whose examples.parquet holds the answers LocalGenerator gave with it (what the evaluation
     stores); returns (version, eval_id, stored answers)."""
     dataset = registry.record_dataset_version("curated", "train", f"{n:064d}", 1)
     run = registry.record_training_run(f"run{n}", backend, "tiny", dataset, None, {}, 0)
     version = registry.register_model_version(
-        NAME,
+        name,
         training_run_id=run,
         model_uri=f"{backend}:{adapter or remote}",
         backend=backend,
@@ -126,7 +126,7 @@ def _register(registry, data_dir, base, adapter, n, *, baseline_uri=None, backen
     (report_dir / "report.json").write_text(json.dumps({"eval_id": f"e{n}", "generation": EVAL_GENERATION.__dict__}))
     registry.record_evaluation(
         f"e{n}",
-        NAME,
+        name,
         version.version,
         suite="test",
         eval_dataset_version_id=dataset,
