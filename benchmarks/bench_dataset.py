@@ -32,10 +32,15 @@ What it measures
      ``validate_jsonl_file`` (train, validation) and the per-split metadata figures;
    * ``preference_dataset`` = ``preference_dataset.build_preference_dataset``, after the figures
      above are taken and in a spawned process of its own (its peak RSS is its own; not part of
-     END TO END): every cleaned partition's kept and filtered rows (``read_cleaned_for_preferences``),
-     the pair/KTO/drop rules (``build_preferences``), the split against the splits manifest the
-     splits stage wrote, Parquet + TRL DPO/KTO + OpenAI JSONL, and its checks (no_leakage,
-     no_pii_left, OpenAI format), each step timed. ``--skip-preferences`` leaves it out.
+     END TO END), in bounded memory: ``read_cleaned`` reads every cleaned partition's kept and
+     filtered rows batch by batch, applies the structural drops and reads the signals, and spills
+     the rows to shards of context groups (``--preference-shard-rows`` conversations each; one
+     shard stays in memory); ``build_preferences`` runs the pair/KTO/drop rules shard by shard;
+     ``assign_splits`` splits against the splits manifest the splits stage wrote; ``write`` merges
+     the shards into Parquet + TRL DPO/KTO + OpenAI JSONL; then its checks (no_leakage,
+     no_pii_left, OpenAI format), each step timed. ``--skip-preferences`` leaves it out;
+     ``--only-preferences --out DIR`` runs it alone on the work folder an earlier ``--keep`` run
+     left (its raw/, cleaned/ and splits/), e.g. to measure it at 1M without the SFT path again.
 3. Prints per stage and step: wall seconds and CPU seconds (CPU of the processes doing the work,
    all threads), conversations per second of each; END TO END conversations/second (pool start ->
    splits done, over the N input records) in wall time and per CPU second; peak RSS (parent
@@ -59,6 +64,7 @@ Usage::
 
     .venv/bin/python benchmarks/bench_dataset.py --n 100000
     .venv/bin/python benchmarks/bench_dataset.py --n 1000000 --skip-difflib
+    .venv/bin/python benchmarks/bench_dataset.py --n 1000000 --only-preferences --out /tmp/bench_1m  # a kept folder
 """
 
 from __future__ import annotations
@@ -773,13 +779,14 @@ def own_peak_kb() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def preference_stage(args: tuple[dict[str, str], str]) -> dict[str, Any]:
+def preference_stage(args: tuple[dict[str, str], str, int]) -> dict[str, Any]:
     """preference_dataset (defs/preferences.py), in a process of its own so its peak RSS is its
     own: the stage service ``build_preference_dataset`` over every cleaned partition (kept and
-    filtered rows: ``read_cleaned_for_preferences``, then ``build_preferences``), split against the
-    SFT splits manifest the splits stage wrote, Parquet + TRL DPO / KTO + OpenAI JSONL written, and
-    its checks (no_leakage, no_pii_left, the OpenAI format of train and validation) as their own steps."""
-    cleaned_folders, out_dir = args
+    filtered rows read batch by batch, the rules shard by shard of ``shard_rows`` conversations),
+    split against the SFT splits manifest the splits stage wrote, Parquet + TRL DPO / KTO + OpenAI
+    JSONL written, and its checks (no_leakage, no_pii_left, the OpenAI format of train and
+    validation) as their own steps."""
+    cleaned_folders, out_dir, shard_rows = args
     out = Path(out_dir)
     w0, c0 = time.perf_counter(), time.process_time()
     from dataclasses import asdict
@@ -800,12 +807,15 @@ def preference_stage(args: tuple[dict[str, str], str]) -> dict[str, Any]:
         openai_model=OPENAI_MODEL,
         code_version=PREFERENCES_CODE_VERSION,
         settings=(asdict(config),),  # stand-in for PreferenceRunConfig().model_dump() (version hash only)
+        shard_rows=shard_rows,
     )
     w2, c2 = time.perf_counter(), time.process_time()
     build = result.build
     assert build.counts_add_up, f"preferences: {build.conversations_accounted} accounted != {build.n_in} read"
     return {
         "n_in": build.n_in,
+        "shard_rows": shard_rows,
+        "shards": max(1, -(-build.n_in // max(1, shard_rows))),
         "partitions": len(result.partitions),
         "imports_wall": w1 - w0,
         "imports_cpu": c1 - c0,
@@ -898,10 +908,13 @@ def difflib_comparison(sample, seed: int, budget_s: float) -> dict[str, Any]:
 # ============================================================================ reporting
 
 
-def print_preferences(pref: dict[str, Any], planted: Counter, e2e: float) -> None:
+def print_preferences(pref: dict[str, Any], planted: Counter | None, e2e: float | None) -> None:
     """The preference_dataset section: timings per step, peak RSS, and what the rules made."""
     n_in = pref["n_in"]
-    print(f"\n== preference_dataset (own process, after the splits; {pref['partitions']} cleaned partitions) ==")
+    print(
+        f"\n== preference_dataset (own process, after the splits; {pref['partitions']} cleaned partitions, "
+        f"{pref['shards']} shard(s) of at most {pref['shard_rows']:,} conversations) =="
+    )
     rows = [
         ["imports (first use in the process)", None, pref["imports_wall"], None, pref["imports_cpu"], None],
         [
@@ -930,14 +943,15 @@ def print_preferences(pref: dict[str, Any], planted: Counter, e2e: float) -> Non
     )
     print(table(["step", "rows in", "wall s", "conv/s", "CPU s", "conv/s per CPU s"], rows))
     print(
-        "rows in: the cleaned partitions' kept + filtered rows (read_cleaned = read_cleaned_for_preferences, "
-        f"build_preferences = the pair/KTO rules). Load average {pref['load_start']:.2f} at start, "
-        f"{pref['load_end']:.2f} at end."
+        "rows in: the cleaned partitions' kept + filtered rows (read_cleaned = read in batches, structural drops, "
+        "signals, rows spilled by shard; build_preferences = the pair/KTO rules, shard by shard). Load average "
+        f"{pref['load_start']:.2f} at start, {pref['load_end']:.2f} at end."
     )
-    print(
-        f"SFT path + preference_dataset: {e2e + pref['process_wall']:.1f} s elapsed "
-        f"({e2e:.1f} s end to end above + {pref['process_wall']:.1f} s)"
-    )
+    if e2e is not None:
+        print(
+            f"SFT path + preference_dataset: {e2e + pref['process_wall']:.1f} s elapsed "
+            f"({e2e:.1f} s end to end above + {pref['process_wall']:.1f} s)"
+        )
     print(
         f"peak RSS of the preference process: {gib(pref['maxrss_kb']):.2f} GB (VmHWM; after its imports "
         f"{gib(pref['rss_after_imports_kb']):.2f} GB; its ru_maxrss {gib(pref['ru_maxrss_kb']):.2f} GB starts at "
@@ -965,6 +979,18 @@ def print_preferences(pref: dict[str, Any], planted: Counter, e2e: float) -> Non
         f"accounting: {n_in:,} = 2 x {n_pairs - n_edit:,} two-reply pairs + {n_edit:,} edit pairs + {n_kto:,} KTO + "
         f"{n_dropped:,} dropped -> OK (asserted)"
     )
+    if planted is not None:
+        print_planted(planted, pref, n_edit)
+    print(
+        "splits (pairs / KTO): "
+        + ", ".join(f"{k} {v['pairs']:,} / {v['kto']:,}" for k, v in pref["split_counts"].items())
+        + f"; leakage {pref['leakage'] or 'none'}; PII found {pref['pii_found'] or 'none'}; "
+        f"OpenAI format ok {pref['openai_format_ok']}"
+    )
+
+
+def print_planted(planted: Counter, pref: dict[str, Any], n_edit: int) -> None:
+    """The generator's planted signals beside what the preference rules made of them."""
     print(
         "planted signals: "
         f"thumbs up {planted.get('thumbs_up', 0):,} / down {planted.get('thumbs_down', 0):,}; regenerated "
@@ -972,12 +998,6 @@ def print_preferences(pref: dict[str, Any], planted: Counter, e2e: float) -> Non
         f"regeneration pairs {pref['pairs'].get('regeneration', 0):,}; edited with original_content "
         f"{planted.get('edited_with_original', 0):,} / edit pairs {n_edit:,} "
         "(broken JSON lines, contradicting ratings and planted duplicates take some)"
-    )
-    print(
-        "splits (pairs / KTO): "
-        + ", ".join(f"{k} {v['pairs']:,} / {v['kto']:,}" for k, v in pref["split_counts"].items())
-        + f"; leakage {pref['leakage'] or 'none'}; PII found {pref['pii_found'] or 'none'}; "
-        f"OpenAI format ok {pref['openai_format_ok']}"
     )
 
 
@@ -1041,6 +1061,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--skip-preferences", action="store_true", help="skip the preference_dataset stage (measured after splits)"
     )
     parser.add_argument(
+        "--only-preferences",
+        action="store_true",
+        help="run only the preference_dataset stage on the kept work folder given by --out (raw/, cleaned/, splits/ "
+        "of an earlier --keep run of the same --n); nothing is generated or removed",
+    )
+    parser.add_argument(
+        "--preference-shard-rows",
+        type=int,
+        default=None,
+        help="conversations per shard of the preference stage (default: build_preference_dataset's, 100000)",
+    )
+    parser.add_argument(
         "--difflib-budget", type=float, default=30.0, help="seconds spent timing difflib pairs (default 30)"
     )
     parser.add_argument(
@@ -1054,6 +1086,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.files = max(2, args.n // 50_000)
     if args.n < 1000 or args.files < 1 or args.workers < 1:
         parser.error("need --n >= 1000, --files >= 1, --workers >= 1")
+    if args.only_preferences and (args.out is None or not (args.out / "splits").is_dir()):
+        parser.error("--only-preferences needs --out: the work folder of an earlier --keep run (with splits/)")
+    if args.only_preferences and args.skip_preferences:
+        parser.error("--only-preferences and --skip-preferences exclude each other")
     return args
 
 
@@ -1062,6 +1098,8 @@ def main(argv: list[str] | None = None) -> int:
     n = args.n
     temp = args.out is None
     out = Path(tempfile.mkdtemp(prefix="bench_dataset_")) if temp else args.out
+    if args.only_preferences:
+        return run_preferences_only(args, out)
     if not temp and out.exists() and any(out.iterdir()):
         print(f"--out {out} is not empty; give an empty or new folder", file=sys.stderr)
         return 2
@@ -1084,6 +1122,42 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(out, ignore_errors=True)
         else:
             print(f"work folder kept: {out}")
+
+
+def run_preference_stage(cleaned_folders: dict[str, str], out: Path, shard_rows: int | None) -> dict[str, Any]:
+    """The preference stage in a spawned process of its own, with the process's wall/CPU and the load."""
+    from ft_pipeline.lib.preference_dataset import DEFAULT_SHARD_ROWS
+
+    load_start = os.getloadavg()[0]
+    task = (cleaned_folders, str(out), shard_rows or DEFAULT_SHARD_ROWS)
+    (pref,), process_wall, process_cpu = run_pool(preference_stage, [task], 1)
+    pref.update(process_wall=process_wall, process_cpu=process_cpu, load_start=load_start)
+    pref["load_end"] = os.getloadavg()[0]
+    return pref
+
+
+def run_preferences_only(args: argparse.Namespace, out: Path) -> int:
+    """``--only-preferences``: the preference stage alone on a kept work folder (its partitions are
+    the raw files' names, as the full run names them), results to ``bench_dataset_preferences_<n>.json``."""
+    from ft_pipeline.lib.storage import safe_name
+
+    names = sorted(p.name for p in (out / "raw").iterdir() if p.is_file())
+    cleaned_folders = {name: str(out / "cleaned" / safe_name(name)) for name in names}
+    load = os.getloadavg()
+    print(
+        f"bench_dataset --only-preferences: n={args.n:,} out={out} ({len(names)} partitions); host {platform.node()} "
+        f"{os.cpu_count()} CPUs, python {platform.python_version()}, load avg {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+    )
+    pref = run_preference_stage(cleaned_folders, out, args.preference_shard_rows)
+    if pref["n_in"] > args.n:
+        print(f"note: {pref['n_in']:,} rows in is more than --n {args.n:,}: is the folder from another --n?")
+    print_preferences(pref, None, None)
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"bench_dataset_preferences_{args.n}.json"
+    results = {"n": args.n, "finished_at": datetime.now(UTC).isoformat(), "preferences": pref}
+    path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print(f"\nresults written to {path}")
+    return 0
 
 
 def run(args: argparse.Namespace, out: Path, load_start: tuple[float, float, float]) -> int:
@@ -1131,10 +1205,7 @@ def run(args: argparse.Namespace, out: Path, load_start: tuple[float, float, flo
     # target is the SFT path), in its own process; it reuses the cleaned partitions and the splits manifest.
     pref = None
     if not args.skip_preferences:
-        pref_load_start = os.getloadavg()[0]
-        (pref,), pref_process_wall, pref_process_cpu = run_pool(preference_stage, [(cleaned_folders, str(out))], 1)
-        pref.update(process_wall=pref_process_wall, process_cpu=pref_process_cpu, load_start=pref_load_start)
-        pref["load_end"] = os.getloadavg()[0]
+        pref = run_preference_stage(cleaned_folders, out, args.preference_shard_rows)
     # Outside the measured path: a sample with messages for the difflib comparison.
     sample = None if args.skip_difflib else read_sample(curation.output_path, args.difflib_sample, args.seed)
 
