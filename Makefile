@@ -29,7 +29,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export DAGSTER_DISABLE_TELEMETRY := 1
 
-.PHONY: install demo test test-fast test-e2e lint format docs dev check-defs bench clean sample-data
+.PHONY: install demo test test-fast test-e2e lint format docs dev check-defs bench clean sample-data serve
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -97,6 +97,12 @@ test-e2e: $(STAMP)
 # The Dagster UI (webserver + daemon) on http://127.0.0.1:3000
 dev: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+# The registry's production model over an OpenAI-compatible API on http://127.0.0.1:8000/v1
+# (README, "Serving the promoted model"); after `make demo`. Options go in SERVE_ARGS, e.g.
+#   make serve SERVE_ARGS="--port 8001 --challenger-share 0.1"
+serve: $(STAMP)
+	$(VENV)/bin/ft-pipeline serve $(SERVE_ARGS)
 
 check-defs: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/dg check defs
