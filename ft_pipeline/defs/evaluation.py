@@ -48,7 +48,10 @@ class EvaluationRunConfig(dg.Config):
         default=_CANDIDATE.model_name, description="Registry name of the model line the candidate belongs to."
     )
     primary_metric: str = Field(
-        default=_GATE.primary_metric, description="Metric whose CI lower bound must beat base and production."
+        default=_GATE.primary_metric,
+        description="Metric whose CI lower bound must beat base and production: an answer metric (rougeL, "
+        "token_f1, exact_match, ...), preference_accuracy (candidates trained with dpo, kto or sft_then_dpo: "
+        "held-out preference pairs) or judge_win_rate (needs judge_model: the judge's net win rate).",
     )
     margin: float = Field(default=_GATE.margin, description="The CI lower bound must be strictly above this.")
     guardrail_metrics: list[str] = Field(
@@ -221,7 +224,8 @@ def evaluation_report(
     yield dg.MaterializeResult(
         metadata=_report_metadata(evaluation, config, pii, storage.root()), data_version=dg.DataVersion(summary.eval_id)
     )
-    primary = config.primary_metric
+    primary = evaluation.result.extra["primary"]
+    versus_base = primary["comparisons"].get("base") or {}
     yield dg.AssetCheckResult(
         check_name="promotion_gate",
         passed=evaluation.gate_passed,
@@ -229,7 +233,11 @@ def evaluation_report(
         description=evaluation.gate_description,
         metadata={
             "decision": summary.decision,
-            f"delta_vs_base_{primary}_ci_low": float(evaluation.result.comparisons["base"][primary]["ci_low"]),
+            **(
+                {f"delta_vs_base_{primary['metric']}_ci_low": float(versus_base["ci_low"])}
+                if versus_base.get("ci_low") is not None
+                else {}
+            ),
             "gate_rules": _gate_rules(summary),
         },
     )
@@ -242,26 +250,25 @@ def _report_metadata(
     tables for the examples, the rules and the judge, a chart small enough to show inline; the
     full report and the PNG charts (too large to inline) open with one click."""
     result, summary, paths = evaluation.result, evaluation.summary, evaluation.report_paths
-    primary = config.primary_metric
-    means = {role: float(result.summary[role][primary]) for role in result.summary if primary in result.summary[role]}
+    # The gate's primary metric, whichever kind it is (an answer metric, preference accuracy or the
+    # judge's net win rate): evaluate_candidate puts it in one record.
+    view = result.extra["primary"]
+    primary, means = view["metric"], view["means"]
     metadata: dict[str, Any] = {"decision": summary.decision, "primary_metric": primary}
     # Four decimals: readable at a glance, and far finer than any CI this evaluates.
     for role, mean in means.items():
-        metadata[f"{role}_{primary}"] = round(mean, 4)
-    for baseline, comparisons in result.comparisons.items():
-        comparison = comparisons[primary]
+        metadata[f"{role}_{primary}"] = round(float(mean), 4)
+    for baseline, comparison in view["comparisons"].items():
         metadata[f"delta_vs_{baseline}_{primary}"] = round(float(comparison["delta"]), 4)
         metadata[f"delta_vs_{baseline}_{primary}_ci_low"] = round(float(comparison["ci_low"]), 4)
         metadata[f"delta_vs_{baseline}_{primary}_ci_high"] = round(float(comparison["ci_high"]), 4)
-    metadata["chart"] = svg_markdown(
-        metric_means_svg(
-            primary,
-            means,
-            result.comparisons["base"][primary],
-            result.comparisons.get("production", {}).get(primary),
-        ),
-        "primary metric by model",
-    )
+    if view["missing_reason"]:
+        metadata["primary_metric_not_measured"] = view["missing_reason"]
+    if "candidate" in means:
+        metadata["chart"] = svg_markdown(
+            metric_means_svg(primary, means, view["comparisons"].get("base"), view["comparisons"].get("production")),
+            "primary metric by model",
+        )
     metadata["gate_rules"] = _gate_rules(summary)
     if config.examples_shown > 0:
         metadata["examples"] = _examples_table(evaluation, config, pii)
@@ -353,7 +360,9 @@ def _examples_table(evaluation: CandidateEvaluation, config: EvaluationRunConfig
     """One row per text: the prompt, the reference, then each model's answer with its score. Long
     rather than wide, so the text column gets the width of the metadata pane and reads like the
     CLI's side-by-side printout."""
-    primary = config.primary_metric
+    # Answers are scored per example on the answer metric (the primary one, unless that is a
+    # preference metric, which has no per-answer score).
+    primary = config.to_lib().gate.answer_metric
     rows = []
     for number, example in enumerate(example_rows(evaluation.result.examples, config.examples_shown, primary, pii=pii)):
         for part in ("prompt", "reference", "candidate", "base"):

@@ -277,6 +277,34 @@ def test_a_dpo_job_from_the_preference_pairs_against_the_fake(instance, data_dir
         assert metadata["method"].value == "sft_then_dpo"
         details = {row.data["name"] for row in metadata["training_details"].value.records}
         assert {"rewards/margins", "sft_train_loss", "sft_global_step"} <= details
+        # The gate on preference accuracy (held-out pairs): its numbers are the primary metric's.
+        evaluation = dg.materialize(
+            ALL_ASSETS,
+            selection=["evaluation_report"],
+            instance=instance,
+            resources={**resources, "openai_fine_tuning": openai_resource},
+            run_config={
+                "ops": {
+                    "evaluation_report": {
+                        "config": {
+                            "primary_metric": "preference_accuracy",
+                            "max_test_examples": 4,
+                            "max_new_tokens": 8,
+                            "n_resamples": 200,
+                            "measure_latency": False,
+                            "use_regression_suite": False,
+                        }
+                    }
+                }
+            },
+            raise_on_error=False,
+        )
+        report = evaluation.get_asset_materialization_events()[0].materialization.metadata
+        assert report["primary_metric"].value == "preference_accuracy"
+        assert {"candidate_preference_accuracy", "base_preference_accuracy"} <= set(report)
+        assert "delta_vs_base_preference_accuracy_ci_low" in report
+        gate = next(c for c in evaluation.get_asset_check_evaluations() if c.check_name == "promotion_gate")
+        assert "preference_accuracy candidate − base =" in gate.description
         kto = train({"backend": "openai", "method": "kto"})
         assert not kto.success
         error = kto.get_step_failure_events()[0].step_failure_data.error

@@ -48,3 +48,14 @@ def test_a_position_biased_judge_produces_only_ties(fake):
     fake.set_responder("judge-2", lambda messages, body: "A")
     result = pairwise_judge(_client(fake), "judge-2", PROMPTS, ["x"] * 6, ["y"] * 6)
     assert result.per_example == ["tie"] * 6 and result.win_rate == 0.0
+
+
+def test_net_win_rate_has_a_bootstrap_ci():
+    from ft_pipeline.lib.evaluation.judge import JudgeResult
+
+    clear = JudgeResult(18, 1, 1, ["win"] * 18 + ["loss"] + ["tie"], "judge")
+    net = clear.net_win(n_resamples=500, seed=1)
+    assert net["delta"] == pytest.approx(17 / 20) and 0 < net["ci_low"] < net["delta"] < net["ci_high"] <= 1
+    even = JudgeResult(5, 5, 0, ["win", "loss"] * 5, "judge").net_win(n_resamples=500, seed=1)
+    assert even["delta"] == 0 and even["ci_low"] < 0 < even["ci_high"]
+    assert JudgeResult(0, 0, 0, [], "judge").net_win() == {"delta": 0.0, "ci_low": 0.0, "ci_high": 0.0}

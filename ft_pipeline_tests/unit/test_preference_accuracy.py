@@ -237,7 +237,24 @@ def test_candidate_evaluation_reads_the_test_pairs_of_the_records_preference_dat
         "candidate": _synthetic(tok, _ids(tok, " reset button") | _ids(tok, "reset button")),
         "base": _synthetic(tok, _ids(tok, " great day") | _ids(tok, "great day")),
     }
-    _add_preference_accuracy(result, record, generators, EvaluationConfig(n_resamples=100), tmp_path)  # type: ignore[arg-type]
+    _add_preference_accuracy(result, record, generators, EvaluationConfig(n_resamples=100), tmp_path, None)  # type: ignore[arg-type]
     preference = result.extra["preference_accuracy"]
     assert preference["status"] == "measured" and preference["n_pairs"] == 1
     assert (preference["candidate"], preference["base"], preference["delta"]) == (1.0, 0.0, 1.0)
+    assert "preference_accuracy_vs_production" not in result.extra
+    # With a (local) production model evaluated too, the candidate is also compared with it.
+    generators["production"] = generators["candidate"]
+    production = SimpleNamespace(backend="local_lora")
+    _add_preference_accuracy(result, record, generators, EvaluationConfig(n_resamples=100), tmp_path, production)  # type: ignore[arg-type]
+    versus = result.extra["preference_accuracy_vs_production"]
+    assert versus["status"] == "measured" and (versus["candidate"], versus["base"], versus["delta"]) == (1.0, 1.0, 0.0)
+    # An OpenAI production model has no log-probabilities here: not measured, with the reason.
+    _add_preference_accuracy(
+        result,
+        record,
+        generators,
+        EvaluationConfig(n_resamples=100),
+        tmp_path,
+        SimpleNamespace(backend="openai"),  # type: ignore[arg-type]
+    )
+    assert result.extra["preference_accuracy_vs_production"]["status"] == "not_measured"

@@ -144,3 +144,68 @@ def test_gate_rules_on_numbers_directly():
     assert not decision.passed
     assert [r.rule for r in decision.failed_rules] == ["guardrails"]
     assert "token_f1 vs base -0.0500" in decision.description()
+
+
+def test_a_preference_primary_metric_gates_on_its_own_comparisons():
+    gate = PromotionGate(primary_metric="preference_accuracy")
+    assert gate.answer_metric == "rougeL" and PromotionGate(primary_metric="token_f1").answer_metric == "token_f1"
+    answers = {"rougeL": {"delta": -0.01, "ci_low": -0.02, "ci_high": 0.0}}  # no better answers: not the rule
+    common = {"versus_base": answers, "regression_scores": {"candidate": 0.5, "base": 0.5}, "train_test_overlap": 0}
+    better = {"base": {"delta": 0.2, "ci_low": 0.05, "ci_high": 0.35}}
+    decision = evaluate_gate(gate, versus_production=None, primary=better, **common)
+    assert decision.passed, decision.description()
+    assert "preference_accuracy candidate − base = +0.2000" in decision.description()
+    # A tie at the lower bound does not promote.
+    tied = {"base": {"delta": 0.1, "ci_low": 0.0, "ci_high": 0.2}}
+    assert not evaluate_gate(gate, versus_production=None, primary=tied, **common).passed
+    # Not measured (an SFT candidate, no judge): the rule fails and says why; never a silent pass.
+    missing = evaluate_gate(
+        gate, versus_production=None, primary={}, primary_missing_reason="the candidate was trained with sft", **common
+    )
+    assert [r.rule for r in missing.failed_rules] == ["beats_base"]
+    assert "was not measured: the candidate was trained with sft" in missing.description()
+    # With a production model, it must be beaten on the preference metric too.
+    versus_production = {"rougeL": {"delta": 0.0, "ci_low": 0.0, "ci_high": 0.0}}
+    no_production_number = evaluate_gate(gate, versus_production=versus_production, primary=better, **common)
+    assert [r.rule for r in no_production_number.failed_rules] == ["beats_production"]
+    both = {**better, "production": {"delta": 0.1, "ci_low": 0.01, "ci_high": 0.2}}
+    assert evaluate_gate(gate, versus_production=versus_production, primary=both, **common).passed
+
+
+def test_primary_view_reads_each_kind_of_primary_metric():
+    from types import SimpleNamespace
+
+    from ft_pipeline.lib.evaluation.candidate import primary_view
+
+    result = SimpleNamespace(
+        summary={"candidate": {"rougeL": 0.6}, "base": {"rougeL": 0.4}},
+        comparisons={"base": {"rougeL": {"delta": 0.2, "ci_low": 0.1, "ci_high": 0.3}}},
+        extra={
+            "preference_accuracy": {
+                "status": "measured",
+                "candidate": 0.8,
+                "base": 0.5,
+                "delta": 0.3,
+                "ci_low": 0.1,
+                "ci_high": 0.5,
+            },
+            "judge": {"base": {"win_rate": 0.6, "net_win": {"delta": 0.4, "ci_low": 0.2, "ci_high": 0.6}}},
+        },
+    )
+    answer = primary_view(result, PromotionGate())  # type: ignore[arg-type]
+    assert answer["means"] == {"candidate": 0.6, "base": 0.4} and answer["comparisons"]["base"]["ci_low"] == 0.1
+    preference = primary_view(result, PromotionGate(primary_metric="preference_accuracy"))  # type: ignore[arg-type]
+    assert preference["means"] == {"candidate": 0.8, "base": 0.5}
+    assert preference["comparisons"] == {"base": {"delta": 0.3, "ci_low": 0.1, "ci_high": 0.5}}
+    judge = primary_view(result, PromotionGate(primary_metric="judge_win_rate"))  # type: ignore[arg-type]
+    assert judge["comparisons"]["base"]["delta"] == 0.4 and judge["means"] == {"candidate_vs_base": 0.6}
+    result.extra = {}
+    assert (
+        "dpo, kto or sft_then_dpo"
+        in primary_view(result, PromotionGate(primary_metric="preference_accuracy"))[  # type: ignore[arg-type]
+            "missing_reason"
+        ]
+    )
+    assert primary_view(result, PromotionGate(primary_metric="judge_win_rate"))["missing_reason"] == (  # type: ignore[arg-type]
+        "no judge_model is configured"
+    )

@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
-from ft_pipeline.lib.evaluation.gate import PromotionGate
+from ft_pipeline.lib.evaluation.gate import PREFERENCE_PRIMARY_METRICS, PromotionGate, evaluate_gate
 from ft_pipeline.lib.evaluation.generation import (
     GenerationConfig,
     Generator,
@@ -27,7 +27,7 @@ from ft_pipeline.lib.evaluation.generation import (
     split_prompt_reference,
 )
 from ft_pipeline.lib.evaluation.latency import LatencyConfig, add_latency
-from ft_pipeline.lib.evaluation.preference_accuracy import PREFERENCE_METHODS, evaluate_preference_accuracy
+from ft_pipeline.lib.evaluation.preference_accuracy import evaluate_preference_accuracy
 from ft_pipeline.lib.evaluation.report import write_report
 from ft_pipeline.lib.evaluation.runner import EvaluationConfig, EvaluationResult, run_evaluation
 from ft_pipeline.lib.evaluation.summary import EvaluationSummary, write_evaluation_summary
@@ -35,6 +35,7 @@ from ft_pipeline.lib.manifests import SplitsManifest
 from ft_pipeline.lib.quiet_logs import quiet_third_party_logs
 from ft_pipeline.lib.registry import ModelRegistry, ModelVersion
 from ft_pipeline.lib.storage import content_version, file_sha256, resolve_portable_path
+from ft_pipeline.lib.training.config import PREFERENCE_METHODS
 from ft_pipeline.lib.training.record import ModelRecord
 
 __all__ = ["DEFAULT_MODEL_NAME", "CandidateEvaluation", "CandidateEvaluationConfig", "evaluate_candidate"]
@@ -155,12 +156,27 @@ def evaluate_candidate(
     if config.compute_perplexity and record.backend == "local_lora":
         _add_validation_perplexity(result, generators, splits)
     if str(record.config.get("method", "sft")) in PREFERENCE_METHODS:
-        _add_preference_accuracy(result, record, generators, config.evaluation, data_dir)
+        _add_preference_accuracy(result, record, generators, config.evaluation, data_dir, production)
         preference = result.extra["preference_accuracy"]
         log(f"preference accuracy: {preference['status']}: {preference['reason']}")
     if config.judge_model:
         _add_judge_verdicts(result, test, generators, config, openai_client())
         log(f"LLM judge {config.judge_model}: {result.extra['judge']}")
+    result.extra["primary"] = primary_view(result, config.gate)
+    if config.gate.primary_metric in PREFERENCE_PRIMARY_METRICS:
+        # The gate's first decision (in run_evaluation) could not see a preference metric: it is
+        # measured after the answers. Decide again with it.
+        primary = result.extra["primary"]
+        result.decision = evaluate_gate(
+            config.gate,
+            versus_base=result.comparisons["base"],
+            versus_production=result.comparisons.get("production"),
+            regression_scores=result.regression,
+            train_test_overlap=overlap,
+            no_production_reason=no_production,
+            primary=primary["comparisons"],
+            primary_missing_reason=primary["missing_reason"],
+        )
 
     eval_id = content_version(code_version, result.model_ids, test_hash, settings)
     context_info = {
@@ -176,6 +192,7 @@ def evaluate_candidate(
         "test_split_path": test_path,
         "train_test_overlap": overlap,
         "primary_metric": config.gate.primary_metric,
+        "answer_metric": config.gate.answer_metric,
         "gate_config": config.gate.__dict__,
         "generation": dict(config.generation.__dict__),
     }
@@ -328,19 +345,68 @@ def _add_preference_accuracy(
     generators: dict[str, Any],
     evaluation: EvaluationConfig,
     data_dir: Path,
+    production: ModelVersion | None,
 ) -> None:
     """Preference accuracy of candidate and base on the held-out pairs of the preference data the
-    candidate was trained on (its record's ``split_paths``: that version's ``test.dpo.jsonl``)."""
+    candidate was trained on (its record's ``split_paths``: that version's ``test.dpo.jsonl``), and
+    of candidate and production on the same pairs when a production model is evaluated too."""
     path = (record.split_paths.get("test") or {}).get("dpo")
-    accuracy = evaluate_preference_accuracy(
-        record.backend,
-        resolve_portable_path(str(path), data_dir) if path else None,
-        generators,
-        n_resamples=evaluation.n_resamples,
-        confidence=evaluation.confidence,
-        seed=evaluation.seed,
-    )
+    pairs_path = resolve_portable_path(str(path), data_dir) if path else None
+    settings: dict[str, Any] = {
+        "n_resamples": evaluation.n_resamples,
+        "confidence": evaluation.confidence,
+        "seed": evaluation.seed,
+    }
+    accuracy = evaluate_preference_accuracy(record.backend, pairs_path, generators, **settings)
     result.extra["preference_accuracy"] = accuracy.to_dict()
+    if "production" in generators and production is not None:
+        versus_production = evaluate_preference_accuracy(
+            production.backend if record.backend == "local_lora" else record.backend,
+            pairs_path,
+            {"candidate": generators["candidate"], "base": generators["production"]},
+            **settings,
+        )
+        result.extra["preference_accuracy_vs_production"] = versus_production.to_dict()
+
+
+def primary_view(result: EvaluationResult, gate: PromotionGate) -> dict[str, Any]:
+    """The gate's primary metric as one record: ``metric``, ``means`` (model role -> value),
+    ``comparisons`` (baseline -> ``delta``, ``ci_low``, ``ci_high``) and ``missing_reason`` (why a
+    preference metric has no comparison). The report, the asset's headline numbers and the gate all
+    read it, whichever kind of metric is primary."""
+    metric = gate.primary_metric
+    means: dict[str, float] = {}
+    comparisons: dict[str, dict[str, Any]] = {}
+    missing = ""
+    if metric == "preference_accuracy":
+        sources = {
+            "base": result.extra.get("preference_accuracy"),
+            "production": result.extra.get("preference_accuracy_vs_production"),
+        }
+        for baseline, accuracy in sources.items():
+            if not accuracy:
+                continue
+            if accuracy.get("status") != "measured":
+                missing = missing or str(accuracy.get("reason", ""))
+                continue
+            means["candidate"] = float(accuracy["candidate"])
+            means[baseline] = float(accuracy["base"])
+            comparisons[baseline] = {k: float(accuracy[k]) for k in ("delta", "ci_low", "ci_high")}
+        if not sources["base"]:
+            missing = "preference accuracy is measured for candidates trained with dpo, kto or sft_then_dpo only"
+    elif metric == "judge_win_rate":
+        judge = result.extra.get("judge") or {}
+        for baseline, verdicts in judge.items():
+            means[f"candidate_vs_{baseline}"] = float(verdicts["win_rate"])
+            comparisons[baseline] = dict(verdicts["net_win"])
+        if not judge:
+            missing = "no judge_model is configured"
+    else:
+        means = {role: float(values[metric]) for role, values in result.summary.items() if metric in values}
+        comparisons = {
+            baseline: dict(values[metric]) for baseline, values in result.comparisons.items() if metric in values
+        }
+    return {"metric": metric, "means": means, "comparisons": comparisons, "missing_reason": missing}
 
 
 def _add_judge_verdicts(
@@ -355,16 +421,21 @@ def _add_judge_verdicts(
     prompts = [split_prompt_reference(list(m))[0] for m in test["messages"]]
     examples = result.examples
     answers = {role: examples.loc[examples["model"] == role, "prediction"].tolist() for role in generators}
-    result.extra["judge"] = {
-        baseline: pairwise_judge(
+    evaluation = config.evaluation
+    result.extra["judge"] = {}
+    for baseline in ("base", "production"):
+        if baseline not in answers:
+            continue
+        verdicts = pairwise_judge(
             client,
             config.judge_model,
             prompts,
             answers["candidate"],
             answers[baseline],
             concurrency=config.generation.concurrency,
-            seed=config.evaluation.seed,
-        ).to_dict()
-        for baseline in ("base", "production")
-        if baseline in answers
-    }
+            seed=evaluation.seed,
+        )
+        net_win = verdicts.net_win(
+            n_resamples=evaluation.n_resamples, confidence=evaluation.confidence, seed=evaluation.seed
+        )
+        result.extra["judge"][baseline] = {**verdicts.to_dict(), "net_win": net_win}

@@ -6,8 +6,18 @@ to understand a rejection without opening the report.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+#: Primary metrics that are not a score of each answer against its reference, measured after the
+#: answers: ``preference_accuracy`` (does the model give the preferred reply of a held-out
+#: preference pair the higher likelihood; candidates trained with dpo/kto/sft_then_dpo) and
+#: ``judge_win_rate`` (the LLM judge's net win rate, wins − losses over all prompts, of the
+#: candidate against each baseline; needs ``judge_model``).
+PREFERENCE_PRIMARY_METRICS = frozenset({"preference_accuracy", "judge_win_rate"})
+#: The answer metric the regression suite is scored on when the primary metric is a preference one.
+DEFAULT_ANSWER_METRIC = "rougeL"
 
 
 @dataclass(frozen=True)
@@ -15,7 +25,8 @@ class PromotionGate:
     """Promotion rules. Every default is the documented one."""
 
     primary_metric: str = "rougeL"
-    """The metric that must improve, per example, with a confidence interval."""
+    """The metric that must improve with a confidence interval: a per-example answer metric
+    (``rougeL``, ``token_f1``, ...), or one of :data:`PREFERENCE_PRIMARY_METRICS`."""
     margin: float = 0.0
     """The CI lower bound of (candidate - base) and of (candidate - production) on the primary
     metric must be strictly above this. Ties (lower bound at or below) do not promote."""
@@ -25,7 +36,13 @@ class PromotionGate:
     """Allowed drop of a guardrail's mean (absolute) before it counts as a regression."""
     regression_suite_min_ratio: float = 0.95
     """On the shipped regression suite the candidate must keep at least this share of the base's
-    primary-metric score (it must not forget general behaviour)."""
+    primary-metric score (it must not forget general behaviour); of ROUGE-L when the primary
+    metric is a preference one (the suite has references, not preference pairs)."""
+
+    @property
+    def answer_metric(self) -> str:
+        """The per-example answer metric of the regression suite (the primary one when it is one)."""
+        return DEFAULT_ANSWER_METRIC if self.primary_metric in PREFERENCE_PRIMARY_METRICS else self.primary_metric
 
 
 @dataclass
@@ -73,6 +90,18 @@ def _improvement_rule(name: str, comparison: dict[str, Any], gate: PromotionGate
     )
 
 
+def _primary_rule(
+    name: str, comparison: Mapping[str, Any] | None, gate: PromotionGate, missing_reason: str
+) -> RuleResult:
+    if comparison is None or comparison.get("ci_low") is None:
+        return RuleResult(
+            f"beats_{name}",
+            False,
+            f"{gate.primary_metric} candidate − {name} was not measured: {missing_reason or 'no comparison'}",
+        )
+    return _improvement_rule(name, dict(comparison), gate)
+
+
 def evaluate_gate(
     gate: PromotionGate,
     *,
@@ -81,20 +110,31 @@ def evaluate_gate(
     regression_scores: dict[str, float] | None,
     train_test_overlap: int,
     no_production_reason: str = "no production model yet",
+    primary: Mapping[str, Mapping[str, Any]] | None = None,
+    primary_missing_reason: str = "",
 ) -> GateDecision:
     """Apply the rules.
 
     ``versus_base`` / ``versus_production``: per metric, the paired comparison (``delta``,
     ``ci_low``, ``ci_high``) of the candidate against that model; ``versus_production`` is None
     when nothing is in production yet (or the candidate is production already:
-    ``no_production_reason`` says which). ``regression_scores``: primary-metric means of
+    ``no_production_reason`` says which). ``regression_scores``: answer-metric means of
     ``candidate`` and ``base`` on the regression suite. ``train_test_overlap``: test examples
-    that also occur in the training split.
+    that also occur in the training split. ``primary``: for a primary metric of
+    :data:`PREFERENCE_PRIMARY_METRICS`, its comparison per baseline (``base``, ``production``);
+    a baseline without one fails its rule with ``primary_missing_reason`` (a gate that asks for a
+    preference metric never promotes on an unmeasured one).
     """
-    rules = [_improvement_rule("base", versus_base[gate.primary_metric], gate)]
-    if versus_production is not None:
-        rules.append(_improvement_rule("production", versus_production[gate.primary_metric], gate))
+    if gate.primary_metric in PREFERENCE_PRIMARY_METRICS:
+        measured = primary or {}
+        rules = [_primary_rule("base", measured.get("base"), gate, primary_missing_reason)]
+        if versus_production is not None:
+            rules.append(_primary_rule("production", measured.get("production"), gate, primary_missing_reason))
     else:
+        rules = [_improvement_rule("base", versus_base[gate.primary_metric], gate)]
+        if versus_production is not None:
+            rules.append(_improvement_rule("production", versus_production[gate.primary_metric], gate))
+    if versus_production is None:
         rules.append(RuleResult("beats_production", True, no_production_reason))
 
     regressions = []
@@ -126,7 +166,7 @@ def evaluate_gate(
             RuleResult(
                 "regression_suite",
                 passed,
-                f"candidate keeps {ratio:.1%} of the base's {gate.primary_metric} on the regression suite "
+                f"candidate keeps {ratio:.1%} of the base's {gate.answer_metric} on the regression suite "
                 f"({candidate_score:.4f} vs {base_score:.4f}; minimum {gate.regression_suite_min_ratio:.0%})",
                 {"ratio": ratio, "candidate": candidate_score, "base": base_score},
             )

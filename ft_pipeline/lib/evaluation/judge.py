@@ -13,6 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
+from ft_pipeline.lib.evaluation.statistics import paired_bootstrap
+
 JUDGE_PROMPT = """You compare two answers of an assistant to the same conversation.
 
 Conversation:
@@ -51,6 +55,19 @@ class JudgeResult:
     @property
     def win_rate(self) -> float:
         return self.wins / len(self.per_example) if self.per_example else 0.0
+
+    def net_win(self, *, n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0) -> dict[str, float]:
+        """The net win rate, (wins − losses) / n, with a bootstrap CI over the prompts: each prompt
+        scores +1 (win), 0 (tie) or −1 (loss) against a baseline scoring 0. Above 0 at the lower bound
+        means the judge prefers the candidate more often than not, beyond chance."""
+        if not self.per_example:
+            return {"delta": 0.0, "ci_low": 0.0, "ci_high": 0.0}
+        outcome = {"win": 1.0, "tie": 0.0, "loss": -1.0}
+        scores = np.asarray([outcome[o] for o in self.per_example])
+        boot = paired_bootstrap(
+            scores, np.zeros_like(scores), n_resamples=n_resamples, confidence=confidence, seed=seed
+        )
+        return {"delta": boot.delta, "ci_low": boot.ci_low, "ci_high": boot.ci_high}
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -35,7 +35,6 @@ import numpy as np
 from ft_pipeline.lib.evaluation.statistics import mcnemar, paired_bootstrap
 
 __all__ = [
-    "PREFERENCE_METHODS",
     "PreferenceAccuracy",
     "PreferencePair",
     "chosen_preferred",
@@ -47,7 +46,6 @@ __all__ = [
 ]
 
 #: Training methods whose candidates get a preference accuracy.
-PREFERENCE_METHODS = ("dpo", "kto")
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +125,7 @@ def report_dict(result: EvaluationResult, context: dict[str, Any]) -> dict[str, 
             "slices": result.slices,
             "regression_suite": result.regression,
             "decision": result.decision.to_dict(),
-            "side_by_side": side_by_side(result.examples, metric=str(context.get("primary_metric", "rougeL"))),
+            "side_by_side": side_by_side(result.examples, metric=_answer_metric(context)),
             **({"extra": result.extra} if result.extra else {}),
         }
     )
@@ -175,12 +176,14 @@ def render_markdown(report: dict[str, Any]) -> str:
             "",
             "## LLM judge (pairwise, both orders must agree)",
             "",
-            "| vs | judge | wins | losses | ties | n |",
-            "|---|---|---:|---:|---:|---:|",
+            "| vs | judge | wins | losses | ties | n | net win rate, 95% CI |",
+            "|---|---|---:|---:|---:|---:|---|",
         ]
         for baseline, j in judge.items():
+            net = j.get("net_win")
             lines.append(
                 f"| {baseline} | `{j['judge_model']}` | {j['wins']} | {j['losses']} | {j['ties']} | {j['n']} |"
+                + (f" {net['delta']:+.4f} [{net['ci_low']:+.4f}, {net['ci_high']:+.4f}] |" if net else " |")
             )
     perplexity = (report.get("extra") or {}).get("validation_perplexity")
     if perplexity:
@@ -206,7 +209,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines.append(f"{label}: {preference['reason']}.")
     lines += _latency_markdown((report.get("extra") or {}).get("latency"))
     if report.get("side_by_side"):
-        primary = report.get("primary_metric", "rougeL")
+        primary = _answer_metric(report)
         lines += ["", "## Answers side by side (first test prompts)", ""]
         for k, row in enumerate(report["side_by_side"], 1):
             lines += [
@@ -232,12 +235,12 @@ def render_markdown(report: dict[str, Any]) -> str:
     if report.get("slices"):
         lines += [
             "",
-            "## By tag (primary metric)",
+            f"## By tag ({_answer_metric(report)})",
             "",
             "| tag | n | " + " | ".join(roles) + " |",
             "|---|---:|" + "---:|" * len(roles),
         ]
-        primary = report.get("primary_metric", "rougeL")
+        primary = _answer_metric(report)
         for tag, by_role in report["slices"].items():
             n = int(by_role.get("n", {}).get("examples", 0))
             lines.append(
@@ -246,6 +249,12 @@ def render_markdown(report: dict[str, Any]) -> str:
                 + " |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _answer_metric(report: Mapping[str, Any]) -> str:
+    """The per-example metric answers are shown and sliced by: the primary metric, or ROUGE-L when
+    the primary metric is a preference one (``answer_metric``; older reports lack the key)."""
+    return str(report.get("answer_metric") or report.get("primary_metric", "rougeL"))
 
 
 def _latency_markdown(latency: dict[str, Any] | None) -> list[str]:

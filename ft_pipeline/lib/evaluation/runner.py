@@ -146,7 +146,7 @@ def run_evaluation(
         regression = {}
         for role in ("candidate", "base"):
             _, frame = _score(generators[role], suite_prompts, suite_refs, config)
-            regression[role] = float(frame[gate.primary_metric].mean())
+            regression[role] = float(frame[gate.answer_metric].mean())
 
     decision = evaluate_gate(
         gate,

@@ -13,7 +13,7 @@ from typing import Any
 
 from ft_pipeline.lib.training.base_models import DEFAULT_BASE_MODEL
 
-__all__ = ["METHODS", "LoraTrainingConfig", "run_key"]
+__all__ = ["METHODS", "PREFERENCE_METHODS", "LoraTrainingConfig", "run_key"]
 
 # Fields that only change what is written after training, not the trained weights: a run that
 # differs only in these keeps its run key, so turning on the merge later reuses the trained run.
@@ -22,6 +22,9 @@ _OUTPUT_ONLY_FIELDS = frozenset({"merge_full_model", "save_total_limit"})
 METHODS = frozenset({"sft", "dpo", "kto", "sft_then_dpo"})
 """Training methods: supervised fine-tuning, the two preference methods, and SFT followed by DPO
 from the SFT adapter."""
+
+PREFERENCE_METHODS = frozenset({"dpo", "kto", "sft_then_dpo"})
+"""Methods that train on preference_dataset (and so are evaluated on its held-out pairs)."""
 
 # Fields added for preference training: left out of an SFT run's hash, so SFT run keys (and the
 # checkpoints named by them) made before these fields existed stay the same.

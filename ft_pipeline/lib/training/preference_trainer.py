@@ -40,7 +40,7 @@ from ft_pipeline.lib.training.artifacts import (
 )
 from ft_pipeline.lib.training.base_models import resolve_base_model
 from ft_pipeline.lib.training.checkpoints import checkpoint_step
-from ft_pipeline.lib.training.config import LoraTrainingConfig
+from ft_pipeline.lib.training.config import PREFERENCE_METHODS, LoraTrainingConfig
 from ft_pipeline.lib.training.hf_runtime import quiet_peft_deprecation
 from ft_pipeline.lib.training.trainer import (
     QLoRAUnavailable,
@@ -62,7 +62,6 @@ from ft_pipeline.lib.training.trainer import (
 )
 
 __all__ = [
-    "PREFERENCE_METHODS",
     "REWARD_METRICS",
     "kto_weights",
     "read_preference_jsonl",
@@ -72,9 +71,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-PREFERENCE_METHODS = frozenset({"dpo", "kto", "sft_then_dpo"})
-"""Methods that train on preference_dataset (and so are evaluated on its held-out pairs)."""
 
 
 def trl_method(method: str) -> str:
