@@ -26,7 +26,7 @@ from ft_pipeline.lib.dedup import DedupConfig
 from ft_pipeline.lib.pii import PII_TYPES
 from ft_pipeline.lib.storage import legacy_partition_folders, safe_name
 
-CLEANED_CODE_VERSION = "3"
+CLEANED_CODE_VERSION = "4"  # 4: negative_feedback filter (thumbs down, regenerated)
 _DEFAULTS = CleaningConfig()
 _DEDUP_DEFAULTS = DedupConfig()
 
@@ -45,6 +45,10 @@ class CleaningRunConfig(dg.Config):
         default=_DEFAULTS.min_assistant_chars, description="Minimum characters of all assistant turns together."
     )
     drop_edited: bool = Field(default=_DEFAULTS.drop_edited, description="Filter replies an agent edited afterwards.")
+    drop_negative_feedback: bool = Field(
+        default=_DEFAULTS.drop_negative_feedback,
+        description="Filter replies the record marks as bad (thumbs down, regenerated: true, rejected: true).",
+    )
     min_unique_word_ratio: float = Field(
         default=_DEFAULTS.min_unique_word_ratio,
         description="Assistant text below this distinct/total word ratio is 'repetitive'.",
@@ -80,6 +84,7 @@ class CleaningRunConfig(dg.Config):
             max_response_time_ms=self.max_response_time_ms,
             min_assistant_chars=self.min_assistant_chars,
             drop_edited=self.drop_edited,
+            drop_negative_feedback=self.drop_negative_feedback,
             min_unique_word_ratio=self.min_unique_word_ratio,
             repetition_min_words=self.repetition_min_words,
             merge_consecutive_turns=self.merge_consecutive_turns,

@@ -33,7 +33,7 @@ from ft_pipeline.lib.training.lora import LoraTrainingConfig
 from ft_pipeline.lib.training.openai_job import FineTuneError, OpenAIFineTuneConfig, cancel_job
 from ft_pipeline.lib.training.record import DEFAULT_BACKEND
 
-TRAINING_CODE_VERSION = "2"
+TRAINING_CODE_VERSION = "3"  # 3: sft_then_dpo, KTO weights
 _LORA = LoraTrainingConfig()
 _OPENAI = OpenAIFineTuneConfig()
 

@@ -57,6 +57,7 @@ FILTER_REASONS: dict[str, str] = {
     "last_message_not_assistant": "the conversation does not end with an assistant reply (trimming is switched off)",
     "missing_user_or_assistant": "no user turn or no assistant turn is left after normalization",
     "edited_reply": "an agent edited the reply afterwards (edited=true)",
+    "negative_feedback": "the user marked the reply as bad (thumbs down, regenerated, rejected)",
     "low_rating": "the rating is below the minimum",
     "slow_response": "the response time is at or above the maximum",
     "short_assistant_reply": "the assistant's content is shorter than the minimum",
@@ -114,6 +115,11 @@ class CleaningConfig:
     """All assistant turns together must have at least this many characters."""
     drop_edited: bool = True
     """Filter replies an agent edited afterwards (``edited_reply``): the logged text is not what the model said."""
+    drop_negative_feedback: bool = True
+    """Filter replies the record marks as bad (``negative_feedback``): ``thumbs: "down"``,
+    ``regenerated: true`` (the user asked for another answer), ``rejected: true`` and the other
+    markers :func:`ft_pipeline.lib.dedup.preference_signal` reads. SFT must not imitate them;
+    preference_dataset still uses them (as the rejected side or a bad KTO example)."""
     min_unique_word_ratio: float = 0.3
     """Assistant text whose distinct/total word ratio is below this is ``repetitive``."""
     repetition_min_words: int = 20
@@ -230,23 +236,38 @@ def quality_reason(
     row: dict[str, Any], messages: list[dict[str, str]], config: CleaningConfig
 ) -> tuple[str, str] | None:
     """The first quality rule the conversation breaks, as (reason, detail), or None."""
-    return _quality_reason(row.get("edited"), row.get("rating"), row.get("response_time_ms"), messages, config)
+    return _quality_reason(
+        row.get("edited"), row.get("rating"), row.get("response_time_ms"), row.get("metadata"), messages, config
+    )
 
 
 def _quality_reason(
-    edited: Any, rating: Any, response_time: Any, messages: list[dict[str, str]], config: CleaningConfig
+    edited: Any,
+    rating: Any,
+    response_time: Any,
+    metadata: Any,
+    messages: list[dict[str, str]],
+    config: CleaningConfig,
 ) -> tuple[str, str] | None:
-    checked = _quality_before_repetition(edited, rating, response_time, messages, config)
+    checked = _quality_before_repetition(edited, rating, response_time, metadata, messages, config)
     return checked if isinstance(checked, tuple) else _repetition_reason(checked, config)
 
 
 def _quality_before_repetition(
-    edited: Any, rating: Any, response_time: Any, messages: list[dict[str, str]], config: CleaningConfig
+    edited: Any,
+    rating: Any,
+    response_time: Any,
+    metadata: Any,
+    messages: list[dict[str, str]],
+    config: CleaningConfig,
 ) -> tuple[str, str] | str:
     """The first rule broken before the repetition rule, as (reason, detail); else the
     assistant text the repetition rule looks at."""
     if config.drop_edited and edited is True:
         return "edited_reply", "edited=true"
+    # Most records carry no unknown keys (metadata None): the JSON is parsed only when present.
+    if config.drop_negative_feedback and metadata is not None and preference_signal(metadata) < 0:
+        return "negative_feedback", "the record marks its reply as rejected"
     if rating is not None and rating == rating and rating < config.min_rating:
         return "low_rating", f"rating {rating:g} < {config.min_rating:g}"
     if response_time is not None and response_time == response_time and response_time >= config.max_response_time_ms:
@@ -565,6 +586,7 @@ def _clean_conversations(frame: pd.DataFrame, config: CleaningConfig) -> CleanRe
         return (lambda row: None) if k is None else (lambda row: row[k])
 
     edited_of, rating_of, response_of = field("edited"), field("rating"), field("response_time_ms")
+    metadata_of = field("metadata")
     pii_counts: Counter = Counter()
     repairs: Counter = Counter()
     values = _column_values(frame)
@@ -589,7 +611,9 @@ def _clean_conversations(frame: pd.DataFrame, config: CleaningConfig) -> CleanRe
         except FilteredOut as out:
             outcome.append((out.reason, out.detail))
             continue
-        checked = _quality_before_repetition(edited_of(row), rating_of(row), response_of(row), messages, config)
+        checked = _quality_before_repetition(
+            edited_of(row), rating_of(row), response_of(row), metadata_of(row), messages, config
+        )
         if isinstance(checked, tuple):
             outcome.append(checked)
             continue

@@ -830,6 +830,8 @@ _PREFERENCE_FLAGS = {
     "accepted": 1,
     "rejected": -1,
     "is_rejected": -1,
+    # The user asked for another answer to this reply: they regenerated away from it.
+    "regenerated": -1,
 }
 _PREFERENCE_LABEL_KEYS = ("label", "preference", "thumbs", "feedback", "vote")
 _PREFERENCE_WORDS = {

@@ -1,7 +1,8 @@
 """Preference data from the logs' own signals: DPO pairs, KTO examples, and what was dropped.
 
 The builder reads the CLEANED partitions, kept rows and filtered rows together: the quality
-filter removes exactly the signal preference training needs (``low_rating``, ``edited_reply``).
+filter removes exactly the signal preference training needs (``low_rating``, ``edited_reply``,
+``negative_feedback``).
 All text there is already normalized and PII scrubbed by the cleaning stage.
 
 Raw-format contract (the signals, read from the record's own columns and from its ``metadata``
@@ -120,7 +121,7 @@ KTO_RULES: dict[str, str] = {
 
 #: Filter reasons of the cleaning stage whose rows still hold a usable reply (the quality filter).
 USABLE_FILTER_REASONS = frozenset(
-    {"low_rating", "edited_reply", "slow_response", "short_assistant_reply", "repetitive"}
+    {"low_rating", "edited_reply", "negative_feedback", "slow_response", "short_assistant_reply", "repetitive"}
 )
 #: The cleaning stage's in-file exact duplicates.
 DUPLICATE_FILTER_REASON = "duplicate_in_file"

@@ -4,6 +4,11 @@ A few hundred customer-support conversations spread over five files in every acc
 with every problem the pipeline handles planted on purpose, so a demo run shows each quarantine
 reason, filter reason, PII type and duplicate kind. The same seed always gives the same bytes.
 
+The two JSONL log files also carry the preference signals ``preference_dataset`` learns from, in
+the shares of :data:`SIGNAL_SHARES`: thumbs up and down, replies an agent edited before sending
+(``edited`` with ``original_content``), and replies the user regenerated away from
+(``regenerated``) next to the answer they accepted.
+
 The conversations are what fine-tuning is for: a support assistant with a house style (a fixed
 opener that greets the customer by the name they signed with, a reference code
 ``Ref: <PRODUCT>-<INTENT>``, a signature) and facts about its fictional products and policies
@@ -432,6 +437,70 @@ def _conversation(rng: random.Random, index: int, *, turns: int | None = None) -
     }
 
 
+# Replies people reject: deflections that answer nothing. With the house-style drafts below (the
+# right answer without the opener, the reference code and the signature) they are the rejected
+# side of the sample's preference signals.
+DEFLECTIONS = [
+    "I'm sorry, I can't help with that here. Please check the Nimbus Home website for more information.",
+    "Please restart the device and try again. If that does not work, contact our support team by phone.",
+    "I am not sure about that one. You could try searching the community forum, someone may know.",
+    "That sounds frustrating. Unfortunately I do not have any information about this issue at the moment.",
+]
+
+# Shares of the conversations in the two JSONL log files that carry a preference signal, as a
+# support product with feedback buttons, a regenerate button and agent-assisted replies logs them:
+# thumbs are given on a minority of replies and mostly up; agents edit a draft before sending it
+# on a tenth of the conversations; users ask for another answer on about one in ten.
+SIGNAL_SHARES = {"thumbs_up": 0.12, "thumbs_down": 0.03, "edited": 0.10, "regenerated": 0.10}
+
+
+def _draft_without_house_style(reply: str) -> str:
+    """The answer of a house-style reply without its opener, reference code and signature: what
+    the model drafted before an agent fixed it up."""
+    body = reply.split(". ", 1)[1] if reply.startswith("Thanks for contacting") else reply
+    return body.split(" Ref: ", 1)[0]
+
+
+def _rejected_reply(rng: random.Random, good_reply: str) -> str:
+    return rng.choice([_draft_without_house_style(good_reply), rng.choice(DEFLECTIONS)])
+
+
+def preference_signal_records(
+    rng: random.Random, good: list[dict[str, Any]], new_conversation: Any, new_id: Any
+) -> list[dict[str, Any]]:
+    """The sample's preference signals (:data:`SIGNAL_SHARES` of ``good``, the JSONL files'
+    conversations): thumbs up set on some of ``good`` in place; new conversations an agent edited
+    (``edited: true`` with the model's ``original_content``); new conversations marked thumbs down
+    on a rejected reply; and new conversations answered twice, first with a reply the user
+    regenerated away from (``regenerated: true``), then with the accepted one. ``new_conversation()``
+    makes a conversation, ``new_id()`` a conversation id. The regenerations come first, two records
+    each (regenerated away, then accepted)."""
+    n = len(good)
+    records: list[dict[str, Any]] = []
+    for conversation in rng.sample(good, round(n * SIGNAL_SHARES["thumbs_up"])):
+        conversation["thumbs"] = "up"
+    for _ in range(round(n * SIGNAL_SHARES["regenerated"])):
+        accepted = new_conversation()
+        regenerated_away = json.loads(json.dumps(accepted))
+        regenerated_away["conversation_id"] = new_id()
+        regenerated_away["messages"][-1]["content"] = _rejected_reply(rng, accepted["messages"][-1]["content"])
+        regenerated_away["regenerated"] = True
+        regenerated_away["rating"] = None  # people rate the answer they kept, not the one they replaced
+        records += [regenerated_away, accepted]
+    for _ in range(round(n * SIGNAL_SHARES["edited"])):
+        record = new_conversation()
+        record["edited"] = True
+        record["original_content"] = _rejected_reply(rng, record["messages"][-1]["content"])
+        records.append(record)
+    for _ in range(round(n * SIGNAL_SHARES["thumbs_down"])):
+        record = new_conversation()
+        record["messages"][-1]["content"] = rng.choice(DEFLECTIONS)
+        record["thumbs"] = "down"
+        record["rating"] = None  # a thumbs down instead of a rating
+        records.append(record)
+    return records
+
+
 def _line(record: Any) -> bytes:
     return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
 
@@ -527,6 +596,16 @@ def build_sample(seed: int = 7) -> dict[str, bytes]:
     )
     planted.append(long_record)
 
+    # Preference signals (thumbs, edits, regenerations) in the two JSONL log files, from a generator
+    # of their own so every record above stays byte for byte what it was.
+    signal_rng = random.Random(seed + 1)
+    signals = preference_signal_records(
+        signal_rng,
+        good[:250],
+        lambda: _conversation(signal_rng, next(counter)),
+        lambda: f"conv-{next(counter):05d}",
+    )
+
     # Records the reader must quarantine, as raw lines.
     bad_lines: list[bytes] = [
         b'{"conversation_id": "bad-json", "messages": [\n',
@@ -579,8 +658,10 @@ def build_sample(seed: int = 7) -> dict[str, bytes]:
         for k, c in enumerate(good[300:320])
     ]
 
-    day1 = good[:150] + planted[:20] + [good[42]]
-    day2 = good[150:250] + planted[20:]
+    # Half to each file; an even cut inside the leading regenerations keeps each one in one file.
+    half = min(len(signals) // 2, 2 * round(len(good[:250]) * SIGNAL_SHARES["regenerated"])) // 2 * 2
+    day1 = good[:150] + planted[:20] + [good[42]] + signals[:half]
+    day2 = good[150:250] + planted[20:] + signals[half:]
     files: dict[str, bytes] = {}
     body = b"".join(_line(r) for r in day1)
     lines1 = body.splitlines(keepends=True)

@@ -37,6 +37,8 @@ def test_normalize_text_nfc_whitespace_invisible():
         ("low_rating", _row("r", rating=3.0)),
         ("slow_response", _row("s", response_time_ms=5000)),
         ("edited_reply", _row("e", edited=True)),
+        ("negative_feedback", _row("t", metadata='{"thumbs": "down"}')),
+        ("negative_feedback", _row("g", metadata='{"regenerated": true}')),
         (
             "short_assistant_reply",
             _row("x", [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Sure thing."}]),
@@ -67,6 +69,22 @@ def test_quality_rules_filter_with_reason(reason, row):
     assert result.kept["conversation_id"].tolist() == ["ok"]
     assert result.filtered["filter_reason"].tolist() == [reason]
     assert reason in FILTER_REASONS and result.filter_counts == {reason: 1}
+
+
+def test_positive_or_no_feedback_passes_and_the_feedback_filter_can_be_switched_off():
+    rows = [
+        _row("up", metadata='{"thumbs": "up"}'),
+        _row("other", metadata='{"channel": "app"}'),
+        _row("down", metadata='{"thumbs": "down"}'),
+        _row("mixed", metadata='{"thumbs": "down", "accepted": true}'),  # contradictory: no signal
+    ]
+    assert sorted(_clean(rows).kept["conversation_id"]) == ["mixed", "other", "up"]
+    assert sorted(_clean(rows, drop_negative_feedback=False).kept["conversation_id"]) == [
+        "down",
+        "mixed",
+        "other",
+        "up",
+    ]
 
 
 def test_thresholds_are_configurable_and_unrated_passes():
