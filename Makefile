@@ -60,8 +60,11 @@ DEMO_ARGS ?= --set fine_tuned_model.learning_rate=0.002 \
 	--set 'fine_tuned_model.target_modules=.*layers\.(1[6-9]|2[0-9])\.(self_attn|mlp)\.(q|k|v|o|gate|up|down)_proj' \
 	--set evaluation_report.max_test_examples=24 \
 	--set evaluation_report.max_new_tokens=72
+# DEMO_EXTRA: more overrides on top of DEMO_ARGS, e.g.
+#   make demo DEMO_EXTRA="--set fine_tuned_model.method=sft_then_dpo"
+DEMO_EXTRA ?=
 demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
-	$(VENV)/bin/ft-pipeline run $(DEMO_ARGS)
+	$(VENV)/bin/ft-pipeline run $(DEMO_ARGS) $(DEMO_EXTRA)
 
 # Everything: unit, Dagster, CLI, PostgreSQL-instance, deploy-config and the end-to-end UI test
 # (a real dagster dev, GraphQL, sensor ticks, Chromium screenshots in ft_pipeline_tests/e2e/artifacts).

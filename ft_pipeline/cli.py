@@ -337,7 +337,23 @@ def _print_outputs(data_dir: Path, until: int) -> None:
     print(f"\ndecision: {verdict}")
     for rule in summary.rules:
         print(f"  [{'pass' if rule['passed'] else 'FAIL'}] {rule['rule']}: {rule['detail']}")
-    _print_side_by_side(json.loads(Path(summary.path).read_text(encoding="utf-8")))
+    report = json.loads(Path(summary.path).read_text(encoding="utf-8"))
+    _print_preference_accuracy((report.get("extra") or {}).get("preference_accuracy"))
+    _print_side_by_side(report)
+
+
+def _print_preference_accuracy(preference: dict | None) -> None:
+    """A candidate trained on preferences: its preference accuracy on the held-out pairs."""
+    if not preference:
+        return
+    if preference.get("status") != "measured":
+        print(f"\npreference accuracy: not measured: {preference.get('reason')}")
+        return
+    print(
+        f"\npreference accuracy on {preference['n_pairs']} held-out pairs: candidate {preference['candidate']:.4f}, "
+        f"base {preference['base']:.4f}, delta {preference['delta']:+.4f}, "
+        f"{preference['confidence']:.0%} CI [{preference['ci_low']:+.4f}, {preference['ci_high']:+.4f}]"
+    )
 
 
 def _print_side_by_side(report: dict) -> None:
@@ -345,7 +361,7 @@ def _print_side_by_side(report: dict) -> None:
     rows = report.get("side_by_side") or []
     if not rows:
         return
-    primary = report.get("primary_metric", "rougeL")
+    primary = report.get("answer_metric") or report.get("primary_metric", "rougeL")
     print(f"\nanswers side by side (first {len(rows)} test prompts; {primary} vs the reference):")
     for row in rows:
         print(f"\n  user:      {_one_line(row['prompt'])}")
