@@ -331,6 +331,11 @@ BAD_REQUESTS = {
         "context_length_exceeded",
         "messages",
     ),
+    "too many messages": (
+        {"model": NAME, "messages": [{"role": "user", "content": "x"}] * 257},
+        "invalid_value",
+        "messages",
+    ),
     "n above 1": ({"model": NAME, "messages": PROMPTS[0], "n": 2}, "invalid_value", "n"),
     "temperature out of range": (
         {"model": NAME, "messages": PROMPTS[0], "temperature": 3},
@@ -366,6 +371,19 @@ def test_the_openai_client_sees_a_bad_request_error(served):
     with pytest.raises(openai.BadRequestError) as caught:
         served["client"].chat.completions.create(model=NAME, messages=[{"role": "assistant", "content": "hello"}])
     assert caught.value.body["code"] == "invalid_role"
+
+
+def test_a_client_that_leaves_mid_stream_frees_the_model(served):
+    """Closing the connection after the first event ends that generation and releases the model:
+    the next request on the same version is answered."""
+    http = served["http"]
+    body = {"model": f"{NAME}:v1", "messages": PROMPTS[0], "max_tokens": 64, "stream": True}
+    with http.stream("POST", "/v1/chat/completions", json=body) as response:
+        assert response.status_code == 200
+        first = next(response.iter_lines())
+        assert first.startswith("data: ") and json.loads(first[6:])["object"] == "chat.completion.chunk"
+    answer = served["client"].with_options(timeout=60).chat.completions.create(model=f"{NAME}:v1", messages=PROMPTS[0])
+    assert answer.choices[0].message.content == served["answers"][1][0]
 
 
 def test_ab_routing_is_deterministic_by_request_id_and_logged(served):

@@ -10,12 +10,14 @@ can never crash the server. Each response carries ``X-Request-Id`` (the client's
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Generator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -191,6 +193,53 @@ class AssignmentLog:
 
 
 # ------------------------------------------------------------------------------------------ app
+
+
+async def _in_thread(items: Callable[[], Generator[Any, None, None]]) -> AsyncIterator[Any]:
+    """Iterate the blocking generator ``items()`` in a thread of its own, without blocking the event
+    loop. When the consumer stops early (the client went away and the response is cancelled), the
+    generator is closed in its thread at its next item, which releases what it holds (a local
+    model's lock and its generation, stopped at the next token)."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    stop = threading.Event()
+    end = object()
+
+    def put(item: Any) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+        except RuntimeError:  # the event loop is closed: nobody reads any more
+            stop.set()
+
+    def produce() -> None:
+        generator = items()
+        try:
+            for item in generator:
+                if stop.is_set():
+                    break
+                put(item)
+        except BaseException as err:  # noqa: BLE001 - raised again in the consumer
+            put(_Failed(err))
+        finally:
+            generator.close()
+            put(end)
+
+    threading.Thread(target=produce, name="ft-serve-stream", daemon=True).start()
+    try:
+        while True:
+            item = await queue.get()
+            if item is end:
+                return
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+
+
+@dataclass(frozen=True)
+class _Failed:
+    error: BaseException
 
 
 def _error_response(err: ServingError, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -372,7 +421,7 @@ def create_app(
             }
         )
 
-    def _sse(
+    async def _sse(
         model: ServedModel,
         alias: str | None,
         chat: ChatRequest,
@@ -380,7 +429,7 @@ def create_app(
         request_id: str,
         started: float,
         include_usage: bool,
-    ) -> Iterator[str]:
+    ) -> AsyncIterator[str]:
         """Server-sent events: a role chunk, the content pieces, a finish chunk, the usage chunk
         when asked for, ``[DONE]``. An error after the first byte is an ``error`` event."""
         cid, created, served = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), _served_id(model)
@@ -402,7 +451,7 @@ def create_app(
         try:
             yield event(delta({"role": "assistant", "content": ""}))
             completion: Completion | None = None
-            for piece in model.stream(chat):
+            async for piece in _in_thread(lambda: model.stream(chat)):
                 if isinstance(piece, Completion):
                     completion = piece
                 else:

@@ -21,7 +21,7 @@ import os
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -148,7 +148,7 @@ class ServedModel:
     def complete(self, request: ChatRequest) -> Completion:
         raise NotImplementedError
 
-    def stream(self, request: ChatRequest) -> Iterator[str | Completion]:
+    def stream(self, request: ChatRequest) -> Generator[str | Completion, None, None]:
         """Pieces of the answer as they come, then one :class:`Completion` (the whole answer)."""
         raise NotImplementedError
 
@@ -251,7 +251,7 @@ class LocalServedModel(ServedModel):
                 code="context_length_exceeded",
             )
 
-    def stream(self, request: ChatRequest) -> Iterator[str | Completion]:
+    def stream(self, request: ChatRequest) -> Generator[str | Completion, None, None]:
         # Both endpoints' paths: LocalGenerator.generate_stream, which renders, configures and
         # seeds exactly as generate() (a test asserts the answers equal the evaluation's), and
         # also returns the generated token ids for the usage counts.
@@ -355,7 +355,7 @@ class RemoteServedModel(ServedModel):
             choice.finish_reason or "stop",
         )
 
-    def stream(self, request: ChatRequest) -> Iterator[str | Completion]:
+    def stream(self, request: ChatRequest) -> Generator[str | Completion, None, None]:
         import openai
 
         pieces: list[str] = []
