@@ -240,7 +240,8 @@ class LocalServedModel(ServedModel):
 
     def check(self, request: ChatRequest) -> None:
         wanted = _request_config(self.generation, request).max_new_tokens
-        prompt = self.prompt_tokens(request.messages)
+        with self.lock:  # the tokenizer is shared with the generation (a fast tokenizer is not reentrant)
+            prompt = self.prompt_tokens(request.messages)
         if prompt + wanted > self.max_context_tokens:
             raise ServingError(
                 400,
@@ -256,9 +257,9 @@ class LocalServedModel(ServedModel):
         # seeds exactly as generate() (a test asserts the answers equal the evaluation's), and
         # also returns the generated token ids for the usage counts.
         config = _request_config(self.generation, request)
-        prompt_tokens = self.prompt_tokens(request.messages)
         pieces: list[str] = []
         with self.lock:
+            prompt_tokens = self.prompt_tokens(request.messages)
             self.generator.config = config
             with contextlib.closing(self.generator.generate_stream(request.messages)) as generated:
                 new_ids = yield from _collect(generated, pieces)
