@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from ft_pipeline.lib.openai_format import DEFAULT_OPENAI_FINE_TUNING_MODEL
+from ft_pipeline.lib.vllm_command import add_vllm_arguments
 
 if TYPE_CHECKING:  # the CLI imports dagster and the registry only in the commands that need them
     import dagster as dg
@@ -663,14 +664,40 @@ def _cmd_registry(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve_vllm(args: argparse.Namespace) -> int:
+    """``ft-pipeline serve --engine vllm``: vLLM's command or Kubernetes manifest for the registry's
+    production and staging adapters (ft_pipeline/lib/vllm_command.py), or vLLM itself where it is
+    installed; never started on a machine without it."""
+    from ft_pipeline.lib.registry import ModelRegistry
+    from ft_pipeline.lib.storage import resolve_data_dir
+    from ft_pipeline.lib.vllm_command import VllmSettings, run_vllm_engine
+
+    missing = _missing_registry(args)
+    if missing is not None:
+        print(f"error: {missing}", file=sys.stderr)
+        return 2
+    data_dir = resolve_data_dir(args.data_dir).resolve()
+    url = args.url or os.environ.get(REGISTRY_URL_ENV)
+    registry = ModelRegistry(url) if url else ModelRegistry.for_data_dir(data_dir)
+    try:
+        return run_vllm_engine(
+            registry,
+            args.model,
+            data_dir,
+            VllmSettings(host=args.host, port=args.port),
+            print_command=args.print_command,
+            print_manifest=args.print_manifest,
+            image=args.vllm_image,
+            fetch_image=args.fetch_image,
+        )
+    finally:
+        registry.close()
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     """``ft-pipeline serve``: the OpenAI-compatible server (ft_pipeline/lib/serving) in the foreground."""
-    if args.engine != "transformers":
-        print(
-            f"error: --engine {args.engine} is not available yet; use --engine transformers (the default)",
-            file=sys.stderr,
-        )
-        return 2
+    if args.engine == "vllm":
+        return _serve_vllm(args)
     import logging
 
     from ft_pipeline.lib.registry import ModelRegistry, RegistryError
@@ -948,6 +975,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="transformers",
         help="transformers: this process answers (default); vllm: for GPU clusters",
     )
+    add_vllm_arguments(serve_cmd)  # --print-command, --print-manifest, the images (--engine vllm)
     serve_cmd.add_argument(
         "--model", default=serve_defaults.model_name, help=f"registered model (default: {serve_defaults.model_name})"
     )

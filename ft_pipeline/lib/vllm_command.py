@@ -40,10 +40,10 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ft_pipeline.lib.registry import ModelRegistry, ModelVersion
-from ft_pipeline.lib.storage import resolve_portable_path
+if TYPE_CHECKING:  # imported where used: the CLI builds its parser from this module, and stays fast
+    from ft_pipeline.lib.registry import ModelRegistry, ModelVersion
 
 __all__ = [
     "DEFAULT_VLLM_IMAGE",
@@ -280,6 +280,8 @@ def plan_vllm(
             different bases (one vLLM serves adapters of one base), or the base is a local folder
             that is not a Hugging Face model folder.
     """
+    from ft_pipeline.lib.storage import resolve_portable_path
+
     data_dir = Path(data_dir)
     fetch_dir = Path(settings.fetch_dir) if settings.fetch_dir else data_dir / "vllm_adapters"
     versions: list[tuple[str, ModelVersion]] = []
@@ -313,6 +315,8 @@ def plan_vllm(
 def _tokenizer_of(version: ModelVersion, adapter: VllmAdapter, data_dir: Path) -> str | None:
     """The production run's tokenizer folder (its chat template), beside the adapter in the layout
     the model is loaded from; None when the run recorded none (the base's is then used)."""
+    from ft_pipeline.lib.storage import resolve_portable_path
+
     recorded = (version.tags or {}).get("tokenizer_dir")
     if not recorded:
         return None
@@ -453,7 +457,7 @@ def add_vllm_arguments(parser: Any) -> None:
     parser.add_argument(
         "--print-command",
         action="store_true",
-        help="with --engine vllm: print the `vllm serve` command for the registry's adapters and exit",
+        help="with --engine vllm: print the vllm serve command for the registry's adapters and exit",
     )
     parser.add_argument(
         "--print-manifest",
@@ -566,11 +570,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     import argparse
 
+    from ft_pipeline.lib.registry import ModelRegistry
     from ft_pipeline.lib.storage import resolve_data_dir
 
     parser = argparse.ArgumentParser(prog="python -m ft_pipeline.lib.vllm_command")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, what in (("command", "the `vllm serve` command"), ("manifest", "a Kubernetes Deployment + Service")):
+    for name, what in (("command", "the vllm serve command"), ("manifest", "a Kubernetes Deployment + Service")):
         p = sub.add_parser(name, help=f"print {what} for the registry's production and staging adapters")
         p.add_argument("--data-dir", default=None, help="the data directory (default: $FT_PIPELINE_DATA_DIR or data/)")
         p.add_argument(

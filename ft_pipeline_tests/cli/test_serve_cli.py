@@ -20,9 +20,18 @@ from ft_pipeline.lib.registry import ModelRegistry
 from ft_pipeline_tests.unit.test_serving import NAME, PROMPTS, _quiet, _register, tiny  # noqa: F401 - fixtures
 
 
-def test_vllm_engine_is_not_available_yet(capsys):
-    assert main(["serve", "--engine", "vllm"]) == 2
-    assert "--engine vllm is not available yet" in capsys.readouterr().err
+def test_vllm_engine_needs_a_registry_and_never_starts_vllm_without_it(tmp_path, capsys, monkeypatch):
+    # The command and manifest themselves: ft_pipeline_tests/unit/test_vllm_command.py.
+    (tmp_path / "empty").mkdir()
+    assert main(["serve", "--engine", "vllm", "--data-dir", str(tmp_path / "empty")]) == 2
+    assert "no registry at" in capsys.readouterr().err
+    ModelRegistry.for_data_dir(tmp_path).close()
+    assert main(["serve", "--engine", "vllm", "--print-command", "--data-dir", str(tmp_path)]) == 1
+    assert "has no production version" in capsys.readouterr().err
+    monkeypatch.setattr("ft_pipeline.lib.vllm_command.plan_vllm", lambda *a, **k: None)
+    monkeypatch.setattr("ft_pipeline.lib.vllm_command.vllm_available", lambda: False)
+    assert main(["serve", "--engine", "vllm", "--data-dir", str(tmp_path)]) == 2
+    assert "vllm is not installed here" in capsys.readouterr().err
 
 
 def test_serve_without_a_registry_is_an_error_not_a_new_registry(tmp_path, capsys):

@@ -359,6 +359,20 @@ def test_cli_prints_the_command_and_the_manifest_and_never_starts_vllm_without_i
     assert "vllm is not installed here" in capsys.readouterr().err
 
 
+def test_ft_pipeline_serve_engine_vllm_prints_the_command_and_the_manifest(registry, data_dir, capsys):
+    from ft_pipeline.cli import main as cli
+
+    _register(registry, data_dir, "run-a", 8, alias="production")
+    serve = ["serve", "--engine", "vllm", "--data-dir", str(data_dir), "--port", "8200"]
+    assert cli([*serve, "--print-command"]) == 0
+    args = shlex.split(capsys.readouterr().out)
+    assert args == plan_vllm(registry, MODEL, data_dir, VllmSettings(port=8200)).command()
+    assert cli([*serve, "--print-manifest", "--vllm-image", "vllm/vllm-openai:v9"]) == 0
+    deployment, service = yaml.safe_load_all(capsys.readouterr().out)
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == "vllm/vllm-openai:v9"
+    assert service["spec"]["ports"][0]["port"] == 8200
+
+
 # --------------------------------------------------------------------------------------------- gpu
 
 
