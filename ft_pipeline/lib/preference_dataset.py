@@ -79,6 +79,7 @@ from ft_pipeline.lib.preferences import (
     _usable_rows,
     cleaned_sources,
     iter_cleaned_for_preferences,
+    parquet_batches,
 )
 from ft_pipeline.lib.splits import SPLIT_NAMES, SplitConfig
 from ft_pipeline.lib.storage import content_version
@@ -142,8 +143,7 @@ class SftSplitIndex:
         columns = ["user_id", "context_hash", "first_turn_hash", "first_turn_words"]
         for name in SPLIT_NAMES:
             bit = _SPLIT_BITS[name]
-            parquet = pq.ParquetFile(splits.parquet(name))
-            for batch in parquet.iter_batches(batch_size=100_000, columns=columns):
+            for batch in parquet_batches(splits.parquet(name), columns, 100_000):
                 frame = batch.to_pandas()
                 for user in frame["user_id"].dropna():
                     if str(user):
@@ -473,7 +473,7 @@ def build_preference_dataset(
     found: Counter[str] = Counter()
     examples: list[dict[str, str]] = []
     for name in ("pairs", "kto"):
-        for batch in pq.ParquetFile(paths["all"][name]).iter_batches(batch_size=_WRITE_ROWS):
+        for batch in parquet_batches(paths["all"][name], batch_rows=_WRITE_ROWS):
             with steps.step("check_no_leakage"):
                 keys = [batch.column(c).to_pylist() for c in ("split", "user_id", "context_hash", "first_turn_hash")]
                 _count_leakage(name, zip(*keys), index, leaked)

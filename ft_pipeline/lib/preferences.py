@@ -59,6 +59,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ft_pipeline.lib.cleaning import (
@@ -727,6 +728,19 @@ def cleaned_sources(cleaned_folders: Mapping[str, Path]) -> tuple[list[CleanedSo
     return sources, missing
 
 
+def parquet_batches(
+    path: str | Path, columns: Sequence[str] | None = None, batch_rows: int = READ_BATCH_ROWS
+) -> Iterator[pa.RecordBatch]:
+    """The rows of the Parquet file at ``path`` (``columns`` only, when given) in batches of at most
+    ``batch_rows``, at most one row group in memory at a time: one ``iter_batches`` reader per row
+    group, because a reader over the whole file holds what it has read (measured: 1.9 GB after the
+    0.8M KTO rows of the 1M benchmark, against 0.4 GB row group by row group)."""
+    parquet = pq.ParquetFile(path)
+    for i in range(parquet.metadata.num_row_groups):
+        names = None if columns is None else list(columns)
+        yield from parquet.iter_batches(batch_size=batch_rows, row_groups=[i], columns=names)
+
+
 def iter_cleaned_for_preferences(
     sources: Sequence[CleanedSource], batch_rows: int = READ_BATCH_ROWS
 ) -> Iterator[pd.DataFrame]:
@@ -736,10 +750,9 @@ def iter_cleaned_for_preferences(
     for source in sources:
         if not source.rows:
             continue
-        parquet = pq.ParquetFile(source.path)
-        present = set(parquet.schema_arrow.names)
+        present = set(pq.read_schema(source.path).names)
         columns = [c for c in INPUT_COLUMNS if c in present]
-        for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns):
+        for batch in parquet_batches(source.path, columns, batch_rows):
             frame = batch.to_pandas()
             if source.kept:
                 frame["filter_reason"] = ""
