@@ -234,11 +234,11 @@ def scan_preferences_for_pii(
 ) -> PiiScan:
     """Every text of the pairs and KTO examples (prompt turns, replies, ids, tags) through ``pii``;
     the places found are named by conversation id (a pair's: the chosen reply's)."""
-    scan = PiiScan({}, [])
     found: Counter[str] = Counter()
+    examples: list[dict[str, str]] = []
     for name, frame in (("pairs", pairs), ("kto", kto)):
-        _scan_rows(name, frame.to_dict("records"), pii, found, scan.examples, max_examples)
-    return PiiScan(dict(found), scan.examples)
+        _scan_rows(name, frame.to_dict("records"), pii, found, examples, max_examples)
+    return PiiScan(dict(found), examples)
 
 
 def _scan_rows(
