@@ -148,9 +148,10 @@ def test_preference_dataset_on_the_sample_with_every_signal(built):
     # Each planted signal ended where its rule says.
     by_rule = {r.data["reason"]: r.data["count"] for r in metadata["pairs_by_rule"].value.records}
     assert by_rule.get("edit", 0) >= 1 and by_rule.get("regeneration", 0) >= 1 and by_rule.get("rating", 0) >= 1
-    regen = pairs[pairs["rule"] == "regeneration"].iloc[0]
+    # The sample logs carry signals too: pick the planted records' pairs by id.
+    regen = pairs[(pairs["rule"] == "regeneration") & (pairs["chosen_conversation_id"] == "pref-regen-2")].iloc[0]
     assert regen["chosen"].startswith("Yes: insert a microSD card")
-    edit = pairs[pairs["rule"] == "edit"].iloc[0]
+    edit = pairs[(pairs["rule"] == "edit") & (pairs["chosen_conversation_id"] == "pref-edit")].iloc[0]
     assert edit["chosen"].startswith("The Nimbus Lamp has a two-year warranty")
     assert edit["rejected"].startswith("The lamp has a warranty")
     labels = dict(zip(kto["conversation_id"], kto["label"]))
