@@ -586,7 +586,7 @@ PARSE_STEPS = ("read_log_file", "file_sha256", "scrub_parsed", "write_parsed", "
 # The assets' code versions (ft_pipeline/defs/records.py, cleaning.py, curation.py, splits.py): they
 # only feed the version hashes, so they are copied here to keep dagster out of the worker processes.
 RAW_CODE_VERSION = "3"
-CLEANED_CODE_VERSION = "3"
+CLEANED_CODE_VERSION = "4"
 CURATED_CODE_VERSION = "3"
 SPLITS_CODE_VERSION = "2"
 PREFERENCES_CODE_VERSION = "1"  # defs/preferences.py
