@@ -17,7 +17,7 @@ def curl_snippet(model_name: str, base_url: str = DEFAULT_BASE_URL) -> str:
     return (
         "```sh\n"
         f"curl -s {base_url}/chat/completions -H 'Content-Type: application/json' \\\n"
-        f"  -d '{{\"model\": \"{model_name}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'\n"
+        f'  -d \'{{"model": "{model_name}", "messages": [{{"role": "user", "content": "Hello"}}]}}\'\n'
         "```"
     )
 
