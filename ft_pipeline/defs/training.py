@@ -145,6 +145,11 @@ class FineTuneRunConfig(dg.Config):
         default=_LORA.kto_undesirable_weight,
         description="local_lora kto: loss weight of the bad examples; null = balanced from the label counts.",
     )
+    preference_learning_rate: float | None = Field(
+        default=_LORA.preference_learning_rate,
+        description="local_lora dpo/kto and sft_then_dpo's DPO stage: peak learning rate; null = a tenth of "
+        "learning_rate (preference losses over-optimize at SFT rates).",
+    )
     # openai (the base model is the openai_fine_tuning resource's ``model``: one setting with the splits' check)
     openai_dpo_beta: str = Field(
         default=str(_OPENAI.dpo_beta), description="DPO only: 'auto' or a number > 0 (how far from the base)."
@@ -188,6 +193,7 @@ class FineTuneRunConfig(dg.Config):
             dpo_beta=self.dpo_beta,
             kto_desirable_weight=self.kto_desirable_weight,
             kto_undesirable_weight=self.kto_undesirable_weight,
+            preference_learning_rate=self.preference_learning_rate,
         )
 
     def openai(self, model: str) -> OpenAIFineTuneConfig:

@@ -33,6 +33,7 @@ DPO = LoraTrainingConfig(
     lora_r=8,
     lora_alpha=16,
     learning_rate=5e-3,
+    preference_learning_rate=5e-3,  # tiny random base, few steps: as fast as the SFT tests
     num_train_epochs=2,
     per_device_train_batch_size=2,
     max_length=128,
@@ -100,6 +101,7 @@ def test_dpo_writes_an_adapter_and_logs_the_rewards(dpo_run):
     train_logs = [d for d in logs if d["kind"] == "train"]
     assert train_logs and all(k in train_logs[0] for k in ("loss", *REWARD_METRICS))
     assert result.metrics["method"] == "dpo" and result.metrics["global_step"] == 8
+    assert result.metrics["learning_rate"] == pytest.approx(5e-3)
     assert 0.0 <= result.metrics["rewards/accuracies"] <= 1.0
     assert result.metrics["eval_loss"] is not None
     assert all("rewards/margins" in r for r in result.loss_history if "loss" in r)
@@ -276,3 +278,15 @@ def test_kto_weights_balance_the_labels_unless_set():
     # Only KTO's run key depends on the weights.
     assert dataclasses.replace(DPO, kto_desirable_weight=2.0).config_hash() == DPO.config_hash()
     assert dataclasses.replace(KTO, kto_desirable_weight=2.0).config_hash() != KTO.config_hash()
+
+
+def test_preference_stages_train_at_a_tenth_of_the_sft_rate_unless_set():
+    default = LoraTrainingConfig(method="dpo", learning_rate=1e-3)
+    assert default.effective_preference_learning_rate == pytest.approx(1e-4)
+    explicit = dataclasses.replace(default, preference_learning_rate=1e-5)
+    assert explicit.effective_preference_learning_rate == 1e-5
+    assert explicit.config_hash() != default.config_hash()
+    sft = LoraTrainingConfig(base_model="tiny")
+    assert dataclasses.replace(sft, preference_learning_rate=1e-5).config_hash() == sft.config_hash()
+    with pytest.raises(ValueError, match="preference_learning_rate"):
+        dataclasses.replace(DPO, preference_learning_rate=0.0)

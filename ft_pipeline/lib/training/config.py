@@ -28,7 +28,13 @@ PREFERENCE_METHODS = frozenset({"dpo", "kto", "sft_then_dpo"})
 
 # Fields added for preference training: left out of an SFT run's hash, so SFT run keys (and the
 # checkpoints named by them) made before these fields existed stay the same.
-_PREFERENCE_FIELDS = ("method", "dpo_beta", "kto_desirable_weight", "kto_undesirable_weight")
+_PREFERENCE_FIELDS = (
+    "method",
+    "dpo_beta",
+    "kto_desirable_weight",
+    "kto_undesirable_weight",
+    "preference_learning_rate",
+)
 
 
 @dataclass(frozen=True)
@@ -108,6 +114,19 @@ class LoraTrainingConfig:
     that weight x count is the same for both labels (TRL advises a ratio within [1, 4/3])."""
     kto_undesirable_weight: float | None = None
     """kto: weight of the undesirable (bad) examples' loss; None = balanced as above."""
+    preference_learning_rate: float | None = None
+    """Peak learning rate of DPO/KTO training (dpo, kto, and sft_then_dpo's second stage); None =
+    a tenth of ``learning_rate``. Preference losses push the chosen/rejected log-ratio apart with no
+    bound on the chosen reply's own likelihood: at an SFT learning rate a LoRA adapter over-optimizes
+    within a few steps (the demo's SFT rate, 1e-3, turned SmolLM2 into a model that repeats its
+    opener; margins 15, 4.8% of the base's regression-suite score)."""
+
+    @property
+    def effective_preference_learning_rate(self) -> float:
+        """The learning rate the DPO/KTO trainer runs at."""
+        if self.preference_learning_rate is not None:
+            return self.preference_learning_rate
+        return self.learning_rate / 10
 
     def __post_init__(self) -> None:
         if isinstance(self.target_modules, list):
@@ -133,10 +152,10 @@ class LoraTrainingConfig:
             raise ValueError(f"method must be one of {sorted(METHODS)}, got {self.method!r}")
         if self.dpo_beta <= 0:
             raise ValueError(f"dpo_beta must be > 0, got {self.dpo_beta}")
-        for name in ("kto_desirable_weight", "kto_undesirable_weight"):
-            weight = getattr(self, name)
-            if weight is not None and weight <= 0:
-                raise ValueError(f"{name} must be > 0 (or None for balanced), got {weight}")
+        for name in ("kto_desirable_weight", "kto_undesirable_weight", "preference_learning_rate"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be > 0 (or None for the default), got {value}")
         if self.save_total_limit < 1:
             raise ValueError(f"save_total_limit must be >= 1, got {self.save_total_limit}")
 

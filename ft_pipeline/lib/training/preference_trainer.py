@@ -167,8 +167,10 @@ def _build_trainer(
     else:
         config_class, trainer_class = KTOConfig, KTOTrainer
         extra["desirable_weight"], extra["undesirable_weight"] = kto_weights(train, config)
+    at_preference_rate = dataclasses.replace(config, learning_rate=config.effective_preference_learning_rate)
     args = config_class(
-        **shared_training_args(config, checkpoints_dir, has_val=has_val, cuda=cuda, use_bf16=use_bf16), **extra
+        **shared_training_args(at_preference_rate, checkpoints_dir, has_val=has_val, cuda=cuda, use_bf16=use_bf16),
+        **extra,
     )
     with quiet_peft_deprecation():
         trainer = trainer_class(
@@ -324,6 +326,7 @@ def train_preferences(
         "train_examples": len(train),
         "validation_examples": len(validation),
         "dpo_beta": config.dpo_beta,
+        "learning_rate": config.effective_preference_learning_rate,
         **(
             dict(zip(("kto_desirable_weight", "kto_undesirable_weight"), kto_weights(train, config), strict=True))
             if method == "kto"
