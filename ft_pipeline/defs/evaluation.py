@@ -20,6 +20,7 @@ from ft_pipeline.defs.metadata import (
 from ft_pipeline.defs.resources import ModelRegistryResource, OpenAIFineTuningResource, PiiPolicy, PipelineStorage
 from ft_pipeline.defs.training import model_kinds
 from ft_pipeline.lib.evaluation.candidate import CandidateEvaluation, CandidateEvaluationConfig, evaluate_candidate
+from ft_pipeline.lib.evaluation.cost import COST_COLUMNS, CostConfig
 from ft_pipeline.lib.evaluation.gate import PromotionGate
 from ft_pipeline.lib.evaluation.generation import GenerationConfig
 from ft_pipeline.lib.evaluation.latency import LATENCY_COLUMNS, LatencyConfig
@@ -39,6 +40,7 @@ _EVAL = EvaluationConfig()
 _GEN = GenerationConfig()
 _CANDIDATE = CandidateEvaluationConfig()
 _LATENCY = LatencyConfig()
+_COST = CostConfig()
 
 
 class EvaluationRunConfig(dg.Config):
@@ -112,6 +114,44 @@ class EvaluationRunConfig(dg.Config):
         default=_LATENCY.max_new_tokens,
         description="Longest answer in the latency runs (shorter than max_new_tokens, to keep their cost small).",
     )
+    gpu_hour_price: float = Field(
+        default=_COST.gpu_hour_price,
+        description="Price of one GPU-hour: a local run that trained on a GPU costs its train_runtime_s in hours "
+        "times this. 0 = not configured (every price defaults to 0; nothing is guessed). One currency for all prices.",
+    )
+    cpu_hour_price: float = Field(
+        default=_COST.cpu_hour_price,
+        description="Price of one hour of the machine a local run trained on without a GPU; 0 = not configured.",
+    )
+    hosted_training_price_per_1m_tokens: float = Field(
+        default=_COST.hosted_training_price_per_1m_tokens,
+        description="Price of one million trained tokens of a hosted (OpenAI) fine-tuning job (the job's "
+        "trained_tokens); 0 = not configured.",
+    )
+    candidate_input_price_per_1m_tokens: float = Field(
+        default=_COST.candidate_input_price_per_1m_tokens,
+        description="Price of one million prompt tokens sent to the candidate, for its inference cost per 1k "
+        "requests (measured mean tokens of the test requests); 0 = not configured.",
+    )
+    candidate_output_price_per_1m_tokens: float = Field(
+        default=_COST.candidate_output_price_per_1m_tokens,
+        description="Price of one million tokens the candidate generates; 0 = not configured.",
+    )
+    reference_input_price_per_1m_tokens: float = Field(
+        default=_COST.reference_input_price_per_1m_tokens,
+        description="Price of one million prompt tokens sent to the reference model (production, else the base); "
+        "0 = not configured.",
+    )
+    reference_output_price_per_1m_tokens: float = Field(
+        default=_COST.reference_output_price_per_1m_tokens,
+        description="Price of one million tokens the reference model (production, else the base) generates; "
+        "0 = not configured.",
+    )
+    requests_per_month: float = Field(
+        default=_COST.requests_per_month,
+        description="Expected requests a month, for the payback estimate (training cost / monthly saving of the "
+        "candidate over the reference); 0 = no payback estimate. Informational, not part of the gate.",
+    )
 
     def gate(self) -> PromotionGate:
         return PromotionGate(
@@ -147,6 +187,16 @@ class EvaluationRunConfig(dg.Config):
                 batch_sizes=tuple(self.latency_batch_sizes),
                 max_new_tokens=self.latency_max_new_tokens,
                 seed=self.seed,
+            ),
+            cost=CostConfig(
+                gpu_hour_price=self.gpu_hour_price,
+                cpu_hour_price=self.cpu_hour_price,
+                hosted_training_price_per_1m_tokens=self.hosted_training_price_per_1m_tokens,
+                candidate_input_price_per_1m_tokens=self.candidate_input_price_per_1m_tokens,
+                candidate_output_price_per_1m_tokens=self.candidate_output_price_per_1m_tokens,
+                reference_input_price_per_1m_tokens=self.reference_input_price_per_1m_tokens,
+                reference_output_price_per_1m_tokens=self.reference_output_price_per_1m_tokens,
+                requests_per_month=self.requests_per_month,
             ),
         )
 
@@ -192,7 +242,8 @@ def evaluation_report(
     for binary metrics), per-tag slices, the regression suite, validation perplexity, and for a
     candidate trained with dpo/kto the preference accuracy of candidate and base on the held-out
     preference pairs (local models; a paired-bootstrap CI of the difference), and the latency
-    (p50/p95) and throughput of candidate and base at several batch sizes. Written to
+    (p50/p95) and throughput of candidate and base at several batch sizes, and the cost (training,
+    inference per 1k requests of candidate and reference, payback; configured prices). Written to
     ``reports/<eval_id>/`` (report.json, report.md, examples.parquet, charts) and recorded in the
     registry; ``reports/latest.json`` (an EvaluationSummary) hands the decision to ``promoted_model``.
     The blocking ``promotion_gate`` check decides whether ``promoted_model`` runs.
@@ -280,6 +331,7 @@ def _report_metadata(
         metadata[f"{role}_validation_perplexity"] = float(value)
     metadata.update(_preference_metadata(result.extra.get("preference_accuracy")))
     metadata.update(_latency_metadata(result.extra.get("latency")))
+    metadata.update(_cost_metadata(result.extra.get("cost")))
     metadata.update(
         {
             "eval_id": summary.eval_id,
@@ -353,6 +405,44 @@ def _latency_metadata(latency: Mapping[str, Any] | None) -> dict[str, Any]:
         first, last = candidate[0], candidate[-1]
         metadata[f"candidate_p50_latency_s_batch_{first['batch_size']}"] = round(float(first["p50_latency_s"]), 4)
         metadata[f"candidate_requests_per_s_batch_{last['batch_size']}"] = round(float(last["requests_per_s"]), 4)
+    return metadata
+
+
+def _cost_metadata(cost: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The cost as a table (one row per model: mean tokens, prices, cost per 1k requests), the
+    training cost and the candidate's cost per 1k requests as headline floats (plotted across
+    evaluations), and the payback as a short line ("prices not configured" when every price is 0)."""
+    if not cost:
+        return {}
+    training, payback = cost["training"], cost["payback"]
+    candidate = next(r for r in cost["inference"] if r["model"] == "candidate")
+    metadata: dict[str, Any] = {
+        "cost": table(
+            [
+                {
+                    "model": r["model"],
+                    "requests": int(r["requests"]),
+                    **{c: round(float(r[c]), 6) for c in COST_COLUMNS},
+                }
+                for r in cost["inference"]
+            ],
+            [
+                dg.TableColumn("model", "string", description="The candidate and the reference it would replace."),
+                dg.TableColumn("requests", "int", description="Test requests the mean tokens are taken over."),
+                *(dg.TableColumn(c, "float") for c in COST_COLUMNS),
+            ],
+        ),
+        "candidate_cost_per_1k_requests": round(float(candidate["cost_per_1k_requests"]), 6),
+    }
+    if training["cost"] is not None:
+        metadata["training_cost"] = round(float(training["cost"]), 6)
+    if not cost.get("prices_configured"):
+        metadata["payback"] = "prices not configured"
+    elif payback["status"] == "months":
+        metadata["payback_months"] = round(float(payback["months"]), 4)
+    else:
+        status = "never" if payback["status"] == "never" else "not estimated"
+        metadata["payback"] = f"{status}: {payback['detail']}"
     return metadata
 
 

@@ -1,6 +1,7 @@
 """train_split / validation_split / test_split: grouped, hash-stable, seeded."""
 
 from collections.abc import Iterator
+from typing import Any
 
 import dagster as dg
 from pydantic import Field
@@ -15,10 +16,19 @@ from ft_pipeline.defs.metadata import (
     sample_rows,
     table,
 )
-from ft_pipeline.defs.resources import OpenAIFineTuningResource, PipelineStorage
+from ft_pipeline.defs.resources import OpenAIFineTuningResource, PiiPolicy, PipelineStorage
 from ft_pipeline.lib.dedup import DedupConfig
-from ft_pipeline.lib.manifests import CuratedManifest, read_manifest
+from ft_pipeline.lib.exports import (
+    ALPACA_SKIP_REASONS,
+    DEFAULT_LICENSE,
+    ExportsResult,
+    export_splits,
+    removal_counts,
+    source_counts,
+)
+from ft_pipeline.lib.manifests import CleanedManifest, CuratedManifest, read_manifest
 from ft_pipeline.lib.splits import LeakageReport, SplitConfig, SplitsResult, check_min_sizes, make_splits
+from ft_pipeline.lib.storage import safe_name
 
 SPLITS_CODE_VERSION = "2"
 _SPLIT = SplitConfig()
@@ -49,6 +59,16 @@ class SplitRunConfig(dg.Config):
     )
     min_validation_examples: int = Field(default=_SPLIT.min_validation_examples, description="Minimum validation size.")
     min_test_examples: int = Field(default=_SPLIT.min_test_examples, description="Minimum test size.")
+    exports: bool = Field(
+        default=True,
+        description="Also write splits/<version>/exports/: Alpaca JSONL, a `datasets` save_to_disk folder "
+        "and a dataset card (README.md). Not part of the version: the split content is the same.",
+    )
+    export_license: str = Field(
+        default=DEFAULT_LICENSE,
+        description="Hugging Face licence id the dataset card names; `other` = the team's own terms "
+        "(logged customer conversations are rarely open data).",
+    )
 
     def to_lib(self) -> SplitConfig:
         return SplitConfig(
@@ -72,6 +92,8 @@ _DESCRIBED = {
     "validation": "Validation conversations (early stopping and perplexity)",
     "test": "Frozen test conversations (the evaluation's)",
 }
+# Run-config fields that change only the exports, never the split content: kept out of the version.
+_EXPORT_FIELDS = {"exports", "export_license"}
 #: The step that writes the three split assets: the Launchpad shows their config under this name.
 SPLITS_STEP = "train_validation_test_split"
 # A split too small to train on or to evaluate with stops its consumers; validation only warns them.
@@ -132,13 +154,16 @@ def train_validation_test_split(
     config: SplitRunConfig,
     storage: PipelineStorage,
     openai_fine_tuning: OpenAIFineTuningResource,
+    pii_policy: PiiPolicy,
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     """Split the curated dataset 80/10/10 (configurable) by group: one user's conversations and
     conversations sharing a context or a long first turn stay together. A group's split is a
     hash of its key and the seed, so an example keeps its split when new data arrives. Written to
     ``splits/<version>/{train,validation,test}.{parquet,jsonl}``; the three assets' DataVersion is
     that folder's version. The leakage check uses the near-duplicate parameters curated_dataset ran
-    with; the JSONL is validated against the token limit of ``openai_fine_tuning.model``."""
+    with; the JSONL is validated against the token limit of ``openai_fine_tuning.model``. With
+    ``exports`` on, ``splits/<version>/exports/`` also holds the splits as Alpaca JSONL, a
+    ``datasets`` folder and a dataset card (same version: they are derived from the split files)."""
     curated_manifest = read_manifest(storage.folder("curated"), CuratedManifest)
     if curated_manifest is None:
         raise dg.Failure(description="curated_dataset has not been materialized yet")
@@ -148,10 +173,11 @@ def train_validation_test_split(
         config.to_lib(),
         openai_model=openai_fine_tuning.model,
         code_version=SPLITS_CODE_VERSION,
-        settings=(config.model_dump(),),
+        settings=(config.model_dump(exclude=_EXPORT_FIELDS),),
     )
     version = result.manifest.version
     context.log.info(f"splits written to {storage.folder('splits') / version}: {result.sizes}")
+    exports = _export(result, curated_manifest, config, storage, pii_policy) if config.exports else None
     for name, split in result.splits.items():
         yield dg.MaterializeResult(
             asset_key=_ASSET_OF[name],
@@ -166,11 +192,58 @@ def train_validation_test_split(
                 "jsonl_path": data_path(split.jsonl_path, storage.root()),
                 "curated_version": curated_manifest.version,
                 "dagster/column_schema": column_schema(split.parquet_path),
+                **(_export_metadata(exports, name, storage) if exports else {}),
             },
             # One version for the folder and its three files.
             data_version=dg.DataVersion(version),
         )
     yield from _checks(result)
+
+
+def _pii_policy_text(policy: PiiPolicy) -> str:
+    if not policy.scrub:
+        return "not scrubbed (the PiiPolicy resource has scrub off)"
+    kinds = [*policy.entities, *(p.name for p in policy.custom_patterns())]
+    names = "; person names too" if policy.person_names_model else ""
+    return (
+        f"scrubbed: personal data replaced by typed placeholders (`<EMAIL>`, …) for {', '.join(kinds)}{names}; "
+        "ids holding PII pseudonymized (keyed by FT_PIPELINE_ID_HASH_KEY)"
+    )
+
+
+def _export(
+    result: SplitsResult, curated: CuratedManifest, config: SplitRunConfig, storage: PipelineStorage, pii: PiiPolicy
+) -> ExportsResult:
+    """Write the exports of the splits just written, with the cleaning filter counts of the
+    partitions they come from (their latest cleaned version) and the curation's removals."""
+    parquets = {name: result.manifest.parquet(name) for name in result.splits}
+    sources = source_counts(parquets)
+    cleaning: dict[str, int] = {}
+    for source in sources:
+        cleaned = read_manifest(storage.folder("cleaned") / safe_name(source), CleanedManifest)
+        for reason, n in (removal_counts(cleaned.filtered_path) if cleaned else {}).items():
+            cleaning[reason] = cleaning.get(reason, 0) + n
+    return export_splits(
+        parquets,
+        storage.folder("splits") / result.manifest.version / "exports",
+        version=result.manifest.version,
+        pii_policy=_pii_policy_text(pii),
+        license=config.export_license,
+        filters={"cleaning": cleaning, "curation": removal_counts(curated.removed_path)},
+        sources=sources,
+    )
+
+
+def _export_metadata(exports: ExportsResult, split: str, storage: PipelineStorage) -> dict[str, Any]:
+    alpaca = exports.alpaca[split]
+    return {
+        "alpaca_path": data_path(alpaca.path, storage.root()),
+        "alpaca_records": alpaca.records,
+        "alpaca_skipped": sum(alpaca.skipped.values()),
+        "alpaca_skipped_reasons": counts_table(alpaca.skipped, ALPACA_SKIP_REASONS),
+        "datasets_path": data_path(exports.hf_folder, storage.root()),
+        "dataset_card_path": data_path(exports.card_path, storage.root()),
+    }
 
 
 def _checks(result: SplitsResult) -> Iterator[dg.AssetCheckResult]:

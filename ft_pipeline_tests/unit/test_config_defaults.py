@@ -24,11 +24,13 @@ from ft_pipeline.lib.cleaning import CleaningConfig
 from ft_pipeline.lib.curation import CurationConfig
 from ft_pipeline.lib.dedup import DedupConfig
 from ft_pipeline.lib.evaluation.candidate import CandidateEvaluationConfig
+from ft_pipeline.lib.evaluation.cost import CostConfig
 from ft_pipeline.lib.evaluation.gate import PromotionGate
 from ft_pipeline.lib.evaluation.generation import GenerationConfig
 from ft_pipeline.lib.evaluation.latency import LatencyConfig
 from ft_pipeline.lib.evaluation.report import EXAMPLES_SHOWN
 from ft_pipeline.lib.evaluation.runner import EvaluationConfig
+from ft_pipeline.lib.exports import DEFAULT_LICENSE
 from ft_pipeline.lib.openai_format import DEFAULT_OPENAI_FINE_TUNING_MODEL
 from ft_pipeline.lib.pii import CustomPiiPattern
 from ft_pipeline.lib.preference_dataset import PreferenceDatasetConfig
@@ -68,7 +70,11 @@ TABLE: dict[str, dict[str, Any]] = {
             "drop_branch_duplicates": (DedupConfig(), "drop_branch_duplicates"),
         },
     },
-    "SplitRunConfig": {"SOURCES": [SplitConfig()]},
+    "SplitRunConfig": {
+        "SOURCES": [SplitConfig()],
+        "RENAMED": {"export_license": (None, DEFAULT_LICENSE)},
+        "NO_LIB": {"exports": "the wrapper's switch for writing the exports at all"},
+    },
     "PreferenceRunConfig": {"SOURCES": [PreferenceConfig(), PreferenceDatasetConfig()]},
     "FineTuneRunConfig": {
         "SOURCES": [LoraTrainingConfig()],
@@ -86,7 +92,7 @@ TABLE: dict[str, dict[str, Any]] = {
     },
     "EvaluationRunConfig": {
         # seed is both the bootstrap's and the generation's; their lib defaults agree (checked below).
-        "SOURCES": [CandidateEvaluationConfig(), PromotionGate(), EvaluationConfig(), GenerationConfig()],
+        "SOURCES": [CandidateEvaluationConfig(), PromotionGate(), EvaluationConfig(), GenerationConfig(), CostConfig()],
         # How many test prompts the asset's metadata shows (lib/evaluation/report.py builds the rows).
         "RENAMED": {
             "examples_shown": (None, EXAMPLES_SHOWN),

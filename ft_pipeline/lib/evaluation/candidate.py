@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
+from ft_pipeline.lib.evaluation.cost import CostConfig, add_cost
 from ft_pipeline.lib.evaluation.gate import PREFERENCE_PRIMARY_METRICS, PromotionGate, evaluate_gate
 from ft_pipeline.lib.evaluation.generation import (
     GenerationConfig,
@@ -63,6 +64,8 @@ class CandidateEvaluationConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     latency: LatencyConfig = field(default_factory=LatencyConfig)
     """Latency and throughput of candidate and base (lib/evaluation/latency.py)."""
+    cost: CostConfig = field(default_factory=CostConfig)
+    """Prices behind the training cost, inference cost per 1k requests and payback (lib/evaluation/cost.py)."""
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,7 @@ def evaluate_candidate(
         config.latency,
         log=log,
     )
+    _add_cost(result, record, generators, test, config.cost)
     if config.compute_perplexity and record.backend == "local_lora":
         _add_validation_perplexity(result, generators, splits)
     if str(record.config.get("method", "sft")) in PREFERENCE_METHODS:
@@ -328,6 +332,29 @@ def _generator_for(
     quiet_third_party_logs()  # before peft is imported: no bitsandbytes CPU-kernel warnings
     base_path = resolve_portable_path(base_model_path, data_dir)
     return LocalGenerator(base_path, None if base else adapter_dir, tokenizer_dir, generation, on_progress=log)
+
+
+def _add_cost(
+    result: EvaluationResult,
+    record: ModelRecord,
+    generators: dict[str, Generator],
+    test: pd.DataFrame,
+    config: CostConfig,
+) -> None:
+    """``result.extra["cost"]`` from the test prompts and each model's answers to them."""
+    prompts = [split_prompt_reference(list(m))[0] for m in test["messages"]]
+    examples = result.examples
+    answers = {role: examples.loc[examples["model"] == role, "prediction"].tolist() for role in generators}
+    add_cost(
+        result.extra,
+        backend=record.backend,
+        metrics=record.metrics,
+        trained_tokens=record.trained_tokens,
+        generators=generators,
+        prompts=prompts,
+        answers=answers,
+        config=config,
+    )
 
 
 def _add_validation_perplexity(result: EvaluationResult, generators: dict[str, Any], splits: SplitsManifest) -> None:

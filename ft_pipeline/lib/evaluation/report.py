@@ -208,6 +208,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             label = "Not measured" if preference["status"] == "not_measured" else "No number"
             lines.append(f"{label}: {preference['reason']}.")
     lines += _latency_markdown((report.get("extra") or {}).get("latency"))
+    lines += _cost_markdown((report.get("extra") or {}).get("cost"))
     if report.get("side_by_side"):
         primary = _answer_metric(report)
         lines += ["", "## Answers side by side (first test prompts)", ""]
@@ -278,6 +279,42 @@ def _latency_markdown(latency: dict[str, Any] | None) -> list[str]:
             f"| {row['model']} | {row['batch_size']} | {row['requests']} | {row['p50_latency_s']:.3f} | "
             f"{row['p95_latency_s']:.3f} | {row['requests_per_s']:.2f} | {row['new_tokens_per_s']:.1f} |"
         )
+    return lines
+
+
+def _cost_markdown(cost: dict[str, Any] | None) -> list[str]:
+    """The "Cost" section: training cost, inference cost per 1k requests per model, payback."""
+    if not cost:
+        return []
+    training, payback = cost["training"], cost["payback"]
+    lines = ["", "## Cost", ""]
+    if not cost.get("prices_configured"):
+        lines += ["Prices not configured (every price is 0, the default): the costs below are 0.", ""]
+    training_cost = "unknown" if training["cost"] is None else f"{training['cost']:.4f}"
+    lines += [
+        f"Training: {training_cost} ({training['detail']}).",
+        "",
+        f"Inference per 1k requests, from the mean tokens of the evaluation's test requests (reference: the "
+        f"{cost['reference']}):",
+        "",
+        "| model | requests | mean input tokens | mean output tokens | input price / 1M | output price / 1M "
+        "| cost / 1k requests | tokens counted by |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in cost["inference"]:
+        lines.append(
+            f"| {row['model']} | {row['requests']} | {row['mean_input_tokens']:.1f} | "
+            f"{row['mean_output_tokens']:.1f} | "
+            f"{row['input_price_per_1m_tokens']:g} | {row['output_price_per_1m_tokens']:g} | "
+            f"{row['cost_per_1k_requests']:.4f} | {row['token_counter']} |"
+        )
+    if payback["status"] == "months":
+        verdict = f"{payback['months']:.2f} months ({payback['detail']})"
+    elif payback["status"] == "never":
+        verdict = f"never: {payback['detail']}"
+    else:
+        verdict = f"not estimated: {payback['detail']}"
+    lines += ["", f"Payback: {verdict}."]
     return lines
 
 
