@@ -337,13 +337,14 @@ def test_a_corrupted_registry_db(tmp_path, capsys, monkeypatch, damage):
         ({"chosen": True}, {"chosen": False}),
         ({"label": "chosen"}, {"label": "rejected"}),
         ({"thumbs": "up"}, {"thumbs": "down"}),
+        ({}, {"regenerated": True}),  # the user asked for another answer to the rejected reply
     ],
 )
 def test_branch_dedup_keeps_the_chosen_reply_only_half_the_time(tmp_path, marker):
     # Finding from the HH-RLHF check: pairs sharing every turn but the last collapsed to one, but
     # with no rating the smaller conversation_id won, ignoring the record's preference field, so
     # the chosen reply was kept 50.9% of the time. Now the marker ranks before any tie-break.
-    from ft_pipeline.lib.cleaning import clean_conversations
+    from ft_pipeline.lib.cleaning import CleaningConfig, clean_conversations
     from ft_pipeline.lib.dedup import deduplicate
 
     chosen, rejected = marker
@@ -367,7 +368,14 @@ def test_branch_dedup_keeps_the_chosen_reply_only_half_the_time(tmp_path, marker
         records.append({"conversation_id": ids[1], "messages": context + [bad], **rejected})
     path = tmp_path / "pairs.jsonl"
     _write_jsonl(path, records)
-    kept = clean_conversations(read_log_file(path).conversations).kept.reset_index(drop=True)
+    conversations = read_log_file(path).conversations
+    # By default the cleaning filter already drops a reply marked rejected (negative_feedback)...
+    by_default = clean_conversations(conversations)
+    assert len(by_default.kept) == 20 and by_default.filter_counts == {"negative_feedback": 20}
+    assert all(m[-1]["content"].startswith("Chosen: ") for m in by_default.kept["messages"])
+    # ...and with that filter off, the deduplication's ranking must keep the chosen one.
+    kept = clean_conversations(conversations, CleaningConfig(drop_negative_feedback=False)).kept
+    kept = kept.reset_index(drop=True)
     assert len(kept) == 40
     result = deduplicate(kept)
     survivors = kept[result.keep]
