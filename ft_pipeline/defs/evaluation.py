@@ -34,7 +34,7 @@ from ft_pipeline.lib.serving.snippets import curl_snippet, openai_snippet
 from ft_pipeline.lib.training.fine_tune import read_splits
 from ft_pipeline.lib.training.record import read_model_record
 
-EVALUATION_CODE_VERSION = "3"  # 3: preference primary metrics, latency
+EVALUATION_CODE_VERSION = "4"  # 3: preference primary metrics, latency; 4: cost and ROI
 _GATE = PromotionGate()
 _EVAL = EvaluationConfig()
 _GEN = GenerationConfig()
