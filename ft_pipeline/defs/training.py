@@ -4,6 +4,7 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal, cast
 
 import dagster as dg
@@ -22,15 +23,18 @@ from ft_pipeline.defs.metadata import (
 from ft_pipeline.defs.resources import OpenAIFineTuningResource, PipelineStorage
 from ft_pipeline.lib.inline_charts import Point, loss_sparkline_svg, series
 from ft_pipeline.lib.manifests import PreferenceManifest, SplitsManifest, read_manifest
-from ft_pipeline.lib.training.fine_tune import (
-    NoPreferenceData,
-    fine_tune_openai,
-    prepare_local_run,
-    read_splits,
-    record_local_run,
+from ft_pipeline.lib.training.backends import (
+    FineTuningBackend,
+    TrainingHooks,
+    TrainingOutcome,
+    TrainingRequest,
+    train_with,
 )
+from ft_pipeline.lib.training.backends.local_lora import LocalLoraBackend
+from ft_pipeline.lib.training.backends.openai import OpenAIBackend
+from ft_pipeline.lib.training.fine_tune import NoPreferenceData, read_splits
 from ft_pipeline.lib.training.lora import LoraTrainingConfig
-from ft_pipeline.lib.training.openai_job import FineTuneError, OpenAIFineTuneConfig, cancel_job
+from ft_pipeline.lib.training.openai_job import FineTuneError, OpenAIFineTuneConfig
 from ft_pipeline.lib.training.record import DEFAULT_BACKEND
 
 TRAINING_CODE_VERSION = "3"  # 3: sft_then_dpo, KTO weights
@@ -51,26 +55,6 @@ def model_kinds(environ: Mapping[str, str] = os.environ) -> set[str]:
     if any(environ.get(name) for name in OPENAI_CLIENT_ENV):
         kinds.add("openai")
     return kinds
-
-
-#: The trainer's metrics shown as their own rows (plotted across runs), with their types; the
-#: others go into the ``training_details`` table.
-_HEADLINE_METRICS: dict[str, type] = {
-    "train_loss": float,
-    "eval_loss": float,
-    "global_step": int,
-    "max_steps": int,
-    "epochs": float,
-    "train_tokens": int,
-    "tokens_per_second": float,
-    "train_runtime_s": float,
-    "peak_memory_mb": float,
-    "train_examples": int,
-    "validation_examples": int,
-    "trainable_parameters": int,
-    "early_stopped": bool,
-    "device": str,
-}
 
 
 class FineTuneRunConfig(dg.Config):
@@ -259,80 +243,123 @@ def fine_tuned_model(
     headline numbers, a loss sparkline (train and validation loss over steps), the settings and
     the remaining training figures as tables; the full-size loss plot opens with one click."""
     splits = _splits(storage)
-    if config.backend == "local_lora":
-        return _train_local(context, config, storage, local_trainer, splits)
-    if config.method == "kto":
-        raise dg.Failure(description="method 'kto' is trained locally only: use backend local_lora, or method dpo")
-    return _train_openai(context, config, storage, openai_fine_tuning, splits)
+    request = TrainingRequest(
+        method=config.method,
+        splits=splits,
+        preferences=read_manifest(storage.folder("preferences"), PreferenceManifest)
+        if config.method != "sft"
+        else None,
+        models_folder=storage.folder("models"),
+        data_dir=storage.root(),
+    )
+    backend = _backend_for(config, storage, context, local_trainer, openai_fine_tuning)
+    job_ids: list[str] = []
+    hooks = TrainingHooks(on_log=context.log.info, on_job=job_ids.append)
+    try:
+        outcome = train_with(backend, request, hooks, interrupted=(dg.DagsterExecutionInterruptedError,))
+    except (NoPreferenceData, ValueError) as err:
+        raise dg.Failure(description=str(err)) from None
+    except FineTuneError as err:
+        raise dg.Failure(
+            description=f"{backend.name} fine-tuning job failed: {err}",
+            metadata={"job_id": job_ids[-1] if job_ids else ""},
+        ) from None
+    return dg.MaterializeResult(
+        metadata=_outcome_metadata(config, splits, outcome, storage.root()),
+        data_version=dg.DataVersion(outcome.record.version),
+    )
 
 
-def _train_local(
-    context: dg.AssetExecutionContext,
+def _backend_for(
     config: FineTuneRunConfig,
     storage: PipelineStorage,
+    context: dg.AssetExecutionContext,
     local_trainer: dg.PipesClient,
-    splits: SplitsManifest,
-) -> dg.MaterializeResult:
-    preferences = read_manifest(storage.folder("preferences"), PreferenceManifest) if config.method != "sft" else None
-    try:
-        run = prepare_local_run(
-            splits, config.lora(), storage.folder("models"), storage.folder("base_models"), preferences
-        )
-    except NoPreferenceData as err:
-        raise dg.Failure(description=str(err)) from None
-    context.log.info(f"training run {run.key} into {run.output_dir}")
-    with warnings.catch_warnings():
-        # Dagster's own Pipes session reads a preview property of its reader and warns about it on
-        # every run; nothing in this project uses that preview API.
-        warnings.filterwarnings("ignore", message=r".*expected_writer_count.*", category=dg.PreviewWarning)
-        invocation = local_trainer.run(
-            command=[sys.executable, "-m", "ft_pipeline.lib.training.pipes_entrypoint"],
-            context=context,
-            extras=run.extras,
-        )
-    messages = invocation.get_custom_messages()
-    if not messages:
-        raise dg.Failure(description="the trainer process ended without reporting a result")
-    summary = messages[-1]
-    record, record_file = record_local_run(run, splits, summary, storage.folder("models"), storage.root())
-    metrics = record.metrics
-    metadata: dict[str, Any] = {
-        "backend": "local_lora",
-        "base_model": record.base_model,
-        "method": config.method,
-        **_trained_on(config.method, splits, record.data_version),
-        "adapter_digest": record.adapter_version or "",
+    openai_fine_tuning: OpenAIFineTuningResource,
+) -> FineTuningBackend:
+    """The backend the run asks for, with its client. Every backend implements the same protocol
+    (lib/training/backends), so the asset never branches on the provider beyond this choice."""
+    hosted: dict[str, Callable[[], FineTuningBackend]] = {
+        "openai": lambda: OpenAIBackend(openai_fine_tuning.get_client(), config.openai(openai_fine_tuning.model)),
     }
-    for name, kind in _HEADLINE_METRICS.items():
-        value = metrics.get(name)
-        if value is not None and not isinstance(value, dict | list):
-            # Floats to 4 decimals: readable at a glance (the record keeps every digit).
-            metadata[name] = round(float(value), 4) if kind is float else kind(value)
-    history = summary.get("loss_history") or []
-    metadata.update(_loss_chart(series(history, "loss"), series(history, "eval_loss")))
-    metadata["training_details"] = key_value_table(
-        {
-            name: within_data_dir(value, storage.root()) if isinstance(value, str) else value
-            for name, value in metrics.items()
-            if name not in _HEADLINE_METRICS
-        }
-    )
+    if config.backend in hosted:
+        return hosted[config.backend]()
+    return LocalLoraBackend(config.lora(), storage.folder("base_models"), _pipes_launcher(context, local_trainer))
+
+
+def _pipes_launcher(
+    context: dg.AssetExecutionContext, local_trainer: dg.PipesClient
+) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """Runs the trainer through Pipes (a subprocess locally, a GPU pod in production) and returns
+    its last reported summary."""
+
+    def launch(extras: dict[str, Any]) -> dict[str, Any]:
+        with warnings.catch_warnings():
+            # Dagster's own Pipes session reads a preview property of its reader and warns about it on
+            # every run; nothing in this project uses that preview API.
+            warnings.filterwarnings("ignore", message=r".*expected_writer_count.*", category=dg.PreviewWarning)
+            invocation = local_trainer.run(
+                command=[sys.executable, "-m", "ft_pipeline.lib.training.pipes_entrypoint"],
+                context=context,
+                extras=extras,
+            )
+        messages = invocation.get_custom_messages()
+        if not messages:
+            raise dg.Failure(description="the trainer process ended without reporting a result")
+        return messages[-1]
+
+    return launch
+
+
+def _outcome_metadata(
+    config: FineTuneRunConfig, splits: SplitsManifest, outcome: TrainingOutcome, root: Path
+) -> dict[str, Any]:
+    """What the asset's page shows about a run, the same way for every backend: backend, method,
+    base, data versions, the backend's headline figures, the loss sparkline, its tables, the
+    settings and the files (relative to the data directory)."""
+    record = outcome.record
+    metadata: dict[str, Any] = {
+        "backend": record.backend,
+        "method": config.method,
+        "base_model": record.base_model,
+        **_trained_on(config.method, splits, record.data_version),
+        **outcome.headline,
+    }
+    history = outcome.loss_history
+    train = series(history, "loss") or series(history, "train_loss")
+    validation = series(history, "eval_loss") or series(history, "full_valid_loss") or series(history, "valid_loss")
+    metadata.update(_loss_chart(train, validation))
+    for name, values in outcome.tables.items():
+        metadata[name] = key_value_table(
+            {k: within_data_dir(v, root) if isinstance(v, str) else v for k, v in values.items()}
+        )
     # Long values (a target_modules regex) shortened: one unbreakable string widens the whole
     # metadata pane; the full settings are in the model record and the model card.
     metadata["settings"] = key_value_table(
         {name: _shortened(value) for name, value in record.config.items()}, key="setting"
     )
-    metadata.update(
-        {
-            "config_hash": record.config_hash,
-            "resumed_from": summary["resumed_from"] or "",
-            "loss_curve": png_markdown(summary["loss_plot"], "training and validation loss"),
-            "adapter_dir": data_path(summary["adapter_dir"], storage.root()),
-            "model_record": data_path(record_file, storage.root()),
-            "model_card": data_path(summary["model_card"], storage.root()),
-        }
-    )
-    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(record.version))
+    for name, rows in outcome.row_tables.items():
+        metadata[name] = _rows_table(rows)
+    for name, image in outcome.images.items():
+        metadata[name] = png_markdown(image, "training and validation loss")
+    for name, path in outcome.paths.items():
+        metadata[name] = data_path(path, root)
+    return metadata
+
+
+def _rows_table(rows: Sequence[Mapping[str, Any]]) -> dg.MetadataValue:
+    """Rows as a table, each column typed by its values (int, float, else string)."""
+    names = list(dict.fromkeys(name for row in rows for name in row))
+
+    def kind(name: str) -> str:
+        values = [row.get(name) for row in rows if row.get(name) is not None]
+        if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            return "int"
+        if values and all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+            return "float"
+        return "string"
+
+    return table(rows, [dg.TableColumn(name, kind(name)) for name in names])
 
 
 def _trained_on(method: str, splits: SplitsManifest, data_version: str) -> dict[str, str]:
@@ -356,84 +383,3 @@ def _loss_chart(train: Sequence[Point], validation: Sequence[Point]) -> dict[str
     if not train and not validation:
         return {}
     return {"loss_chart": svg_markdown(loss_sparkline_svg(train, validation), "train and validation loss")}
-
-
-def _train_openai(
-    context: dg.AssetExecutionContext,
-    config: FineTuneRunConfig,
-    storage: PipelineStorage,
-    resource: OpenAIFineTuningResource,
-    splits: SplitsManifest,
-) -> dg.MaterializeResult:
-    client = resource.get_client()
-    job_ids: list[str] = []
-    metrics: list[dict] = []
-    try:
-        record, result, record_file = fine_tune_openai(
-            client,
-            splits,
-            config.openai(resource.model),
-            storage.folder("models"),
-            on_log=context.log.info,
-            on_metrics=metrics.append,
-            on_job=job_ids.append,
-            preferences=read_manifest(storage.folder("preferences"), PreferenceManifest),
-        )
-    except NoPreferenceData as err:
-        raise dg.Failure(description=str(err)) from None
-    except FineTuneError as err:
-        raise dg.Failure(
-            description=f"OpenAI fine-tuning job failed: {err}", metadata={"job_id": job_ids[-1] if job_ids else ""}
-        ) from None
-    except dg.DagsterExecutionInterruptedError:
-        # The Dagster run was cancelled: stop paying for the remote job too.
-        if job_ids:
-            status = cancel_job(client, job_ids[-1])
-            context.log.warning(f"run cancelled: remote job {job_ids[-1]} is now {status}")
-        raise
-    final = metrics[-1] if metrics else {}
-    metadata: dict[str, Any] = {
-        "backend": "openai",
-        "method": config.method,
-        "base_model": record.base_model,
-        **_trained_on(config.method, splits, record.data_version),
-        "fine_tuned_model": result.fine_tuned_model or "",
-        "job_id": result.job_id,
-        "reattached": result.reattached,
-        "trained_tokens": result.trained_tokens or 0,
-    }
-    for name in ("train_loss", "valid_loss", "full_valid_loss"):
-        if isinstance(final.get(name), int | float):
-            metadata[name] = float(final[name])
-    validation = series(metrics, "full_valid_loss") or series(metrics, "valid_loss")
-    metadata.update(_loss_chart(series(metrics, "train_loss"), validation))
-    metadata.update(
-        {
-            "metrics_events": len(metrics),
-            "checkpoints": _checkpoints_table(result.checkpoints),
-            "result_metrics": key_value_table(result.result_metrics, key="metric"),
-            "hyperparameters": key_value_table(result.hyperparameters, key="setting"),
-            "model_record": data_path(record_file, storage.root()),
-        }
-    )
-    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(record.version))
-
-
-def _checkpoints_table(checkpoints: Sequence[Mapping[str, Any]]) -> dg.MetadataValue:
-    """The job's checkpoints (the API keeps the last few), one row each, with their losses."""
-    losses = ("train_loss", "valid_loss", "full_valid_loss")
-    return table(
-        [
-            {
-                "step": c.get("step_number"),
-                "checkpoint_model": c.get("fine_tuned_model_checkpoint"),
-                **{name: (c.get("metrics") or {}).get(name) for name in losses},
-            }
-            for c in checkpoints
-        ],
-        [
-            dg.TableColumn("step", "int"),
-            dg.TableColumn("checkpoint_model", "string", description="Model id to call this checkpoint."),
-            *(dg.TableColumn(name, "float") for name in losses),
-        ],
-    )

@@ -2,15 +2,13 @@
 
 Local LoRA: :func:`prepare_local_run` says what the trainer process gets (run key, output folder,
 the Pipes extras), the asset launches it (the launching is Dagster's), and :func:`record_local_run`
-turns the trainer's summary into the :class:`ModelRecord`. OpenAI: :func:`fine_tune_openai` runs
-(or re-attaches to) the job and writes its record.
+turns the trainer's summary into the :class:`ModelRecord`. Hosted jobs: the run key and files of an
+OpenAI-API job (:mod:`ft_pipeline.lib.training.backends.openai` runs it).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,15 +17,20 @@ from ft_pipeline.lib.manifests import PreferenceManifest, SplitsManifest, read_m
 from ft_pipeline.lib.storage import content_version, portable_path
 from ft_pipeline.lib.training.lora import LoraTrainingConfig, run_key
 from ft_pipeline.lib.training.openai_job import (
-    FineTuneError,
     OpenAIFineTuneConfig,
-    OpenAIFineTuneResult,
-    run_fine_tune,
 )
 from ft_pipeline.lib.training.preference_trainer import trl_method
 from ft_pipeline.lib.training.record import ModelRecord, record_path, write_model_record
 
-__all__ = ["LocalRun", "NoPreferenceData", "fine_tune_openai", "prepare_local_run", "read_splits", "record_local_run"]
+__all__ = [
+    "LocalRun",
+    "NoPreferenceData",
+    "openai_preference_files",
+    "openai_run_key",
+    "prepare_local_run",
+    "read_splits",
+    "record_local_run",
+]
 
 
 def read_splits(splits_folder: str | os.PathLike) -> SplitsManifest | None:
@@ -157,7 +160,7 @@ class NoPreferenceData(ValueError):
     """A DPO job was asked for, but there are no preference pairs to train on."""
 
 
-def _openai_preference_files(preferences: PreferenceManifest | None, method: str) -> tuple[Path, Path | None]:
+def openai_preference_files(preferences: PreferenceManifest | None, method: str) -> tuple[Path, Path | None]:
     """The OpenAI preference JSONL (train, validation or None when empty) of a DPO job."""
     if preferences is None:
         raise NoPreferenceData(f"a {method} job needs preference_dataset: materialize it first")
@@ -168,75 +171,3 @@ def _openai_preference_files(preferences: PreferenceManifest | None, method: str
     if validation is not None and (not validation.exists() or not validation.stat().st_size):
         validation = None
     return train, validation
-
-
-def fine_tune_openai(
-    client: Any,
-    splits: SplitsManifest,
-    config: OpenAIFineTuneConfig,
-    models_folder: Path,
-    *,
-    on_log: Callable[[str], None],
-    on_metrics: Callable[[dict], None],
-    on_job: Callable[[str], None],
-    preferences: PreferenceManifest | None = None,
-) -> tuple[ModelRecord, OpenAIFineTuneResult, Path]:
-    """Run (or re-attach to) the OpenAI fine-tuning job of these splits and settings and write its
-    record. ``config.method == "dpo"`` trains on ``preferences`` (the OpenAI preference JSONL of its
-    train and validation splits) instead of the SFT splits; ``"sft_then_dpo"`` runs the SFT job of
-    the splits, then a DPO job on the SFT job's model, and records the DPO model over the original
-    base (``config.model``), so the evaluation compares it with that base. Raises what
-    :func:`run_fine_tune` raises (``FineTuneError`` and its kinds), and :class:`NoPreferenceData`
-    for a DPO job without pairs."""
-    hooks: dict[str, Any] = {"on_log": on_log, "on_metrics": on_metrics, "on_job": on_job}
-    earlier_tokens = 0  # sft_then_dpo: the SFT job's trained tokens (both jobs are billed)
-    if config.method == "sft":
-        train, validation = Path(splits.jsonl("train")), Path(splits.jsonl("validation"))
-        data_version, split_paths = splits.version, splits.paths
-        key = openai_run_key(splits, config, data_version)
-        result = run_fine_tune(client, train, validation, key, config, **hooks)
-    else:
-        preference_files = _openai_preference_files(preferences, config.method)
-        data_version, split_paths = preferences.version, preferences.paths  # type: ignore[union-attr]
-        dpo_config = dataclasses.replace(config, method="dpo")
-        if config.method == "sft_then_dpo":
-            # The SFT job is exactly the plain SFT run of these splits (same run key): a rerun, or an
-            # earlier `method=sft` run, re-attaches to it instead of paying for it again.
-            sft_config = dataclasses.replace(config, method="sft")
-            on_log(f"sft_then_dpo: SFT job on the splits {splits.version}")
-            sft = run_fine_tune(
-                client,
-                Path(splits.jsonl("train")),
-                Path(splits.jsonl("validation")),
-                openai_run_key(splits, sft_config),
-                sft_config,
-                **hooks,
-            )
-            if not sft.fine_tuned_model:
-                raise FineTuneError(f"the SFT job {sft.job_id} succeeded without a fine-tuned model id")
-            on_log(f"sft_then_dpo: DPO job on {sft.fine_tuned_model}")
-            earlier_tokens = sft.trained_tokens or 0
-            dpo_config = dataclasses.replace(dpo_config, model=sft.fine_tuned_model)
-        key = openai_run_key(splits, dpo_config, data_version)
-        result = run_fine_tune(client, *preference_files, key, dpo_config, **hooks)
-        key = openai_run_key(splits, config, data_version)
-    record = ModelRecord(
-        version=key,
-        path=record_path(models_folder, key),
-        backend="openai",
-        run_key=key,
-        base_model=config.model,
-        data_version=data_version,
-        split_paths=split_paths,
-        config=dict(config.__dict__),
-        config_hash=content_version(config.__dict__),
-        metrics=result.result_metrics or {},
-        remote_model_id=result.fine_tuned_model,
-        job_id=result.job_id,
-        trained_tokens=(result.trained_tokens or 0) + earlier_tokens
-        if result.trained_tokens is not None or earlier_tokens
-        else None,
-        checkpoints=result.checkpoints,
-        hyperparameters=result.hyperparameters,
-    )
-    return record, result, write_model_record(models_folder, record)

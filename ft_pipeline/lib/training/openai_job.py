@@ -68,7 +68,10 @@ __all__ = [
     "cancel_job",
     "find_job_by_run_key",
     "job_method",
+    "StartedJob",
     "run_fine_tune",
+    "start_fine_tune",
+    "wait_fine_tune",
 ]
 
 logger = logging.getLogger(__name__)
@@ -658,6 +661,40 @@ def run_fine_tune(
         ValueError / FileNotFoundError: bad arguments.
         openai.OpenAIError: other API errors that survived the SDK's retries.
     """
+    started = start_fine_tune(
+        client, train_jsonl, validation_jsonl, run_key, config, should_stop=should_stop, sleep=sleep, clock=clock
+    )
+    on_job(started.job.id)
+    return wait_fine_tune(
+        client, started, config, on_log=on_log, on_metrics=on_metrics, should_stop=should_stop, sleep=sleep, clock=clock
+    )
+
+
+@dataclass
+class StartedJob:
+    """A job created or re-attached by :func:`start_fine_tune`, for :func:`wait_fine_tune`."""
+
+    job: Any
+    """The API's job object as last seen."""
+    reattached: bool
+    deadline: float
+    """``clock()`` value after which the wait gives up (and cancels the job)."""
+
+
+def start_fine_tune(
+    client: openai.OpenAI,
+    train_jsonl: Path,
+    validation_jsonl: Path | None,
+    run_key: str,
+    config: OpenAIFineTuneConfig = OpenAIFineTuneConfig(),
+    *,
+    should_stop: Callable[[], bool] = lambda: False,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> StartedJob:
+    """The first half of :func:`run_fine_tune`: re-attach to the live job of ``run_key`` and its
+    method, or upload the files and create it (idempotently; see the module docstring). The
+    overall deadline (``config.timeout_s``) starts here."""
     _validate_run_key(run_key)
     train_jsonl = Path(train_jsonl)
     validation_jsonl = Path(validation_jsonl) if validation_jsonl is not None else None
@@ -688,11 +725,35 @@ def run_fine_tune(
         if clock() >= deadline:
             raise FineTuneTimeout(f"timed out after {config.timeout_s:g} s before a fine-tuning job was created")
         job = _create_job(client, config, run_key, training_file_id, validation_file_id, sleep=sleep, scrub=scrub)
-    on_job(job.id)
+    return StartedJob(job=job, reattached=reattached, deadline=deadline)
 
+
+def wait_fine_tune(
+    client: openai.OpenAI,
+    started: StartedJob,
+    config: OpenAIFineTuneConfig = OpenAIFineTuneConfig(),
+    *,
+    on_log: Callable[[str], None] = _noop,
+    on_metrics: Callable[[dict], None] = _noop,
+    should_stop: Callable[[], bool] = lambda: False,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> OpenAIFineTuneResult:
+    """The second half of :func:`run_fine_tune`: poll the started job until it ends, streaming its
+    events, and collect the result of a succeeded job (raises like :func:`run_fine_tune`)."""
+    scrub = _Scrubber(client)
+    job = started.job
     tail = _EventTail(job.id, on_log, on_metrics, scrub)
     job = _watch(
-        client, job, config, tail, should_stop=should_stop, sleep=sleep, clock=clock, deadline=deadline, scrub=scrub
+        client,
+        job,
+        config,
+        tail,
+        should_stop=should_stop,
+        sleep=sleep,
+        clock=clock,
+        deadline=started.deadline,
+        scrub=scrub,
     )
     status = _status(job)
     if status == "failed":
@@ -721,7 +782,7 @@ def run_fine_tune(
             checkpoints=_checkpoints(client, job.id),
             metrics=tail.metrics,
             result_metrics=_result_metrics(client, job),
-            reattached=reattached,
+            reattached=started.reattached,
             hyperparameters=_hyperparameters(job),
             method=job_method(job),
         )
