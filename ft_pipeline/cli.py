@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from ft_pipeline.lib.openai_format import DEFAULT_OPENAI_FINE_TUNING_MODEL
+from ft_pipeline.lib.training.record import BACKENDS
 from ft_pipeline.lib.vllm_command import add_vllm_arguments
 
 if TYPE_CHECKING:  # the CLI imports dagster and the registry only in the commands that need them
@@ -875,10 +876,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--backend",
-        choices=["local_lora", "openai"],
+        choices=list(BACKENDS),
         default="local_lora",
         metavar="BACKEND",
-        help="training backend: local_lora or openai (default: local_lora, on the built-in tiny base)",
+        help=f"training backend: {', '.join(BACKENDS)} (default: local_lora, on the built-in default base)",
     )
     run.add_argument(
         "--set",

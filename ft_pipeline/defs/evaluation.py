@@ -1,7 +1,7 @@
 """evaluation_report (with the blocking promotion gate) and promoted_model."""
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -210,6 +210,19 @@ def registry_kinds(environ: Mapping[str, str] = os.environ) -> set[str]:
     return {"postgres" if dialect in ("postgresql", "postgres") else dialect}
 
 
+def _hosted_chat_clients(openai_fine_tuning: OpenAIFineTuningResource) -> Callable[[str], Any]:
+    """Backend name -> the OpenAI-compatible chat client its models answer through (each hosted
+    backend's resource makes its own; keys and endpoints come from their environment variables)."""
+    clients: dict[str, Callable[[], Any]] = {"openai": openai_fine_tuning.get_client}
+
+    def client_for(backend: str) -> Any:
+        if backend not in clients:
+            raise dg.Failure(description=f"no chat client for {backend!r} models: one of {sorted(clients)}")
+        return clients[backend]()
+
+    return client_for
+
+
 @dg.asset(
     deps=["fine_tuned_model", "test_split"],
     group_name="evaluation",
@@ -265,6 +278,7 @@ def evaluation_report(
         reports_folder=storage.folder("reports"),
         data_dir=storage.root(),
         openai_client=openai_fine_tuning.get_client,
+        hosted_client=_hosted_chat_clients(openai_fine_tuning),
         code_version=EVALUATION_CODE_VERSION,
         settings=config.model_dump(),
         actor=f"dagster:{context.run_id}",

@@ -35,7 +35,6 @@ from ft_pipeline.lib.training.backends.openai import OpenAIBackend
 from ft_pipeline.lib.training.fine_tune import NoPreferenceData, read_splits
 from ft_pipeline.lib.training.lora import LoraTrainingConfig
 from ft_pipeline.lib.training.openai_job import FineTuneError, OpenAIFineTuneConfig
-from ft_pipeline.lib.training.record import DEFAULT_BACKEND
 
 TRAINING_CODE_VERSION = "3"  # 3: sft_then_dpo, KTO weights
 _LORA = LoraTrainingConfig()
@@ -61,7 +60,7 @@ class FineTuneRunConfig(dg.Config):
     """Which backend trains the model, and its hyperparameters (defaults are the documented ones)."""
 
     backend: Literal["local_lora", "openai"] = Field(
-        default=DEFAULT_BACKEND,
+        default="local_lora",
         description="local_lora (TRL + PEFT in a Pipes subprocess) or openai (a fine-tuning job).",
     )
     # local_lora
@@ -284,6 +283,8 @@ def _backend_for(
     }
     if config.backend in hosted:
         return hosted[config.backend]()
+    if config.backend != "local_lora":
+        raise dg.Failure(description=f"unknown backend {config.backend!r}: local_lora or one of {sorted(hosted)}")
     return LocalLoraBackend(config.lora(), storage.folder("base_models"), _pipes_launcher(context, local_trainer))
 
 

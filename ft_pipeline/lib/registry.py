@@ -55,8 +55,10 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from ft_pipeline.lib.registry_schema import (
     ALIASES,
+    BACKEND_CHECKS,
     BACKENDS,
     LIFECYCLES,
+    OLD_BACKEND_CHECKS,
     SPLITS,
     TERMINAL_RUN_STATUSES,
     alias_events,
@@ -313,6 +315,7 @@ class ModelRegistry:
             _install_sqlite_pragmas(self._engine)
             self._check_sqlite_integrity()
         self._create_tables()
+        self._upgrade_backend_checks()
 
     def _check_sqlite_integrity(self) -> None:
         """SQLite's ``quick_check`` before anything reads or writes: a damaged file is one clear
@@ -393,6 +396,40 @@ class ModelRegistry:
             except DBAPIError:
                 if attempt:
                     raise
+
+    def _upgrade_backend_checks(self) -> None:
+        """Registries made before the azure and together backends check ``backend`` against the
+        old list, and would refuse their models: widen the check in place (rows are untouched).
+        SQLite cannot alter a CHECK constraint, and its documented way to change one without
+        touching the stored rows is to edit the table's schema text (``writable_schema``)."""
+        allowed = f"backend IN ({', '.join(repr(b) for b in BACKENDS)})"
+        with self._tx(write=True) as conn:
+            for table, constraint in BACKEND_CHECKS.items():
+                if self._sqlite:
+                    row = conn.exec_driver_sql(
+                        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+                    ).first()
+                    sql = str(row[0]) if row else ""
+                    old = next((check for check in OLD_BACKEND_CHECKS if check in sql), None)
+                    if old is None:
+                        continue
+                    (schema_version,) = conn.exec_driver_sql("PRAGMA schema_version").one()
+                    conn.exec_driver_sql("PRAGMA writable_schema = ON")
+                    conn.exec_driver_sql(
+                        "UPDATE sqlite_master SET sql = ? WHERE type = 'table' AND name = ?",
+                        (sql.replace(old, allowed), table),
+                    )
+                    conn.exec_driver_sql(f"PRAGMA schema_version = {int(schema_version) + 1}")
+                    conn.exec_driver_sql("PRAGMA writable_schema = OFF")
+                else:
+                    row = conn.exec_driver_sql(
+                        "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = %(name)s",
+                        {"name": constraint},
+                    ).first()
+                    if row is None or all(f"'{b}'" in str(row[0]) for b in BACKENDS):
+                        continue
+                    conn.exec_driver_sql(f"ALTER TABLE {table} DROP CONSTRAINT {constraint}")
+                    conn.exec_driver_sql(f"ALTER TABLE {table} ADD CONSTRAINT {constraint} CHECK ({allowed})")
 
     @staticmethod
     def _version_row(conn: Connection, model_name: str, version: int) -> ModelVersion | None:

@@ -27,6 +27,8 @@ __all__ = [
     "ACTIONS",
     "ALIASES",
     "BACKENDS",
+    "BACKEND_CHECKS",
+    "OLD_BACKEND_CHECKS",
     "LIFECYCLES",
     "SPLITS",
     "TERMINAL_RUN_STATUSES",
@@ -40,7 +42,11 @@ __all__ = [
 ]
 
 ALIASES = ("staging", "production")
-BACKENDS = ("openai", "local_lora")
+BACKENDS = ("openai", "local_lora", "azure", "together")
+#: The backend constraint of registries made before azure and together existed (upgraded on open).
+OLD_BACKEND_CHECKS = ("backend IN ('openai', 'local_lora')",)
+#: Tables whose ``backend`` column carries the constraint, and its name.
+BACKEND_CHECKS = {"training_runs": "ck_training_runs_backend", "model_versions": "ck_model_versions_backend"}
 LIFECYCLES = ("candidate", "staging", "production", "archived", "rejected")
 # Lineage splits (train, validation), evaluation sets (eval, regression), and the splitter's "test".
 SPLITS = ("train", "validation", "test", "eval", "regression")

@@ -37,7 +37,7 @@ from ft_pipeline.lib.quiet_logs import quiet_third_party_logs
 from ft_pipeline.lib.registry import ModelRegistry, ModelVersion
 from ft_pipeline.lib.storage import content_version, file_sha256, resolve_portable_path
 from ft_pipeline.lib.training.config import PREFERENCE_METHODS
-from ft_pipeline.lib.training.record import ModelRecord
+from ft_pipeline.lib.training.record import HOSTED_BACKENDS, ModelRecord
 
 __all__ = ["DEFAULT_MODEL_NAME", "CandidateEvaluation", "CandidateEvaluationConfig", "evaluate_candidate"]
 
@@ -102,6 +102,7 @@ def evaluate_candidate(
     reports_folder: Path,
     data_dir: Path,
     openai_client: Callable[[], Any],
+    hosted_client: Callable[[str], Any] | None = None,
     code_version: str,
     settings: dict[str, Any],
     actor: str,
@@ -112,6 +113,8 @@ def evaluate_candidate(
 
     Args:
         openai_client: called (once per OpenAI model or judge) for an OpenAI-compatible client.
+        hosted_client: backend name (``openai``, ``azure``, ``together``) -> an OpenAI-compatible
+            chat client for that provider's models; ``None`` = ``openai_client`` for all of them.
         code_version, settings: go into the evaluation id with the model ids and the test split's
             hash (``settings``: the run's configuration as given).
         actor, run_id: who rejects a failing candidate in the audit log, and the Dagster run.
@@ -129,12 +132,13 @@ def evaluate_candidate(
     production = registry.resolve(config.model_name, "production")
     already_production = production is not None and production.version == version.version
 
+    client_for = hosted_client or (lambda backend: openai_client())
     generators = {
-        "candidate": _generator_for(record, config.generation, openai_client, data_dir, log=log),
-        "base": _generator_for(record, config.generation, openai_client, data_dir, base=True, log=log),
+        "candidate": _generator_for(record, config.generation, client_for, data_dir, log=log),
+        "base": _generator_for(record, config.generation, client_for, data_dir, base=True, log=log),
     }
     if production is not None and not already_production:
-        generators["production"] = _generator_for(production, config.generation, openai_client, data_dir, log=log)
+        generators["production"] = _generator_for(production, config.generation, client_for, data_dir, log=log)
     for role, generator in generators.items():
         log(f"{role}: {generator.name}")
 
@@ -305,7 +309,7 @@ def _register_candidate(
 def _generator_for(
     model: ModelRecord | ModelVersion,
     generation: GenerationConfig,
-    openai_client: Callable[[], Any],
+    hosted_client: Callable[[str], Any],
     data_dir: Path,
     *,
     base: bool = False,
@@ -322,11 +326,11 @@ def _generator_for(
     else:
         backend, base_model, remote_model_id = model.backend, model.base_model, model.remote_model_id
         adapter_dir, base_model_path, tokenizer_dir = model.adapter_dir, model.base_model_path, model.tokenizer_dir
-    if backend == "openai":
+    if backend in HOSTED_BACKENDS:
         model_id = base_model if base else remote_model_id
         if not model_id:
-            raise ValueError(f"an OpenAI {'base' if base else 'fine-tuned'} model without a model id: {model!r}")
-        return OpenAIChatGenerator(openai_client(), model_id, generation)
+            raise ValueError(f"a {backend} {'base' if base else 'fine-tuned'} model without a model id: {model!r}")
+        return OpenAIChatGenerator(hosted_client(backend), model_id, generation)
     if not base_model_path:
         raise ValueError(f"a local model without a base model path cannot be loaded: {model!r}")
     quiet_third_party_logs()  # before peft is imported: no bitsandbytes CPU-kernel warnings

@@ -33,6 +33,7 @@ from typing import Any
 
 from ft_pipeline.lib.evaluation.generation import Generator, LocalGenerator
 from ft_pipeline.lib.tokens import estimate_token_counts, make_token_counter
+from ft_pipeline.lib.training.record import HOSTED_BACKENDS
 
 __all__ = [
     "COST_COLUMNS",
@@ -106,7 +107,7 @@ def training_cost(
     ``price`` (per hour or per million tokens), ``cost`` (``None`` when the quantity is unknown)
     and ``detail`` (one line saying how)."""
     metrics = metrics or {}
-    if backend == "openai":
+    if backend in HOSTED_BACKENDS:
         price = config.hosted_training_price_per_1m_tokens
         if trained_tokens is None:
             return _training("hosted_tokens", None, price, "the hosted job reported no trained_tokens")

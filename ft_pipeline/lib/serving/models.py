@@ -31,6 +31,7 @@ from ft_pipeline.lib.registry import ModelRegistry, ModelVersion, NotFound, rout
 from ft_pipeline.lib.registry_schema import ALIASES
 from ft_pipeline.lib.serving.config import ServeConfig
 from ft_pipeline.lib.storage import resolve_portable_path
+from ft_pipeline.lib.training.record import HOSTED_BACKENDS
 
 __all__ = [
     "ChatRequest",
@@ -386,7 +387,7 @@ def load_served_model(
 ) -> ServedModel:
     """Load a registered version for serving, with the generation settings its evaluation used."""
     generation = evaluated_generation_config(registry, version, data_dir)
-    if version.backend == "openai":
+    if version.backend in HOSTED_BACKENDS:
         return RemoteServedModel(version, generation, config=config)
     return LocalServedModel(version, generation, data_dir=data_dir, config=config)
 

@@ -18,6 +18,7 @@ from ft_pipeline.lib.storage import write_text
 __all__ = [
     "BACKENDS",
     "DEFAULT_BACKEND",
+    "HOSTED_BACKENDS",
     "MODEL_RECORD_FILE",
     "ModelRecord",
     "read_model_record",
@@ -25,9 +26,12 @@ __all__ = [
     "write_model_record",
 ]
 
-Backend = Literal["local_lora", "openai"]
-#: ``local_lora``: TRL + PEFT on a local (or pod) GPU/CPU; ``openai``: an OpenAI fine-tuning job.
-BACKENDS: tuple[Backend, ...] = ("local_lora", "openai")
+Backend = Literal["local_lora", "openai", "azure", "together"]
+#: ``local_lora``: TRL + PEFT on a local (or pod) GPU/CPU; ``openai``: an OpenAI fine-tuning job;
+#: ``azure``: an Azure OpenAI fine-tuning job and its deployment; ``together``: a Together AI job.
+BACKENDS: tuple[Backend, ...] = ("local_lora", "openai", "azure", "together")
+#: The backends whose models are called through a provider's API (by ``remote_model_id``).
+HOSTED_BACKENDS: tuple[Backend, ...] = ("openai", "azure", "together")
 DEFAULT_BACKEND: Backend = "local_lora"
 #: The record's copy inside the run folder.
 MODEL_RECORD_FILE = "model.json"
@@ -74,10 +78,15 @@ class ModelRecord:
 
     @property
     def model_uri(self) -> str:
-        """How the registry names this model: the OpenAI model id, or the adapter folder and version."""
-        if self.backend == "openai":
+        """How the registry names this model: the hosted model id, or the adapter folder and version."""
+        if self.is_hosted:
             return str(self.remote_model_id)
         return f"lora://{self.adapter_dir}#{self.adapter_version}"
+
+    @property
+    def is_hosted(self) -> bool:
+        """True for a model answered by a provider's API (``openai``, ``azure``, ``together``)."""
+        return self.backend in HOSTED_BACKENDS
 
     @property
     def seed(self) -> int | None:
