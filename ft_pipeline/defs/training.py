@@ -282,6 +282,8 @@ def _backend_for(
         "openai": lambda: OpenAIBackend(openai_fine_tuning.get_client(), config.openai(openai_fine_tuning.model)),
     }
     if config.backend in hosted:
+        if config.method == "kto":
+            raise dg.Failure(description="method 'kto' is trained locally only: use backend local_lora, or method dpo")
         return hosted[config.backend]()
     if config.backend != "local_lora":
         raise dg.Failure(description=f"unknown backend {config.backend!r}: local_lora or one of {sorted(hosted)}")
