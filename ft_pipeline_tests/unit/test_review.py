@@ -159,9 +159,15 @@ def test_the_sample_files_are_blinded_and_spreadsheet_safe(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def registry(tmp_path):
-    with ModelRegistry(f"sqlite:///{tmp_path / 'registry.db'}") as reg:
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def registry(request, tmp_path):
+    """A fresh registry: a SQLite file, or a new database on a real PostgreSQL server."""
+    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    if request.param == "postgres":
+        from ft_pipeline_tests.postgres_server import sqlalchemy_url
+
+        url = sqlalchemy_url(request.getfixturevalue("postgres_database_url"))
+    with ModelRegistry(url) as reg:
         yield reg
 
 
