@@ -133,6 +133,10 @@ def test_the_sample_is_stratified_by_tag_plus_the_largest_disagreements():
     assert {i.judge_verdict for i in items} <= {"candidate", "base", "tie"}
     assert select_review_sample(_examples(judge=False), "rougeL", config, seed=0)[0].judge_verdict is None
     assert select_review_sample(_examples(), "rougeL", ReviewConfig(0, 0), seed=0) == []
+    with pytest.raises(ValueError, match="review_sample_size must be 0 or more"):
+        ReviewConfig(review_sample_size=-1)
+    with pytest.raises(ValueError, match="judge_min_kappa must be within"):
+        ReviewConfig(judge_min_kappa=1.5)
 
 
 def test_the_sample_files_are_blinded_and_spreadsheet_safe(tmp_path):

@@ -103,6 +103,13 @@ class ReviewConfig:
     """Fewest human verdicts on judge-labelled examples before the judge may gate: below ~30 pairs
     a kappa's CI spans most of its range, so the lower bound says little."""
 
+    def __post_init__(self) -> None:
+        for name in ("review_sample_size", "review_disagreements", "judge_min_human_labels"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 or more, not {getattr(self, name)}")
+        if not -1.0 <= self.judge_min_kappa <= 1.0:
+            raise ValueError(f"judge_min_kappa must be within [-1, 1] (kappa's range), not {self.judge_min_kappa}")
+
 
 @dataclass(frozen=True)
 class ReviewItem:
@@ -178,12 +185,12 @@ def select_review_sample(examples: pd.DataFrame, metric: str, config: ReviewConf
     chosen: dict[int, str] = {}
     for tag in sorted(set(tags)):
         members = [i for i, t in enumerate(tags) if t == tag]
-        k = min(max(0, config.review_sample_size), len(members))
+        k = min(config.review_sample_size, len(members))
         for i in rng.choice(members, size=k, replace=False) if k else []:
             chosen[int(i)] = "tag"
     rest = [i for i in range(n) if i not in chosen and math.isfinite(gap[i]) and gap[i] != 0]
     rest.sort(key=lambda i: (-abs(gap[i]), i))
-    for i in rest[: max(0, config.review_disagreements)]:
+    for i in rest[: config.review_disagreements]:
         chosen[i] = "disagreement"
     order = sorted(chosen)
     sides = rng.random(len(order)) < 0.5
