@@ -322,7 +322,8 @@ class ModelRegistry:
         where = self._engine.url.database or self.url
         try:
             with self._engine.connect() as conn:
-                rows = [str(r[0]) for r in conn.exec_driver_sql("PRAGMA quick_check").fetchall()]
+                # One line per problem (SQLite may put a line break inside one), so the error is one line.
+                rows = [" ".join(str(r[0]).split()) for r in conn.exec_driver_sql("PRAGMA quick_check").fetchall()]
         except DBAPIError as err:
             self._engine.dispose()
             raise RegistryCorrupt(f"registry database {where} is corrupt: {err.orig}") from None
