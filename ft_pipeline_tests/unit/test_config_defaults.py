@@ -29,6 +29,7 @@ from ft_pipeline.lib.evaluation.gate import PromotionGate
 from ft_pipeline.lib.evaluation.generation import GenerationConfig
 from ft_pipeline.lib.evaluation.latency import LatencyConfig
 from ft_pipeline.lib.evaluation.report import EXAMPLES_SHOWN
+from ft_pipeline.lib.evaluation.review import ReviewConfig
 from ft_pipeline.lib.evaluation.runner import EvaluationConfig
 from ft_pipeline.lib.exports import DEFAULT_LICENSE
 from ft_pipeline.lib.openai_format import DEFAULT_OPENAI_FINE_TUNING_MODEL
@@ -92,7 +93,14 @@ TABLE: dict[str, dict[str, Any]] = {
     },
     "EvaluationRunConfig": {
         # seed is both the bootstrap's and the generation's; their lib defaults agree (checked below).
-        "SOURCES": [CandidateEvaluationConfig(), PromotionGate(), EvaluationConfig(), GenerationConfig(), CostConfig()],
+        "SOURCES": [
+            CandidateEvaluationConfig(),
+            PromotionGate(),
+            EvaluationConfig(),
+            GenerationConfig(),
+            CostConfig(),
+            ReviewConfig(),
+        ],
         # How many test prompts the asset's metadata shows (lib/evaluation/report.py builds the rows).
         "RENAMED": {
             "examples_shown": (None, EXAMPLES_SHOWN),
