@@ -21,9 +21,11 @@ from ft_pipeline.defs.metadata import (
 )
 from ft_pipeline.defs.resources import OpenAIFineTuningResource, PipelineStorage
 from ft_pipeline.lib.inline_charts import Point, loss_sparkline_svg, series
-from ft_pipeline.lib.manifests import PreferenceManifest, SplitsManifest, read_manifest
+from ft_pipeline.lib.manifests import AugmentedTrainManifest, PreferenceManifest, SplitsManifest, read_manifest
 from ft_pipeline.lib.training.fine_tune import (
+    NoAugmentedData,
     NoPreferenceData,
+    augmented_train_for,
     fine_tune_openai,
     prepare_local_run,
     read_splits,
@@ -79,6 +81,12 @@ class FineTuneRunConfig(dg.Config):
     backend: Literal["local_lora", "openai"] = Field(
         default=DEFAULT_BACKEND,
         description="local_lora (TRL + PEFT in a Pipes subprocess) or openai (a fine-tuning job).",
+    )
+    train_on_augmented: bool = Field(
+        default=False,
+        description="sft: train on augmented_train_split (the train split plus its perturbed copies) instead of "
+        "the plain train split; it must have been materialized with enabled=true for the current splits. Its "
+        "version (the splits' and the augmentation settings) keys the run.",
     )
     # local_lora
     base_model: str = Field(
@@ -226,7 +234,8 @@ def _splits(storage: PipelineStorage) -> SplitsManifest:
 
 @dg.asset(
     # preference_dataset: what dpo, kto and sft_then_dpo train on (sft does not read it).
-    deps=["train_split", "validation_split", "preference_dataset"],
+    # augmented_train_split: what sft trains on with train_on_augmented.
+    deps=["train_split", "validation_split", "preference_dataset", "augmented_train_split"],
     group_name="training",
     code_version=TRAINING_CODE_VERSION,
     pool="gpu",
@@ -259,11 +268,34 @@ def fine_tuned_model(
     headline numbers, a loss sparkline (train and validation loss over steps), the settings and
     the remaining training figures as tables; the full-size loss plot opens with one click."""
     splits = _splits(storage)
+    augmented = _augmented(config, splits)
     if config.backend == "local_lora":
-        return _train_local(context, config, storage, local_trainer, splits)
+        return _train_local(context, config, storage, local_trainer, splits, augmented)
     if config.method == "kto":
         raise dg.Failure(description="method 'kto' is trained locally only: use backend local_lora, or method dpo")
-    return _train_openai(context, config, storage, openai_fine_tuning, splits)
+    return _train_openai(context, config, storage, openai_fine_tuning, splits, augmented)
+
+
+def _augmented(config: FineTuneRunConfig, splits: SplitsManifest) -> AugmentedTrainManifest | None:
+    """The augmented train split to train on (``train_on_augmented``), or ``None``: the plain one."""
+    if not config.train_on_augmented:
+        return None
+    try:
+        return augmented_train_for(splits, config.method)
+    except NoAugmentedData as err:
+        raise dg.Failure(description=str(err)) from None
+
+
+def _augmented_metadata(splits: SplitsManifest, augmented: AugmentedTrainManifest | None) -> dict[str, Any]:
+    """With ``train_on_augmented``: the plain train split's version and the augmented split's."""
+    if augmented is None:
+        return {"train_on_augmented": False}
+    return {
+        "train_on_augmented": True,
+        "train_split_version": splits.version,
+        "augmented_train_version": augmented.version,
+        "augmented_train_examples": augmented.rows,
+    }
 
 
 def _train_local(
@@ -272,11 +304,12 @@ def _train_local(
     storage: PipelineStorage,
     local_trainer: dg.PipesClient,
     splits: SplitsManifest,
+    augmented: AugmentedTrainManifest | None = None,
 ) -> dg.MaterializeResult:
     preferences = read_manifest(storage.folder("preferences"), PreferenceManifest) if config.method != "sft" else None
     try:
         run = prepare_local_run(
-            splits, config.lora(), storage.folder("models"), storage.folder("base_models"), preferences
+            splits, config.lora(), storage.folder("models"), storage.folder("base_models"), preferences, augmented
         )
     except NoPreferenceData as err:
         raise dg.Failure(description=str(err)) from None
@@ -301,6 +334,7 @@ def _train_local(
         "base_model": record.base_model,
         "method": config.method,
         **_trained_on(config.method, splits, record.data_version),
+        **_augmented_metadata(splits, augmented),
         "adapter_digest": record.adapter_version or "",
     }
     for name, kind in _HEADLINE_METRICS.items():
@@ -364,6 +398,7 @@ def _train_openai(
     storage: PipelineStorage,
     resource: OpenAIFineTuningResource,
     splits: SplitsManifest,
+    augmented: AugmentedTrainManifest | None = None,
 ) -> dg.MaterializeResult:
     client = resource.get_client()
     job_ids: list[str] = []
@@ -378,6 +413,7 @@ def _train_openai(
             on_metrics=metrics.append,
             on_job=job_ids.append,
             preferences=read_manifest(storage.folder("preferences"), PreferenceManifest),
+            augmented=augmented,
         )
     except NoPreferenceData as err:
         raise dg.Failure(description=str(err)) from None
@@ -397,6 +433,7 @@ def _train_openai(
         "method": config.method,
         "base_model": record.base_model,
         **_trained_on(config.method, splits, record.data_version),
+        **_augmented_metadata(splits, augmented),
         "fine_tuned_model": result.fine_tuned_model or "",
         "job_id": result.job_id,
         "reattached": result.reattached,
