@@ -22,7 +22,7 @@ from ft_pipeline.lib.augmentation import (
 )
 from ft_pipeline.lib.cleaning import CleaningConfig, clean_conversations
 from ft_pipeline.lib.dedup import DEFAULT_DEDUP_CONFIG
-from ft_pipeline.lib.manifests import CuratedManifest
+from ft_pipeline.lib.manifests import CuratedManifest, SplitsManifest, write_manifest
 from ft_pipeline.lib.records import CONVERSATION_COLUMNS
 from ft_pipeline.lib.splits import SplitConfig, make_splits
 from ft_pipeline.lib.training.fine_tune import NoAugmentedData, augmented_train_for, prepare_local_run
@@ -58,16 +58,22 @@ def _conversation(rng: random.Random, i: int) -> dict:
     return row
 
 
+def build_splits(data_dir: Path, n: int = 240) -> SplitsManifest:
+    """Real splits (make_splits) of ``n`` cleaned conversations, laid out in ``data_dir`` as the
+    pipeline does (``curated/latest.json``, ``splits/latest.json``), without the ingest stages."""
+    rng = random.Random(0)
+    rows = pd.DataFrame([_conversation(rng, i) for i in range(n)], columns=CONVERSATION_COLUMNS)
+    kept = clean_conversations(rows, CleaningConfig(min_unique_word_ratio=0.0)).kept
+    (data_dir / "curated").mkdir(parents=True)
+    kept.to_parquet(data_dir / "curated" / "conversations.parquet")
+    curated = CuratedManifest.of("cur1", str(data_dir / "curated" / "conversations.parquet"), "", DEFAULT_DEDUP_CONFIG)
+    write_manifest(data_dir / "curated", curated)
+    return make_splits(curated, data_dir / "splits", SplitConfig(min_train_examples=1)).manifest
+
+
 @pytest.fixture(scope="module")
 def splits(tmp_path_factory):
-    """Real splits (make_splits) of 240 cleaned conversations."""
-    root = tmp_path_factory.mktemp("data")
-    rng = random.Random(0)
-    rows = pd.DataFrame([_conversation(rng, i) for i in range(240)], columns=CONVERSATION_COLUMNS)
-    kept = clean_conversations(rows, CleaningConfig(min_unique_word_ratio=0.0)).kept
-    kept.to_parquet(root / "curated.parquet")
-    curated = CuratedManifest.of("cur1", str(root / "curated.parquet"), "", DEFAULT_DEDUP_CONFIG)
-    return make_splits(curated, root / "splits", SplitConfig(min_train_examples=1)).manifest
+    return build_splits(tmp_path_factory.mktemp("data"))
 
 
 def _frames(splits, augmented_path):
