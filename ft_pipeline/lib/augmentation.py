@@ -289,7 +289,8 @@ def augmented_leakage(augmented_parquet: str | Path, splits: SplitsManifest, ded
     ``dedup.threshold``) of a validation or test conversation. Copies carry their source's group
     and hashes, so a copy can only leak where its source already does; the near-duplicate test
     reads the copies' own text."""
-    paths = {"train": str(augmented_parquet), **{name: splits.parquet(name) for name in ("validation", "test")}}
+    paths: dict[str, str | Path] = {"train": augmented_parquet}
+    paths.update({name: splits.parquet(name) for name in ("validation", "test")})
     frames = {}
     for name, path in paths.items():
         available = set(pq.ParquetFile(path).schema_arrow.names)
