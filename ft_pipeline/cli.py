@@ -765,6 +765,7 @@ def _summary(event: dg.DagsterEvent) -> str:
         "kto_examples",
         "dropped",
         "dagster/row_count",
+        "augmented_copies",
         "backend",
         "train_loss",
         "eval_loss",
