@@ -250,6 +250,7 @@ def _job_plan(resources: dict[str, object], until: int) -> list[_PlannedRun]:
 
     from ft_pipeline.definitions import (
         ALL_ASSETS,
+        AUGMENTATION_ASSETS,
         DOWNSTREAM_ASSETS,
         PER_FILE_ASSETS,
         PREFERENCE_ASSETS,
@@ -278,6 +279,8 @@ def _job_plan(resources: dict[str, object], until: int) -> list[_PlannedRun]:
         if until >= STAGES.index("splits"):
             # The preference data is built from the cleaned partitions against the SFT splits.
             downstream = [*downstream, *PREFERENCE_ASSETS]
+            # The augmented train split (it only counts while its `enabled` is off).
+            downstream = [*downstream, *AUGMENTATION_ASSETS]
         dataset_keys = set(defs.resolve_job_def(build_dataset_job.name).asset_layer.selected_asset_keys)
         in_dataset_job = all(set(asset.keys) <= dataset_keys for asset in downstream)
         plan.append(planned(build_dataset_job.name if in_dataset_job else train_model_job.name, downstream))
@@ -828,6 +831,7 @@ def _summary(event: dg.DagsterEvent) -> str:
         "kto_examples",
         "dropped",
         "dagster/row_count",
+        "augmented_copies",
         "backend",
         "train_loss",
         "eval_loss",

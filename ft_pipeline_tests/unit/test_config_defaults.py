@@ -20,6 +20,7 @@ import dagster as dg
 import pytest
 
 import ft_pipeline.defs
+from ft_pipeline.lib.augmentation import AugmentationConfig
 from ft_pipeline.lib.cleaning import CleaningConfig
 from ft_pipeline.lib.curation import CurationConfig
 from ft_pipeline.lib.dedup import DedupConfig
@@ -77,8 +78,10 @@ TABLE: dict[str, dict[str, Any]] = {
         "NO_LIB": {"exports": "the wrapper's switch for writing the exports at all"},
     },
     "PreferenceRunConfig": {"SOURCES": [PreferenceConfig(), PreferenceDatasetConfig()]},
+    "AugmentationRunConfig": {"SOURCES": [AugmentationConfig()]},
     "FineTuneRunConfig": {
         "SOURCES": [LoraTrainingConfig()],
+        "NO_LIB": {"train_on_augmented": "the wrapper's choice of train file (the lib takes the manifest or None)"},
         "RENAMED": {
             "backend": (None, DEFAULT_BACKEND),
             # The training objective, shared by both backends (LoraTrainingConfig's default is the same).
