@@ -137,3 +137,30 @@ def test_the_openai_backend_trains_records_and_reattaches(fake, tmp_path, name):
     assert again.record.version == first.record.version
     stored = json.dumps([lines, first.headline, first.tables, json.loads(Path(first.record_file).read_text())])
     assert SECRET not in stored
+
+
+def test_a_hosted_job_on_the_augmented_train_split(fake, tmp_path):
+    """train_on_augmented: the job uploads the augmented train JSONL and is keyed by its version; a
+    preference method is refused (the preference data is not augmented)."""
+    import dataclasses
+
+    from ft_pipeline.lib.manifests import AugmentedTrainManifest
+    from ft_pipeline.lib.training.fine_tune import NoAugmentedData
+
+    splits = _splits(tmp_path)
+    augmented_jsonl = tmp_path / "augmented.jsonl"
+    augmented_jsonl.write_bytes(examples_jsonl([(f"what is {i} + {i} ?", f"{2 * i}") for i in range(24)]))
+    augmented = AugmentedTrainManifest(
+        version="aug1", splits_version="s1", settings={}, paths={"jsonl": str(augmented_jsonl), "parquet": ""}, rows=24
+    )
+    client = openai.OpenAI(base_url=fake.base_url, api_key=SECRET, max_retries=2, timeout=5)
+    config = OpenAIFineTuneConfig(poll_interval_s=0.01, max_poll_interval_s=0.01, timeout_s=60)
+    plain = train_with(OpenAIBackend(client, config), _request(tmp_path, splits), TrainingHooks())
+    request = dataclasses.replace(_request(tmp_path, splits), augmented=augmented)
+    outcome = train_with(OpenAIBackend(client, config), request, TrainingHooks())
+    assert outcome.record.data_version == "aug1" and outcome.record.version != plain.record.version
+    assert outcome.record.split_paths["train"]["jsonl"] == str(augmented_jsonl)
+    assert len(fake.jobs) == 2  # a job of its own, not the plain split's re-attached
+    dpo = OpenAIBackend(client, dataclasses.replace(config, method="dpo"))
+    with pytest.raises(NoAugmentedData, match="SFT method only"):
+        dpo.prepare(dataclasses.replace(request, method="dpo"))
