@@ -20,7 +20,7 @@ from ft_pipeline.defs.metadata import (
     table,
     within_data_dir,
 )
-from ft_pipeline.defs.resources import OpenAIFineTuningResource, PipelineStorage
+from ft_pipeline.defs.resources import AzureOpenAIResource, OpenAIFineTuningResource, PipelineStorage
 from ft_pipeline.lib.inline_charts import Point, loss_sparkline_svg, series
 from ft_pipeline.lib.manifests import PreferenceManifest, SplitsManifest, read_manifest
 from ft_pipeline.lib.training.backends import (
@@ -59,9 +59,11 @@ def model_kinds(environ: Mapping[str, str] = os.environ) -> set[str]:
 class FineTuneRunConfig(dg.Config):
     """Which backend trains the model, and its hyperparameters (defaults are the documented ones)."""
 
-    backend: Literal["local_lora", "openai"] = Field(
+    backend: Literal["local_lora", "openai", "azure"] = Field(
         default="local_lora",
-        description="local_lora (TRL + PEFT in a Pipes subprocess) or openai (a fine-tuning job).",
+        description="local_lora (TRL + PEFT in a Pipes subprocess), openai (a fine-tuning job) or azure (an Azure "
+        "OpenAI fine-tuning job and a deployment of its model; the openai_* settings apply, the azure_openai "
+        "resource names the account).",
     )
     # local_lora
     base_model: str = Field(
@@ -226,6 +228,7 @@ def fine_tuned_model(
     # is not a resource type and would otherwise be read as an asset input.
     local_trainer: dg.ResourceParam[dg.PipesClient],
     openai_fine_tuning: OpenAIFineTuningResource,
+    azure_openai: AzureOpenAIResource,
 ) -> dg.MaterializeResult:
     """The fine-tuned model and its lineage. ``local_lora`` (default): TRL SFT with PEFT LoRA
     (QLoRA 4-bit on CUDA) in its own process through Dagster Pipes, assistant-only loss, packing,
@@ -251,7 +254,7 @@ def fine_tuned_model(
         models_folder=storage.folder("models"),
         data_dir=storage.root(),
     )
-    backend = _backend_for(config, storage, context, local_trainer, openai_fine_tuning)
+    backend = _backend_for(config, storage, context, local_trainer, openai_fine_tuning, azure_openai)
     job_ids: list[str] = []
     hooks = TrainingHooks(on_log=context.log.info, on_job=job_ids.append)
     try:
@@ -275,12 +278,15 @@ def _backend_for(
     context: dg.AssetExecutionContext,
     local_trainer: dg.PipesClient,
     openai_fine_tuning: OpenAIFineTuningResource,
+    azure_openai: AzureOpenAIResource | None = None,
 ) -> FineTuningBackend:
     """The backend the run asks for, with its client. Every backend implements the same protocol
     (lib/training/backends), so the asset never branches on the provider beyond this choice."""
     hosted: dict[str, Callable[[], FineTuningBackend]] = {
         "openai": lambda: OpenAIBackend(openai_fine_tuning.get_client(), config.openai(openai_fine_tuning.model)),
     }
+    if azure_openai is not None:
+        hosted["azure"] = lambda: azure_openai.backend(config.openai(azure_openai.model))
     if config.backend in hosted:
         return hosted[config.backend]()
     if config.backend != "local_lora":
