@@ -39,7 +39,7 @@ from ft_pipeline.lib.pii import PiiConfig
 from ft_pipeline.lib.serving.snippets import curl_snippet, openai_snippet
 from ft_pipeline.lib.training.fine_tune import read_splits
 from ft_pipeline.lib.training.openai_job import FineTuneError
-from ft_pipeline.lib.training.record import read_model_record
+from ft_pipeline.lib.training.record import ModelRecord, read_model_record
 
 EVALUATION_CODE_VERSION = "4"  # 3: preference primary metrics, latency; 4: cost and ROI
 _GATE = PromotionGate()
@@ -322,7 +322,10 @@ def evaluation_report(
 
 
 def _clean_up_rejected(
-    record: Any, summary: EvaluationSummary, azure_openai: AzureOpenAIResource, context: dg.AssetExecutionContext
+    record: ModelRecord,
+    summary: EvaluationSummary,
+    azure_openai: AzureOpenAIResource,
+    context: dg.AssetExecutionContext,
 ) -> dict[str, Any]:
     """A rejected hosted candidate that bills while it exists (an azure deployment) is deleted
     when its resource says so; ``rejected_deployment`` on the page says what happened. A failed

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
@@ -26,7 +27,15 @@ from ft_pipeline.lib.pii import (
     load_custom_patterns,
 )
 from ft_pipeline.lib.storage import layout, resolve_data_dir
-from ft_pipeline.lib.training.backends.azure import AzureDeploymentConfig
+from ft_pipeline.lib.training.backends.azure import (
+    ARM_SCOPE,
+    AzureBackend,
+    AzureDeploymentConfig,
+    AzureDeployments,
+    delete_rejected_deployment,
+)
+from ft_pipeline.lib.training.openai_job import OpenAIFineTuneConfig
+from ft_pipeline.lib.training.record import ModelRecord
 
 
 class PipelineStorage(dg.ConfigurableResource):
@@ -289,10 +298,8 @@ class AzureOpenAIResource(dg.ConfigurableResource):
             delete_rejected=self.delete_rejected,
         )
 
-    def deployments(self):
+    def deployments(self) -> AzureDeployments:
         """The ARM deployments client of the account (fails clearly when the account is not set)."""
-        from ft_pipeline.lib.training.backends.azure import ARM_SCOPE, AzureDeployments
-
         static = os.environ.get(self.arm_token_env, "") if self.arm_token_env else ""
         if static:
 
@@ -312,17 +319,15 @@ class AzureOpenAIResource(dg.ConfigurableResource):
         except ValueError as err:
             raise dg.Failure(description=f"azure deployments: {err}") from None
 
-    def backend(self, config):
-        """The ``azure`` fine-tuning backend for one run's job settings (an OpenAIFineTuneConfig)."""
-        from ft_pipeline.lib.training.backends.azure import AzureBackend
-
+    def backend(self, config: OpenAIFineTuneConfig) -> AzureBackend:
+        """The ``azure`` fine-tuning backend for one run's job settings."""
         return AzureBackend(self.get_client(), config, self.deployments())
 
-    def delete_rejected_deployment(self, record, production_uri, log) -> str | None:
+    def delete_rejected_deployment(
+        self, record: ModelRecord, production_uri: str | None, log: Callable[[str], None]
+    ) -> str | None:
         """After a failed gate: delete an azure candidate's deployment (see delete_rejected); None
         for a model of another backend."""
-        from ft_pipeline.lib.training.backends.azure import delete_rejected_deployment
-
         return delete_rejected_deployment(record, self.deployments, production_uri=production_uri, log=log)
 
 
