@@ -172,7 +172,9 @@ class OpenAIFineTuningResource(dg.ConfigurableResource):
     )
     base_url: str = Field(default="", description="API base URL; empty = the SDK default (https://api.openai.com/v1).")
     azure_endpoint: str = Field(
-        default="", description="Azure OpenAI endpoint; when set an AzureOpenAI client is used."
+        default="",
+        description="Azure OpenAI endpoint; when set an AzureOpenAI client is used (backend openai: a job only, "
+        "never deployed; backend azure, the azure_openai resource, deploys and cleans up).",
     )
     azure_api_version: str = Field(default="2024-10-21", description="Azure OpenAI API version.")
     organization: str = Field(default="", description="OpenAI organization id (optional).")
