@@ -271,7 +271,8 @@ def evaluation_report(
     inference per 1k requests of candidate and reference, payback; configured prices). Written to
     ``reports/<eval_id>/`` (report.json, report.md, examples.parquet, charts) and recorded in the
     registry; ``reports/latest.json`` (an EvaluationSummary) hands the decision to ``promoted_model``.
-    The blocking ``promotion_gate`` check decides whether ``promoted_model`` runs.
+    The blocking ``promotion_gate`` check decides whether ``promoted_model`` runs. A rejected azure
+    candidate's deployment is deleted (the ``azure_openai`` resource's ``delete_rejected``).
 
     On the asset's page, without a click: the decision, the primary metric's means and deltas
     with their 95% CI bounds, a chart of them, the first test prompts with the reference and both

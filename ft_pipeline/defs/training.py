@@ -237,7 +237,9 @@ def fine_tuned_model(
     process, checkpoints and adapter, rewards/* streamed to the log; ``sft_then_dpo`` both, DPO
     continuing the SFT adapter. ``openai``: an
     idempotent OpenAI fine-tuning job (re-attached by run key), polled with backoff, events
-    streamed into the log. Writes ``models/<run_key>/model.json`` (a ModelRecord, also
+    streamed into the log. ``azure``: the same job on Azure OpenAI, then a deployment of its model
+    (named after the run key, re-used by a rerun), which the record's ``remote_model_id`` names.
+    Writes ``models/<run_key>/model.json`` (a ModelRecord, also
     ``models/latest.json``) describing how to load or call it.
 
     Its data version is the run key (the ``models/<run_key>/`` folder); ``train_split_version``

@@ -140,6 +140,12 @@ def test_errors_never_carry_the_token_and_name_what_is_missing(fake):
     wrong = AzureDeployments(_deployments(fake).config, lambda: "not-the-token")
     with pytest.raises(DeploymentError, match="HTTP 401 InvalidAuthenticationToken"):
         wrong.get("ft-seven")
+
+    def no_credential() -> str:
+        raise RuntimeError("DefaultAzureCredential failed to retrieve a token")
+
+    with pytest.raises(DeploymentError, match=r"could not get an Azure Resource Manager token \(RuntimeError\)"):
+        AzureDeployments(_deployments(fake).config, no_credential).get("ft-seven")
     with pytest.raises(ValueError, match="needs resource_group, account_name"):
         AzureDeployments(AzureDeploymentConfig(subscription_id="s"), lambda: ARM_TOKEN)
 

@@ -236,7 +236,13 @@ class AzureDeployments:
         returned as it is."""
         last = ""
         for attempt in range(1, self.config.max_attempts + 1):
-            token = self._token()
+            try:
+                token = self._token()
+            except Exception as err:  # noqa: BLE001 - azure-identity raises several kinds; none carries a token
+                raise DeploymentError(
+                    f"could not get an Azure Resource Manager token ({type(err).__name__}): sign the code location's "
+                    f"identity in (DefaultAzureCredential) or set a static token (see AzureOpenAIResource)"
+                ) from err
             if len(token) >= 4:
                 self._secrets.add(token)
             try:
