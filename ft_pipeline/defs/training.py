@@ -290,6 +290,8 @@ def _backend_for(
     if azure_openai is not None:
         hosted["azure"] = lambda: azure_openai.backend(config.openai(azure_openai.model))
     if config.backend in hosted:
+        if config.method == "kto":
+            raise dg.Failure(description="method 'kto' is trained locally only: use backend local_lora, or method dpo")
         return hosted[config.backend]()
     if config.backend != "local_lora":
         raise dg.Failure(description=f"unknown backend {config.backend!r}: local_lora or one of {sorted(hosted)}")
