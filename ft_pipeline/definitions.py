@@ -18,6 +18,7 @@ from ft_pipeline.defs.evaluation import evaluation_report, promoted_model
 from ft_pipeline.defs.preferences import preference_dataset
 from ft_pipeline.defs.records import raw_conversation_logs
 from ft_pipeline.defs.resources import (
+    AzureOpenAIResource,
     FailureNotifier,
     ModelRegistryResource,
     OpenAIFineTuningResource,
@@ -84,6 +85,14 @@ def default_resources() -> dict[str, object]:
         "openai_fine_tuning": OpenAIFineTuningResource(
             base_url=os.environ.get("OPENAI_BASE_URL", ""),
             azure_endpoint=os.environ.get("AZURE_OPENAI_ENDPOINT", ""),
+        ),
+        # backend azure: keys and tokens from the environment when a client is made (see AzureOpenAIResource).
+        "azure_openai": AzureOpenAIResource(
+            endpoint=os.environ.get("AZURE_OPENAI_ENDPOINT", ""),
+            subscription_id=os.environ.get("FT_PIPELINE_AZURE_SUBSCRIPTION_ID", ""),
+            resource_group=os.environ.get("FT_PIPELINE_AZURE_RESOURCE_GROUP", ""),
+            account_name=os.environ.get("FT_PIPELINE_AZURE_ACCOUNT", ""),
+            arm_base_url=os.environ.get("FT_PIPELINE_AZURE_ARM_URL", "") or "https://management.azure.com",
         ),
         "storage": PipelineStorage(data_dir=dg.EnvVar("FT_PIPELINE_DATA_DIR").get_value("") or ""),
         "model_registry": ModelRegistryResource(

@@ -18,7 +18,13 @@ from ft_pipeline.defs.metadata import (
     table,
     within_data_dir,
 )
-from ft_pipeline.defs.resources import ModelRegistryResource, OpenAIFineTuningResource, PiiPolicy, PipelineStorage
+from ft_pipeline.defs.resources import (
+    AzureOpenAIResource,
+    ModelRegistryResource,
+    OpenAIFineTuningResource,
+    PiiPolicy,
+    PipelineStorage,
+)
 from ft_pipeline.defs.training import model_kinds
 from ft_pipeline.lib.evaluation.candidate import CandidateEvaluation, CandidateEvaluationConfig, evaluate_candidate
 from ft_pipeline.lib.evaluation.cost import COST_COLUMNS, CostConfig
@@ -34,7 +40,8 @@ from ft_pipeline.lib.inline_charts import metric_means_svg
 from ft_pipeline.lib.pii import PiiConfig
 from ft_pipeline.lib.serving.snippets import curl_snippet, openai_snippet
 from ft_pipeline.lib.training.fine_tune import read_splits
-from ft_pipeline.lib.training.record import read_model_record
+from ft_pipeline.lib.training.openai_job import FineTuneError
+from ft_pipeline.lib.training.record import ModelRecord, read_model_record
 
 EVALUATION_CODE_VERSION = "4"  # 3: preference primary metrics, latency; 4: cost and ROI
 _GATE = PromotionGate()
@@ -241,10 +248,14 @@ def registry_kinds(environ: Mapping[str, str] = os.environ) -> set[str]:
     return {"postgres" if dialect in ("postgresql", "postgres") else dialect}
 
 
-def _hosted_chat_clients(openai_fine_tuning: OpenAIFineTuningResource) -> Callable[[str], Any]:
+def _hosted_chat_clients(
+    openai_fine_tuning: OpenAIFineTuningResource, azure_openai: AzureOpenAIResource | None = None
+) -> Callable[[str], Any]:
     """Backend name -> the OpenAI-compatible chat client its models answer through (each hosted
     backend's resource makes its own; keys and endpoints come from their environment variables)."""
     clients: dict[str, Callable[[], Any]] = {"openai": openai_fine_tuning.get_client}
+    if azure_openai is not None:
+        clients["azure"] = azure_openai.chat_client
 
     def client_for(backend: str) -> Any:
         if backend not in clients:
@@ -279,6 +290,7 @@ def evaluation_report(
     model_registry: ModelRegistryResource,
     openai_fine_tuning: OpenAIFineTuningResource,
     pii_policy: PiiPolicy,
+    azure_openai: AzureOpenAIResource,
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     """The candidate against the base model and the current production model on the frozen test
     split: greedy answers, exact match, ROUGE-1/2/L, token F1, length ratio (JSON and label
@@ -290,7 +302,8 @@ def evaluation_report(
     inference per 1k requests of candidate and reference, payback; configured prices). Written to
     ``reports/<eval_id>/`` (report.json, report.md, examples.parquet, charts) and recorded in the
     registry; ``reports/latest.json`` (an EvaluationSummary) hands the decision to ``promoted_model``.
-    The blocking ``promotion_gate`` check decides whether ``promoted_model`` runs.
+    The blocking ``promotion_gate`` check decides whether ``promoted_model`` runs. A rejected azure
+    candidate's deployment is deleted (the ``azure_openai`` resource's ``delete_rejected``).
 
     On the asset's page, without a click: the decision, the primary metric's means and deltas
     with their 95% CI bounds, a chart of them, the first test prompts with the reference and both
@@ -309,7 +322,7 @@ def evaluation_report(
         reports_folder=storage.folder("reports"),
         data_dir=storage.root(),
         openai_client=openai_fine_tuning.get_client,
-        hosted_client=_hosted_chat_clients(openai_fine_tuning),
+        hosted_client=_hosted_chat_clients(openai_fine_tuning, azure_openai),
         code_version=EVALUATION_CODE_VERSION,
         settings=config.model_dump(),
         actor=f"dagster:{context.run_id}",
@@ -317,9 +330,10 @@ def evaluation_report(
         log=context.log.info,
     )
     summary = evaluation.summary
-    yield dg.MaterializeResult(
-        metadata=_report_metadata(evaluation, config, pii, storage.root()), data_version=dg.DataVersion(summary.eval_id)
-    )
+    metadata = _report_metadata(evaluation, config, pii, storage.root())
+    if not evaluation.gate_passed:
+        metadata.update(_clean_up_rejected(record, summary, azure_openai, context))
+    yield dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(summary.eval_id))
     primary = evaluation.result.extra["primary"]
     versus_base = primary["comparisons"].get("base") or {}
     yield dg.AssetCheckResult(
@@ -337,6 +351,24 @@ def evaluation_report(
             "gate_rules": _gate_rules(summary),
         },
     )
+
+
+def _clean_up_rejected(
+    record: ModelRecord,
+    summary: EvaluationSummary,
+    azure_openai: AzureOpenAIResource,
+    context: dg.AssetExecutionContext,
+) -> dict[str, Any]:
+    """A rejected hosted candidate that bills while it exists (an azure deployment) is deleted
+    when its resource says so; ``rejected_deployment`` on the page says what happened. A failed
+    deletion is logged and shown, never fails the evaluation (its decision stands)."""
+    try:
+        outcome = azure_openai.delete_rejected_deployment(record, summary.production_uri, context.log.info)
+    except (FineTuneError, dg.Failure) as err:
+        text = getattr(err, "description", None) or str(err)
+        outcome = f"could not delete the rejected candidate's deployment ({text}): delete it by hand"
+        context.log.error(outcome)
+    return {"rejected_deployment": outcome} if outcome else {}
 
 
 def _report_metadata(

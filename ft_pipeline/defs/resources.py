@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
@@ -26,6 +27,15 @@ from ft_pipeline.lib.pii import (
     load_custom_patterns,
 )
 from ft_pipeline.lib.storage import layout, resolve_data_dir
+from ft_pipeline.lib.training.backends.azure import (
+    ARM_SCOPE,
+    AzureBackend,
+    AzureDeploymentConfig,
+    AzureDeployments,
+    delete_rejected_deployment,
+)
+from ft_pipeline.lib.training.openai_job import OpenAIFineTuneConfig
+from ft_pipeline.lib.training.record import ModelRecord
 
 
 class PipelineStorage(dg.ConfigurableResource):
@@ -162,7 +172,9 @@ class OpenAIFineTuningResource(dg.ConfigurableResource):
     )
     base_url: str = Field(default="", description="API base URL; empty = the SDK default (https://api.openai.com/v1).")
     azure_endpoint: str = Field(
-        default="", description="Azure OpenAI endpoint; when set an AzureOpenAI client is used."
+        default="",
+        description="Azure OpenAI endpoint; when set an AzureOpenAI client is used (backend openai: a job only, "
+        "never deployed; backend azure, the azure_openai resource, deploys and cleans up).",
     )
     azure_api_version: str = Field(default="2024-10-21", description="Azure OpenAI API version.")
     organization: str = Field(default="", description="OpenAI organization id (optional).")
@@ -190,6 +202,135 @@ class OpenAIFineTuningResource(dg.ConfigurableResource):
             max_retries=self.max_retries,
             timeout=self.timeout_s,
         )
+
+
+_AZURE = AzureDeploymentConfig()
+
+
+class AzureOpenAIResource(dg.ConfigurableResource):
+    """Azure OpenAI for the ``azure`` backend: fine-tuning jobs and chat calls through the real
+    ``openai.AzureOpenAI`` client (data plane), and the deployments of fine-tuned models through
+    Azure Resource Manager (control plane; a deployment bills hosting hours).
+
+    Secrets never enter config: the data-plane API key is read from the variable ``api_key_env``
+    names (default ``AZURE_OPENAI_API_KEY``) when a client is made; the ARM token comes from
+    azure-identity's ``DefaultAzureCredential`` (managed identity, workload identity, ``az
+    login``, ...), or, when the variable ``arm_token_env`` names is set, is that variable's value
+    (a static bearer token, e.g. from ``az account get-access-token``; the tests' fake accepts
+    one). Neither is ever logged or stored in metadata."""
+
+    endpoint: str = Field(
+        default="", description="Azure OpenAI endpoint, https://<resource>.openai.azure.com ($AZURE_OPENAI_ENDPOINT)."
+    )
+    api_version: str = Field(default="2024-10-21", description="Azure OpenAI data-plane API version.")
+    api_key_env: str = Field(
+        default="AZURE_OPENAI_API_KEY",
+        description="Name of the environment variable that holds the data-plane API key (never the key itself).",
+    )
+    model: str = Field(
+        default=DEFAULT_OPENAI_FINE_TUNING_MODEL,
+        description="Base model of the fine-tuning jobs. The evaluation calls the base through a deployment of this "
+        "name (create it once).",
+    )
+    max_retries: int = Field(default=2, description="SDK retries for 408/409/429/5xx and connection errors.")
+    timeout_s: float = Field(default=60.0, description="Per-request timeout of data-plane calls in seconds.")
+    subscription_id: str = Field(default=_AZURE.subscription_id, description="Subscription of the Azure account.")
+    resource_group: str = Field(default=_AZURE.resource_group, description="Resource group of the account.")
+    account_name: str = Field(default=_AZURE.account_name, description="The Azure OpenAI (Cognitive Services) account.")
+    deployment_prefix: str = Field(
+        default=_AZURE.deployment_prefix,
+        description="Deployments are named <prefix>-<run key> (at most 64 characters: a hash of the run key past "
+        "that); a rerun re-uses its deployment.",
+    )
+    sku_name: str = Field(default=_AZURE.sku_name, description="Deployment SKU (Standard, GlobalStandard, ...).")
+    sku_capacity: int = Field(default=_AZURE.sku_capacity, description="Deployment capacity (units of the SKU).")
+    arm_base_url: str = Field(
+        default=_AZURE.arm_base_url, description="Azure Resource Manager URL (overridden for a fake or another cloud)."
+    )
+    arm_api_version: str = Field(default=_AZURE.api_version, description="ARM API version of the deployment calls.")
+    arm_token_env: str = Field(
+        default="FT_PIPELINE_AZURE_ARM_TOKEN",
+        description="Name of an environment variable holding a static ARM bearer token; unset = "
+        "DefaultAzureCredential.",
+    )
+    deployment_poll_interval_s: float = Field(
+        default=_AZURE.poll_interval_s, description="Seconds between deployment state polls."
+    )
+    deployment_timeout_s: float = Field(
+        default=_AZURE.timeout_s, description="How long a deployment may take to succeed before the run fails."
+    )
+    delete_rejected: bool = Field(
+        default=_AZURE.delete_rejected,
+        description="When the evaluation rejects an azure candidate, delete its deployment (it bills hosting hours).",
+    )
+
+    def get_client(self):
+        """The data-plane client (fine-tuning jobs, files, chat on deployments)."""
+        import openai
+
+        api_key = os.environ.get(self.api_key_env, "")
+        if not api_key:
+            raise dg.Failure(description=f"{self.api_key_env} is not set: the azure backend needs an API key")
+        if not self.endpoint:
+            raise dg.Failure(description="the azure backend needs an endpoint ($AZURE_OPENAI_ENDPOINT)")
+        return openai.AzureOpenAI(
+            api_key=api_key,
+            azure_endpoint=self.endpoint,
+            api_version=self.api_version,
+            max_retries=self.max_retries,
+            timeout=self.timeout_s,
+        )
+
+    def chat_client(self):
+        """The client azure models answer through: the same client, ``model`` = the deployment name."""
+        return self.get_client()
+
+    def deployment_config(self) -> AzureDeploymentConfig:
+        return AzureDeploymentConfig(
+            subscription_id=self.subscription_id,
+            resource_group=self.resource_group,
+            account_name=self.account_name,
+            deployment_prefix=self.deployment_prefix,
+            sku_name=self.sku_name,
+            sku_capacity=self.sku_capacity,
+            arm_base_url=self.arm_base_url,
+            api_version=self.arm_api_version,
+            poll_interval_s=self.deployment_poll_interval_s,
+            timeout_s=self.deployment_timeout_s,
+            delete_rejected=self.delete_rejected,
+        )
+
+    def deployments(self) -> AzureDeployments:
+        """The ARM deployments client of the account (fails clearly when the account is not set)."""
+        static = os.environ.get(self.arm_token_env, "") if self.arm_token_env else ""
+        if static:
+
+            def token() -> str:
+                return static
+
+        else:
+            from azure.identity import DefaultAzureCredential
+
+            credential = DefaultAzureCredential()
+
+            def token() -> str:
+                return credential.get_token(ARM_SCOPE).token
+
+        try:
+            return AzureDeployments(self.deployment_config(), token)
+        except ValueError as err:
+            raise dg.Failure(description=f"azure deployments: {err}") from None
+
+    def backend(self, config: OpenAIFineTuneConfig) -> AzureBackend:
+        """The ``azure`` fine-tuning backend for one run's job settings."""
+        return AzureBackend(self.get_client(), config, self.deployments())
+
+    def delete_rejected_deployment(
+        self, record: ModelRecord, production_uri: str | None, log: Callable[[str], None]
+    ) -> str | None:
+        """After a failed gate: delete an azure candidate's deployment (see delete_rejected); None
+        for a model of another backend."""
+        return delete_rejected_deployment(record, self.deployments, production_uri=production_uri, log=log)
 
 
 class ModelRegistryResource(dg.ConfigurableResource):

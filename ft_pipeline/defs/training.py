@@ -20,7 +20,7 @@ from ft_pipeline.defs.metadata import (
     table,
     within_data_dir,
 )
-from ft_pipeline.defs.resources import OpenAIFineTuningResource, PipelineStorage
+from ft_pipeline.defs.resources import AzureOpenAIResource, OpenAIFineTuningResource, PipelineStorage
 from ft_pipeline.lib.inline_charts import Point, loss_sparkline_svg, series
 from ft_pipeline.lib.manifests import AugmentedTrainManifest, PreferenceManifest, SplitsManifest, read_manifest
 from ft_pipeline.lib.training.backends import (
@@ -59,9 +59,11 @@ def model_kinds(environ: Mapping[str, str] = os.environ) -> set[str]:
 class FineTuneRunConfig(dg.Config):
     """Which backend trains the model, and its hyperparameters (defaults are the documented ones)."""
 
-    backend: Literal["local_lora", "openai"] = Field(
+    backend: Literal["local_lora", "openai", "azure"] = Field(
         default="local_lora",
-        description="local_lora (TRL + PEFT in a Pipes subprocess) or openai (a fine-tuning job).",
+        description="local_lora (TRL + PEFT in a Pipes subprocess), openai (a fine-tuning job) or azure (an Azure "
+        "OpenAI fine-tuning job and a deployment of its model; the openai_* settings apply, the azure_openai "
+        "resource names the account).",
     )
     train_on_augmented: bool = Field(
         default=False,
@@ -233,6 +235,7 @@ def fine_tuned_model(
     # is not a resource type and would otherwise be read as an asset input.
     local_trainer: dg.ResourceParam[dg.PipesClient],
     openai_fine_tuning: OpenAIFineTuningResource,
+    azure_openai: AzureOpenAIResource,
 ) -> dg.MaterializeResult:
     """The fine-tuned model and its lineage. ``local_lora`` (default): TRL SFT with PEFT LoRA
     (QLoRA 4-bit on CUDA) in its own process through Dagster Pipes, assistant-only loss, packing,
@@ -241,7 +244,9 @@ def fine_tuned_model(
     process, checkpoints and adapter, rewards/* streamed to the log; ``sft_then_dpo`` both, DPO
     continuing the SFT adapter. ``openai``: an
     idempotent OpenAI fine-tuning job (re-attached by run key), polled with backoff, events
-    streamed into the log. Writes ``models/<run_key>/model.json`` (a ModelRecord, also
+    streamed into the log. ``azure``: the same job on Azure OpenAI, then a deployment of its model
+    (named after the run key, re-used by a rerun), which the record's ``remote_model_id`` names.
+    Writes ``models/<run_key>/model.json`` (a ModelRecord, also
     ``models/latest.json``) describing how to load or call it.
 
     Its data version is the run key (the ``models/<run_key>/`` folder); ``train_split_version``
@@ -260,7 +265,7 @@ def fine_tuned_model(
         data_dir=storage.root(),
         augmented=augmented,
     )
-    backend = _backend_for(config, storage, context, local_trainer, openai_fine_tuning)
+    backend = _backend_for(config, storage, context, local_trainer, openai_fine_tuning, azure_openai)
     job_ids: list[str] = []
     hooks = TrainingHooks(on_log=context.log.info, on_job=job_ids.append)
     try:
@@ -309,12 +314,15 @@ def _backend_for(
     context: dg.AssetExecutionContext,
     local_trainer: dg.PipesClient,
     openai_fine_tuning: OpenAIFineTuningResource,
+    azure_openai: AzureOpenAIResource | None = None,
 ) -> FineTuningBackend:
     """The backend the run asks for, with its client. Every backend implements the same protocol
     (lib/training/backends), so the asset never branches on the provider beyond this choice."""
     hosted: dict[str, Callable[[], FineTuningBackend]] = {
         "openai": lambda: OpenAIBackend(openai_fine_tuning.get_client(), config.openai(openai_fine_tuning.model)),
     }
+    if azure_openai is not None:
+        hosted["azure"] = lambda: azure_openai.backend(config.openai(azure_openai.model))
     if config.backend in hosted:
         if config.method == "kto":
             raise dg.Failure(description="method 'kto' is trained locally only: use backend local_lora, or method dpo")

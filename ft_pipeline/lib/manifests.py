@@ -83,10 +83,16 @@ def read_manifest(folder: str | os.PathLike, cls: type[M]) -> M | None:
             f"{path} is not a {cls.KIND} manifest of schema {cls.SCHEMA} ({found}); materialize {cls.PRODUCED_BY} again"
         )
     names = {f.name for f in dataclasses.fields(cls)}
-    missing = sorted(n for n in names if n not in body)
+    # A field with a default may be absent: it was added after the file was written.
+    required = {
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    }
+    missing = sorted(n for n in required if n not in body)
     if missing:
         raise ManifestError(f"{path} lacks {missing}; materialize {cls.PRODUCED_BY} again")
-    return cls(**{n: body[n] for n in names})
+    return cls(**{n: body[n] for n in names if n in body})
 
 
 @dataclasses.dataclass(frozen=True)

@@ -75,6 +75,9 @@ class ModelRecord:
     trained_tokens: int | None = None
     checkpoints: list[Any] | None = None
     hyperparameters: dict[str, Any] | None = None
+    # azure: ``remote_model_id`` is the deployment (the name chat calls pass as ``model``)
+    fine_tuned_model_id: str | None = None
+    """The provider's fine-tuned model when ``remote_model_id`` names a deployment of it (azure)."""
 
     @property
     def model_uri(self) -> str:

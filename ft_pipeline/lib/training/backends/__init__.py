@@ -7,6 +7,7 @@ backend        trains                                                 module
 =============  =====================================================  ==========================
 local_lora     TRL + PEFT LoRA/QLoRA, sft / dpo / kto / sft_then_dpo  ``backends.local_lora``
 openai         OpenAI fine-tuning jobs, sft / dpo / sft_then_dpo      ``backends.openai``
+azure          Azure OpenAI jobs (as openai), then a deployment       ``backends.azure``
 =============  =====================================================  ==========================
 """
 
