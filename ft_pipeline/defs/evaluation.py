@@ -17,7 +17,13 @@ from ft_pipeline.defs.metadata import (
     table,
     within_data_dir,
 )
-from ft_pipeline.defs.resources import ModelRegistryResource, OpenAIFineTuningResource, PiiPolicy, PipelineStorage
+from ft_pipeline.defs.resources import (
+    ModelRegistryResource,
+    OpenAIFineTuningResource,
+    PiiPolicy,
+    PipelineStorage,
+    TogetherResource,
+)
 from ft_pipeline.defs.training import model_kinds
 from ft_pipeline.lib.evaluation.candidate import CandidateEvaluation, CandidateEvaluationConfig, evaluate_candidate
 from ft_pipeline.lib.evaluation.cost import COST_COLUMNS, CostConfig
@@ -210,10 +216,14 @@ def registry_kinds(environ: Mapping[str, str] = os.environ) -> set[str]:
     return {"postgres" if dialect in ("postgresql", "postgres") else dialect}
 
 
-def _hosted_chat_clients(openai_fine_tuning: OpenAIFineTuningResource) -> Callable[[str], Any]:
+def _hosted_chat_clients(
+    openai_fine_tuning: OpenAIFineTuningResource, together: TogetherResource | None = None
+) -> Callable[[str], Any]:
     """Backend name -> the OpenAI-compatible chat client its models answer through (each hosted
     backend's resource makes its own; keys and endpoints come from their environment variables)."""
     clients: dict[str, Callable[[], Any]] = {"openai": openai_fine_tuning.get_client}
+    if together is not None:
+        clients["together"] = together.chat_client
 
     def client_for(backend: str) -> Any:
         if backend not in clients:
@@ -248,6 +258,7 @@ def evaluation_report(
     model_registry: ModelRegistryResource,
     openai_fine_tuning: OpenAIFineTuningResource,
     pii_policy: PiiPolicy,
+    together: TogetherResource,
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     """The candidate against the base model and the current production model on the frozen test
     split: greedy answers, exact match, ROUGE-1/2/L, token F1, length ratio (JSON and label
@@ -278,7 +289,7 @@ def evaluation_report(
         reports_folder=storage.folder("reports"),
         data_dir=storage.root(),
         openai_client=openai_fine_tuning.get_client,
-        hosted_client=_hosted_chat_clients(openai_fine_tuning),
+        hosted_client=_hosted_chat_clients(openai_fine_tuning, together),
         code_version=EVALUATION_CODE_VERSION,
         settings=config.model_dump(),
         actor=f"dagster:{context.run_id}",

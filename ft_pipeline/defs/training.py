@@ -20,7 +20,7 @@ from ft_pipeline.defs.metadata import (
     table,
     within_data_dir,
 )
-from ft_pipeline.defs.resources import OpenAIFineTuningResource, PipelineStorage
+from ft_pipeline.defs.resources import OpenAIFineTuningResource, PipelineStorage, TogetherResource
 from ft_pipeline.lib.inline_charts import Point, loss_sparkline_svg, series
 from ft_pipeline.lib.manifests import PreferenceManifest, SplitsManifest, read_manifest
 from ft_pipeline.lib.training.backends import (
@@ -32,6 +32,7 @@ from ft_pipeline.lib.training.backends import (
 )
 from ft_pipeline.lib.training.backends.local_lora import LocalLoraBackend
 from ft_pipeline.lib.training.backends.openai import OpenAIBackend
+from ft_pipeline.lib.training.backends.together import TogetherBackend, TogetherFineTuneConfig
 from ft_pipeline.lib.training.fine_tune import NoPreferenceData, read_splits
 from ft_pipeline.lib.training.lora import LoraTrainingConfig
 from ft_pipeline.lib.training.openai_job import FineTuneError, OpenAIFineTuneConfig
@@ -39,6 +40,7 @@ from ft_pipeline.lib.training.openai_job import FineTuneError, OpenAIFineTuneCon
 TRAINING_CODE_VERSION = "3"  # 3: sft_then_dpo, KTO weights
 _LORA = LoraTrainingConfig()
 _OPENAI = OpenAIFineTuneConfig()
+_TOGETHER = TogetherFineTuneConfig()
 
 #: Any one of these set in the environment configures the OpenAI (or compatible, or Azure) client.
 OPENAI_CLIENT_ENV = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "AZURE_OPENAI_ENDPOINT")
@@ -59,9 +61,10 @@ def model_kinds(environ: Mapping[str, str] = os.environ) -> set[str]:
 class FineTuneRunConfig(dg.Config):
     """Which backend trains the model, and its hyperparameters (defaults are the documented ones)."""
 
-    backend: Literal["local_lora", "openai"] = Field(
+    backend: Literal["local_lora", "openai", "together"] = Field(
         default="local_lora",
-        description="local_lora (TRL + PEFT in a Pipes subprocess) or openai (a fine-tuning job).",
+        description="local_lora (TRL + PEFT in a Pipes subprocess), openai (a fine-tuning job) or together (a "
+        "Together AI fine-tuning job).",
     )
     # local_lora
     base_model: str = Field(
@@ -151,6 +154,62 @@ class FineTuneRunConfig(dg.Config):
         default=_OPENAI.timeout_s, description="Overall limit; the remote job is cancelled after it."
     )
 
+    # together (the base model is the together resource's ``model``; seed is the shared one)
+    together_lora: bool = Field(
+        default=_TOGETHER.lora, description="LoRA adapters (true) or full fine-tuning (false, where the model allows)."
+    )
+    together_lora_r: int | None = Field(default=_TOGETHER.lora_r, description="LoRA rank; null = the model's default.")
+    together_lora_alpha: float | None = Field(
+        default=_TOGETHER.lora_alpha, description="LoRA alpha; null = twice the rank."
+    )
+    together_lora_dropout: float = Field(default=_TOGETHER.lora_dropout, description="LoRA dropout, in [0, 1).")
+    together_n_epochs: int = Field(default=_TOGETHER.n_epochs, description="Epochs.")
+    together_learning_rate: float = Field(default=_TOGETHER.learning_rate, description="Peak learning rate.")
+    together_batch_size: str = Field(
+        default=str(_TOGETHER.batch_size), description="'max' (the model's largest) or an integer within its limits."
+    )
+    together_n_evals: int = Field(
+        default=_TOGETHER.n_evals, description="Evaluations on the validation split during training."
+    )
+    together_dpo_beta: float | None = Field(
+        default=_TOGETHER.dpo_beta,
+        description="DPO only: beta (> 0; higher = closer to the reference); null = the API's default.",
+    )
+    together_suffix: str = Field(
+        default=_TOGETHER.suffix,
+        description="Readable part of the output model name's suffix (<= 23 chars); the run key is appended.",
+    )
+    together_poll_interval_s: float = Field(
+        default=_TOGETHER.poll_interval_s, description="First poll delay; grows with backoff."
+    )
+    together_max_poll_interval_s: float = Field(
+        default=_TOGETHER.max_poll_interval_s, description="Longest poll delay."
+    )
+    together_timeout_s: float = Field(
+        default=_TOGETHER.timeout_s, description="Overall limit, uploads included; the job is cancelled after it."
+    )
+
+    def together(self, model: str) -> TogetherFineTuneConfig:
+        """The job's settings; ``model`` is the ``together`` resource's base model."""
+        return TogetherFineTuneConfig(
+            model=model,
+            method=self.method,
+            lora=self.together_lora,
+            lora_r=self.together_lora_r,
+            lora_alpha=self.together_lora_alpha,
+            lora_dropout=self.together_lora_dropout,
+            n_epochs=self.together_n_epochs,
+            learning_rate=self.together_learning_rate,
+            batch_size="max" if self.together_batch_size == "max" else int(self.together_batch_size),
+            n_evals=self.together_n_evals,
+            dpo_beta=self.together_dpo_beta,
+            suffix=self.together_suffix,
+            seed=self.seed,
+            poll_interval_s=self.together_poll_interval_s,
+            max_poll_interval_s=self.together_max_poll_interval_s,
+            timeout_s=self.together_timeout_s,
+        )
+
     def lora(self) -> LoraTrainingConfig:
         return LoraTrainingConfig(
             base_model=self.base_model,
@@ -226,6 +285,7 @@ def fine_tuned_model(
     # is not a resource type and would otherwise be read as an asset input.
     local_trainer: dg.ResourceParam[dg.PipesClient],
     openai_fine_tuning: OpenAIFineTuningResource,
+    together: TogetherResource,
 ) -> dg.MaterializeResult:
     """The fine-tuned model and its lineage. ``local_lora`` (default): TRL SFT with PEFT LoRA
     (QLoRA 4-bit on CUDA) in its own process through Dagster Pipes, assistant-only loss, packing,
@@ -251,7 +311,7 @@ def fine_tuned_model(
         models_folder=storage.folder("models"),
         data_dir=storage.root(),
     )
-    backend = _backend_for(config, storage, context, local_trainer, openai_fine_tuning)
+    backend = _backend_for(config, storage, context, local_trainer, openai_fine_tuning, together)
     job_ids: list[str] = []
     hooks = TrainingHooks(on_log=context.log.info, on_job=job_ids.append)
     try:
@@ -275,17 +335,29 @@ def _backend_for(
     context: dg.AssetExecutionContext,
     local_trainer: dg.PipesClient,
     openai_fine_tuning: OpenAIFineTuningResource,
+    together: TogetherResource,
 ) -> FineTuningBackend:
     """The backend the run asks for, with its client. Every backend implements the same protocol
     (lib/training/backends), so the asset never branches on the provider beyond this choice."""
     hosted: dict[str, Callable[[], FineTuningBackend]] = {
         "openai": lambda: OpenAIBackend(openai_fine_tuning.get_client(), config.openai(openai_fine_tuning.model)),
+        "together": lambda: _together_backend(config, together),
     }
     if config.backend in hosted:
         return hosted[config.backend]()
     if config.backend != "local_lora":
         raise dg.Failure(description=f"unknown backend {config.backend!r}: local_lora or one of {sorted(hosted)}")
     return LocalLoraBackend(config.lora(), storage.folder("base_models"), _pipes_launcher(context, local_trainer))
+
+
+def _together_backend(config: FineTuneRunConfig, together: TogetherResource) -> TogetherBackend:
+    """The together backend; a setting it cannot use (a suffix too long, a batch size that is not
+    'max' or a number) fails the run with one line before anything is uploaded."""
+    try:
+        settings = config.together(together.model)
+    except ValueError as err:
+        raise dg.Failure(description=f"together settings: {err}") from None
+    return TogetherBackend(together.get_client(), settings)
 
 
 def _pipes_launcher(
