@@ -44,17 +44,22 @@ _TOGETHER = TogetherFineTuneConfig()
 
 #: Any one of these set in the environment configures the OpenAI (or compatible, or Azure) client.
 OPENAI_CLIENT_ENV = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "AZURE_OPENAI_ENDPOINT")
+#: Any one of these set in the environment configures the Together AI client.
+TOGETHER_CLIENT_ENV = ("TOGETHER_API_KEY", "TOGETHER_BASE_URL")
 
 
 def model_kinds(environ: Mapping[str, str] = os.environ) -> set[str]:
     """The model assets' kinds for what this deployment can run. Kinds belong to the definitions
     (not to a run), so they say which backends are possible here: ``pytorch`` and ``huggingface``
     for ``local_lora`` (the default backend, always available), plus ``openai`` only when an
-    OpenAI client is configured (see :data:`OPENAI_CLIENT_ENV`). The backend a run actually used
-    is its materialization's ``backend`` row."""
+    OpenAI client is configured (see :data:`OPENAI_CLIENT_ENV`), ``together`` when a Together one
+    is (:data:`TOGETHER_CLIENT_ENV`). The backend a run actually used is its materialization's
+    ``backend`` row."""
     kinds = {"pytorch", "huggingface"}
     if any(environ.get(name) for name in OPENAI_CLIENT_ENV):
         kinds.add("openai")
+    if any(environ.get(name) for name in TOGETHER_CLIENT_ENV):
+        kinds.add("together")
     return kinds
 
 

@@ -7,6 +7,7 @@ backend        trains                                                 module
 =============  =====================================================  ==========================
 local_lora     TRL + PEFT LoRA/QLoRA, sft / dpo / kto / sft_then_dpo  ``backends.local_lora``
 openai         OpenAI fine-tuning jobs, sft / dpo / sft_then_dpo      ``backends.openai``
+together       Together AI jobs (LoRA), sft / dpo / sft_then_dpo      ``backends.together``
 =============  =====================================================  ==========================
 """
 
