@@ -277,7 +277,15 @@ def test_the_api_key_never_reaches_messages_logs_or_records(fake, files, tmp_pat
     with pytest.raises(FineTuneError) as caught:
         other.start(_run(other, files), log.hooks())
     assert "HTTP 400" in str(caught.value) and "***" in str(caught.value)
-    texts = [*log.lines, str(caught.value), outcome.record_file.read_text(), repr(outcome.headline)]
+    # API errors that survive the SDK's retries become one scrubbed line, the SDK's exception not shown
+    unknown = _backend(fake, model="nobody/no-such-model", n_epochs=1)
+    with pytest.raises(FineTuneError, match="HTTP 404: Model nobody/no-such-model is not available") as refused:
+        unknown.start(_run(unknown, files), log.hooks())
+    assert refused.value.__cause__ is None and refused.value.__suppress_context__
+    wrong_key = TogetherBackend(fake.together_client("tg-wrong-key"), TogetherFineTuneConfig(**FAST))
+    with pytest.raises(FineTuneError, match="HTTP 401"):
+        wrong_key.start(_run(wrong_key, files), log.hooks())
+    texts = [*log.lines, str(caught.value), str(refused.value), outcome.record_file.read_text(), repr(outcome.headline)]
     assert not [text for text in texts if SECRET in text]
     assert {r.headers.get("authorization") for r in fake.requests} <= {"Bearer ***", None}
 

@@ -52,10 +52,11 @@ library code: never import dagster here.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -331,6 +332,10 @@ class TogetherBackend:
 
     # -- start ----------------------------------------------------------------------------------
     def start(self, run: PreparedRun, hooks: TrainingHooks) -> JobHandle:
+        with self._api_errors("starting the job"):
+            return self._start(run, hooks)
+
+    def _start(self, run: PreparedRun, hooks: TrainingHooks) -> JobHandle:
         deadline = self.clock() + self.config.timeout_s
         first = "dpo" if self.config.method == "dpo" else "sft"
         if self.config.method == "sft_then_dpo":
@@ -463,6 +468,24 @@ class TogetherBackend:
 
     # -- wait -----------------------------------------------------------------------------------
     def wait(self, run: PreparedRun, job: JobHandle, hooks: TrainingHooks) -> JobHandle:
+        with self._api_errors(f"waiting for job {job.job_id}"):
+            return self._wait(run, job, hooks)
+
+    @contextlib.contextmanager
+    def _api_errors(self, doing: str) -> Iterator[None]:
+        """An API error that survived the SDK's retries becomes a :class:`FineTuneError` with the
+        API's message, scrubbed of the key (the SDK's exception is not shown with it)."""
+        try:
+            yield
+        except together.APIStatusError as err:
+            message = self.scrub(f"together API error while {doing}: HTTP {err.status_code}: {_api_message(err)}")
+        except together.APIError as err:
+            message = self.scrub(f"together API error while {doing}: {type(err).__name__}: {err}")
+        else:
+            return
+        raise FineTuneError(message) from None
+
+    def _wait(self, run: PreparedRun, job: JobHandle, hooks: TrainingHooks) -> JobHandle:
         stage: _Stage = job.state["stage"]
         deadline: float = job.state["deadline"]
         stage.job = self._watch(stage.job, deadline, hooks)
