@@ -20,7 +20,7 @@ from ft_pipeline.lib.vllm_command import add_vllm_arguments
 if TYPE_CHECKING:  # the CLI imports dagster and the registry only in the commands that need them
     import dagster as dg
 
-    from ft_pipeline.lib.registry import ModelVersion
+    from ft_pipeline.lib.registry import ModelRegistry, ModelVersion
     from ft_pipeline.lib.serving.config import ServeConfig
 
 STAGES = [
@@ -250,6 +250,7 @@ def _job_plan(resources: dict[str, object], until: int) -> list[_PlannedRun]:
 
     from ft_pipeline.definitions import (
         ALL_ASSETS,
+        AUGMENTATION_ASSETS,
         DOWNSTREAM_ASSETS,
         PER_FILE_ASSETS,
         PREFERENCE_ASSETS,
@@ -278,6 +279,8 @@ def _job_plan(resources: dict[str, object], until: int) -> list[_PlannedRun]:
         if until >= STAGES.index("splits"):
             # The preference data is built from the cleaned partitions against the SFT splits.
             downstream = [*downstream, *PREFERENCE_ASSETS]
+            # The augmented train split (it only counts while its `enabled` is off).
+            downstream = [*downstream, *AUGMENTATION_ASSETS]
         dataset_keys = set(defs.resolve_job_def(build_dataset_job.name).asset_layer.selected_asset_keys)
         in_dataset_job = all(set(asset.keys) <= dataset_keys for asset in downstream)
         plan.append(planned(build_dataset_job.name if in_dataset_job else train_model_job.name, downstream))
@@ -560,8 +563,9 @@ def _cmd_partitions(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_registry(args: argparse.Namespace) -> int:
-    from ft_pipeline.lib.registry import ModelRegistry, RegistryError, local_artifact_exists
+def _open_registry(args: argparse.Namespace) -> ModelRegistry | int:
+    """The registry --url / --data-dir name, or the exit code after printing why it cannot be used."""
+    from ft_pipeline.lib.registry import ModelRegistry, RegistryError
     from ft_pipeline.lib.storage import resolve_data_dir
 
     # Never create a registry (or a data directory) as a side effect of a wrong --data-dir or --url.
@@ -571,10 +575,18 @@ def _cmd_registry(args: argparse.Namespace) -> int:
         return 2
     url = args.url or os.environ.get(REGISTRY_URL_ENV)
     try:
-        registry = ModelRegistry(url) if url else ModelRegistry.for_data_dir(resolve_data_dir(args.data_dir).resolve())
+        return ModelRegistry(url) if url else ModelRegistry.for_data_dir(resolve_data_dir(args.data_dir).resolve())
     except RegistryError as err:  # a corrupt database: one line, not a SQLAlchemy traceback
         print(f"error: {err}", file=sys.stderr)
         return 1
+
+
+def _cmd_registry(args: argparse.Namespace) -> int:
+    from ft_pipeline.lib.registry import RegistryError, local_artifact_exists
+
+    registry = _open_registry(args)
+    if isinstance(registry, int):
+        return registry
     try:
         if args.action == "list":
             versions = registry.list_versions(args.model)
@@ -657,6 +669,62 @@ def _cmd_registry(args: argparse.Namespace) -> int:
                 check_artifact=local_artifact_exists,
             )
             print(f"rolled back {args.alias}: v{event.from_version} -> v{event.to_version}")
+    except RegistryError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    finally:
+        registry.close()
+    return 0
+
+
+def _cmd_review(args: argparse.Namespace) -> int:
+    """``ft-pipeline review import|show``: human verdicts on an evaluation's review sample."""
+    from ft_pipeline.lib.evaluation.review import ReviewFileError, import_review_file, kappa_with_ci
+    from ft_pipeline.lib.registry import RegistryError
+
+    registry = _open_registry(args)
+    if isinstance(registry, int):
+        return registry
+    try:
+        if args.action == "import":
+            try:
+                done = import_review_file(registry, args.file, reviewer=args.reviewer)
+            except ReviewFileError as err:
+                print(f"error: {err}", file=sys.stderr)
+                return 2
+            evaluations = ", ".join(f"{e} ({n})" for e, n in done.by_eval.items()) or "none"
+            print(
+                f"read {done.rows} rows of {args.file}: imported {done.imported} verdicts by {done.reviewer} "
+                f"(new {done.new}, updated {done.updated}, unchanged {done.unchanged}; evaluations: {evaluations}), "
+                f"skipped {done.skipped_blank} blank (not reviewed), rejected {len(done.rejected)}"
+            )
+            for reason in done.rejected:
+                print(f"rejected: {reason}", file=sys.stderr)
+            return 1 if done.rejected else 0
+        sample = registry.review_sample(args.eval_id)
+        if not sample:
+            print(f"error: the registry has no review sample for evaluation {args.eval_id}", file=sys.stderr)
+            return 1
+        verdicts = registry.review_verdicts(eval_id=args.eval_id)
+        judged = sum(1 for item in sample if item["judge_verdict"])
+        print(
+            f"evaluation {args.eval_id}: review sample of {len(sample)} examples "
+            f"({judged} judged by {sample[0]['judge_model'] or 'no judge'}), {len(verdicts)} human verdicts"
+        )
+        if verdicts:
+            by_reviewer = Counter((v["reviewer"], v["preferred"]) for v in verdicts)
+            reviewers = sorted({v["reviewer"] for v in verdicts})
+            _print_table(
+                ["REVIEWER", "CANDIDATE", "BASE", "TIE"],
+                [[r, *(by_reviewer[(r, p)] for p in ("candidate", "base", "tie"))] for r in reviewers],
+            )
+        pairs = [(v["judge_verdict"], v["preferred"]) for v in verdicts if v["judge_verdict"]]
+        if pairs:
+            kappa = kappa_with_ci([j for j, _ in pairs], [h for _, h in pairs])
+            print(
+                f"judge vs human on this evaluation: Cohen's kappa {kappa.kappa:.3f}, 95% CI "
+                f"[{kappa.ci_low:.3f}, {kappa.ci_high:.3f}], raw agreement {kappa.raw_agreement:.3f}, n={kappa.n}"
+            )
     except RegistryError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -763,6 +831,7 @@ def _summary(event: dg.DagsterEvent) -> str:
         "kto_examples",
         "dropped",
         "dagster/row_count",
+        "augmented_copies",
         "backend",
         "train_loss",
         "eval_loss",
@@ -958,6 +1027,36 @@ def build_parser() -> argparse.ArgumentParser:
     for action in (list_cmd, show, history, promote, rollback):
         _add_location_options(action, url=True, repeated=True)
     registry.set_defaults(func=_cmd_registry)
+
+    review = _add_command(
+        sub,
+        "review",
+        "human review of an evaluation: import a filled review sample, show the verdicts",
+        "Every evaluation writes reports/EVAL_ID/review_sample.csv (and .jsonl): blinded answers A and B; fill in "
+        "preferred (A, B or tie; blank = not reviewed) and note. The verdicts go to the registry (<data dir>/"
+        "registry.db unless --url or $FT_PIPELINE_REGISTRY_URL names another).",
+    )
+    _add_location_options(review, url=True)
+    review_actions = review.add_subparsers(dest="action", required=True, title="subcommands", metavar="SUBCOMMAND")
+    review_import = _add_command(
+        review_actions,
+        "import",
+        "record the verdicts of a filled review sample (CSV or JSONL)",
+        "Every row is checked: a bad one is rejected with its line number (exit code 1), the others are recorded. "
+        "The latest verdict per evaluation, example and reviewer wins, so a corrected file can be imported again.",
+    )
+    review_import.add_argument("file", metavar="FILE", help="the filled review_sample.csv or .jsonl")
+    review_import.add_argument(
+        "--reviewer",
+        default=os.environ.get("USER", "") or "unknown",
+        metavar="NAME",
+        help="who reviewed (default: $USER)",
+    )
+    review_show = _add_command(review_actions, "show", "an evaluation's review sample, its verdicts and the kappa")
+    review_show.add_argument("eval_id", metavar="EVAL_ID")
+    for action in (review_import, review_show):
+        _add_location_options(action, url=True, repeated=True)
+    review.set_defaults(func=_cmd_review)
 
     serve_cmd = _add_command(
         sub,

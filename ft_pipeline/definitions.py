@@ -6,6 +6,7 @@ import os
 
 import dagster as dg
 
+from ft_pipeline.defs.augmentation import augmented_train_split
 from ft_pipeline.defs.automation import (
     make_new_log_files_sensor,
     make_nightly_retrain_schedule,
@@ -35,7 +36,9 @@ EVALUATION_ASSETS = [evaluation_report, promoted_model]
 DOWNSTREAM_ASSETS = [*DATASET_ASSETS, *TRAINING_ASSETS, *EVALUATION_ASSETS]
 # Preference data (DPO pairs, KTO examples): beside the SFT dataset, built in the same jobs.
 PREFERENCE_ASSETS = [preference_dataset]
-ALL_ASSETS = [*PER_FILE_ASSETS, *DOWNSTREAM_ASSETS, *PREFERENCE_ASSETS]
+# The optional augmented train split (off unless configured): beside the splits, in the same jobs.
+AUGMENTATION_ASSETS = [augmented_train_split]
+ALL_ASSETS = [*PER_FILE_ASSETS, *DOWNSTREAM_ASSETS, *PREFERENCE_ASSETS, *AUGMENTATION_ASSETS]
 
 # Per landed file: parse and clean (one run per partition, as the new-file sensor will launch).
 ingest_log_file_job = dg.define_asset_job(
@@ -46,12 +49,12 @@ ingest_log_file_job = dg.define_asset_job(
 # Fan-in: everything downstream of the per-file assets.
 build_dataset_job = dg.define_asset_job(
     name="build_dataset",
-    selection=dg.AssetSelection.assets(*DATASET_ASSETS, *PREFERENCE_ASSETS),
+    selection=dg.AssetSelection.assets(*DATASET_ASSETS, *PREFERENCE_ASSETS, *AUGMENTATION_ASSETS),
     description="Global dedup of all cleaned files, then the train/validation/test splits and the preference data.",
 )
 train_model_job = dg.define_asset_job(
     name="train_model",
-    selection=dg.AssetSelection.assets(*DOWNSTREAM_ASSETS, *PREFERENCE_ASSETS),
+    selection=dg.AssetSelection.assets(*DOWNSTREAM_ASSETS, *PREFERENCE_ASSETS, *AUGMENTATION_ASSETS),
     description="Curated dataset, splits, preference data, fine-tuned model, evaluation and promotion.",
 )
 

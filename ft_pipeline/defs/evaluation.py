@@ -1,5 +1,6 @@
 """evaluation_report (with the blocking promotion gate) and promoted_model."""
 
+import math
 import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -32,6 +33,7 @@ from ft_pipeline.lib.evaluation.generation import GenerationConfig
 from ft_pipeline.lib.evaluation.latency import LATENCY_COLUMNS, LatencyConfig
 from ft_pipeline.lib.evaluation.promotion import NotPromoted, promote_candidate
 from ft_pipeline.lib.evaluation.report import EXAMPLE_TEXT_CHARS, EXAMPLES_SHOWN, example_rows
+from ft_pipeline.lib.evaluation.review import ReviewConfig
 from ft_pipeline.lib.evaluation.runner import EvaluationConfig
 from ft_pipeline.lib.evaluation.summary import EvaluationSummary, read_evaluation_summary
 from ft_pipeline.lib.inline_charts import metric_means_svg
@@ -47,6 +49,7 @@ _GEN = GenerationConfig()
 _CANDIDATE = CandidateEvaluationConfig()
 _LATENCY = LatencyConfig()
 _COST = CostConfig()
+_REVIEW = ReviewConfig()
 
 
 class EvaluationRunConfig(dg.Config):
@@ -99,7 +102,8 @@ class EvaluationRunConfig(dg.Config):
         default=_CANDIDATE.judge_model,
         description="Optional LLM-as-judge: an OpenAI-compatible chat model (through the openai_fine_tuning "
         "resource) that compares candidate and baseline answers pairwise in both orders; empty = off. "
-        "Informational, not part of the gate.",
+        "Part of the gate only with primary_metric judge_win_rate (and then only with enough agreement with "
+        "human review: judge_min_kappa).",
     )
     measure_latency: bool = Field(
         default=_LATENCY.enabled,
@@ -158,6 +162,27 @@ class EvaluationRunConfig(dg.Config):
         description="Expected requests a month, for the payback estimate (training cost / monthly saving of the "
         "candidate over the reference); 0 = no payback estimate. Informational, not part of the gate.",
     )
+    review_sample_size: int = Field(
+        default=_REVIEW.review_sample_size,
+        description="Human review sample (reports/<eval_id>/review_sample.csv and .jsonl, blinded A/B): examples per "
+        "tag, a seeded draw within each tag; 0 = none by tag.",
+    )
+    review_disagreements: int = Field(
+        default=_REVIEW.review_disagreements,
+        description="Plus this many examples of the largest candidate-vs-base difference on the answer metric; "
+        "0 = none. With review_sample_size also 0 no review sample is written.",
+    )
+    judge_min_kappa: float = Field(
+        default=_REVIEW.judge_min_kappa,
+        description="With primary_metric judge_win_rate the judge may gate only when the lower bound of the 95% CI "
+        "of its Cohen's kappa with human review verdicts (ft-pipeline review import) is at least this; 0.4 is "
+        "where 'moderate' agreement begins (Landis & Koch). Otherwise the judge_agreement rule fails.",
+    )
+    judge_min_human_labels: int = Field(
+        default=_REVIEW.judge_min_human_labels,
+        description="Fewest human verdicts on examples the judge judged (earlier evaluations of the same model name "
+        "and judge model) before the judge may gate; below ~30 a kappa's CI is too wide to say much.",
+    )
 
     def gate(self) -> PromotionGate:
         return PromotionGate(
@@ -203,6 +228,12 @@ class EvaluationRunConfig(dg.Config):
                 reference_input_price_per_1m_tokens=self.reference_input_price_per_1m_tokens,
                 reference_output_price_per_1m_tokens=self.reference_output_price_per_1m_tokens,
                 requests_per_month=self.requests_per_month,
+            ),
+            review=ReviewConfig(
+                review_sample_size=self.review_sample_size,
+                review_disagreements=self.review_disagreements,
+                judge_min_kappa=self.judge_min_kappa,
+                judge_min_human_labels=self.judge_min_human_labels,
             ),
         )
 
@@ -357,6 +388,7 @@ def _report_metadata(
     metadata.update(_preference_metadata(result.extra.get("preference_accuracy")))
     metadata.update(_latency_metadata(result.extra.get("latency")))
     metadata.update(_cost_metadata(result.extra.get("cost")))
+    metadata.update(_review_metadata(result.extra, paths, data_dir))
     metadata.update(
         {
             "eval_id": summary.eval_id,
@@ -468,6 +500,30 @@ def _cost_metadata(cost: Mapping[str, Any] | None) -> dict[str, Any]:
     else:
         status = "never" if payback["status"] == "never" else "not estimated"
         metadata["payback"] = f"{status}: {payback['detail']}"
+    return metadata
+
+
+def _review_metadata(extra: Mapping[str, Any], paths: Mapping[str, Path], data_dir: Path) -> dict[str, Any]:
+    """The review sample's path (``review_sample``) and size, and the judge's agreement with human
+    review as plain numbers (plotted across evaluations) once people have reviewed: Cohen's kappa
+    with its CI bounds, the raw agreement and how many verdicts it rests on."""
+    metadata: dict[str, Any] = {}
+    if "review_sample" in paths:
+        metadata["review_sample"] = data_path(paths["review_sample"], data_dir)
+        metadata["review_sample_examples"] = int(extra["review_sample"]["n"])
+    agreement = extra.get("judge_agreement")
+    if agreement:
+        metadata["judge_human_labels"] = int(agreement["n"])
+        names = {
+            "kappa": "judge_human_kappa",
+            "ci_low": "judge_human_kappa_ci_low",
+            "ci_high": "judge_human_kappa_ci_high",
+            "raw_agreement": "judge_human_agreement",
+        }
+        for key, name in names.items():
+            value = agreement.get(key)
+            if value is not None and math.isfinite(value):  # kappa is undefined (NaN) without variation
+                metadata[name] = round(float(value), 4)
     return metadata
 
 

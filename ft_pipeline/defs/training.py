@@ -22,7 +22,7 @@ from ft_pipeline.defs.metadata import (
 )
 from ft_pipeline.defs.resources import OpenAIFineTuningResource, PipelineStorage, TogetherResource
 from ft_pipeline.lib.inline_charts import Point, loss_sparkline_svg, series
-from ft_pipeline.lib.manifests import PreferenceManifest, SplitsManifest, read_manifest
+from ft_pipeline.lib.manifests import AugmentedTrainManifest, PreferenceManifest, SplitsManifest, read_manifest
 from ft_pipeline.lib.training.backends import (
     FineTuningBackend,
     TrainingHooks,
@@ -33,7 +33,7 @@ from ft_pipeline.lib.training.backends import (
 from ft_pipeline.lib.training.backends.local_lora import LocalLoraBackend
 from ft_pipeline.lib.training.backends.openai import OpenAIBackend
 from ft_pipeline.lib.training.backends.together import TogetherBackend, TogetherFineTuneConfig
-from ft_pipeline.lib.training.fine_tune import NoPreferenceData, read_splits
+from ft_pipeline.lib.training.fine_tune import NoAugmentedData, NoPreferenceData, augmented_train_for, read_splits
 from ft_pipeline.lib.training.lora import LoraTrainingConfig
 from ft_pipeline.lib.training.openai_job import FineTuneError, OpenAIFineTuneConfig
 
@@ -70,6 +70,12 @@ class FineTuneRunConfig(dg.Config):
         default="local_lora",
         description="local_lora (TRL + PEFT in a Pipes subprocess), openai (a fine-tuning job) or together (a "
         "Together AI fine-tuning job).",
+    )
+    train_on_augmented: bool = Field(
+        default=False,
+        description="sft: train on augmented_train_split (the train split plus its perturbed copies) instead of "
+        "the plain train split; it must have been materialized with enabled=true for the current splits. Its "
+        "version (the splits' and the augmentation settings) keys the run.",
     )
     # local_lora
     base_model: str = Field(
@@ -273,7 +279,8 @@ def _splits(storage: PipelineStorage) -> SplitsManifest:
 
 @dg.asset(
     # preference_dataset: what dpo, kto and sft_then_dpo train on (sft does not read it).
-    deps=["train_split", "validation_split", "preference_dataset"],
+    # augmented_train_split: what sft trains on with train_on_augmented.
+    deps=["train_split", "validation_split", "preference_dataset", "augmented_train_split"],
     group_name="training",
     code_version=TRAINING_CODE_VERSION,
     pool="gpu",
@@ -307,14 +314,16 @@ def fine_tuned_model(
     headline numbers, a loss sparkline (train and validation loss over steps), the settings and
     the remaining training figures as tables; the full-size loss plot opens with one click."""
     splits = _splits(storage)
+    augmented = _augmented(config, splits)
+    # sft never reads preference_dataset (it may not exist yet).
+    preferences = read_manifest(storage.folder("preferences"), PreferenceManifest) if config.method != "sft" else None
     request = TrainingRequest(
         method=config.method,
         splits=splits,
-        preferences=read_manifest(storage.folder("preferences"), PreferenceManifest)
-        if config.method != "sft"
-        else None,
+        preferences=preferences,
         models_folder=storage.folder("models"),
         data_dir=storage.root(),
+        augmented=augmented,
     )
     backend = _backend_for(config, storage, context, local_trainer, openai_fine_tuning, together)
     job_ids: list[str] = []
@@ -329,9 +338,34 @@ def fine_tuned_model(
             metadata={"job_id": job_ids[-1] if job_ids else ""},
         ) from None
     return dg.MaterializeResult(
-        metadata=_outcome_metadata(config, splits, outcome, storage.root()),
+        metadata={
+            **_outcome_metadata(config, splits, outcome, storage.root()),
+            **_augmented_metadata(splits, augmented),
+        },
         data_version=dg.DataVersion(outcome.record.version),
     )
+
+
+def _augmented(config: FineTuneRunConfig, splits: SplitsManifest) -> AugmentedTrainManifest | None:
+    """The augmented train split to train on (``train_on_augmented``), or ``None``: the plain one."""
+    if not config.train_on_augmented:
+        return None
+    try:
+        return augmented_train_for(splits, config.method)
+    except NoAugmentedData as err:
+        raise dg.Failure(description=str(err)) from None
+
+
+def _augmented_metadata(splits: SplitsManifest, augmented: AugmentedTrainManifest | None) -> dict[str, Any]:
+    """With ``train_on_augmented``: the plain train split's version and the augmented split's."""
+    if augmented is None:
+        return {"train_on_augmented": False}
+    return {
+        "train_on_augmented": True,
+        "train_split_version": splits.version,
+        "augmented_train_version": augmented.version,
+        "augmented_train_examples": augmented.rows,
+    }
 
 
 def _backend_for(
@@ -349,6 +383,8 @@ def _backend_for(
         "together": lambda: _together_backend(config, together),
     }
     if config.backend in hosted:
+        if config.method == "kto":
+            raise dg.Failure(description="method 'kto' is trained locally only: use backend local_lora, or method dpo")
         return hosted[config.backend]()
     if config.backend != "local_lora":
         raise dg.Failure(description=f"unknown backend {config.backend!r}: local_lora or one of {sorted(hosted)}")

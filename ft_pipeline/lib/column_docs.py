@@ -55,4 +55,7 @@ COLUMN_DESCRIPTIONS: dict[str, str] = {
     # Splits.
     "split": "train, validation or test (preferences: or excluded, touching the SFT test split and another).",
     "split_group": "Key of the group (user, shared context, shared first turn) that decided the split.",
+    # augmented_train_split.
+    "augmented_from": "conversation_id of the train example this is a perturbed copy of (null: an original).",
+    "augmentation": "Perturbation of the copy's user turns: typos, case_whitespace or punctuation (null: an original).",
 }

@@ -23,6 +23,7 @@ from ft_pipeline.lib.dedup import DedupConfig
 from ft_pipeline.lib.storage import LATEST, write_text
 
 __all__ = [
+    "AugmentedTrainManifest",
     "CleanedManifest",
     "CuratedManifest",
     "ManifestError",
@@ -106,6 +107,31 @@ class SplitsManifest:
 
     def jsonl(self, split: str) -> str:
         return self.paths[split]["jsonl"]
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentedTrainManifest:
+    """What ``augmented_train_split`` wrote: the train split of ``splits_version`` plus seeded,
+    perturbed copies of some of its user turns (``splits/<splits_version>/augmented/latest.json``)."""
+
+    KIND: ClassVar[str] = "augmented_train"
+    SCHEMA: ClassVar[int] = 1
+    PRODUCED_BY: ClassVar[str] = "augmented_train_split (with enabled=true)"
+
+    version: str
+    """Content version: the splits' version, the augmentation settings and the code version."""
+    splits_version: str
+    settings: dict[str, Any]
+    """The augmentation settings it was made with (kinds, copies, fraction, seed, rate)."""
+    paths: dict[str, str]
+    """``{"parquet": path, "jsonl": path}``: the augmented train split (originals + copies)."""
+    rows: int
+
+    def parquet(self) -> str:
+        return self.paths["parquet"]
+
+    def jsonl(self) -> str:
+        return self.paths["jsonl"]
 
 
 @dataclasses.dataclass(frozen=True)

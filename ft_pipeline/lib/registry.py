@@ -33,7 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +67,8 @@ from ft_pipeline.lib.registry_schema import (
     evaluations,
     metadata,
     model_versions,
+    review_items,
+    review_verdicts,
     training_runs,
 )
 
@@ -323,7 +325,8 @@ class ModelRegistry:
         where = self._engine.url.database or self.url
         try:
             with self._engine.connect() as conn:
-                rows = [str(r[0]) for r in conn.exec_driver_sql("PRAGMA quick_check").fetchall()]
+                # One line per problem (SQLite may put a line break inside one), so the error is one line.
+                rows = [" ".join(str(r[0]).split()) for r in conn.exec_driver_sql("PRAGMA quick_check").fetchall()]
         except DBAPIError as err:
             self._engine.dispose()
             raise RegistryCorrupt(f"registry database {where} is corrupt: {err.orig}") from None
@@ -1206,3 +1209,111 @@ class ModelRegistry:
                 idempotency_key=None,
                 now=now,
             )
+
+    # -- human review (lib/evaluation/review.py) -----------------------------------------------
+
+    def record_review_sample(self, eval_id: str, items: Sequence[Mapping[str, Any]]) -> int:
+        """Record an evaluation's review sample: per example its ``example_id``, ``tag``,
+        ``candidate_side`` (``A``/``B``: the hidden key of the blinded file), ``judge_verdict``
+        (candidate/base/tie or None), ``judge_model`` and ``selected_by``. Idempotent: an example
+        already recorded for ``eval_id`` is kept as it is. Returns how many rows were added."""
+
+        def write(conn: Connection) -> int:
+            if conn.execute(select(evaluations.c.eval_id).where(evaluations.c.eval_id == eval_id)).first() is None:
+                raise NotFound(f"evaluation {eval_id!r} is not recorded")
+            known = set(
+                conn.execute(select(review_items.c.example_id).where(review_items.c.eval_id == eval_id)).scalars()
+            )
+            now = _now()
+            rows = [
+                {
+                    "eval_id": eval_id,
+                    "example_id": str(item["example_id"]),
+                    "tag": str(item["tag"]),
+                    "candidate_side": str(item["candidate_side"]),
+                    "judge_verdict": item.get("judge_verdict"),
+                    "judge_model": item.get("judge_model"),
+                    "selected_by": str(item["selected_by"]),
+                    "created_at": now,
+                }
+                for item in items
+                if str(item["example_id"]) not in known
+            ]
+            if rows:
+                conn.execute(insert(review_items), rows)
+            return len(rows)
+
+        return self._write(write, attempts=2, failure=f"could not record the review sample of {eval_id}")
+
+    def review_sample(self, eval_id: str) -> list[dict[str, Any]]:
+        """The review sample recorded for ``eval_id`` (empty when there is none), by example id."""
+        query = select(review_items).where(review_items.c.eval_id == eval_id).order_by(review_items.c.example_id)
+        with self._tx() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    def record_review_verdicts(
+        self, eval_id: str, verdicts: Sequence[Mapping[str, Any]], *, reviewer: str, source: str = ""
+    ) -> dict[str, int]:
+        """Record a reviewer's verdicts (``example_id``, ``preferred``: candidate/base/tie, ``note``)
+        on examples of ``eval_id``'s review sample, in one transaction. The latest verdict per
+        (evaluation, example, reviewer) wins: re-importing replaces, never duplicates. Returns the
+        counts ``new``, ``updated`` and ``unchanged``."""
+
+        def write(conn: Connection) -> dict[str, int]:
+            counts = {"new": 0, "updated": 0, "unchanged": 0}
+            now = _now()
+            for verdict in verdicts:
+                key = and_(
+                    review_verdicts.c.eval_id == eval_id,
+                    review_verdicts.c.example_id == str(verdict["example_id"]),
+                    review_verdicts.c.reviewer == reviewer,
+                )
+                values = {"preferred": str(verdict["preferred"]), "note": verdict.get("note") or None}
+                existing = conn.execute(select(review_verdicts).where(key)).mappings().first()
+                if existing is None:
+                    row = {"eval_id": eval_id, "example_id": str(verdict["example_id"]), "reviewer": reviewer}
+                    conn.execute(insert(review_verdicts).values(**row, **values, source=source, updated_at=now))
+                    counts["new"] += 1
+                elif {k: existing[k] for k in values} == values:
+                    counts["unchanged"] += 1
+                else:
+                    conn.execute(update(review_verdicts).where(key).values(**values, source=source, updated_at=now))
+                    counts["updated"] += 1
+            return counts
+
+        return self._write(write, attempts=2, failure=f"could not record the review verdicts of {eval_id}")
+
+    def review_verdicts(
+        self, *, eval_id: str | None = None, model_name: str | None = None, judge_model: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Human verdicts with their example's review-sample row (``tag``, ``judge_verdict``,
+        ``judge_model``, ``selected_by``) and evaluation (``model_name``, ``version``): of one
+        evaluation, of every evaluation of a model, and/or on examples a given judge model judged."""
+        query = (
+            select(
+                review_verdicts,
+                review_items.c.tag,
+                review_items.c.judge_verdict,
+                review_items.c.judge_model,
+                review_items.c.selected_by,
+                evaluations.c.model_name,
+                evaluations.c.version,
+            )
+            .join(
+                review_items,
+                and_(
+                    review_items.c.eval_id == review_verdicts.c.eval_id,
+                    review_items.c.example_id == review_verdicts.c.example_id,
+                ),
+            )
+            .join(evaluations, evaluations.c.eval_id == review_verdicts.c.eval_id)
+            .order_by(review_verdicts.c.eval_id, review_verdicts.c.example_id, review_verdicts.c.reviewer)
+        )
+        if eval_id is not None:
+            query = query.where(review_verdicts.c.eval_id == eval_id)
+        if model_name is not None:
+            query = query.where(evaluations.c.model_name == model_name)
+        if judge_model is not None:
+            query = query.where(review_items.c.judge_model == judge_model)
+        with self._tx() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]

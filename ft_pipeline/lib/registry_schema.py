@@ -1,5 +1,6 @@
 """The model registry's tables (SQLAlchemy Core): dataset versions, training runs, model
-versions, evaluations, aliases and the append-only alias audit log.
+versions, evaluations, aliases, the append-only alias audit log, and the human review of an
+evaluation (its review sample and the reviewers' verdicts).
 
 Portable types only (Text/String/Integer/BigInteger/Boolean; JSON stored as text), so one schema
 serves SQLite and PostgreSQL. :mod:`ft_pipeline.lib.registry` reads and writes these tables.
@@ -30,6 +31,7 @@ __all__ = [
     "BACKEND_CHECKS",
     "OLD_BACKEND_CHECKS",
     "LIFECYCLES",
+    "REVIEW_PREFERENCES",
     "SPLITS",
     "TERMINAL_RUN_STATUSES",
     "alias_events",
@@ -38,6 +40,8 @@ __all__ = [
     "evaluations",
     "metadata",
     "model_versions",
+    "review_items",
+    "review_verdicts",
     "training_runs",
 ]
 
@@ -52,6 +56,8 @@ LIFECYCLES = ("candidate", "staging", "production", "archived", "rejected")
 SPLITS = ("train", "validation", "test", "eval", "regression")
 ACTIONS = ("promote", "rollback", "demote", "approve", "reject")
 TERMINAL_RUN_STATUSES = ("succeeded", "failed", "cancelled")
+#: What a reviewer (or the judge) preferred on one example of a review sample.
+REVIEW_PREFERENCES = ("candidate", "base", "tie")
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
@@ -188,4 +194,47 @@ alias_events = Table(
     # SQLite AUTOINCREMENT: event ids are never reused, so the id order is the log order.
     # (A dialect keyword: other databases ignore it and use their own sequence.)
     sqlite_autoincrement=True,
+)
+
+# Human review (lib/evaluation/review.py). New tables only: ``metadata.create_all(checkfirst=True)``,
+# which runs whenever a registry is opened, adds them to an existing database (the registry's
+# migration path for additive changes); no existing table changes.
+
+review_items = Table(
+    "review_items",
+    metadata,
+    Column("eval_id", String(255), ForeignKey("evaluations.eval_id"), nullable=False),
+    Column("example_id", String(255), nullable=False),
+    Column("tag", String(255), nullable=False),
+    # The hidden key: the reviewer sees the answers as A and B; this says which one the candidate's is.
+    Column("candidate_side", String(1), nullable=False),
+    Column("judge_verdict", String(16)),  # NULL: no judge (or not judged)
+    Column("judge_model", String(255)),
+    Column("selected_by", String(16), nullable=False),  # 'tag' or 'disagreement'
+    Column("created_at", BigInteger, nullable=False),
+    PrimaryKeyConstraint("eval_id", "example_id", name="pk_review_items"),
+    CheckConstraint("candidate_side IN ('A', 'B')", name="ck_review_items_side"),
+    CheckConstraint(
+        "judge_verdict IS NULL OR " + _in("judge_verdict", REVIEW_PREFERENCES), name="ck_review_items_judge"
+    ),
+)
+
+review_verdicts = Table(
+    "review_verdicts",
+    metadata,
+    Column("eval_id", String(255), nullable=False),
+    Column("example_id", String(255), nullable=False),
+    Column("reviewer", String(255), nullable=False),
+    Column("preferred", String(16), nullable=False),
+    Column("note", Text),
+    Column("source", Text),  # the imported file's name
+    Column("updated_at", BigInteger, nullable=False),
+    # One verdict per reviewer and example: a re-import replaces it (the latest wins).
+    PrimaryKeyConstraint("eval_id", "example_id", "reviewer", name="pk_review_verdicts"),
+    ForeignKeyConstraint(
+        ["eval_id", "example_id"],
+        ["review_items.eval_id", "review_items.example_id"],
+        name="fk_review_verdicts_item",
+    ),
+    CheckConstraint(_in("preferred", REVIEW_PREFERENCES), name="ck_review_verdicts_preferred"),
 )

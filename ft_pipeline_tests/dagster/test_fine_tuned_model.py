@@ -202,6 +202,11 @@ def test_openai_backend_against_the_fake_server(built_dataset, resources, data_d
         judge = next(r.data for r in report_meta["llm_judge"].value.records if r.data["versus"] == "base")
         assert judge["judge_model"] == "judge-model"
         assert judge["ties"] == judge["n"] > 0
+        # The human review sample's path, relative to the data directory like the other paths, and
+        # the judge's agreement with human review (no verdicts yet).
+        review_sample = report_meta["review_sample"].value
+        assert review_sample.startswith("reports/") and (data_dir / review_sample).is_file()
+        assert report_meta["judge_human_labels"].value == 0 and "judge_human_kappa" not in report_meta
         assert not [k for k, v in report_meta.items() if isinstance(v, dg.JsonMetadataValue)]
         gate = next(c for c in evaluation.get_asset_check_evaluations() if c.check_name == "promotion_gate")
         # The fake's fine-tuned model recalls training answers (the sample repeats follow-up

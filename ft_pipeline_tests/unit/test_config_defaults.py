@@ -20,6 +20,7 @@ import dagster as dg
 import pytest
 
 import ft_pipeline.defs
+from ft_pipeline.lib.augmentation import AugmentationConfig
 from ft_pipeline.lib.cleaning import CleaningConfig
 from ft_pipeline.lib.curation import CurationConfig
 from ft_pipeline.lib.dedup import DedupConfig
@@ -29,6 +30,7 @@ from ft_pipeline.lib.evaluation.gate import PromotionGate
 from ft_pipeline.lib.evaluation.generation import GenerationConfig
 from ft_pipeline.lib.evaluation.latency import LatencyConfig
 from ft_pipeline.lib.evaluation.report import EXAMPLES_SHOWN
+from ft_pipeline.lib.evaluation.review import ReviewConfig
 from ft_pipeline.lib.evaluation.runner import EvaluationConfig
 from ft_pipeline.lib.exports import DEFAULT_LICENSE
 from ft_pipeline.lib.openai_format import DEFAULT_OPENAI_FINE_TUNING_MODEL
@@ -77,8 +79,10 @@ TABLE: dict[str, dict[str, Any]] = {
         "NO_LIB": {"exports": "the wrapper's switch for writing the exports at all"},
     },
     "PreferenceRunConfig": {"SOURCES": [PreferenceConfig(), PreferenceDatasetConfig()]},
+    "AugmentationRunConfig": {"SOURCES": [AugmentationConfig()]},
     "FineTuneRunConfig": {
         "SOURCES": [LoraTrainingConfig()],
+        "NO_LIB": {"train_on_augmented": "the wrapper's choice of train file (the lib takes the manifest or None)"},
         "RENAMED": {
             "backend": (None, DEFAULT_BACKEND),
             # The training objective, shared by both backends (LoraTrainingConfig's default is the same).
@@ -112,7 +116,14 @@ TABLE: dict[str, dict[str, Any]] = {
     },
     "EvaluationRunConfig": {
         # seed is both the bootstrap's and the generation's; their lib defaults agree (checked below).
-        "SOURCES": [CandidateEvaluationConfig(), PromotionGate(), EvaluationConfig(), GenerationConfig(), CostConfig()],
+        "SOURCES": [
+            CandidateEvaluationConfig(),
+            PromotionGate(),
+            EvaluationConfig(),
+            GenerationConfig(),
+            CostConfig(),
+            ReviewConfig(),
+        ],
         # How many test prompts the asset's metadata shows (lib/evaluation/report.py builds the rows).
         "RENAMED": {
             "examples_shown": (None, EXAMPLES_SHOWN),

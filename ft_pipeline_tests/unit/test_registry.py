@@ -547,3 +547,57 @@ def test_two_processes_promoting_at_once_exactly_one_wins(registry_url):
         assert reg.get_version(model, loser).lifecycle == "candidate"
         assert reg.get_version(model, winner).lifecycle == alias
     reg.close()
+
+
+def _with_old_backend_check(registry_url: str) -> None:
+    """Turn a fresh registry's backend constraint into the one registries had before the azure and
+    together backends (only openai and local_lora allowed)."""
+    from sqlalchemy import create_engine
+
+    from ft_pipeline.lib.registry_schema import BACKEND_CHECKS, OLD_BACKEND_CHECKS
+
+    ModelRegistry(registry_url).close()
+    engine = create_engine(registry_url)
+    with engine.begin() as conn:
+        for table, constraint in BACKEND_CHECKS.items():
+            if engine.dialect.name == "sqlite":
+                (sql,) = conn.exec_driver_sql("SELECT sql FROM sqlite_master WHERE name = ?", (table,)).one()
+                new_check = "backend IN ('openai', 'local_lora', 'azure', 'together')"
+                assert new_check in sql
+                (schema_version,) = conn.exec_driver_sql("PRAGMA schema_version").one()
+                conn.exec_driver_sql("PRAGMA writable_schema = ON")
+                conn.exec_driver_sql(
+                    "UPDATE sqlite_master SET sql = ? WHERE name = ?",
+                    (sql.replace(new_check, OLD_BACKEND_CHECKS[0]), table),
+                )
+                conn.exec_driver_sql(f"PRAGMA schema_version = {schema_version + 1}")
+                conn.exec_driver_sql("PRAGMA writable_schema = OFF")
+            else:
+                conn.exec_driver_sql(f"ALTER TABLE {table} DROP CONSTRAINT {constraint}")
+                conn.exec_driver_sql(f"ALTER TABLE {table} ADD CONSTRAINT {constraint} CHECK ({OLD_BACKEND_CHECKS[0]})")
+    engine.dispose()
+
+
+def test_a_registry_made_before_the_azure_and_together_backends_accepts_their_models(registry_url):
+    _with_old_backend_check(registry_url)
+    # The old constraint is really there: before the upgrade a together run is refused.
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import IntegrityError
+
+    engine = create_engine(registry_url)
+    with pytest.raises(IntegrityError), engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO dataset_versions (dataset_version_id, name, split, content_sha256, n_examples, created_at) "
+            "VALUES ('d', 'n', 'train', 'x', 1, 1)"
+        )
+        conn.exec_driver_sql(
+            "INSERT INTO training_runs (training_run_id, run_key, backend, base_model, train_dataset_version_id, "
+            "method_json, status) VALUES ('t', 'rk', 'together', 'b', 'd', '{}', 'succeeded')"
+        )
+    engine.dispose()
+    with ModelRegistry(registry_url) as upgraded:
+        for n, backend in enumerate(("together", "azure", "openai", "local_lora")):
+            version = _candidate(upgraded, n, backend=backend)
+            assert upgraded.get_version(MODEL, version.version).backend == backend
+    with ModelRegistry(registry_url) as reopened:  # a second open changes nothing
+        assert [v.backend for v in reopened.list_versions(MODEL)] == ["together", "azure", "openai", "local_lora"]

@@ -569,3 +569,25 @@ def test_serve_config_defaults_and_checks():
     ):
         with pytest.raises(ValueError):
             ServeConfig(**bad)
+
+
+def test_hosted_versions_are_proxied_to_their_own_provider(monkeypatch):
+    """together versions go to Together's OpenAI-compatible endpoint with TOGETHER_API_KEY, azure ones
+    to the Azure endpoint; a missing key or endpoint is one clear error naming the setting, not the key."""
+    import openai
+
+    from ft_pipeline.lib.serving.models import _provider_client
+
+    config = ServeConfig(azure_endpoint="https://example-resource.openai.azure.com")
+    monkeypatch.delenv("TOGETHER_API_KEY", raising=False)
+    with pytest.raises(ValueError, match="TOGETHER_API_KEY is not set"):
+        _provider_client("together", config)
+    monkeypatch.setenv("TOGETHER_API_KEY", "tg-secret-key")
+    together = _provider_client("together", config)
+    assert str(together.base_url).rstrip("/") == "https://api.together.xyz/v1" and together.api_key == "tg-secret-key"
+    monkeypatch.setenv("AZURE_OPENAI_API_KEY", "az-secret-key")
+    azure = _provider_client("azure", config)
+    assert isinstance(azure, openai.AzureOpenAI) and "example-resource" in str(azure.base_url)
+    with pytest.raises(ValueError, match="azure_endpoint is not set") as err:
+        _provider_client("azure", ServeConfig())
+    assert "az-secret-key" not in str(err.value)

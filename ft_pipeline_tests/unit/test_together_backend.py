@@ -290,6 +290,12 @@ def test_the_api_key_never_reaches_messages_logs_or_records(fake, files, tmp_pat
     assert {r.headers.get("authorization") for r in fake.requests} <= {"Bearer ***", None}
 
 
+def test_the_together_backend_implements_the_protocol(fake):
+    from ft_pipeline.lib.training.backends import FineTuningBackend
+
+    assert isinstance(_backend(fake), FineTuningBackend)
+
+
 def test_config_refuses_what_together_cannot_take():
     with pytest.raises(ValueError, match="at most 23 characters"):
         TogetherFineTuneConfig(suffix="x" * 24)
@@ -302,3 +308,29 @@ def test_config_refuses_what_together_cannot_take():
     key = together_run_key(base, "v", "sft")
     assert together_run_key(TogetherFineTuneConfig(poll_interval_s=1, timeout_s=5), "v", "sft") == key
     assert together_run_key(TogetherFineTuneConfig(lora_r=16), "v", "sft") != key
+
+
+def test_train_with_prepares_from_the_splits_and_the_augmented_split(fake, files, tmp_path):
+    """prepare: the SFT splits' JSONL and their version key the run; train_on_augmented trains on
+    the augmented train split under its own key; preference methods refuse it."""
+    import dataclasses
+
+    from ft_pipeline.lib.manifests import AugmentedTrainManifest, SplitsManifest
+    from ft_pipeline.lib.training.fine_tune import NoAugmentedData, NoPreferenceData
+
+    paths = {"train": {"jsonl": str(files["train"])}, "validation": {"jsonl": str(files["valid"])}}
+    splits = SplitsManifest(version="s1", curated_version="c1", paths=paths)
+    request = TrainingRequest("sft", splits, None, tmp_path / "models", tmp_path)
+    plain = train_with(_backend(fake), request, TrainingHooks())
+    assert plain.record.data_version == "s1"
+    assert plain.record.version == together_run_key(_backend(fake).config, "s1", "sft")
+    augmented = AugmentedTrainManifest(
+        version="aug1", splits_version="s1", settings={}, paths={"jsonl": str(files["train"]), "parquet": ""}, rows=12
+    )
+    outcome = train_with(_backend(fake), dataclasses.replace(request, augmented=augmented), TrainingHooks())
+    assert outcome.record.data_version == "aug1" and outcome.record.version != plain.record.version
+    assert len(fake.jobs) == 2
+    with pytest.raises(NoAugmentedData, match="SFT method only"):
+        _backend(fake, method="dpo").prepare(dataclasses.replace(request, method="dpo", augmented=augmented))
+    with pytest.raises(NoPreferenceData):
+        _backend(fake, method="dpo").prepare(dataclasses.replace(request, method="dpo"))

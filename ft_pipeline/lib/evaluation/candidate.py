@@ -30,6 +30,16 @@ from ft_pipeline.lib.evaluation.generation import (
 from ft_pipeline.lib.evaluation.latency import LatencyConfig, add_latency
 from ft_pipeline.lib.evaluation.preference_accuracy import evaluate_preference_accuracy
 from ft_pipeline.lib.evaluation.report import write_report
+from ft_pipeline.lib.evaluation.review import (
+    JUDGE_COLUMN,
+    ReviewConfig,
+    agreement_rule,
+    judge_agreement,
+    sample_summary,
+    select_review_sample,
+    with_rule,
+    write_review_sample,
+)
 from ft_pipeline.lib.evaluation.runner import EvaluationConfig, EvaluationResult, run_evaluation
 from ft_pipeline.lib.evaluation.summary import EvaluationSummary, write_evaluation_summary
 from ft_pipeline.lib.manifests import SplitsManifest
@@ -66,6 +76,8 @@ class CandidateEvaluationConfig:
     """Latency and throughput of candidate and base (lib/evaluation/latency.py)."""
     cost: CostConfig = field(default_factory=CostConfig)
     """Prices behind the training cost, inference cost per 1k requests and payback (lib/evaluation/cost.py)."""
+    review: ReviewConfig = field(default_factory=ReviewConfig)
+    """The human review sample, and when the judge may gate (lib/evaluation/review.py)."""
 
 
 @dataclass(frozen=True)
@@ -76,7 +88,8 @@ class CandidateEvaluation:
     """The manifest handed to promoted_model (also ``reports/latest.json``)."""
     result: EvaluationResult
     report_paths: dict[str, Path]
-    """``json``, ``markdown``, ``examples`` and the charts (``metrics``, ``deltas``)."""
+    """``json``, ``markdown``, ``examples``, the charts (``metrics``, ``deltas``) and the review
+    sample (``review_sample``, ``review_sample_jsonl``; absent when it is configured off)."""
     n_examples: int
     test_split_hash: str
     dataset_version: str
@@ -170,6 +183,7 @@ def evaluate_candidate(
     if config.judge_model:
         _add_judge_verdicts(result, test, generators, config, openai_client())
         log(f"LLM judge {config.judge_model}: {result.extra['judge']}")
+    agreement = _add_judge_agreement(result, registry, config)
     result.extra["primary"] = primary_view(result, config.gate)
     if config.gate.primary_metric in PREFERENCE_PRIMARY_METRICS:
         # The gate's first decision (in run_evaluation) could not see a preference metric: it is
@@ -185,8 +199,21 @@ def evaluate_candidate(
             primary=primary["comparisons"],
             primary_missing_reason=primary["missing_reason"],
         )
+        if config.gate.primary_metric == "judge_win_rate":
+            # The judge may gate only as far as people agree with it (lib/evaluation/review.py).
+            result.decision = with_rule(result.decision, agreement_rule(agreement))
 
-    eval_id = content_version(code_version, result.model_ids, test_hash, settings)
+    # The human verdicts behind the judge's agreement are an input too: after an import the
+    # next evaluation is a new one (a new report), not a re-run of the last.
+    review_state = [agreement["fingerprint"]] if agreement and agreement["n"] else []
+    eval_id = content_version(code_version, result.model_ids, test_hash, settings, *review_state)
+    review_items = select_review_sample(
+        result.examples, config.gate.answer_metric, config.review, seed=config.evaluation.seed
+    )
+    review_paths: dict[str, Path] = {}
+    if review_items:
+        review_paths = write_review_sample(review_items, eval_id, reports_folder / eval_id)
+        result.extra["review_sample"] = sample_summary(review_items, review_paths, config.review)
     context_info = {
         "eval_id": eval_id,
         "model_name": config.model_name,
@@ -205,6 +232,7 @@ def evaluate_candidate(
         "generation": dict(config.generation.__dict__),
     }
     paths = write_report(result, reports_folder / eval_id, context_info)
+    paths.update(review_paths)
     summary = EvaluationSummary(
         version=eval_id,
         path=str(paths["json"]),
@@ -234,6 +262,8 @@ def evaluate_candidate(
         leakage_checked=overlap == 0,
         dagster_run_id=run_id,
     )
+    if review_items:
+        registry.record_review_sample(eval_id, [item.registry_row(config.judge_model) for item in review_items])
     if not result.decision.passed and not already_production:
         registry.reject(
             config.model_name, version.version, evaluation_id=eval_id, reason=result.decision.description(), actor=actor
@@ -466,7 +496,29 @@ def _add_judge_verdicts(
             concurrency=config.generation.concurrency,
             seed=evaluation.seed,
         )
+        if baseline == "base":  # per example, for the human review sample (lib/evaluation/review.py)
+            result.examples.loc[result.examples["model"] == "candidate", JUDGE_COLUMN] = verdicts.per_example
         net_win = verdicts.net_win(
             n_resamples=evaluation.n_resamples, confidence=evaluation.confidence, seed=evaluation.seed
         )
         result.extra["judge"][baseline] = {**verdicts.to_dict(), "net_win": net_win}
+
+
+def _add_judge_agreement(
+    result: EvaluationResult, registry: ModelRegistry, config: CandidateEvaluationConfig
+) -> dict[str, Any] | None:
+    """``result.extra["judge_agreement"]``: the judge's agreement with the human verdicts recorded
+    for earlier evaluations of this model name judged by the same judge model (None without a judge)."""
+    if not config.judge_model:
+        return None
+    evaluation = config.evaluation
+    agreement = judge_agreement(
+        registry.review_verdicts(model_name=config.model_name, judge_model=config.judge_model),
+        config.review,
+        judge_model=config.judge_model,
+        n_resamples=evaluation.n_resamples,
+        confidence=evaluation.confidence,
+        seed=evaluation.seed,
+    )
+    result.extra["judge_agreement"] = agreement
+    return agreement

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ft_pipeline.lib.evaluation.review import review_markdown
 from ft_pipeline.lib.evaluation.runner import EvaluationResult
 from ft_pipeline.lib.pii import DEFAULT_PII_CONFIG, PiiConfig, scrub_pii
 
@@ -209,6 +210,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines.append(f"{label}: {preference['reason']}.")
     lines += _latency_markdown((report.get("extra") or {}).get("latency"))
     lines += _cost_markdown((report.get("extra") or {}).get("cost"))
+    lines += review_markdown(report.get("extra"))
     if report.get("side_by_side"):
         primary = _answer_metric(report)
         lines += ["", "## Answers side by side (first test prompts)", ""]

@@ -56,6 +56,17 @@ class ServeConfig:
     openai_max_retries: int = 2
     """SDK retries of a proxied request (connection errors, 408/409/429/5xx) before its error is
     passed on to the client."""
+    together_api_key_env: str = "TOGETHER_API_KEY"
+    """Environment variable with the API key used to proxy versions of backend ``together``."""
+    together_base_url: str = "https://api.together.xyz/v1"
+    """Together AI's OpenAI-compatible inference endpoint (versions of backend ``together``)."""
+    azure_endpoint: str = ""
+    """Azure OpenAI endpoint (``https://<resource>.openai.azure.com``) of versions of backend
+    ``azure``; they are called by their deployment name. Empty = such versions cannot be served."""
+    azure_api_key_env: str = "AZURE_OPENAI_API_KEY"
+    """Environment variable with the Azure OpenAI key (versions of backend ``azure``)."""
+    azure_api_version: str = "2024-10-21"
+    """Azure OpenAI data-plane API version."""
 
     def __post_init__(self) -> None:
         if not self.model_name:

@@ -284,10 +284,38 @@ def _collect(generated: Generator[str, None, list[int]], pieces: list[str]) -> G
         yield piece
 
 
+def _provider_client(backend: str, config: ServeConfig) -> Any:
+    """The OpenAI-compatible client of a hosted backend's provider: OpenAI (or ``openai_base_url``),
+    Together AI's OpenAI-compatible endpoint, or Azure OpenAI (deployment names as model ids). The
+    key is read from the environment variable the config names, never logged."""
+    import openai
+
+    key_env = {"together": config.together_api_key_env, "azure": config.azure_api_key_env}.get(
+        backend, config.openai_api_key_env
+    )
+    key = os.environ.get(key_env, "")
+    if not key:
+        raise ValueError(f"{key_env} is not set: backend {backend} versions need an API key")
+    timeout, retries = config.openai_timeout_s, config.openai_max_retries
+    if backend == "azure":
+        if not config.azure_endpoint:
+            raise ValueError("azure_endpoint is not set: backend azure versions need the Azure OpenAI endpoint")
+        return openai.AzureOpenAI(
+            api_key=key,
+            azure_endpoint=config.azure_endpoint,
+            api_version=config.azure_api_version,
+            timeout=timeout,
+            max_retries=retries,
+        )
+    base_url = config.together_base_url if backend == "together" else config.openai_base_url or None
+    return openai.OpenAI(api_key=key, base_url=base_url, timeout=timeout, max_retries=retries)
+
+
 class RemoteServedModel(ServedModel):
-    """A hosted fine-tuned model (backend ``openai``), proxied with the ``openai`` client to its
-    ``remote_model_id``. The key comes from the environment variable the config names and is
-    never logged; provider errors keep their status, with the key scrubbed from the message."""
+    """A hosted fine-tuned model (backend ``openai``, ``azure`` or ``together``), proxied with the
+    ``openai`` client to its ``remote_model_id`` at its provider. The key comes from the
+    environment variable the config names and is never logged; provider errors keep their
+    status, with the key scrubbed from the message."""
 
     def __init__(
         self,
@@ -302,19 +330,7 @@ class RemoteServedModel(ServedModel):
         self.version = version
         self.generation = generation
         self.remote_model_id = version.remote_model_id
-        if client is None:
-            import openai
-
-            key = os.environ.get(config.openai_api_key_env, "")
-            if not key:
-                raise ValueError(f"{config.openai_api_key_env} is not set: backend openai versions need an API key")
-            client = openai.OpenAI(
-                api_key=key,
-                base_url=config.openai_base_url or None,
-                timeout=config.openai_timeout_s,
-                max_retries=config.openai_max_retries,
-            )
-        self.client = client
+        self.client = client if client is not None else _provider_client(version.backend, config)
 
     def info(self) -> dict[str, Any]:
         return {"backend": self.version.backend, "adapter_digest": None, "remote_model_id": self.remote_model_id}

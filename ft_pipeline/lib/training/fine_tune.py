@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ft_pipeline.lib.manifests import PreferenceManifest, SplitsManifest, read_manifest
+from ft_pipeline.lib.augmentation import read_augmented_train
+from ft_pipeline.lib.manifests import AugmentedTrainManifest, PreferenceManifest, SplitsManifest, read_manifest
 from ft_pipeline.lib.storage import content_version, portable_path
 from ft_pipeline.lib.training.lora import LoraTrainingConfig, run_key
 from ft_pipeline.lib.training.openai_job import (
@@ -24,12 +25,15 @@ from ft_pipeline.lib.training.record import ModelRecord, record_path, write_mode
 
 __all__ = [
     "LocalRun",
+    "NoAugmentedData",
     "NoPreferenceData",
+    "augmented_train_for",
     "openai_preference_files",
     "openai_run_key",
     "prepare_local_run",
     "read_splits",
     "record_local_run",
+    "sft_only",
 ]
 
 
@@ -41,6 +45,33 @@ def read_splits(splits_folder: str | os.PathLike) -> SplitsManifest | None:
         ManifestError: ``latest.json`` was written by an older ft-pipeline (materialize the splits again).
     """
     return read_manifest(splits_folder, SplitsManifest)
+
+
+class NoAugmentedData(ValueError):
+    """Training on the augmented train split was asked for, but there is none for these splits
+    (or the method does not train on the SFT split)."""
+
+
+def augmented_train_for(splits: SplitsManifest, method: str) -> AugmentedTrainManifest:
+    """The augmented train split a run with ``train_on_augmented`` trains on: the one written for
+    ``splits`` (``splits/<version>/augmented/latest.json``). Raises :class:`NoAugmentedData` when
+    there is none, or for a method other than ``sft`` (preference data is not augmented)."""
+    sft_only(method)
+    augmented = read_augmented_train(splits)
+    if augmented is None:
+        raise NoAugmentedData(
+            f"train_on_augmented is set but the splits {splits.version} have no augmented train split: "
+            "materialize augmented_train_split with enabled=true first"
+        )
+    return augmented
+
+
+def sft_only(method: str) -> None:
+    """Raises :class:`NoAugmentedData` unless ``method`` trains on the SFT split only."""
+    if method != "sft":
+        raise NoAugmentedData(
+            f"train_on_augmented trains the SFT method only (the preference data is not augmented), not {method!r}"
+        )
 
 
 @dataclass(frozen=True)
@@ -65,20 +96,29 @@ def prepare_local_run(
     models_folder: Path,
     base_cache_dir: Path,
     preferences: PreferenceManifest | None = None,
+    augmented: AugmentedTrainManifest | None = None,
 ) -> LocalRun:
     """The run of ``config``: SFT on the splits, or (``config.method`` dpo/kto) the method's TRL
     JSONL of ``preferences``, keyed by the preference data's version, or (sft_then_dpo) both: the
     SFT splits, then the DPO pairs, keyed by the preference data's version (which names the splits
     it was split against). Raises :class:`NoPreferenceData` for a preference method without
-    preference examples to train on, or with preference data split against other SFT splits."""
+    preference examples to train on, or with preference data split against other SFT splits.
+    ``augmented`` (sft only, see :func:`augmented_train_for`): train on the augmented train split
+    instead of the plain one, keyed by its version (the splits' version and its settings)."""
     files: dict[str, Any] = {}
+    if augmented is not None:
+        sft_only(config.method)
     if config.method in ("sft", "sft_then_dpo"):
         data_version, data_paths = splits.version, splits.paths
+        train_parquet = splits.parquet("train")
+        if augmented is not None:
+            data_version, train_parquet = augmented.version, augmented.parquet()
+            data_paths = {**splits.paths, "train": dict(augmented.paths)}
         files.update(
             {
-                "train_parquet": splits.parquet("train"),
+                "train_parquet": train_parquet,
                 "validation_parquet": splits.parquet("validation"),
-                "sft_data_version": splits.version,
+                "sft_data_version": data_version,
             }
         )
     if config.method != "sft":

@@ -33,10 +33,7 @@ from ft_pipeline.lib.evaluation.generation import adapter_digest
 from ft_pipeline.lib.training.artifacts import (
     loss_history,
     mean_logged_loss,
-    merge_adapter,
     write_json,
-    write_loss_plot,
-    write_model_card,
 )
 from ft_pipeline.lib.training.base_models import resolve_base_model
 from ft_pipeline.lib.training.checkpoints import checkpoint_step
@@ -52,6 +49,7 @@ from ft_pipeline.lib.training.trainer import (
     _make_progress_callback,
     _peak_memory_mb,
     _result_from_disk,
+    finish_run,
     lora_config_of,
     previous_run,
     read_conversations,
@@ -339,47 +337,22 @@ def train_preferences(
         "qlora": config.qlora,
     }
 
-    merged_dir = None
-    if config.merge_full_model:
-        merged_dir = output_dir / "merged"
-        merge_adapter(base.path, adapter_dir, tokenizer, merged_dir, use_bf16)
-    write_json(output_dir / "metrics.json", metrics)
-    write_json(output_dir / "loss_history.json", history)
-    loss_plot = write_loss_plot(history, output_dir / "loss.png")
-    card = write_model_card(
-        output_dir / "README.md",
-        base_ref=base.path,
-        base_hub_id=base.hub_id,
-        base_name=config.base_model,
-        data_version=data_version,
-        config=config,
-        metrics=metrics,
-        merged=merged_dir is not None,
-    )
-    write_json(
+    return finish_run(
+        output_dir,
         run_path,
-        {
-            **identity,
-            "status": "stopped" if progress.stop_requested else "complete",
-            "config": config.to_dict(),
-            "base_model_ref": base.path,
-            "base_model_hub_id": base.hub_id,
-            "base_model_sha256": base.source_sha256,
-            "resumed_from": str(resume) if resume else None,
-        },
-    )
-    return TrainingResult(
-        output_dir=output_dir,
+        identity,
+        config,
+        base=base,
+        base_ref=base.path,
+        data_version=data_version,
+        metrics=metrics,
+        history=history,
+        tokenizer=tokenizer,
+        use_bf16=use_bf16,
         adapter_dir=adapter_dir,
         tokenizer_dir=tokenizer_dir,
-        merged_dir=merged_dir,
-        metrics=metrics,
-        loss_history=history,
-        loss_plot=loss_plot,
-        model_card=card,
-        resumed_from=resume,
-        base_model_ref=base.path,
-        base_model_hub_id=base.hub_id,
+        stop_requested=progress.stop_requested,
+        resume=resume,
     )
 
 

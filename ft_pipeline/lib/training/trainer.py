@@ -728,6 +728,47 @@ def train_lora(
         "qlora": config.qlora,
     }
 
+    return finish_run(
+        output_dir,
+        run_path,
+        identity,
+        config,
+        base=base,
+        base_ref=base_ref,
+        data_version=data_version,
+        metrics=metrics,
+        history=history,
+        tokenizer=tokenizer,
+        use_bf16=use_bf16,
+        adapter_dir=adapter_dir,
+        tokenizer_dir=tokenizer_dir,
+        stop_requested=progress.stop_requested,
+        resume=resume,
+    )
+
+
+def finish_run(
+    output_dir: Path,
+    run_path: Path,
+    identity: dict[str, Any],
+    config: LoraTrainingConfig,
+    *,
+    base: Any,
+    base_ref: str,
+    data_version: str,
+    metrics: dict[str, Any],
+    history: list[dict[str, Any]],
+    tokenizer: Any,
+    use_bf16: bool,
+    adapter_dir: Path,
+    tokenizer_dir: Path,
+    stop_requested: bool,
+    resume: Path | None,
+) -> TrainingResult:
+    """The end of every training run (SFT, DPO, KTO): the merged model when asked for, metrics,
+    loss history and plot, the model card, ``run.json`` (``complete``, or ``stopped`` when a stop
+    was requested: the next launch resumes) and the result. ``base`` is the resolved base model
+    (its hub id and GGUF hash go into ``run.json``), ``base_ref`` the folder it was loaded from."""
     merged_dir = None
     if config.merge_full_model:
         merged_dir = output_dir / "merged"
@@ -746,7 +787,7 @@ def train_lora(
         metrics=metrics,
         merged=merged_dir is not None,
     )
-    status = "stopped" if progress.stop_requested else "complete"
+    status = "stopped" if stop_requested else "complete"
     write_json(
         run_path,
         {

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from ft_pipeline.lib.manifests import PreferenceManifest, SplitsManifest
+from ft_pipeline.lib.manifests import AugmentedTrainManifest, PreferenceManifest, SplitsManifest
 from ft_pipeline.lib.training.record import ModelRecord
 
 __all__ = [
@@ -53,6 +53,9 @@ class TrainingRequest:
     """``<data dir>/models``: the run folder and ``latest.json`` go here."""
     data_dir: Path
     """The data directory (records keep paths relative to it where they can)."""
+    augmented: AugmentedTrainManifest | None = None
+    """``sft`` only: train on this augmented train split (the train split plus perturbed copies)
+    instead of the plain one; its version keys the run."""
 
 
 @dataclass(frozen=True)

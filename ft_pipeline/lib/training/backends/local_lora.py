@@ -63,7 +63,12 @@ class LocalLoraBackend:
 
     def prepare(self, request: TrainingRequest) -> PreparedRun:
         local = prepare_local_run(
-            request.splits, self.config, request.models_folder, self.base_cache_dir, request.preferences
+            request.splits,
+            self.config,
+            request.models_folder,
+            self.base_cache_dir,
+            request.preferences,
+            request.augmented,
         )
         return PreparedRun(
             key=local.key,

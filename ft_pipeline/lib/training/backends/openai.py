@@ -20,7 +20,12 @@ from ft_pipeline.lib.training.backends.base import (
     TrainingOutcome,
     TrainingRequest,
 )
-from ft_pipeline.lib.training.fine_tune import NoPreferenceData, openai_preference_files, openai_run_key
+from ft_pipeline.lib.training.fine_tune import (
+    NoPreferenceData,
+    openai_preference_files,
+    openai_run_key,
+    sft_only,
+)
 from ft_pipeline.lib.training.openai_job import (
     HOSTED_METHODS,
     FineTuneError,
@@ -57,10 +62,16 @@ class OpenAIBackend:
                 f"method {config.method!r} is trained locally only on the {self.name} backend: "
                 f"use backend local_lora, or one of {sorted(HOSTED_METHODS)}"
             )
-        files: dict[str, Any] = {"splits": splits}
+        files: dict[str, Any] = {"splits": splits, "sft_data_version": None}
         if config.method in ("sft", "sft_then_dpo"):
             files["sft"] = (Path(splits.jsonl("train")), Path(splits.jsonl("validation")))
-        if config.method == "sft":
+        if request.augmented is not None:
+            sft_only(config.method)
+            augmented = request.augmented
+            files["sft"] = (Path(augmented.jsonl()), files["sft"][1])
+            files["sft_data_version"] = augmented.version
+            data_version, data_paths = augmented.version, {**splits.paths, "train": dict(augmented.paths)}
+        elif config.method == "sft":
             data_version, data_paths = splits.version, splits.paths
         else:
             files["dpo"] = openai_preference_files(request.preferences, config.method)
@@ -77,7 +88,7 @@ class OpenAIBackend:
     # -- start / wait ---------------------------------------------------------------------------
     def _start_stage(self, run: PreparedRun, stage: str, config: OpenAIFineTuneConfig) -> StartedJob:
         train, validation = run.files[stage]
-        data_version = None if stage == "sft" else run.data_version
+        data_version = run.files["sft_data_version"] if stage == "sft" else run.data_version
         key = openai_run_key(run.files["splits"], config, data_version)
         return start_fine_tune(self.client, train, validation, key, config)
 

@@ -73,7 +73,7 @@ from ft_pipeline.lib.training.backends.base import (
     TrainingRequest,
 )
 from ft_pipeline.lib.training.backends.openai import checkpoint_rows, hosted_headline
-from ft_pipeline.lib.training.fine_tune import openai_preference_files
+from ft_pipeline.lib.training.fine_tune import openai_preference_files, sft_only
 from ft_pipeline.lib.training.openai_job import (
     FineTuneCancelled,
     FineTuneError,
@@ -314,7 +314,12 @@ class TogetherBackend:
         files: dict[str, Any] = {"splits_version": splits.version}
         if config.method in ("sft", "sft_then_dpo"):
             files["sft"] = (Path(splits.jsonl("train")), Path(splits.jsonl("validation")))
-        if config.method == "sft":
+        if request.augmented is not None:  # train_on_augmented: the augmented train split, sft only
+            sft_only(config.method)
+            augmented = request.augmented
+            files["sft"] = (Path(augmented.jsonl()), files["sft"][1])
+            data_version, data_paths = augmented.version, {**splits.paths, "train": dict(augmented.paths)}
+        elif config.method == "sft":
             data_version, data_paths = splits.version, splits.paths
         else:
             files["dpo"] = openai_preference_files(request.preferences, config.method)
