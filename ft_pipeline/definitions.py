@@ -25,6 +25,7 @@ from ft_pipeline.defs.resources import (
     PiiPolicy,
     PipelineStorage,
     RawLogStore,
+    TogetherResource,
 )
 from ft_pipeline.defs.splits import train_validation_test_split
 from ft_pipeline.defs.training import fine_tuned_model
@@ -94,6 +95,8 @@ def default_resources() -> dict[str, object]:
             account_name=os.environ.get("FT_PIPELINE_AZURE_ACCOUNT", ""),
             arm_base_url=os.environ.get("FT_PIPELINE_AZURE_ARM_URL", "") or "https://management.azure.com",
         ),
+        # The API key is read from $TOGETHER_API_KEY when a client is made (never part of run config).
+        "together": TogetherResource(base_url=os.environ.get("TOGETHER_BASE_URL", "")),
         "storage": PipelineStorage(data_dir=dg.EnvVar("FT_PIPELINE_DATA_DIR").get_value("") or ""),
         "model_registry": ModelRegistryResource(
             url=os.environ.get("FT_PIPELINE_REGISTRY_URL", ""),

@@ -24,6 +24,7 @@ from ft_pipeline.defs.resources import (
     OpenAIFineTuningResource,
     PiiPolicy,
     PipelineStorage,
+    TogetherResource,
 )
 from ft_pipeline.defs.training import model_kinds
 from ft_pipeline.lib.evaluation.candidate import CandidateEvaluation, CandidateEvaluationConfig, evaluate_candidate
@@ -249,13 +250,17 @@ def registry_kinds(environ: Mapping[str, str] = os.environ) -> set[str]:
 
 
 def _hosted_chat_clients(
-    openai_fine_tuning: OpenAIFineTuningResource, azure_openai: AzureOpenAIResource | None = None
+    openai_fine_tuning: OpenAIFineTuningResource,
+    azure_openai: AzureOpenAIResource | None = None,
+    together: TogetherResource | None = None,
 ) -> Callable[[str], Any]:
     """Backend name -> the OpenAI-compatible chat client its models answer through (each hosted
     backend's resource makes its own; keys and endpoints come from their environment variables)."""
     clients: dict[str, Callable[[], Any]] = {"openai": openai_fine_tuning.get_client}
     if azure_openai is not None:
         clients["azure"] = azure_openai.chat_client
+    if together is not None:
+        clients["together"] = together.chat_client
 
     def client_for(backend: str) -> Any:
         if backend not in clients:
@@ -291,6 +296,7 @@ def evaluation_report(
     openai_fine_tuning: OpenAIFineTuningResource,
     pii_policy: PiiPolicy,
     azure_openai: AzureOpenAIResource,
+    together: TogetherResource,
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     """The candidate against the base model and the current production model on the frozen test
     split: greedy answers, exact match, ROUGE-1/2/L, token F1, length ratio (JSON and label
@@ -322,7 +328,7 @@ def evaluation_report(
         reports_folder=storage.folder("reports"),
         data_dir=storage.root(),
         openai_client=openai_fine_tuning.get_client,
-        hosted_client=_hosted_chat_clients(openai_fine_tuning, azure_openai),
+        hosted_client=_hosted_chat_clients(openai_fine_tuning, azure_openai, together),
         code_version=EVALUATION_CODE_VERSION,
         settings=config.model_dump(),
         actor=f"dagster:{context.run_id}",

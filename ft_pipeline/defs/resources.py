@@ -34,6 +34,7 @@ from ft_pipeline.lib.training.backends.azure import (
     AzureDeployments,
     delete_rejected_deployment,
 )
+from ft_pipeline.lib.training.backends.together import DEFAULT_TOGETHER_MODEL
 from ft_pipeline.lib.training.openai_job import OpenAIFineTuneConfig
 from ft_pipeline.lib.training.record import ModelRecord
 
@@ -331,6 +332,63 @@ class AzureOpenAIResource(dg.ConfigurableResource):
         """After a failed gate: delete an azure candidate's deployment (see delete_rejected); None
         for a model of another backend."""
         return delete_rejected_deployment(record, self.deployments, production_uri=production_uri, log=log)
+
+
+#: The ``together`` SDK's default base URL (``together._client.Together``); its API paths start
+#: with ``/v1``, and ``<base URL>/v1`` is its OpenAI-compatible endpoint (``/v1/chat/completions``).
+TOGETHER_DEFAULT_BASE_URL = "https://api.together.ai"
+
+
+class TogetherResource(dg.ConfigurableResource):
+    """Together AI through the ``together`` SDK (fine-tuning jobs, ``backend: together``) and its
+    OpenAI-compatible endpoint (the evaluation's chat client for Together models).
+
+    Like the OpenAI resource, the API key is never a config value: ``api_key_env`` names the
+    environment variable that holds it (default ``TOGETHER_API_KEY``, the SDK's own), read when a
+    client is made; it is never logged or stored in metadata."""
+
+    api_key_env: str = Field(
+        default="TOGETHER_API_KEY",
+        description="Name of the environment variable that holds the Together API key; the key itself never "
+        "enters run config.",
+    )
+    model: str = Field(default=DEFAULT_TOGETHER_MODEL, description="Base model of Together fine-tuning jobs.")
+    base_url: str = Field(
+        default="",
+        description=f"API base URL without /v1 (the SDK's TOGETHER_BASE_URL); empty = {TOGETHER_DEFAULT_BASE_URL}.",
+    )
+    max_retries: int = Field(default=2, description="SDK retries for 408/409/429/5xx and connection errors.")
+    timeout_s: float = Field(default=60.0, description="Per-request timeout in seconds.")
+
+    def _api_key(self) -> str:
+        api_key = os.environ.get(self.api_key_env, "")
+        if not api_key:
+            raise dg.Failure(description=f"{self.api_key_env} is not set: the together backend needs an API key")
+        return api_key
+
+    def root_url(self) -> str:
+        """The base URL the SDK is given (no trailing slash)."""
+        return (self.base_url or TOGETHER_DEFAULT_BASE_URL).rstrip("/")
+
+    def get_client(self):
+        """A ``together.Together`` client (fine-tuning)."""
+        import together
+
+        return together.Together(
+            api_key=self._api_key(), base_url=self.root_url(), max_retries=self.max_retries, timeout=self.timeout_s
+        )
+
+    def chat_client(self):
+        """An ``openai.OpenAI`` client at ``<base URL>/v1``, Together's OpenAI-compatible endpoint
+        (what the evaluation answers Together models through)."""
+        import openai
+
+        return openai.OpenAI(
+            api_key=self._api_key(),
+            base_url=f"{self.root_url()}/v1",
+            max_retries=self.max_retries,
+            timeout=self.timeout_s,
+        )
 
 
 class ModelRegistryResource(dg.ConfigurableResource):

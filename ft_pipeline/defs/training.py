@@ -20,7 +20,7 @@ from ft_pipeline.defs.metadata import (
     table,
     within_data_dir,
 )
-from ft_pipeline.defs.resources import AzureOpenAIResource, OpenAIFineTuningResource, PipelineStorage
+from ft_pipeline.defs.resources import AzureOpenAIResource, OpenAIFineTuningResource, PipelineStorage, TogetherResource
 from ft_pipeline.lib.inline_charts import Point, loss_sparkline_svg, series
 from ft_pipeline.lib.manifests import AugmentedTrainManifest, PreferenceManifest, SplitsManifest, read_manifest
 from ft_pipeline.lib.training.backends import (
@@ -32,6 +32,7 @@ from ft_pipeline.lib.training.backends import (
 )
 from ft_pipeline.lib.training.backends.local_lora import LocalLoraBackend
 from ft_pipeline.lib.training.backends.openai import OpenAIBackend
+from ft_pipeline.lib.training.backends.together import TogetherBackend, TogetherFineTuneConfig
 from ft_pipeline.lib.training.fine_tune import NoAugmentedData, NoPreferenceData, augmented_train_for, read_splits
 from ft_pipeline.lib.training.lora import LoraTrainingConfig
 from ft_pipeline.lib.training.openai_job import FineTuneError, OpenAIFineTuneConfig
@@ -39,31 +40,37 @@ from ft_pipeline.lib.training.openai_job import FineTuneError, OpenAIFineTuneCon
 TRAINING_CODE_VERSION = "3"  # 3: sft_then_dpo, KTO weights
 _LORA = LoraTrainingConfig()
 _OPENAI = OpenAIFineTuneConfig()
+_TOGETHER = TogetherFineTuneConfig()
 
 #: Any one of these set in the environment configures the OpenAI (or compatible, or Azure) client.
 OPENAI_CLIENT_ENV = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "AZURE_OPENAI_ENDPOINT")
+#: Any one of these set in the environment configures the Together AI client.
+TOGETHER_CLIENT_ENV = ("TOGETHER_API_KEY", "TOGETHER_BASE_URL")
 
 
 def model_kinds(environ: Mapping[str, str] = os.environ) -> set[str]:
     """The model assets' kinds for what this deployment can run. Kinds belong to the definitions
     (not to a run), so they say which backends are possible here: ``pytorch`` and ``huggingface``
     for ``local_lora`` (the default backend, always available), plus ``openai`` only when an
-    OpenAI client is configured (see :data:`OPENAI_CLIENT_ENV`). The backend a run actually used
-    is its materialization's ``backend`` row."""
+    OpenAI client is configured (see :data:`OPENAI_CLIENT_ENV`), ``together`` when a Together one
+    is (:data:`TOGETHER_CLIENT_ENV`). The backend a run actually used is its materialization's
+    ``backend`` row."""
     kinds = {"pytorch", "huggingface"}
     if any(environ.get(name) for name in OPENAI_CLIENT_ENV):
         kinds.add("openai")
+    if any(environ.get(name) for name in TOGETHER_CLIENT_ENV):
+        kinds.add("together")
     return kinds
 
 
 class FineTuneRunConfig(dg.Config):
     """Which backend trains the model, and its hyperparameters (defaults are the documented ones)."""
 
-    backend: Literal["local_lora", "openai", "azure"] = Field(
+    backend: Literal["local_lora", "openai", "azure", "together"] = Field(
         default="local_lora",
-        description="local_lora (TRL + PEFT in a Pipes subprocess), openai (a fine-tuning job) or azure (an Azure "
+        description="local_lora (TRL + PEFT in a Pipes subprocess), openai (a fine-tuning job), azure (an Azure "
         "OpenAI fine-tuning job and a deployment of its model; the openai_* settings apply, the azure_openai "
-        "resource names the account).",
+        "resource names the account) or together (a Together AI fine-tuning job; the together_* settings apply).",
     )
     train_on_augmented: bool = Field(
         default=False,
@@ -159,6 +166,62 @@ class FineTuneRunConfig(dg.Config):
         default=_OPENAI.timeout_s, description="Overall limit; the remote job is cancelled after it."
     )
 
+    # together (the base model is the together resource's ``model``; seed is the shared one)
+    together_lora: bool = Field(
+        default=_TOGETHER.lora, description="LoRA adapters (true) or full fine-tuning (false, where the model allows)."
+    )
+    together_lora_r: int | None = Field(default=_TOGETHER.lora_r, description="LoRA rank; null = the model's default.")
+    together_lora_alpha: float | None = Field(
+        default=_TOGETHER.lora_alpha, description="LoRA alpha; null = twice the rank."
+    )
+    together_lora_dropout: float = Field(default=_TOGETHER.lora_dropout, description="LoRA dropout, in [0, 1).")
+    together_n_epochs: int = Field(default=_TOGETHER.n_epochs, description="Epochs.")
+    together_learning_rate: float = Field(default=_TOGETHER.learning_rate, description="Peak learning rate.")
+    together_batch_size: str = Field(
+        default=str(_TOGETHER.batch_size), description="'max' (the model's largest) or an integer within its limits."
+    )
+    together_n_evals: int = Field(
+        default=_TOGETHER.n_evals, description="Evaluations on the validation split during training."
+    )
+    together_dpo_beta: float | None = Field(
+        default=_TOGETHER.dpo_beta,
+        description="DPO only: beta (> 0; higher = closer to the reference); null = the API's default.",
+    )
+    together_suffix: str = Field(
+        default=_TOGETHER.suffix,
+        description="Readable part of the output model name's suffix (<= 23 chars); the run key is appended.",
+    )
+    together_poll_interval_s: float = Field(
+        default=_TOGETHER.poll_interval_s, description="First poll delay; grows with backoff."
+    )
+    together_max_poll_interval_s: float = Field(
+        default=_TOGETHER.max_poll_interval_s, description="Longest poll delay."
+    )
+    together_timeout_s: float = Field(
+        default=_TOGETHER.timeout_s, description="Overall limit, uploads included; the job is cancelled after it."
+    )
+
+    def together(self, model: str) -> TogetherFineTuneConfig:
+        """The job's settings; ``model`` is the ``together`` resource's base model."""
+        return TogetherFineTuneConfig(
+            model=model,
+            method=self.method,
+            lora=self.together_lora,
+            lora_r=self.together_lora_r,
+            lora_alpha=self.together_lora_alpha,
+            lora_dropout=self.together_lora_dropout,
+            n_epochs=self.together_n_epochs,
+            learning_rate=self.together_learning_rate,
+            batch_size="max" if self.together_batch_size == "max" else int(self.together_batch_size),
+            n_evals=self.together_n_evals,
+            dpo_beta=self.together_dpo_beta,
+            suffix=self.together_suffix,
+            seed=self.seed,
+            poll_interval_s=self.together_poll_interval_s,
+            max_poll_interval_s=self.together_max_poll_interval_s,
+            timeout_s=self.together_timeout_s,
+        )
+
     def lora(self) -> LoraTrainingConfig:
         return LoraTrainingConfig(
             base_model=self.base_model,
@@ -236,6 +299,7 @@ def fine_tuned_model(
     local_trainer: dg.ResourceParam[dg.PipesClient],
     openai_fine_tuning: OpenAIFineTuningResource,
     azure_openai: AzureOpenAIResource,
+    together: TogetherResource,
 ) -> dg.MaterializeResult:
     """The fine-tuned model and its lineage. ``local_lora`` (default): TRL SFT with PEFT LoRA
     (QLoRA 4-bit on CUDA) in its own process through Dagster Pipes, assistant-only loss, packing,
@@ -265,7 +329,7 @@ def fine_tuned_model(
         data_dir=storage.root(),
         augmented=augmented,
     )
-    backend = _backend_for(config, storage, context, local_trainer, openai_fine_tuning, azure_openai)
+    backend = _backend_for(config, storage, context, local_trainer, openai_fine_tuning, azure_openai, together)
     job_ids: list[str] = []
     hooks = TrainingHooks(on_log=context.log.info, on_job=job_ids.append)
     try:
@@ -315,12 +379,15 @@ def _backend_for(
     local_trainer: dg.PipesClient,
     openai_fine_tuning: OpenAIFineTuningResource,
     azure_openai: AzureOpenAIResource | None = None,
+    together: TogetherResource | None = None,
 ) -> FineTuningBackend:
     """The backend the run asks for, with its client. Every backend implements the same protocol
     (lib/training/backends), so the asset never branches on the provider beyond this choice."""
     hosted: dict[str, Callable[[], FineTuningBackend]] = {
         "openai": lambda: OpenAIBackend(openai_fine_tuning.get_client(), config.openai(openai_fine_tuning.model)),
     }
+    if together is not None:
+        hosted["together"] = lambda: _together_backend(config, together)
     if azure_openai is not None:
         hosted["azure"] = lambda: azure_openai.backend(config.openai(azure_openai.model))
     if config.backend in hosted:
@@ -330,6 +397,16 @@ def _backend_for(
     if config.backend != "local_lora":
         raise dg.Failure(description=f"unknown backend {config.backend!r}: local_lora or one of {sorted(hosted)}")
     return LocalLoraBackend(config.lora(), storage.folder("base_models"), _pipes_launcher(context, local_trainer))
+
+
+def _together_backend(config: FineTuneRunConfig, together: TogetherResource) -> TogetherBackend:
+    """The together backend; a setting it cannot use (a suffix too long, a batch size that is not
+    'max' or a number) fails the run with one line before anything is uploaded."""
+    try:
+        settings = config.together(together.model)
+    except ValueError as err:
+        raise dg.Failure(description=f"together settings: {err}") from None
+    return TogetherBackend(together.get_client(), settings)
 
 
 def _pipes_launcher(

@@ -47,6 +47,7 @@ def test_model_assets_kinds_follow_what_the_deployment_can_run():
     for variable in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "AZURE_OPENAI_ENDPOINT"):
         assert model_kinds({variable: "x"}) == {"pytorch", "huggingface", "openai"}
     assert model_kinds({"OPENAI_API_KEY": ""}) == {"pytorch", "huggingface"}
+    assert model_kinds({"TOGETHER_API_KEY": "x"}) == {"pytorch", "huggingface", "together"}
     assert registry_kinds({}) == {"sqlite"}
     assert registry_kinds({"FT_PIPELINE_REGISTRY_URL": "postgresql+psycopg2://u@h/db"}) == {"postgres"}
     assert registry_kinds({"FT_PIPELINE_REGISTRY_URL": "sqlite:////tmp/r.db"}) == {"sqlite"}

@@ -40,6 +40,7 @@ from ft_pipeline.lib.preferences import PreferenceConfig
 from ft_pipeline.lib.records import IngestCheckConfig, ReadConfig
 from ft_pipeline.lib.splits import SplitConfig
 from ft_pipeline.lib.tokens import TokenCounterConfig
+from ft_pipeline.lib.training.backends.together import TogetherFineTuneConfig
 from ft_pipeline.lib.training.lora import LoraTrainingConfig
 from ft_pipeline.lib.training.openai_job import OpenAIFineTuneConfig
 from ft_pipeline.lib.training.record import DEFAULT_BACKEND
@@ -91,6 +92,25 @@ TABLE: dict[str, dict[str, Any]] = {
             **{
                 f"openai_{name}": (OpenAIFineTuneConfig(), name)
                 for name in ("suffix", "poll_interval_s", "max_poll_interval_s", "timeout_s")
+            },
+            # together: 'max' or an integer, typed as text in the Launchpad.
+            "together_batch_size": (TogetherFineTuneConfig(), "batch_size", _str),
+            **{
+                f"together_{name}": (TogetherFineTuneConfig(), name)
+                for name in (
+                    "lora",
+                    "lora_r",
+                    "lora_alpha",
+                    "lora_dropout",
+                    "n_epochs",
+                    "learning_rate",
+                    "n_evals",
+                    "dpo_beta",
+                    "suffix",
+                    "poll_interval_s",
+                    "max_poll_interval_s",
+                    "timeout_s",
+                )
             },
         },
     },
@@ -206,8 +226,15 @@ def test_seeds_of_evaluation_agree_in_lib():
 
 def test_openai_base_model_is_one_resource_setting():
     from ft_pipeline.defs.resources import OpenAIFineTuningResource
-    from ft_pipeline.defs.training import FineTuneRunConfig
 
     assert OpenAIFineTuningResource.model_fields["model"].default == DEFAULT_OPENAI_FINE_TUNING_MODEL
+
+
+def test_together_base_model_is_one_resource_setting():
+    from ft_pipeline.defs.resources import TogetherResource
+    from ft_pipeline.defs.training import FineTuneRunConfig
+
+    assert TogetherResource.model_fields["model"].default == TogetherFineTuneConfig().model
+    assert not any(name == "together_model" for name in FineTuneRunConfig.model_fields)
     assert OpenAIFineTuneConfig().model == DEFAULT_OPENAI_FINE_TUNING_MODEL
     assert "openai_model" not in FineTuneRunConfig.model_fields

@@ -8,6 +8,7 @@ backend        trains                                                 module
 local_lora     TRL + PEFT LoRA/QLoRA, sft / dpo / kto / sft_then_dpo  ``backends.local_lora``
 openai         OpenAI fine-tuning jobs, sft / dpo / sft_then_dpo      ``backends.openai``
 azure          Azure OpenAI jobs (as openai), then a deployment       ``backends.azure``
+together       Together AI jobs (LoRA), sft / dpo / sft_then_dpo      ``backends.together``
 =============  =====================================================  ==========================
 """
 
