@@ -584,7 +584,7 @@ def test_hosted_versions_are_proxied_to_their_own_provider(monkeypatch):
         _provider_client("together", config)
     monkeypatch.setenv("TOGETHER_API_KEY", "tg-secret-key")
     together = _provider_client("together", config)
-    assert str(together.base_url).rstrip("/") == "https://api.together.xyz/v1" and together.api_key == "tg-secret-key"
+    assert str(together.base_url).rstrip("/") == "https://api.together.ai/v1" and together.api_key == "tg-secret-key"
     monkeypatch.setenv("AZURE_OPENAI_API_KEY", "az-secret-key")
     azure = _provider_client("azure", config)
     assert isinstance(azure, openai.AzureOpenAI) and "example-resource" in str(azure.base_url)

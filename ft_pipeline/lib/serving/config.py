@@ -58,7 +58,7 @@ class ServeConfig:
     passed on to the client."""
     together_api_key_env: str = "TOGETHER_API_KEY"
     """Environment variable with the API key used to proxy versions of backend ``together``."""
-    together_base_url: str = "https://api.together.xyz/v1"
+    together_base_url: str = "https://api.together.ai/v1"
     """Together AI's OpenAI-compatible inference endpoint (versions of backend ``together``)."""
     azure_endpoint: str = ""
     """Azure OpenAI endpoint (``https://<resource>.openai.azure.com``) of versions of backend
