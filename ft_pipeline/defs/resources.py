@@ -310,7 +310,13 @@ class AzureOpenAIResource(dg.ConfigurableResource):
                 return static
 
         else:
-            from azure.identity import DefaultAzureCredential
+            try:
+                from azure.identity import DefaultAzureCredential
+            except ImportError:
+                raise dg.Failure(
+                    description="the azure backend's deployments need an Azure token: pip install 'ft-pipeline[azure]' "
+                    f"(azure-identity's DefaultAzureCredential), or set {self.arm_token_env}"
+                ) from None
 
             credential = DefaultAzureCredential()
 
