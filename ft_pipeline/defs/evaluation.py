@@ -25,6 +25,7 @@ from ft_pipeline.lib.evaluation.gate import PromotionGate
 from ft_pipeline.lib.evaluation.generation import GenerationConfig
 from ft_pipeline.lib.evaluation.latency import LATENCY_COLUMNS, LatencyConfig
 from ft_pipeline.lib.evaluation.promotion import NotPromoted, promote_candidate
+from ft_pipeline.lib.evaluation.prompted_baseline import DEFAULT_SYSTEM_PROMPT, PromptedBaselineConfig
 from ft_pipeline.lib.evaluation.report import EXAMPLE_TEXT_CHARS, EXAMPLES_SHOWN, example_rows
 from ft_pipeline.lib.evaluation.runner import EvaluationConfig
 from ft_pipeline.lib.evaluation.summary import EvaluationSummary, read_evaluation_summary
@@ -41,6 +42,7 @@ _GEN = GenerationConfig()
 _CANDIDATE = CandidateEvaluationConfig()
 _LATENCY = LatencyConfig()
 _COST = CostConfig()
+_PROMPTED = PromptedBaselineConfig()
 
 
 class EvaluationRunConfig(dg.Config):
@@ -152,6 +154,32 @@ class EvaluationRunConfig(dg.Config):
         description="Expected requests a month, for the payback estimate (training cost / monthly saving of the "
         "candidate over the reference); 0 = no payback estimate. Informational, not part of the gate.",
     )
+    prompted_baseline: bool = Field(
+        default=_PROMPTED.enabled,
+        description="Answer the test prompts with the prompted baseline too (the base model with a system prompt "
+        "and prompted_k few-shot examples from the training split, never from test) and compare the candidate with "
+        "it: report.md's 'Fine-tuning vs prompting' section, the gate's beats_prompting rule, prompted_delta.",
+    )
+    prompted_k: int = Field(
+        default=_PROMPTED.k,
+        description="Few-shot (user, assistant) examples of the prompted baseline: a seeded draw (seed) of first "
+        "exchanges of training conversations; 0 = the system prompt alone.",
+    )
+    prompted_system_prompt: str = Field(
+        default=_PROMPTED.system_prompt,
+        description="System prompt of the prompted baseline; empty = the system turn at least half of the training "
+        f"conversations share, else: {DEFAULT_SYSTEM_PROMPT!r}",
+    )
+    prompted_max_example_chars: int = Field(
+        default=_PROMPTED.max_example_chars,
+        description="Longest few-shot example drawn (user turn + reply, characters; about 4 a token), so the "
+        "examples fit the base's context.",
+    )
+    require_beats_prompting: bool = Field(
+        default=_GATE.require_beats_prompting,
+        description="Block promotion unless the candidate beats the prompted baseline (CI lower bound of candidate "
+        "- prompted on the answer metric above margin). False = the beats_prompting rule is reported, not required.",
+    )
 
     def gate(self) -> PromotionGate:
         return PromotionGate(
@@ -160,6 +188,7 @@ class EvaluationRunConfig(dg.Config):
             guardrail_metrics=tuple(self.guardrail_metrics),
             guardrail_tolerance=self.guardrail_tolerance,
             regression_suite_min_ratio=self.regression_suite_min_ratio,
+            require_beats_prompting=self.require_beats_prompting,
         )
 
     def generation(self) -> GenerationConfig:
@@ -197,6 +226,13 @@ class EvaluationRunConfig(dg.Config):
                 reference_input_price_per_1m_tokens=self.reference_input_price_per_1m_tokens,
                 reference_output_price_per_1m_tokens=self.reference_output_price_per_1m_tokens,
                 requests_per_month=self.requests_per_month,
+            ),
+            prompted=PromptedBaselineConfig(
+                enabled=self.prompted_baseline,
+                k=self.prompted_k,
+                seed=self.seed,
+                system_prompt=self.prompted_system_prompt,
+                max_example_chars=self.prompted_max_example_chars,
             ),
         )
 
@@ -243,7 +279,9 @@ def evaluation_report(
     candidate trained with dpo/kto the preference accuracy of candidate and base on the held-out
     preference pairs (local models; a paired-bootstrap CI of the difference), and the latency
     (p50/p95) and throughput of candidate and base at several batch sizes, and the cost (training,
-    inference per 1k requests of candidate and reference, payback; configured prices). Written to
+    inference per 1k requests of candidate and reference, payback; configured prices), and the
+    candidate against the prompted baseline (the base with a system prompt and few-shot examples
+    from the training split: ``prompted_delta`` and its CI; gated when require_beats_prompting). Written to
     ``reports/<eval_id>/`` (report.json, report.md, examples.parquet, charts) and recorded in the
     registry; ``reports/latest.json`` (an EvaluationSummary) hands the decision to ``promoted_model``.
     The blocking ``promotion_gate`` check decides whether ``promoted_model`` runs.
@@ -332,6 +370,7 @@ def _report_metadata(
     metadata.update(_preference_metadata(result.extra.get("preference_accuracy")))
     metadata.update(_latency_metadata(result.extra.get("latency")))
     metadata.update(_cost_metadata(result.extra.get("cost")))
+    metadata.update(_prompted_metadata(result, config.to_lib().gate.answer_metric))
     metadata.update(
         {
             "eval_id": summary.eval_id,
@@ -366,6 +405,24 @@ def _preference_metadata(preference: Mapping[str, Any] | None) -> dict[str, Any]
         "preference_accuracy_delta_ci_low": round(float(preference["ci_low"]), 4),
         "preference_accuracy_delta_ci_high": round(float(preference["ci_high"]), 4),
         "preference_pairs": int(preference["n_pairs"]),
+    }
+
+
+def _prompted_metadata(result: Any, metric: str) -> dict[str, Any]:
+    """The prompted baseline's headline floats (plotted across evaluations): candidate − prompted
+    on the answer metric with its CI bounds and the prompted mean, and the few-shot examples'
+    conversation ids (ids only: their texts stay in the training split); nothing when it is off."""
+    comparison = result.comparisons.get("prompted", {}).get(metric)
+    if not comparison:
+        return {}
+    prompted = result.extra.get("prompted") or {}
+    return {
+        f"prompted_{metric}": round(float(result.summary["prompted"][metric]), 4),
+        "prompted_delta": round(float(comparison["delta"]), 4),
+        "prompted_ci_low": round(float(comparison["ci_low"]), 4),
+        "prompted_ci_high": round(float(comparison["ci_high"]), 4),
+        "fine_tuning_beat_prompting": bool(float(comparison["ci_low"]) > 0),
+        "prompted_few_shot_ids": ", ".join(prompted.get("example_ids") or []) or "none",
     }
 
 
