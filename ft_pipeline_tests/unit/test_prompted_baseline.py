@@ -95,7 +95,7 @@ def test_selection_respects_the_budget_and_takes_distinct_prompts():
         "q1",
         "a1",
     )
-    with pytest.raises(ValueError, match="k must be >= 0"):
+    with pytest.raises(ValueError, match=r"k \(prompted_k\) must be >= 0"):
         PromptedBaselineConfig(k=-1)
 
 
@@ -257,3 +257,5 @@ def test_asset_metadata_and_run_config():
     assert lib.gate.require_beats_prompting is True
     assert EvaluationRunConfig().to_lib().prompted == PromptedBaselineConfig()
     assert EvaluationRunConfig(prompted_baseline=False).to_lib().prompted.enabled is False
+    with pytest.raises(ValueError, match="prompted_max_example_chars"):
+        EvaluationRunConfig(prompted_max_example_chars=0).to_lib()

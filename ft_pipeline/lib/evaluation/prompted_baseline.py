@@ -83,9 +83,12 @@ class PromptedBaselineConfig:
 
     def __post_init__(self) -> None:
         if self.k < 0:
-            raise ValueError(f"k must be >= 0, got {self.k}")
+            raise ValueError(f"the prompted baseline's k (prompted_k) must be >= 0, got {self.k}")
         if self.max_example_chars < 1:
-            raise ValueError(f"max_example_chars must be >= 1, got {self.max_example_chars}")
+            raise ValueError(
+                f"the prompted baseline's max_example_chars (prompted_max_example_chars) must be >= 1, "
+                f"got {self.max_example_chars}"
+            )
 
 
 @dataclass(frozen=True)
