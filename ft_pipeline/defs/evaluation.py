@@ -27,7 +27,7 @@ from ft_pipeline.lib.evaluation.latency import LATENCY_COLUMNS, LatencyConfig
 from ft_pipeline.lib.evaluation.promotion import NotPromoted, promote_candidate
 from ft_pipeline.lib.evaluation.prompted_baseline import DEFAULT_SYSTEM_PROMPT, PromptedBaselineConfig
 from ft_pipeline.lib.evaluation.report import EXAMPLE_TEXT_CHARS, EXAMPLES_SHOWN, example_rows
-from ft_pipeline.lib.evaluation.runner import EvaluationConfig
+from ft_pipeline.lib.evaluation.runner import EvaluationConfig, EvaluationResult
 from ft_pipeline.lib.evaluation.summary import EvaluationSummary, read_evaluation_summary
 from ft_pipeline.lib.inline_charts import metric_means_svg
 from ft_pipeline.lib.pii import PiiConfig
@@ -260,7 +260,8 @@ def registry_kinds(environ: Mapping[str, str] = os.environ) -> set[str]:
             blocking=True,
             description="The candidate beats base and production on the primary metric (CI lower bound above the "
             "margin), no guardrail regresses, the regression suite holds, and the test split shares nothing with "
-            "training.",
+            "training; beats_prompting (candidate vs the prompted base) is reported, and required when "
+            "require_beats_prompting.",
         )
     ],
 )
@@ -408,7 +409,7 @@ def _preference_metadata(preference: Mapping[str, Any] | None) -> dict[str, Any]
     }
 
 
-def _prompted_metadata(result: Any, metric: str) -> dict[str, Any]:
+def _prompted_metadata(result: EvaluationResult, metric: str) -> dict[str, Any]:
     """The prompted baseline's headline floats (plotted across evaluations): candidate − prompted
     on the answer metric with its CI bounds and the prompted mean, and the few-shot examples'
     conversation ids (ids only: their texts stay in the training split); nothing when it is off."""
