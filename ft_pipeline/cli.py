@@ -341,7 +341,8 @@ def _print_outputs(data_dir: Path, until: int) -> None:
     )
     print(f"\ndecision: {verdict}")
     for rule in summary.rules:
-        print(f"  [{'pass' if rule['passed'] else 'FAIL'}] {rule['rule']}: {rule['detail']}")
+        mark = "info" if rule.get("informational") else "pass" if rule["passed"] else "FAIL"
+        print(f"  [{mark}] {rule['rule']}: {rule['detail']}")
     report = json.loads(Path(summary.path).read_text(encoding="utf-8"))
     _print_preference_accuracy((report.get("extra") or {}).get("preference_accuracy"))
     _print_side_by_side(report)

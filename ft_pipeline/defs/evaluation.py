@@ -33,9 +33,10 @@ from ft_pipeline.lib.evaluation.gate import PromotionGate
 from ft_pipeline.lib.evaluation.generation import GenerationConfig
 from ft_pipeline.lib.evaluation.latency import LATENCY_COLUMNS, LatencyConfig
 from ft_pipeline.lib.evaluation.promotion import NotPromoted, promote_candidate
+from ft_pipeline.lib.evaluation.prompted_baseline import DEFAULT_SYSTEM_PROMPT, PromptedBaselineConfig
 from ft_pipeline.lib.evaluation.report import EXAMPLE_TEXT_CHARS, EXAMPLES_SHOWN, example_rows
 from ft_pipeline.lib.evaluation.review import ReviewConfig
-from ft_pipeline.lib.evaluation.runner import EvaluationConfig
+from ft_pipeline.lib.evaluation.runner import EvaluationConfig, EvaluationResult
 from ft_pipeline.lib.evaluation.summary import EvaluationSummary, read_evaluation_summary
 from ft_pipeline.lib.inline_charts import metric_means_svg
 from ft_pipeline.lib.pii import PiiConfig
@@ -52,6 +53,7 @@ _CANDIDATE = CandidateEvaluationConfig()
 _LATENCY = LatencyConfig()
 _COST = CostConfig()
 _REVIEW = ReviewConfig()
+_PROMPTED = PromptedBaselineConfig()
 
 
 class EvaluationRunConfig(dg.Config):
@@ -185,6 +187,32 @@ class EvaluationRunConfig(dg.Config):
         description="Fewest human verdicts on examples the judge judged (earlier evaluations of the same model name "
         "and judge model) before the judge may gate; below ~30 a kappa's CI is too wide to say much.",
     )
+    prompted_baseline: bool = Field(
+        default=_PROMPTED.enabled,
+        description="Answer the test prompts with the prompted baseline too (the base model with a system prompt "
+        "and prompted_k few-shot examples from the training split, never from test) and compare the candidate with "
+        "it: report.md's 'Fine-tuning vs prompting' section, the gate's beats_prompting rule, prompted_delta.",
+    )
+    prompted_k: int = Field(
+        default=_PROMPTED.k,
+        description="Few-shot (user, assistant) examples of the prompted baseline: a seeded draw (seed) of first "
+        "exchanges of training conversations; 0 = the system prompt alone.",
+    )
+    prompted_system_prompt: str = Field(
+        default=_PROMPTED.system_prompt,
+        description="System prompt of the prompted baseline; empty = the system turn at least half of the training "
+        f"conversations share, else: {DEFAULT_SYSTEM_PROMPT!r}",
+    )
+    prompted_max_example_chars: int = Field(
+        default=_PROMPTED.max_example_chars,
+        description="Longest few-shot example drawn (user turn + reply, characters; about 4 a token), so the "
+        "examples fit the base's context.",
+    )
+    require_beats_prompting: bool = Field(
+        default=_GATE.require_beats_prompting,
+        description="Block promotion unless the candidate beats the prompted baseline (CI lower bound of candidate "
+        "- prompted on the answer metric above margin). False = the beats_prompting rule is reported, not required.",
+    )
 
     def gate(self) -> PromotionGate:
         return PromotionGate(
@@ -193,6 +221,7 @@ class EvaluationRunConfig(dg.Config):
             guardrail_metrics=tuple(self.guardrail_metrics),
             guardrail_tolerance=self.guardrail_tolerance,
             regression_suite_min_ratio=self.regression_suite_min_ratio,
+            require_beats_prompting=self.require_beats_prompting,
         )
 
     def generation(self) -> GenerationConfig:
@@ -236,6 +265,13 @@ class EvaluationRunConfig(dg.Config):
                 review_disagreements=self.review_disagreements,
                 judge_min_kappa=self.judge_min_kappa,
                 judge_min_human_labels=self.judge_min_human_labels,
+            ),
+            prompted=PromptedBaselineConfig(
+                enabled=self.prompted_baseline,
+                k=self.prompted_k,
+                seed=self.seed,
+                system_prompt=self.prompted_system_prompt,
+                max_example_chars=self.prompted_max_example_chars,
             ),
         )
 
@@ -284,7 +320,8 @@ def _hosted_chat_clients(
             blocking=True,
             description="The candidate beats base and production on the primary metric (CI lower bound above the "
             "margin), no guardrail regresses, the regression suite holds, and the test split shares nothing with "
-            "training.",
+            "training; beats_prompting (candidate vs the prompted base) is reported, and required when "
+            "require_beats_prompting.",
         )
     ],
 )
@@ -305,7 +342,9 @@ def evaluation_report(
     candidate trained with dpo/kto the preference accuracy of candidate and base on the held-out
     preference pairs (local models; a paired-bootstrap CI of the difference), and the latency
     (p50/p95) and throughput of candidate and base at several batch sizes, and the cost (training,
-    inference per 1k requests of candidate and reference, payback; configured prices). Written to
+    inference per 1k requests of candidate and reference, payback; configured prices), and the
+    candidate against the prompted baseline (the base with a system prompt and few-shot examples
+    from the training split: ``prompted_delta`` and its CI; gated when require_beats_prompting). Written to
     ``reports/<eval_id>/`` (report.json, report.md, examples.parquet, charts) and recorded in the
     registry; ``reports/latest.json`` (an EvaluationSummary) hands the decision to ``promoted_model``.
     The blocking ``promotion_gate`` check decides whether ``promoted_model`` runs. A rejected azure
@@ -416,6 +455,7 @@ def _report_metadata(
     metadata.update(_latency_metadata(result.extra.get("latency")))
     metadata.update(_cost_metadata(result.extra.get("cost")))
     metadata.update(_review_metadata(result.extra, paths, data_dir))
+    metadata.update(_prompted_metadata(result, config.to_lib().gate.answer_metric))
     metadata.update(
         {
             "eval_id": summary.eval_id,
@@ -450,6 +490,24 @@ def _preference_metadata(preference: Mapping[str, Any] | None) -> dict[str, Any]
         "preference_accuracy_delta_ci_low": round(float(preference["ci_low"]), 4),
         "preference_accuracy_delta_ci_high": round(float(preference["ci_high"]), 4),
         "preference_pairs": int(preference["n_pairs"]),
+    }
+
+
+def _prompted_metadata(result: EvaluationResult, metric: str) -> dict[str, Any]:
+    """The prompted baseline's headline floats (plotted across evaluations): candidate − prompted
+    on the answer metric with its CI bounds and the prompted mean, and the few-shot examples'
+    conversation ids (ids only: their texts stay in the training split); nothing when it is off."""
+    comparison = result.comparisons.get("prompted", {}).get(metric)
+    if not comparison:
+        return {}
+    prompted = result.extra.get("prompted") or {}
+    return {
+        f"prompted_{metric}": round(float(result.summary["prompted"][metric]), 4),
+        "prompted_delta": round(float(comparison["delta"]), 4),
+        "prompted_ci_low": round(float(comparison["ci_low"]), 4),
+        "prompted_ci_high": round(float(comparison["ci_high"]), 4),
+        "fine_tuning_beat_prompting": bool(float(comparison["ci_low"]) > 0),
+        "prompted_few_shot_ids": ", ".join(prompted.get("example_ids") or []) or "none",
     }
 
 

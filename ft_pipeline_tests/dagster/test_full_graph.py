@@ -78,6 +78,9 @@ def _assert_model_and_report_metadata(instance, data_dir):
     # The gate's rules as a table, on the materialization and on the check.
     rules = {r.data["rule"]: r.data for r in report["gate_rules"].value.records}
     assert rules["beats_base"]["passed"] is True and "95% CI" in rules["beats_base"]["detail"]
+    # The prompted baseline (the base with a system prompt and few-shot examples) is compared too.
+    assert report["prompted_ci_low"].value <= report["prompted_delta"].value <= report["prompted_ci_high"].value
+    assert rules["beats_prompting"]["passed"] is True and "candidate − prompted" in rules["beats_prompting"]["detail"]
     check = instance.event_log_storage.get_latest_asset_check_execution_by_key(
         [dg.AssetCheckKey(dg.AssetKey("evaluation_report"), "promotion_gate")]
     )

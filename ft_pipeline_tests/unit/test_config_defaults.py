@@ -29,6 +29,7 @@ from ft_pipeline.lib.evaluation.cost import CostConfig
 from ft_pipeline.lib.evaluation.gate import PromotionGate
 from ft_pipeline.lib.evaluation.generation import GenerationConfig
 from ft_pipeline.lib.evaluation.latency import LatencyConfig
+from ft_pipeline.lib.evaluation.prompted_baseline import PromptedBaselineConfig
 from ft_pipeline.lib.evaluation.report import EXAMPLES_SHOWN
 from ft_pipeline.lib.evaluation.review import ReviewConfig
 from ft_pipeline.lib.evaluation.runner import EvaluationConfig
@@ -131,6 +132,10 @@ TABLE: dict[str, dict[str, Any]] = {
             "latency_prompts": (LatencyConfig(), "n_prompts"),
             "latency_batch_sizes": (LatencyConfig(), "batch_sizes", list),
             "latency_max_new_tokens": (LatencyConfig(), "max_new_tokens"),
+            "prompted_baseline": (PromptedBaselineConfig(), "enabled"),
+            "prompted_k": (PromptedBaselineConfig(), "k"),
+            "prompted_system_prompt": (PromptedBaselineConfig(), "system_prompt"),
+            "prompted_max_example_chars": (PromptedBaselineConfig(), "max_example_chars"),
         },
     },
     "CustomPiiPatternConfig": {

@@ -29,6 +29,11 @@ from ft_pipeline.lib.evaluation.generation import (
 )
 from ft_pipeline.lib.evaluation.latency import LatencyConfig, add_latency
 from ft_pipeline.lib.evaluation.preference_accuracy import evaluate_preference_accuracy
+from ft_pipeline.lib.evaluation.prompted_baseline import (
+    PromptedBaselineConfig,
+    PromptedGenerator,
+    prompted_baseline_from_splits,
+)
 from ft_pipeline.lib.evaluation.report import write_report
 from ft_pipeline.lib.evaluation.review import (
     JUDGE_COLUMN,
@@ -78,6 +83,9 @@ class CandidateEvaluationConfig:
     """Prices behind the training cost, inference cost per 1k requests and payback (lib/evaluation/cost.py)."""
     review: ReviewConfig = field(default_factory=ReviewConfig)
     """The human review sample, and when the judge may gate (lib/evaluation/review.py)."""
+    prompted: PromptedBaselineConfig = field(default_factory=PromptedBaselineConfig)
+    """The prompted baseline: the base with a system prompt and few-shot examples from the training
+    split, compared with the candidate (lib/evaluation/prompted_baseline.py)."""
 
 
 @dataclass(frozen=True)
@@ -152,6 +160,15 @@ def evaluate_candidate(
     }
     if production is not None and not already_production:
         generators["production"] = _generator_for(production, config.generation, client_for, data_dir, log=log)
+    no_prompted = "the prompted baseline is off (prompted_baseline: false)"
+    prompted = None
+    if config.prompted.enabled:
+        prompted = prompted_baseline_from_splits(splits.parquet("train"), test_path, config.prompted)
+        generators["prompted"] = PromptedGenerator(generators["base"], prompted)
+        log(
+            f"prompted baseline: {len(prompted.examples)} of {prompted.k_requested} few-shot examples "
+            f"({', '.join(prompted.example_ids) or 'none'}), system prompt from {prompted.system_prompt_source}"
+        )
     for role, generator in generators.items():
         log(f"{role}: {generator.name}")
 
@@ -165,7 +182,10 @@ def evaluate_candidate(
         config=config.evaluation,
         train_test_overlap=overlap,
         no_production_reason=no_production,
+        no_prompted_reason=no_prompted,
     )
+    if prompted is not None:
+        result.extra["prompted"] = prompted.to_dict()
     add_latency(
         result.extra,
         generators,
@@ -198,6 +218,8 @@ def evaluate_candidate(
             no_production_reason=no_production,
             primary=primary["comparisons"],
             primary_missing_reason=primary["missing_reason"],
+            versus_prompted=result.comparisons.get("prompted"),
+            no_prompted_reason=no_prompted,
         )
         if config.gate.primary_metric == "judge_win_rate":
             # The judge may gate only as far as people agree with it (lib/evaluation/review.py).

@@ -38,6 +38,11 @@ class PromotionGate:
     """On the shipped regression suite the candidate must keep at least this share of the base's
     primary-metric score (it must not forget general behaviour); of ROUGE-L when the primary
     metric is a preference one (the suite has references, not preference pairs)."""
+    require_beats_prompting: bool = False
+    """Block promotion unless the candidate beats the prompted baseline (the base model with a
+    system prompt and few-shot examples from the training split): the CI lower bound of
+    (candidate - prompted) on the answer metric must be strictly above ``margin``. False = the
+    ``beats_prompting`` rule is reported (informational) and passes."""
 
     @property
     def answer_metric(self) -> str:
@@ -51,6 +56,8 @@ class RuleResult:
     passed: bool
     detail: str
     numbers: dict[str, Any] = field(default_factory=dict)
+    informational: bool = False
+    """Reported with its numbers but never blocking (it always passes)."""
 
 
 @dataclass
@@ -64,14 +71,26 @@ class GateDecision:
 
     def description(self) -> str:
         if self.passed:
-            return "promote: " + "; ".join(r.detail for r in self.rules)
-        return "do not promote: " + "; ".join(f"{r.rule} failed — {r.detail}" for r in self.failed_rules)
+            return "promote: " + "; ".join(
+                f"{r.rule} (informational) — {r.detail}" if r.informational else r.detail for r in self.rules
+            )
+        return "do not promote: " + "; ".join(
+            [f"{r.rule} failed — {r.detail}" for r in self.failed_rules]
+            + [f"{r.rule} (informational) — {r.detail}" for r in self.rules if r.informational]
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "passed": self.passed,
             "rules": [
-                {"rule": r.rule, "passed": r.passed, "detail": r.detail, "numbers": r.numbers} for r in self.rules
+                {
+                    "rule": r.rule,
+                    "passed": r.passed,
+                    "detail": r.detail,
+                    "numbers": r.numbers,
+                    **({"informational": True} if r.informational else {}),
+                }
+                for r in self.rules
             ],
         }
 
@@ -102,6 +121,28 @@ def _primary_rule(
     return _improvement_rule(name, dict(comparison), gate)
 
 
+def _prompting_rule(
+    gate: PromotionGate, versus_prompted: Mapping[str, Mapping[str, Any]] | None, missing_reason: str
+) -> RuleResult:
+    """``beats_prompting``: candidate − prompted on the answer metric, blocking only when
+    ``require_beats_prompting`` (an unmeasured comparison then fails too)."""
+    metric, required = gate.answer_metric, gate.require_beats_prompting
+    comparison = (versus_prompted or {}).get(metric)
+    if comparison is None or comparison.get("ci_low") is None:
+        detail = f"{metric} candidate − prompted was not measured: {missing_reason or 'no comparison'}"
+        return RuleResult("beats_prompting", not required, detail, {"required": required}, not required)
+    delta, ci_low, ci_high = (float(comparison[k]) for k in ("delta", "ci_low", "ci_high"))
+    beat = ci_low > gate.margin
+    detail = (
+        f"{metric} candidate − prompted = {delta:+.4f}, 95% CI [{ci_low:+.4f}, {ci_high:+.4f}]"
+        f" {'>' if beat else '≤'} margin {gate.margin:g} at the lower bound: fine-tuning "
+        f"{'beat' if beat else 'did not beat'} prompting"
+        + ("" if required else " (reported, not required: require_beats_prompting is off)")
+    )
+    numbers = {"delta": delta, "ci_low": ci_low, "ci_high": ci_high, "beat": beat, "required": required}
+    return RuleResult("beats_prompting", beat or not required, detail, numbers, not required)
+
+
 def evaluate_gate(
     gate: PromotionGate,
     *,
@@ -112,6 +153,8 @@ def evaluate_gate(
     no_production_reason: str = "no production model yet",
     primary: Mapping[str, Mapping[str, Any]] | None = None,
     primary_missing_reason: str = "",
+    versus_prompted: Mapping[str, Mapping[str, Any]] | None = None,
+    no_prompted_reason: str = "the prompted baseline is off",
 ) -> GateDecision:
     """Apply the rules.
 
@@ -123,7 +166,9 @@ def evaluate_gate(
     that also occur in the training split. ``primary``: for a primary metric of
     :data:`PREFERENCE_PRIMARY_METRICS`, its comparison per baseline (``base``, ``production``);
     a baseline without one fails its rule with ``primary_missing_reason`` (a gate that asks for a
-    preference metric never promotes on an unmeasured one).
+    preference metric never promotes on an unmeasured one). ``versus_prompted``: per metric, the
+    comparison of the candidate against the prompted baseline (None when it was not run:
+    ``no_prompted_reason`` says why); its ``beats_prompting`` rule is on the answer metric.
     """
     if gate.primary_metric in PREFERENCE_PRIMARY_METRICS:
         measured = primary or {}
@@ -136,6 +181,7 @@ def evaluate_gate(
             rules.append(_improvement_rule("production", versus_production[gate.primary_metric], gate))
     if versus_production is None:
         rules.append(RuleResult("beats_production", True, no_production_reason))
+    rules.append(_prompting_rule(gate, versus_prompted, no_prompted_reason))
 
     regressions = []
     for baseline_name, comparisons in (("base", versus_base), ("production", versus_production)):

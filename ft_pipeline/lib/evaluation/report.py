@@ -13,7 +13,7 @@ from ft_pipeline.lib.evaluation.review import review_markdown
 from ft_pipeline.lib.evaluation.runner import EvaluationResult
 from ft_pipeline.lib.pii import DEFAULT_PII_CONFIG, PiiConfig, scrub_pii
 
-ROLES = ("candidate", "base", "production")
+ROLES = ("candidate", "base", "production", "prompted")
 
 
 def _json_safe(value: Any) -> Any:
@@ -139,7 +139,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines.append(f"**Decision: {'PROMOTE' if decision['passed'] else 'DO NOT PROMOTE'}**")
     lines.append("")
     for rule in decision["rules"]:
-        lines.append(f"- {'✅' if rule['passed'] else '❌'} `{rule['rule']}` — {rule['detail']}")
+        mark = "ℹ️" if rule.get("informational") else "✅" if rule["passed"] else "❌"
+        lines.append(f"- {mark} `{rule['rule']}` — {rule['detail']}")
     lines += ["", "## Models", ""]
     for role in roles:
         lines.append(f"- {role}: `{report['model_ids'][role]}`")
@@ -171,6 +172,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                 f"| {metric} | {c['delta']:+.4f} | {c['ci_low']:+.4f} | {c['ci_high']:+.4f} | "
                 f"{'' if p is None else f'{p:.3g}'} |"
             )
+    lines += _prompting_markdown(report)
     judge = (report.get("extra") or {}).get("judge")
     if judge:
         lines += [
@@ -223,7 +225,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                 f"**Reference:** {_md_quote(row['reference'])}",
                 "",
             ]
-            for role in ("base", "candidate", "production"):
+            for role in ("base", "candidate", "production", "prompted"):
                 answer = row["answers"].get(role)
                 if answer is not None:
                     score = answer.get(primary)
@@ -258,6 +260,44 @@ def _answer_metric(report: Mapping[str, Any]) -> str:
     """The per-example metric answers are shown and sliced by: the primary metric, or ROUGE-L when
     the primary metric is a preference one (``answer_metric``; older reports lack the key)."""
     return str(report.get("answer_metric") or report.get("primary_metric", "rougeL"))
+
+
+def _prompting_markdown(report: Mapping[str, Any]) -> list[str]:
+    """The "Fine-tuning vs prompting" section: one sentence saying whether the candidate beat the
+    prompted baseline (the lower bound of the candidate − prompted CI above 0), with the numbers,
+    what the prompted base was told and the few-shot examples' conversation ids."""
+    metric = _answer_metric(report)
+    comparison = (report.get("comparisons") or {}).get("prompted", {}).get(metric)
+    if not comparison:
+        return []
+    prompted = (report.get("extra") or {}).get("prompted") or {}
+    summary = report.get("summary") or {}
+    delta, ci_low, ci_high = (float(comparison[k]) for k in ("delta", "ci_low", "ci_high"))
+    beat = ci_low > 0
+    verdict = (
+        f"**Fine-tuning {'beat' if beat else 'did not beat'} prompting**: {metric} candidate − prompted = "
+        f"{delta:+.4f} (95% CI {ci_low:+.4f} to {ci_high:+.4f}, paired bootstrap; the lower bound is "
+        f"{'above' if beat else 'not above'} 0)."
+    )
+    means = " · ".join(
+        f"{role} {float(summary[role][metric]):.4f}"
+        for role in ("candidate", "prompted", "base")
+        if metric in summary.get(role, {})
+    )
+    ids = prompted.get("example_ids") or []
+    source = {
+        "config": "the configured one",
+        "training": "the system turn the training conversations share",
+        "default": "the default instruction",
+    }.get(str(prompted.get("system_prompt_source")), "unknown")
+    told = (
+        f"The prompted baseline is the base model with a system prompt ({source}) and"
+        f" {len(ids)} few-shot example(s) of the {prompted.get('k_requested', len(ids))} asked for, from the "
+        "training split (never from test): " + (", ".join(f"`{i}`" for i in ids) or "none") + "."
+    )
+    required = bool((report.get("gate_config") or {}).get("require_beats_prompting", False))
+    gate = "The gate requires it (require_beats_prompting)." if required else "Reported, not required by the gate."
+    return ["", "## Fine-tuning vs prompting", "", verdict, "", f"Means ({metric}): {means}.", "", told, "", gate]
 
 
 def _latency_markdown(latency: dict[str, Any] | None) -> list[str]:

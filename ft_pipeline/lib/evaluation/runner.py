@@ -52,7 +52,7 @@ class EvaluationResult:
     summary: dict[str, dict[str, float]]
     """model role -> metric -> mean."""
     comparisons: dict[str, dict[str, dict[str, Any]]]
-    """baseline role ('base', 'production') -> metric -> delta, CI, (McNemar for binary metrics)."""
+    """baseline role ('base', 'production', 'prompted') -> metric -> delta, CI, (McNemar for binary metrics)."""
     slices: dict[str, dict[str, dict[str, float]]]
     """tag -> model role -> metric -> mean."""
     regression: dict[str, float] | None
@@ -85,9 +85,12 @@ def run_evaluation(
     train_test_overlap: int = 0,
     regression_suite: list[dict[str, Any]] | None = None,
     no_production_reason: str = "no production model yet",
+    no_prompted_reason: str = "the prompted baseline is off",
 ) -> EvaluationResult:
-    """Evaluate ``generators`` ('candidate', 'base', optionally 'production') on ``test``.
-    ``no_production_reason`` says, in the gate's rules, why there is no 'production' generator.
+    """Evaluate ``generators`` ('candidate', 'base', optionally 'production' and 'prompted': the
+    base with a system prompt and few-shot examples) on ``test``. ``no_production_reason`` /
+    ``no_prompted_reason`` say, in the gate's rules, why there is no 'production' / 'prompted'
+    generator. The regression suite stays candidate vs base.
 
     ``test`` has ``conversation_id``, ``messages`` and (optionally) ``tags``; all turns before the
     final assistant turn are the prompt and the final assistant turn is the reference.
@@ -126,7 +129,7 @@ def run_evaluation(
             confidence=config.confidence,
             seed=config.seed,
         )
-        for baseline in ("base", "production")
+        for baseline in ("base", "production", "prompted")
         if baseline in scores
     }
 
@@ -155,6 +158,8 @@ def run_evaluation(
         regression_scores=regression,
         train_test_overlap=train_test_overlap,
         no_production_reason=no_production_reason,
+        versus_prompted=comparisons.get("prompted"),
+        no_prompted_reason=no_prompted_reason,
     )
     return EvaluationResult(
         examples=examples,
