@@ -26,7 +26,7 @@ CANDIDATE = f"ft:{BASE}:org::review1"
 
 def _splits(tmp_path) -> SplitsManifest:
     paths = {}
-    for split, n in (("train", 4), ("validation", 2), ("test", 8)):
+    for k, (split, n) in enumerate((("train", 4), ("validation", 2), ("test", 8))):
         rows = [
             {
                 "conversation_id": f"{split}-{i}",
@@ -35,7 +35,7 @@ def _splits(tmp_path) -> SplitsManifest:
                     {"role": "assistant", "content": f"the answer to {split} question {i}"},
                 ],
                 "tags": ["billing" if i % 2 else "login"],
-                "exact_hash": f"{split}-{i}",
+                "exact_hash": 1000 * k + i,  # int64, as the splits store it
             }
             for i in range(n)
         ]
