@@ -19,7 +19,9 @@ from ft_pipeline.defs.metadata import (
     table,
     within_data_dir,
 )
-from ft_pipeline.defs.resources import OpenAIFineTuningResource, PipelineStorage
+from ft_pipeline.defs.provider_exit import replacement_plan, replacing_hosted_model
+from ft_pipeline.defs.resources import ModelRegistryResource, OpenAIFineTuningResource, PipelineStorage
+from ft_pipeline.lib.evaluation.candidate import DEFAULT_MODEL_NAME
 from ft_pipeline.lib.inline_charts import Point, loss_sparkline_svg, series
 from ft_pipeline.lib.manifests import PreferenceManifest, SplitsManifest, read_manifest
 from ft_pipeline.lib.training.fine_tune import (
@@ -167,6 +169,12 @@ class FineTuneRunConfig(dg.Config):
     openai_timeout_s: float = Field(
         default=_OPENAI.timeout_s, description="Overall limit; the remote job is cancelled after it."
     )
+    replace_hosted_production: bool = Field(
+        default=False,
+        description="Provider exit (set by the job replace_hosted_model): train a local_lora replacement of the "
+        "hosted production model of ft-pipeline-assistant on the splits that model was trained on (its split files "
+        "when the splits changed since); fails when production is not hosted or those files are gone.",
+    )
 
     def lora(self) -> LoraTrainingConfig:
         return LoraTrainingConfig(
@@ -243,6 +251,7 @@ def fine_tuned_model(
     # is not a resource type and would otherwise be read as an asset input.
     local_trainer: dg.ResourceParam[dg.PipesClient],
     openai_fine_tuning: OpenAIFineTuningResource,
+    model_registry: ModelRegistryResource,
 ) -> dg.MaterializeResult:
     """The fine-tuned model and its lineage. ``local_lora`` (default): TRL SFT with PEFT LoRA
     (QLoRA 4-bit on CUDA) in its own process through Dagster Pipes, assistant-only loss, packing,
@@ -258,7 +267,10 @@ def fine_tuned_model(
     names the splits it was trained on. On the asset's page: the backend, the losses and other
     headline numbers, a loss sparkline (train and validation loss over steps), the settings and
     the remaining training figures as tables; the full-size loss plot opens with one click."""
-    splits = _splits(storage)
+    if replacing_hosted_model(context, config.replace_hosted_production):
+        splits = _replacement_splits(context, config, storage, model_registry)
+    else:
+        splits = _splits(storage)
     if config.backend == "local_lora":
         return _train_local(context, config, storage, local_trainer, splits)
     if config.method == "kto":
@@ -333,6 +345,21 @@ def _train_local(
         }
     )
     return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(record.version))
+
+
+def _replacement_splits(
+    context: dg.AssetExecutionContext,
+    config: FineTuneRunConfig,
+    storage: PipelineStorage,
+    model_registry: ModelRegistryResource,
+) -> SplitsManifest:
+    """Provider exit: the splits the hosted production model was trained on (ft_pipeline/defs/provider_exit.py)."""
+    if config.backend != "local_lora" or config.method != "sft":
+        raise dg.Failure(
+            description="replace_hosted_production trains a local_lora sft replacement of the hosted model, "
+            f"not backend {config.backend!r} with method {config.method!r}"
+        )
+    return replacement_plan(context, storage, model_registry, DEFAULT_MODEL_NAME).splits
 
 
 def _trained_on(method: str, splits: SplitsManifest, data_version: str) -> dict[str, str]:
