@@ -23,6 +23,21 @@ REPLACE_HOSTED_MODEL_CONFIG: dict[str, Any] = {
 }
 
 
+def replacement_run_config(overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """The job's run config with ``overrides`` (``{"ops": {step: {"config": {...}}}}``) merged in
+    field by field (Dagster would replace a step's whole default config by the one given).
+
+    Raises:
+        ValueError: an override for a step the job does not run.
+    """
+    ops = {op: {"config": dict(entry["config"])} for op, entry in REPLACE_HOSTED_MODEL_CONFIG["ops"].items()}
+    for op, entry in ((overrides or {}).get("ops") or {}).items():
+        if op not in REPLACEMENT_ASSETS:
+            raise ValueError(f"the job {JOB_NAME} runs {', '.join(REPLACEMENT_ASSETS)}; it has no step {op!r}")
+        ops.setdefault(op, {"config": {}})["config"].update(entry.get("config") or {})
+    return {"ops": ops}
+
+
 def replacing_hosted_model(context: dg.AssetExecutionContext, flag: bool) -> bool:
     """Whether this step is part of a replacement: its ``replace_hosted_production`` config, or a
     run of the job replace_hosted_model (so run config given without the flag does not turn the

@@ -89,6 +89,7 @@ TABLE: dict[str, dict[str, Any]] = {
                 for name in ("suffix", "poll_interval_s", "max_poll_interval_s", "timeout_s")
             },
         },
+        "NO_LIB": {"replace_hosted_production": "the job replace_hosted_model's switch (lib: provider_exit.py)"},
     },
     "EvaluationRunConfig": {
         # seed is both the bootstrap's and the generation's; their lib defaults agree (checked below).
@@ -101,6 +102,11 @@ TABLE: dict[str, dict[str, Any]] = {
             "latency_batch_sizes": (LatencyConfig(), "batch_sizes", list),
             "latency_max_new_tokens": (LatencyConfig(), "max_new_tokens"),
         },
+        "NO_LIB": {"replace_hosted_production": "the job replace_hosted_model's switch (lib: provider_exit.py)"},
+    },
+    "PromotionRunConfig": {
+        "SOURCES": [],
+        "NO_LIB": {"replace_hosted_production": "the job replace_hosted_model's switch (lib: provider_exit.py)"},
     },
     "CustomPiiPatternConfig": {
         "SOURCES": [],
