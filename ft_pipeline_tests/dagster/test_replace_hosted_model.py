@@ -132,6 +132,9 @@ def _failure(result):
     return error.message
 
 
+# Trains through Pipes in a subprocess like the other local-training Dagster tests: about 20 s of CPU
+# (a minute on a loaded 2-core machine), most of it the trainer process importing torch and TRL.
+@pytest.mark.slow
 def test_replace_hosted_model_promotes_only_a_non_inferior_local_model(
     instance, tmp_path, monkeypatch, capsys, one_torch_thread
 ):

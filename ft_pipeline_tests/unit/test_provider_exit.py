@@ -127,11 +127,25 @@ def registry(tmp_path):
     return ModelRegistry(f"sqlite:///{tmp_path / 'registry.db'}")
 
 
-@pytest.fixture
-def hosted(registry):
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def any_registry(request, tmp_path):
+    """The registry on SQLite, and on a real PostgreSQL server (skipped without one)."""
+    if request.param == "sqlite":
+        return ModelRegistry(f"sqlite:///{tmp_path / 'registry.db'}")
+    from ft_pipeline_tests.postgres_server import sqlalchemy_url
+
+    return ModelRegistry(sqlalchemy_url(request.getfixturevalue("postgres_database_url")))
+
+
+def _hosted_production(registry):
     version = _register(registry, backend="openai", model_uri=HOSTED_ID, remote_model_id=HOSTED_ID)
     _make_production(registry, version)
     return version
+
+
+@pytest.fixture
+def hosted(registry):
+    return _hosted_production(registry)
 
 
 def test_nothing_to_replace_without_a_hosted_production_model(registry, tmp_path):
@@ -212,7 +226,9 @@ def test_the_candidate_must_be_local_and_trained_on_the_hosted_models_splits(reg
         check_replacement_candidate(plan, None)
 
 
-def test_a_promoted_replacement_names_the_hosted_model_in_its_tags_and_the_audit_log(registry, hosted, tmp_path):
+def test_a_promoted_replacement_names_the_hosted_model_in_its_tags_and_the_audit_log(any_registry, tmp_path):
+    registry = any_registry
+    _hosted_production(registry)
     plan = plan_replacement(registry, MODEL, current_splits=_splits(tmp_path, "s1"), data_dir=tmp_path)
     candidate = register_evaluated_version(
         registry, MODEL, model_uri="lora:///m#2", backend="local_lora", base_model="tiny", eval_id="e2", run_key="r2"
