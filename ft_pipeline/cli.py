@@ -228,6 +228,57 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_replace_hosted_model(args: argparse.Namespace) -> int:
+    """Provider exit: the job replace_hosted_model in process (see README "Leaving a hosted provider")."""
+    if not os.environ.get("DAGSTER_HOME"):
+        print("error: DAGSTER_HOME is not set (export DAGSTER_HOME=$PWD/.dagster_home)", file=sys.stderr)
+        return 2
+    missing = _missing_registry(args)
+    if missing:
+        print(f"error: {missing}", file=sys.stderr)
+        return 2
+    import dagster as dg
+
+    from ft_pipeline.definitions import ALL_ASSETS, default_resources
+    from ft_pipeline.defs.provider_exit import JOB_NAME, replace_hosted_model_job, replacement_run_config
+    from ft_pipeline.defs.resources import ModelRegistryResource, PipelineStorage
+    from ft_pipeline.lib.storage import resolve_data_dir
+
+    data_dir = resolve_data_dir(args.data_dir).resolve()
+    args.backend = "local_lora"  # the replacement is a local model; --set cannot change that
+    try:
+        run_config = replacement_run_config(_run_config(args, STAGES.index("promoted_model")))
+    except ValueError as err:
+        print(f"error: --set: {err}", file=sys.stderr)
+        return 2
+    resources = {
+        **default_resources(),
+        "storage": PipelineStorage(data_dir=str(data_dir)),
+        "model_registry": ModelRegistryResource(
+            url=args.url or os.environ.get(REGISTRY_URL_ENV, ""),
+            data_dir=str(data_dir),
+            publish_url=os.environ.get("FT_PIPELINE_PUBLISH_URL", ""),
+        ),
+    }
+    defs = dg.Definitions(assets=ALL_ASSETS, jobs=[replace_hosted_model_job], resources=resources)
+    result = defs.resolve_job_def(JOB_NAME).execute_in_process(
+        instance=dg.DagsterInstance.get(), run_config=run_config, tags=_run_tags(), raise_on_error=False
+    )
+    for event in result.get_asset_materialization_events():
+        print(f"  {event.asset_key.to_user_string() if event.asset_key else '?'}: {_summary(event)}")
+    gate = [e for e in result.get_asset_check_evaluations() if e.check_name == "promotion_gate"]
+    failed_steps = {e.step_key for e in result.get_step_failure_events()}
+    if failed_steps and not (gate and not gate[0].passed and failed_steps <= {"evaluation_report"}):
+        print(f"the {JOB_NAME} run failed", file=sys.stderr)
+        _print_failures(result)
+        return 1
+    _print_outputs(data_dir, STAGES.index("promoted_model"))
+    if gate and not gate[0].passed:
+        print("\nnot replaced: the hosted model stays production (the gate above says why)", file=sys.stderr)
+        return 1
+    return 0
+
+
 class _PlannedRun(NamedTuple):
     """One run of a named job: the job, the assets to materialize (``None``: all of the job's) and
     the steps that materialize them."""
@@ -958,6 +1009,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a config field, e.g. --set fine_tuned_model.learning_rate=0.003 (repeatable)",
     )
     run.set_defaults(func=_cmd_run)
+
+    replace = _add_command(
+        sub,
+        "replace-hosted-model",
+        "replace the hosted production model with a local LoRA model proven no worse",
+        "Provider exit: runs the job replace_hosted_model in process (Dagster instance in $DAGSTER_HOME): trains a "
+        "local_lora candidate on the splits the hosted production model was trained on, evaluates it against that "
+        "model with the gate's non_inferiority rule and promotes it only if the gate passes. The hosted model is "
+        "called through the openai_fine_tuning resource (OPENAI_API_KEY, OPENAI_BASE_URL). Exit code 1 when the "
+        "hosted model stays production.",
+    )
+    _add_location_options(replace, url=True)
+    replace.add_argument(
+        "--set",
+        action="append",
+        metavar="ASSET.FIELD=VALUE",
+        help="override a config field, e.g. --set evaluation_report.non_inferiority_margin=0.01 (repeatable)",
+    )
+    replace.set_defaults(func=_cmd_replace_hosted_model)
 
     validate = _add_command(
         sub,

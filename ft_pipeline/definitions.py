@@ -16,6 +16,7 @@ from ft_pipeline.defs.cleaning import cleaned_conversations
 from ft_pipeline.defs.curation import curated_dataset
 from ft_pipeline.defs.evaluation import evaluation_report, promoted_model
 from ft_pipeline.defs.preferences import preference_dataset
+from ft_pipeline.defs.provider_exit import replace_hosted_model_job
 from ft_pipeline.defs.records import raw_conversation_logs
 from ft_pipeline.defs.resources import (
     AzureOpenAIResource,
@@ -116,7 +117,7 @@ def default_resources() -> dict[str, object]:
 
 defs = dg.Definitions(
     assets=ALL_ASSETS,
-    jobs=[ingest_log_file_job, build_dataset_job, train_model_job],
+    jobs=[ingest_log_file_job, build_dataset_job, train_model_job, replace_hosted_model_job],
     schedules=[nightly_retrain_schedule],
     sensors=[new_log_files_sensor, record_run_failures],
     resources=default_resources(),

@@ -4,7 +4,7 @@ import math
 import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import dagster as dg
 from pydantic import Field
@@ -18,6 +18,7 @@ from ft_pipeline.defs.metadata import (
     table,
     within_data_dir,
 )
+from ft_pipeline.defs.provider_exit import replacement_metadata, replacement_plan, replacing_hosted_model
 from ft_pipeline.defs.resources import (
     AzureOpenAIResource,
     ModelRegistryResource,
@@ -40,6 +41,7 @@ from ft_pipeline.lib.evaluation.runner import EvaluationConfig, EvaluationResult
 from ft_pipeline.lib.evaluation.summary import EvaluationSummary, read_evaluation_summary
 from ft_pipeline.lib.inline_charts import metric_means_svg
 from ft_pipeline.lib.pii import PiiConfig
+from ft_pipeline.lib.provider_exit import ReplacementRefused, check_replacement_candidate, replacement_reason
 from ft_pipeline.lib.serving.snippets import curl_snippet, openai_snippet
 from ft_pipeline.lib.training.fine_tune import read_splits
 from ft_pipeline.lib.training.openai_job import FineTuneError
@@ -78,6 +80,23 @@ class EvaluationRunConfig(dg.Config):
     regression_suite_min_ratio: float = Field(
         default=_GATE.regression_suite_min_ratio,
         description="Share of the base's regression-suite score the candidate must keep.",
+    )
+    production_rule: Literal["superiority", "non_inferiority"] = Field(
+        default=cast(Literal["superiority", "non_inferiority"], _GATE.production_rule),
+        description="How the candidate must compare with production on the primary metric: superiority (its CI "
+        "lower bound above margin: beats_production) or non_inferiority (above -non_inferiority_margin: "
+        "non_inferior_to_production; the job replace_hosted_model uses it). The base must be beaten either way.",
+    )
+    non_inferiority_margin: float = Field(
+        default=_GATE.non_inferiority_margin,
+        description="With production_rule non_inferiority: how much worse than production (absolute, on the "
+        "primary metric) the CI lower bound of (candidate - production) may go.",
+    )
+    replace_hosted_production: bool = Field(
+        default=False,
+        description="Provider exit (set by the job replace_hosted_model): evaluate on the splits the hosted "
+        "production model was trained on, against that hosted model; fails when production is not hosted or the "
+        "candidate was not trained on those splits.",
     )
     use_regression_suite: bool = Field(
         default=_EVAL.use_regression_suite, description="Run the shipped general prompts."
@@ -222,6 +241,8 @@ class EvaluationRunConfig(dg.Config):
             guardrail_tolerance=self.guardrail_tolerance,
             regression_suite_min_ratio=self.regression_suite_min_ratio,
             require_beats_prompting=self.require_beats_prompting,
+            production_rule=self.production_rule,
+            non_inferiority_margin=self.non_inferiority_margin,
         )
 
     def generation(self) -> GenerationConfig:
@@ -274,6 +295,17 @@ class EvaluationRunConfig(dg.Config):
                 max_example_chars=self.prompted_max_example_chars,
             ),
         )
+
+
+class PromotionRunConfig(dg.Config):
+    """How promoted_model promotes (defaults documented)."""
+
+    replace_hosted_production: bool = Field(
+        default=False,
+        description="Provider exit (set by the job replace_hosted_model): the candidate replaces the hosted "
+        "production model its evaluation compared it with; the new version's tags (replaced_model_id, "
+        "replaced_backend, replaced_version) and the audit log's reason name that model.",
+    )
 
 
 def registry_kinds(environ: Mapping[str, str] = os.environ) -> set[str]:
@@ -356,6 +388,15 @@ def evaluation_report(
     with one click."""
     record = read_model_record(storage.folder("models"))
     splits = read_splits(storage.folder("splits"))
+    plan = None
+    if replacing_hosted_model(context, config.replace_hosted_production):
+        # Provider exit: the hosted production model's splits, and a candidate trained for it.
+        plan = replacement_plan(context, storage, model_registry, config.model_name)
+        try:
+            check_replacement_candidate(plan, record)
+        except ReplacementRefused as err:
+            raise dg.Failure(description=str(err)) from None
+        splits = plan.splits
     if record is None or splits is None:
         raise dg.Failure(description="fine_tuned_model and the splits must be materialized first")
     pii = pii_policy.pii_config()  # before the evaluation: a bad policy fails in seconds, not after generation
@@ -378,6 +419,8 @@ def evaluation_report(
     metadata = _report_metadata(evaluation, config, pii, storage.root())
     if not evaluation.gate_passed:
         metadata.update(_clean_up_rejected(record, summary, azure_openai, context))
+    if plan is not None:
+        metadata.update(replacement_metadata(plan))
     yield dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(summary.eval_id))
     primary = evaluation.result.extra["primary"]
     versus_base = primary["comparisons"].get("base") or {}
@@ -678,14 +721,30 @@ def _judge_table(judge: Mapping[str, Mapping[str, Any]]) -> dg.MetadataValue:
     tags=MODEL_TAGS,
 )
 def promoted_model(
-    context: dg.AssetExecutionContext, storage: PipelineStorage, model_registry: ModelRegistryResource
+    context: dg.AssetExecutionContext,
+    config: PromotionRunConfig,
+    storage: PipelineStorage,
+    model_registry: ModelRegistryResource,
 ) -> dg.MaterializeResult:
     """Moves the registry's ``production`` alias to the candidate the gate passed: one transaction
     with compare-and-swap, the previous production version archived, the reason and evaluation
-    stored in the append-only audit log. Fails clearly if production changed since the evaluation."""
+    stored in the append-only audit log. Fails clearly if production changed since the evaluation.
+    In the job replace_hosted_model, the new version's tags and the audit log's reason name the
+    hosted model it replaced."""
     summary = read_evaluation_summary(storage.folder("reports"))
     if summary is None:
         raise dg.Failure(description="evaluation_report has not been materialized yet")
+    plan = (
+        replacement_plan(context, storage, model_registry, summary.model_name)
+        if replacing_hosted_model(context, config.replace_hosted_production)
+        else None
+    )
+    replacing: dict[str, Any] = {}
+    if plan is not None:
+        try:
+            replacing = {"reason": replacement_reason(plan, summary), "tags_on_success": plan.tags()}
+        except ReplacementRefused as err:
+            raise dg.Failure(description=str(err)) from None
     try:
         promotion = promote_candidate(
             summary,
@@ -693,6 +752,7 @@ def promoted_model(
             publish_url=model_registry.publish_url,
             actor=f"dagster:{context.run_id}",
             log=context.log.info,
+            **replacing,
         )
     except NotPromoted as err:
         raise dg.Failure(description=str(err)) from None
@@ -713,6 +773,8 @@ def promoted_model(
     metadata["model_uri"] = within_data_dir(promotion.model_uri or "", storage.root())
     if promotion.audit_event_id is not None:
         metadata["audit_event_id"] = promotion.audit_event_id
+    if plan is not None:
+        metadata.update(plan.tags())
     if published:
         metadata.update(
             {

@@ -20,7 +20,15 @@ from ft_pipeline.defs.metadata import (
     table,
     within_data_dir,
 )
-from ft_pipeline.defs.resources import AzureOpenAIResource, OpenAIFineTuningResource, PipelineStorage, TogetherResource
+from ft_pipeline.defs.provider_exit import replacement_plan, replacing_hosted_model
+from ft_pipeline.defs.resources import (
+    AzureOpenAIResource,
+    ModelRegistryResource,
+    OpenAIFineTuningResource,
+    PipelineStorage,
+    TogetherResource,
+)
+from ft_pipeline.lib.evaluation.candidate import DEFAULT_MODEL_NAME
 from ft_pipeline.lib.inline_charts import Point, loss_sparkline_svg, series
 from ft_pipeline.lib.manifests import AugmentedTrainManifest, PreferenceManifest, SplitsManifest, read_manifest
 from ft_pipeline.lib.training.backends import (
@@ -165,6 +173,12 @@ class FineTuneRunConfig(dg.Config):
     openai_timeout_s: float = Field(
         default=_OPENAI.timeout_s, description="Overall limit; the remote job is cancelled after it."
     )
+    replace_hosted_production: bool = Field(
+        default=False,
+        description="Provider exit (set by the job replace_hosted_model): train a local_lora replacement of the "
+        "hosted production model of ft-pipeline-assistant on the splits that model was trained on (its split files "
+        "when the splits changed since); fails when production is not hosted or those files are gone.",
+    )
 
     # together (the base model is the together resource's ``model``; seed is the shared one)
     together_lora: bool = Field(
@@ -300,6 +314,7 @@ def fine_tuned_model(
     openai_fine_tuning: OpenAIFineTuningResource,
     azure_openai: AzureOpenAIResource,
     together: TogetherResource,
+    model_registry: ModelRegistryResource,
 ) -> dg.MaterializeResult:
     """The fine-tuned model and its lineage. ``local_lora`` (default): TRL SFT with PEFT LoRA
     (QLoRA 4-bit on CUDA) in its own process through Dagster Pipes, assistant-only loss, packing,
@@ -317,7 +332,10 @@ def fine_tuned_model(
     names the splits it was trained on. On the asset's page: the backend, the losses and other
     headline numbers, a loss sparkline (train and validation loss over steps), the settings and
     the remaining training figures as tables; the full-size loss plot opens with one click."""
-    splits = _splits(storage)
+    if replacing_hosted_model(context, config.replace_hosted_production):
+        splits = _replacement_splits(context, config, storage, model_registry)
+    else:
+        splits = _splits(storage)
     augmented = _augmented(config, splits)
     # sft never reads preference_dataset (it may not exist yet).
     preferences = read_manifest(storage.folder("preferences"), PreferenceManifest) if config.method != "sft" else None
@@ -482,6 +500,21 @@ def _rows_table(rows: Sequence[Mapping[str, Any]]) -> dg.MetadataValue:
         return "string"
 
     return table(rows, [dg.TableColumn(name, kind(name)) for name in names])
+
+
+def _replacement_splits(
+    context: dg.AssetExecutionContext,
+    config: FineTuneRunConfig,
+    storage: PipelineStorage,
+    model_registry: ModelRegistryResource,
+) -> SplitsManifest:
+    """Provider exit: the splits the hosted production model was trained on (ft_pipeline/defs/provider_exit.py)."""
+    if config.backend != "local_lora" or config.method != "sft":
+        raise dg.Failure(
+            description="replace_hosted_production trains a local_lora sft replacement of the hosted model, "
+            f"not backend {config.backend!r} with method {config.method!r}"
+        )
+    return replacement_plan(context, storage, model_registry, DEFAULT_MODEL_NAME).splits
 
 
 def _trained_on(method: str, splits: SplitsManifest, data_version: str) -> dict[str, str]:

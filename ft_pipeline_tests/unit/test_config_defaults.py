@@ -83,7 +83,10 @@ TABLE: dict[str, dict[str, Any]] = {
     "AugmentationRunConfig": {"SOURCES": [AugmentationConfig()]},
     "FineTuneRunConfig": {
         "SOURCES": [LoraTrainingConfig()],
-        "NO_LIB": {"train_on_augmented": "the wrapper's choice of train file (the lib takes the manifest or None)"},
+        "NO_LIB": {
+            "train_on_augmented": "the wrapper's choice of train file (the lib takes the manifest or None)",
+            "replace_hosted_production": "the job replace_hosted_model's switch (lib: provider_exit.py)",
+        },
         "RENAMED": {
             "backend": (None, DEFAULT_BACKEND),
             # The training objective, shared by both backends (LoraTrainingConfig's default is the same).
@@ -137,6 +140,11 @@ TABLE: dict[str, dict[str, Any]] = {
             "prompted_system_prompt": (PromptedBaselineConfig(), "system_prompt"),
             "prompted_max_example_chars": (PromptedBaselineConfig(), "max_example_chars"),
         },
+        "NO_LIB": {"replace_hosted_production": "the job replace_hosted_model's switch (lib: provider_exit.py)"},
+    },
+    "PromotionRunConfig": {
+        "SOURCES": [],
+        "NO_LIB": {"replace_hosted_production": "the job replace_hosted_model's switch (lib: provider_exit.py)"},
     },
     "CustomPiiPatternConfig": {
         "SOURCES": [],

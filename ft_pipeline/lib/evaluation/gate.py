@@ -18,6 +18,10 @@ from typing import Any
 PREFERENCE_PRIMARY_METRICS = frozenset({"preference_accuracy", "judge_win_rate"})
 #: The answer metric the regression suite is scored on when the primary metric is a preference one.
 DEFAULT_ANSWER_METRIC = "rougeL"
+#: How the candidate must compare with production: ``superiority`` (beat it, as it must beat the
+#: base) or ``non_inferiority`` (be no worse than it by more than ``non_inferiority_margin``: the
+#: rule of a provider exit, where a local model replaces a hosted one that is going away).
+PRODUCTION_RULES = ("superiority", "non_inferiority")
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,23 @@ class PromotionGate:
     system prompt and few-shot examples from the training split): the CI lower bound of
     (candidate - prompted) on the answer metric must be strictly above ``margin``. False = the
     ``beats_prompting`` rule is reported (informational) and passes."""
+    production_rule: str = "superiority"
+    """How the candidate must compare with production (one of :data:`PRODUCTION_RULES`):
+    ``superiority`` = the CI lower bound of (candidate - production) above ``margin``
+    (``beats_production``); ``non_inferiority`` = that lower bound above ``-non_inferiority_margin``
+    (``non_inferior_to_production``: no worse than production beyond the margin, e.g. a local model
+    replacing a hosted one). The base must be beaten either way."""
+    non_inferiority_margin: float = 0.02
+    """With ``production_rule`` ``non_inferiority``: how much worse than production (absolute, on
+    the primary metric) the CI lower bound of the difference may go."""
+
+    def __post_init__(self) -> None:
+        if self.production_rule not in PRODUCTION_RULES:
+            raise ValueError(
+                f"production_rule must be one of {', '.join(PRODUCTION_RULES)}, not {self.production_rule!r}"
+            )
+        if self.non_inferiority_margin < 0:
+            raise ValueError(f"non_inferiority_margin must be >= 0, not {self.non_inferiority_margin}")
 
     @property
     def answer_metric(self) -> str:
@@ -107,6 +128,38 @@ def _improvement_rule(name: str, comparison: dict[str, Any], gate: PromotionGate
     return RuleResult(
         f"beats_{name}", passed, detail, {"delta": delta, "ci_low": ci_low, "ci_high": float(comparison["ci_high"])}
     )
+
+
+def _non_inferiority_rule(comparison: dict[str, Any], gate: PromotionGate) -> RuleResult:
+    """The candidate is no worse than production beyond the margin: CI lower bound of
+    (candidate - production) strictly above ``-non_inferiority_margin``."""
+    ci_low, ci_high = float(comparison["ci_low"]), float(comparison["ci_high"])
+    delta = float(comparison["delta"])
+    bound = -gate.non_inferiority_margin
+    passed = ci_low > bound
+    detail = (
+        f"{gate.primary_metric} candidate − production = {delta:+.4f}, 95% CI [{ci_low:+.4f}, {ci_high:+.4f}]"
+        f" {'>' if passed else '≤'} −{gate.non_inferiority_margin:g} (non-inferiority margin) at the lower bound"
+    )
+    return RuleResult(
+        "non_inferior_to_production",
+        passed,
+        detail,
+        {"delta": delta, "ci_low": ci_low, "ci_high": ci_high, "non_inferiority_margin": gate.non_inferiority_margin},
+    )
+
+
+def _production_rule(comparison: Mapping[str, Any] | None, gate: PromotionGate, missing_reason: str) -> RuleResult:
+    """The candidate against production, by ``gate.production_rule``."""
+    if gate.production_rule != "non_inferiority":
+        return _primary_rule("production", comparison, gate, missing_reason)
+    if comparison is None or comparison.get("ci_low") is None:
+        return RuleResult(
+            "non_inferior_to_production",
+            False,
+            f"{gate.primary_metric} candidate − production was not measured: {missing_reason or 'no comparison'}",
+        )
+    return _non_inferiority_rule(dict(comparison), gate)
 
 
 def _primary_rule(
@@ -174,13 +227,14 @@ def evaluate_gate(
         measured = primary or {}
         rules = [_primary_rule("base", measured.get("base"), gate, primary_missing_reason)]
         if versus_production is not None:
-            rules.append(_primary_rule("production", measured.get("production"), gate, primary_missing_reason))
+            rules.append(_production_rule(measured.get("production"), gate, primary_missing_reason))
     else:
         rules = [_improvement_rule("base", versus_base[gate.primary_metric], gate)]
         if versus_production is not None:
-            rules.append(_improvement_rule("production", versus_production[gate.primary_metric], gate))
+            rules.append(_production_rule(versus_production[gate.primary_metric], gate, ""))
     if versus_production is None:
-        rules.append(RuleResult("beats_production", True, no_production_reason))
+        name = "non_inferior_to_production" if gate.production_rule == "non_inferiority" else "beats_production"
+        rules.append(RuleResult(name, True, no_production_reason))
     rules.append(_prompting_rule(gate, versus_prompted, no_prompted_reason))
 
     regressions = []

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ft_pipeline.lib.evaluation.summary import EvaluationSummary
 from ft_pipeline.lib.publish import PublishedModel, publish_model_dir
@@ -39,11 +40,17 @@ def promote_candidate(
     publish_url: str,
     actor: str,
     log: Callable[[str], None] = lambda message: None,
+    reason: str | None = None,
+    tags_on_success: Mapping[str, Any] | None = None,
 ) -> Promotion:
     """Move the registry's ``production`` alias to ``summary``'s candidate: one transaction with
     compare-and-swap on the production model it was compared with, the previous version archived,
     the reason and evaluation in the audit log. With ``publish_url`` a local model's run folder is
     published first, so production never points at files that are not there yet.
+
+    ``reason``: the audit log's reason (default: "passed the promotion gate: <the first rule's
+    detail>"); ``tags_on_success`` are merged into the promoted
+    version's tags once the alias moved (a provider exit names the hosted model it replaced).
 
     Raises:
         NotPromoted: the gate did not pass, or production changed since the evaluation.
@@ -70,12 +77,14 @@ def promote_candidate(
             version,
             evaluation_id=summary.eval_id,
             expected_baseline_uri=summary.production_uri,
-            reason="passed the promotion gate: " + "; ".join(r["detail"] for r in summary.rules[:1]),
+            reason=reason or "passed the promotion gate: " + "; ".join(r["detail"] for r in summary.rules[:1]),
             actor=actor,
             check_artifact=local_artifact_exists,
         )
     except StaleBaseline as err:
         raise NotPromoted(f"not promoted: {err}") from None
+    if tags_on_success:
+        registry.update_tags(name, version, dict(tags_on_success))
     promoted = registry.get_version(name, version)
     return Promotion(
         "promoted",
