@@ -96,7 +96,7 @@ class FewShotExample:
     """One (user, assistant) exchange of a training conversation."""
 
     conversation_id: str
-    exact_hash: int
+    exact_hash: int | str
     user: str
     assistant: str
 
@@ -151,7 +151,16 @@ def first_exchange(messages: Sequence[Mapping[str, Any]]) -> tuple[str, str] | N
     return None
 
 
-def _draw_key(seed: int, exact_hash: int, conversation_id: str) -> bytes:
+def _hash_value(value: Any) -> int | str:
+    """An ``exact_hash`` as a set member: the splits store int64; anything else is compared as text
+    rather than failing the evaluation."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _draw_key(seed: int, exact_hash: int | str, conversation_id: str) -> bytes:
     return hashlib.sha256(f"{seed}:{exact_hash}:{conversation_id}".encode()).digest()
 
 
@@ -168,7 +177,7 @@ def select_few_shot(
     (streamed: only the best k are held). ``test_conversations`` / ``test_hashes``: every
     conversation and ``exact_hash`` of the test split.
     """
-    hashes = {int(h) for h in test_hashes}
+    hashes = {_hash_value(h) for h in test_hashes}
     test_users: set[str] = set()
     test_replies: set[str] = set()
     for conversation in test_conversations:
@@ -186,7 +195,7 @@ def select_few_shot(
         if exchange is None:
             continue
         user, reply = exchange
-        exact = int(row["exact_hash"])
+        exact = _hash_value(row["exact_hash"])
         normalized_user = _normalized(user)
         if exact in hashes or normalized_user in test_users or _normalized(reply) in test_replies:
             counts["excluded_test_overlap"] += 1
