@@ -47,7 +47,9 @@ from ft_pipeline.lib.training.fine_tune import read_splits
 from ft_pipeline.lib.training.openai_job import FineTuneError
 from ft_pipeline.lib.training.record import ModelRecord, read_model_record
 
-EVALUATION_CODE_VERSION = "4"  # 3: preference primary metrics, latency; 4: cost and ROI
+# 3: preference primary metrics, latency; 4: cost and ROI; 5: robustness, prompted baseline, review
+# sample, hosted backends
+EVALUATION_CODE_VERSION = "5"
 _GATE = PromotionGate()
 _EVAL = EvaluationConfig()
 _GEN = GenerationConfig()

@@ -45,7 +45,8 @@ from ft_pipeline.lib.training.fine_tune import NoAugmentedData, NoPreferenceData
 from ft_pipeline.lib.training.lora import LoraTrainingConfig
 from ft_pipeline.lib.training.openai_job import FineTuneError, OpenAIFineTuneConfig
 
-TRAINING_CODE_VERSION = "3"  # 3: sft_then_dpo, KTO weights
+# 3: sft_then_dpo, KTO weights; 4: backend protocol (azure, together), augmented train split
+TRAINING_CODE_VERSION = "4"
 _LORA = LoraTrainingConfig()
 _OPENAI = OpenAIFineTuneConfig()
 _TOGETHER = TogetherFineTuneConfig()
