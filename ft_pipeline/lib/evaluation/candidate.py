@@ -19,7 +19,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from ft_pipeline.lib.evaluation.cost import CostConfig, add_cost
-from ft_pipeline.lib.evaluation.gate import PREFERENCE_PRIMARY_METRICS, PromotionGate, evaluate_gate
+from ft_pipeline.lib.evaluation.gate import (
+    PREFERENCE_PRIMARY_METRICS,
+    PromotionGate,
+    evaluate_gate,
+    robustness_rule,
+    with_rule,
+)
 from ft_pipeline.lib.evaluation.generation import (
     GenerationConfig,
     Generator,
@@ -30,6 +36,7 @@ from ft_pipeline.lib.evaluation.generation import (
 from ft_pipeline.lib.evaluation.latency import LatencyConfig, add_latency
 from ft_pipeline.lib.evaluation.preference_accuracy import evaluate_preference_accuracy
 from ft_pipeline.lib.evaluation.report import write_report
+from ft_pipeline.lib.evaluation.robustness import RobustnessConfig, add_robustness
 from ft_pipeline.lib.evaluation.runner import EvaluationConfig, EvaluationResult, run_evaluation
 from ft_pipeline.lib.evaluation.summary import EvaluationSummary, write_evaluation_summary
 from ft_pipeline.lib.manifests import SplitsManifest
@@ -66,6 +73,8 @@ class CandidateEvaluationConfig:
     """Latency and throughput of candidate and base (lib/evaluation/latency.py)."""
     cost: CostConfig = field(default_factory=CostConfig)
     """Prices behind the training cost, inference cost per 1k requests and payback (lib/evaluation/cost.py)."""
+    robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
+    """Degradation of candidate and base under perturbed prompts, and its gate rule (lib/evaluation/robustness.py)."""
 
 
 @dataclass(frozen=True)
@@ -149,6 +158,20 @@ def evaluate_candidate(
         train_test_overlap=overlap,
         no_production_reason=no_production,
     )
+    add_robustness(
+        result.extra,
+        result.examples,
+        generators,
+        [split_prompt_reference(list(m))[0] for m in test["messages"]],
+        config.gate.answer_metric,
+        config.robustness,
+        task=config.evaluation.task,
+        n_resamples=config.evaluation.n_resamples,
+        confidence=config.evaluation.confidence,
+        openai_client=openai_client,
+        concurrency=config.generation.concurrency,
+        log=log,
+    )
     add_latency(
         result.extra,
         generators,
@@ -181,6 +204,8 @@ def evaluate_candidate(
             primary=primary["comparisons"],
             primary_missing_reason=primary["missing_reason"],
         )
+    # Measured after the answers, like a preference metric: the rule joins whichever decision stands.
+    result.decision = with_rule(result.decision, robustness_rule(result.extra.get("robustness")))
 
     eval_id = content_version(code_version, result.model_ids, test_hash, settings)
     context_info = {
