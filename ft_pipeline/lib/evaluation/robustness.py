@@ -158,6 +158,7 @@ def _paraphrases(texts: Sequence[str], client: Any, config: RobustnessConfig, co
 
 
 def _bootstrap(a: np.ndarray, b: np.ndarray, n_resamples: int, confidence: float, seed: int) -> dict[str, float]:
+    """mean(a - b) with its paired-bootstrap CI (every call with the same seed: the same resampled items)."""
     boot = paired_bootstrap(a, b, n_resamples=n_resamples, confidence=confidence, seed=seed)
     return {"delta": boot.delta, "ci_low": boot.ci_low, "ci_high": boot.ci_high}
 
@@ -233,7 +234,6 @@ def measure_robustness(
 
     clean_answers = {role: [str(answers[role][i]) for i in subset] for role in ROBUSTNESS_ROLES}
     clean_scores = {role: scores(clean_answers[role]) for role in ROBUSTNESS_ROLES}
-    stats = {"n_resamples": n_resamples, "confidence": confidence, "seed": config.seed}
 
     rows: list[dict[str, Any]] = []
     for kind in config.sets:
@@ -258,13 +258,13 @@ def measure_robustness(
                     predictions[k] = answer
             perturbed = scores(predictions)
             degradations[role] = clean_scores[role] - perturbed
-            degradation = _bootstrap(clean_scores[role], perturbed, **stats)
+            degradation = _bootstrap(clean_scores[role], perturbed, n_resamples, confidence, config.seed)
             row[f"{role}_clean"] = float(clean_scores[role].mean())
             row[f"{role}_perturbed"] = float(perturbed.mean())
             row[f"{role}_degradation"] = degradation["delta"]
             row[f"{role}_degradation_ci_low"] = degradation["ci_low"]
             row[f"{role}_degradation_ci_high"] = degradation["ci_high"]
-        gap = _bootstrap(degradations["candidate"], degradations["base"], **stats)
+        gap = _bootstrap(degradations["candidate"], degradations["base"], n_resamples, confidence, config.seed)
         row.update(gap=gap["delta"], gap_ci_low=gap["ci_low"], gap_ci_high=gap["ci_high"])
         first = changed[0] if changed else None
         row["example"] = {"original": user_texts[first], "perturbed": noisy[first]} if first is not None else None
