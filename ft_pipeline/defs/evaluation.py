@@ -498,11 +498,11 @@ def _cost_metadata(cost: Mapping[str, Any] | None) -> dict[str, Any]:
 def _robustness_metadata(robustness: Mapping[str, Any] | None) -> dict[str, Any]:
     """The robustness suite as a table (one row per perturbation: each model's clean and perturbed
     means and degradation, the gap with its CI) and the worst gap as a headline float (plotted
-    across evaluations); one short line when it was skipped."""
+    across evaluations); one short line saying why when it was skipped."""
     if not robustness:
         return {}
     if robustness["status"] != "measured":
-        return {"robustness": f"skipped: {robustness['reason']}"}
+        return {"robustness_not_measured": str(robustness["reason"])}
     rows = [
         {
             "perturbation": r["perturbation"],

@@ -229,7 +229,7 @@ def test_asset_metadata_has_a_table_and_the_worst_gap():
     assert table.records[2].data["gap"] == 1.0 and table.records[2].data["changed"] == N
     assert metadata["robustness_worst_degradation_gap"] == 1.0
     skipped = _robustness_metadata(_evaluated(RobustnessConfig(enabled=False)).extra["robustness"])
-    assert skipped == {"robustness": "skipped: robustness is disabled (robustness: false)"}
+    assert skipped == {"robustness_not_measured": "robustness is disabled (robustness: false)"}
     assert _robustness_metadata(None) == {}
 
 
