@@ -37,6 +37,7 @@ from ft_pipeline.lib.evaluation.promotion import NotPromoted, promote_candidate
 from ft_pipeline.lib.evaluation.prompted_baseline import DEFAULT_SYSTEM_PROMPT, PromptedBaselineConfig
 from ft_pipeline.lib.evaluation.report import EXAMPLE_TEXT_CHARS, EXAMPLES_SHOWN, example_rows
 from ft_pipeline.lib.evaluation.review import ReviewConfig
+from ft_pipeline.lib.evaluation.robustness import ROBUSTNESS_COLUMNS, RobustnessConfig
 from ft_pipeline.lib.evaluation.runner import EvaluationConfig, EvaluationResult
 from ft_pipeline.lib.evaluation.summary import EvaluationSummary, read_evaluation_summary
 from ft_pipeline.lib.inline_charts import metric_means_svg
@@ -58,6 +59,7 @@ _LATENCY = LatencyConfig()
 _COST = CostConfig()
 _REVIEW = ReviewConfig()
 _PROMPTED = PromptedBaselineConfig()
+_ROBUSTNESS = RobustnessConfig()
 
 
 class EvaluationRunConfig(dg.Config):
@@ -234,6 +236,43 @@ class EvaluationRunConfig(dg.Config):
         description="Block promotion unless the candidate beats the prompted baseline (CI lower bound of candidate "
         "- prompted on the answer metric above margin). False = the beats_prompting rule is reported, not required.",
     )
+    robustness: bool = Field(
+        default=_ROBUSTNESS.enabled,
+        description="Robustness suite: answer a seeded subset of the test prompts with the last user turn perturbed "
+        "(robustness_perturbations) by candidate and base, and report each model's degradation of the answer metric "
+        "(clean - perturbed, paired CI) and the gap (candidate's degradation - base's); shown in report.md and the "
+        "asset's `robustness` table. The gate's `robustness` rule reads it (robustness_gate).",
+    )
+    robustness_perturbations: list[str] = Field(
+        default=list(_ROBUSTNESS.perturbations),
+        description="Perturbations of the last user turn: typos (QWERTY-neighbour substitutions, drops, swaps), "
+        "case_whitespace (lower/upper case, doubled or dropped spaces), punctuation (all marks removed). "
+        "Placeholders (<EMAIL>), URLs, e-mail addresses and numbers are never changed.",
+    )
+    robustness_typo_rate: float = Field(
+        default=_ROBUSTNESS.typo_rate,
+        description="Share of letters given a typo (typos) and of spaces doubled or dropped (case_whitespace).",
+    )
+    robustness_examples: int = Field(
+        default=_ROBUSTNESS.max_examples,
+        description="Test examples (a fixed subset, seeded by seed) answered under each perturbation; 0 = all "
+        "evaluated ones. Each perturbation costs up to twice this many answers (candidate and base).",
+    )
+    robustness_tolerance: float = Field(
+        default=_ROBUSTNESS.tolerance,
+        description="The gate's robustness rule fails when, for any perturbation, the candidate's degradation exceeds "
+        "the base's by more than this (point estimate; answer-metric units, 0.02 = two ROUGE-L points) and the "
+        "gap's CI lies above 0.",
+    )
+    robustness_gate: bool = Field(
+        default=_ROBUSTNESS.gate,
+        description="Apply the gate's robustness rule; false = the robustness numbers are reported only.",
+    )
+    paraphrase_model: str = Field(
+        default=_ROBUSTNESS.paraphrase_model,
+        description="Optional OpenAI-compatible chat model (through the openai_fine_tuning resource) that rewrites "
+        "each robustness prompt's last user turn: one more perturbation, `paraphrase`; empty = off.",
+    )
 
     def gate(self) -> PromotionGate:
         return PromotionGate(
@@ -295,6 +334,16 @@ class EvaluationRunConfig(dg.Config):
                 seed=self.seed,
                 system_prompt=self.prompted_system_prompt,
                 max_example_chars=self.prompted_max_example_chars,
+            ),
+            robustness=RobustnessConfig(
+                enabled=self.robustness,
+                perturbations=tuple(self.robustness_perturbations),
+                typo_rate=self.robustness_typo_rate,
+                max_examples=self.robustness_examples,
+                seed=self.seed,
+                paraphrase_model=self.paraphrase_model,
+                tolerance=self.robustness_tolerance,
+                gate=self.robustness_gate,
             ),
         )
 
@@ -501,6 +550,7 @@ def _report_metadata(
     metadata.update(_cost_metadata(result.extra.get("cost")))
     metadata.update(_review_metadata(result.extra, paths, data_dir))
     metadata.update(_prompted_metadata(result, config.to_lib().gate.answer_metric))
+    metadata.update(_robustness_metadata(result.extra.get("robustness")))
     metadata.update(
         {
             "eval_id": summary.eval_id,
@@ -655,6 +705,41 @@ def _review_metadata(extra: Mapping[str, Any], paths: Mapping[str, Path], data_d
             if value is not None and math.isfinite(value):  # kappa is undefined (NaN) without variation
                 metadata[name] = round(float(value), 4)
     return metadata
+
+
+def _robustness_metadata(robustness: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The robustness suite as a table (one row per perturbation: each model's clean and perturbed
+    means and degradation, the gap with its CI) and the worst gap as a headline float (plotted
+    across evaluations); one short line saying why when it was skipped."""
+    if not robustness:
+        return {}
+    if robustness["status"] != "measured":
+        return {"robustness_not_measured": str(robustness["reason"])}
+    rows = [
+        {
+            "perturbation": r["perturbation"],
+            "changed": int(r["changed"]),
+            "n": int(r["n"]),
+            **{c: round(float(r[c]), 4) for c in ROBUSTNESS_COLUMNS},
+        }
+        for r in robustness["rows"]
+    ]
+    metric = robustness["settings"]["metric"]
+    return {
+        "robustness": table(
+            rows,
+            [
+                dg.TableColumn("perturbation", "string", description="What was done to the last user turn."),
+                dg.TableColumn("changed", "int", description="Prompts it changed (the rest keep their clean answer)."),
+                dg.TableColumn("n", "int", description="Test examples in the robustness subset."),
+                *(
+                    dg.TableColumn(c, "float", description=f"{metric}; degradation = clean - perturbed.")
+                    for c in ROBUSTNESS_COLUMNS
+                ),
+            ],
+        ),
+        "robustness_worst_degradation_gap": round(float(robustness["worst"]["gap"]), 4),
+    }
 
 
 def _examples_table(evaluation: CandidateEvaluation, config: EvaluationRunConfig, pii: PiiConfig) -> dg.MetadataValue:

@@ -106,6 +106,8 @@ def test_run_materializes_the_graph_and_prints_split_paths(sample_data_dir, caps
         "evaluation_report.max_new_tokens=8",
         "--set",
         "evaluation_report.n_resamples=200",
+        "--set",
+        "evaluation_report.robustness_examples=4",
     ]
     assert main(["run", "--data-dir", str(data), *quick]) == 0
     out = capsys.readouterr().out

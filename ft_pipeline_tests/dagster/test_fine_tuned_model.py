@@ -190,7 +190,13 @@ def test_openai_backend_against_the_fake_server(built_dataset, resources, data_d
             run_config={
                 "ops": {
                     "evaluation_report": {
-                        "config": {"judge_model": "judge-model", "n_resamples": 200, "concurrency": 4}
+                        # Robustness report only: the fake's fine-tuned model recalls exact prompts.
+                        "config": {
+                            "judge_model": "judge-model",
+                            "n_resamples": 200,
+                            "concurrency": 4,
+                            "robustness_gate": False,
+                        }
                     }
                 }
             },
@@ -212,5 +218,7 @@ def test_openai_backend_against_the_fake_server(built_dataset, resources, data_d
         # The fake's fine-tuned model recalls training answers (the sample repeats follow-up
         # questions), its base echoes: the gate compares them with numbers either way.
         assert "rougeL candidate − base = " in gate.description and "95% CI" in gate.description
+        # The robustness suite ran through the OpenAI generators: punctuation defeats exact recall.
+        assert "report only (robustness_gate off)" in gate.description and "worst punctuation" in gate.description
         for entry in built_dataset.all_logs(evaluation.run_id):
             assert SECRET not in (entry.message or "")

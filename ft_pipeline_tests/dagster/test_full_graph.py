@@ -58,6 +58,10 @@ def _assert_model_and_report_metadata(instance, data_dir):
     assert report["delta_vs_base_rougeL_ci_low"].value <= delta <= report["delta_vs_base_rougeL_ci_high"].value
     assert "production_rougeL" not in report  # no production model yet
     assert not [k for k, v in report.items() if isinstance(v, dg.JsonMetadataValue)]
+    # The robustness suite (report only on the tiny base): one row per perturbation, the worst gap.
+    robustness = [r.data["perturbation"] for r in report["robustness"].value.records]
+    assert robustness == ["punctuation"]
+    assert isinstance(report["robustness_worst_degradation_gap"].value, float)
     chart = report["chart"].value
     assert chart.startswith("![primary metric by model](data:image/svg+xml;base64,")
     assert len(chart) < INLINE_MARKDOWN_LIMIT

@@ -293,6 +293,7 @@ def test_a_dpo_job_from_the_preference_pairs_against_the_fake(instance, data_dir
                             "max_new_tokens": 8,
                             "n_resamples": 200,
                             "measure_latency": False,
+                            "robustness": False,
                             "use_regression_suite": False,
                         }
                     }

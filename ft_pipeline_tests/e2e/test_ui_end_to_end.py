@@ -39,7 +39,7 @@ TRAIN_RUN_CONFIG = {
                 "num_train_epochs": 3.0,
             }
         },
-        "evaluation_report": {"config": {"max_new_tokens": 32, "n_resamples": 500}},
+        "evaluation_report": {"config": {"max_new_tokens": 32, "n_resamples": 500, "robustness_examples": 4}},
     }
 }
 TERMINAL = {"SUCCESS", "FAILURE", "CANCELED"}

@@ -32,6 +32,7 @@ from ft_pipeline.lib.evaluation.latency import LatencyConfig
 from ft_pipeline.lib.evaluation.prompted_baseline import PromptedBaselineConfig
 from ft_pipeline.lib.evaluation.report import EXAMPLES_SHOWN
 from ft_pipeline.lib.evaluation.review import ReviewConfig
+from ft_pipeline.lib.evaluation.robustness import RobustnessConfig
 from ft_pipeline.lib.evaluation.runner import EvaluationConfig
 from ft_pipeline.lib.exports import DEFAULT_LICENSE
 from ft_pipeline.lib.openai_format import DEFAULT_OPENAI_FINE_TUNING_MODEL
@@ -139,6 +140,13 @@ TABLE: dict[str, dict[str, Any]] = {
             "prompted_k": (PromptedBaselineConfig(), "k"),
             "prompted_system_prompt": (PromptedBaselineConfig(), "system_prompt"),
             "prompted_max_example_chars": (PromptedBaselineConfig(), "max_example_chars"),
+            "robustness": (RobustnessConfig(), "enabled"),
+            "robustness_perturbations": (RobustnessConfig(), "perturbations", list),
+            "robustness_typo_rate": (RobustnessConfig(), "typo_rate"),
+            "robustness_examples": (RobustnessConfig(), "max_examples"),
+            "robustness_tolerance": (RobustnessConfig(), "tolerance"),
+            "robustness_gate": (RobustnessConfig(), "gate"),
+            "paraphrase_model": (RobustnessConfig(), "paraphrase_model"),
         },
         "NO_LIB": {"replace_hosted_production": "the job replace_hosted_model's switch (lib: provider_exit.py)"},
     },
@@ -235,6 +243,8 @@ def test_config_default_is_the_lib_default(class_name, field_name):
 def test_seeds_of_evaluation_agree_in_lib():
     # EvaluationRunConfig.seed drives the bootstrap and the generation: one value for both.
     assert EvaluationConfig().seed == GenerationConfig().seed
+    # ... and the robustness suite's subset and perturbations.
+    assert RobustnessConfig().seed == EvaluationConfig().seed
 
 
 def test_openai_base_model_is_one_resource_setting():

@@ -19,7 +19,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from ft_pipeline.lib.evaluation.cost import CostConfig, add_cost
-from ft_pipeline.lib.evaluation.gate import PREFERENCE_PRIMARY_METRICS, PromotionGate, evaluate_gate
+from ft_pipeline.lib.evaluation.gate import (
+    PREFERENCE_PRIMARY_METRICS,
+    PromotionGate,
+    evaluate_gate,
+    robustness_rule,
+    with_rule,
+)
 from ft_pipeline.lib.evaluation.generation import (
     GenerationConfig,
     Generator,
@@ -42,9 +48,9 @@ from ft_pipeline.lib.evaluation.review import (
     judge_agreement,
     sample_summary,
     select_review_sample,
-    with_rule,
     write_review_sample,
 )
+from ft_pipeline.lib.evaluation.robustness import RobustnessConfig, add_robustness
 from ft_pipeline.lib.evaluation.runner import EvaluationConfig, EvaluationResult, run_evaluation
 from ft_pipeline.lib.evaluation.summary import EvaluationSummary, write_evaluation_summary
 from ft_pipeline.lib.manifests import SplitsManifest
@@ -86,6 +92,8 @@ class CandidateEvaluationConfig:
     prompted: PromptedBaselineConfig = field(default_factory=PromptedBaselineConfig)
     """The prompted baseline: the base with a system prompt and few-shot examples from the training
     split, compared with the candidate (lib/evaluation/prompted_baseline.py)."""
+    robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
+    """Degradation of candidate and base under perturbed prompts, and its gate rule (lib/evaluation/robustness.py)."""
 
 
 @dataclass(frozen=True)
@@ -186,6 +194,20 @@ def evaluate_candidate(
     )
     if prompted is not None:
         result.extra["prompted"] = prompted.to_dict()
+    add_robustness(
+        result.extra,
+        result.examples,
+        generators,
+        [split_prompt_reference(list(m))[0] for m in test["messages"]],
+        config.gate.answer_metric,
+        config.robustness,
+        task=config.evaluation.task,
+        n_resamples=config.evaluation.n_resamples,
+        confidence=config.evaluation.confidence,
+        openai_client=openai_client,
+        concurrency=config.generation.concurrency,
+        log=log,
+    )
     add_latency(
         result.extra,
         generators,
@@ -224,6 +246,8 @@ def evaluate_candidate(
         if config.gate.primary_metric == "judge_win_rate":
             # The judge may gate only as far as people agree with it (lib/evaluation/review.py).
             result.decision = with_rule(result.decision, agreement_rule(agreement))
+    # Measured after the answers, like a preference metric: the rule joins whichever decision stands.
+    result.decision = with_rule(result.decision, robustness_rule(result.extra.get("robustness")))
 
     # The human verdicts behind the judge's agreement are an input too: after an import the
     # next evaluation is a new one (a new report), not a re-run of the last.

@@ -281,3 +281,55 @@ def evaluate_gate(
         )
     )
     return GateDecision(all(r.passed for r in rules), rules)
+
+
+def with_rule(decision: GateDecision, rule: RuleResult) -> GateDecision:
+    """``decision`` with ``rule`` added (replacing a rule of the same name), passed again only if
+    every rule passes: how a rule measured after the answers joins the gate's decision."""
+    rules = [r for r in decision.rules if r.rule != rule.rule] + [rule]
+    return GateDecision(all(r.passed for r in rules), rules)
+
+
+def robustness_rule(robustness: Mapping[str, Any] | None) -> RuleResult:
+    """The ``robustness`` rule (lib/evaluation/robustness.py): fails when, under any perturbation,
+    the candidate's answer-metric degradation exceeds the base's by more than the tolerance (the
+    point estimate of the gap) *and* the gap's CI lies above 0, so noise on a small subset (a CI
+    that includes 0) does not block a candidate; skipped (passes, saying why) when the suite did
+    not run, and report-only when its ``gate`` switch is off."""
+    if not robustness or robustness.get("status") != "measured":
+        reason = str((robustness or {}).get("reason") or "the robustness suite did not run")
+        return RuleResult("robustness", True, f"skipped: {reason}", {"skipped": reason})
+    settings = robustness["settings"]
+    tolerance, metric = float(settings["tolerance"]), str(settings["metric"])
+    rows = list(robustness["rows"])
+    worst = max(rows, key=lambda r: float(r["gap"]))
+    numbers: dict[str, Any] = {
+        "tolerance": tolerance,
+        "worst_perturbation": worst["perturbation"],
+        "worst_gap": float(worst["gap"]),
+        "gaps": {r["perturbation"]: float(r["gap"]) for r in rows},
+    }
+
+    def described(row: Mapping[str, Any]) -> str:
+        return (
+            f"{row['perturbation']}: {metric} degradation candidate {float(row['candidate_degradation']):+.4f} vs "
+            f"base {float(row['base_degradation']):+.4f}, difference {float(row['gap']):+.4f} "
+            f"(95% CI [{float(row['gap_ci_low']):+.4f}, {float(row['gap_ci_high']):+.4f}])"
+        )
+
+    failing = [r for r in rows if float(r["gap"]) > tolerance and float(r["gap_ci_low"]) > 0]
+    if failing and settings.get("gate", True):
+        detail = (
+            f"the candidate degrades more than the base, by over the tolerance {tolerance:g} and with the CI "
+            "above 0, under " + "; ".join(described(r) for r in failing)
+        )
+        return RuleResult("robustness", False, detail, numbers)
+    detail = (
+        f"under no perturbation ({', '.join(r['perturbation'] for r in rows)}) does the candidate's {metric} "
+        f"degrade more than the base's by over {tolerance:g} with a CI above 0; worst {described(worst)}"
+    )
+    if failing:
+        detail = f"report only (robustness_gate off): {len(failing)} perturbation(s) over {tolerance:g}; worst " + (
+            described(worst)
+        )
+    return RuleResult("robustness", True, detail, numbers)

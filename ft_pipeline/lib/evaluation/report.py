@@ -213,6 +213,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += _latency_markdown((report.get("extra") or {}).get("latency"))
     lines += _cost_markdown((report.get("extra") or {}).get("cost"))
     lines += review_markdown(report.get("extra"))
+    lines += _robustness_markdown((report.get("extra") or {}).get("robustness"))
     if report.get("side_by_side"):
         primary = _answer_metric(report)
         lines += ["", "## Answers side by side (first test prompts)", ""]
@@ -357,6 +358,49 @@ def _cost_markdown(cost: dict[str, Any] | None) -> list[str]:
     else:
         verdict = f"not estimated: {payback['detail']}"
     lines += ["", f"Payback: {verdict}."]
+    return lines
+
+
+def _robustness_markdown(robustness: dict[str, Any] | None) -> list[str]:
+    """The "Robustness" section: per perturbation, each model's clean -> perturbed mean of the
+    answer metric and the degradation gap (candidate - base) with its CI; a line when skipped."""
+    if not robustness:
+        return []
+    lines = ["", "## Robustness", ""]
+    if robustness["status"] != "measured":
+        return lines + [f"Not measured: {robustness['reason']}."]
+    settings = robustness["settings"]
+    metric, confidence = settings["metric"], float(settings.get("confidence", 0.95))
+    lines += [
+        f"{settings['n_examples']} test prompts (a seeded subset) with the last user turn perturbed, answered by "
+        f"candidate and base; {metric} on the clean → perturbed prompts. Degradation = clean − perturbed; the gap is "
+        f"the candidate's degradation minus the base's (paired bootstrap, {confidence:.0%} CI). The gate fails a gap "
+        f"above {float(settings['tolerance']):g}"
+        + ("" if settings.get("gate", True) else " (report only: robustness_gate is off)")
+        + ".",
+        "",
+        "| perturbation | changed | candidate clean → perturbed | base clean → perturbed | degradation gap, CI |",
+        "|---|---:|---|---|---|",
+    ]
+    for row in robustness["rows"]:
+        lines.append(
+            f"| {row['perturbation']} | {row['changed']}/{row['n']} | "
+            f"{row['candidate_clean']:.4f} → {row['candidate_perturbed']:.4f} | "
+            f"{row['base_clean']:.4f} → {row['base_perturbed']:.4f} | "
+            f"{row['gap']:+.4f} [{row['gap_ci_low']:+.4f}, {row['gap_ci_high']:+.4f}] |"
+        )
+    examples = [row for row in robustness["rows"] if row.get("example")]
+    if examples:
+        lines += ["", "What a perturbation looks like (the first changed prompt; PII scrubbed, shortened):", ""]
+
+        def shown(text: str) -> str:
+            flat = " ".join(scrub_pii(str(text), DEFAULT_PII_CONFIG)[0].split())
+            return _md_quote(flat if len(flat) <= EXAMPLE_TEXT_CHARS else flat[: EXAMPLE_TEXT_CHARS - 1] + "…")
+
+        for row in examples:
+            lines.append(
+                f"- {row['perturbation']}: {shown(row['example']['original'])} → {shown(row['example']['perturbed'])}"
+            )
     return lines
 
 

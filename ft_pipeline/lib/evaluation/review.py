@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ft_pipeline.lib.evaluation.gate import GateDecision, RuleResult
+from ft_pipeline.lib.evaluation.gate import RuleResult
 from ft_pipeline.lib.evaluation.statistics import BOOTSTRAP_CHUNK_ELEMENTS
 from ft_pipeline.lib.registry_schema import REVIEW_PREFERENCES
 from ft_pipeline.lib.storage import content_version
@@ -66,7 +66,6 @@ __all__ = [
     "read_review_file",
     "review_markdown",
     "select_review_sample",
-    "with_rule",
     "write_review_sample",
 ]
 
@@ -423,12 +422,6 @@ def agreement_rule(agreement: Mapping[str, Any] | None) -> RuleResult:
         return RuleResult("judge_agreement", False, "no judge_model is configured: no agreement with human review")
     numbers = {k: agreement.get(k) for k in ("kappa", "ci_low", "ci_high", "n", "raw_agreement")}
     return RuleResult("judge_agreement", bool(agreement["passed"]), str(agreement["reason"]), numbers)
-
-
-def with_rule(decision: GateDecision, rule: RuleResult) -> GateDecision:
-    """``decision`` with one more rule (it passes only if every rule does)."""
-    rules = [*decision.rules, rule]
-    return GateDecision(all(r.passed for r in rules), rules)
 
 
 # ------------------------------------------------------------------------------------------------
