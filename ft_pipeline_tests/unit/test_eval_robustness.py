@@ -224,7 +224,7 @@ def test_report_json_and_md_have_the_robustness_section(tmp_path):
     assert report["extra"]["robustness"]["rows"][0]["gap"] == 1.0
     section = paths["markdown"].read_text().split("## Robustness", 1)[1].split("\n## ", 1)[0]
     assert "| punctuation | 8/8 | 1.0000 → 0.0000 | 1.0000 → 1.0000 | +1.0000 [+1.0000, +1.0000] |" in section
-    assert "The gate fails a gap above 0.02." in section
+    assert "The gate fails a gap above 0.02 whose CI lies above 0." in section
     assert "- punctuation: Hello, where is my parcel 0? It was due yesterday. → Hello where is my parcel 0" in section
 
     disabled = _evaluated(RobustnessConfig(enabled=False))

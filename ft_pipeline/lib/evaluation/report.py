@@ -375,7 +375,7 @@ def _robustness_markdown(robustness: dict[str, Any] | None) -> list[str]:
         f"{settings['n_examples']} test prompts (a seeded subset) with the last user turn perturbed, answered by "
         f"candidate and base; {metric} on the clean → perturbed prompts. Degradation = clean − perturbed; the gap is "
         f"the candidate's degradation minus the base's (paired bootstrap, {confidence:.0%} CI). The gate fails a gap "
-        f"above {float(settings['tolerance']):g}"
+        f"above {float(settings['tolerance']):g} whose CI lies above 0"
         + ("" if settings.get("gate", True) else " (report only: robustness_gate is off)")
         + ".",
         "",
