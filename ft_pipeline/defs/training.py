@@ -326,6 +326,9 @@ def fine_tuned_model(
     idempotent OpenAI fine-tuning job (re-attached by run key), polled with backoff, events
     streamed into the log. ``azure``: the same job on Azure OpenAI, then a deployment of its model
     (named after the run key, re-used by a rerun), which the record's ``remote_model_id`` names.
+    ``together``: a Together AI job (LoRA by default) through its SDK, idempotent by run key.
+    Every backend implements one protocol (lib/training/backends), so all show the same rows; in
+    the ``replace_hosted_model`` job it trains on the hosted production model's own splits.
     Writes ``models/<run_key>/model.json`` (a ModelRecord, also
     ``models/latest.json``) describing how to load or call it.
 
