@@ -137,42 +137,63 @@ class OpenAIBackend:
         # sft_then_dpo: both jobs are billed.
         known = result.trained_tokens is not None or earlier_tokens
         trained_tokens = (result.trained_tokens or 0) + earlier_tokens if known else None
-        record = self.record(run, result, request, trained_tokens)
-        record_file = write_model_record(request.models_folder, record)
-        return TrainingOutcome(
-            record=record,
-            record_file=record_file,
-            headline=hosted_headline(result, trained_tokens, job.reattached),
-            tables={"result_metrics": result.result_metrics or {}, "hyperparameters": result.hyperparameters or {}},
-            row_tables={"checkpoints": checkpoint_rows(result.checkpoints)},
-            paths={"model_record": str(record_file)},
-            loss_history=list(result.metrics),
-        )
+        return hosted_outcome(self.record(run, result, request, trained_tokens), result, job.reattached, request)
 
     def record(
         self, run: PreparedRun, result: OpenAIFineTuneResult, request: TrainingRequest, trained_tokens: int | None
     ) -> ModelRecord:
         """The record of a succeeded job (the azure backend adds its deployment to it)."""
-        return ModelRecord(
-            version=run.key,
-            path=record_path(request.models_folder, run.key),
-            backend=self.name,
-            run_key=run.key,
-            base_model=self.config.model,
-            data_version=run.data_version,
-            split_paths=run.data_paths,
-            config=run.settings,
-            config_hash=content_version(self.config.__dict__),
-            metrics=result.result_metrics or {},
-            remote_model_id=result.fine_tuned_model,
-            job_id=result.job_id,
-            trained_tokens=trained_tokens,
-            checkpoints=result.checkpoints,
-            hyperparameters=result.hyperparameters,
-        )
+        config_hash = content_version(self.config.__dict__)
+        return hosted_record(self.name, run, request, result, self.config.model, config_hash, trained_tokens)
 
     def cancel(self, job: JobHandle) -> str:
         return cancel_job(self.client, job.job_id)
+
+
+def hosted_record(
+    backend: str,
+    run: PreparedRun,
+    request: TrainingRequest,
+    result: OpenAIFineTuneResult,
+    base_model: str,
+    config_hash: str,
+    trained_tokens: int | None,
+) -> ModelRecord:
+    """The record of a succeeded hosted job (any provider): the provider's model id, job, tokens,
+    checkpoints and result metrics over the run's data."""
+    return ModelRecord(
+        version=run.key,
+        path=record_path(request.models_folder, run.key),
+        backend=backend,
+        run_key=run.key,
+        base_model=base_model,
+        data_version=run.data_version,
+        split_paths=run.data_paths,
+        config=run.settings,
+        config_hash=config_hash,
+        metrics=result.result_metrics or {},
+        remote_model_id=result.fine_tuned_model,
+        job_id=result.job_id,
+        trained_tokens=trained_tokens,
+        checkpoints=result.checkpoints,
+        hyperparameters=result.hyperparameters,
+    )
+
+
+def hosted_outcome(
+    record: ModelRecord, result: OpenAIFineTuneResult, reattached: bool, request: TrainingRequest
+) -> TrainingOutcome:
+    """``record`` written, and what the asset shows of a hosted job: the same rows for every provider."""
+    record_file = write_model_record(request.models_folder, record)
+    return TrainingOutcome(
+        record=record,
+        record_file=record_file,
+        headline=hosted_headline(result, record.trained_tokens, reattached),
+        tables={"result_metrics": result.result_metrics or {}, "hyperparameters": result.hyperparameters or {}},
+        row_tables={"checkpoints": checkpoint_rows(result.checkpoints)},
+        paths={"model_record": str(record_file)},
+        loss_history=list(result.metrics),
+    )
 
 
 def hosted_headline(result: OpenAIFineTuneResult, trained_tokens: int | None, reattached: bool) -> dict[str, Any]:
@@ -204,4 +225,4 @@ def checkpoint_rows(checkpoints: list[dict[str, Any]] | None) -> list[dict[str, 
     ]
 
 
-__all__ += ["checkpoint_rows", "hosted_headline", "NoPreferenceData"]
+__all__ += ["checkpoint_rows", "hosted_headline", "hosted_outcome", "hosted_record", "NoPreferenceData"]

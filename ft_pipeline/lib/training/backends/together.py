@@ -72,7 +72,7 @@ from ft_pipeline.lib.training.backends.base import (
     TrainingOutcome,
     TrainingRequest,
 )
-from ft_pipeline.lib.training.backends.openai import checkpoint_rows, hosted_headline
+from ft_pipeline.lib.training.backends.openai import hosted_outcome, hosted_record
 from ft_pipeline.lib.training.fine_tune import openai_preference_files, sft_only
 from ft_pipeline.lib.training.openai_job import (
     FineTuneCancelled,
@@ -83,7 +83,6 @@ from ft_pipeline.lib.training.openai_job import (
     _retry_after_s,
     _Scrubber,
 )
-from ft_pipeline.lib.training.record import ModelRecord, record_path, write_model_record
 
 __all__ = [
     "DEFAULT_TOGETHER_MODEL",
@@ -589,6 +588,7 @@ class TogetherBackend:
             "batch_size": final.batch_size,
             **_training_type(final),
         }
+        final_metrics = {k: v for k, v in (history[-1] if history else {}).items() if isinstance(v, int | float)}
         summary = OpenAIFineTuneResult(
             job_id=final.id,
             status="completed",
@@ -598,38 +598,14 @@ class TogetherBackend:
             validation_file_id=final.validation_file or None,
             checkpoints=checkpoints,
             metrics=history,
+            result_metrics=final_metrics,
             reattached=job.reattached,
             hyperparameters=hyperparameters,
             method=stage.method,
         )
-        final_metrics = {k: v for k, v in (history[-1] if history else {}).items() if isinstance(v, int | float)}
-        record = ModelRecord(
-            version=run.key,
-            path=record_path(request.models_folder, run.key),
-            backend=self.name,
-            run_key=run.key,
-            base_model=self.config.model,
-            data_version=run.data_version,
-            split_paths=run.data_paths,
-            config=run.settings,
-            config_hash=content_version(dataclasses.asdict(self.config)),
-            metrics=final_metrics,
-            remote_model_id=_output_name(final),
-            job_id=final.id,
-            trained_tokens=trained_tokens,
-            checkpoints=checkpoints,
-            hyperparameters=hyperparameters,
-        )
-        record_file = write_model_record(request.models_folder, record)
-        return TrainingOutcome(
-            record=record,
-            record_file=record_file,
-            headline=hosted_headline(summary, trained_tokens, job.reattached),
-            tables={"result_metrics": final_metrics, "hyperparameters": hyperparameters},
-            row_tables={"checkpoints": checkpoint_rows(checkpoints)},
-            paths={"model_record": str(record_file)},
-            loss_history=history,
-        )
+        config_hash = content_version(dataclasses.asdict(self.config))
+        record = hosted_record(self.name, run, request, summary, self.config.model, config_hash, trained_tokens)
+        return hosted_outcome(record, summary, job.reattached, request)
 
     def _metrics(self, job_id: str) -> list[dict[str, Any]]:
         """The job's metrics rows, oldest first, with ``step`` (from ``global_step``) and the loss
