@@ -785,7 +785,7 @@ def test_api_key_never_leaks(fake, client, data, tmp_path, caplog, name):
 
 
 def test_scrubber_removes_the_key_from_api_strings(fake, client):
-    scrub = openai_job._Scrubber(client)
+    scrub = openai_job.Scrubber(client)
     assert scrub(f"x {SECRET} y") == "x *** y"
     assert scrub({"k": [f"{SECRET}", 1.5], SECRET: None}) == {"k": ["***", 1.5], "***": None}
     result = OpenAIFineTuneResult("j", "succeeded", SECRET, 1, "f", None, metrics=[{"m": SECRET}])

@@ -65,9 +65,11 @@ __all__ = [
     "FineTuneTimeout",
     "OpenAIFineTuneConfig",
     "OpenAIFineTuneResult",
+    "Scrubber",
     "cancel_job",
     "find_job_by_run_key",
     "job_method",
+    "retry_after_s",
     "StartedJob",
     "run_fine_tune",
     "start_fine_tune",
@@ -282,7 +284,7 @@ class FineTuneTimeout(FineTuneError):
 _T = TypeVar("_T")
 
 
-class _Scrubber:
+class Scrubber:
     """Removes the client's secrets from anything this module hands out."""
 
     def __init__(self, client: Any) -> None:
@@ -372,7 +374,7 @@ def _upload(
     deadline: float,
     sleep: Callable[[float], None],
     clock: Callable[[], float],
-    scrub: _Scrubber,
+    scrub: Scrubber,
 ) -> str:
     """Upload one JSONL file for fine-tuning and wait until the API has processed it."""
     uploaded = client.files.create(file=path, purpose="fine-tune")
@@ -389,7 +391,7 @@ def _upload(
     return uploaded.id
 
 
-def _retry_after_s(err: Exception) -> float | None:
+def retry_after_s(err: Exception) -> float | None:
     response = getattr(err, "response", None)
     headers: Any = getattr(response, "headers", None) or {}  # httpx.Headers or a test's dict
     for header, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
@@ -410,7 +412,7 @@ def _create_job(
     validation_file_id: str | None,
     *,
     sleep: Callable[[float], None],
-    scrub: _Scrubber,
+    scrub: Scrubber,
 ) -> FineTuningJob:
     """Create the job at most ``config.create_attempts`` times, reconciling by run key after
     every ambiguous failure so that a lost response never leads to a second job."""
@@ -458,7 +460,7 @@ def _create_job(
             logger.info("found job %s for the run key after an ambiguous create", found.id)
             return found
         if attempt < config.create_attempts:
-            sleep(_retry_after_s(last_error) or min(2.0 ** (attempt - 1), 30.0))
+            sleep(retry_after_s(last_error) or min(2.0 ** (attempt - 1), 30.0))
     raise FineTuneError(
         f"could not create the fine-tuning job after {config.create_attempts} attempt(s); "
         f"last error: {type(last_error).__name__}"
@@ -469,7 +471,7 @@ class _EventTail:
     """Emits each job event once, oldest first, however the polls interleave."""
 
     def __init__(
-        self, job_id: str, on_log: Callable[[str], None], on_metrics: Callable[[dict], None], scrub: _Scrubber
+        self, job_id: str, on_log: Callable[[str], None], on_metrics: Callable[[dict], None], scrub: Scrubber
     ) -> None:
         self.job_id = job_id
         self.on_log = on_log
@@ -495,7 +497,7 @@ class _EventTail:
                 self.on_metrics(dict(data))  # a copy: callers may mutate theirs
 
 
-def _stop(client: openai.OpenAI, job_id: str, error: type[FineTuneError], reason: str, scrub: _Scrubber) -> None:
+def _stop(client: openai.OpenAI, job_id: str, error: type[FineTuneError], reason: str, scrub: Scrubber) -> None:
     """Cancel the remote job, then raise ``error``."""
     try:
         outcome = f"remote status after cancel: {cancel_job(client, job_id)}"
@@ -515,7 +517,7 @@ def _watch(
     sleep: Callable[[float], None],
     clock: Callable[[], float],
     deadline: float,
-    scrub: _Scrubber,
+    scrub: Scrubber,
 ) -> FineTuningJob:
     """Poll until the job is terminal; cancel and raise on ``should_stop`` or the deadline."""
     interval = config.poll_interval_s
@@ -701,7 +703,7 @@ def start_fine_tune(
     for path in (train_jsonl, validation_jsonl):
         if path is not None and not path.is_file():
             raise FileNotFoundError(f"fine-tuning data file not found: {path}")
-    scrub = _Scrubber(client)
+    scrub = Scrubber(client)
     deadline = clock() + config.timeout_s
     if should_stop():
         raise FineTuneCancelled("stop requested before a fine-tuning job was created")
@@ -741,7 +743,7 @@ def wait_fine_tune(
 ) -> OpenAIFineTuneResult:
     """The second half of :func:`run_fine_tune`: poll the started job until it ends, streaming its
     events, and collect the result of a succeeded job (raises like :func:`run_fine_tune`)."""
-    scrub = _Scrubber(client)
+    scrub = Scrubber(client)
     job = started.job
     tail = _EventTail(job.id, on_log, on_metrics, scrub)
     job = _watch(

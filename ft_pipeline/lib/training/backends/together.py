@@ -80,8 +80,8 @@ from ft_pipeline.lib.training.openai_job import (
     FineTuneFailed,
     FineTuneTimeout,
     OpenAIFineTuneResult,
-    _retry_after_s,
-    _Scrubber,
+    Scrubber,
+    retry_after_s,
 )
 
 __all__ = [
@@ -303,7 +303,7 @@ class TogetherBackend:
         self.config = config
         self.sleep = sleep
         self.clock = clock
-        self.scrub = _Scrubber(client)
+        self.scrub = Scrubber(client)
 
     # -- prepare --------------------------------------------------------------------------------
     def prepare(self, request: TrainingRequest) -> PreparedRun:
@@ -464,7 +464,7 @@ class TogetherBackend:
                 logger.info("found job %s for run key %s after an ambiguous create", found.id, key)
                 return found
             if attempt < self.config.create_attempts:
-                self.sleep(_retry_after_s(last_error) or min(2.0 ** (attempt - 1), 30.0))
+                self.sleep(retry_after_s(last_error) or min(2.0 ** (attempt - 1), 30.0))
         raise FineTuneError(
             f"could not create the {method} job after {self.config.create_attempts} attempt(s); "
             f"last error: {type(last_error).__name__}"
